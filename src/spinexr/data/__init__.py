@@ -1,0 +1,1 @@
+"""Datasets: manifests, checks and synthetic radiographs."""

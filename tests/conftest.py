@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny images, a tiny synthetic dataset, and the KAUH folder when it is present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+KAUH = ROOT.parent / "shared" / "data" / "kauh-spine-xray"
+
+
+@pytest.fixture(scope="session")
+def kauh_dir() -> Path:
+    if not (KAUH / "Normal").is_dir():
+        pytest.skip(f"KAUH dataset not found at {KAUH} (it lives in ../shared beside the repository)")
+    return KAUH
+
+
+def gradient_image(w: int = 64, h: int = 96) -> np.ndarray:
+    """A non-constant uint8 test image with structure in both axes."""
+    y, x = np.mgrid[0:h, 0:w]
+    return ((x * 3 + y * 2) % 256).astype(np.uint8)
+
+
+@pytest.fixture
+def gray_u8() -> np.ndarray:
+    return gradient_image()
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 30-image synthetic dataset at a small scale, shared by the tests of one session."""
+    from spinexr.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, n=30, seed=7, scale=0.3)
+    return out
+
+
+def save(img: np.ndarray | Image.Image, path: Path, **kw) -> Path:
+    im = img if isinstance(img, Image.Image) else Image.fromarray(img)
+    im.save(path, **kw)
+    return path
