@@ -77,6 +77,121 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_data_synth)
 
 
+def _run_dir(out: str | None, verb: str, force: bool) -> Path:
+    """A fresh run folder; an existing non-empty one is never overwritten without --force."""
+    import time
+
+    p = Path(out) if out else Path("runs") / f"{verb}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if p.exists() and any(p.iterdir()) and not force:
+        raise SpinexrError(f"{p}: run folder exists and is not empty; choose another --out or pass --force")
+    return p
+
+
+def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of settings; flags override it")
+    p.add_argument("--data", help="class-folder tree or CSV manifest")
+    p.add_argument("--out", help="run folder (default runs/<verb>-<time>)")
+    p.add_argument("--force", action="store_true", help="write into an existing, non-empty run folder")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", type=int, help="input size (default: each model's own, 224 or 299)")
+    p.add_argument("--resize", choices=["letterbox", "stretch", "crop"])
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--schedule", choices=["onecycle", "cosine"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--attention", choices=["mhsa", "cbam", "none"])
+    p.add_argument("--weights", help="none (from scratch), imagenet (through timm, needs the network) or a local file")
+    p.add_argument("--balance", choices=["oversample", "weights", "none"])
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--val-fraction", type=float, help="validation share carved from the training side")
+    p.add_argument("--no-tta", dest="tta_flip", action="store_false", default=None,
+                   help="no flip test-time augmentation")
+    p.add_argument("--bootstrap", type=int, help="bootstrap resamples for CIs")
+    p.add_argument("--cache-dir", help="keep decoded images here between runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from spinexr.config import resolve
+    from spinexr.cv import run_cv
+
+    top, cv, tr = resolve(args)
+    out = _run_dir(top.get("out"), "cv", args.force)
+    res = run_cv(top["data"], cv, tr, out, progress=not args.quiet)
+    _print_summary(out, res)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from spinexr.config import resolve
+    from spinexr.cv import run_train
+
+    top, cv, tr = resolve(args)
+    models = top.get("models") or ["xception"]
+    if len(models) != 1:
+        raise SpinexrError("train takes one --model; use `spinexr cv` for several")
+    out = _run_dir(top.get("out"), "train", args.force)
+    res = run_train(top["data"], models[0], cv, tr, out, test_fraction=args.test_fraction, progress=not args.quiet)
+    _print_summary(out, res)
+    print(f"model file: {res['model_file']}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from spinexr.evaluate import evaluate_model
+
+    out = _run_dir(args.out, "evaluate", args.force)
+    res = evaluate_model(args.model, args.data, out, device=args.device, tta_flip=args.tta_flip,
+                         bootstrap=args.bootstrap, cache_dir=args.cache_dir, progress=not args.quiet)
+    _print_summary(out, res)
+    return 0
+
+
+def _print_summary(out: Path, res: dict) -> None:
+    for m, r in res.get("models", {}).items():
+        s, ci = r["summary"], r["ci95"]
+        acc = s.get("accuracy", {})
+        print(f"{m:<14} accuracy {acc.get('mean', float('nan')) * 100:5.1f} ± {acc.get('std', 0) * 100:4.1f}  "
+              f"95% CI [{ci['accuracy'][0] * 100:.1f}, {ci['accuracy'][1] * 100:.1f}]  "
+              f"macro-F1 {r['pooled']['macro_f1']:.3f}  AUC {r['pooled']['auc_macro'] or float('nan'):.3f}  "
+              f"ECE {r['pooled']['ece']:.3f}")
+    if res.get("leaky"):
+        lk = res["leaky"]
+        print(f"leaky protocol: {lk['test_leak_fraction']:.0%} of test rows are training copies; "
+              + ", ".join(f"{m} {v['accuracy'] * 100:.1f}%" for m, v in lk["models"].items()))
+    print(f"report: {out / 'report.html'}")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cv", help="k-fold x repeats cross-validation of one or more models, an ensemble, a report")
+    _add_common_train_flags(p)
+    p.add_argument("--models", help="comma-separated: xception,inception_v3,densenet121,small")
+    p.add_argument("--folds", type=int)
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--protocol", choices=["grouped", "seed-leaky", "both"],
+                   help="grouped (honest), seed-leaky (the notebook's oversample-then-split), or both side by side")
+    p.set_defaults(func=_cmd_cv)
+    t = sub.add_parser("train", help="one model, one split; writes a deployable model file")
+    _add_common_train_flags(t)
+    t.add_argument("--model", dest="models", help="xception, inception_v3, densenet121 or small")
+    t.add_argument("--test-fraction", type=float, default=0.2, help="held-out test share (0: none)")
+    t.set_defaults(func=_cmd_train)
+    e = sub.add_parser("evaluate", help="a trained model file on another dataset, with the same report")
+    e.add_argument("model", help="model .safetensors file")
+    e.add_argument("--data", required=True, help="class-folder tree or CSV manifest")
+    e.add_argument("--out", help="run folder")
+    e.add_argument("--force", action="store_true")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-tta", dest="tta_flip", action="store_false")
+    e.add_argument("--bootstrap", type=int, default=1000)
+    e.add_argument("--cache-dir")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_cmd_evaluate)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from spinexr.demo import run_demo
 
@@ -93,7 +208,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_demo]
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_train, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

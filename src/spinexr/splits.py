@@ -1,0 +1,83 @@
+"""Leakage-free splits: stratified, group-aware folds, validation carved from the training fold, and
+oversampling that draws from the training indices only.
+
+``leaky_split`` reproduces the protocol this project exists to correct (oversample the whole dataset,
+then split), so its inflation can be shown side by side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from spinexr.errors import DatasetError
+
+
+def _k_for(labels: np.ndarray, groups: np.ndarray, k: int) -> int:
+    n_groups_min = min(len(np.unique(groups[labels == c])) for c in np.unique(labels))
+    if n_groups_min < 2:
+        raise DatasetError("every class needs images from at least two patients/groups to be split")
+    return min(k, n_groups_min)
+
+
+def group_kfold(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified group k-fold: ``[(train_idx, test_idx), ...]``; a group never straddles a split."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    k_eff = _k_for(labels, groups, k)
+    if k_eff < k:
+        raise DatasetError(
+            f"{k} folds asked for, but the smallest class has only {k_eff} groups; use --folds {k_eff} or fewer"
+        )
+    sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.sort(tr), np.sort(te)) for tr, te in sgkf.split(np.zeros(len(labels)), labels, groups)]
+
+
+def carve_validation(
+    train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split a training fold into (fit, validation), stratified and group-aware."""
+    train_idx = np.asarray(train_idx)
+    n_splits = max(2, int(round(1.0 / fraction)))
+    sub_labels, sub_groups = np.asarray(labels)[train_idx], np.asarray(groups)[train_idx]
+    n_splits = min(n_splits, _k_for(sub_labels, sub_groups, n_splits))
+    sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    fit, val = next(sgkf.split(np.zeros(len(train_idx)), sub_labels, sub_groups))
+    return np.sort(train_idx[fit]), np.sort(train_idx[val])
+
+
+def holdout(labels: np.ndarray, groups: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One stratified group split into (train, test)."""
+    idx = np.arange(len(labels))
+    return carve_validation(idx, labels, groups, test_fraction, seed)
+
+
+def oversample(train_idx: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices drawn **from ``train_idx`` only** so each class appears as often as the largest one."""
+    train_idx = np.asarray(train_idx)
+    y = np.asarray(labels)[train_idx]
+    classes, counts = np.unique(y, return_counts=True)
+    target = counts.max()
+    parts = []
+    for c in classes:
+        members = train_idx[y == c]
+        extra = rng.choice(members, size=target - len(members), replace=True) if target > len(members) else []
+        parts.append(np.concatenate([members, np.asarray(extra, dtype=members.dtype)]))
+    out = np.concatenate(parts)
+    rng.shuffle(out)
+    return out
+
+
+def leaky_split(labels: np.ndarray, seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, np.ndarray | float]:
+    """The notebook's protocol: oversample every class to the largest, *then* split 80/10/10.
+
+    Returns source indices (with repeats) for train/val/test and ``test_leak``, the fraction of test
+    rows whose source image also appears in train.
+    """
+    rng = np.random.default_rng(seed)
+    pool = oversample(np.arange(len(labels)), labels, rng)
+    rng.shuffle(pool)
+    n = len(pool)
+    a, b = int(fractions[0] * n), int((fractions[0] + fractions[1]) * n)
+    train, val, test = pool[:a], pool[a:b], pool[b:]
+    leak = float(np.isin(test, train).mean()) if len(test) else 0.0
+    return {"train": train, "val": val, "test": test, "test_leak": leak}
