@@ -195,7 +195,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from spinexr.demo import run_demo
 
-    run_demo(Path(args.out), seed=args.seed, epochs=args.epochs, n=args.n)
+    out = Path(args.out)
+    if (out / "cv").exists() and any((out / "cv").iterdir()) and not args.force:
+        raise SpinexrError(f"{out / 'cv'} exists; pass --force to run the demo again there, or choose --out")
+    if args.force and (out / "cv").exists():
+        import shutil
+
+        shutil.rmtree(out / "cv")
+    run_demo(out, seed=args.seed, epochs=args.epochs, n=args.n)
     return 0
 
 
@@ -205,6 +212,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=90, help="number of synthetic images")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an earlier demo run in the same folder")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -63,6 +63,15 @@ def _new_model(name: str, cfg: CVConfig, seed: int):
     return create_model(name, weights=cfg.weights, attention=cfg.attention, drop_rate=cfg.drop_rate)
 
 
+def _fit_ood(model: Any, x: Any, y: np.ndarray, idx: np.ndarray, device: Any) -> Any:
+    """The OOD detector on the pooled features of the training images (no augmentation)."""
+    from spinexr.models import GRAY_MEAN, GRAY_STD
+    from spinexr.ood import extract_features, fit_ood
+
+    feats = extract_features(model, x, idx, device, GRAY_MEAN, GRAY_STD)
+    return fit_ood(feats, y[idx])
+
+
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not history:
@@ -143,7 +152,8 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
                                               temperature=res.temperature, weights=cfg.weights,
                                               data_summary={"source": str(source), "counts": data.counts(),
                                                             "n_train": len(fit_idx), "split": "cv repeat 0 fold 0"})
-                        save_model(model, meta, out / "models" / f"{m}.safetensors")
+                        save_model(model, meta, out / "models" / f"{m}.safetensors",
+                                   ood=_fit_ood(model, data.tensors[s], y, tr, device))
                     for i, p in zip(te, probs):
                         oof_rows.append({"path": str(data.paths[i]), "label": CLASSES[y[i]], "group": data.groups[i],
                                          "repeat": r, "fold": k, "model": m,
@@ -236,7 +246,8 @@ def run_train(source: str | Path, model_name: str, cfg: CVConfig, tcfg: TrainCon
                           temperature=res.temperature, weights=cfg.weights,
                           data_summary={"source": str(source), "counts": data.counts(), "n_train": len(fit_idx),
                                         "n_val": len(val_idx), "n_test": len(te)})
-    save_model(model, meta, out / "model.safetensors")
+    save_model(model, meta, out / "model.safetensors",
+               ood=_fit_ood(model, data.tensors[size], y, np.concatenate([fit_idx, val_idx]), device))
     results: dict[str, Any] = {
         "source": str(source), "n_images": int(len(y)), "counts": data.counts(), "skipped": data.skipped,
         "n_groups": int(len(np.unique(data.groups))), "near_duplicate_pairs": data.near_duplicates,

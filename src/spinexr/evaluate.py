@@ -24,7 +24,7 @@ def evaluate_model(model_path: str | Path, source: str | Path, out_dir: str | Pa
     from spinexr.train import predict_logits, resolve_device
 
     dev = resolve_device(device)
-    model, meta = load_model(model_path, dev)
+    model, meta, _ = load_model(model_path, dev)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     size = int(meta["input_size"])

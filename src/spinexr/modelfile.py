@@ -45,13 +45,24 @@ def build_metadata(model: nn.Module, *, input_size: int, mean: float, std: float
     return meta
 
 
-def save_model(model: nn.Module, meta: dict[str, Any], path: str | Path) -> Path:
-    """Write ``path`` (.safetensors) and ``path.json``; the write is atomic."""
+OOD_KEYS = ("mean", "components", "class_means", "precision")
+
+
+def save_model(model: nn.Module, meta: dict[str, Any], path: str | Path, ood: Any = None) -> Path:
+    """Write ``path`` (.safetensors) and ``path.json``; the write is atomic.
+
+    ``ood`` (an :class:`~spinexr.ood.OODDetector`) is stored as ``ood.*`` tensors beside the weights.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if ood is not None:
+        for k in OOD_KEYS:
+            state[f"ood.{k}"] = torch.as_tensor(getattr(ood, k), dtype=torch.float32).contiguous()
+        meta = {**meta, "ood": {"threshold": ood.threshold, "percentile": ood.percentile,
+                                "components": int(ood.components.shape[0]), "method": "mahalanobis-pca"}}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"spinexr": json.dumps(meta)})
     tmp.replace(path)
@@ -78,8 +89,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the architecture from the metadata and load the weights; returns (model in eval mode, meta)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any], Any]:
+    """Rebuild the architecture from the metadata and load the weights.
+
+    Returns ``(model in eval mode, metadata, OODDetector or None)``.
+    """
     from safetensors.torch import load_file
 
     from spinexr.models import create_model
@@ -88,9 +102,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     model = create_model(meta["architecture"], weights="none", attention=meta["attention"],
                          in_chans=meta.get("in_chans", 1), num_classes=len(meta["labels"]))
     state = load_file(str(path), device="cpu")
+    ood = None
+    ood_state = {k[4:]: state.pop(k) for k in list(state) if k.startswith("ood.")}
+    if ood_state and "ood" in meta:
+        from spinexr.ood import OODDetector
+
+        ood = OODDetector(**{k: ood_state[k].double().numpy() for k in OOD_KEYS},
+                          threshold=meta["ood"]["threshold"], percentile=meta["ood"]["percentile"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(f"{path}: weights do not match {meta['architecture']} "
                            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
     model.to(device).eval()
-    return model, meta
+    return model, meta, ood

@@ -71,7 +71,7 @@ def _build(name: str, pretrained: bool, in_chans: int, drop_rate: float, attenti
                            drop_rate=drop_rate, arch=name)
 
 
-@register_model("legacy_xception", 299, "conv4", "Xception (the Keras port, timm legacy_xception)")
+@register_model("legacy_xception", 299, "act4", "Xception (the Keras port, timm legacy_xception)")
 def xception(pretrained: bool = False, in_chans: int = 1, drop_rate: float = 0.2, attention: str = "mhsa",
              num_classes: int = len(CLASSES)) -> SpineClassifier:
     """Xception (the Keras port, timm legacy_xception)."""

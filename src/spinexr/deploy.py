@@ -1,0 +1,186 @@
+"""Running a trained model on new files: one :class:`Predictor` for PyTorch and onnxruntime.
+
+Both backends run the same :class:`DeployModule` graph: normalisation, the classifier, temperature
+scaling and the OOD score are inside it, so an ONNX file needs only a letterboxed [0, 1] input.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from spinexr.errors import ImageReadError, SpinexrError
+from spinexr.imread import DEFAULT_MAX_PIXELS, read_image
+from spinexr.preprocess import Placement, fit_to_square
+
+
+class DeployModule(nn.Module):
+    """(B, 1, S, S) float in [0, 1] -> (logits, calibrated probabilities, OOD score)."""
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any], ood: Any = None) -> None:
+        super().__init__()
+        self.model = model
+        self.mean = float(meta["mean"])
+        self.std = float(meta["std"])
+        self.register_buffer("temperature", torch.tensor(float(meta.get("temperature", 1.0))))
+        self.has_ood = ood is not None
+        if ood is not None:
+            self.register_buffer("ood_mean", torch.as_tensor(ood.mean, dtype=torch.float32))
+            self.register_buffer("ood_components", torch.as_tensor(ood.components, dtype=torch.float32))
+            self.register_buffer("ood_class_means", torch.as_tensor(ood.class_means, dtype=torch.float32))
+            self.register_buffer("ood_precision", torch.as_tensor(ood.precision, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = (x - self.mean) / self.std
+        f = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        logits = self.model.classifier(f)
+        probs = torch.softmax(logits / self.temperature, dim=1)
+        if self.has_ood:
+            z = (f - self.ood_mean) @ self.ood_components.t()
+            d = z[:, None, :] - self.ood_class_means[None]
+            score = torch.einsum("nck,kl,ncl->nc", d, self.ood_precision, d).min(dim=1).values
+        else:
+            score = torch.zeros(x.shape[0], device=x.device)
+        return logits, probs, score
+
+
+@dataclass
+class Prediction:
+    """One file's result; ``status`` is ``ok`` or ``error`` (then ``reason`` says why)."""
+
+    path: str
+    status: str
+    reason: str = ""
+    label: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    ood_score: float | None = None
+    ood: bool | None = None
+    seconds: float = 0.0
+
+    def row(self, labels: list[str]) -> dict[str, Any]:
+        return {"path": self.path, "status": self.status, "reason": self.reason, "label": self.label,
+                **{f"p_{c}": (f"{self.probabilities[c]:.6f}" if self.probabilities else "") for c in labels},
+                "ood_score": "" if self.ood_score is None else f"{self.ood_score:.3f}",
+                "ood": "" if self.ood is None else str(self.ood).lower()}
+
+
+class Predictor:
+    """Loads a model file (.safetensors) or an exported .onnx once; predicts files and arrays.
+
+    Args:
+        path: the model file.
+        backend: ``torch`` or ``onnx`` (``onnx`` with a .safetensors path needs ``onnx_path``).
+        device: torch device for the torch backend.
+        onnx_path: an ONNX export of the same model, to run on onnxruntime.
+        threads: intra-op threads for onnxruntime (None: its default).
+    """
+
+    def __init__(self, path: str | Path, backend: str | None = None, device: str = "cpu",
+                 onnx_path: str | Path | None = None, threads: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        path = Path(path)
+        self.max_pixels = max_pixels
+        self.model: nn.Module | None = None
+        self.deploy: DeployModule | None = None
+        self.session: Any = None
+        if path.suffix == ".onnx":
+            onnx_path, backend = path, "onnx"
+        backend = backend or ("onnx" if onnx_path else "torch")
+        self.backend = backend
+        self.device = torch.device(device)
+        if path.suffix != ".onnx":
+            from spinexr.modelfile import load_model
+
+            self.model, self.meta, self.ood = load_model(path, self.device)
+            self.deploy = DeployModule(self.model, self.meta, self.ood).to(self.device).eval()
+        if backend == "onnx":
+            if onnx_path is None:
+                raise SpinexrError("the onnx backend needs an .onnx file: export one with `spinexr export MODEL --onnx out.onnx`")
+            self.session, onnx_meta = _ort_session(Path(onnx_path), threads)
+            if self.deploy is None:
+                self.meta = onnx_meta
+                self.ood = None
+        elif backend != "torch":
+            raise SpinexrError(f"unknown backend {backend!r}; choose torch or onnx")
+        self.labels: list[str] = list(self.meta["labels"])
+        self.size = int(self.meta["input_size"])
+        self.ood_threshold = float(self.meta["ood"]["threshold"]) if self.meta.get("ood") else None
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("architecture", ""))
+
+    def prepare(self, img: np.ndarray) -> tuple[np.ndarray, Placement]:
+        x, pl = fit_to_square(img, self.size, self.meta.get("resize", "letterbox"))
+        return x.astype(np.float32)[None, None] / 255.0, pl
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, 1, S, S) float32 in [0, 1] -> (logits, probs, ood scores) as numpy."""
+        if self.session is not None:
+            lg, pr, sc = self.session.run(["logits", "probs", "ood_score"], {"image": x.astype(np.float32)})
+            return lg, pr, sc
+        assert self.deploy is not None
+        with torch.no_grad():
+            lg, pr, sc = self.deploy(torch.from_numpy(x).to(self.device))
+        return lg.cpu().numpy(), pr.cpu().numpy(), sc.cpu().numpy()
+
+    def predict_image(self, img: np.ndarray, path: str = "") -> Prediction:
+        t0 = time.perf_counter()
+        x, _ = self.prepare(img)
+        _, pr, sc = self.run(x)
+        p = pr[0]
+        score = float(sc[0]) if self.ood_threshold is not None else None
+        return Prediction(path=path, status="ok", label=self.labels[int(p.argmax())],
+                          probabilities={c: float(v) for c, v in zip(self.labels, p)}, ood_score=score,
+                          ood=None if score is None else bool(score > self.ood_threshold),
+                          seconds=time.perf_counter() - t0)
+
+    def predict_file(self, path: str | Path) -> tuple[Prediction, np.ndarray | None]:
+        """Predict one file; a bad file gives ``status='error'`` with the reason, never an exception."""
+        try:
+            img, _ = read_image(path, max_pixels=self.max_pixels)
+        except ImageReadError as e:
+            return Prediction(path=str(path), status="error", reason=e.reason), None
+        return self.predict_image(img, str(path)), img
+
+    def explain(self, img: np.ndarray, method: str = "gradcam", target: int | None = None) -> tuple[np.ndarray, int]:
+        """A heatmap in the original image's frame (the letterbox undone)."""
+        from spinexr.explain import cam_ready, explain
+
+        if self.model is None:
+            raise SpinexrError("explanations need the .safetensors model file, not only the ONNX export")
+        if not hasattr(self, "_cam_model"):
+            self._cam_model = cam_ready(self.model) if method != "attention" else self.model
+        m = self._cam_model if method != "attention" else self.model
+        x, pl = self.prepare(img)
+        xt = (torch.from_numpy(x).to(self.device) - self.meta["mean"]) / self.meta["std"]
+        heat, t = explain(m, xt, method, target)
+        return pl.to_original(heat), t
+
+
+def _ort_session(path: Path, threads: int | None) -> tuple[Any, dict[str, Any]]:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise SpinexrError("the onnx backend needs onnxruntime: pip install 'spinexr[export]'") from e
+    if not path.is_file():
+        raise SpinexrError(f"{path}: ONNX file not found; export one with `spinexr export MODEL --onnx {path}`")
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise SpinexrError(f"{path}: onnxruntime cannot load it ({e})") from e
+    md = sess.get_modelmeta().custom_metadata_map
+    if "spinexr" not in md:
+        raise SpinexrError(f"{path}: an ONNX file without spinexr metadata; export it with `spinexr export`")
+    return sess, json.loads(md["spinexr"])

@@ -1,0 +1,132 @@
+"""``spinexr export``: ONNX (dynamic batch) with a checker run and a PyTorch/onnxruntime parity check,
+and an optional INT8 model by onnxruntime static quantization calibrated on real images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spinexr.errors import SpinexrError
+
+log = logging.getLogger(__name__)
+
+PARITY_TOL = 1e-4
+
+
+def _need(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise SpinexrError(f"export needs {module}: pip install 'spinexr[export]'") from e
+
+
+def export_onnx(model_path: str | Path, out: str | Path, opset: int = 17, parity_images: list[Path] | None = None,
+                tol: float = PARITY_TOL) -> dict[str, Any]:
+    """Export ``model_path`` to ``out``; checks the graph and, given images, output parity.
+
+    Raises :class:`SpinexrError` when parity is worse than ``tol`` (max abs difference of the
+    calibrated probabilities).
+    """
+    from spinexr.deploy import DeployModule, Predictor
+
+    onnx = _need("onnx")
+    out = Path(out)
+    if out.resolve() == Path(model_path).resolve():
+        raise SpinexrError("the ONNX output would overwrite the model file; choose another --onnx path")
+    pred = Predictor(model_path, backend="torch")
+    deploy: DeployModule = pred.deploy  # type: ignore[assignment]
+    deploy.eval()
+    s = pred.size
+    dummy = torch.rand(2, 1, s, s)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.onnx.export(deploy, (dummy,), str(tmp), input_names=["image"], output_names=["logits", "probs", "ood_score"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "probs": {0: "batch"},
+                                    "ood_score": {0: "batch"}},
+                      opset_version=opset, dynamo=False, do_constant_folding=True)
+    m = onnx.load(str(tmp))
+    meta = {**pred.meta, "onnx_opset": opset}
+    entry = m.metadata_props.add()
+    entry.key, entry.value = "spinexr", json.dumps(meta)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(tmp))
+    tmp.replace(out)
+    report: dict[str, Any] = {"onnx": str(out), "opset": opset, "checker": "passed"}
+    if parity_images:
+        report.update(parity(pred, out, parity_images, tol))
+    return report
+
+
+def _inputs(pred: Any, images: list[Path]) -> np.ndarray:
+    from spinexr.imread import read_image
+
+    xs = []
+    for p in images:
+        img, _ = read_image(p)
+        xs.append(pred.prepare(img)[0])
+    return np.concatenate(xs)
+
+
+def parity(pred: Any, onnx_path: Path, images: list[Path], tol: float = PARITY_TOL) -> dict[str, Any]:
+    """Max abs difference between PyTorch and onnxruntime probabilities on real images (one batch)."""
+    from spinexr.deploy import Predictor
+
+    x = _inputs(pred, images)
+    _, p_t, s_t = pred.run(x)
+    ort_pred = Predictor(onnx_path, backend="onnx")
+    _, p_o, s_o = ort_pred.run(x)
+    diff = float(np.abs(p_t - p_o).max())
+    rel_ood = float(np.max(np.abs(s_t - s_o) / np.maximum(1.0, np.abs(s_t)))) if pred.ood is not None else 0.0
+    if diff > tol:
+        raise SpinexrError(f"ONNX parity failed: max |p_torch - p_onnx| = {diff:.2e} > {tol:.0e} on {len(images)} images")
+    return {"parity_images": len(images), "max_abs_prob_diff": diff, "max_rel_ood_diff": rel_ood,
+            "same_predictions": bool((p_t.argmax(1) == p_o.argmax(1)).all())}
+
+
+def quantize_int8(onnx_path: str | Path, out: str | Path, calibration_images: list[Path]) -> dict[str, Any]:
+    """Static INT8 quantization (QDQ, per-channel weights) calibrated on ``calibration_images``."""
+    from spinexr.deploy import Predictor
+
+    q = _need("onnxruntime.quantization")
+    pred = Predictor(onnx_path, backend="onnx")
+    x = _inputs(pred, calibration_images)
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"image": x[i:i + 1]} for i in range(len(x))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    out = Path(out)
+    pre = out.with_name(out.stem + ".pre.onnx")
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+        src = pre
+    except Exception as e:  # pre-processing is an optimisation; quantize the plain graph without it
+        log.warning("quantization pre-processing skipped: %s", e)
+        src = Path(onnx_path)
+    q.quantize_static(str(src), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                      calibrate_method=q.CalibrationMethod.MinMax,
+                      op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    if pre.exists():
+        pre.unlink()
+    onnx = _need("onnx")
+    m = onnx.load(str(out))
+    meta = {**pred.meta, "quantization": "int8-static-qdq", "calibration_images": len(calibration_images)}
+    del m.metadata_props[:]
+    e = m.metadata_props.add()
+    e.key, e.value = "spinexr", json.dumps(meta)
+    onnx.save(m, str(out))
+    return {"int8_onnx": str(out), "calibration_images": len(calibration_images)}

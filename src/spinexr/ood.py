@@ -1,0 +1,92 @@
+"""Out-of-distribution scoring: Mahalanobis distance on the model's pooled features.
+
+Fitted at training time on the training images: the pooled features are projected onto their
+leading principal components (at most 64), and each class gets a Gaussian with a shared,
+Ledoit-Wolf-shrunk covariance (Lee et al., 2018). An image's score is its smallest squared distance
+to a class mean; it is flagged when the score exceeds a percentile of the training scores. The
+fitted numbers are plain arrays, stored in the model file and the ONNX metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class OODDetector:
+    mean: np.ndarray  # (C,) feature mean
+    components: np.ndarray  # (k, C) principal axes
+    class_means: np.ndarray  # (n_classes, k)
+    precision: np.ndarray  # (k, k)
+    threshold: float
+    percentile: float
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Smallest squared Mahalanobis distance to a class mean, per row."""
+        z = (np.asarray(features, dtype=np.float64) - self.mean) @ self.components.T
+        d = z[:, None, :] - self.class_means[None, :, :]
+        m = np.einsum("nck,kl,ncl->nc", d, self.precision, d)
+        return m.min(axis=1)
+
+    def flag(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = self.score(features)
+        return s, s > self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.tolist(), "components": self.components.tolist(),
+                "class_means": self.class_means.tolist(), "precision": self.precision.tolist(),
+                "threshold": float(self.threshold), "percentile": float(self.percentile)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "OODDetector":
+        return cls(mean=np.asarray(d["mean"]), components=np.asarray(d["components"]),
+                   class_means=np.asarray(d["class_means"]), precision=np.asarray(d["precision"]),
+                   threshold=float(d["threshold"]), percentile=float(d["percentile"]))
+
+
+def fit_ood(features: np.ndarray, labels: np.ndarray, percentile: float = 99.0, max_components: int = 64) -> OODDetector:
+    """Fit on training features (N, C) and labels; the threshold is the ``percentile`` of training scores."""
+    from sklearn.covariance import LedoitWolf
+
+    x = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    mean = x.mean(axis=0)
+    xc = x - mean
+    k = int(min(max_components, x.shape[0] - 1, x.shape[1]))
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    comps = vt[:k]
+    z = xc @ comps.T
+    classes = np.unique(labels)
+    n_classes = int(labels.max()) + 1
+    cm = np.zeros((n_classes, k))
+    resid = np.zeros_like(z)
+    for c in classes:
+        cm[c] = z[labels == c].mean(axis=0)
+        resid[labels == c] = z[labels == c] - cm[c]
+    for c in set(range(n_classes)) - set(classes.tolist()):
+        cm[c] = np.full(k, 1e6)  # a class absent from training can never be the nearest
+    cov = LedoitWolf().fit(resid).covariance_
+    prec = np.linalg.pinv(cov)
+    det = OODDetector(mean, comps, cm, prec, threshold=0.0, percentile=percentile)
+    det.threshold = float(np.percentile(det.score(x), percentile))
+    return det
+
+
+def extract_features(model: Any, x_u8: Any, idx: Any, device: Any, mean: float, std: float,
+                     batch_size: int = 64) -> np.ndarray:
+    """Pooled pre-logit features of ``x_u8[idx]`` (all rows when idx is None)."""
+    import torch
+
+    model.eval()
+    n = x_u8.shape[0] if idx is None else len(idx)
+    ids = torch.arange(n) if idx is None else torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    out = []
+    with torch.no_grad():
+        for s in range(0, n, batch_size):
+            xb = x_u8[ids[s:s + batch_size]].to(device).float().div_(255.0)
+            xb = (xb - mean) / std
+            out.append(model.forward_head(model.forward_features(xb), pre_logits=True).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 1))

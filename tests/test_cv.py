@@ -1,0 +1,137 @@
+"""Cross-validation end to end on tiny synthetic data, the CLI and config, and KAUH learning."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spinexr.cli import main
+from spinexr.cv import CVConfig, run_cv
+from spinexr.train import TrainConfig
+
+PLOTS = ["class_distribution", "samples", "curves_small", "confusion_small", "roc_small", "confusion_ensemble",
+         "roc_ensemble", "reliability", "curves_small_leaky"]
+
+
+@pytest.fixture(scope="module")
+def cv_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("cv")
+    cfg = CVConfig(models=["small"], folds=2, image_size=48, bootstrap=50, protocol="both", attention="cbam")
+    res = run_cv(synth_dir, cfg, TrainConfig(epochs=2, batch_size=8, device="cpu", patience=5), out, progress=False)
+    return out, res
+
+
+def test_cv_writes_everything(cv_run) -> None:
+    out, res = cv_run
+    for name in ("report.html", "metrics.json", "summary.md", "oof_predictions.csv", "config.json",
+                 "models/small.safetensors", "history/small_r0_f0.csv"):
+        assert (out / name).is_file(), name
+    m = json.loads((out / "metrics.json").read_text())
+    s = m["models"]["small"]
+    for k in ("accuracy", "macro_f1", "auc_macro", "ece", "f1_Normal", "f1_Scoliosis", "f1_Spondylolisthesis"):
+        assert set(s["summary"][k]) == {"mean", "std"}
+    for k in ("accuracy", "macro_f1", "auc_macro", "ece"):
+        lo, hi = s["ci95"][k]
+        assert lo <= hi
+    pc = s["pooled"]["per_class"]["Scoliosis"]
+    assert {"precision", "recall", "f1", "auc", "support"} <= set(pc)
+    assert len(s["folds"]) == 2 and all(f["temperature"] > 0 for f in s["folds"])
+    assert "test_leak_fraction" in m["leaky"] and "small" in m["leaky"]["models"]
+    assert m["shortcut"]["majority_rate"] > 0
+
+
+def test_every_image_has_one_oof_prediction(cv_run, synth_dir: Path) -> None:
+    import csv
+
+    out, _ = cv_run
+    rows = [r for r in csv.DictReader(open(out / "oof_predictions.csv")) if r["model"] == "small"]
+    assert len(rows) == 30 and len({r["path"] for r in rows}) == 30
+    for r in rows:
+        p = [float(r[k]) for k in ("p_Normal", "p_Scoliosis", "p_Spondylolisthesis")]
+        assert abs(sum(p) - 1) < 1e-5
+
+
+def test_report_has_every_plot(cv_run) -> None:
+    out, _ = cv_run
+    html = (out / "report.html").read_text()
+    for p in PLOTS:
+        if p.endswith("ensemble"):
+            continue  # one model: no ensemble plot
+        assert (out / "plots" / f"{p}.png").is_file(), p
+    n_img = len(re.findall(r'src="data:image/png;base64,', html))
+    assert n_img == len(list((out / "plots").glob("*.png")))  # self-contained: every plot inlined
+    assert "Shortcut baseline" in html and "Leaky protocol" in html and "Model comparison" in html
+    assert "http://" not in html and "https://" not in html  # opens offline
+
+
+def test_ensemble_of_two_models(synth_dir: Path, tmp_path: Path) -> None:
+    cfg = CVConfig(models=["small", "densenet121"], folds=2, image_size=32, bootstrap=20, save_models=False)
+    res = run_cv(synth_dir, cfg, TrainConfig(epochs=1, batch_size=8, device="cpu"), tmp_path, progress=False)
+    assert set(res["models"]) == {"small", "densenet121", "ensemble"}
+    assert (tmp_path / "plots" / "confusion_ensemble.png").is_file()
+    assert len(res["models"]["ensemble"]["fold_metrics"]) == 2
+
+
+def test_cli_cv_train_evaluate_with_yaml(synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {synth_dir}\ncv:\n  folds: 2\n  image_size: 40\n  bootstrap: 20\ntrain:\n  epochs: 5\n"
+                   "  batch_size: 8\n  device: cpu\n")
+    out = tmp_path / "run"
+    # The flag (--epochs 1) overrides the YAML (epochs: 5).
+    assert main(["cv", "--config", str(cfg), "--models", "small", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["cv"]["folds"] == 2 and saved["cv"]["image_size"] == 40
+    assert "report:" in capsys.readouterr().out
+    # Never overwrite a run folder by accident.
+    assert main(["cv", "--config", str(cfg), "--models", "small", "--out", str(out), "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    tr = tmp_path / "train"
+    assert main(["train", "--data", str(synth_dir), "--model", "small", "--epochs", "1", "--image-size", "40",
+                 "--device", "cpu", "--bootstrap", "20", "--out", str(tr), "--quiet"]) == 0
+    assert (tr / "model.safetensors").is_file() and (tr / "report.html").is_file()
+    ev = tmp_path / "eval"
+    assert main(["evaluate", str(tr / "model.safetensors"), "--data", str(synth_dir), "--out", str(ev),
+                 "--bootstrap", "20", "--quiet", "--device", "cpu"]) == 0
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["n_images"] == 30 and m["model"]["input_size"] == 40
+
+
+def test_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cv", "--models", "small"]) == 2
+    assert "--data" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trian:\n  epochs: 3\n")
+    assert main(["cv", "--config", str(bad)]) == 2
+    assert "unknown top-level" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "none.safetensors"), "--data", str(tmp_path)]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_small_model_learns_kauh(kauh_dir: Path) -> None:
+    """One fold, 96 px, a dozen epochs on a CPU: well above the 55.6% majority rate."""
+    import torch
+
+    from spinexr.metrics import softmax
+    from spinexr.models import GRAY_MEAN, GRAY_STD, create_model
+    from spinexr.preprocess import prepare_dataset
+    from spinexr.splits import carve_validation, group_kfold
+    from spinexr.train import fit, predict_logits
+
+    d = prepare_dataset(kauh_dir, [96], progress=False)
+    assert d.near_duplicates >= 1
+    tr, te = group_kfold(d.labels, d.groups, 5, 0)[0]
+    fi, va = carve_validation(tr, d.labels, d.groups, 0.15, 0)
+    torch.manual_seed(0)
+    m = create_model("small", attention="mhsa")
+    res = fit(m, d.tensors[96], d.labels, fi, va, TrainConfig(epochs=12, batch_size=32, device="cpu", patience=100),
+              GRAY_MEAN, GRAY_STD, progress=False)
+    probs = softmax(predict_logits(m, d.tensors[96], te, torch.device("cpu"), GRAY_MEAN, GRAY_STD, tta_flip=True),
+                    res.temperature)
+    acc = float((probs.argmax(1) == d.labels[te]).mean())
+    assert acc > 0.75, acc

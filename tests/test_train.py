@@ -1,0 +1,106 @@
+"""Training: early stopping restores the best weights, model files round-trip, CPU runs reproduce."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spinexr.metrics import softmax
+from spinexr.models import GRAY_MEAN, GRAY_STD, create_model
+from spinexr.preprocess import fit_to_square, prepare_dataset
+from spinexr.train import TrainConfig, fit, predict_logits
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny(synth_dir: Path):
+    return prepare_dataset(synth_dir, [48], progress=False)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(epochs=4, batch_size=8, patience=10, lr=3e-3, device="cpu", warmup_epochs=0.5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _val_loss(model, data, idx) -> float:
+    lg = predict_logits(model, data.tensors[48], idx, CPU, GRAY_MEAN, GRAY_STD)
+    return float(torch.nn.functional.cross_entropy(torch.from_numpy(lg), torch.from_numpy(data.labels[idx])).item())
+
+
+def test_early_stopping_restores_best(tiny) -> None:
+    idx = np.arange(len(tiny.labels))
+    fit_idx, val_idx = idx[::2], idx[1::2]
+    torch.manual_seed(0)
+    m = create_model("small", attention="cbam")
+    # A high learning rate makes validation loss bounce, so the last epoch is rarely the best.
+    res = fit(m, tiny.tensors[48], tiny.labels, fit_idx, val_idx, _cfg(epochs=6, lr=3e-2, patience=2),
+              GRAY_MEAN, GRAY_STD, progress=False)
+    assert res.best_epoch < len(res.history) - 1, "the test needs a run whose last epoch is not its best"
+    best = res.history[res.best_epoch]["val_loss"]
+    assert best == min(h["val_loss"] for h in res.history)
+    assert _val_loss(m, tiny, val_idx) == pytest.approx(best, abs=1e-5)
+    if res.stopped_early:
+        assert len(res.history) - 1 - res.best_epoch == 2
+
+
+def test_cpu_training_is_reproducible(tiny) -> None:
+    idx = np.arange(len(tiny.labels))
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = create_model("small", attention="mhsa")
+        r = fit(m, tiny.tensors[48], tiny.labels, idx[:20], idx[20:], _cfg(epochs=2), GRAY_MEAN, GRAY_STD,
+                progress=False)
+        outs.append(([h["train_loss"] for h in r.history], predict_logits(m, tiny.tensors[48], None, CPU, GRAY_MEAN, GRAY_STD)))
+    assert outs[0][0] == outs[1][0]
+    assert np.array_equal(outs[0][1], outs[1][1])
+
+
+def test_checkpoint_written_atomically(tiny, tmp_path: Path) -> None:
+    idx = np.arange(len(tiny.labels))
+    m = create_model("small", attention="none")
+    ck = tmp_path / "ck.pt"
+    fit(m, tiny.tensors[48], tiny.labels, idx[:20], idx[20:], _cfg(epochs=2), GRAY_MEAN, GRAY_STD, checkpoint=ck,
+        progress=False)
+    state = torch.load(ck, weights_only=True)
+    assert state["epoch"] == 1 and len(state["history"]) == 2
+    assert not (tmp_path / "ck.pt.tmp").exists()
+
+
+@pytest.mark.parametrize("attention", ["mhsa", "cbam", "none"])
+def test_model_file_round_trip(tmp_path: Path, attention: str) -> None:
+    from spinexr.modelfile import build_metadata, load_model, read_metadata, save_model
+
+    torch.manual_seed(3)
+    m = create_model("small", attention=attention).eval()
+    meta = build_metadata(m, input_size=64, mean=GRAY_MEAN, std=GRAY_STD, resize="letterbox", temperature=1.7,
+                          weights="none", data_summary={"counts": {"Normal": 1}})
+    p = save_model(m, meta, tmp_path / "m.safetensors")
+    m2, meta2, ood = load_model(p)
+    assert ood is None
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+    assert meta2["temperature"] == 1.7 and meta2["labels"] == ["Normal", "Scoliosis", "Spondylolisthesis"]
+    assert meta2["attention"] == attention and meta2["input_size"] == 64 and meta2["resize"] == "letterbox"
+    assert read_metadata(p)["spinexr_version"]
+    assert (tmp_path / "m.json").is_file()
+
+
+def test_letterbox_keeps_aspect() -> None:
+    img = np.zeros((200, 50), np.float32)
+    img[:, :] = 1.0
+    out, pl = fit_to_square(img, 64, "letterbox")
+    cols = np.nonzero(out.max(0) > 0)[0]
+    assert out.shape == (64, 64)
+    assert 14 <= len(cols) <= 18  # 50/200 of 64 = 16 columns of image, the rest black padding
+    assert pl.scale_x == pytest.approx(pl.scale_y, rel=0.1)
+    back = pl.to_original(out.astype(np.float32))
+    assert back.shape == (200, 50)
+    stretched, _ = fit_to_square(img, 64, "stretch")
+    assert (stretched > 0).all()
