@@ -44,3 +44,42 @@ def save(img: np.ndarray | Image.Image, path: Path, **kw) -> Path:
     im = img if isinstance(img, Image.Image) else Image.fromarray(img)
     im.save(path, **kw)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained for a few epochs on the synthetic set, with its OOD detector."""
+    from spinexr.cv import CVConfig, run_train
+    from spinexr.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("trained")
+    run_train(synth_dir, "small", CVConfig(image_size=64, bootstrap=20, attention="mhsa"),
+              TrainConfig(epochs=4, batch_size=8, device="cpu", lr=2e-3, warmup_epochs=0.5), out,
+              test_fraction=0.2, progress=False)
+    return out / "model.safetensors"
+
+
+def non_spine_images(root: Path) -> list[Path]:
+    """Photos, a chest radiograph, a near-blank film and a document: things a spine model must flag."""
+    from sklearn.datasets import load_sample_images
+
+    from spinexr.data.synth import render_chest
+
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, photo in enumerate(load_sample_images().images):
+        out.append(save(photo, root / f"photo{i}.jpg"))
+        out.append(save(photo[::2, ::2].transpose(1, 0, 2).copy(), root / f"photo{i}_rot.png"))
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        out.append(save(render_chest(np.random.default_rng(i), scale=0.6), root / f"chest{i}.png"))
+    blank = np.clip(rng.normal(0.02, 0.01, (700, 300)) * 255, 0, 255).astype(np.uint8)
+    out.append(save(blank, root / "blank.png"))
+    doc = Image.new("L", (600, 800), 250)
+    from PIL import ImageDraw
+
+    d = ImageDraw.Draw(doc)
+    for k in range(30):
+        d.text((40, 30 + 24 * k), "Lorem ipsum dolor sit amet, radiology report line %d" % k, fill=20)
+    out.append(save(doc, root / "document.png"))
+    return out

@@ -192,6 +192,154 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_cmd_evaluate)
 
 
+def _refuse_overwrite(path: Path, inputs: list[Path], force: bool) -> None:
+    resolved = {p.resolve() for p in inputs if p.exists()}
+    if path.resolve() in resolved:
+        raise SpinexrError(f"{path}: the output would overwrite an input file; choose another path")
+    if path.exists() and not force:
+        raise SpinexrError(f"{path}: exists; choose another output path or pass --force")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from spinexr.predict import Predictor, expand_paths, predict_paths, summarize, write_rows
+
+    paths = expand_paths(args.paths, recursive=args.recursive)
+    if not paths:
+        raise SpinexrError("no files to predict: give image files or folders (with --recursive for sub-folders)")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _refuse_overwrite(out, paths, args.force)
+    pred = Predictor(args.model, backend=args.backend, device=args.device, onnx_path=args.onnx,
+                     max_pixels=args.max_pixels)
+    rows = predict_paths(pred, paths, explain=args.explain, heatmaps=Path(args.heatmaps) if args.heatmaps else None,
+                         progress=not args.quiet)
+    if out is not None:
+        write_rows(rows, out)
+        print(f"wrote {out}")
+    else:
+        for r in rows:
+            if r["status"] == "ok":
+                print(f"{r['path']}\t{r['label']}\t" + "\t".join(f"{k[2:]}={r[k]}" for k in r if k.startswith("p_"))
+                      + (f"\tOOD" if r.get("ood") == "true" else ""))
+            else:
+                print(f"{r['path']}\tERROR\t{r['reason']}")
+    print(summarize(rows), file=sys.stderr)
+    return 0 if any(r["status"] == "ok" for r in rows) else 1
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from spinexr.explain import overlay
+    from spinexr.predict import Predictor
+    from spinexr.imread import read_image
+
+    out = Path(args.out)
+    _refuse_overwrite(out, [Path(args.image)], args.force)
+    pred = Predictor(args.model, device=args.device)
+    img, _ = read_image(args.image)
+    p = pred.predict_image(img, args.image)
+    target = pred.labels.index(args.target) if args.target else None
+    heat, t = pred.explain(img, args.method, target)
+    Image.fromarray(overlay(img, heat)).save(out)
+    print(f"{args.image}: {p.label} ({p.probabilities[p.label]:.3f}); {args.method} map for {pred.labels[t]} -> {out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from spinexr.export import export_onnx, quantize_int8
+    from spinexr.modelfile import read_metadata
+
+    out = Path(args.onnx)
+    _refuse_overwrite(out, [Path(args.model)], args.force)
+    images = _parity_images(args.parity_data, read_metadata(args.model), args.parity_count)
+    rep = export_onnx(args.model, out, opset=args.opset, parity_images=images)
+    print(f"wrote {out}: checker {rep['checker']}; parity on {rep.get('parity_images', 0)} images: "
+          f"max |dp| = {rep.get('max_abs_prob_diff', float('nan')):.2e}")
+    if args.int8:
+        q = Path(args.int8)
+        _refuse_overwrite(q, [Path(args.model), out], args.force)
+        calib = _parity_images(args.calibration_data or args.parity_data, read_metadata(args.model), args.calibration_count)
+        quantize_int8(out, q, calib)
+        print(f"wrote {q} (INT8, calibrated on {len(calib)} images)")
+    return 0
+
+
+def _parity_images(folder: str | None, meta: dict, count: int) -> list[Path]:
+    from spinexr.imread import list_images
+
+    src = folder or meta.get("training_data", {}).get("source")
+    if not src:
+        raise SpinexrError("give --parity-data DIR: a folder of radiographs for the parity check")
+    p = Path(src)
+    if p.suffix.lower() == ".csv":
+        from spinexr.data.manifest import from_csv
+
+        files = [r.path for r in from_csv(p).records]
+    elif p.is_dir():
+        files = list_images(p)
+    else:
+        raise SpinexrError(f"{p}: not found; give --parity-data DIR with radiographs")
+    if not files:
+        raise SpinexrError(f"{p}: holds no images for the parity check")
+    step = max(1, len(files) // count)
+    return files[::step][:count]
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from spinexr.serve import serve
+
+    serve(args.model, host=args.host, port=args.port, onnx_path=args.onnx, max_upload_mb=args.max_upload_mb,
+          max_pixels=args.max_pixels, threads=args.threads)
+    return 0
+
+
+def _add_deploy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="files or folders to CSV/JSON; bad files are reported and the batch goes on")
+    p.add_argument("model", help="model .safetensors file (or an exported .onnx)")
+    p.add_argument("paths", nargs="+", help="image files and/or folders")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--out", help="preds.csv or preds.json (default: print)")
+    p.add_argument("--explain", choices=["gradcam", "gradcam++", "attention"], help="also draw heatmaps")
+    p.add_argument("--heatmaps", help="folder for heatmap overlays")
+    p.add_argument("--backend", choices=["torch", "onnx"], help="default: torch, or onnx for an .onnx model")
+    p.add_argument("--onnx", help="an ONNX export of MODEL to run on onnxruntime")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-pixels", type=int, default=100_000_000)
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+    e = sub.add_parser("explain", help="Grad-CAM, Grad-CAM++ or the attention map over one image")
+    e.add_argument("model")
+    e.add_argument("image")
+    e.add_argument("--method", choices=["gradcam", "gradcam++", "attention"], default="gradcam")
+    e.add_argument("--target", choices=["Normal", "Scoliosis", "Spondylolisthesis"], help="class to explain")
+    e.add_argument("--out", default="explanation.png")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--force", action="store_true")
+    e.set_defaults(func=_cmd_explain)
+    x = sub.add_parser("export", help="ONNX export with a checker run and a parity check on real images")
+    x.add_argument("model")
+    x.add_argument("--onnx", required=True, help="output .onnx path")
+    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--parity-data", help="folder or CSV of radiographs (default: the model's training data)")
+    x.add_argument("--parity-count", type=int, default=8)
+    x.add_argument("--int8", help="also write a statically quantized INT8 model here")
+    x.add_argument("--calibration-data", help="images for INT8 calibration (default: --parity-data)")
+    x.add_argument("--calibration-count", type=int, default=64)
+    x.add_argument("--force", action="store_true")
+    x.set_defaults(func=_cmd_export)
+    s = sub.add_parser("serve", help="REST API and browser page (FastAPI + uvicorn)")
+    s.add_argument("model", help="model .safetensors file")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--onnx", help="serve /v1/predict with onnxruntime on this export of MODEL")
+    s.add_argument("--max-upload-mb", type=float, default=32.0)
+    s.add_argument("--max-pixels", type=int, default=60_000_000)
+    s.add_argument("--threads", type=int, default=None, help="inference threads")
+    s.set_defaults(func=_cmd_serve)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from spinexr.demo import run_demo
 
@@ -216,7 +364,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_train, _add_demo]
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_train, _add_deploy, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

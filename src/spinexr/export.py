@@ -48,21 +48,31 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = 17, parity
     dummy = torch.rand(2, 1, s, s)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    torch.onnx.export(deploy, (dummy,), str(tmp), input_names=["image"], output_names=["logits", "probs", "ood_score"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "probs": {0: "batch"},
-                                    "ood_score": {0: "batch"}},
-                      opset_version=opset, dynamo=False, do_constant_folding=True)
+    _torch_export(deploy, dummy, tmp, opset)
     m = onnx.load(str(tmp))
-    meta = {**pred.meta, "onnx_opset": opset}
+    meta = {**pred.meta, "onnx_opset": int(m.opset_import[0].version)}
     entry = m.metadata_props.add()
     entry.key, entry.value = "spinexr", json.dumps(meta)
     onnx.checker.check_model(m)
     onnx.save(m, str(tmp))
     tmp.replace(out)
-    report: dict[str, Any] = {"onnx": str(out), "opset": opset, "checker": "passed"}
+    report: dict[str, Any] = {"onnx": str(out), "opset": meta["onnx_opset"], "checker": "passed"}
     if parity_images:
         report.update(parity(pred, out, parity_images, tol))
     return report
+
+
+def _torch_export(module: torch.nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
+    """The torch.export-based exporter (dynamic batch); the TorchScript one if that fails."""
+    names = {"input_names": ["image"], "output_names": ["logits", "probs", "ood_score"]}
+    try:
+        torch.onnx.export(module, (dummy,), str(path), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                          opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False, **names)
+        return
+    except Exception as e:  # noqa: BLE001 - any exporter failure falls back to the older exporter
+        log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter", e)
+    torch.onnx.export(module, (dummy,), str(path), dynamic_axes={k: {0: "batch"} for k in ("image", "logits", "probs", "ood_score")},
+                      opset_version=opset, dynamo=False, do_constant_folding=True, **names)
 
 
 def _inputs(pred: Any, images: list[Path]) -> np.ndarray:

@@ -281,6 +281,28 @@ def render_lateral(
                      slip_level=slip_level if slip_pct > 0 else "")
 
 
+def render_chest(rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+    """A PA chest radiograph (lungs, ribs, heart, clavicles): a negative control for OOD checks."""
+    h = int(round(rng.uniform(800, 900) * scale))
+    w = int(round(rng.uniform(760, 860) * scale))
+    cv = _Canvas(w, h)
+    y, x = np.mgrid[0:h, 0:w]
+    cv.acc += (0.45 * np.exp(-(((x - w / 2) / (0.45 * w)) ** 6 + ((y - h * 0.55) / (0.55 * h)) ** 6))).astype(np.float32)
+    for side in (-1, 1):
+        cx = w / 2 + side * w * 0.2
+        cv.add(lambda d, c=cx: d.ellipse([c - w * 0.15, h * 0.18, c + w * 0.15, h * 0.78], fill=255), -0.3, blur=12)
+        for k in range(9):
+            yy = h * (0.2 + 0.065 * k)
+            pts = [(w / 2 + side * w * 0.04 * (1 + t * 8), yy + h * 0.06 * math.sin(math.pi * t) - h * 0.04 * t)
+                   for t in np.linspace(0, 1, 20)]
+            cv.add(lambda d, p=pts: d.line(p, fill=255, width=max(3, int(h * 0.012))), 0.12, blur=2)
+        cv.add(lambda d, s=side: d.line([(w / 2 + s * w * 0.03, h * 0.17), (w / 2 + s * w * 0.3, h * 0.12)],
+                                        fill=255, width=max(4, int(h * 0.015))), 0.2, blur=2)
+    cv.add(lambda d: d.ellipse([w * 0.42, h * 0.45, w * 0.68, h * 0.75], fill=255), 0.25, blur=10)
+    cv.add(lambda d: d.rectangle([w * 0.47, h * 0.05, w * 0.53, h * 0.95], fill=255), 0.15, blur=3)
+    return cv.finish(rng, blur=1.2 * scale, noise=0.02)
+
+
 def make_case(label: str, rng: np.random.Generator, scale: float = 1.0, view: str | None = None) -> SynthCase:
     """One case of ``label`` with severities drawn from ``rng``."""
     if label == "Scoliosis":

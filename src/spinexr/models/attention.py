@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def _exporting() -> bool:
+    """True while torch.export / ONNX / TorchScript trace the module (no Python-side state then)."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def sincos_2d(h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -46,6 +49,7 @@ class MHSA2d(nn.Module):
         hidden = max(dim, channels // 2)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, channels))
         self.drop = nn.Dropout(drop)
+        self.scale = (dim // num_heads) ** -0.5
         self.gamma1 = nn.Parameter(torch.full((channels,), 0.1))
         self.gamma2 = nn.Parameter(torch.full((channels,), 0.1))
         self.last_map: torch.Tensor | None = None
@@ -58,9 +62,10 @@ class MHSA2d(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]  # B, heads, N, d
         pos = sincos_2d(h, w, self.dim, x.device, q.dtype).reshape(h * w, self.num_heads, -1).transpose(0, 1)
         q, k = q + pos, k + pos
-        attn = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+        attn = (q @ k.transpose(-2, -1)) * self.scale
         attn = attn.softmax(dim=-1)
-        self.last_map = attn.detach().mean(dim=(1, 2)).reshape(b, h, w).float()
+        if not _exporting():
+            self.last_map = attn.detach().mean(dim=(1, 2)).reshape(b, h, w).float()
         out = (self.drop(attn) @ v).transpose(1, 2).reshape(b, h * w, self.dim)
         t = t + self.gamma1 * self.proj(out)
         t = t + self.gamma2 * self.mlp(self.norm2(t))
@@ -82,7 +87,8 @@ class CBAM(nn.Module):
         x = x * ca
         s = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         sa = torch.sigmoid(self.spatial(s))
-        self.last_map = sa.detach()[:, 0].float()
+        if not _exporting():
+            self.last_map = sa.detach()[:, 0].float()
         return x * sa
 
 

@@ -1,0 +1,95 @@
+"""``spinexr predict``: files and folders to CSV/JSON, with optional heatmaps.
+
+A bad file is reported in the ``status``/``reason`` columns and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from spinexr.deploy import Prediction, Predictor
+from spinexr.errors import SpinexrError
+from spinexr.imread import list_images
+
+log = logging.getLogger(__name__)
+
+
+def expand_paths(paths: list[str | Path], recursive: bool = False) -> list[Path]:
+    """Files as given, folders expanded to their images (sub-folders only with ``recursive``)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = list_images(p, recursive=recursive)
+            if not found:
+                log.warning("%s: no image files found%s", p, "" if recursive else " (use --recursive for sub-folders)")
+            out.extend(found)
+        else:
+            out.append(p)  # missing or unreadable files are reported per row, not fatal
+    return out
+
+
+def _heatmap_name(i: int, path: Path, method: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)[:80]
+    return f"{i:05d}_{safe}_{method.replace('+', 'p')}.png"
+
+
+def predict_paths(predictor: Predictor, paths: list[Path], explain: str | None = None,
+                  heatmaps: Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Predict every path; returns one row dict per path (``status`` ok or error)."""
+    from tqdm.auto import tqdm
+
+    from spinexr.explain import overlay
+
+    if explain and heatmaps is None:
+        raise SpinexrError("--explain needs --heatmaps DIR to write the overlays into")
+    if heatmaps is not None:
+        heatmaps.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for i, p in enumerate(tqdm(paths, desc="predicting", unit="img", disable=not progress)):
+        pred, img = predictor.predict_file(p)
+        row = pred.row(predictor.labels)
+        if explain and img is not None:
+            try:
+                heat, _ = predictor.explain(img, explain)
+                dest = heatmaps / _heatmap_name(i, p, explain)  # type: ignore[operator]
+                Image.fromarray(overlay(img, heat)).save(dest)
+                row["heatmap"] = str(dest)
+            except SpinexrError as e:
+                row["heatmap"] = ""
+                row["reason"] = f"no heatmap: {e}"
+        rows.append(row)
+    return rows
+
+
+def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps(rows, indent=2))
+        return
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def summarize(rows: list[dict[str, Any]]) -> str:
+    ok = [r for r in rows if r["status"] == "ok"]
+    bad = [r for r in rows if r["status"] != "ok"]
+    counts: dict[str, int] = {}
+    for r in ok:
+        counts[r["label"]] = counts.get(r["label"], 0) + 1
+    flagged = sum(1 for r in ok if r.get("ood") == "true")
+    parts = [f"{len(ok)} predicted ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})",
+             f"{len(bad)} unreadable", f"{flagged} flagged out-of-distribution"]
+    return "; ".join(parts)
+
+
+__all__ = ["Prediction", "Predictor", "expand_paths", "predict_paths", "summarize", "write_rows"]

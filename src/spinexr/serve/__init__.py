@@ -1,0 +1,174 @@
+"""``spinexr serve``: a FastAPI service and a browser page over one loaded model.
+
+Endpoints: ``POST /v1/predict`` and ``POST /v1/explain`` (multipart ``file``), ``GET /v1/model``,
+``GET /healthz``, the OpenAPI docs at ``/docs``, and the page at ``/``.
+
+Untrusted input is bounded: uploads over the size limit get 413 (checked on Content-Length before
+the body is read, and again while reading), content that is not an image gets 415, an image that
+cannot be decoded or is over the pixel limit (a decompression bomb) gets 422. Uploads are written
+only into a per-request temporary folder that is removed afterwards. The model is loaded once.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the endpoint signatures at runtime.
+import io
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from spinexr import __version__
+from spinexr.errors import ImageReadError, SpinexrError
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+CHUNK = 1 << 20
+
+
+def _need_fastapi() -> Any:
+    try:
+        import fastapi  # noqa: F401
+    except ImportError as e:
+        raise SpinexrError("serving needs FastAPI and uvicorn: pip install 'spinexr[serve]'") from e
+
+
+def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_upload_mb: float = 32.0,
+               max_pixels: int = 60_000_000, threads: int | None = None) -> Any:
+    """Build the FastAPI app; the model is loaded here, once."""
+    _need_fastapi()
+    from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+    from spinexr.deploy import Predictor
+    from spinexr.explain import overlay
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    predictor = Predictor(model_path, onnx_path=onnx_path, threads=threads, max_pixels=max_pixels)
+    max_bytes = int(max_upload_mb * 1024 * 1024)
+    explain_lock = threading.Lock()  # CAM hooks live on the shared model: one explanation at a time
+    meta_public = {k: v for k, v in predictor.meta.items()}
+    meta_public["backend"] = predictor.backend
+    meta_public["spinexr_server_version"] = __version__
+
+    import inspect
+
+    extra: dict[str, Any] = {}
+    if "max_body_size" in inspect.signature(FastAPI.__init__).parameters:
+        # A backstop for chunked uploads without Content-Length; declared sizes meet the JSON 413 below first.
+        extra["max_body_size"] = 2 * max_bytes + 64 * 1024
+    app = FastAPI(title="spinexr", version=__version__,
+                  description="Spine radiograph classification: Normal, Scoliosis, Spondylolisthesis.", **extra)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        cl = request.headers.get("content-length")
+        if cl is not None:
+            try:
+                too_big = int(cl) > max_bytes + 64 * 1024  # multipart framing overhead
+            except ValueError:
+                return JSONResponse({"detail": "invalid Content-Length header"}, status_code=400)
+            if too_big:
+                return JSONResponse({"detail": f"upload over the {max_upload_mb:g} MB limit"}, status_code=413)
+        return await call_next(request)
+
+    async def _read_upload(file: UploadFile) -> bytes:
+        buf = bytearray()
+        while True:
+            chunk = await file.read(CHUNK)
+            if not chunk:
+                break
+            buf += chunk
+            if len(buf) > max_bytes:
+                raise HTTPException(413, f"upload over the {max_upload_mb:g} MB limit")
+        if not buf:
+            raise HTTPException(422, "the uploaded file is empty")
+        return bytes(buf)
+
+    def _decode(data: bytes, filename: str | None) -> Any:
+        from spinexr.imread import read_image
+
+        # Only the extension of the client's name is kept: the name itself never reaches the disk.
+        suffix = Path(filename or "").suffix.lower()
+        if not suffix.isascii() or len(suffix) > 8 or not suffix[1:].isalnum():
+            suffix = ""
+        with tempfile.TemporaryDirectory(prefix="spinexr-") as d:
+            p = Path(d) / f"upload{suffix}"
+            p.write_bytes(data)
+            try:
+                img, _ = read_image(p, max_pixels=max_pixels)
+            except ImageReadError as e:
+                reason = e.reason
+                code = 415 if "not a recognised image" in reason or "not a readable DICOM" in reason else 422
+                raise HTTPException(code, reason.replace(str(p), "upload")) from e
+        return img
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    def model_info() -> dict[str, Any]:
+        return meta_public
+
+    @app.post("/v1/predict")
+    async def predict(file: UploadFile = File(...)) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        data = await _read_upload(file)
+        t1 = time.perf_counter()
+        img = _decode(data, file.filename)
+        t2 = time.perf_counter()
+        pred = predictor.predict_image(img)
+        t3 = time.perf_counter()
+        return {
+            "label": pred.label, "probabilities": pred.probabilities,
+            "ood": {"flag": pred.ood, "score": pred.ood_score, "threshold": predictor.ood_threshold},
+            "model": {"name": predictor.name, "version": predictor.meta.get("spinexr_version"),
+                      "backend": predictor.backend},
+            "image": {"width": int(img.shape[1]), "height": int(img.shape[0])},
+            "timing_ms": {"read": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3, "inference": (t3 - t2) * 1e3,
+                          "total": (t3 - t0) * 1e3},
+        }
+
+    @app.post("/v1/explain", responses={200: {"content": {"image/png": {}}}})
+    async def explain(file: UploadFile = File(...),
+                      method: str = Query("gradcam", pattern="^(gradcam|gradcam\\+\\+|attention)$"),
+                      target: str | None = Query(None)) -> Response:
+        from PIL import Image
+
+        data = await _read_upload(file)
+        img = _decode(data, file.filename)
+        if target is not None and target not in predictor.labels:
+            raise HTTPException(422, f"unknown target {target!r}; one of {predictor.labels}")
+        t = predictor.labels.index(target) if target else None
+        try:
+            with explain_lock:
+                heat, ti = predictor.explain(img, method, t)
+        except SpinexrError as e:
+            raise HTTPException(422, str(e)) from e
+        buf = io.BytesIO()
+        Image.fromarray(overlay(img, heat)).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png",
+                        headers={"X-Spinexr-Target": predictor.labels[ti], "X-Spinexr-Method": method})
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return (STATIC / "index.html").read_text()
+
+    app.state.predictor = predictor
+    return app
+
+
+def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> None:
+    """Run the app with uvicorn (blocking)."""
+    _need_fastapi()
+    import uvicorn
+
+    app = create_app(model_path, **kw)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding to %s: the service is reachable from other machines; it has no authentication", host)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,123 @@
+"""Predicting files, OOD flags, explanations and their geometry."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import non_spine_images, save
+from spinexr.cli import main
+from spinexr.deploy import Predictor
+from spinexr.explain import cam_ready, explain, faithfulness, overlay
+from spinexr.models import create_model
+
+
+def test_predict_mix_of_good_and_bad(trained_model: Path, synth_dir: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    good = sorted((synth_dir / "Scoliosis").glob("*.jpg"))[:2] + sorted((synth_dir / "Normal").glob("*.jpg"))[:1]
+    (tmp_path / "in").mkdir()
+    bad1 = tmp_path / "in" / "notes.jpg"
+    bad1.write_text("not an image")
+    bad2 = tmp_path / "in" / "empty.png"
+    bad2.write_bytes(b"")
+    out = tmp_path / "preds.csv"
+    rc = main(["predict", str(trained_model), *map(str, good), str(tmp_path / "in"), str(tmp_path / "missing.dcm"),
+               "--out", str(out), "--explain", "gradcam", "--heatmaps", str(tmp_path / "hm"), "--quiet"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 6
+    by = {Path(r["path"]).name: r for r in rows}
+    for g in good:
+        r = by[g.name]
+        assert r["status"] == "ok" and r["label"] in ("Normal", "Scoliosis", "Spondylolisthesis")
+        p = [float(r[f"p_{c}"]) for c in ("Normal", "Scoliosis", "Spondylolisthesis")]
+        assert abs(sum(p) - 1) < 1e-4
+        assert r["ood"] in ("true", "false")
+        assert Path(r["heatmap"]).is_file()
+    assert by["notes.jpg"]["status"] == "error" and "not a recognised image" in by["notes.jpg"]["reason"]
+    assert by["empty.png"]["status"] == "error" and "empty" in by["empty.png"]["reason"]
+    assert by["missing.dcm"]["status"] == "error" and "not found" in by["missing.dcm"]["reason"]
+    # The heatmap is drawn on the original image at its original size.
+    from PIL import Image
+
+    hm = Image.open(by[good[0].name]["heatmap"])
+    assert hm.size == Image.open(good[0]).size
+    assert "3 predicted" in capsys.readouterr().err
+
+
+def test_predict_exit_code_when_nothing_readable(trained_model: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert main(["predict", str(trained_model), str(bad), "--quiet"]) == 1
+    out = tmp_path / "o.json"
+    assert main(["predict", str(trained_model), str(bad), "--out", str(out), "--quiet"]) == 1
+    assert json.loads(out.read_text())[0]["status"] == "error"
+    # Never overwrite an input with the output.
+    assert main(["predict", str(trained_model), str(bad), "--out", str(bad), "--quiet", "--force"]) == 2
+
+
+def test_ood_fires_on_non_spine_images(trained_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    pred = Predictor(trained_model)
+    assert pred.ood_threshold is not None
+    spine = sorted(synth_dir.rglob("*.jpg"))
+    flags_spine = [pred.predict_file(p)[0].ood for p in spine]
+    others = non_spine_images(tmp_path / "neg")
+    flags_other = [pred.predict_file(p)[0].ood for p in others]
+    assert np.mean(flags_other) >= 0.8, flags_other
+    assert np.mean(flags_spine) <= 0.2
+
+
+@pytest.mark.parametrize("name", ["xception", "inception_v3", "densenet121"])
+def test_cam_shape_matches_one_channel_input(name: str) -> None:
+    torch.manual_seed(0)
+    m = cam_ready(create_model(name, attention="mhsa"))
+    s = 160 if name == "inception_v3" else 96  # Inception's Mixed_7c must be spatial (> 1x1)
+    x = torch.randn(1, 1, s, s)
+    for method in ("gradcam", "gradcam++", "attention"):
+        heat, t = explain(m, x, method)
+        assert heat.shape == (s, s)
+        assert np.isfinite(heat).all() and 0 <= heat.min() and heat.max() <= 1
+        assert heat.max() > heat.min(), (name, method)  # a real map, not a constant
+
+
+def test_densenet_inplace_relu_is_handled() -> None:
+    m = create_model("densenet121", attention="none")
+    assert m.backbone.features.norm5.act.inplace  # the trap of pytorch-grad-cam#147 is really there
+    c = cam_ready(m)
+    assert not c.backbone.features.norm5.act.inplace
+    assert m.backbone.features.norm5.act.inplace  # the original model is untouched
+
+
+def test_heatmap_undoes_letterbox(trained_model: Path) -> None:
+    pred = Predictor(trained_model)
+    img = np.zeros((300, 100), np.float32)
+    img[::7] = 1.0
+    heat, _ = pred.explain(img, "attention")
+    assert heat.shape == img.shape
+    rgb = overlay(img, heat)
+    assert rgb.shape == (300, 100, 3) and rgb.dtype == np.uint8
+
+
+def test_faithfulness_reports_against_random(trained_model: Path, synth_dir: Path) -> None:
+    pred = Predictor(trained_model)
+    from spinexr.imread import read_image
+
+    xs = []
+    for p in sorted(synth_dir.rglob("*.jpg"))[:4]:
+        x, _ = pred.prepare(read_image(p)[0])
+        xs.append((torch.from_numpy(x) - pred.meta["mean"]) / pred.meta["std"])
+    r = faithfulness(pred.model, torch.cat(xs), "gradcam", steps=5)
+    assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["random_deletion_auc"] <= 1 and r["n"] == 4
+
+
+def test_explain_cli(trained_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    img = sorted(synth_dir.rglob("*.jpg"))[0]
+    out = tmp_path / "e.png"
+    assert main(["explain", str(trained_model), str(img), "--method", "gradcam++", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["explain", str(trained_model), str(img), "--out", str(img), "--force"]) == 2  # never overwrite input
