@@ -14,7 +14,7 @@ from spinexr.cv import CVConfig, run_cv
 from spinexr.train import TrainConfig
 
 PLOTS = ["class_distribution", "samples", "curves_small", "confusion_small", "roc_small", "confusion_ensemble",
-         "roc_ensemble", "reliability", "curves_small_leaky"]
+         "roc_ensemble", "reliability", "curves_small_leaky", "gallery_small"]
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +65,13 @@ def test_report_has_every_plot(cv_run) -> None:
     n_img = len(re.findall(r'src="data:image/png;base64,', html))
     assert n_img == len(list((out / "plots").glob("*.png")))  # self-contained: every plot inlined
     assert "Shortcut baseline" in html and "Leaky protocol" in html and "Model comparison" in html
+    assert "faithful" in html
     assert "http://" not in html and "https://" not in html  # opens offline
 
 
 def test_ensemble_of_two_models(synth_dir: Path, tmp_path: Path) -> None:
-    cfg = CVConfig(models=["small", "densenet121"], folds=2, image_size=32, bootstrap=20, save_models=False)
+    cfg = CVConfig(models=["small", "densenet121"], folds=2, image_size=32, bootstrap=20, save_models=False,
+                   explain=False)
     res = run_cv(synth_dir, cfg, TrainConfig(epochs=1, batch_size=8, device="cpu"), tmp_path, progress=False)
     assert set(res["models"]) == {"small", "densenet121", "ensemble"}
     assert (tmp_path / "plots" / "confusion_ensemble.png").is_file()

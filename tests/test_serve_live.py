@@ -98,11 +98,13 @@ def test_browser_upload_shows_label_and_heatmap(server: str, synth_dir: Path, tm
             page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=60_000)
             label = page.text_content("#label")
             bars = page.locator("#bars .bar").count()
+            widths = page.eval_on_selector_all("#bars .fill", "els => els.map(e => e.getBoundingClientRect().width)")
             status = page.text_content("#status")
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
     assert label in ("Normal", "Scoliosis", "Spondylolisthesis")
     assert bars == 3
+    assert all(w >= 0 for w in widths) and sum(widths) > 100  # the bars are drawn, not just labelled
     assert status.startswith("Done")
     assert shot.is_file() and shot.stat().st_size > 10_000

@@ -111,32 +111,64 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
                    help="no flip test-time augmentation")
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples for CIs")
     p.add_argument("--cache-dir", help="keep decoded images here between runs")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _load_resume(run_dir: str, verb: str) -> dict:
+    """The saved configuration of an interrupted run, to continue it exactly as it was started."""
+    cfg_file = Path(run_dir) / "config.json"
+    if not cfg_file.is_file():
+        raise SpinexrError(f"{run_dir}: no config.json there; --resume takes the folder of an interrupted run")
+    saved = json.loads(cfg_file.read_text())
+    if saved.get("verb", verb) != verb:
+        raise SpinexrError(f"{run_dir} is a `spinexr {saved.get('verb')}` run; resume it with that command")
+    return saved
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
     from spinexr.config import resolve
-    from spinexr.cv import run_cv
+    from spinexr.cv import CVConfig, run_cv
+    from spinexr.train import TrainConfig, is_main
 
-    top, cv, tr = resolve(args)
-    out = _run_dir(top.get("out"), "cv", args.force)
-    res = run_cv(top["data"], cv, tr, out, progress=not args.quiet)
-    _print_summary(out, res)
+    if args.resume:
+        saved = _load_resume(args.resume, "cv")
+        out = Path(args.resume)
+        res = run_cv(saved["source"], CVConfig(**saved["cv"]), TrainConfig.from_dict(saved["train"]), out,
+                     progress=not args.quiet, resume=True)
+    else:
+        top, cv, tr = resolve(args)
+        out = _run_dir(top.get("out"), "cv", args.force)
+        res = run_cv(top["data"], cv, tr, out, progress=not args.quiet)
+    if is_main():
+        _print_summary(out, res)
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from spinexr.config import resolve
-    from spinexr.cv import run_train
+    from spinexr.cv import CVConfig, run_train
+    from spinexr.train import TrainConfig, is_main
 
+    if args.resume:
+        saved = _load_resume(args.resume, "train")
+        out = Path(args.resume)
+        res = run_train(saved["source"], saved["model"], CVConfig(**saved["cv"]), TrainConfig.from_dict(saved["train"]),
+                        out, test_fraction=saved["test_fraction"], progress=not args.quiet, resume=True)
+        if is_main():
+            _print_summary(out, res)
+            print(f"model file: {res['model_file']}")
+        return 0
     top, cv, tr = resolve(args)
     models = top.get("models") or ["xception"]
     if len(models) != 1:
         raise SpinexrError("train takes one --model; use `spinexr cv` for several")
     out = _run_dir(top.get("out"), "train", args.force)
     res = run_train(top["data"], models[0], cv, tr, out, test_fraction=args.test_fraction, progress=not args.quiet)
-    _print_summary(out, res)
-    print(f"model file: {res['model_file']}")
+    if is_main():
+        _print_summary(out, res)
+        print(f"model file: {res['model_file']}")
     return 0
 
 
@@ -385,6 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.cmd in ("train", "cv"):
+            from spinexr.train import init_distributed
+
+            init_distributed()  # no-op unless launched by torchrun
         return int(args.func(args) or 0)
     except SpinexrError as e:
         print(f"spinexr: error: {e}", file=sys.stderr)
@@ -392,6 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spinexr: interrupted", file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

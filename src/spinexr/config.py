@@ -21,7 +21,7 @@ FLAG_MAP: dict[str, tuple[str, str]] = {
     "weight_decay": ("train", "weight_decay"), "seed": ("train", "seed"), "device": ("train", "device"),
     "balance": ("train", "balance"), "patience": ("train", "patience"), "val_fraction": ("train", "val_fraction"),
     "label_smoothing": ("train", "label_smoothing"), "schedule": ("train", "schedule"),
-    "tta_flip": ("train", "tta_flip"),
+    "tta_flip": ("train", "tta_flip"), "compile": ("train", "compile"),
     "folds": ("cv", "folds"), "repeats": ("cv", "repeats"), "attention": ("cv", "attention"),
     "weights": ("cv", "weights"), "image_size": ("cv", "image_size"), "resize": ("cv", "resize"),
     "protocol": ("cv", "protocol"), "bootstrap": ("cv", "bootstrap"), "cache_dir": ("cv", "cache_dir"),

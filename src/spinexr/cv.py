@@ -25,7 +25,7 @@ from spinexr.errors import SpinexrError
 from spinexr.metrics import bootstrap_ci, compute_metrics, softmax, summarize_folds
 from spinexr.preprocess import PreparedData, prepare_dataset
 from spinexr.splits import carve_validation, group_kfold, leaky_split
-from spinexr.train import TrainConfig, fit, predict_logits, resolve_device
+from spinexr.train import TrainConfig, barrier, fit, is_main, predict_logits, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class CVConfig:
     save_models: bool = True
     cache_dir: str | None = None
     drop_rate: float = 0.2
+    explain: bool = True  # Grad-CAM gallery and faithfulness for fold 0 in the report
 
 
 def model_input_size(name: str, override: int | None) -> int:
@@ -72,6 +73,47 @@ def _fit_ood(model: Any, x: Any, y: np.ndarray, idx: np.ndarray, device: Any) ->
     return fit_ood(feats, y[idx])
 
 
+def _explain_fold(model: Any, data: PreparedData, te: np.ndarray, probs: np.ndarray, size: int, plots: Path,
+                  name: str, n_each: int = 4) -> dict[str, Any]:
+    """A gallery of correct and misclassified test images with Grad-CAM overlays, and faithfulness."""
+    import torch
+
+    from spinexr.explain import cam_ready, explain, faithfulness, overlay
+    from spinexr.imread import read_image
+    from spinexr.models import GRAY_MEAN, GRAY_STD
+    from spinexr.preprocess import fit_to_square
+    from spinexr.report import plot_gallery
+
+    model = model.to("cpu").eval()
+    cam_model = cam_ready(model)
+    y = data.labels
+    pred = probs.argmax(1)
+    right = [i for i, j in enumerate(te) if pred[i] == y[j]][:n_each]
+    wrong = [i for i, j in enumerate(te) if pred[i] != y[j]][:n_each]
+    items = []
+    for i in right + wrong:
+        j = te[i]
+        try:
+            img, _ = read_image(data.paths[j])
+        except Exception:  # noqa: BLE001 - the file may have changed since it was decoded; skip it
+            continue
+        x8, pl = fit_to_square(img, size, "letterbox")
+        x = (torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None] - GRAY_MEAN) / GRAY_STD
+        heat, _ = explain(cam_model, x, "gradcam", int(pred[i]))
+        mark = "correct" if pred[i] == y[j] else "WRONG"
+        items.append((overlay(img, pl.to_original(heat)),
+                      f"{mark}: true {CLASSES[y[j]][:6]}, pred {CLASSES[pred[i]][:6]} ({probs[i].max():.2f})"))
+    info: dict[str, Any] = {}
+    if items:
+        plot_gallery(items, plots / f"gallery_{name}.png", f"{name}: Grad-CAM on correct and misclassified test images")
+        info["gallery"] = f"plots/gallery_{name}.png"
+    idx = te[: min(8, len(te))]
+    xs = data.tensors[size][torch.as_tensor(idx)].float().div(255.0)
+    xs = (xs - GRAY_MEAN) / GRAY_STD
+    info["faithfulness"] = faithfulness(model, xs, "gradcam", steps=10)
+    return info
+
+
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not history:
@@ -83,8 +125,13 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | Path,
-           progress: bool = True, data: PreparedData | None = None) -> dict[str, Any]:
-    """Run the cross-validation and write the run folder; returns what ``metrics.json`` holds."""
+           progress: bool = True, data: PreparedData | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run the cross-validation and write the run folder; returns what ``metrics.json`` holds.
+
+    Each finished fold is stored in ``folds/``; with ``resume`` those are reused and the first
+    unfinished fold continues from its last epoch checkpoint. Under torchrun every rank trains and
+    rank 0 alone evaluates and writes.
+    """
     from spinexr.models import GRAY_MEAN, GRAY_STD
     from spinexr.modelfile import build_metadata, save_model
     from spinexr.report import write_report
@@ -99,8 +146,9 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
         data = prepare_dataset(source, set(sizes.values()), cfg.resize, cache_dir=cfg.cache_dir, progress=progress)
     y = data.labels
     device = resolve_device(tcfg.device)
-    (out / "config.json").write_text(json.dumps({"cv": asdict(cfg), "train": tcfg.to_dict(), "source": str(source),
-                                                 "device": str(device)}, indent=2))
+    if is_main() and not resume:
+        (out / "config.json").write_text(json.dumps({"verb": "cv", "cv": asdict(cfg), "train": tcfg.to_dict(),
+                                                     "source": str(source), "device": str(device)}, indent=2))
     from spinexr.data.check import shortcut_baseline
 
     wh = np.array(data.image_sizes, dtype=float)
@@ -112,6 +160,7 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
         "models": {}, "config": {"cv": asdict(cfg), "train": tcfg.to_dict()},
     }
     histories: dict[str, list[list[dict[str, float]]]] = {}
+    explain_info: dict[str, dict[str, Any]] = {}
     oof_rows: list[dict[str, Any]] = []
 
     if cfg.protocol in ("grouped", "both"):
@@ -125,46 +174,32 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
                 fit_idx, val_idx = carve_validation(tr, y, data.groups, tcfg.val_fraction, seed=tcfg.seed + 1000 * r + k)
                 ens = np.zeros((len(te), len(CLASSES)))
                 for m in cfg.models:
-                    s = sizes[m]
-                    seed = tcfg.seed + 1000 * r + 17 * k
-                    model = _new_model(m, cfg, seed)
-                    fcfg = TrainConfig.from_dict({**tcfg.to_dict(), "seed": seed})
-                    res = fit(model, data.tensors[s], y, fit_idx, val_idx, fcfg, GRAY_MEAN, GRAY_STD,
-                              checkpoint=out / "checkpoints" / f"{m}_r{r}_f{k}.pt", progress=progress,
-                              desc=f"{m} r{r} f{k}")
-                    logits = predict_logits(model, data.tensors[s], te, device, GRAY_MEAN, GRAY_STD,
-                                            tta_flip=tcfg.tta_flip, amp=tcfg.amp)
-                    probs = softmax(logits, res.temperature)
+                    fr = _run_fold(m, r, k, tr, te, fit_idx, val_idx, data, cfg, tcfg, sizes[m], out, device,
+                                   source, progress, resume)
+                    if fr is None:  # not rank 0 under torchrun: training only
+                        continue
+                    probs = np.asarray(fr["probs"])
                     oof[m][r, te] = probs
                     ens += probs / len(cfg.models)
-                    met = compute_metrics(y[te], probs)
-                    fold_metrics[m].append(met)
-                    fold_info[m].append({"repeat": r, "fold": k, "best_epoch": res.best_epoch,
-                                         "epochs_run": len(res.history), "temperature": res.temperature,
-                                         "n_train": len(fit_idx), "n_val": len(val_idx), "n_test": len(te),
-                                         "accuracy": met["accuracy"]})
-                    histories.setdefault(m, []).append(res.history)
-                    _write_history(out / "history" / f"{m}_r{r}_f{k}.csv", res.history)
-                    log.info("%s repeat %d fold %d: acc %.3f (best epoch %d, T=%.2f)", m, r, k,
-                             met["accuracy"], res.best_epoch, res.temperature)
-                    if cfg.save_models and r == 0 and k == 0:
-                        meta = build_metadata(model, input_size=s, mean=GRAY_MEAN, std=GRAY_STD, resize=cfg.resize,
-                                              temperature=res.temperature, weights=cfg.weights,
-                                              data_summary={"source": str(source), "counts": data.counts(),
-                                                            "n_train": len(fit_idx), "split": "cv repeat 0 fold 0"})
-                        save_model(model, meta, out / "models" / f"{m}.safetensors",
-                                   ood=_fit_ood(model, data.tensors[s], y, tr, device))
+                    fold_metrics[m].append(fr["metrics"])
+                    fold_info[m].append(fr["info"])
+                    histories.setdefault(m, []).append(fr["history"])
+                    if fr.get("explain"):
+                        explain_info[m] = fr["explain"]
                     for i, p in zip(te, probs):
                         oof_rows.append({"path": str(data.paths[i]), "label": CLASSES[y[i]], "group": data.groups[i],
                                          "repeat": r, "fold": k, "model": m,
                                          **{f"p_{c}": float(v) for c, v in zip(CLASSES, p)},
                                          "pred": CLASSES[int(np.argmax(p))]})
+                if not is_main():
+                    continue
                 fold_metrics["ensemble"].append(compute_metrics(y[te], ens))
                 for i, p in zip(te, ens):
                     oof_rows.append({"path": str(data.paths[i]), "label": CLASSES[y[i]], "group": data.groups[i],
                                      "repeat": r, "fold": k, "model": "ensemble",
                                      **{f"p_{c}": float(v) for c, v in zip(CLASSES, p)},
                                      "pred": CLASSES[int(np.argmax(p))]})
+    if cfg.protocol in ("grouped", "both") and is_main():
         pooled_probs = {m: np.nanmean(oof[m], axis=0) for m in cfg.models}
         if len(cfg.models) > 1:
             pooled_probs["ensemble"] = np.mean([pooled_probs[m] for m in cfg.models], axis=0)
@@ -176,11 +211,16 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
                 "pooled": compute_metrics(y, pp),
                 "ci95": bootstrap_ci(y, pp, n_boot=cfg.bootstrap, seed=tcfg.seed),
             }
+        for m, info in explain_info.items():
+            results["models"][m]["explanations"] = info
         results["pooled_probs"] = {m: pp.tolist() for m, pp in pooled_probs.items()}
 
     if cfg.protocol in ("seed-leaky", "both"):
-        results["leaky"] = _run_leaky(data, cfg, tcfg, sizes, device, progress, histories)
+        results["leaky"] = _run_leaky(data, cfg, tcfg, sizes, device, progress, histories, out, resume)
 
+    barrier()
+    if not is_main():
+        return {}
     results["wall_seconds"] = time.perf_counter() - t_start
     if oof_rows:
         with open(out / "oof_predictions.csv", "w", newline="") as f:
@@ -193,31 +233,91 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     return results
 
 
+def _run_fold(m: str, r: int, k: int, tr: np.ndarray, te: np.ndarray, fit_idx: np.ndarray, val_idx: np.ndarray,
+              data: PreparedData, cfg: CVConfig, tcfg: TrainConfig, s: int, out: Path, device: Any,
+              source: str | Path, progress: bool, resume: bool) -> dict[str, Any] | None:
+    """Train and evaluate one model on one fold, or load the stored result of a finished fold."""
+    from spinexr.models import GRAY_MEAN, GRAY_STD
+    from spinexr.modelfile import build_metadata, save_model
+
+    done_file = out / "folds" / f"{m}_r{r}_f{k}.json"
+    if resume and done_file.is_file():
+        log.info("%s repeat %d fold %d: finished earlier, reusing %s", m, r, k, done_file)
+        return json.loads(done_file.read_text())
+    y = data.labels
+    seed = tcfg.seed + 1000 * r + 17 * k
+    model = _new_model(m, cfg, seed)
+    fcfg = TrainConfig.from_dict({**tcfg.to_dict(), "seed": seed})
+    res = fit(model, data.tensors[s], y, fit_idx, val_idx, fcfg, GRAY_MEAN, GRAY_STD,
+              checkpoint=out / "checkpoints" / f"{m}_r{r}_f{k}.pt", progress=progress, desc=f"{m} r{r} f{k}",
+              resume=resume)
+    if not is_main():
+        return None
+    logits = predict_logits(model, data.tensors[s], te, device, GRAY_MEAN, GRAY_STD, tta_flip=tcfg.tta_flip, amp=tcfg.amp)
+    probs = softmax(logits, res.temperature)
+    met = compute_metrics(y[te], probs)
+    info = {"repeat": r, "fold": k, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
+            "temperature": res.temperature, "n_train": len(fit_idx), "n_val": len(val_idx), "n_test": len(te),
+            "accuracy": met["accuracy"], "batch_size": res.batch_size}
+    _write_history(out / "history" / f"{m}_r{r}_f{k}.csv", res.history)
+    log.info("%s repeat %d fold %d: acc %.3f (best epoch %d, T=%.2f)", m, r, k, met["accuracy"], res.best_epoch,
+             res.temperature)
+    fr: dict[str, Any] = {"probs": probs.tolist(), "metrics": met, "info": info, "history": res.history}
+    if cfg.explain and r == 0 and k == 0:
+        fr["explain"] = _explain_fold(model, data, te, probs, s, out / "plots", m)
+    if cfg.save_models and r == 0 and k == 0:
+        meta = build_metadata(model, input_size=s, mean=GRAY_MEAN, std=GRAY_STD, resize=cfg.resize,
+                              temperature=res.temperature, weights=cfg.weights,
+                              data_summary={"source": str(source), "counts": data.counts(), "n_train": len(fit_idx),
+                                            "split": "cv repeat 0 fold 0"})
+        save_model(model, meta, out / "models" / f"{m}.safetensors", ood=_fit_ood(model, data.tensors[s], y, tr, device))
+    done_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = done_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fr, default=float))
+    tmp.replace(done_file)
+    return fr
+
+
 def _run_leaky(data: PreparedData, cfg: CVConfig, tcfg: TrainConfig, sizes: dict[str, int], device: Any,
-               progress: bool, histories: dict[str, list[list[dict[str, float]]]]) -> dict[str, Any]:
+               progress: bool, histories: dict[str, list[list[dict[str, float]]]], out: Path,
+               resume: bool = False) -> dict[str, Any]:
     from spinexr.models import GRAY_MEAN, GRAY_STD
 
     y = data.labels
+    run_dir = out
     sp = leaky_split(y, seed=tcfg.seed)
     out: dict[str, Any] = {"test_leak_fraction": sp["test_leak"], "n_train": len(sp["train"]),
                            "n_val": len(sp["val"]), "n_test": len(sp["test"]), "models": {}}
     # Oversampled rows are copies, so training here must not oversample again.
     lcfg = TrainConfig.from_dict({**tcfg.to_dict(), "balance": "none"})
     for m in cfg.models:
+        done_file = run_dir / "folds" / f"{m}_leaky.json"
+        if resume and done_file.is_file():
+            stored = json.loads(done_file.read_text())
+            out["models"][m] = stored["metrics"]
+            histories.setdefault(f"{m} (leaky)", []).append(stored["history"])
+            continue
         model = _new_model(m, cfg, tcfg.seed)
         x = data.tensors[sizes[m]]
         res = fit(model, x, y, sp["train"], sp["val"], lcfg, GRAY_MEAN, GRAY_STD, progress=progress,
-                  desc=f"{m} leaky")
+                  desc=f"{m} leaky", checkpoint=run_dir / "checkpoints" / f"{m}_leaky.pt", resume=resume)
+        if not is_main():
+            continue
         probs = softmax(predict_logits(model, x, sp["test"], device, GRAY_MEAN, GRAY_STD, tta_flip=tcfg.tta_flip,
                                        amp=tcfg.amp), res.temperature)
         out["models"][m] = compute_metrics(y[sp["test"]], probs)
         histories.setdefault(f"{m} (leaky)", []).append(res.history)
+        done_file.parent.mkdir(parents=True, exist_ok=True)
+        done_file.write_text(json.dumps({"metrics": out["models"][m], "history": res.history}, default=float))
     return out
 
 
 def run_train(source: str | Path, model_name: str, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | Path,
-              test_fraction: float = 0.2, progress: bool = True) -> dict[str, Any]:
-    """One model, one stratified group split (train / validation / test); saves ``model.safetensors``."""
+              test_fraction: float = 0.2, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """One model, one stratified group split (train / validation / test); saves ``model.safetensors``.
+
+    With ``resume`` training continues from ``checkpoint.pt`` after its last completed epoch.
+    """
     from spinexr.models import GRAY_MEAN, GRAY_STD
     from spinexr.modelfile import build_metadata, save_model
     from spinexr.report import write_report
@@ -229,8 +329,10 @@ def run_train(source: str | Path, model_name: str, cfg: CVConfig, tcfg: TrainCon
     data = prepare_dataset(source, [size], cfg.resize, cache_dir=cfg.cache_dir, progress=progress)
     y = data.labels
     device = resolve_device(tcfg.device)
-    (out / "config.json").write_text(json.dumps({"model": model_name, "cv": asdict(cfg), "train": tcfg.to_dict(),
-                                                 "test_fraction": test_fraction, "source": str(source)}, indent=2))
+    if is_main() and not resume:
+        (out / "config.json").write_text(json.dumps({"verb": "train", "model": model_name, "cv": asdict(cfg),
+                                                     "train": tcfg.to_dict(), "test_fraction": test_fraction,
+                                                     "source": str(source)}, indent=2))
     all_idx = np.arange(len(y))
     if test_fraction > 0:
         tr, te = holdout(y, data.groups, test_fraction, seed=tcfg.seed)
@@ -240,7 +342,10 @@ def run_train(source: str | Path, model_name: str, cfg: CVConfig, tcfg: TrainCon
     model = _new_model(model_name, cfg, tcfg.seed)
     t0 = time.perf_counter()
     res = fit(model, data.tensors[size], y, fit_idx, val_idx, tcfg, GRAY_MEAN, GRAY_STD,
-              checkpoint=out / "checkpoint.pt", progress=progress, desc=model_name)
+              checkpoint=out / "checkpoint.pt", progress=progress, desc=model_name, resume=resume)
+    if not is_main():
+        barrier()
+        return {}
     _write_history(out / "history.csv", res.history)
     meta = build_metadata(model, input_size=size, mean=GRAY_MEAN, std=GRAY_STD, resize=cfg.resize,
                           temperature=res.temperature, weights=cfg.weights,
@@ -275,4 +380,5 @@ def run_train(source: str | Path, model_name: str, cfg: CVConfig, tcfg: TrainCon
     (out / "metrics.json").write_text(json.dumps(results, indent=2, default=float))
     write_report(out, results, data, {model_name: [res.history]}, pooled, title=f"spinexr train: {model_name}",
                  y_eval=y[te])
+    barrier()
     return results

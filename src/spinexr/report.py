@@ -215,6 +215,14 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
         figs.append((f"ROC: {m}", plot_roc(y, p, plots / f"roc_{m}.png", m)))
     if probs:
         figs.append(("Reliability diagram", plot_reliability(y, probs, plots / "reliability.png")))
+    faith_rows = []
+    for m, r in results.get("models", {}).items():
+        ex = r.get("explanations") or {}
+        if ex.get("gallery"):
+            figs.append((f"Grad-CAM gallery: {m}", out / ex["gallery"]))
+        f = ex.get("faithfulness")
+        if f:
+            faith_rows.append([m, f["method"], f"{f['deletion_auc']:.3f}", f"{f['random_deletion_auc']:.3f}", f["n"]])
 
     sc = results.get("shortcut", {})
     parts = [f"<h1>{html.escape(title)}</h1>",
@@ -241,6 +249,11 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
         parts.append(f"<h2>Leaky protocol (oversample, then split)</h2><p class=warn>{lk['test_leak_fraction']:.0%} of "
                      "the test rows are copies of training images under this protocol; its accuracy is inflated and is "
                      "not a measurement.</p>" + _table(["model", "leaky test accuracy %", "macro-F1"], lrows))
+    if faith_rows:
+        parts.append("<h2>Are the heatmaps faithful?</h2><p>Deletion test on fold-0 test images: the most salient "
+                     "pixels are blacked out first and the predicted class's probability is integrated (area under "
+                     "the curve; lower means the map found the evidence). A random map is the baseline.</p>"
+                     + _table(["model", "method", "deletion AUC", "random-map deletion AUC", "images"], faith_rows))
     per_fold = []
     for m, r in results.get("models", {}).items():
         for fi, fm in zip(r.get("folds", []), r.get("fold_metrics", [])):
@@ -263,3 +276,18 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
                   + ", ".join(f"{m} {v['accuracy'] * 100:.1f}%" for m, v in lk["models"].items()))
     (out / "summary.md").write_text("\n".join(md) + "\n")
     return report
+
+
+def plot_gallery(items: list[tuple[np.ndarray, str]], path: Path, title: str, cols: int = 4) -> Path:
+    """Overlays (RGB arrays) with captions in a grid."""
+    plt = _plt()
+    rows = max(1, int(np.ceil(len(items) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 4.2 * rows))
+    axes = np.atleast_1d(axes).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, (img, cap) in zip(axes, items):
+        ax.imshow(img)
+        ax.set_title(cap, fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
