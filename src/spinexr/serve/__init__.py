@@ -51,6 +51,11 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
     predictor = Predictor(model_path, onnx_path=onnx_path, threads=threads, max_pixels=max_pixels)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     explain_lock = threading.Lock()  # CAM hooks live on the shared model: one explanation at a time
+    import anyio
+
+    # Inference runs in worker threads so the event loop (and /healthz) stays responsive; one model
+    # call at a time, since each call already uses every intra-op thread it was given.
+    infer_limiter = anyio.CapacityLimiter(1)
     meta_public = {k: v for k, v in predictor.meta.items()}
     meta_public["backend"] = predictor.backend
     meta_public["spinexr_server_version"] = __version__
@@ -120,9 +125,9 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         t0 = time.perf_counter()
         data = await _read_upload(file)
         t1 = time.perf_counter()
-        img = _decode(data, file.filename)
+        img = await anyio.to_thread.run_sync(_decode, data, file.filename)
         t2 = time.perf_counter()
-        pred = predictor.predict_image(img)
+        pred = await anyio.to_thread.run_sync(predictor.predict_image, img, limiter=infer_limiter)
         t3 = time.perf_counter()
         return {
             "label": pred.label, "probabilities": pred.probabilities,
@@ -141,13 +146,16 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         from PIL import Image
 
         data = await _read_upload(file)
-        img = _decode(data, file.filename)
+        img = await anyio.to_thread.run_sync(_decode, data, file.filename)
         if target is not None and target not in predictor.labels:
             raise HTTPException(422, f"unknown target {target!r}; one of {predictor.labels}")
         t = predictor.labels.index(target) if target else None
-        try:
+        def _explain() -> tuple:
             with explain_lock:
-                heat, ti = predictor.explain(img, method, t)
+                return predictor.explain(img, method, t)
+
+        try:
+            heat, ti = await anyio.to_thread.run_sync(_explain, limiter=infer_limiter)
         except SpinexrError as e:
             raise HTTPException(422, str(e)) from e
         buf = io.BytesIO()
