@@ -35,3 +35,24 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def header(name: str, argv: list[str] | None) -> dict[str, Any]:
+    """The fields every result file starts with: benchmark, command, date, machine."""
+    import time
+    from pathlib import Path
+
+    cmd = " ".join(["python", Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+    return {"benchmark": name, "command": cmd, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine_info()}
+
+
+def write_result(filename: str, payload: dict[str, Any]) -> None:
+    """Write ``benchmarks/results/<filename>`` and say where."""
+    import json
+    from pathlib import Path
+
+    dest = Path(__file__).resolve().parent / "results" / filename
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(payload, indent=2, default=float))
+    print(f"wrote {dest}")

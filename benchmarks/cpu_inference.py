@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _machine import machine_info  # noqa: E402
+from _machine import header, write_result  # noqa: E402
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "kauh-spine-xray"
 
@@ -222,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m}@{eager.size}: eager {r['eager']['p50_ms']:.1f} ms, ort {r['onnxruntime_fp32']['p50_ms']:.1f} ms "
                   f"({r['ort_speedup_p50']:.2f}x), int8 {r['onnxruntime_int8']['p50_ms']:.1f} ms "
                   f"({r['int8_speedup_over_fp32_p50']:.2f}x over fp32)", flush=True)
-        out = {"benchmark": "cpu_inference", "command": " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
-               "cpu_flags": cpu_flags(), "threads": a.threads, "batch": 1, "results": results,
+        out = {**header("cpu_inference", argv), "cpu_flags": cpu_flags(), "threads": a.threads, "batch": 1, "results": results,
                "targets": {"ort_speedup": 2.0, "int8_speedup_over_fp32": 1.5, "int8_accuracy_drop_points": 1.0,
                            "service_p95_over_bare": 2.0}}
         if a.kauh_run:
@@ -235,10 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             out["service"] = {"model": "densenet121 (onnxruntime fp32)",
                               **service(mf, onnx, data.paths[timed[0]], a.threads, b["p50_ms"], b["p95_ms"])}
             print("service:", json.dumps(out["service"]), flush=True)
-    dest = HERE / "results" / "cpu_inference.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(out, indent=2, default=float))
-    print(f"wrote {dest}")
+    write_result("cpu_inference.json", out)
     return 0
 
 

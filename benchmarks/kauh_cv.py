@@ -15,7 +15,6 @@ mean ± std, 95% bootstrap CIs and wall time; the run folder (report.html) goes 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _machine import machine_info  # noqa: E402
+from _machine import header, write_result  # noqa: E402
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "kauh-spine-xray"
 
@@ -66,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run_cv(a.data, cv, tr, run_dir, progress=True)
     wall = time.perf_counter() - t0
     out = {
-        "benchmark": "kauh_cv", "command": " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
+        **header("kauh_cv", argv),
         "settings": {"models": cv.models, "folds": a.folds, "repeats": a.repeats, "epochs": a.epochs,
                      "image_size": a.image_size or "model default", "attention": a.attention,
                      "batch_size": a.batch_size, "lr": a.lr, "patience": a.patience, "seed": a.seed,
@@ -85,12 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     if "leaky" in res:
         out["leaky"] = {"test_leak_fraction": res["leaky"]["test_leak_fraction"],
                         "accuracy": {m: v["accuracy"] for m, v in res["leaky"]["models"].items()}}
-    dest = HERE / "results" / f"kauh_cv_{tag}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(out, indent=2, default=float))
     for m, r in out["results"].items():
         print(f"{m:<14} {r['accuracy_mean'] * 100:5.1f} ± {r['accuracy_std'] * 100:4.1f}  macro-F1 {r['macro_f1_mean']:.3f}")
-    print(f"wrote {dest} ({wall:.0f} s); report: {run_dir / 'report.html'}")
+    write_result(f"kauh_cv_{tag}.json", out)
+    print(f"wall {wall:.0f} s; report: {run_dir / 'report.html'}")
     return 0
 
 

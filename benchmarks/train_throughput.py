@@ -23,7 +23,6 @@ Writes benchmarks/results/train_throughput_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _machine import machine_info  # noqa: E402
+from _machine import header, write_result  # noqa: E402
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "kauh-spine-xray"
 
@@ -129,15 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                    "peak_gpu_gib_loop": peak_loop, "peak_gpu_gib_ceiling": peak_ceil}
         print(f"{m:<13} {s}px bs{res.batch_size}: loop {loop:8.1f} img/s, ceiling {ceil:8.1f} img/s, "
               f"ratio {loop / ceil:.2f}", flush=True)
-    out = {"benchmark": "train_throughput", "command": " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
-           "device": str(device), "settings": vars(a), "results": rows,
+    out = {**header("train_throughput", argv), "device": str(device), "settings": vars(a), "results": rows,
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
            "target": "loop >= 0.85 x ceiling per backbone on one GPU"}
-    dest = HERE / "results" / f"train_throughput_{device.type}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(out, indent=2, default=float))
-    print(f"wrote {dest}")
+    write_result(f"train_throughput_{device.type}.json", out)
     return 0
 
 

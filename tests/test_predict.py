@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import non_spine_images, save
+from conftest import non_spine_images
 from spinexr.cli import main
 from spinexr.deploy import Predictor
 from spinexr.explain import cam_ready, explain, faithfulness, overlay

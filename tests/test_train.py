@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from spinexr.metrics import softmax
 from spinexr.models import GRAY_MEAN, GRAY_STD, create_model
 from spinexr.preprocess import fit_to_square, prepare_dataset
 from spinexr.train import TrainConfig, fit, predict_logits

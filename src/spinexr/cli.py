@@ -252,7 +252,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for r in rows:
             if r["status"] == "ok":
                 print(f"{r['path']}\t{r['label']}\t" + "\t".join(f"{k[2:]}={r[k]}" for k in r if k.startswith("p_"))
-                      + (f"\tOOD" if r.get("ood") == "true" else ""))
+                      + ("\tOOD" if r.get("ood") == "true" else ""))
             else:
                 print(f"{r['path']}\tERROR\t{r['reason']}")
     print(summarize(rows), file=sys.stderr)
@@ -389,8 +389,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole path on synthetic data, offline, on a CPU")
     p.add_argument("--out", default="demo", help="demo folder (data, check and run)")
-    p.add_argument("--n", type=int, default=90, help="number of synthetic images")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--n", type=int, default=150, help="number of synthetic images")
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an earlier demo run in the same folder")
     p.set_defaults(func=_cmd_demo)

@@ -132,8 +132,6 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     unfinished fold continues from its last epoch checkpoint. Under torchrun every rank trains and
     rank 0 alone evaluates and writes.
     """
-    from spinexr.models import GRAY_MEAN, GRAY_STD
-    from spinexr.modelfile import build_metadata, save_model
     from spinexr.report import write_report
 
     out = Path(out_dir)

@@ -17,7 +17,7 @@ from spinexr.train import TrainConfig
 log = logging.getLogger(__name__)
 
 
-def run_demo(out: Path, seed: int = 0, epochs: int = 8, n: int = 90, image_size: int = 128) -> Path:
+def run_demo(out: Path, seed: int = 0, epochs: int = 12, n: int = 150, image_size: int = 128) -> Path:
     """Run the demo into ``out``; returns the report path. Existing demo data is reused."""
     data = out / "data"
     if not (data / "labels.csv").exists():

@@ -156,9 +156,12 @@ class Predictor:
 
         if self.model is None:
             raise SpinexrError("explanations need the .safetensors model file, not only the ONNX export")
-        if not hasattr(self, "_cam_model"):
-            self._cam_model = cam_ready(self.model) if method != "attention" else self.model
-        m = self._cam_model if method != "attention" else self.model
+        if method == "attention":
+            m = self.model
+        else:
+            if not hasattr(self, "_cam_model"):
+                self._cam_model = cam_ready(self.model)  # a copy without in-place activations, made once
+            m = self._cam_model
         x, pl = self.prepare(img)
         xt = (torch.from_numpy(x).to(self.device) - self.meta["mean"]) / self.meta["std"]
         heat, t = explain(m, xt, method, target)

@@ -26,7 +26,7 @@ def cam_ready(model: nn.Module) -> nn.Module:
     """
     m = copy.deepcopy(model).eval()
     for mod in m.modules():
-        if hasattr(mod, "inplace") and isinstance(getattr(mod, "inplace"), bool):
+        if isinstance(getattr(mod, "inplace", None), bool):
             mod.inplace = False
     return m
 

@@ -142,16 +142,16 @@ def _read_pillow(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognised image format (JPEG, PNG, TIFF, BMP or DICOM)")
+        raise ImageReadError(path, "not a recognised image format (JPEG, PNG, TIFF, BMP or DICOM)") from None
     except Image.DecompressionBombError as e:
-        raise ImageReadError(path, f"decompression bomb refused: {e}")
+        raise ImageReadError(path, f"decompression bomb refused: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower() or isinstance(e, EOFError):
             msg = f"file is truncated or corrupt ({msg}); re-export or re-copy it"
         else:
             msg = f"cannot decode image ({msg})"
-        raise ImageReadError(path, msg)
+        raise ImageReadError(path, msg) from e
     h2, w2 = arr.shape
     meta = ImageMeta(
         path=str(path), format=fmt.upper(), width=w2, height=h2, bit_depth=depth, mode=mode,
@@ -203,7 +203,7 @@ def _read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
     try:
         ds = pydicom.dcmread(path, force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
-        raise ImageReadError(path, f"not a readable DICOM file ({e})")
+        raise ImageReadError(path, f"not a readable DICOM file ({e})") from e
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageReadError(
             path, "DICOM has no pixel data (a structured report or presentation state?)"
@@ -219,9 +219,9 @@ def _read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
         name = getattr(tsyntax, "name", str(tsyntax))
         raise ImageReadError(
             path, f"cannot decode DICOM compressed as '{name}' ({e}); {DICOM_CODEC_HINT}"
-        )
+        ) from e
     except (ValueError, AttributeError, KeyError, TypeError, EOFError) as e:
-        raise ImageReadError(path, f"DICOM pixel data is corrupt or truncated ({e})")
+        raise ImageReadError(path, f"DICOM pixel data is corrupt or truncated ({e})") from e
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
