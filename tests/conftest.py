@@ -60,26 +60,7 @@ def trained_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def non_spine_images(root: Path) -> list[Path]:
-    """Photos, a chest radiograph, a near-blank film and a document: things a spine model must flag."""
-    from sklearn.datasets import load_sample_images
+    """Photos, chest radiographs, a near-blank film and a document: things a spine model must flag."""
+    from spinexr.data.synth import write_negative_controls
 
-    from spinexr.data.synth import render_chest
-
-    root.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, photo in enumerate(load_sample_images().images):
-        out.append(save(photo, root / f"photo{i}.jpg"))
-        out.append(save(photo[::2, ::2].transpose(1, 0, 2).copy(), root / f"photo{i}_rot.png"))
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        out.append(save(render_chest(np.random.default_rng(i), scale=0.6), root / f"chest{i}.png"))
-    blank = np.clip(rng.normal(0.02, 0.01, (700, 300)) * 255, 0, 255).astype(np.uint8)
-    out.append(save(blank, root / "blank.png"))
-    doc = Image.new("L", (600, 800), 250)
-    from PIL import ImageDraw
-
-    d = ImageDraw.Draw(doc)
-    for k in range(30):
-        d.text((40, 30 + 24 * k), "Lorem ipsum dolor sit amet, radiology report line %d" % k, fill=20)
-    out.append(save(doc, root / "document.png"))
-    return out
+    return write_negative_controls(root)

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spinexr.cli import main
@@ -114,7 +115,7 @@ def test_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_small_model_learns_kauh(kauh_dir: Path) -> None:
+def test_small_model_learns_kauh(kauh_dir: Path, tmp_path: Path) -> None:
     """One fold, 96 px, a dozen epochs on a CPU: well above the 55.6% majority rate."""
     import torch
 
@@ -136,3 +137,18 @@ def test_small_model_learns_kauh(kauh_dir: Path) -> None:
                     res.temperature)
     acc = float((probs.argmax(1) == d.labels[te]).mean())
     assert acc > 0.75, acc
+    # The OOD detector, fitted on the training side, rarely fires on held-out KAUH films but does on
+    # photos, chest films, blank films and documents.
+    from spinexr.ood import extract_features, fit_ood
+    from spinexr.preprocess import fit_to_square
+    from spinexr.imread import read_image
+    from spinexr.data.synth import write_negative_controls
+
+    cpu = torch.device("cpu")
+    det = fit_ood(extract_features(m, d.tensors[96], tr, cpu, GRAY_MEAN, GRAY_STD), d.labels[tr])
+    _, flags_test = det.flag(extract_features(m, d.tensors[96], te, cpu, GRAY_MEAN, GRAY_STD))
+    negs = [fit_to_square(read_image(p)[0], 96)[0] for p in write_negative_controls(tmp_path / "neg")]
+    xneg = torch.from_numpy(np.stack(negs)[:, None])
+    _, flags_neg = det.flag(extract_features(m, xneg, None, cpu, GRAY_MEAN, GRAY_STD))
+    assert flags_test.mean() <= 0.10, flags_test.mean()
+    assert flags_neg.mean() >= 0.8, flags_neg

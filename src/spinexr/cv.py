@@ -88,8 +88,17 @@ def _explain_fold(model: Any, data: PreparedData, te: np.ndarray, probs: np.ndar
     cam_model = cam_ready(model)
     y = data.labels
     pred = probs.argmax(1)
-    right = [i for i, j in enumerate(te) if pred[i] == y[j]][:n_each]
-    wrong = [i for i, j in enumerate(te) if pred[i] != y[j]][:n_each]
+    def pick(ok: bool) -> list[int]:
+        """Up to ``n_each`` positions, taking the classes in turn so every class is shown."""
+        by_class = [[i for i, j in enumerate(te) if (pred[i] == y[j]) == ok and y[j] == c] for c in range(len(CLASSES))]
+        out: list[int] = []
+        while len(out) < n_each and any(by_class):
+            for lst in by_class:
+                if lst and len(out) < n_each:
+                    out.append(lst.pop(0))
+        return out
+
+    right, wrong = pick(True), pick(False)
     items = []
     for i in right + wrong:
         j = te[i]

@@ -303,6 +303,35 @@ def render_chest(rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
     return cv.finish(rng, blur=1.2 * scale, noise=0.02)
 
 
+def write_negative_controls(out_dir: str | Path) -> list[Path]:
+    """Images a spine model must flag as out of distribution: photos, chest films, a blank film, a document.
+
+    The photos are scikit-learn's bundled sample images (offline); the rest are drawn here.
+    """
+    from PIL import ImageDraw
+
+    from sklearn.datasets import load_sample_images
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, photo in enumerate(load_sample_images().images):
+        Image.fromarray(photo).save(out / f"photo{i}.jpg")
+        Image.fromarray(photo[::2, ::2].transpose(1, 0, 2).copy()).save(out / f"photo{i}_rot.png")
+        paths += [out / f"photo{i}.jpg", out / f"photo{i}_rot.png"]
+    for i in range(2):
+        Image.fromarray(render_chest(np.random.default_rng(i), scale=0.6)).save(out / f"chest{i}.png")
+        paths.append(out / f"chest{i}.png")
+    blank = np.clip(np.random.default_rng(0).normal(0.02, 0.01, (700, 300)) * 255, 0, 255).astype(np.uint8)
+    Image.fromarray(blank).save(out / "blank.png")
+    doc = Image.new("L", (600, 800), 250)
+    d = ImageDraw.Draw(doc)
+    for k in range(30):
+        d.text((40, 30 + 24 * k), f"Lorem ipsum dolor sit amet, radiology report line {k}", fill=20)
+    doc.save(out / "document.png")
+    return paths + [out / "blank.png", out / "document.png"]
+
+
 def make_case(label: str, rng: np.random.Generator, scale: float = 1.0, view: str | None = None) -> SynthCase:
     """One case of ``label`` with severities drawn from ``rng``."""
     if label == "Scoliosis":
