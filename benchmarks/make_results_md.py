@@ -1,0 +1,110 @@
+"""Render benchmarks/RESULTS.md from the JSON files in benchmarks/results/.
+
+    python benchmarks/make_results_md.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _load(name: str) -> dict | None:
+    p = HERE / "results" / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _machine(d: dict) -> str:
+    m = d["machine"]
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
+    return f"{m['cpu']} ({m['cpu_count']} cores{gpu}), torch {m['torch']}"
+
+
+def kauh_section(d: dict) -> list[str]:
+    s = d["settings"]
+    out = [f"## KAUH cross-validation ({d['benchmark']})", "",
+           f"Command: `{d['command']}`", "",
+           f"Machine: {_machine(d)}. Date: {d['date']}. Wall time: {d['wall_seconds'] / 60:.1f} min.", "",
+           f"Settings: {s['folds']}-fold stratified group CV, {s['epochs']} epochs, image size {s['image_size']}, "
+           f"attention {s['attention']}, batch {s['batch_size']}, lr {s['lr']}, weights {s['weights']}.", "",
+           "| model | accuracy % (mean ± sd over folds) | 95% CI (pooled OOF) | macro-F1 (mean ± sd) | ROC-AUC | ECE |",
+           "|---|---|---|---|---|---|"]
+    for m, r in d["results"].items():
+        ci = r["ci95"]["accuracy"]
+        auc = r.get("auc_macro_mean")
+        out.append(f"| {m} | {r['accuracy_mean'] * 100:.1f} ± {r['accuracy_std'] * 100:.1f} | "
+                   f"[{ci[0] * 100:.1f}, {ci[1] * 100:.1f}] | {r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} | "
+                   f"{auc:.3f} | {r['ece_pooled']:.3f} |" if auc is not None else "")
+    sc = d.get("shortcut_baseline") or {}
+    if sc.get("accuracy") is not None:
+        out += ["", f"Shortcut baseline (width, height, aspect only): {sc['accuracy'] * 100:.1f}% against a "
+                    f"majority rate of {sc['majority_rate'] * 100:.1f}%."]
+    lk = d.get("leaky")
+    if lk:
+        out += ["", f"Leaky protocol (oversample, then split 80/10/10): {lk['test_leak_fraction'] * 100:.0f}% of the "
+                    "test rows are copies of training images; its accuracies are "
+                    + ", ".join(f"{m} {v * 100:.1f}%" for m, v in lk["accuracy"].items()) + "."]
+    return out + [""]
+
+
+def throughput_section(d: dict) -> list[str]:
+    out = ["## Training throughput", "", f"Command: `{d['command']}`", "",
+           f"Machine: {_machine(d)}; device {d['device']}. Date: {d['date']}.", "",
+           "| model | size | batch | loop img/s | ceiling img/s | loop / ceiling | peak GPU GiB |", "|---|---|---|---|---|---|---|"]
+    for m, r in d["results"].items():
+        peak = r.get("peak_gpu_gib_loop")
+        out.append(f"| {m} | {r['image_size']} | {r['batch_size']} | {r['loop_images_per_s']:.1f} | "
+                   f"{r['ceiling_images_per_s']:.1f} | {r['ratio']:.2f} | {'' if peak is None else f'{peak:.1f}'} |")
+    return out + [""]
+
+
+def inference_section(d: dict) -> list[str]:
+    flags = ", ".join(k for k, v in d["cpu_flags"].items() if v) or "none of the listed"
+    out = ["## CPU inference", "", f"Command: `{d['command']}`", "",
+           f"Machine: {_machine(d)}; CPU flags: {flags}. {d['threads']} threads, batch 1. Date: {d['date']}.", "",
+           "| model | size | eager p50 / p95 ms | onnxruntime FP32 p50 / p95 ms | ORT speed-up | INT8 p50 / p95 ms | "
+           "INT8 / FP32 speed-up | INT8-FP32 label agreement |", "|---|---|---|---|---|---|---|---|"]
+    for m, r in d["results"].items():
+        e, f, q = r["eager"], r["onnxruntime_fp32"], r["onnxruntime_int8"]
+        out.append(f"| {m} | {r['image_size']} | {e['p50_ms']:.1f} / {e['p95_ms']:.1f} | {f['p50_ms']:.1f} / "
+                   f"{f['p95_ms']:.1f} | {r['ort_speedup_p50']:.2f}x | {q['p50_ms']:.1f} / {q['p95_ms']:.1f} | "
+                   f"{r['int8_speedup_over_fp32_p50']:.2f}x | {r['int8_fp32_label_agreement'] * 100:.0f}% |")
+    k = d.get("kauh_int8")
+    if k:
+        out += ["", "INT8 on KAUH (the fold-0 model of each backbone from the CV run, on its own held-out fold):", "",
+                "| model | size | test images | FP32 accuracy | INT8 accuracy | drop (points) | INT8 / FP32 speed-up |",
+                "|---|---|---|---|---|---|---|"]
+        for m, r in k.items():
+            out.append(f"| {m} | {r['image_size']} | {r['n_test']} | {r['fp32_accuracy'] * 100:.1f}% | "
+                       f"{r['int8_accuracy'] * 100:.1f}% | {r['accuracy_drop_points']:.1f} | {r['int8_speedup_p50']:.2f}x |")
+    sv = d.get("service")
+    if sv:
+        out += ["", f"Service ({sv['model']}, `spinexr serve` in its own process, loopback):", "",
+                "| concurrency | requests | errors | p50 ms | p95 ms | p95 / bare-model p95 |", "|---|---|---|---|---|---|"]
+        for c in (1, 8):
+            r = sv[f"concurrency_{c}"]
+            out.append(f"| {c} | {r['requests']} | {r['errors']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+                       f"{r['p95_over_bare_p95']:.2f} |")
+        out += ["", f"Bare model (onnxruntime, batch 1): p50 {sv['bare_model_p50_ms']:.1f} ms, "
+                    f"p95 {sv['bare_model_p95_ms']:.1f} ms."]
+    return out + [""]
+
+
+def main() -> int:
+    lines = ["# Benchmark results", "", "Generated by `python benchmarks/make_results_md.py` from `benchmarks/results/*.json`.", ""]
+    for f in sorted((HERE / "results").glob("kauh_cv_*.json")):
+        lines += kauh_section(json.loads(f.read_text()))
+    for f in sorted((HERE / "results").glob("train_throughput_*.json")):
+        lines += throughput_section(json.loads(f.read_text()))
+    d = _load("cpu_inference.json")
+    if d:
+        lines += inference_section(d)
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    print(f"wrote {HERE / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
