@@ -73,6 +73,14 @@ def test_cli_json_and_bad_folder(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["data", "check", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "not found" in err and "Traceback" not in err
+    # A second check into the same folder, or one that would replace the input manifest, is refused.
+    assert main(["data", "check", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--json"]) == 2
+    assert "--force" in capsys.readouterr().err
+    man = tmp_path / "o" / "manifest.csv"
+    before = man.read_text()
+    assert main(["data", "check", str(man), "--out", str(tmp_path / "o"), "--force"]) == 2
+    assert "overwrite the input" in capsys.readouterr().err
+    assert man.read_text() == before
 
 
 @pytest.mark.realdata

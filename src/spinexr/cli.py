@@ -24,6 +24,13 @@ Handler = Callable[[argparse.Namespace], int]
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from spinexr.data.check import check_dataset, format_result
 
+    out = Path(args.out)
+    for name in ("manifest.csv", "data_report.json"):
+        target = out / name
+        if target.exists() and target.resolve() == Path(args.source).resolve():
+            raise SpinexrError(f"{target}: --out would overwrite the input manifest; choose another --out folder")
+        if target.exists() and not args.force:
+            raise SpinexrError(f"{target} exists; choose another --out folder or pass --force to replace it")
     res = check_dataset(args.source, args.out, max_pixels=args.max_pixels,
                         near_dup_threshold=args.near_dup_threshold, progress=not args.json)
     if args.json:
@@ -56,12 +63,13 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="check, synthesise or fetch datasets")
+    p = sub.add_parser("data", help="check or synthesise datasets")
     dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{check,synth}")
     c = dsub.add_parser("check", help="counts, unreadable files, duplicates, size shortcut; writes a manifest")
     c.add_argument("source", help="a folder with one sub-folder per class, or a CSV manifest")
     c.add_argument("--out", default="spinexr-check", help="where manifest.csv and data_report.json go")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--force", action="store_true", help="replace manifest.csv/data_report.json in --out")
     c.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images")
     c.add_argument("--near-dup-threshold", type=float, default=0.97,
                    help="thumbnail correlation above which two images are near-duplicates")
@@ -241,6 +249,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         _refuse_overwrite(out, paths, args.force)
+    if args.heatmaps and Path(args.heatmaps).is_dir() and any(Path(args.heatmaps).iterdir()) and not args.force:
+        raise SpinexrError(f"{args.heatmaps}: heatmap folder is not empty; choose a new folder or pass --force")
     pred = Predictor(args.model, backend=args.backend, device=args.device, onnx_path=args.onnx,
                      max_pixels=args.max_pixels)
     rows = predict_paths(pred, paths, explain=args.explain, heatmaps=Path(args.heatmaps) if args.heatmaps else None,
