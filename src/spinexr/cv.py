@@ -144,13 +144,13 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     from spinexr.report import write_report
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.protocol not in ("grouped", "seed-leaky", "both"):
         raise SpinexrError(f"unknown protocol {cfg.protocol!r}; choose grouped, seed-leaky or both")
     t_start = time.perf_counter()
     sizes = {m: model_input_size(m, cfg.image_size) for m in cfg.models}
     if data is None:
         data = prepare_dataset(source, set(sizes.values()), cfg.resize, cache_dir=cfg.cache_dir, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
     y = data.labels
     device = resolve_device(tcfg.device)
     if is_main() and not resume:
@@ -331,9 +331,9 @@ def run_train(source: str | Path, model_name: str, cfg: CVConfig, tcfg: TrainCon
     from spinexr.splits import holdout
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     size = model_input_size(model_name, cfg.image_size)
     data = prepare_dataset(source, [size], cfg.resize, cache_dir=cfg.cache_dir, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
     y = data.labels
     device = resolve_device(tcfg.device)
     if is_main() and not resume:

@@ -26,9 +26,9 @@ def evaluate_model(model_path: str | Path, source: str | Path, out_dir: str | Pa
     dev = resolve_device(device)
     model, meta, _ = load_model(model_path, dev)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     size = int(meta["input_size"])
     data = prepare_dataset(source, [size], meta["resize"], cache_dir=cache_dir, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
     logits = predict_logits(model, data.tensors[size], None, dev, meta["mean"], meta["std"], tta_flip=tta_flip)
     probs = softmax(logits, meta["temperature"])
     y = data.labels
