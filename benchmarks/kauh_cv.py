@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", default="grouped", choices=["grouped", "both"])
     ap.add_argument("--cpu-reduced", action="store_true",
                     help="CPU preset: 96 px, 12 epochs (the GPU targets need the full protocol)")
+    ap.add_argument("--no-explain", action="store_true", help="skip the Grad-CAM gallery (needs grad-cam)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
     a = ap.parse_args(argv)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = a.tag or ("cpu_reduced" if a.cpu_reduced else "full")
     run_dir = Path(a.run_dir or f"runs/bench_kauh_cv_{tag}")
     cv = CVConfig(models=a.models.split(","), folds=a.folds, repeats=a.repeats, attention=a.attention,
-                  image_size=a.image_size, protocol=a.protocol, bootstrap=1000)
+                  image_size=a.image_size, protocol=a.protocol, bootstrap=1000, explain=not a.no_explain)
     tr = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, patience=a.patience, device=a.device,
                      seed=a.seed)
     t0 = time.perf_counter()

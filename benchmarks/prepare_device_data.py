@@ -1,0 +1,48 @@
+"""Write a downsized copy of KAUH for a GPU machine (which cannot see ../shared).
+
+Each image keeps its class folder, file name and aspect ratio; its longest side becomes at most
+``--max-side`` pixels (the models read 224-299 px letterboxed inputs, so 600 px loses nothing they
+use). The copy goes into a folder that git ignores (add it to .git/info/exclude) and travels with
+the device tool's ``carry``:
+
+    python benchmarks/prepare_device_data.py --out .devdata/kauh
+    # on the GPU machine:
+    bash benchmarks/gpu_run.sh .devdata/kauh
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kauh-spine-xray"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from PIL import Image
+
+    from spinexr.imread import list_images
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--max-side", type=int, default=600)
+    a = ap.parse_args(argv)
+    src, out = Path(a.data), Path(a.out)
+    n = 0
+    for p in list_images(src):
+        rel = p.relative_to(src)
+        dest = out / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(p) as im:
+            im = im.convert("L")
+            im.thumbnail((a.max_side, a.max_side), Image.Resampling.LANCZOS)
+            im.save(dest, quality=95) if dest.suffix.lower() in (".jpg", ".jpeg") else im.save(dest)
+        n += 1
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {n} images to {out} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
