@@ -16,10 +16,6 @@ from typing import Callable, Sequence
 from spinexr import __version__
 from spinexr.errors import SpinexrError
 
-log = logging.getLogger("spinexr")
-
-Handler = Callable[[argparse.Namespace], int]
-
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from spinexr.data.check import check_dataset, format_result

@@ -22,7 +22,7 @@ import numpy as np
 
 from spinexr import CLASSES
 from spinexr.errors import SpinexrError
-from spinexr.metrics import bootstrap_ci, compute_metrics, softmax, summarize_folds
+from spinexr.metrics import compute_metrics, result_block, softmax
 from spinexr.preprocess import PreparedData, prepare_dataset
 from spinexr.splits import carve_validation, group_kfold, leaky_split
 from spinexr.train import TrainConfig, barrier, fit, is_main, predict_logits, resolve_device
@@ -123,6 +123,14 @@ def _explain_fold(model: Any, data: PreparedData, te: np.ndarray, probs: np.ndar
     return info
 
 
+def _oof_rows(data: PreparedData, te: np.ndarray, probs: np.ndarray, r: int, k: int, model: str) -> list[dict[str, Any]]:
+    """Out-of-fold prediction rows for one model on one test fold."""
+    y = data.labels
+    return [{"path": str(data.paths[i]), "label": CLASSES[y[i]], "group": data.groups[i], "repeat": r, "fold": k,
+             "model": model, **{f"p_{c}": float(v) for c, v in zip(CLASSES, p)}, "pred": CLASSES[int(np.argmax(p))]}
+            for i, p in zip(te, probs)]
+
+
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not history:
@@ -156,14 +164,8 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     if is_main() and not resume:
         (out / "config.json").write_text(json.dumps({"verb": "cv", "cv": asdict(cfg), "train": tcfg.to_dict(),
                                                      "source": str(source), "device": str(device)}, indent=2))
-    from spinexr.data.check import shortcut_baseline
-
-    wh = np.array(data.image_sizes, dtype=float)
-    shortcut = shortcut_baseline(wh[:, 0], wh[:, 1], y)
     results: dict[str, Any] = {
-        "source": str(source), "n_images": int(len(y)), "counts": data.counts(),
-        "skipped": data.skipped, "n_groups": int(len(np.unique(data.groups))),
-        "near_duplicate_pairs": data.near_duplicates, "shortcut": shortcut, "device": str(device),
+        **data.summary(), "source": str(source), "device": str(device),
         "models": {}, "config": {"cv": asdict(cfg), "train": tcfg.to_dict()},
     }
     histories: dict[str, list[list[dict[str, float]]]] = {}
@@ -193,31 +195,17 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
                     histories.setdefault(m, []).append(fr["history"])
                     if fr.get("explain"):
                         explain_info[m] = fr["explain"]
-                    for i, p in zip(te, probs):
-                        oof_rows.append({"path": str(data.paths[i]), "label": CLASSES[y[i]], "group": data.groups[i],
-                                         "repeat": r, "fold": k, "model": m,
-                                         **{f"p_{c}": float(v) for c, v in zip(CLASSES, p)},
-                                         "pred": CLASSES[int(np.argmax(p))]})
+                    oof_rows += _oof_rows(data, te, probs, r, k, m)
                 if not is_main():
                     continue
                 fold_metrics["ensemble"].append(compute_metrics(y[te], ens))
-                for i, p in zip(te, ens):
-                    oof_rows.append({"path": str(data.paths[i]), "label": CLASSES[y[i]], "group": data.groups[i],
-                                     "repeat": r, "fold": k, "model": "ensemble",
-                                     **{f"p_{c}": float(v) for c, v in zip(CLASSES, p)},
-                                     "pred": CLASSES[int(np.argmax(p))]})
+                oof_rows += _oof_rows(data, te, ens, r, k, "ensemble")
     if cfg.protocol in ("grouped", "both") and is_main():
         pooled_probs = {m: np.nanmean(oof[m], axis=0) for m in cfg.models}
         if len(cfg.models) > 1:
             pooled_probs["ensemble"] = np.mean([pooled_probs[m] for m in cfg.models], axis=0)
         for m, pp in pooled_probs.items():
-            results["models"][m] = {
-                "folds": fold_info.get(m, []),
-                "fold_metrics": fold_metrics[m],
-                "summary": summarize_folds(fold_metrics[m]),
-                "pooled": compute_metrics(y, pp),
-                "ci95": bootstrap_ci(y, pp, n_boot=cfg.bootstrap, seed=tcfg.seed),
-            }
+            results["models"][m] = result_block(y, pp, fold_metrics[m], fold_info.get(m), cfg.bootstrap, tcfg.seed)
         for m, info in explain_info.items():
             results["models"][m]["explanations"] = info
         results["pooled_probs"] = {m: pp.tolist() for m, pp in pooled_probs.items()}
@@ -361,28 +349,19 @@ def run_train(source: str | Path, model_name: str, cfg: CVConfig, tcfg: TrainCon
     save_model(model, meta, out / "model.safetensors",
                ood=_fit_ood(model, data.tensors[size], y, np.concatenate([fit_idx, val_idx]), device))
     results: dict[str, Any] = {
-        "source": str(source), "n_images": int(len(y)), "counts": data.counts(), "skipped": data.skipped,
-        "n_groups": int(len(np.unique(data.groups))), "near_duplicate_pairs": data.near_duplicates,
-        "device": str(device), "train_seconds": time.perf_counter() - t0, "best_epoch": res.best_epoch,
+        **data.summary(), "source": str(source), "device": str(device), "train_seconds": time.perf_counter() - t0, "best_epoch": res.best_epoch,
         "temperature": res.temperature, "models": {}, "model_file": str(out / "model.safetensors"),
         "config": {"cv": asdict(cfg), "train": tcfg.to_dict()},
     }
-    from spinexr.data.check import shortcut_baseline
-
-    wh = np.array(data.image_sizes, dtype=float)
-    results["shortcut"] = shortcut_baseline(wh[:, 0], wh[:, 1], y)
     pooled: dict[str, Any] = {}
     if len(te):
         probs = softmax(predict_logits(model, data.tensors[size], te, device, GRAY_MEAN, GRAY_STD,
                                        tta_flip=tcfg.tta_flip, amp=tcfg.amp), res.temperature)
         met = compute_metrics(y[te], probs)
-        results["models"][model_name] = {
-            "folds": [{"repeat": 0, "fold": 0, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
-                       "temperature": res.temperature, "n_train": len(fit_idx), "n_val": len(val_idx),
-                       "n_test": len(te), "accuracy": met["accuracy"]}],
-            "fold_metrics": [met], "summary": summarize_folds([met]), "pooled": met,
-            "ci95": bootstrap_ci(y[te], probs, n_boot=cfg.bootstrap, seed=tcfg.seed),
-        }
+        info = {"repeat": 0, "fold": 0, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
+                "temperature": res.temperature, "n_train": len(fit_idx), "n_val": len(val_idx), "n_test": len(te),
+                "accuracy": met["accuracy"]}
+        results["models"][model_name] = result_block(y[te], probs, [met], [info], cfg.bootstrap, tcfg.seed)
         pooled[model_name] = probs.tolist()
     (out / "metrics.json").write_text(json.dumps(results, indent=2, default=float))
     write_report(out, results, data, {model_name: [res.history]}, pooled, title=f"spinexr train: {model_name}",

@@ -7,17 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from spinexr import CLASSES
-from spinexr.metrics import bootstrap_ci, compute_metrics, softmax, summarize_folds
+from spinexr.metrics import compute_metrics, result_block, softmax
 
 
 def evaluate_model(model_path: str | Path, source: str | Path, out_dir: str | Path, device: str = "auto",
                    tta_flip: bool = True, bootstrap: int = 1000, cache_dir: str | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Predict every readable image of ``source`` and write metrics, predictions and a report."""
-    from spinexr.data.check import shortcut_baseline
     from spinexr.modelfile import load_model
     from spinexr.preprocess import prepare_dataset
     from spinexr.report import write_report
@@ -32,15 +30,10 @@ def evaluate_model(model_path: str | Path, source: str | Path, out_dir: str | Pa
     logits = predict_logits(model, data.tensors[size], None, dev, meta["mean"], meta["std"], tta_flip=tta_flip)
     probs = softmax(logits, meta["temperature"])
     y = data.labels
-    met = compute_metrics(y, probs)
     name = meta["architecture"]
-    wh = np.array(data.image_sizes, dtype=float)
     results: dict[str, Any] = {
-        "source": str(source), "model_file": str(model_path), "model": meta, "n_images": int(len(y)),
-        "counts": data.counts(), "skipped": data.skipped, "n_groups": int(len(np.unique(data.groups))),
-        "near_duplicate_pairs": data.near_duplicates, "shortcut": shortcut_baseline(wh[:, 0], wh[:, 1], y),
-        "models": {name: {"folds": [], "fold_metrics": [met], "summary": summarize_folds([met]), "pooled": met,
-                          "ci95": bootstrap_ci(y, probs, n_boot=bootstrap)}},
+        **data.summary(), "source": str(source), "model_file": str(model_path), "model": meta,
+        "models": {name: result_block(y, probs, [compute_metrics(y, probs)], n_boot=bootstrap)},
     }
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)

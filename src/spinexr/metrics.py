@@ -111,6 +111,13 @@ def bootstrap_ci(y: np.ndarray, probs: np.ndarray, n_boot: int = 1000, seed: int
     return {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in vals.items() if v}
 
 
+def result_block(y: np.ndarray, probs: np.ndarray, fold_metrics: list[dict[str, Any]],
+                 folds: list[dict[str, Any]] | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """One model's entry in metrics.json: per-fold metrics and their summary, pooled metrics, CIs."""
+    return {"folds": list(folds or []), "fold_metrics": fold_metrics, "summary": summarize_folds(fold_metrics),
+            "pooled": compute_metrics(y, probs), "ci95": bootstrap_ci(y, probs, n_boot=n_boot, seed=seed)}
+
+
 def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean and standard deviation of the scalar metrics (and per-class F1) across folds."""
     out: dict[str, dict[str, float]] = {}

@@ -82,13 +82,11 @@ def extract_features(model: Any, x_u8: Any, idx: Any, device: Any, mean: float, 
     """Pooled pre-logit features of ``x_u8[idx]`` (all rows when idx is None)."""
     import torch
 
+    from spinexr.train import eval_batches
+
     model.eval()
-    n = x_u8.shape[0] if idx is None else len(idx)
-    ids = torch.arange(n) if idx is None else torch.as_tensor(np.asarray(idx), dtype=torch.long)
     out = []
     with torch.no_grad():
-        for s in range(0, n, batch_size):
-            xb = x_u8[ids[s:s + batch_size]].to(device).float().div_(255.0)
-            xb = (xb - mean) / std
+        for xb in eval_batches(x_u8, idx, device, mean, std, batch_size):
             out.append(model.forward_head(model.forward_features(xb), pre_logits=True).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 1))

@@ -227,6 +227,16 @@ class PreparedData:
 
         return {c: int((self.labels == k).sum()) for k, c in enumerate(CLASSES)}
 
+    def summary(self) -> dict[str, object]:
+        """What every run reports about its data, the size/aspect shortcut baseline included."""
+        from spinexr.data.check import shortcut_baseline
+
+        wh = np.array(self.image_sizes, dtype=float).reshape(-1, 2)
+        return {"source": self.source, "n_images": int(len(self.labels)), "counts": self.counts(),
+                "skipped": self.skipped, "n_groups": int(len(np.unique(self.groups))),
+                "near_duplicate_pairs": self.near_duplicates,
+                "shortcut": shortcut_baseline(wh[:, 0], wh[:, 1], self.labels)}
+
 
 def prepare_dataset(
     source: str | Path,

@@ -148,8 +148,7 @@ def _img_tag(path: Path, alt: str) -> str:
 def _fmt_ms(s: dict[str, float] | None, pct: bool = True) -> str:
     if not s:
         return "n/a"
-    f = 100.0 if pct else 1.0
-    return f"{s['mean'] * f:.1f} ± {s['std'] * f:.1f}" if pct else f"{s['mean']:.3f} ± {s['std']:.3f}"
+    return f"{s['mean'] * 100:.1f} ± {s['std'] * 100:.1f}" if pct else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
 def _fmt_ci(ci: list[float] | None, pct: bool = True) -> str:

@@ -11,7 +11,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -88,19 +88,24 @@ def _batch(x_u8: torch.Tensor, idx: torch.Tensor, device: torch.device, mean: fl
     return xb
 
 
+def eval_batches(x_u8: torch.Tensor, idx: np.ndarray | None, device: torch.device, mean: float, std: float,
+                 batch_size: int = 64) -> Iterator[torch.Tensor]:
+    """Normalised, un-augmented batches of ``x_u8[idx]`` (all rows when idx is None), in order."""
+    n = x_u8.shape[0] if idx is None else len(idx)
+    ids = torch.arange(n) if idx is None else torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    for s in range(0, n, batch_size):
+        yield _batch(x_u8, ids[s:s + batch_size], device, mean, std, None, None, device.type == "cuda")
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, x_u8: torch.Tensor, idx: np.ndarray | None, device: torch.device,
                    mean: float, std: float, batch_size: int = 64, tta_flip: bool = False,
                    amp: bool = True) -> np.ndarray:
     """Logits for ``x_u8[idx]`` (all rows when idx is None), optionally averaged with a flipped copy."""
     model.eval()
-    n = x_u8.shape[0] if idx is None else len(idx)
-    ids = torch.arange(n) if idx is None else torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    cl = device.type == "cuda"
     use_amp = amp and device.type == "cuda"
     out = []
-    for s in range(0, n, batch_size):
-        xb = _batch(x_u8, ids[s:s + batch_size], device, mean, std, None, None, cl)
+    for xb in eval_batches(x_u8, idx, device, mean, std, batch_size):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             lg = model(xb).float()
             if tta_flip:

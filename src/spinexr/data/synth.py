@@ -27,8 +27,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from spinexr import CLASSES
-
 MEYERDING = {1: (0.0, 25.0), 2: (25.0, 50.0), 3: (50.0, 75.0), 4: (75.0, 100.0)}
 AP_LEVELS = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
 LAT_LEVELS = ["L1", "L2", "L3", "L4", "L5", "S1"]
@@ -418,5 +416,5 @@ def contact_sheet(paths: list[Path], out: str | Path, captions: list[str] | None
     return out
 
 
-__all__ = ["CLASSES", "MEYERDING", "SynthCase", "Vertebra", "contact_sheet", "make_case", "render_ap",
+__all__ = ["MEYERDING", "SynthCase", "Vertebra", "contact_sheet", "make_case", "render_ap",
            "render_lateral", "synthesize"]
