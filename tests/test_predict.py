@@ -13,7 +13,7 @@ import torch
 from conftest import non_spine_images
 from spinexr.cli import main
 from spinexr.deploy import Predictor
-from spinexr.explain import cam_ready, explain, faithfulness, overlay
+from spinexr.explain import cam_ready, explain, faithfulness, overlay, random_map, road_scores
 from spinexr.models import create_model
 
 
@@ -113,6 +113,38 @@ def test_faithfulness_reports_against_random(trained_model: Path, synth_dir: Pat
         xs.append((torch.from_numpy(x) - pred.meta["mean"]) / pred.meta["std"])
     r = faithfulness(pred.model, torch.cat(xs), "gradcam", steps=5)
     assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["random_deletion_auc"] <= 1 and r["n"] == 4
+    assert -1 <= r["road"] <= 1 and -1 <= r["random_road"] <= 1 and 0 <= r["road_wins"] <= 1
+
+
+class _SquareModel(torch.nn.Module):
+    """Class 0's logit is the brightness of one known square, and nothing else."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = 12 * x[:, 0, 8:24, 8:24].mean(dim=(1, 2)) - 6
+        return torch.stack([z, torch.zeros_like(z), torch.zeros_like(z)], 1)
+
+
+def test_road_ranks_the_true_evidence_above_a_wrong_map() -> None:
+    x = torch.zeros(2, 1, 40, 40)
+    x[:, :, 8:24, 8:24] = 1.0
+    x += 0.05 * torch.rand_like(x)
+    right = np.zeros((40, 40), np.float32)
+    right[8:24, 8:24] = 1
+    wrong = np.zeros((40, 40), np.float32)
+    wrong[24:40, 24:40] = 1
+    good = road_scores(_SquareModel(), x, np.stack([right, right]), [0, 0])
+    bad = road_scores(_SquareModel(), x, np.stack([wrong, wrong]), [0, 0])
+    assert good.shape == (2,) and (good > 0.1).all()
+    assert (good > bad + 0.1).all()
+
+
+def test_random_map_is_smooth_like_a_cam() -> None:
+    rng = np.random.default_rng(0)
+    m = random_map(96, rng)
+    assert m.shape == (96, 96) and m.min() == 0 and m.max() == 1
+    # neighbouring pixels differ far less than in white noise (mean |diff| about 1/3)
+    assert np.abs(np.diff(m, axis=1)).mean() < 0.05
+    assert not np.allclose(m, random_map(96, rng))
 
 
 def test_explain_cli(trained_model: Path, synth_dir: Path, tmp_path: Path) -> None:
@@ -121,3 +153,15 @@ def test_explain_cli(trained_model: Path, synth_dir: Path, tmp_path: Path) -> No
     assert main(["explain", str(trained_model), str(img), "--method", "gradcam++", "--out", str(out)]) == 0
     assert out.is_file()
     assert main(["explain", str(trained_model), str(img), "--out", str(img), "--force"]) == 2  # never overwrite input
+
+
+def test_a_map_from_a_one_by_one_feature_grid_is_flagged() -> None:
+    model = create_model("small", attention="mhsa").eval()
+    x = torch.randn(2, 1, 32, 32)  # stride 32: the last feature map is 1 x 1
+    with pytest.warns(RuntimeWarning, match="too coarse"):
+        heat, _ = explain(cam_ready(model), x[:1], "gradcam")
+    assert heat.shape == (32, 32) and heat.max() == heat.min()
+    with pytest.warns(RuntimeWarning, match="single token"):
+        explain(model, x[:1], "attention")
+    r = faithfulness(model, x, "gradcam", steps=2, road=False)
+    assert r["constant_maps"] == 2 and "road" not in r

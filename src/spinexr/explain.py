@@ -1,11 +1,12 @@
 """What the model looked at: Grad-CAM and Grad-CAM++ (through pytorch-grad-cam) and the attention
-head's own map, drawn over the original image at its original aspect, plus a deletion-curve
-faithfulness score.
+head's own map, drawn over the original image at its original aspect, plus faithfulness scores
+(deletion AUC and ROAD) against smooth random maps.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,9 @@ def explain(model: nn.Module, x: torch.Tensor, method: str = "gradcam", target: 
         amap = getattr(model, "attention_map", None)
         if amap is None:
             raise SpinexrError("this model has no attention head (attention=none); use gradcam or gradcam++")
+        if amap.shape[-1] * amap.shape[-2] < 2:
+            warnings.warn(f"the attention map is a single token at input size {s}, so it shows nothing; use a larger "
+                          "image size", RuntimeWarning, stacklevel=2)
         up = F.interpolate(amap[:1, None].float(), size=(s, s), mode="bilinear", align_corners=False)[0, 0]
         return _normalise(up.cpu().numpy()), target
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
@@ -79,7 +83,11 @@ def explain(model: nn.Module, x: torch.Tensor, method: str = "gradcam", target: 
     cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
     with cls(model=model, target_layers=[target_layer(model)]) as cam:
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])[0]
-    return _normalise(heat), target
+    heat = _normalise(heat)
+    if heat.max() == heat.min():
+        warnings.warn(f"the {method} map is constant: at input size {s} the CAM layer is too coarse (or the gradient "
+                      "is zero), so the heatmap shows nothing; use a larger image size", RuntimeWarning, stacklevel=2)
+    return heat, target
 
 
 def overlay(img: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -92,12 +100,24 @@ def overlay(img: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarra
     return (np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
+def random_map(size: int, rng: np.random.Generator, grid: int | None = None) -> np.ndarray:
+    """A map with no information but a CAM's smoothness: uniform noise on a coarse grid, upsampled.
+
+    Pixel-wise random orders are an unfair baseline: removing scattered pixels corrupts the whole image
+    at once and drops the probability faster than any coherent map, so a map "loses" to noise. The
+    grid defaults to the backbones' output stride of 32, the resolution a CAM is computed at.
+    """
+    g = grid or max(2, int(np.ceil(size / 32)))
+    coarse = torch.from_numpy(rng.random((1, 1, g, g)).astype(np.float32))
+    return _normalise(F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy())
+
+
 @torch.no_grad()
 def deletion_auc(model: nn.Module, x: torch.Tensor, heat: np.ndarray, target: int, steps: int = 10,
                  fill: float | None = None) -> float:
     """Area under the target probability as the most salient pixels are blacked out, 0 to 100 %.
 
-    Lower is more faithful: a good map removes the evidence first. Compare with a random order.
+    Lower is more faithful: a good map removes the evidence first. Compare with :func:`random_map`.
     All ``steps + 1`` masked copies go through the model as one batch.
     """
     s = x.shape[-1]
@@ -112,15 +132,51 @@ def deletion_auc(model: nn.Module, x: torch.Tensor, heat: np.ndarray, target: in
     return float(np.trapezoid(probs, dx=1.0 / steps))
 
 
-def faithfulness(model: nn.Module, xs: torch.Tensor, method: str, steps: int = 10, seed: int = 0) -> dict[str, float]:
-    """Mean deletion AUC of ``method``'s maps against random maps on a batch of normalised inputs."""
+def road_scores(model: nn.Module, xs: torch.Tensor, heats: np.ndarray, targets: list[int],
+                percentiles: tuple[int, ...] = (20, 50, 80), seed: int = 0) -> np.ndarray:
+    """ROAD (Rong et al., 2022) per image, through pytorch-grad-cam's ``ROADCombined``.
+
+    Pixels are removed by noisy linear imputation from their neighbours rather than blacked out, so
+    the perturbed image stays close to a radiograph. The score is half the drop in the target's
+    softmax probability when the most relevant pixels go, minus the drop when the least relevant go,
+    averaged over ``percentiles``: higher is more faithful, 0 is no better than chance.
+    """
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    torch.manual_seed(seed)  # the imputer adds noise
+    metric = ROADCombined(percentiles=list(percentiles))
+    with torch.no_grad():
+        out = metric(xs.cpu(), heats.astype(np.float32), [ClassifierOutputSoftmaxTarget(t) for t in targets], model)
+    return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+def faithfulness(model: nn.Module, xs: torch.Tensor, method: str, steps: int = 10, seed: int = 0,
+                 road: bool = True) -> dict[str, Any]:
+    """Deletion AUC and ROAD of ``method``'s maps against smooth random maps, on normalised inputs.
+
+    The comparison is paired (the same image and target for both maps); ``road_wins`` is the share of
+    images where the method's map beats the random one.
+    """
     rng = np.random.default_rng(seed)
     m = cam_ready(model) if method != "attention" else model.eval()
-    ours, rand = [], []
+    heats, rands, targets, ours, rand = [], [], [], [], []
     for i in range(xs.shape[0]):
         x = xs[i:i + 1]
-        heat, t = explain(m, x, method)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # counted below as constant_maps
+            heat, t = explain(m, x, method)
+        r = random_map(x.shape[-1], rng)
+        heats.append(heat)
+        rands.append(r)
+        targets.append(t)
         ours.append(deletion_auc(m, x, heat, t, steps))
-        rand.append(deletion_auc(m, x, rng.random(heat.shape).astype(np.float32), t, steps))
-    return {"method": method, "deletion_auc": float(np.mean(ours)), "random_deletion_auc": float(np.mean(rand)),
-            "n": int(xs.shape[0])}
+        rand.append(deletion_auc(m, x, r, t, steps))
+    out: dict[str, Any] = {"method": method, "deletion_auc": float(np.mean(ours)),
+                           "random_deletion_auc": float(np.mean(rand)), "n": int(xs.shape[0]),
+                           "constant_maps": int(sum(float(h.max()) == float(h.min()) for h in heats))}
+    if road:
+        ro = road_scores(m, xs, np.stack(heats), targets, seed=seed)
+        rr = road_scores(m, xs, np.stack(rands), targets, seed=seed)
+        out.update(road=float(ro.mean()), random_road=float(rr.mean()), road_wins=float((ro > rr).mean()))
+    return out

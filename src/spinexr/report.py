@@ -221,7 +221,9 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
             figs.append((f"Grad-CAM gallery: {m}", out / ex["gallery"]))
         f = ex.get("faithfulness")
         if f:
-            faith_rows.append([m, f["method"], f"{f['deletion_auc']:.3f}", f"{f['random_deletion_auc']:.3f}", f["n"]])
+            road = [f"{f['road']:.3f}", f"{f['random_road']:.3f}", f"{f['road_wins']:.0%}"] if "road" in f else ["", "", ""]
+            n = f"{f['n']}" + (f" ({f['constant_maps']} blank: feature map too coarse)" if f.get("constant_maps") else "")
+            faith_rows.append([m, f["method"], *road, f"{f['deletion_auc']:.3f}", f"{f['random_deletion_auc']:.3f}", n])
 
     sc = results.get("shortcut", {})
     parts = [f"<h1>{html.escape(title)}</h1>",
@@ -249,10 +251,16 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
                      "the test rows are copies of training images under this protocol; its accuracy is inflated and is "
                      "not a measurement.</p>" + _table(["model", "leaky test accuracy %", "macro-F1"], lrows))
     if faith_rows:
-        parts.append("<h2>Are the heatmaps faithful?</h2><p>Deletion test on fold-0 test images: the most salient "
-                     "pixels are blacked out first and the predicted class's probability is integrated (area under "
-                     "the curve; lower means the map found the evidence). A random map is the baseline.</p>"
-                     + _table(["model", "method", "deletion AUC", "random-map deletion AUC", "images"], faith_rows))
+        parts.append("<h2>Are the heatmaps faithful?</h2><p>Fold-0 test images, each map paired with a smooth "
+                     "random map (noise on the CAM's own grid) for the same image and class. <b>ROAD</b> removes "
+                     "pixels by noisy linear imputation from their neighbours, so the image stays a radiograph; its "
+                     "score is the probability drop when the most relevant pixels go minus the drop when the least "
+                     "relevant go (halved, averaged over 20/50/80% removed): higher is more faithful, about 0 is "
+                     "chance. <b>Deletion AUC</b> blacks out the most salient pixels first and integrates the "
+                     "probability: lower is more faithful, but black patches resemble letterbox padding, so read it "
+                     "second. A map that does not beat its random partner says little about the model.</p>"
+                     + _table(["model", "method", "ROAD", "random-map ROAD", "map beats random", "deletion AUC",
+                               "random-map deletion AUC", "images"], faith_rows))
     per_fold = []
     for m, r in results.get("models", {}).items():
         for fi, fm in zip(r.get("folds", []), r.get("fold_metrics", [])):
