@@ -328,7 +328,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from spinexr.serve import serve
 
     serve(args.model, host=args.host, port=args.port, onnx_path=args.onnx, max_upload_mb=args.max_upload_mb,
-          max_pixels=args.max_pixels, threads=args.threads)
+          max_pixels=args.max_pixels, threads=args.threads, max_batch=args.max_batch, max_queue=args.max_queue)
     return 0
 
 
@@ -375,6 +375,9 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-upload-mb", type=float, default=32.0)
     s.add_argument("--max-pixels", type=int, default=60_000_000)
     s.add_argument("--threads", type=int, default=None, help="inference threads")
+    s.add_argument("--max-batch", type=int, default=8, help="most concurrent requests run as one model call")
+    s.add_argument("--max-queue", type=int, default=32,
+                   help="most images waiting for the model; beyond it a request gets 503 with Retry-After")
     s.set_defaults(func=_cmd_serve)
 
 

@@ -7,13 +7,13 @@ Untrusted input is bounded: uploads over the size limit get 413 (checked on Cont
 the body is read, and again while reading), content that is not an image gets 415, an image that
 cannot be decoded or is over the pixel limit (a decompression bomb) gets 422. Uploads are written
 only into a per-request temporary folder that is removed afterwards. The model is loaded once.
+Concurrent predictions are micro-batched, and a full queue answers 503 with ``Retry-After``.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the endpoint signatures at runtime.
 import io
 import logging
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,13 +35,19 @@ def _need_fastapi() -> Any:
 
 
 def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_upload_mb: float = 32.0,
-               max_pixels: int = 60_000_000, threads: int | None = None) -> Any:
-    """Build the FastAPI app; the model is loaded here, once."""
+               max_pixels: int = 60_000_000, threads: int | None = None, max_batch: int = 8,
+               max_queue: int = 32) -> Any:
+    """Build the FastAPI app; the model is loaded here, once.
+
+    Concurrent ``/v1/predict`` requests share model calls through a :class:`MicroBatcher` of up to
+    ``max_batch`` images; with more than ``max_queue`` images waiting, a request gets 503 with
+    ``Retry-After`` at once rather than an unbounded wait.
+    """
     _need_fastapi()
     from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-    from spinexr.deploy import Predictor
+    from spinexr.deploy import MicroBatcher, Predictor, QueueFull
     from spinexr.explain import overlay
 
     if threads:
@@ -50,12 +56,14 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         torch.set_num_threads(threads)
     predictor = Predictor(model_path, onnx_path=onnx_path, threads=threads, max_pixels=max_pixels)
     max_bytes = int(max_upload_mb * 1024 * 1024)
-    explain_lock = threading.Lock()  # CAM hooks live on the shared model: one explanation at a time
+    batcher = MicroBatcher(predictor, max_batch=max_batch, max_queue=max_queue)
     import anyio
 
-    # Inference runs in worker threads so the event loop (and /healthz) stays responsive; one model
-    # call at a time, since each call already uses every intra-op thread it was given.
-    infer_limiter = anyio.CapacityLimiter(1)
+    # Inference runs in worker threads so the event loop (and /healthz) stays responsive. The model
+    # runs one call at a time (each call already uses every intra-op thread it was given): predictions
+    # queue in the batcher, one thread each, and explanations take the batcher's model lock.
+    predict_threads = anyio.CapacityLimiter(max_queue + max_batch)
+    explain_threads = anyio.CapacityLimiter(1)
     meta_public = {k: v for k, v in predictor.meta.items()}
     meta_public["backend"] = predictor.backend
     meta_public["spinexr_server_version"] = __version__
@@ -118,7 +126,8 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
 
     @app.get("/v1/model")
     def model_info() -> dict[str, Any]:
-        return meta_public
+        return {**meta_public, "serving": {"max_batch": batcher.max_batch, "max_queue": batcher.max_queue,
+                                           "model_calls_by_batch_size": dict(sorted(batcher.batch_sizes.items()))}}
 
     @app.post("/v1/predict")
     async def predict(file: UploadFile = File(...)) -> dict[str, Any]:
@@ -127,7 +136,10 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         t1 = time.perf_counter()
         img = await anyio.to_thread.run_sync(_decode, data, file.filename)
         t2 = time.perf_counter()
-        pred = await anyio.to_thread.run_sync(predictor.predict_image, img, limiter=infer_limiter)
+        try:
+            pred = await anyio.to_thread.run_sync(batcher.predict, img, limiter=predict_threads)
+        except QueueFull as e:
+            raise HTTPException(503, f"the server is busy: {e}", headers={"Retry-After": "1"}) from e
         t3 = time.perf_counter()
         return {
             "label": pred.label, "probabilities": pred.probabilities,
@@ -151,11 +163,11 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
             raise HTTPException(422, f"unknown target {target!r}; one of {predictor.labels}")
         t = predictor.labels.index(target) if target else None
         def _explain() -> tuple:
-            with explain_lock:
+            with batcher.model_lock:  # CAM hooks and the attention map live on the shared model
                 return predictor.explain(img, method, t)
 
         try:
-            heat, ti = await anyio.to_thread.run_sync(_explain, limiter=infer_limiter)
+            heat, ti = await anyio.to_thread.run_sync(_explain, limiter=explain_threads)
         except SpinexrError as e:
             raise HTTPException(422, str(e)) from e
         buf = io.BytesIO()
@@ -168,6 +180,7 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         return (STATIC / "index.html").read_text()
 
     app.state.predictor = predictor
+    app.state.batcher = batcher
     return app
 
 
