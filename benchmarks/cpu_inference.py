@@ -10,8 +10,16 @@ plain probe) this measures batch-1 latency p50/p95 on real KAUH images for
 With ``--kauh-run`` (a ``spinexr cv`` run folder on KAUH, e.g. the reduced CPU benchmark) it also
 measures the accuracy of each fold-0 model on its own held-out fold, FP32 against INT8.
 
+It also places each backend against this CPU's FP32 arithmetic peak: the model's forward FLOPs
+(``torch.utils.flop_counter``) over its p50 latency, against a 2048^3 SGEMM in PyTorch and in
+onnxruntime with the same threads. FP32 onnxruntime cannot beat eager by more than the ratio of that
+peak to eager's achieved rate.
+
 With ``--service`` it starts ``spinexr serve`` in a subprocess on loopback and measures
-``POST /v1/predict`` at concurrency 1 and 8 against the bare model latency.
+``POST /v1/predict`` at concurrency 1 and 8, with micro-batching (``--max-batch 8``) and without
+(``--max-batch 1``), against the bare model twice: batch-1 latency on an idle machine, and the same
+model behind the same micro-batcher driven in-process by the same number of concurrent callers
+(what the service would cost with no HTTP, upload or decoding).
 
     python benchmarks/cpu_inference.py --kauh-run runs/bench_kauh_cv_cpu_reduced --service
 
@@ -66,6 +74,49 @@ def time_backend(pred, xs, warmup: int = 3) -> dict[str, float]:
         pred.run(x)
         ts.append(time.perf_counter() - t0)
     return {"p50_ms": pct(ts, 50), "p95_ms": pct(ts, 95), "n": len(ts)}
+
+
+def sgemm_peak(threads: int, n: int = 2048) -> dict[str, float]:
+    """GFLOP/s of an n^3 FP32 matrix product in PyTorch and in onnxruntime (median of 10)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper
+
+    a, b = torch.rand(n, n), torch.rand(n, n)
+
+    def med(f) -> float:
+        for _ in range(3):
+            f()
+        ts = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts))
+
+    g = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "sgemm",
+                          [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "AB"],
+                          [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    an, bn = a.numpy(), b.numpy()
+    flop = 2 * n ** 3
+    return {"torch_gflops": flop / med(lambda: a @ b) / 1e9,
+            "onnxruntime_gflops": flop / med(lambda: sess.run(None, {"A": an, "B": bn})) / 1e9, "n": n}
+
+
+def forward_gflop(deploy, size: int) -> float:
+    """FP32 forward GFLOP of one image through the deployed graph (convolutions, matmuls)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        deploy(torch.rand(1, 1, size, size))
+    return fc.get_total_flops() / 1e9
 
 
 def build(name: str, work: Path, data, calib_paths, parity_paths) -> tuple[Path, Path, Path]:
@@ -130,7 +181,32 @@ def int8_accuracy(run: Path, data_dir: str, threads: int, work: Path) -> dict[st
     return out
 
 
-def service(model: Path, onnx: Path, image: Path, threads: int, bare_p50: float, bare_p95: float) -> dict:
+def _pct_row(lat: list[float]) -> dict[str, float]:
+    return {"p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95)}
+
+
+def bare_under_load(onnx: Path, images: list, threads: int, conc: int, n: int, max_batch: int) -> dict:
+    """The model alone behind the service's micro-batcher, driven in-process by ``conc`` callers."""
+    from spinexr.deploy import MicroBatcher, Predictor
+
+    b = MicroBatcher(Predictor(onnx, threads=threads), max_batch=max_batch, max_queue=conc + 1)
+
+    def call(i: int) -> float:
+        t0 = time.perf_counter()
+        b.predict(images[i % len(images)])
+        return time.perf_counter() - t0
+
+    with ThreadPoolExecutor(conc) as ex:
+        list(ex.map(call, range(2 * conc)))
+        t0 = time.perf_counter()
+        lat = list(ex.map(call, range(n)))
+        wall = time.perf_counter() - t0
+    return {**_pct_row(lat), "requests": n, "images_per_s": n / wall,
+            "model_calls_by_batch_size": {str(k): v for k, v in sorted(b.batch_sizes.items())}}
+
+
+def service(model: Path, onnx: Path, image: Path, threads: int, max_batch: int) -> dict:
+    """``spinexr serve`` in a subprocess on loopback: /v1/predict at concurrency 1 and 8."""
     import httpx
 
     with socket.socket() as s:
@@ -138,8 +214,8 @@ def service(model: Path, onnx: Path, image: Path, threads: int, bare_p50: float,
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen([sys.executable, "-m", "spinexr", "serve", str(model), "--onnx", str(onnx), "--port",
-                             str(port), "--threads", str(threads)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             str(port), "--threads", str(threads), "--max-batch", str(max_batch)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -154,25 +230,23 @@ def service(model: Path, onnx: Path, image: Path, threads: int, bare_p50: float,
             time.sleep(0.2)
         data = image.read_bytes()
 
-        def call(_: int) -> tuple[int, float, float]:
+        def call(_: int) -> tuple[int, float]:
             with httpx.Client(timeout=120) as c:
                 t0 = time.perf_counter()
                 r = c.post(url + "/v1/predict", files={"file": (image.name, data, "image/jpeg")})
-                dt = time.perf_counter() - t0
-            return r.status_code, dt, r.json()["timing_ms"]["inference"] if r.status_code == 200 else float("nan")
+                return r.status_code, time.perf_counter() - t0
 
         for i in range(5):
             call(i)
-        res = {}
+        res: dict = {"max_batch": max_batch}
         for conc, n in ((1, 60), (8, 300)):
             with ThreadPoolExecutor(conc) as ex:
+                t0 = time.perf_counter()
                 rows = list(ex.map(call, range(n)))
-            lat = [r[1] for r in rows]
+                wall = time.perf_counter() - t0
             res[f"concurrency_{conc}"] = {"requests": n, "errors": sum(r[0] != 200 for r in rows),
-                                          "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95),
-                                          "p95_over_bare_p95": pct(lat, 95) / bare_p95,
-                                          "server_inference_p50_ms": float(sorted(r[2] for r in rows)[len(rows) // 2])}
-        res["bare_model_p50_ms"], res["bare_model_p95_ms"] = bare_p50, bare_p95
+                                          **_pct_row([r[1] for r in rows]), "requests_per_s": n / wall}
+        res["model_calls_by_batch_size"] = httpx.get(url + "/v1/model").json()["serving"]["model_calls_by_batch_size"]
         return res
     finally:
         proc.terminate()
@@ -205,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     calib = [data.paths[i] for i in range(1, len(data.paths), max(1, len(data.paths) // 32))][:32]
     parity = [data.paths[i] for i in timed[:8]]
     results, files = {}, {}
+    peak = sgemm_peak(a.threads)
+    print(f"FP32 SGEMM peak, {a.threads} threads: torch {peak['torch_gflops']:.0f} GFLOP/s, "
+          f"onnxruntime {peak['onnxruntime_gflops']:.0f} GFLOP/s", flush=True)
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         for m in models:
@@ -215,14 +292,25 @@ def main(argv: list[str] | None = None) -> int:
             r = {"image_size": eager.size, "eager": time_backend(eager, xs), "onnxruntime_fp32": time_backend(fp32, xs),
                  "onnxruntime_int8": time_backend(q8, xs)}
             r["ort_speedup_p50"] = r["eager"]["p50_ms"] / r["onnxruntime_fp32"]["p50_ms"]
+            gf = forward_gflop(eager.deploy, eager.size)
+            r["roofline"] = {"forward_gflop": gf,
+                             "eager_gflops": gf / r["eager"]["p50_ms"] * 1e3,
+                             "onnxruntime_fp32_gflops": gf / r["onnxruntime_fp32"]["p50_ms"] * 1e3,
+                             "eager_fraction_of_peak": gf / r["eager"]["p50_ms"] * 1e3 / peak["torch_gflops"],
+                             "onnxruntime_fraction_of_peak": gf / r["onnxruntime_fp32"]["p50_ms"] * 1e3
+                             / peak["onnxruntime_gflops"],
+                             "most_ort_speedup_at_peak": r["eager"]["p50_ms"] / (gf / peak["onnxruntime_gflops"] * 1e3)}
             r["int8_speedup_over_fp32_p50"] = r["onnxruntime_fp32"]["p50_ms"] / r["onnxruntime_int8"]["p50_ms"]
             agree = [int(np.argmax(fp32.run(x)[1]) == np.argmax(q8.run(x)[1])) for x in xs]
             r["int8_fp32_label_agreement"] = float(np.mean(agree))
             results[m] = r
+            rf = r["roofline"]
             print(f"{m}@{eager.size}: eager {r['eager']['p50_ms']:.1f} ms, ort {r['onnxruntime_fp32']['p50_ms']:.1f} ms "
                   f"({r['ort_speedup_p50']:.2f}x), int8 {r['onnxruntime_int8']['p50_ms']:.1f} ms "
-                  f"({r['int8_speedup_over_fp32_p50']:.2f}x over fp32)", flush=True)
-        out = {**header("cpu_inference", argv), "cpu_flags": cpu_flags(), "threads": a.threads, "batch": 1, "results": results,
+                  f"({r['int8_speedup_over_fp32_p50']:.2f}x over fp32); {rf['forward_gflop']:.1f} GFLOP: eager at "
+                  f"{rf['eager_fraction_of_peak']:.0%} of peak, ort at {rf['onnxruntime_fraction_of_peak']:.0%}", flush=True)
+        out = {**header("cpu_inference", argv), "cpu_flags": cpu_flags(), "threads": a.threads, "batch": 1,
+               "sgemm_peak": peak, "results": results,
                "targets": {"ort_speedup": 2.0, "int8_speedup_over_fp32": 1.5, "int8_accuracy_drop_points": 1.0,
                            "service_p95_over_bare": 2.0}}
         if a.kauh_run:
@@ -230,9 +318,24 @@ def main(argv: list[str] | None = None) -> int:
         if a.service and "densenet121" in files:
             mf, onnx = files["densenet121"]
             b = results["densenet121"]["onnxruntime_fp32"]
-            out["service"] = {"model": "densenet121 (onnxruntime fp32)",
-                              **service(mf, onnx, data.paths[timed[0]], a.threads, b["p50_ms"], b["p95_ms"])}
-            print("service:", json.dumps(out["service"]), flush=True)
+            img = read_image(data.paths[timed[0]])[0]
+            sv: dict = {"model": "densenet121 (onnxruntime fp32)", "image": str(data.paths[timed[0]]),
+                        "bare_model_batch1_p50_ms": b["p50_ms"], "bare_model_batch1_p95_ms": b["p95_ms"]}
+            for mb in (1, 8):
+                srv = service(mf, onnx, data.paths[timed[0]], a.threads, mb)
+                bare = bare_under_load(onnx, [img], a.threads, 8, 300, mb)
+                c8 = srv["concurrency_8"]
+                srv["bare_model_same_load"] = bare
+                srv["concurrency_1"]["p95_over_bare_batch1_p95"] = srv["concurrency_1"]["p95_ms"] / b["p95_ms"]
+                c8["p95_over_bare_batch1_p95"] = c8["p95_ms"] / b["p95_ms"]
+                c8["p95_over_bare_same_load_p95"] = c8["p95_ms"] / bare["p95_ms"]
+                sv[f"max_batch_{mb}"] = srv
+                print(f"service max_batch {mb}: c1 p95 {srv['concurrency_1']['p95_ms']:.0f} ms "
+                      f"({srv['concurrency_1']['p95_over_bare_batch1_p95']:.2f}x bare), c8 p95 {c8['p95_ms']:.0f} ms "
+                      f"({c8['p95_over_bare_batch1_p95']:.1f}x bare batch-1, {c8['p95_over_bare_same_load_p95']:.2f}x "
+                      f"bare under the same load, {c8['requests_per_s']:.1f} req/s vs bare {bare['images_per_s']:.1f}/s)",
+                      flush=True)
+            out["service"] = sv
     write_result("cpu_inference.json", out)
     return 0
 

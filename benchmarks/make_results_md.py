@@ -79,16 +79,50 @@ def inference_section(d: dict) -> list[str]:
         for m, r in k.items():
             out.append(f"| {m} | {r['image_size']} | {r['n_test']} | {r['fp32_accuracy'] * 100:.1f}% | "
                        f"{r['int8_accuracy'] * 100:.1f}% | {r['accuracy_drop_points']:.1f} | {r['int8_speedup_p50']:.2f}x |")
+    pk = d.get("sgemm_peak")
+    if pk and all("roofline" in r for r in d["results"].values()):
+        out += ["", f"Against this CPU's FP32 peak (a {pk['n']}^3 SGEMM: PyTorch {pk['torch_gflops']:.0f} GFLOP/s, "
+                    f"onnxruntime {pk['onnxruntime_gflops']:.0f} GFLOP/s with the same threads):", "",
+                "| model | forward GFLOP | eager GFLOP/s (of SGEMM peak) | onnxruntime FP32 GFLOP/s (of SGEMM peak) | "
+                "onnxruntime rate a 2x speed-up needs |", "|---|---|---|---|---|"]
+        for m, r in d["results"].items():
+            rf = r["roofline"]
+            need = 2 * rf["eager_gflops"]
+            out.append(f"| {m} | {rf['forward_gflop']:.1f} | {rf['eager_gflops']:.0f} ({rf['eager_fraction_of_peak']:.0%}) | "
+                       f"{rf['onnxruntime_fp32_gflops']:.0f} ({rf['onnxruntime_fraction_of_peak']:.0%}) | "
+                       f"{need:.0f} ({need / pk['onnxruntime_gflops']:.0%}) |")
     sv = d.get("service")
-    if sv:
-        out += ["", f"Service ({sv['model']}, `spinexr serve` in its own process, loopback):", "",
-                "| concurrency | requests | errors | p50 ms | p95 ms | p95 / bare-model p95 |", "|---|---|---|---|---|---|"]
-        for c in (1, 8):
-            r = sv[f"concurrency_{c}"]
-            out.append(f"| {c} | {r['requests']} | {r['errors']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-                       f"{r['p95_over_bare_p95']:.2f} |")
-        out += ["", f"Bare model (onnxruntime, batch 1): p50 {sv['bare_model_p50_ms']:.1f} ms, "
-                    f"p95 {sv['bare_model_p95_ms']:.1f} ms."]
+    if sv and "max_batch_8" in sv:
+        out += ["", f"Service ({sv['model']}, `spinexr serve` in its own process on loopback, the load generator "
+                    f"on the same {d['machine']['cpu_count']} cores). Bare model, batch 1, idle machine: "
+                    f"p50 {sv['bare_model_batch1_p50_ms']:.1f} ms, p95 {sv['bare_model_batch1_p95_ms']:.1f} ms. "
+                    "'Bare, same load' is the model behind the same micro-batcher driven in-process by the same "
+                    "number of callers.", "",
+                "| --max-batch | concurrency | requests | errors | p50 ms | p95 ms | req/s | p95 / bare batch-1 p95 | "
+                "bare same-load p95 ms | p95 / bare same-load p95 |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for mb in (1, 8):
+            srv = sv[f"max_batch_{mb}"]
+            for c in (1, 8):
+                r = srv[f"concurrency_{c}"]
+                bare = srv["bare_model_same_load"] if c == 8 else None
+                out.append(f"| {mb} | {c} | {r['requests']} | {r['errors']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+                           f"{r['requests_per_s']:.1f} | {r['p95_over_bare_batch1_p95']:.2f} | "
+                           + (f"{bare['p95_ms']:.1f} | {r['p95_over_bare_same_load_p95']:.2f} |" if bare else "| |"))
+    return out + [""]
+
+
+def faithfulness_section(d: dict) -> list[str]:
+    out = ["## Explanation faithfulness", "", f"Command: `{d['command']}`", "",
+           f"Machine: {_machine(d)}. Date: {d['date']}. Models: fold 0 of `{d['run']}`, on their own held-out "
+           "images. ROAD: higher is more faithful, about 0 is chance; deletion AUC: lower is more faithful. Each "
+           "map is paired with a smooth random map (noise on the CAM grid) for the same image and class.", "",
+           "| model | size | images | method | ROAD | random ROAD | beats random | deletion AUC | random deletion AUC | "
+           "blank maps |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for m, r in d["results"].items():
+        for meth, f in r["methods"].items():
+            out.append(f"| {m} | {r['image_size']} | {r['n_images']} | {meth} | {f['road']:.3f} | {f['random_road']:.3f} | "
+                       f"{f['road_wins']:.0%} | {f['deletion_auc']:.3f} | {f['random_deletion_auc']:.3f} | "
+                       f"{f.get('constant_maps', 0)} |")
     return out + [""]
 
 
@@ -101,6 +135,9 @@ def main() -> int:
     d = _load("cpu_inference.json")
     if d:
         lines += inference_section(d)
+    d = _load("faithfulness_kauh.json")
+    if d:
+        lines += faithfulness_section(d)
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0

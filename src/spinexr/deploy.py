@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,44 +183,60 @@ class QueueFull(SpinexrError):
 class MicroBatcher:
     """Runs concurrent callers' images through the model together, one model call at a time.
 
-    Each caller queues its image and takes the model lock in turn; whoever holds the lock runs every
-    waiting image, up to ``max_batch``, oldest first, as one batch, and hands each caller its own
-    result. A lone caller runs at once with a batch of one, so there is no added wait; under load,
-    callers that queued during a model call share the next one. On a GPU this turns a queue of
-    batch-1 requests into a few full batches; on a CPU already near its arithmetic peak it saves
-    per-call overhead. With more than ``max_queue`` images waiting, :meth:`predict` raises
-    :class:`QueueFull` at once, so latency under overload stays bounded instead of growing.
+    Callers queue their image and wait. One worker thread owns the model: whenever the model is
+    free, it takes every waiting image, up to ``max_batch``, oldest first, runs them as one batch and
+    wakes each caller with its own result. A lone caller runs at once with a batch of one, so there
+    is no added wait; under load, the images that queued during a model call share the next one. On a
+    GPU this turns a queue of batch-1 requests into a few full batches; on a CPU already near its
+    arithmetic peak it saves per-call overhead. With ``max_queue`` images waiting, :meth:`predict`
+    raises :class:`QueueFull` at once, so latency under overload stays bounded instead of growing.
+    Hold :attr:`model_lock` to use the model for anything else (explanations).
     """
 
     def __init__(self, predictor: Predictor, max_batch: int = 8, max_queue: int = 64) -> None:
         self.predictor = predictor
         self.max_batch = max(1, int(max_batch))
         self.max_queue = max(1, int(max_queue))
-        self._pending: list[dict[str, Any]] = []
-        self._pending_lock = threading.Lock()
-        self._model_lock = threading.Lock()
-        self.model_lock = self._model_lock  # hold it to use the model for anything else (explanations)
+        self.model_lock = threading.Lock()
         self.batch_sizes: Counter[int] = Counter()  # model calls by batch size
+        self._pending: deque[dict[str, Any]] = deque()
+        self._cv = threading.Condition()
+        self._worker: threading.Thread | None = None
 
     def predict(self, img: np.ndarray) -> Prediction:
-        slot: dict[str, Any] = {"img": img, "done": False}
-        with self._pending_lock:
+        slot: dict[str, Any] = {"img": img, "event": threading.Event()}
+        with self._cv:
             if len(self._pending) >= self.max_queue:
                 raise QueueFull(f"{len(self._pending)} images are already waiting (limit {self.max_queue}); retry later")
             self._pending.append(slot)
-        while True:
-            with self._model_lock:
-                if slot["done"]:
-                    break
-                with self._pending_lock:
-                    batch = self._pending[: self.max_batch]
-                    del self._pending[: self.max_batch]
-                self._run(batch)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._loop, name="spinexr-batcher", daemon=True)
+                self._worker.start()
+            self._cv.notify()
+        slot["event"].wait()
         if "error" in slot:
             raise slot["error"]
         return slot["result"]
 
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending:
+                    self._cv.wait()
+            with self.model_lock:  # the batch is taken only once the model is free, so it is as full as it can be
+                with self._cv:
+                    batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+                try:
+                    self._run(batch)
+                except BaseException as e:  # never leave a caller waiting
+                    for b in batch:
+                        if not b["event"].is_set():
+                            b["error"] = e
+                            b["event"].set()
+                    raise
+
     def _run(self, batch: list[dict[str, Any]]) -> None:
+        self.batch_sizes[len(batch)] += 1
         try:
             preds = self.predictor.predict_images([b["img"] for b in batch])
         except Exception as e:
@@ -228,12 +244,12 @@ class MicroBatcher:
                 for b in batch:
                     self._run([b])
                 return
-            batch[0]["error"], batch[0]["done"] = e, True
+            batch[0]["error"] = e
+            batch[0]["event"].set()
             return
-        finally:
-            self.batch_sizes[len(batch)] += 1
         for b, p in zip(batch, preds):
-            b["result"], b["done"] = p, True
+            b["result"] = p
+            b["event"].set()
 
 
 def _ort_session(path: Path, threads: int | None) -> tuple[Any, dict[str, Any]]:
