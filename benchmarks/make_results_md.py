@@ -60,17 +60,50 @@ def throughput_section(d: dict) -> list[str]:
     return out + [""]
 
 
-def inference_section(d: dict) -> list[str]:
+def inference_section(d: dict, brief: bool = False) -> list[str]:
+    """The latency tables; ``brief`` (an earlier run) leaves out INT8-on-KAUH and the service."""
     flags = ", ".join(k for k, v in d["cpu_flags"].items() if v) or "none of the listed"
-    out = ["## CPU inference", "", f"Command: `{d['command']}`", "",
+    out = [f"## CPU inference ({d['date'][:16].replace('T', ' ')} UTC)", "", f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}; CPU flags: {flags}. {d['threads']} threads, batch 1. Date: {d['date']}.", "",
-           "| model | size | eager p50 / p95 ms | onnxruntime FP32 p50 / p95 ms | ORT speed-up | INT8 p50 / p95 ms | "
-           "INT8 / FP32 speed-up | INT8-FP32 label agreement |", "|---|---|---|---|---|---|---|---|"]
+           *(["The backends take turns image by image on the same images, so background load hits them alike.", ""]
+             if any("ort_speedup_best" in r for r in d["results"].values()) else
+             ["Each backend timed on all images in a row, one after the other (an earlier version of the script).", ""]),
+           "| model | size | eager p50 / p95 ms | onnxruntime FP32 p50 / p95 ms | ORT speed-up (p50; paired median; best) | "
+           "INT8 p50 / p95 ms | INT8 / FP32 | INT8 / eager | INT8-FP32 label agreement |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for m, r in d["results"].items():
         e, f, q = r["eager"], r["onnxruntime_fp32"], r["onnxruntime_int8"]
+        paired = (f"; {r['ort_speedup_paired_median']:.2f}x; best {r['ort_speedup_best']:.2f}x"
+                  if "ort_speedup_best" in r else "")
+        over_eager = f"{e['p50_ms'] / q['p50_ms']:.2f}x"
         out.append(f"| {m} | {r['image_size']} | {e['p50_ms']:.1f} / {e['p95_ms']:.1f} | {f['p50_ms']:.1f} / "
-                   f"{f['p95_ms']:.1f} | {r['ort_speedup_p50']:.2f}x | {q['p50_ms']:.1f} / {q['p95_ms']:.1f} | "
-                   f"{r['int8_speedup_over_fp32_p50']:.2f}x | {r['int8_fp32_label_agreement'] * 100:.0f}% |")
+                   f"{f['p95_ms']:.1f} | {r['ort_speedup_p50']:.2f}x{paired} | {q['p50_ms']:.1f} / {q['p95_ms']:.1f} | "
+                   f"{r['int8_speedup_over_fp32_p50']:.2f}x | {over_eager} | {r['int8_fp32_label_agreement'] * 100:.0f}% |")
+    if all("rounds" in r for r in d["results"].values()):
+        out += ["", f"The table shows the median of {len(next(iter(d['results'].values()))['rounds'])} rounds (by "
+                    "ORT speed-up); the backbones took turns round by round. Every round, as eager / ORT FP32 p50 "
+                    "speed-up at the SGEMM rate (GFLOP/s) measured with it:", ""]
+        for m, r in d["results"].items():
+            out.append(f"- {m}: " + ", ".join(f"{x['ort_speedup_p50']:.2f}x ({x['sgemm_torch_gflops']:.0f})"
+                                                for x in r["rounds"]))
+    if all("roofline" in r for r in d["results"].values()):
+        out += ["", f"Against this CPU's FP32 peak: a {d.get('sgemm_n', 2048)}^3 SGEMM in PyTorch and in onnxruntime "
+                    "(same threads), " + ("timed in turn with the models:" if "sgemm_n" in d else "timed once before the models:"), "",
+                "| model | forward GFLOP | SGEMM p50 GFLOP/s (torch / ORT) | eager GFLOP/s at p50 (of peak) | "
+                "onnxruntime FP32 GFLOP/s at p50 (of peak) | ORT rate a 2x speed-up needs (of peak) | "
+                "at best times: eager / ORT (of best SGEMM) |",
+                "|---|---|---|---|---|---|---|"]
+        for m, r in d["results"].items():
+            rf, pk = r["roofline"], r.get("sgemm_peak_same_run") or d["sgemm_peak"]
+            best = (f"{rf['best_eager_fraction_of_best_peak']:.0%} / {rf['best_onnxruntime_fraction_of_best_peak']:.0%}"
+                    if "best_eager_fraction_of_best_peak" in rf else "(not recorded)")
+            out.append(f"| {m} | {rf['forward_gflop']:.1f} | {pk['torch_gflops']:.0f} / {pk['onnxruntime_gflops']:.0f} | "
+                       f"{rf['eager_gflops']:.0f} ({rf['eager_fraction_of_peak']:.0%}) | "
+                       f"{rf['onnxruntime_fp32_gflops']:.0f} ({rf['onnxruntime_fraction_of_peak']:.0%}) | "
+                       f"{2 * rf['eager_gflops']:.0f} ({2 * rf['eager_gflops'] / pk['onnxruntime_gflops']:.0%}) | "
+                       f"{best} |")
+    if brief:
+        return out + [""]
     k = d.get("kauh_int8")
     if k:
         out += ["", "INT8 on KAUH (the fold-0 model of each backbone from the CV run, on its own held-out fold):", "",
@@ -79,34 +112,23 @@ def inference_section(d: dict) -> list[str]:
         for m, r in k.items():
             out.append(f"| {m} | {r['image_size']} | {r['n_test']} | {r['fp32_accuracy'] * 100:.1f}% | "
                        f"{r['int8_accuracy'] * 100:.1f}% | {r['accuracy_drop_points']:.1f} | {r['int8_speedup_p50']:.2f}x |")
-    pk = d.get("sgemm_peak")
-    if pk and all("roofline" in r for r in d["results"].values()):
-        out += ["", f"Against this CPU's FP32 peak (a {pk['n']}^3 SGEMM: PyTorch {pk['torch_gflops']:.0f} GFLOP/s, "
-                    f"onnxruntime {pk['onnxruntime_gflops']:.0f} GFLOP/s with the same threads):", "",
-                "| model | forward GFLOP | eager GFLOP/s (of SGEMM peak) | onnxruntime FP32 GFLOP/s (of SGEMM peak) | "
-                "onnxruntime rate a 2x speed-up needs |", "|---|---|---|---|---|"]
-        for m, r in d["results"].items():
-            rf = r["roofline"]
-            need = 2 * rf["eager_gflops"]
-            out.append(f"| {m} | {rf['forward_gflop']:.1f} | {rf['eager_gflops']:.0f} ({rf['eager_fraction_of_peak']:.0%}) | "
-                       f"{rf['onnxruntime_fp32_gflops']:.0f} ({rf['onnxruntime_fraction_of_peak']:.0%}) | "
-                       f"{need:.0f} ({need / pk['onnxruntime_gflops']:.0%}) |")
     sv = d.get("service")
     if sv and "max_batch_8" in sv:
         out += ["", f"Service ({sv['model']}, `spinexr serve` in its own process on loopback, the load generator "
-                    f"on the same {d['machine']['cpu_count']} cores). Bare model, batch 1, idle machine: "
-                    f"p50 {sv['bare_model_batch1_p50_ms']:.1f} ms, p95 {sv['bare_model_batch1_p95_ms']:.1f} ms. "
-                    "'Bare, same load' is the model behind the same micro-batcher driven in-process by the same "
-                    "number of callers.", "",
-                "| --max-batch | concurrency | requests | errors | p50 ms | p95 ms | req/s | p95 / bare batch-1 p95 | "
-                "bare same-load p95 ms | p95 / bare same-load p95 |", "|---|---|---|---|---|---|---|---|---|---|"]
+                    f"on the same {d['machine']['cpu_count']} cores). 'Bare batch-1' is the model alone on one "
+                    "prepared image, timed just before each service run; 'bare, same load' is the model behind the "
+                    "same micro-batcher driven in-process by the same number of callers.", "",
+                "| --max-batch | concurrency | requests | errors | p50 ms | p95 ms | req/s | bare batch-1 p95 ms | "
+                "p95 / bare batch-1 p95 | bare same-load p95 ms | p95 / bare same-load p95 |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for mb in (1, 8):
             srv = sv[f"max_batch_{mb}"]
             for c in (1, 8):
                 r = srv[f"concurrency_{c}"]
                 bare = srv["bare_model_same_load"] if c == 8 else None
                 out.append(f"| {mb} | {c} | {r['requests']} | {r['errors']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-                           f"{r['requests_per_s']:.1f} | {r['p95_over_bare_batch1_p95']:.2f} | "
+                           f"{r['requests_per_s']:.1f} | {srv['bare_model_batch1']['p95_ms']:.1f} | "
+                           f"{r['p95_over_bare_batch1_p95']:.2f} | "
                            + (f"{bare['p95_ms']:.1f} | {r['p95_over_bare_same_load_p95']:.2f} |" if bare else "| |"))
     return out + [""]
 
@@ -132,9 +154,10 @@ def main() -> int:
         lines += kauh_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("train_throughput_*.json")):
         lines += throughput_section(json.loads(f.read_text()))
-    d = _load("cpu_inference.json")
-    if d:
-        lines += inference_section(d)
+    # the newest run first, then earlier runs kept for comparison (this machine's speed changes with its neighbours)
+    runs = [json.loads(f.read_text()) for f in sorted((HERE / "results").glob("cpu_inference*.json"))]
+    for i, d in enumerate(sorted(runs, key=lambda d: d["date"], reverse=True)):
+        lines += inference_section(d, brief=i > 0)
     d = _load("faithfulness_kauh.json")
     if d:
         lines += faithfulness_section(d)
