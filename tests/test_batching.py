@@ -98,3 +98,18 @@ def test_service_answers_503_with_retry_after_when_the_queue_is_full(trained_mod
         th.join(timeout=60)
         assert results and results[0].status_code == 200
         assert client.get("/v1/model").json()["serving"]["model_calls_by_batch_size"] == {"1": 1}
+
+
+def test_the_worker_ends_when_idle_and_a_new_one_serves_the_next_call(trained_model: Path, images) -> None:
+    b = MicroBatcher(Predictor(trained_model), max_batch=2, max_queue=4)
+    b.idle_seconds = 0.05
+    assert b.predict(images[0]).status == "ok"
+    first = b._worker
+    assert first is not None
+    first.join(timeout=30)
+    assert not first.is_alive() and b._worker is None
+    assert b.predict(images[1]).status == "ok"
+    second = b._worker
+    assert second is not None and second is not first
+    b.close()
+    assert not second.is_alive() and b._worker is None

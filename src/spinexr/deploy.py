@@ -6,9 +6,11 @@ scaling and the OOD score are inside it, so an ONNX file needs only a letterboxe
 
 from __future__ import annotations
 
+import atexit
 import json
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +182,16 @@ class QueueFull(SpinexrError):
     """More requests are waiting than :class:`MicroBatcher` accepts."""
 
 
+_LIVE_BATCHERS: weakref.WeakSet[MicroBatcher] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_batchers() -> None:
+    # A worker that wakes while the interpreter is finalizing aborts the process: end them all first.
+    for b in list(_LIVE_BATCHERS):
+        b.close(timeout=5.0)
+
+
 class MicroBatcher:
     """Runs concurrent callers' images through the model together, one model call at a time.
 
@@ -202,6 +214,9 @@ class MicroBatcher:
         self._pending: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
+        self.idle_seconds = 60.0  # the worker thread ends after this long without work
+        self._stop = False
+        _LIVE_BATCHERS.add(self)
 
     def predict(self, img: np.ndarray) -> Prediction:
         slot: dict[str, Any] = {"img": img, "event": threading.Event()}
@@ -222,7 +237,9 @@ class MicroBatcher:
         while True:
             with self._cv:
                 while not self._pending:
-                    self._cv.wait()
+                    if self._stop or (not self._cv.wait(timeout=self.idle_seconds) and not self._pending):
+                        self._worker = None  # closed or idle: end; the next predict() starts a new worker
+                        return
             with self.model_lock:  # the batch is taken only once the model is free, so it is as full as it can be
                 with self._cv:
                     batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
@@ -234,6 +251,17 @@ class MicroBatcher:
                             b["error"] = e
                             b["event"].set()
                     raise
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish the waiting images, then end the worker thread (a later :meth:`predict` starts a new one)."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+            worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+        with self._cv:
+            self._stop = False
 
     def _run(self, batch: list[dict[str, Any]]) -> None:
         self.batch_sizes[len(batch)] += 1

@@ -74,7 +74,14 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
     if "max_body_size" in inspect.signature(FastAPI.__init__).parameters:
         # A backstop for chunked uploads without Content-Length; declared sizes meet the JSON 413 below first.
         extra["max_body_size"] = 2 * max_bytes + 64 * 1024
-    app = FastAPI(title="spinexr", version=__version__,
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        yield
+        batcher.close()  # finish what is queued, then end the worker thread
+
+    app = FastAPI(title="spinexr", version=__version__, lifespan=lifespan,
                   description="Spine radiograph classification: Normal, Scoliosis, Spondylolisthesis.", **extra)
 
     @app.middleware("http")
