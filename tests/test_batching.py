@@ -72,8 +72,9 @@ def test_one_bad_image_does_not_fail_the_others_in_its_batch(trained_model: Path
             futs = [ex.submit(b.predict, x) for x in (images[0], bad, images[1])]
             _wait_for(lambda: len(b._pending) == 3, "three queued callers")
         assert futs[0].result(timeout=60).status == "ok" and futs[2].result(timeout=60).status == "ok"
-        with pytest.raises(Exception):
+        with pytest.raises(ValueError):  # the caller with the bad image gets its own error
             futs[1].result(timeout=60)
+    assert b.batch_sizes[3] == 1 and b.batch_sizes[1] == 3  # the failed batch, then one by one
 
 
 def test_service_answers_503_with_retry_after_when_the_queue_is_full(trained_model: Path, synth_dir: Path) -> None:
