@@ -66,6 +66,10 @@ def pct(v: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(v) * 1e3, q))
 
 
+def _pct_row(lat: list[float]) -> dict[str, float]:
+    return {"p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95)}
+
+
 def time_interleaved(fns: dict, xs: list, warmup: int = 3) -> tuple[dict[str, dict], dict[str, list[float]]]:
     """Time several callables on the same inputs, taking turns image by image.
 
@@ -81,7 +85,7 @@ def time_interleaved(fns: dict, xs: list, warmup: int = 3) -> tuple[dict[str, di
             t0 = time.perf_counter()
             f(x)
             ts[k].append(time.perf_counter() - t0)
-    return {k: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95), "min_ms": pct(v, 0), "n": len(v)} for k, v in ts.items()}, ts
+    return {k: {**_pct_row(v), "min_ms": pct(v, 0), "n": len(v)} for k, v in ts.items()}, ts
 
 
 def sgemm_fns(threads: int, n: int = 2048) -> tuple[dict, float]:
@@ -177,10 +181,6 @@ def int8_accuracy(run: Path, data_dir: str, threads: int, work: Path) -> dict[st
         print(f"KAUH {name}@{p_t.size}: fp32 {res['fp32_accuracy']:.3f} int8 {res['int8_accuracy']:.3f} "
               f"({res['int8_speedup_p50']:.2f}x)", flush=True)
     return out
-
-
-def _pct_row(lat: list[float]) -> dict[str, float]:
-    return {"p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95)}
 
 
 def bare_under_load(onnx: Path, images: list, threads: int, conc: int, n: int, max_batch: int) -> dict:
@@ -354,10 +354,9 @@ def main(argv: list[str] | None = None) -> int:
             out["kauh_int8"] = int8_accuracy(Path(a.kauh_run), a.data, a.threads, work)
         if a.service and "densenet121" in files:
             mf, onnx = files["densenet121"]
-            b = results["densenet121"]["onnxruntime_fp32"]
             img = read_image(data.paths[timed[0]])[0]
             sv: dict = {"model": "densenet121 (onnxruntime fp32)", "image": str(data.paths[timed[0]])}
-            p_bare = Predictor(onnx, threads=a.threads)
+            p_bare = built["densenet121"][1]  # the FP32 onnxruntime predictor timed above
             x_bare = p_bare.prepare(img)[0]
             for mb in (1, 8):
                 # the bare batch-1 latency is measured right before each service run, under the same background load

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from spinexr.deploy import Predictor
     from spinexr.explain import METHODS, faithfulness
     from spinexr.preprocess import prepare_dataset
-    from spinexr.splits import group_kfold
+    from spinexr.splits import group_kfold, take_in_turns
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kauh-run", required=True, help="a spinexr cv run folder on KAUH")
@@ -50,12 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         data = prepare_dataset(a.data, [pred.size], pred.meta["resize"], progress=False)
         _, te = group_kfold(data.labels, data.groups, cfg["cv"]["folds"], seed=cfg["train"]["seed"])[0]
         # every class in turn, so the sample is not all Scoliosis
-        by_class = [[int(i) for i in te if data.labels[i] == c] for c in range(int(data.labels.max()) + 1)]
-        idx: list[int] = []
-        while len(idx) < a.images and any(by_class):
-            for lst in by_class:
-                if lst and len(idx) < a.images:
-                    idx.append(lst.pop(0))
+        idx = take_in_turns([[int(i) for i in te if data.labels[i] == c] for c in range(int(data.labels.max()) + 1)],
+                            a.images)
         xs = data.tensors[pred.size][torch.as_tensor(idx)].float().div(255.0)
         xs = (xs - pred.meta["mean"]) / pred.meta["std"]
         res = {}

@@ -83,6 +83,7 @@ def _explain_fold(model: Any, data: PreparedData, te: np.ndarray, probs: np.ndar
     from spinexr.models import GRAY_MEAN, GRAY_STD
     from spinexr.preprocess import fit_to_square
     from spinexr.report import plot_gallery
+    from spinexr.splits import take_in_turns
 
     model = model.to("cpu").eval()
     cam_model = cam_ready(model)
@@ -90,13 +91,8 @@ def _explain_fold(model: Any, data: PreparedData, te: np.ndarray, probs: np.ndar
     pred = probs.argmax(1)
     def pick(ok: bool) -> list[int]:
         """Up to ``n_each`` positions, taking the classes in turn so every class is shown."""
-        by_class = [[i for i, j in enumerate(te) if (pred[i] == y[j]) == ok and y[j] == c] for c in range(len(CLASSES))]
-        out: list[int] = []
-        while len(out) < n_each and any(by_class):
-            for lst in by_class:
-                if lst and len(out) < n_each:
-                    out.append(lst.pop(0))
-        return out
+        return take_in_turns([[i for i, j in enumerate(te) if (pred[i] == y[j]) == ok and y[j] == c]
+                              for c in range(len(CLASSES))], n_each)
 
     right, wrong = pick(True), pick(False)
     items = []

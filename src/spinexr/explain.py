@@ -144,9 +144,9 @@ def road_scores(model: nn.Module, xs: torch.Tensor, heats: np.ndarray, targets: 
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-    torch.manual_seed(seed)  # the imputer adds noise
     metric = ROADCombined(percentiles=list(percentiles))
-    with torch.no_grad():
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # the imputer's noise, seeded; the caller's RNG untouched
+        torch.manual_seed(seed)
         out = metric(xs.cpu(), heats.astype(np.float32), [ClassifierOutputSoftmaxTarget(t) for t in targets], model)
     return np.asarray(out, dtype=np.float64).reshape(-1)
 

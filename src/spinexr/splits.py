@@ -13,6 +13,17 @@ from sklearn.model_selection import StratifiedGroupKFold
 from spinexr.errors import DatasetError
 
 
+def take_in_turns(groups: list[list[int]], n: int) -> list[int]:
+    """Up to ``n`` items, one from each group in turn (in each group's order), so every group is shown."""
+    queues = [list(g) for g in groups]
+    out: list[int] = []
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
+
+
 def _k_for(labels: np.ndarray, groups: np.ndarray, k: int) -> int:
     n_groups_min = min(len(np.unique(groups[labels == c])) for c in np.unique(labels))
     if n_groups_min < 2:

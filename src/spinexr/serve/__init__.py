@@ -11,10 +11,12 @@ Concurrent predictions are micro-batched, and a full queue answers 503 with ``Re
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the endpoint signatures at runtime.
+import inspect
 import io
 import logging
 import tempfile
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +70,10 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
     meta_public["backend"] = predictor.backend
     meta_public["spinexr_server_version"] = __version__
 
-    import inspect
-
     extra: dict[str, Any] = {}
     if "max_body_size" in inspect.signature(FastAPI.__init__).parameters:
         # A backstop for chunked uploads without Content-Length; declared sizes meet the JSON 413 below first.
         extra["max_body_size"] = 2 * max_bytes + 64 * 1024
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> Any:
@@ -182,9 +181,11 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         return Response(buf.getvalue(), media_type="image/png",
                         headers={"X-Spinexr-Target": predictor.labels[ti], "X-Spinexr-Method": method})
 
+    page_html = (STATIC / "index.html").read_text()
+
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return (STATIC / "index.html").read_text()
+        return page_html
 
     app.state.predictor = predictor
     app.state.batcher = batcher
