@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from spinexr.deploy import MicroBatcher, Predictor, QueueFull
+from spinexr.errors import SpinexrError
 from spinexr.imread import read_image
 
 
@@ -114,3 +115,11 @@ def test_the_worker_ends_when_idle_and_a_new_one_serves_the_next_call(trained_mo
     assert second is not None and second is not first
     b.close()
     assert not second.is_alive() and b._worker is None
+
+
+def test_a_batch_or_queue_below_one_is_refused_with_the_flag_named(trained_model: Path) -> None:
+    pred = Predictor(trained_model)
+    with pytest.raises(SpinexrError, match="--max-batch"):
+        MicroBatcher(pred, max_batch=0)
+    with pytest.raises(SpinexrError, match="--max-queue"):
+        MicroBatcher(pred, max_queue=0)

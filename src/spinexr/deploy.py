@@ -206,9 +206,11 @@ class MicroBatcher:
     """
 
     def __init__(self, predictor: Predictor, max_batch: int = 8, max_queue: int = 64) -> None:
+        if max_batch < 1 or max_queue < 1:
+            raise SpinexrError(f"--max-batch ({max_batch}) and --max-queue ({max_queue}) must be at least 1")
         self.predictor = predictor
-        self.max_batch = max(1, int(max_batch))
-        self.max_queue = max(1, int(max_queue))
+        self.max_batch = int(max_batch)
+        self.max_queue = int(max_queue)
         self.model_lock = threading.Lock()
         self.batch_sizes: Counter[int] = Counter()  # model calls by batch size
         self._pending: deque[dict[str, Any]] = deque()
