@@ -64,3 +64,15 @@ def non_spine_images(root: Path) -> list[Path]:
     from spinexr.data.synth import write_negative_controls
 
     return write_negative_controls(root)
+
+
+@pytest.fixture(scope="session")
+def cv_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A 2-fold CV of the small model (both protocols) on the synthetic set: its run folder and results."""
+    from spinexr.cv import CVConfig, run_cv
+    from spinexr.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("cv")
+    cfg = CVConfig(models=["small"], folds=2, image_size=48, bootstrap=50, protocol="both", attention="cbam")
+    res = run_cv(synth_dir, cfg, TrainConfig(epochs=2, batch_size=8, device="cpu", patience=5), out, progress=False)
+    return out, res

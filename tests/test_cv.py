@@ -17,14 +17,6 @@ PLOTS = ["class_distribution", "samples", "curves_small", "confusion_small", "ro
          "roc_ensemble", "reliability", "curves_small_leaky", "gallery_small"]
 
 
-@pytest.fixture(scope="module")
-def cv_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("cv")
-    cfg = CVConfig(models=["small"], folds=2, image_size=48, bootstrap=50, protocol="both", attention="cbam")
-    res = run_cv(synth_dir, cfg, TrainConfig(epochs=2, batch_size=8, device="cpu", patience=5), out, progress=False)
-    return out, res
-
-
 def test_cv_writes_everything(cv_run) -> None:
     out, res = cv_run
     for name in ("report.html", "metrics.json", "summary.md", "oof_predictions.csv", "config.json",

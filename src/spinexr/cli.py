@@ -187,13 +187,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_summary(out: Path, res: dict) -> None:
+    from spinexr.report import headline
+
     for m, r in res.get("models", {}).items():
-        s, ci = r["summary"], r["ci95"]
-        acc = s.get("accuracy", {})
-        print(f"{m:<14} accuracy {acc.get('mean', float('nan')) * 100:5.1f} ± {acc.get('std', 0) * 100:4.1f}  "
-              f"95% CI [{ci['accuracy'][0] * 100:.1f}, {ci['accuracy'][1] * 100:.1f}]  "
-              f"macro-F1 {r['pooled']['macro_f1']:.3f}  AUC {r['pooled']['auc_macro'] or float('nan'):.3f}  "
-              f"ECE {r['pooled']['ece']:.3f}")
+        ci, pooled = r["ci95"], r["pooled"]
+        k = len(r.get("fold_metrics") or [])
+        if k > 1:
+            acc = r["summary"]["accuracy"]
+            point = f"{acc['mean'] * 100:5.1f} ± {acc['std'] * 100:4.1f} over {k} folds"
+        else:
+            point = f"{pooled['accuracy'] * 100:5.1f} on one split of {pooled['n']} films"
+        auc = pooled["auc_macro"]
+        print(f"{m:<14} accuracy {point}  95% CI [{ci['accuracy'][0] * 100:.1f}, {ci['accuracy'][1] * 100:.1f}]  "
+              f"macro-F1 {pooled['macro_f1']:.3f}  AUC {'n/a' if auc is None else f'{auc:.3f}'}  "
+              f"ECE {pooled['ece']:.3f}")
+    h = headline(res)
+    if h and h["worst_class"]:
+        rc = h["worst_recall_ci"]
+        print(f"missed most ({h['model']}): {h['worst_class']}, recall {h['worst_recall']:.1%}"
+              + (f" (95% CI {rc[0]:.1%}-{rc[1]:.1%})" if rc else ""))
     if res.get("leaky"):
         lk = res["leaky"]
         print(f"leaky protocol: {lk['test_leak_fraction']:.0%} of test rows are training copies; "

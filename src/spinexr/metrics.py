@@ -65,13 +65,44 @@ def _auc(y: np.ndarray, probs: np.ndarray) -> tuple[float | None, list[float | N
     return (float(np.mean(valid)) if valid else None), per
 
 
+# The per-class table of the report, in its order: each is one-vs-rest for that class.
+PER_CLASS = ("precision", "recall", "specificity", "npv", "f1", "auc")
+PER_CLASS_NAMES = {"precision": "precision (PPV)", "recall": "recall (sensitivity)", "specificity": "specificity",
+                   "npv": "NPV", "f1": "F1", "auc": "AUC (one-vs-rest)"}
+
+
+def _per_class_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """One-vs-rest rates of each class from a (K, K) confusion matrix (rows true); NaN where undefined."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    tn = cm.sum() - tp - fp - fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec = tp / (tp + fp)
+        rec = tp / (tp + fn)
+        return {"precision": prec, "recall": rec, "specificity": tn / (tn + fp), "npv": tn / (tn + fn),
+                "f1": 2 * tp / (2 * tp + fp + fn)}
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
 def compute_metrics(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1, macro-F1, one-vs-rest ROC-AUC, ECE, NLL, confusion."""
+    """Accuracy, per-class precision/recall/specificity/NPV/F1/AUC, macro-F1, ROC-AUC, ECE, NLL, confusion.
+
+    A per-class rate whose denominator is empty (no films of the class, or none predicted as it) is
+    ``None`` rather than a made-up 0. The macro-F1 counts an undefined F1 as 0, as sklearn does.
+    """
     y = np.asarray(y)
     probs = np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(axis=1)
     labels = list(range(len(classes)))
-    p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    f = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)[2]
+    cm = confusion_matrix(y, pred, labels=labels)
+    support = cm.sum(axis=1)
+    rates = _per_class_from_confusion(cm)
     auc_macro, auc_per = _auc(y, probs)
     return {
         "n": int(len(y)),
@@ -80,35 +111,66 @@ def compute_metrics(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...] =
         "auc_macro": auc_macro,
         "ece": ece(probs, y),
         "nll": nll(probs, y) if len(y) else float("nan"),
-        "per_class": {c: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]),
-                          "support": int(s[k]), "auc": auc_per[k]} for k, c in enumerate(classes)},
-        "confusion": confusion_matrix(y, pred, labels=labels).tolist(),
+        "per_class": {c: {**{m: _finite(rates[m][k]) for m in ("precision", "recall", "specificity", "npv", "f1")},
+                          "support": int(support[k]), "auc": auc_per[k]} for k, c in enumerate(classes)},
+        "confusion": cm.tolist(),
     }
 
 
 SCALARS = ("accuracy", "macro_f1", "auc_macro", "ece")
 
 
+def _binary_auc(pos: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC by the rank-sum (Mann-Whitney) formula, ties averaged; NaN with one class only."""
+    from scipy.stats import rankdata
+
+    n_pos = int(pos.sum())
+    n_neg = len(pos) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def bootstrap_ci(y: np.ndarray, probs: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> dict[str, list[float]]:
-    """Percentile bootstrap CIs of the scalar metrics over resampled images."""
+                 alpha: float = 0.05, classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
+    """Percentile bootstrap CIs over resampled images: the scalar metrics, and under ``per_class`` each
+    class's precision, recall, specificity, NPV, F1 and one-vs-rest AUC.
+
+    A resample where a rate is undefined (say, no film of that class drawn) does not count for that
+    rate; a rate undefined in every resample has no interval.
+    """
     rng = np.random.default_rng(seed)
     y, probs = np.asarray(y), np.asarray(probs)
+    k_cls = probs.shape[1]
     vals: dict[str, list[float]] = {k: [] for k in SCALARS}
+    pc: dict[str, list[np.ndarray]] = {m: [] for m in PER_CLASS}
     n = len(y)
     pred = probs.argmax(axis=1)
-    for _ in range(n_boot):
+    for _ in range(n_boot if n else 0):
         i = rng.integers(0, n, n)
         yi, pi = y[i], probs[i]
-        vals["accuracy"].append(float((pred[i] == yi).mean()))
-        f = precision_recall_fscore_support(yi, pred[i], labels=list(range(probs.shape[1])), zero_division=0)[2]
-        vals["macro_f1"].append(float(np.mean(f)))
-        a, _ = _auc(yi, pi)
-        if a is not None:
-            vals["auc_macro"].append(a)
+        cm = np.bincount(yi * k_cls + pred[i], minlength=k_cls * k_cls).reshape(k_cls, k_cls)
+        rates = _per_class_from_confusion(cm)
+        vals["accuracy"].append(float(np.trace(cm) / n))
+        # Macro-F1 as sklearn counts it: an undefined F1 is 0.
+        vals["macro_f1"].append(float(np.mean(np.nan_to_num(rates["f1"]))))
+        aucs = np.array([_binary_auc(yi == k, pi[:, k]) for k in range(k_cls)])
+        if np.isfinite(aucs).any():
+            vals["auc_macro"].append(float(np.nanmean(aucs)))
         vals["ece"].append(ece(pi, yi))
+        for m in PER_CLASS:
+            pc[m].append(aucs if m == "auc" else rates[m])
     lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
-    return {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in vals.items() if v}
+    out: dict[str, Any] = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in vals.items() if v}
+    per_class: dict[str, dict[str, list[float] | None]] = {c: {} for c in classes}
+    for m, rows in pc.items():
+        a = np.array(rows).reshape(-1, k_cls)
+        for k, c in enumerate(classes):
+            col = a[:, k][np.isfinite(a[:, k])]
+            per_class[c][m] = [float(np.percentile(col, lo)), float(np.percentile(col, hi))] if len(col) else None
+    out["per_class"] = per_class
+    return out
 
 
 def result_block(y: np.ndarray, probs: np.ndarray, fold_metrics: list[dict[str, Any]],
@@ -119,14 +181,18 @@ def result_block(y: np.ndarray, probs: np.ndarray, fold_metrics: list[dict[str, 
 
 
 def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation of the scalar metrics (and per-class F1) across folds."""
+    """Mean and standard deviation across folds of the scalar metrics and of every per-class rate."""
     out: dict[str, dict[str, float]] = {}
-    keys = list(SCALARS) + [f"f1_{c}" for c in CLASSES]
-    for k in keys:
-        if k.startswith("f1_"):
-            v = [m["per_class"][k[3:]]["f1"] for m in fold_metrics]
-        else:
-            v = [m[k] for m in fold_metrics if m.get(k) is not None]
+    for k in SCALARS:
+        v = [m[k] for m in fold_metrics if m.get(k) is not None]
         if v:
             out[k] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+    # Per-class spread over folds, keyed "<metric>_<class>" (f1_Scoliosis, recall_Normal, ...).
+    for metric in PER_CLASS:
+        for c in CLASSES:
+            k = f"{metric}_{c}"
+            v = [m["per_class"][c].get(metric) for m in fold_metrics if c in m.get("per_class", {})]
+            v = [x for x in v if x is not None]
+            if v:
+                out[k] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
     return out

@@ -38,8 +38,8 @@ def plot_class_distribution(counts: dict[str, int], path: Path) -> Path:
     names, vals = list(counts), list(counts.values())
     bars = a.bar(names, vals, color=COLORS[: len(names)])
     a.bar_label(bars)
-    a.set_ylabel("images")
-    a.set_title("Images per class")
+    a.set_ylabel("films")
+    a.set_title(f"Films per class ({sum(vals)} in all)")
     b.pie(vals, labels=names, autopct="%1.1f%%", colors=COLORS[: len(names)], startangle=90)
     b.set_title("Class share")
     return _save(fig, path)
@@ -59,8 +59,8 @@ def plot_samples(x_u8: Any, labels: np.ndarray, path: Path, per_class: int = 5, 
             ax.axis("off")
             if j < len(pick):
                 ax.imshow(np.asarray(x_u8[pick[j], 0]), cmap="gray", vmin=0, vmax=255)
-        axes[k, 0].set_title(c, loc="left", fontsize=10)
-    fig.suptitle("Sample images per class (as the model sees them)")
+        axes[k, 0].set_title(f"{c} ({len(idx)} films)", loc="left", fontsize=10)
+    fig.suptitle(f"Up to {per_class} films per class, as the model sees them")
     return _save(fig, path)
 
 
@@ -76,67 +76,104 @@ def plot_curves(histories: list[list[dict[str, float]]], path: Path, title: str)
         a.plot(ep, [r["val_loss"] for r in h], color=c, ls="--", alpha=0.9, label=f"fold {i} val")
         b.plot(ep, [r["train_acc"] for r in h], color=c, alpha=0.9)
         b.plot(ep, [r["val_acc"] for r in h], color=c, ls="--", alpha=0.9)
-    a.set_title(f"{title}: loss (solid train, dashed validation)")
-    b.set_title(f"{title}: accuracy")
+    n = sum(1 for h in histories if h)
+    a.set_title(f"{title}: loss, {n} run(s) (solid train, dashed validation)", fontsize=9)
+    b.set_title(f"{title}: accuracy (solid train, dashed validation)", fontsize=9)
+    a.set_ylabel("cross-entropy")
+    b.set_ylabel("accuracy")
     a.set_xlabel("epoch")
     b.set_xlabel("epoch")
-    a.legend(fontsize=7, ncol=2)
+    if a.get_legend_handles_labels()[0]:
+        a.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 
-def plot_confusion(cm: list[list[int]], path: Path, title: str) -> Path:
+def confusion_figure(cm: list[list[int]], title: str) -> Any:
+    """Counts and row-normalised confusion matrices side by side, full class names on both axes."""
     plt = _plt()
     cm_a = np.asarray(cm, dtype=float)
     norm = cm_a / np.maximum(cm_a.sum(axis=1, keepdims=True), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    short = [c[:5] for c in CLASSES]
-    for ax, mat, fmt, t in ((axes[0], cm_a, "{:.0f}", "counts"), (axes[1], norm, "{:.2f}", "row-normalised")):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    n = int(cm_a.sum())
+    for ax, mat, fmt, t in ((axes[0], cm_a, "{:.0f}", "counts"), (axes[1], norm, "{:.2f}", "share of each true class")):
         ax.imshow(mat, cmap="Blues", vmin=0)
         for i in range(mat.shape[0]):
             for j in range(mat.shape[1]):
                 ax.text(j, i, fmt.format(mat[i, j]), ha="center", va="center",
                         color="white" if mat[i, j] > mat.max() / 2 else "black")
-        ax.set_xticks(range(len(CLASSES)), short)
-        ax.set_yticks(range(len(CLASSES)), short)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{title}: {t}")
-    return _save(fig, path)
+        ax.set_xticks(range(len(CLASSES)), list(CLASSES), rotation=15)
+        ax.set_yticks(range(len(CLASSES)), list(CLASSES))
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"{title}: {t} ({n} films)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(cm: list[list[int]], path: Path, title: str) -> Path:
+    return _save(confusion_figure(cm, title), path)
 
 
 def plot_roc(y: np.ndarray, probs: np.ndarray, path: Path, title: str) -> Path:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
     for k, c in enumerate(CLASSES):
         pos = y == k
         if 0 < pos.sum() < len(y):
             fpr, tpr, _ = roc_curve(pos, probs[:, k])
-            ax.plot(fpr, tpr, color=COLORS[k], label=f"{c} (AUC {roc_auc_score(pos, probs[:, k]):.3f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"{title}: one-vs-rest ROC")
-    ax.legend(loc="lower right", fontsize=8)
+            ax.plot(fpr, tpr, color=COLORS[k],
+                    label=f"{c}: AUC {roc_auc_score(pos, probs[:, k]):.3f} ({int(pos.sum())} vs {int((~pos).sum())} films)")
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="chance")
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title(f"{title}: one-vs-rest ROC, {len(y)} films")
+    ax.legend(loc="lower right", fontsize=7)
     return _save(fig, path)
 
 
+MIN_BIN = 5  # reliability bins with fewer films than this are drawn hollow and called out
+
+
 def plot_reliability(y: np.ndarray, probs_by_model: dict[str, np.ndarray], path: Path) -> Path:
+    """Reliability curves (marker area by films per bin, hollow under MIN_BIN films), the films per bin,
+    and the histogram of top-class confidence."""
     from spinexr.metrics import ece, reliability
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, (ax, axn, axh) = plt.subplots(3, 1, figsize=(6, 9), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1, 1.2]})
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
+    n_models = max(1, len(probs_by_model))
+    width = 0.1 / (n_models + 1)
+    sparse_any = False
     for i, (m, p) in enumerate(probs_by_model.items()):
+        col = COLORS[i % len(COLORS)]
         r = reliability(p, y, bins=10)
-        conf, acc = np.array(r["confidence"]), np.array(r["accuracy"])
+        conf, acc, cnt = np.array(r["confidence"]), np.array(r["accuracy"]), np.array(r["count"])
         ok = ~np.isnan(conf)
-        ax.plot(conf[ok], acc[ok], "o-", color=COLORS[i % len(COLORS)], label=f"{m} (ECE {ece(p, y):.3f})")
-    ax.set_xlabel("confidence (top class)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Reliability (temperature-scaled)")
-    ax.legend(fontsize=8)
+        ax.plot(conf[ok], acc[ok], "-", color=col, lw=1.2, label=f"{m} (ECE {ece(p, y):.3f})")
+        size = 20 + 200 * cnt / max(1.0, cnt.max())
+        full, sparse = ok & (cnt >= MIN_BIN), ok & (cnt < MIN_BIN)
+        sparse_any |= bool(sparse.any())
+        ax.scatter(conf[full], acc[full], s=size[full], color=col, zorder=3)
+        ax.scatter(conf[sparse], acc[sparse], s=size[sparse], facecolors="white", edgecolors=col, zorder=3)
+        centres = (np.array(r["bin_lower"]) + np.array(r["bin_upper"])) / 2 + (i - (n_models - 1) / 2) * width
+        axn.bar(centres, cnt, width=width, color=col)
+        axh.hist(p.max(axis=1), bins=20, range=(0, 1), histtype="step", color=col, lw=1.5, label=m)
+    if sparse_any:
+        ax.scatter([], [], s=40, facecolors="white", edgecolors="gray", label=f"bin with < {MIN_BIN} films")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"Reliability (temperature-scaled), {len(y)} films; marker area = films in the bin", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    axn.axhline(MIN_BIN, color="gray", ls=":", lw=1)
+    axn.set_ylabel("films per bin")
+    axh.set_ylabel("films")
+    axh.set_xlabel("confidence (probability of the top class)")
+    axh.set_title("Top-class confidence", fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -157,19 +194,121 @@ def _fmt_ci(ci: list[float] | None, pct: bool = True) -> str:
     return f"[{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if pct else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _n_folds(r: dict[str, Any]) -> int:
+    return len(r.get("fold_metrics") or [])
+
+
+def _fmt_point(r: dict[str, Any], key: str, pct: bool = True) -> str:
+    """Mean ± sd over folds, or the one value of a single split (a sd over one fold means nothing)."""
+    if _n_folds(r) > 1:
+        return _fmt_ms(r["summary"].get(key), pct)
+    v = r["pooled"].get(key)
+    if v is None:
+        return "n/a"
+    return f"{v * 100:.1f}" if pct else f"{v:.3f}"
+
+
 def comparison_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for m, r in results.get("models", {}).items():
-        s, ci, p = r["summary"], r["ci95"], r["pooled"]
-        rows.append([m, _fmt_ms(s.get("accuracy")), _fmt_ci(ci.get("accuracy")),
-                     _fmt_ms(s.get("macro_f1"), False), _fmt_ci(ci.get("macro_f1"), False),
-                     _fmt_ms(s.get("auc_macro"), False), _fmt_ci(ci.get("auc_macro"), False),
+        ci, p = r["ci95"], r["pooled"]
+        rows.append([m, _fmt_point(r, "accuracy"), _fmt_ci(ci.get("accuracy")),
+                     _fmt_point(r, "macro_f1", False), _fmt_ci(ci.get("macro_f1"), False),
+                     _fmt_point(r, "auc_macro", False), _fmt_ci(ci.get("auc_macro"), False),
                      f"{p['ece']:.3f}", _fmt_ci(ci.get("ece"), False)])
     return rows
 
 
-HEADER = ["model", "accuracy % (mean ± sd over folds)", "95% CI (pooled OOF)", "macro-F1", "95% CI",
-          "ROC-AUC (macro)", "95% CI", "ECE", "95% CI"]
+def comparison_header(results: dict[str, Any]) -> list[str]:
+    """The model table's header: 'mean ± sd over k folds', or 'one split of N films'."""
+    models = list(results.get("models", {}).values())
+    k = max((_n_folds(r) for r in models), default=0)
+    how = f"mean ± sd over {k} folds" if k > 1 else f"one split of {models[0]['pooled']['n'] if models else 0} films"
+    return ["model", f"accuracy % ({how})", "95% CI (pooled)", "macro-F1", "95% CI",
+            "ROC-AUC (macro)", "95% CI", "ECE", "95% CI"]
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def per_class_table(r: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, str, float | None]]]]:
+    """The per-class table of one model: header, then per class a list of (text, metric, value) cells.
+
+    Each rate shows its pooled value and 95% bootstrap CI; with several folds, its mean ± sd over folds
+    follows. ``value`` is the number from metrics.json the cell shows (None where undefined).
+    """
+    from spinexr.metrics import PER_CLASS, PER_CLASS_NAMES
+
+    cv = _n_folds(r) > 1
+    header = ["class", "support"] + [PER_CLASS_NAMES[m] for m in PER_CLASS]
+    rows = []
+    for c, pc in r["pooled"]["per_class"].items():
+        cis = (r.get("ci95", {}).get("per_class") or {}).get(c, {})
+        cells: list[tuple[str, str, float | None]] = [(c, "class", None), (str(pc["support"]), "support", pc["support"])]
+        for m in PER_CLASS:
+            v = pc.get(m)
+            text = _num(v) + (f" {_fmt_ci(cis.get(m), False)}" if cis.get(m) else "")
+            fs = r.get("summary", {}).get(f"{m}_{c}")
+            if cv and fs:
+                text += f"; folds {fs['mean']:.3f} ± {fs['std']:.3f}"
+            cells.append((text, m, v))
+        rows.append(cells)
+    return header, rows
+
+
+def _per_class_html(model: str, r: dict[str, Any]) -> str:
+    header, rows = per_class_table(r)
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = ""
+    for cells in rows:
+        tds = []
+        for text, metric, v in cells:
+            attr = f' data-metric="{metric}"' + ("" if v is None else f' data-value="{float(v)!r}"')
+            tds.append(f"<td{attr}>{html.escape(text)}</td>")
+        body += "<tr>" + "".join(tds) + "</tr>"
+    return (f'<table class="per-class" data-model="{html.escape(model)}"><caption>{html.escape(model)}: '
+            f'{r["pooled"]["n"]} films</caption><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>')
+
+
+def _per_class_md(model: str, r: dict[str, Any]) -> str:
+    header, rows = per_class_table(r)
+    return f"### {model} ({r['pooled']['n']} films)\n\n" + _md_table(header, [[t for t, _, _ in cells] for cells in rows])
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's first screen: how accurate, which class is missed most, and the shortcut baseline.
+
+    The ensemble speaks when there is one, else the model with the best pooled accuracy.
+    """
+    models = results.get("models") or {}
+    if not models:
+        return None
+    name = "ensemble" if "ensemble" in models else max(models, key=lambda m: models[m]["pooled"]["accuracy"])
+    r = models[name]
+    pc = {c: v for c, v in r["pooled"]["per_class"].items() if v["support"] > 0}
+    worst = min(pc, key=lambda c: pc[c]["recall"]) if pc else None
+    ci = r["ci95"]
+    sc = (results.get("shortcut") or {}).get("accuracy")
+    acc_lo = (ci.get("accuracy") or [None])[0]
+    return {"model": name, "n": r["pooled"]["n"], "accuracy": r["pooled"]["accuracy"], "accuracy_ci": ci.get("accuracy"),
+            "worst_class": worst, "worst_recall": pc[worst]["recall"] if worst else None,
+            "worst_recall_ci": (ci.get("per_class") or {}).get(worst, {}).get("recall") if worst else None,
+            "worst_support": pc[worst]["support"] if worst else 0,
+            "shortcut": sc, "beats_shortcut": None if sc is None or acc_lo is None else bool(acc_lo > sc)}
+
+
+def _headline_lines(h: dict[str, Any]) -> list[str]:
+    lines = [f"How accurate: {h['model']} is right on {h['accuracy']:.1%} of {h['n']} films "
+             f"(95% CI {_fmt_ci(h['accuracy_ci'])} %)."]
+    if h["worst_class"]:
+        lines.append(f"Missed most: {h['worst_class']}, recall {h['worst_recall']:.1%} of {h['worst_support']} films "
+                     f"(95% CI {_fmt_ci(h['worst_recall_ci'])} %).")
+    if h["shortcut"] is not None:
+        verdict = ("yes: the lower end of the accuracy CI is above it" if h["beats_shortcut"]
+                   else "not clearly: the accuracy CI reaches down to it or below")
+        lines.append(f"Beats the size/aspect shortcut ({h['shortcut']:.1%})? {verdict}.")
+    return lines
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -187,6 +326,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f3f3f3}figure{display:inline-block;margin:.5em}img{max-width:100%}figcaption{font-size:.8em;color:#555}
+caption{text-align:left;font-weight:600;padding:.2em 0}
+.glance{background:#eef5ff;border-left:4px solid #4C72B0;padding:.5em 1em}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}"""
 
 
@@ -200,25 +341,34 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
     plots = out / "plots"
     y_all = data.labels
     y = y_all if y_eval is None else np.asarray(y_eval)
+    n_eval = len(y)
     figs: list[tuple[str, Path]] = []
-    figs.append(("Class distribution", plot_class_distribution(results["counts"], plots / "class_distribution.png")))
+    figs.append((f"Films per class in the data ({results['n_images']} films)",
+                 plot_class_distribution(results["counts"], plots / "class_distribution.png")))
     size = min(data.tensors)
-    figs.append(("Sample images", plot_samples(data.tensors[size], y_all, plots / "samples.png")))
+    figs.append(("Sample films per class, letterboxed as the model sees them",
+                 plot_samples(data.tensors[size], y_all, plots / "samples.png")))
     for m, hs in histories.items():
         safe = m.replace(" ", "_").replace("(", "").replace(")", "")
-        figs.append((f"Training curves: {m}", plot_curves(hs, plots / f"curves_{safe}.png", m)))
+        figs.append((f"Training curves of {m}: loss and accuracy per epoch, {len(hs)} run(s)",
+                     plot_curves(hs, plots / f"curves_{safe}.png", m)))
     probs = {m: np.asarray(p) for m, p in pooled_probs.items()}
     for m, p in probs.items():
         cm = results["models"][m]["pooled"]["confusion"]
-        figs.append((f"Confusion matrix: {m}", plot_confusion(cm, plots / f"confusion_{m}.png", m)))
-        figs.append((f"ROC: {m}", plot_roc(y, p, plots / f"roc_{m}.png", m)))
+        figs.append((f"Confusion matrix of {m} on {n_eval} films (rows: true class, columns: predicted)",
+                     plot_confusion(cm, plots / f"confusion_{m}.png", m)))
+        figs.append((f"One-vs-rest ROC curves of {m} on {n_eval} films",
+                     plot_roc(y, p, plots / f"roc_{m}.png", m)))
     if probs:
-        figs.append(("Reliability diagram", plot_reliability(y, probs, plots / "reliability.png")))
+        figs.append((f"Reliability on {n_eval} films: accuracy against confidence per bin (bins under {MIN_BIN} "
+                     "films hollow), films per bin, and the histogram of top-class confidence",
+                     plot_reliability(y, probs, plots / "reliability.png")))
     faith_rows = []
     for m, r in results.get("models", {}).items():
         ex = r.get("explanations") or {}
         if ex.get("gallery"):
-            figs.append((f"Grad-CAM gallery: {m}", out / ex["gallery"]))
+            figs.append((f"Grad-CAM gallery of {m}: correct and misclassified held-out films of fold 0",
+                         out / ex["gallery"]))
         f = ex.get("faithfulness")
         if f:
             road = [f"{f['road']:.3f}", f"{f['random_road']:.3f}", f"{f['road_wins']:.0%}"] if "road" in f else ["", "", ""]
@@ -226,19 +376,31 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
             faith_rows.append([m, f["method"], *road, f"{f['deletion_auc']:.3f}", f"{f['random_deletion_auc']:.3f}", n])
 
     sc = results.get("shortcut", {})
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>Data: <code>{html.escape(str(results.get('source', '')))}</code> — {results['n_images']} images "
-             f"({', '.join(f'{k} {v}' for k, v in results['counts'].items())}), {results.get('n_groups', '?')} groups, "
-             f"{results.get('near_duplicate_pairs', 0)} near-duplicate pair(s) kept within one fold.</p>"]
+    head = headline(results)
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if head:
+        parts.append('<div class="glance"><h2>At a glance</h2><ul>'
+                     + "".join(f"<li>{html.escape(line)}</li>" for line in _headline_lines(head)) + "</ul></div>")
+    parts.append(f"<p>Data: <code>{html.escape(str(results.get('source', '')))}</code> — {results['n_images']} images "
+                 f"({', '.join(f'{k} {v}' for k, v in results['counts'].items())}), {results.get('n_groups', '?')} groups, "
+                 f"{results.get('near_duplicate_pairs', 0)} near-duplicate pair(s) kept within one fold.</p>")
     if results.get("skipped"):
         parts.append(f"<p class=warn>{len(results['skipped'])} unreadable file(s) skipped: "
                      + html.escape("; ".join(f"{k}: {v}" for k, v in results["skipped"].items())) + "</p>")
     rows = comparison_rows(results)
+    header = comparison_header(results)
+    single = all(_n_folds(r) <= 1 for r in results.get("models", {}).values())
+    how = ("The point values come from one split." if single else "Accuracy, macro-F1 and AUC are mean ± standard "
+           "deviation over folds.")
     if rows:
-        parts.append("<h2>Model comparison</h2>" + _table(HEADER, rows))
-        parts.append("<p>Accuracy is mean ± standard deviation over folds; CIs are 95% percentile bootstrap "
-                     "intervals on the pooled out-of-fold predictions. Probabilities are temperature-scaled on "
-                     "validation data carved from each training fold.</p>")
+        parts.append("<h2>Model comparison</h2>" + _table(header, rows))
+        parts.append(f"<p>{how} CIs are 95% percentile bootstrap intervals on the pooled held-out predictions. "
+                     "Probabilities are temperature-scaled on validation data carved from each training side.</p>")
+        parts.append("<h2>Per class</h2><p>Each class against the rest: precision (PPV), recall (sensitivity), "
+                     "specificity, NPV, F1 and ROC-AUC on the pooled held-out predictions, with 95% bootstrap CIs"
+                     + ("" if single else ", then the mean ± sd over folds") + ". n/a: undefined on these films "
+                     "(for example, no film of the class).</p>"
+                     + "".join(_per_class_html(m, r) for m, r in results["models"].items()))
     if sc.get("accuracy") is not None:
         parts.append(f"<h2>Shortcut baseline</h2><p>A classifier that sees only image width, height and aspect "
                      f"scores <b>{sc['accuracy']:.1%}</b> ({sc.get('folds')}-fold CV) against a majority rate of "
@@ -263,6 +425,8 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
                                "random-map deletion AUC", "images"], faith_rows))
     per_fold = []
     for m, r in results.get("models", {}).items():
+        if _n_folds(r) <= 1:
+            continue
         for fi, fm in zip(r.get("folds", []), r.get("fold_metrics", [])):
             per_fold.append([m, fi["repeat"], fi["fold"], f"{fm['accuracy'] * 100:.1f}", f"{fm['macro_f1']:.3f}",
                              fi["best_epoch"], fi["epochs_run"], f"{fi['temperature']:.2f}"])
@@ -273,9 +437,13 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
     page = f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     report = out / "report.html"
     report.write_text(page)
-    md = [f"# {title}", "", f"{results['n_images']} images from `{results.get('source', '')}`.", ""]
+    md = [f"# {title}", ""]
+    if head:
+        md += ["## At a glance", "", *[f"- {line}" for line in _headline_lines(head)], ""]
+    md += [f"{results['n_images']} images from `{results.get('source', '')}`.", ""]
     if rows:
-        md += [_md_table(HEADER, rows), ""]
+        md += [_md_table(header, rows), "", "## Per class", ""]
+        md += [_per_class_md(m, r) + "\n" for m, r in results["models"].items()]
     if sc.get("accuracy") is not None:
         md.append(f"Shortcut baseline (size/aspect only): {sc['accuracy']:.1%} vs majority {sc['majority_rate']:.1%}.")
     if lk:
