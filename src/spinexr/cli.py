@@ -270,7 +270,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for r in rows:
             if r["status"] == "ok":
                 print(f"{r['path']}\t{r['label']}\t" + "\t".join(f"{k[2:]}={r[k]}" for k in r if k.startswith("p_"))
-                      + ("\tOOD" if r.get("ood") == "true" else ""))
+                      + (f"\tOOD ({r['ood_reasons']})" if r.get("ood") == "true" else ""))
             else:
                 print(f"{r['path']}\tERROR\t{r['reason']}")
     print(summarize(rows), file=sys.stderr)

@@ -78,6 +78,7 @@ def _explain_fold(model: Any, data: PreparedData, te: np.ndarray, probs: np.ndar
     """A gallery of correct and misclassified test images with Grad-CAM overlays, and faithfulness."""
     import torch
 
+    from spinexr.errors import ImageReadError
     from spinexr.explain import cam_ready, explain, faithfulness, overlay
     from spinexr.imread import read_image
     from spinexr.models import GRAY_MEAN, GRAY_STD
@@ -100,7 +101,8 @@ def _explain_fold(model: Any, data: PreparedData, te: np.ndarray, probs: np.ndar
         j = te[i]
         try:
             img, _ = read_image(data.paths[j])
-        except Exception:  # noqa: BLE001 - the file may have changed since it was decoded; skip it
+        except ImageReadError as e:  # the file changed since it was decoded: show the others
+            log.warning("Grad-CAM gallery: leaving out %s", e)
             continue
         x8, pl = fit_to_square(img, size, "letterbox")
         x = (torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None] - GRAY_MEAN) / GRAY_STD

@@ -57,22 +57,44 @@ class DeployModule(nn.Module):
 
 @dataclass
 class Prediction:
-    """One file's result; ``status`` is ``ok`` or ``error`` (then ``reason`` says why)."""
+    """One file's result; ``status`` is ``ok`` or ``error`` (then ``reason`` says why, and ``kind`` is
+    the :class:`~spinexr.errors.ReadErrorKind`).
+
+    ``ood`` is True when the feature score is over the threshold or the file itself says it is not a
+    spine radiograph (``ood_reasons``); ``warnings`` hold what the decoders said about the file.
+    """
 
     path: str
     status: str
     reason: str = ""
+    kind: str = ""
     label: str = ""
     probabilities: dict[str, float] = field(default_factory=dict)
     ood_score: float | None = None
     ood: bool | None = None
+    ood_reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    def with_file_checks(self, meta: Any) -> "Prediction":
+        """Add what the file says about itself (:func:`spinexr.ood.input_checks`) and its read warnings."""
+        from spinexr.ood import input_checks
+
+        reasons = input_checks(meta)
+        if self.ood_score is not None and self.ood:
+            reasons = [f"feature score {self.ood_score:.1f} over the threshold"] + reasons
+        self.ood_reasons = reasons
+        self.ood = bool(reasons) if (self.ood is not None or reasons) else None
+        self.warnings = list(getattr(meta, "warnings", []) or [])
+        return self
+
     def row(self, labels: list[str]) -> dict[str, Any]:
-        return {"path": self.path, "status": self.status, "reason": self.reason, "label": self.label,
+        return {"path": self.path, "status": self.status, "reason": self.reason, "kind": self.kind,
+                "label": self.label,
                 **{f"p_{c}": (f"{self.probabilities[c]:.6f}" if self.probabilities else "") for c in labels},
                 "ood_score": "" if self.ood_score is None else f"{self.ood_score:.3f}",
-                "ood": "" if self.ood is None else str(self.ood).lower()}
+                "ood": "" if self.ood is None else str(self.ood).lower(),
+                "ood_reasons": "; ".join(self.ood_reasons), "warnings": "; ".join(self.warnings)}
 
 
 class Predictor:
@@ -155,10 +177,11 @@ class Predictor:
     def predict_file(self, path: str | Path) -> tuple[Prediction, np.ndarray | None]:
         """Predict one file; a bad file gives ``status='error'`` with the reason, never an exception."""
         try:
-            img, _ = read_image(path, max_pixels=self.max_pixels)
+            img, meta = read_image(path, max_pixels=self.max_pixels)
         except ImageReadError as e:
-            return Prediction(path=str(path), status="error", reason=e.reason), None
-        return self.predict_image(img, str(path)), img
+            return Prediction(path=str(path), status="error", reason=e.reason, kind=e.kind.value,
+                              warnings=e.notes), None
+        return self.predict_image(img, str(path)).with_file_checks(meta), img
 
     def explain(self, img: np.ndarray, method: str = "gradcam", target: int | None = None) -> tuple[np.ndarray, int]:
         """A heatmap in the original image's frame (the letterbox undone)."""

@@ -1,21 +1,28 @@
 """Read radiographs (JPEG, PNG, TIFF, DICOM) into float32 grayscale arrays in [0, 1].
 
-Every failure is an :class:`~spinexr.errors.ImageReadError` naming the file and the reason, so a
-batch can report it and go on.
+:func:`read_image` is the one read boundary of spinexr: whatever a decoder raises for one file (an
+exception we expected or not) leaves it as an :class:`~spinexr.errors.ImageReadError` for that file,
+with a kind and a reason a user can act on, so a batch can report it and go on. Every caller (data
+check, dataset loading, predict, explain, serve) reads through it, and nothing else catches broadly.
+What pydicom and Pillow log or warn while reading a file is captured and handed back with that
+file's result (``ImageMeta.warnings`` or ``ImageReadError.notes``) instead of reaching the terminal.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from spinexr.errors import ImageReadError
+from spinexr.errors import ImageReadError, ReadErrorKind
 
 # KAUH's largest image is 2972 x 4999 = 14.9 Mpx; full-length spine films reach ~ 40 Mpx.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -28,9 +35,11 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 DICOM_CODEC_HINT = (
-    "install a decoder plugin for it: pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg "
-    "(or pip install 'spinexr[dicom-codecs]'), or convert the file to an uncompressed transfer syntax"
+    "install the dicom-codecs extra: pip install 'spinexr[dicom-codecs]' (pylibjpeg-libjpeg decodes JPEG "
+    "lossless, 12-bit JPEG and JPEG-LS; pylibjpeg-openjpeg decodes JPEG 2000), or convert the file to an "
+    "uncompressed transfer syntax"
 )
+K = ReadErrorKind
 
 
 @dataclass
@@ -47,6 +56,8 @@ class ImageMeta:
     pixel_spacing: tuple[float, float] | None = None
     n_frames: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    modality: str | None = None  # DICOM (0008,0060), e.g. CR, DX, CT, MR
+    warnings: list[str] = field(default_factory=list)  # what the decoders logged or warned for this file
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -82,20 +93,39 @@ def read_image(
         min_side: refuse images whose width or height is below this.
 
     Returns:
-        ``(image, meta)``: a float32 ``H x W`` array in [0, 1] (0 = black) and an :class:`ImageMeta`.
+        ``(image, meta)``: a float32 ``H x W`` array in [0, 1] (0 = black) and an :class:`ImageMeta`
+        whose ``warnings`` hold what the decoding libraries said about this file.
 
     Raises:
-        ImageReadError: the file is missing, empty, truncated, not an image, too large, too small,
-            constant, or a DICOM without pixel data or with a transfer syntax that cannot be decoded.
+        ImageReadError: for any failure, with a :class:`~spinexr.errors.ReadErrorKind`: the file is
+            missing, empty, not an image, a DICOM without an image or in a compression that cannot be
+            decoded, truncated or corrupt, too large, too small, or constant. Nothing else escapes.
     """
     path = Path(path)
+    notes: list[str] = []
+    error: ImageReadError | None = None
+    with _quiet_libraries(notes):
+        try:
+            img, meta = _read_any(path, max_pixels, min_side)
+        except ImageReadError as e:
+            error = e
+        except Exception as e:  # noqa: BLE001 - the read boundary: any decoder failure is this file's error
+            error = ImageReadError(path, f"cannot decode image ({_describe(e)})", K.CORRUPT)
+            error.__cause__ = e
+    if error is not None:
+        error.notes = notes
+        raise error
+    meta.warnings = notes
+    return img, meta
+
+
+def _read_any(path: Path, max_pixels: int, min_side: int) -> tuple[np.ndarray, ImageMeta]:
     if not path.exists():
-        raise ImageReadError(path, "file not found")
+        raise ImageReadError(path, "file not found", K.NOT_FOUND)
     if not path.is_file():
-        raise ImageReadError(path, "not a regular file")
-    size = path.stat().st_size
-    if size == 0:
-        raise ImageReadError(path, "empty file (0 bytes)")
+        raise ImageReadError(path, "not a regular file", K.NOT_FOUND)
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)", K.EMPTY)
     if is_dicom_file(path):
         img, meta = _read_dicom(path, max_pixels)
     else:
@@ -104,16 +134,74 @@ def read_image(
     return img, meta
 
 
+def _describe(e: BaseException, limit: int = 240) -> str:
+    """An exception as one short line: its type and first line of message."""
+    msg = (str(e).strip().splitlines() or [""])[0]
+    msg = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    return msg if len(msg) <= limit else msg[: limit - 1] + "…"
+
+
+# Loggers of the decoding libraries whose records are folded into the file's result while reading.
+_LIBRARY_LOGGERS = ("pydicom", "PIL")
+# warnings.catch_warnings and logger.propagate are process-wide, so reads that capture them take turns.
+_CAPTURE_LOCK = threading.Lock()
+
+
+class _NoteHandler(logging.Handler):
+    def __init__(self, notes: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.notes = notes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The message only: a library's traceback (exc_info) would bury the file's one-line reason.
+        self.notes.append(f"{record.name}: {record.getMessage()}")
+
+
+@contextmanager
+def _quiet_libraries(notes: list[str]) -> Iterator[None]:
+    """Capture pydicom's and Pillow's log records and every warning raised while reading one file into
+    ``notes`` (deduplicated, shortened) instead of printing them."""
+    handler = _NoteHandler(notes)
+    with _CAPTURE_LOCK:
+        loggers = [logging.getLogger(n) for n in _LIBRARY_LOGGERS]
+        saved = [(lg, lg.propagate) for lg in loggers]
+        for lg in loggers:
+            lg.addHandler(handler)
+            lg.propagate = False
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                # Our own pixel limit is checked before decoding; Pillow's warning about it is noise.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                yield
+            notes.extend(str(w.message) for w in caught)
+        finally:
+            for lg, prop in saved:
+                lg.removeHandler(handler)
+                lg.propagate = prop
+    seen: set[str] = set()
+    clean = []
+    for n in notes:
+        n = n.split(" Please see <http")[0].strip()
+        n = n if len(n) <= 300 else n[:299] + "…"
+        head, sep, rest = n.partition(": ")
+        key = rest if sep and head.split(".")[0] in _LIBRARY_LOGGERS else n
+        if n and key not in seen:  # pydicom both logs and warns the same text
+            seen.add(key)
+            clean.append(n)
+    notes[:] = clean
+
+
 def _validate(path: Path, img: np.ndarray, min_side: int) -> None:
     h, w = img.shape
     if h < min_side or w < min_side:
         raise ImageReadError(
-            path, f"image is only {w}x{h} pixels; at least {min_side}x{min_side} is needed"
+            path, f"image is only {w}x{h} pixels; at least {min_side}x{min_side} is needed", K.TOO_SMALL
         )
     if not np.isfinite(img).all():
-        raise ImageReadError(path, "image contains NaN or infinite values")
+        raise ImageReadError(path, "image contains NaN or infinite values", K.CONSTANT)
     if float(img.max()) - float(img.min()) < 1e-6:
-        raise ImageReadError(path, "image is constant (every pixel has the same value)")
+        raise ImageReadError(path, "image is constant (every pixel has the same value)", K.CONSTANT)
 
 
 def _check_pixels(path: Path, w: int, h: int, max_pixels: int) -> None:
@@ -121,37 +209,34 @@ def _check_pixels(path: Path, w: int, h: int, max_pixels: int) -> None:
         raise ImageReadError(
             path,
             f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
-            "(possible decompression bomb); raise --max-pixels if the file is genuine",
+            "(possible decompression bomb); raise --max-pixels if the file is genuine", K.TOO_LARGE,
         )
 
 
 def _read_pillow(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
     try:
-        with warnings.catch_warnings():
-            # We apply our own pixel limit below, before decoding.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-            fmt = im.format or "unknown"
-            w, h = im.size
-            _check_pixels(path, w, h, max_pixels)
-            n_frames = getattr(im, "n_frames", 1)
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            arr, depth = _pil_to_gray(im)
-            mode = im.mode
+        im = Image.open(path)
+        fmt = im.format or "unknown"
+        w, h = im.size
+        _check_pixels(path, w, h, max_pixels)
+        n_frames = getattr(im, "n_frames", 1)
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        arr, depth = _pil_to_gray(im)
+        mode = im.mode
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognised image format (JPEG, PNG, TIFF, BMP or DICOM)") from None
+        raise ImageReadError(path, "not a recognised image format (JPEG, PNG, TIFF, BMP or DICOM)", K.FORMAT) from None
     except Image.DecompressionBombError as e:
-        raise ImageReadError(path, f"decompression bomb refused: {e}") from e
+        raise ImageReadError(path, f"decompression bomb refused: {e}", K.TOO_LARGE) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower() or isinstance(e, EOFError):
             msg = f"file is truncated or corrupt ({msg}); re-export or re-copy it"
         else:
-            msg = f"cannot decode image ({msg})"
-        raise ImageReadError(path, msg) from e
+            msg = f"cannot decode {fmt if 'fmt' in locals() else 'image'} ({_describe(e)})"
+        raise ImageReadError(path, msg, K.CORRUPT) from e
     h2, w2 = arr.shape
     meta = ImageMeta(
         path=str(path), format=fmt.upper(), width=w2, height=h2, bit_depth=depth, mode=mode,
@@ -194,61 +279,122 @@ def _first(v: Any) -> float:
         return float(v)
 
 
-def _read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
+def _has_dicm_magic(path: Path) -> bool:
     try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-    except ImportError as e:  # pragma: no cover - pydicom is a core dependency
-        raise ImageReadError(path, "reading DICOM needs pydicom: pip install pydicom") from e
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
+    import pydicom
+
     try:
         ds = pydicom.dcmread(path, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
-        raise ImageReadError(path, f"not a readable DICOM file ({e})") from e
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        # Touch the elements we use now, so a malformed value fails here, as a header problem.
+        has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types on malformed headers
+        kind = K.CORRUPT if _has_dicm_magic(path) else K.FORMAT
+        raise ImageReadError(path, f"not a readable DICOM file ({_describe(e)})", kind) from e
+    if not has_pixels:
         raise ImageReadError(
-            path, "DICOM has no pixel data (a structured report or presentation state?)"
+            path, "DICOM has no pixel data (a structured report or presentation state?)", K.NO_PIXELS
         )
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows == 0 or cols == 0:
-        raise ImageReadError(path, "DICOM has no Rows/Columns")
+        raise ImageReadError(path, "DICOM has no Rows/Columns", K.CORRUPT)
     _check_pixels(path, cols, rows, max_pixels)
-    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    file_meta = getattr(ds, "file_meta", None)
+    tsyntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    ts_name = getattr(tsyntax, "name", None) or str(tsyntax or "unknown transfer syntax")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    where = f"transfer syntax '{ts_name}', photometric interpretation {photometric}"
+    _check_decodable(path, tsyntax, where)
     try:
         arr = ds.pixel_array
-    except (NotImplementedError, RuntimeError) as e:
-        name = getattr(tsyntax, "name", str(tsyntax))
-        raise ImageReadError(
-            path, f"cannot decode DICOM compressed as '{name}' ({e}); {DICOM_CODEC_HINT}"
-        ) from e
-    except (ValueError, AttributeError, KeyError, TypeError, EOFError) as e:
-        raise ImageReadError(path, f"DICOM pixel data is corrupt or truncated ({e})") from e
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    if n_frames > 1:
-        warnings.warn(f"{path}: {n_frames} frames; using the first", stacklevel=3)
-        arr = arr[0]
-    if spp > 1 or arr.ndim == 3:
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
-
-            arr = convert_color_space(arr, photometric, "RGB")
-        arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        img = _minmax(arr)
-    else:
-        img = _dicom_gray(ds, arr)
-        if photometric == "MONOCHROME1":
-            img = 1.0 - img
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    pixel_spacing = (float(spacing[0]), float(spacing[1])) if spacing else None
+    except Exception as e:  # noqa: BLE001 - pydicom's decoders and plugins raise anything
+        # pydicom lists each plugin's failure on its own line: keep them all, on one line.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        msg = f"{type(e).__name__}: " + " ".join(lines) if lines else type(e).__name__
+        msg = msg if len(msg) <= 400 else msg[:399] + "…"
+        missing_extra = _lacks_codecs(tsyntax)
+        if missing_extra and ("does not support" in msg or "not supported" in msg or "No plugin" in msg):
+            raise ImageReadError(path, f"cannot decode DICOM with {where} ({msg}); {DICOM_CODEC_HINT}",
+                                 K.CODEC) from e
+        raise ImageReadError(path, f"DICOM pixel data is corrupt or truncated ({where}: {msg})", K.CORRUPT) from e
+    try:
+        img, n_frames, spp = _dicom_to_gray(path, ds, arr, photometric)
+    except ImageReadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - malformed LUT / window values reach numpy as anything
+        raise ImageReadError(path, f"DICOM pixel values cannot be mapped to gray ({where}: {_describe(e)})",
+                             K.CORRUPT) from e
+    try:
+        spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+        pixel_spacing = (float(spacing[0]), float(spacing[1])) if spacing else None
+    except (TypeError, ValueError, IndexError):
+        pixel_spacing = None  # a malformed spacing is not a reason to refuse the image
     meta = ImageMeta(
         path=str(path), format="DICOM", width=int(img.shape[1]), height=int(img.shape[0]),
         bit_depth=int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8),
         mode=photometric, photometric=photometric, pixel_spacing=pixel_spacing, n_frames=n_frames,
-        extra={"transfer_syntax": str(tsyntax) if tsyntax else None,
-               "modality": str(ds.get("Modality", ""))},
+        extra={"transfer_syntax": str(tsyntax) if tsyntax else None, "samples_per_pixel": spp},
+        modality=str(ds.get("Modality", "") or "") or None,
     )
     return img.astype(np.float32), meta
+
+
+def _lacks_codecs(tsyntax: Any) -> bool:
+    """True when the dicom-codecs extra (pylibjpeg) is not installed and the syntax is compressed."""
+    if tsyntax is None or not getattr(tsyntax, "is_compressed", False):
+        return False
+    try:
+        from pydicom.pixels import get_decoder
+
+        return "pylibjpeg" not in get_decoder(tsyntax).available_plugins
+    except Exception:  # noqa: BLE001 - an unknown syntax has no decoder at all
+        return True
+
+
+def _check_decodable(path: Path, tsyntax: Any, where: str) -> None:
+    """Refuse a compressed syntax that no installed plugin decodes, naming the extra that would."""
+    if tsyntax is None or not getattr(tsyntax, "is_compressed", False):
+        return
+    from pydicom.pixels import get_decoder
+
+    try:
+        dec = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise ImageReadError(path, f"DICOM with {where}: no decoder exists for this compression in pydicom; "
+                             "convert the file to an uncompressed transfer syntax", K.CODEC) from None
+    if not dec.is_available:
+        raise ImageReadError(path, f"cannot decode DICOM with {where}: no decoder installed; {DICOM_CODEC_HINT}",
+                             K.CODEC)
+
+
+def _dicom_to_gray(path: Path, ds: Any, arr: np.ndarray, photometric: str) -> tuple[np.ndarray, int, int]:
+    """(gray image in [0, 1], frames, samples per pixel) from a decoded pixel array."""
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if n_frames > 1:
+        warnings.warn(f"{n_frames} frames; using the first", stacklevel=2)
+        arr = arr[0]
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+        spp = 3
+    if spp > 1 or arr.ndim == 3:
+        # pydicom 3 returns RGB already: YBR_FULL(_422) are converted by default, and the JPEG 2000
+        # decoders undo YBR_RCT / YBR_ICT themselves (converting again would double the transform).
+        rgb = arr[..., :3].astype(np.float64)
+        return _minmax(rgb @ np.array([0.299, 0.587, 0.114])), n_frames, spp
+    img = _dicom_gray(ds, arr)
+    if photometric == "MONOCHROME1":
+        img = 1.0 - img
+    return img, n_frames, spp
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:

@@ -90,3 +90,28 @@ def extract_features(model: Any, x_u8: Any, idx: Any, device: Any, mean: float, 
         for xb in eval_batches(x_u8, idx, device, mean, std, batch_size):
             out.append(model.forward_head(model.forward_features(xb), pre_logits=True).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 1))
+
+
+# DICOM modalities under which a spine radiograph may arrive: computed and digital radiography,
+# fluoroscopy, angiography-type X-ray, radiographic imaging, and "other" (secondary captures of films).
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RF", "XA", "RG", "OT"})
+
+
+def input_checks(meta: Any) -> list[str]:
+    """Reasons, from the file itself, why it is not a spine radiograph (empty when there are none).
+
+    The Mahalanobis score sees only what the network makes of the pixels; these checks read what a
+    DICOM file says outright (its modality and photometric interpretation), which no feature threshold
+    needs to rediscover: a CT slice is flagged because it is a CT. Plain image files carry no such
+    record, and colour is no rule for them: KAUH's own films hold coloured measurement lines and phone
+    photos of monitors (colourfulness up to 58, where ultrasound captures score 50).
+    """
+    reasons: list[str] = []
+    if getattr(meta, "format", "") == "DICOM":
+        mod = (getattr(meta, "modality", None) or "").upper()
+        if mod and mod not in RADIOGRAPH_MODALITIES:
+            reasons.append(f"DICOM modality {mod} is not a projection radiograph")
+        pi = getattr(meta, "photometric", None) or ""
+        if pi and not pi.startswith("MONOCHROME"):
+            reasons.append(f"a colour DICOM ({pi}); radiographs are stored MONOCHROME1/2")
+    return reasons

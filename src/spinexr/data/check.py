@@ -37,12 +37,13 @@ class CheckResult:
     n_files: int
     counts: dict[str, int]
     formats: dict[str, int]
-    unreadable: list[dict[str, str]]
+    unreadable: list[dict[str, Any]]
     exact_duplicates: list[list[str]]
     near_duplicates: list[dict[str, Any]]
     size_summary: dict[str, dict[str, dict[str, float]]]
     shortcut: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    read_warnings: list[dict[str, Any]] = field(default_factory=list)  # readable files the decoders warned about
     manifest_path: str | None = None
     report_path: str | None = None
 
@@ -146,7 +147,8 @@ def check_dataset(
 
     manifest = load_manifest(source)
     records = manifest.records
-    unreadable: list[dict[str, str]] = []
+    unreadable: list[dict[str, Any]] = []
+    read_warnings: list[dict[str, Any]] = []
     ok: list[int] = []
     shas: list[str] = []
     thumbs: list[np.ndarray] = []
@@ -157,8 +159,11 @@ def check_dataset(
         try:
             img, meta = read_image(r.path, max_pixels=max_pixels)
         except ImageReadError as e:
-            unreadable.append({"path": str(r.path), "label": r.label, "reason": e.reason})
+            unreadable.append({"path": str(r.path), "label": r.label, "reason": e.reason, "kind": e.kind.value,
+                               "notes": e.notes})
             continue
+        if meta.warnings:
+            read_warnings.append({"path": str(r.path), "warnings": meta.warnings})
         ok.append(i)
         shas.append(hashlib.sha256(r.path.read_bytes()).hexdigest())
         thumbs.append(thumbnail(img))
@@ -221,7 +226,7 @@ def check_dataset(
     result = CheckResult(
         source=str(source), n_files=len(records), counts=counts, formats=formats,
         unreadable=unreadable, exact_duplicates=exact, near_duplicates=near_report,
-        size_summary=size_summary, shortcut=shortcut, warnings=warns,
+        size_summary=size_summary, shortcut=shortcut, warnings=warns, read_warnings=read_warnings,
     )
     if out_dir is not None:
         out = Path(out_dir)
@@ -243,7 +248,11 @@ def format_result(r: CheckResult) -> str:
     lines.append("formats: " + ", ".join(f"{k} {v}" for k, v in sorted(r.formats.items())))
     lines.append(f"unreadable: {len(r.unreadable)}")
     for u in r.unreadable:
-        lines.append(f"  {u['path']}: {u['reason']}")
+        lines.append(f"  {u['path']}: [{u['kind']}] {u['reason']}")
+    if r.read_warnings:
+        lines.append(f"read with decoder warnings: {len(r.read_warnings)}")
+        for u in r.read_warnings:
+            lines.append(f"  {u['path']}: {'; '.join(u['warnings'])}")
     lines.append(f"exact duplicates: {len(r.exact_duplicates)}")
     for group in r.exact_duplicates:
         lines.append("  " + " == ".join(group))

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 CHUNK = 1 << 20
 
+# How an unreadable upload is answered: not something we read at all -> 415; an image we read but
+# cannot use (damaged, too large in pixels, too small, blank) -> 422.
+STATUS_BY_KIND = {"format": 415, "no_pixels": 415, "codec": 415, "not_found": 422, "empty": 422,
+                  "corrupt": 422, "too_large": 422, "too_small": 422, "constant": 422}
+
 
 def _need_fastapi() -> Any:
     try:
@@ -119,12 +124,14 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
             p = Path(d) / f"upload{suffix}"
             p.write_bytes(data)
             try:
-                img, _ = read_image(p, max_pixels=max_pixels)
+                img, meta = read_image(p, max_pixels=max_pixels)
             except ImageReadError as e:
-                reason = e.reason
-                code = 415 if "not a recognised image" in reason or "not a readable DICOM" in reason else 422
-                raise HTTPException(code, reason.replace(str(p), "upload")) from e
-        return img
+                raise HTTPException(STATUS_BY_KIND.get(e.kind.value, 422),
+                                    {"reason": e.reason.replace(str(p), "upload"), "kind": e.kind.value,
+                                     "notes": [n.replace(str(p), "upload") for n in e.notes]}) from e
+        meta.path = "upload"
+        meta.warnings = [w.replace(str(p), "upload") for w in meta.warnings]
+        return img, meta
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -140,16 +147,19 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         t0 = time.perf_counter()
         data = await _read_upload(file)
         t1 = time.perf_counter()
-        img = await anyio.to_thread.run_sync(_decode, data, file.filename)
+        img, meta = await anyio.to_thread.run_sync(_decode, data, file.filename)
         t2 = time.perf_counter()
         try:
             pred = await anyio.to_thread.run_sync(batcher.predict, img, limiter=predict_threads)
         except QueueFull as e:
             raise HTTPException(503, f"the server is busy: {e}", headers={"Retry-After": "1"}) from e
+        pred.with_file_checks(meta)
         t3 = time.perf_counter()
         return {
             "label": pred.label, "probabilities": pred.probabilities,
-            "ood": {"flag": pred.ood, "score": pred.ood_score, "threshold": predictor.ood_threshold},
+            "ood": {"flag": pred.ood, "score": pred.ood_score, "threshold": predictor.ood_threshold,
+                    "reasons": pred.ood_reasons},
+            "warnings": pred.warnings,
             "model": {"name": predictor.name, "version": predictor.meta.get("spinexr_version"),
                       "backend": predictor.backend},
             "image": {"width": int(img.shape[1]), "height": int(img.shape[0])},
@@ -164,7 +174,7 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         from PIL import Image
 
         data = await _read_upload(file)
-        img = await anyio.to_thread.run_sync(_decode, data, file.filename)
+        img, _ = await anyio.to_thread.run_sync(_decode, data, file.filename)
         if target is not None and target not in predictor.labels:
             raise HTTPException(422, f"unknown target {target!r}; one of {predictor.labels}")
         t = predictor.labels.index(target) if target else None
