@@ -92,9 +92,10 @@ def extract_features(model: Any, x_u8: Any, idx: Any, device: Any, mean: float, 
     return torch.cat(out).numpy() if out else np.zeros((0, 1))
 
 
-# DICOM modalities under which a spine radiograph may arrive: computed and digital radiography,
-# fluoroscopy, angiography-type X-ray, radiographic imaging, and "other" (secondary captures of films).
-RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RF", "XA", "RG", "OT"})
+# DICOM modalities under which a spine radiograph arrives: computed and digital radiography,
+# fluoroscopy, angiography-type X-ray and radiographic imaging. "OT" (other) says nothing about the
+# content: such a file is flagged with that reason, since a flag asks a person to look, not to discard.
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RF", "XA", "RG"})
 
 
 def input_checks(meta: Any) -> list[str]:
