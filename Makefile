@@ -22,6 +22,7 @@ demo: venv
 	$(VENV)/bin/spinexr demo --out $(DEMO_DIR)
 
 test: venv
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -122,19 +122,19 @@ def build(name: str, work: Path, data, calib_paths, parity_paths) -> tuple[Path,
     """A random-weight model file (with a fitted OOD detector), its ONNX export and INT8 model."""
     import torch
 
-    from spinexr.cv import model_input_size
-    from spinexr.export import export_onnx, quantize_int8
-    from spinexr.modelfile import build_metadata, save_model
-    from spinexr.models import GRAY_MEAN, GRAY_STD, create_model
-    from spinexr.ood import extract_features, fit_ood
+    from spinexr.deploy.export import export_onnx, quantize_int8
+    from spinexr.deploy.modelfile import build_metadata, save_model
+    from spinexr.engine.inference import extract_features
+    from spinexr.models import create_model, get_model_entry
+    from spinexr.models.ood import fit_ood
 
     torch.manual_seed(0)
     model = create_model(name, attention="mhsa").eval()
-    s = model_input_size(name, None)
+    contract = get_model_entry(name).data_config
+    s = contract.input_size
     idx = list(range(0, len(data.labels), max(1, len(data.labels) // 48)))[:48]
-    ood = fit_ood(extract_features(model, data.tensors[s], idx, torch.device("cpu"), GRAY_MEAN, GRAY_STD),
-                  data.labels[idx])
-    meta = build_metadata(model, input_size=s, mean=GRAY_MEAN, std=GRAY_STD, resize="letterbox", temperature=1.0,
+    ood = fit_ood(extract_features(model, contract, data.tensors[s], idx, torch.device("cpu")), data.labels[idx])
+    meta = build_metadata(model, contract=contract, tta_flip=False, temperature=1.0,
                           weights="none (random, for timing)")
     mf = save_model(model, meta, work / f"{name}.safetensors", ood=ood)
     onnx = work / f"{name}.onnx"
@@ -148,17 +148,16 @@ def int8_accuracy(run: Path, data_dir: str, threads: int, work: Path) -> dict[st
     """FP32 vs INT8 accuracy of each fold-0 model of a KAUH CV run on its held-out fold."""
     import numpy as np
 
-    from spinexr.deploy import Predictor
-    from spinexr.export import export_onnx, quantize_int8
-    from spinexr.preprocess import prepare_dataset
-    from spinexr.splits import group_kfold
-
+    from spinexr.data.dataset import prepare_dataset
+    from spinexr.data.splits import group_kfold
+    from spinexr.deploy.export import export_onnx, quantize_int8
+    from spinexr.deploy.predictor import Predictor
     cfg = json.loads((run / "config.json").read_text())
     out = {}
     for mf in sorted((run / "models").glob("*.safetensors")):
         name = mf.stem
         p_t = Predictor(mf)
-        data = prepare_dataset(data_dir, [p_t.size], p_t.meta["resize"], progress=False)
+        data = prepare_dataset(data_dir, [p_t.size], p_t.contract.resize, progress=False)
         tr, te = group_kfold(data.labels, data.groups, cfg["cv"]["folds"], seed=cfg["train"]["seed"])[0]
         onnx, int8 = work / f"kauh_{name}.onnx", work / f"kauh_{name}.int8.onnx"
         export_onnx(mf, onnx, parity_images=[data.paths[i] for i in te[:8]])
@@ -185,8 +184,8 @@ def int8_accuracy(run: Path, data_dir: str, threads: int, work: Path) -> dict[st
 
 def bare_under_load(onnx: Path, images: list, threads: int, conc: int, n: int, max_batch: int) -> dict:
     """The model alone behind the service's micro-batcher, driven in-process by ``conc`` callers."""
-    from spinexr.deploy import MicroBatcher, Predictor
-
+    from spinexr.deploy.batching import MicroBatcher
+    from spinexr.deploy.predictor import Predictor
     b = MicroBatcher(Predictor(onnx, threads=threads), max_batch=max_batch, max_queue=conc + 1)
 
     def call(i: int) -> float:
@@ -270,7 +269,7 @@ def measure(eager, fp32, q8, xs: list, sg: dict, sg_flop: float) -> dict:
     r["ort_speedup_paired_median"] = float(np.median(np.asarray(raw["eager"]) / np.asarray(raw["onnxruntime_fp32"])))
     r["int8_speedup_over_fp32_p50"] = r["onnxruntime_fp32"]["p50_ms"] / r["onnxruntime_int8"]["p50_ms"]
     r["int8_speedup_over_eager_p50"] = r["eager"]["p50_ms"] / r["onnxruntime_int8"]["p50_ms"]
-    gf = forward_gflop(eager.deploy, eager.size)
+    gf = forward_gflop(eager.module, eager.size)
     r["roofline"] = {"forward_gflop": gf,
                      "eager_gflops": gf / r["eager"]["p50_ms"] * 1e3,
                      "onnxruntime_fp32_gflops": gf / r["onnxruntime_fp32"]["p50_ms"] * 1e3,
@@ -289,14 +288,12 @@ def measure(eager, fp32, q8, xs: list, sg: dict, sg_flop: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import numpy as np
     import torch
 
-    from spinexr.cv import model_input_size
-    from spinexr.deploy import Predictor
-    from spinexr.imread import read_image
-    from spinexr.preprocess import prepare_dataset
-
+    from spinexr.data.dataset import prepare_dataset
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.predictor import Predictor
+    from spinexr.models import get_model_entry
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--models", default="xception,inception_v3,densenet121")
@@ -309,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     models = a.models.split(",")
-    sizes = sorted({model_input_size(m, None) for m in models})
+    sizes = sorted({get_model_entry(m).input_size for m in models})
     data = prepare_dataset(a.data, sizes, progress=False)
     step = max(1, len(data.paths) // a.images)
     timed = list(range(0, len(data.paths), step))[: a.images]

@@ -29,11 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from spinexr.deploy import Predictor
+    from spinexr.data.dataset import prepare_dataset
+    from spinexr.data.splits import group_kfold, take_in_turns
+    from spinexr.deploy.predictor import Predictor
     from spinexr.explain import METHODS, faithfulness
-    from spinexr.preprocess import prepare_dataset
-    from spinexr.splits import group_kfold, take_in_turns
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kauh-run", required=True, help="a spinexr cv run folder on KAUH")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
@@ -47,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for mf in sorted((run / "models").glob("*.safetensors")):
         pred = Predictor(mf)
-        data = prepare_dataset(a.data, [pred.size], pred.meta["resize"], progress=False)
+        data = prepare_dataset(a.data, [pred.size], pred.contract.resize, progress=False)
         _, te = group_kfold(data.labels, data.groups, cfg["cv"]["folds"], seed=cfg["train"]["seed"])[0]
         # every class in turn, so the sample is not all Scoliosis
         idx = take_in_turns([[int(i) for i in te if data.labels[i] == c] for c in range(int(data.labels.max()) + 1)],
                             a.images)
         xs = data.tensors[pred.size][torch.as_tensor(idx)].float().div(255.0)
-        xs = (xs - pred.meta["mean"]) / pred.meta["std"]
+        xs = pred.contract.normalize(xs)
         res = {}
         for method in a.methods.split(","):
             res[method] = faithfulness(pred.model, xs, method, steps=10)

@@ -42,9 +42,8 @@ def seeds(n_kauh: int) -> dict[str, bytes]:
     import pydicom
     from PIL import Image
 
+    from spinexr.data.imread import list_images
     from spinexr.data.synth import synthesize
-    from spinexr.imread import list_images
-
     out: dict[str, bytes] = {}
     corpus = Path(pydicom.__file__).parent / "data" / "test_files"
     for n in DICOM_SEEDS:
@@ -64,9 +63,8 @@ def seeds(n_kauh: int) -> dict[str, bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     from spinexr._fuzz import fuzz_cases
+    from spinexr.data.imread import read_image
     from spinexr.errors import ImageReadError
-    from spinexr.imread import read_image
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=0)

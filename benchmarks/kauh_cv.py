@@ -28,9 +28,8 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "kauh-spine-xray"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spinexr.cv import CVConfig, run_cv
-    from spinexr.train import TrainConfig
-
+    from spinexr.config import CVConfig, TrainConfig
+    from spinexr.evaluation.cv import run_cv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--models", default="xception,inception_v3,densenet121")
@@ -71,19 +70,19 @@ def main(argv: list[str] | None = None) -> int:
                      "image_size": a.image_size or "model default", "attention": a.attention,
                      "batch_size": a.batch_size, "lr": a.lr, "patience": a.patience, "seed": a.seed,
                      "weights": "none (from scratch)", "protocol": a.protocol},
-        "wall_seconds": wall, "n_images": res["n_images"], "counts": res["counts"],
-        "results": {m: {"accuracy_mean": r["summary"]["accuracy"]["mean"], "accuracy_std": r["summary"]["accuracy"]["std"],
-                        "macro_f1_mean": r["summary"]["macro_f1"]["mean"], "macro_f1_std": r["summary"]["macro_f1"]["std"],
-                        "auc_macro_mean": r["summary"].get("auc_macro", {}).get("mean"),
-                        "ece_pooled": r["pooled"]["ece"], "ci95": r["ci95"],
-                        "pooled_accuracy": r["pooled"]["accuracy"], "pooled_macro_f1": r["pooled"]["macro_f1"]}
-                    for m, r in res["models"].items()},
+        "wall_seconds": wall, "n_images": res.data.n_images, "counts": res.data.counts,
+        "results": {m: {"accuracy_mean": r.summary["accuracy"]["mean"], "accuracy_std": r.summary["accuracy"]["std"],
+                        "macro_f1_mean": r.summary["macro_f1"]["mean"], "macro_f1_std": r.summary["macro_f1"]["std"],
+                        "auc_macro_mean": r.summary.get("auc_macro", {}).get("mean"),
+                        "ece_pooled": r.pooled["ece"], "ci95": r.ci95,
+                        "pooled_accuracy": r.pooled["accuracy"], "pooled_macro_f1": r.pooled["macro_f1"]}
+                    for m, r in res.models.items()},
         "targets_gpu": {"ensemble_accuracy": 0.97, "ensemble_macro_f1": 0.96, "each_backbone_accuracy": 0.94},
-        "shortcut_baseline": res["shortcut"],
+        "shortcut_baseline": res.data.shortcut,
     }
-    if "leaky" in res:
-        out["leaky"] = {"test_leak_fraction": res["leaky"]["test_leak_fraction"],
-                        "accuracy": {m: v["accuracy"] for m, v in res["leaky"]["models"].items()}}
+    if res.leaky is not None:
+        out["leaky"] = {"test_leak_fraction": res.leaky.test_leak_fraction,
+                        "accuracy": {m: v["accuracy"] for m, v in res.leaky.models.items()}}
     for m, r in out["results"].items():
         print(f"{m:<14} {r['accuracy_mean'] * 100:5.1f} ± {r['accuracy_std'] * 100:4.1f}  macro-F1 {r['macro_f1_mean']:.3f}")
     write_result(f"kauh_cv_{tag}.json", out)

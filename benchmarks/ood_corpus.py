@@ -29,10 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import pydicom
 
-    from spinexr.deploy import Predictor
-    from spinexr.preprocess import prepare_dataset
-    from spinexr.splits import holdout
-
+    from spinexr.data.dataset import prepare_dataset
+    from spinexr.data.splits import holdout
+    from spinexr.deploy.predictor import Predictor
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a `spinexr train` run folder on KAUH")
     ap.add_argument("--cache-dir", default="runs/cache")
@@ -56,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     by_rule = [r for r in rows if any(not x.startswith("feature score") for x in r["reasons"])]
     only_features = [r for r in rows if r not in by_rule]
 
-    data = prepare_dataset(cfg["source"], [pred.size], pred.meta.get("resize", "letterbox"), cache_dir=a.cache_dir,
-                           progress=False)
-    _, te = holdout(data.labels, data.groups, cfg["test_fraction"], seed=cfg["train"]["seed"])
+    data = prepare_dataset(cfg["source"], [pred.size], pred.contract.resize, cache_dir=a.cache_dir, progress=False)
+    test_fraction = cfg["cv"].get("test_fraction", cfg.get("test_fraction"))  # runs before settings held it
+    _, te = holdout(data.labels, data.groups, test_fraction, seed=cfg["train"]["seed"])
     kauh = [pred.predict_file(data.paths[i])[0] for i in te]
     k_flag = [bool(p.ood) for p in kauh]
     k_feat = [bool(p.ood_score > pred.ood_threshold) for p in kauh]

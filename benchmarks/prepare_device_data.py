@@ -21,8 +21,7 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
-    from spinexr.imread import list_images
-
+    from spinexr.data.imread import list_images
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--out", required=True)

@@ -42,7 +42,6 @@ def ceiling(name: str, size: int, batch: int, device, steps: int, attention: str
     import torch.nn.functional as F
 
     from spinexr.models import create_model
-
     torch.manual_seed(0)
     model = create_model(name, attention=attention).to(device).train()
     cuda = device.type == "cuda"
@@ -79,11 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from spinexr.cv import model_input_size
-    from spinexr.models import GRAY_MEAN, GRAY_STD, create_model
-    from spinexr.preprocess import prepare_dataset
-    from spinexr.splits import carve_validation, group_kfold
-    from spinexr.train import TrainConfig, fit, resolve_device
+    from spinexr.config import TrainConfig
+    from spinexr.data.dataset import prepare_dataset
+    from spinexr.data.splits import carve_validation, group_kfold
+    from spinexr.engine.distributed import resolve_device
+    from spinexr.engine.train import fit
+    from spinexr.models import create_model, get_model_entry
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     device = resolve_device(a.device)
     models = a.models.split(",")
-    sizes = {m: model_input_size(m, a.image_size) for m in models}
+    contracts = {m: get_model_entry(m).data_config.with_(input_size=a.image_size) for m in models}
+    sizes = {m: c.input_size for m, c in contracts.items()}
     data = prepare_dataset(a.data, set(sizes.values()), progress=False)
     y = data.labels
     tr, _ = group_kfold(y, data.groups, 5, 0)[0]
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         model = create_model(m, attention=a.attention)
         cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, device=str(device), patience=10**6,
                           compile=a.compile, tta_flip=False)
-        res = fit(model, data.tensors[s], y, fit_idx, val_idx, cfg, GRAY_MEAN, GRAY_STD, progress=False, desc=m)
+        res = fit(model, data.tensors[s], y, fit_idx, val_idx, cfg, contracts[m], progress=False, desc=m)
         hist = res.history[1:] or res.history
         loop = sum(h["train_images"] for h in hist) / sum(h["train_seconds"] for h in hist)
         epoch_wall = float(np.mean([h["seconds"] for h in hist]))

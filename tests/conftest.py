@@ -49,13 +49,11 @@ def save(img: np.ndarray | Image.Image, path: Path, **kw) -> Path:
 @pytest.fixture(scope="session")
 def trained_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small model trained for a few epochs on the synthetic set, with its OOD detector."""
-    from spinexr.cv import CVConfig, run_train
-    from spinexr.train import TrainConfig
-
+    from spinexr.config import CVConfig, TrainConfig
+    from spinexr.evaluation.holdout import run_train
     out = tmp_path_factory.mktemp("trained")
-    run_train(synth_dir, "small", CVConfig(image_size=64, bootstrap=20, attention="mhsa"),
-              TrainConfig(epochs=4, batch_size=8, device="cpu", lr=2e-3, warmup_epochs=0.5), out,
-              test_fraction=0.2, progress=False)
+    run_train(synth_dir, "small", CVConfig(image_size=64, bootstrap=20, attention="mhsa", test_fraction=0.2),
+              TrainConfig(epochs=4, batch_size=8, device="cpu", lr=2e-3, warmup_epochs=0.5), out, progress=False)
     return out / "model.safetensors"
 
 
@@ -69,9 +67,8 @@ def non_spine_images(root: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def cv_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A 2-fold CV of the small model (both protocols) on the synthetic set: its run folder and results."""
-    from spinexr.cv import CVConfig, run_cv
-    from spinexr.train import TrainConfig
-
+    from spinexr.config import CVConfig, TrainConfig
+    from spinexr.evaluation.cv import run_cv
     out = tmp_path_factory.mktemp("cv")
     cfg = CVConfig(models=["small"], folds=2, image_size=48, bootstrap=50, protocol="both", attention="cbam")
     res = run_cv(synth_dir, cfg, TrainConfig(epochs=2, batch_size=8, device="cpu", patience=5), out, progress=False)

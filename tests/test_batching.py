@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spinexr.deploy import MicroBatcher, Predictor, QueueFull
+from spinexr.data.imread import read_image
+from spinexr.deploy.batching import MicroBatcher, QueueFull
+from spinexr.deploy.predictor import Predictor
 from spinexr.errors import SpinexrError
-from spinexr.imread import read_image
 
 
 def _wait_for(cond, what: str, timeout: float = 30.0) -> None:

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from spinexr._fuzz import fuzz_cases
+from spinexr.data.imread import read_image
 from spinexr.errors import ImageReadError, ReadErrorKind
-from spinexr.imread import read_image
 
 pydicom = pytest.importorskip("pydicom")
 CORPUS = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -98,7 +98,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in ("pylibjpeg", "libjpeg", "openjpeg", "rle", "gdcm", "jpeg_ls"):
             raise ImportError(f"blocked {name}")
 sys.meta_path.insert(0, Block())
-from spinexr.imread import read_image
+from spinexr.data.imread import read_image
 from spinexr.errors import ImageReadError
 out = {}
 for p in sys.argv[1:]:

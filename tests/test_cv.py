@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from spinexr.cli import main
-from spinexr.cv import CVConfig, run_cv
-from spinexr.train import TrainConfig
+from spinexr.config import CVConfig, TrainConfig
+from spinexr.evaluation.cv import run_cv
 
 PLOTS = ["class_distribution", "samples", "curves_small", "confusion_small", "roc_small", "confusion_ensemble",
          "roc_ensemble", "reliability", "curves_small_leaky", "gallery_small"]
@@ -65,9 +65,9 @@ def test_ensemble_of_two_models(synth_dir: Path, tmp_path: Path) -> None:
     cfg = CVConfig(models=["small", "densenet121"], folds=2, image_size=32, bootstrap=20, save_models=False,
                    explain=False)
     res = run_cv(synth_dir, cfg, TrainConfig(epochs=1, batch_size=8, device="cpu"), tmp_path, progress=False)
-    assert set(res["models"]) == {"small", "densenet121", "ensemble"}
+    assert set(res.models) == {"small", "densenet121", "ensemble"}
     assert (tmp_path / "plots" / "confusion_ensemble.png").is_file()
-    assert len(res["models"]["ensemble"]["fold_metrics"]) == 2
+    assert res.models["ensemble"].n_folds == 2
 
 
 def test_cli_cv_train_evaluate_with_yaml(synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,7 +91,7 @@ def test_cli_cv_train_evaluate_with_yaml(synth_dir: Path, tmp_path: Path, capsys
     assert main(["evaluate", str(tr / "model.safetensors"), "--data", str(synth_dir), "--out", str(ev),
                  "--bootstrap", "20", "--quiet", "--device", "cpu"]) == 0
     m = json.loads((ev / "metrics.json").read_text())
-    assert m["n_images"] == 30 and m["model"]["input_size"] == 40
+    assert m["n_images"] == 30 and m["model"]["data_config"]["input_size"] == 40
 
 
 def test_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,11 +111,12 @@ def test_small_model_learns_kauh(kauh_dir: Path, tmp_path: Path) -> None:
     """One fold, 96 px, a dozen epochs on a CPU: well above the 55.6% majority rate."""
     import torch
 
-    from spinexr.metrics import softmax
-    from spinexr.models import GRAY_MEAN, GRAY_STD, create_model
-    from spinexr.preprocess import prepare_dataset
-    from spinexr.splits import carve_validation, group_kfold
-    from spinexr.train import fit, predict_logits
+    from spinexr.data.contract import DataConfig
+    from spinexr.data.dataset import prepare_dataset
+    from spinexr.data.splits import carve_validation, group_kfold
+    from spinexr.engine.inference import extract_features, run_inference
+    from spinexr.engine.train import fit
+    from spinexr.models import create_model
 
     d = prepare_dataset(kauh_dir, [96], progress=False)
     assert d.near_duplicates >= 1
@@ -123,24 +124,24 @@ def test_small_model_learns_kauh(kauh_dir: Path, tmp_path: Path) -> None:
     fi, va = carve_validation(tr, d.labels, d.groups, 0.15, 0)
     torch.manual_seed(0)
     m = create_model("small", attention="mhsa")
+    contract = DataConfig(96)
     res = fit(m, d.tensors[96], d.labels, fi, va, TrainConfig(epochs=12, batch_size=32, device="cpu", patience=100),
-              GRAY_MEAN, GRAY_STD, progress=False)
-    probs = softmax(predict_logits(m, d.tensors[96], te, torch.device("cpu"), GRAY_MEAN, GRAY_STD, tta_flip=True),
-                    res.temperature)
+              contract, progress=False)
+    probs = run_inference(res.predictor, d.tensors[96], te, torch.device("cpu")).probs
     acc = float((probs.argmax(1) == d.labels[te]).mean())
     assert acc > 0.75, acc
     # The OOD detector, fitted on the training side, rarely fires on held-out KAUH films but does on
     # photos, chest films, blank films and documents.
-    from spinexr.ood import extract_features, fit_ood
-    from spinexr.preprocess import fit_to_square
-    from spinexr.imread import read_image
+    from spinexr.data.contract import fit_to_square
+    from spinexr.data.imread import read_image
     from spinexr.data.synth import write_negative_controls
+    from spinexr.models.ood import fit_ood
 
     cpu = torch.device("cpu")
-    det = fit_ood(extract_features(m, d.tensors[96], tr, cpu, GRAY_MEAN, GRAY_STD), d.labels[tr])
-    _, flags_test = det.flag(extract_features(m, d.tensors[96], te, cpu, GRAY_MEAN, GRAY_STD))
+    det = fit_ood(extract_features(m, contract, d.tensors[96], tr, cpu), d.labels[tr])
+    _, flags_test = det.flag(extract_features(m, contract, d.tensors[96], te, cpu))
     negs = [fit_to_square(read_image(p)[0], 96)[0] for p in write_negative_controls(tmp_path / "neg")]
     xneg = torch.from_numpy(np.stack(negs)[:, None])
-    _, flags_neg = det.flag(extract_features(m, xneg, None, cpu, GRAY_MEAN, GRAY_STD))
+    _, flags_neg = det.flag(extract_features(m, contract, xneg, None, cpu))
     assert flags_test.mean() <= 0.10, flags_test.mean()
     assert flags_neg.mean() >= 0.8, flags_neg

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from spinexr.cli import main
-from spinexr.deploy import Predictor
-from spinexr.export import export_onnx, quantize_int8
+from spinexr.deploy.export import export_onnx, quantize_int8
+from spinexr.deploy.predictor import Predictor
 
 
 @pytest.fixture(scope="module")

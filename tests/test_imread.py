@@ -10,11 +10,16 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from conftest import gradient_image, save
+from spinexr.data.imread import list_images, read_image
 from spinexr.errors import ImageReadError
-from spinexr.imread import list_images, read_image
 
 
 def _check_unit(img: np.ndarray) -> None:
@@ -216,8 +221,7 @@ def test_decompression_bomb_refused(tmp_path: Path) -> None:
 
 
 def test_default_limit_admits_largest_kauh_size() -> None:
-    from spinexr.imread import DEFAULT_MAX_PIXELS
-
+    from spinexr.data.imread import DEFAULT_MAX_PIXELS
     assert DEFAULT_MAX_PIXELS > 2972 * 4999 * 2
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from spinexr.metrics import bootstrap_ci, compute_metrics, ece, fit_temperature, nll, softmax
+from spinexr.evaluation.metrics import (
+    bootstrap_ci,
+    compute_metrics,
+    ece,
+    fit_temperature,
+    nll,
+    softmax,
+)
 
 
 def test_perfect_and_chance() -> None:

@@ -12,8 +12,15 @@ import torch
 
 from conftest import non_spine_images
 from spinexr.cli import main
-from spinexr.deploy import Predictor
-from spinexr.explain import cam_ready, explain, faithfulness, overlay, random_map, road_scores
+from spinexr.deploy.predictor import Predictor
+from spinexr.explain import (
+    cam_ready,
+    explain,
+    faithfulness,
+    overlay,
+    random_map,
+    road_scores,
+)
 from spinexr.models import create_model
 
 
@@ -105,12 +112,11 @@ def test_heatmap_undoes_letterbox(trained_model: Path) -> None:
 
 def test_faithfulness_reports_against_random(trained_model: Path, synth_dir: Path) -> None:
     pred = Predictor(trained_model)
-    from spinexr.imread import read_image
-
+    from spinexr.data.imread import read_image
     xs = []
     for p in sorted(synth_dir.rglob("*.jpg"))[:4]:
         x, _ = pred.prepare(read_image(p)[0])
-        xs.append((torch.from_numpy(x) - pred.meta["mean"]) / pred.meta["std"])
+        xs.append(pred.contract.normalize(torch.from_numpy(x)))
     r = faithfulness(pred.model, torch.cat(xs), "gradcam", steps=5)
     assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["random_deletion_auc"] <= 1 and r["n"] == 4
     assert -1 <= r["road"] <= 1 and -1 <= r["random_road"] <= 1 and 0 <= r["road_wins"] <= 1

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from spinexr import CLASSES
-from spinexr.metrics import PER_CLASS, bootstrap_ci, compute_metrics, softmax
+from spinexr.evaluation.metrics import PER_CLASS, bootstrap_ci, compute_metrics, softmax
 
 
 class _Tables(HTMLParser):
@@ -126,16 +126,16 @@ def test_single_split_says_one_split(trained_model: Path) -> None:
 
 def test_cli_summary_single_split_has_no_sd(trained_model: Path, capsys: pytest.CaptureFixture) -> None:
     from spinexr.cli import _print_summary
+    from spinexr.evaluation.results import RunResult
 
     out = trained_model.parent
-    _print_summary(out, json.loads((out / "metrics.json").read_text()))
+    _print_summary(out, RunResult.from_dict(json.loads((out / "metrics.json").read_text())))
     text = capsys.readouterr().out
     assert "one split of" in text and "±" not in text and "missed most" in text
 
 
 def test_confusion_axes_carry_full_class_names() -> None:
-    from spinexr.report import confusion_figure
-
+    from spinexr.evaluation.report import confusion_figure
     fig = confusion_figure([[5, 1, 0], [0, 7, 1], [2, 0, 4]], "m")
     for ax in fig.axes:
         assert [t.get_text() for t in ax.get_xticklabels()] == list(CLASSES)
@@ -146,7 +146,7 @@ def test_confusion_axes_carry_full_class_names() -> None:
 def test_reliability_shows_bin_counts_and_confidence_histogram(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from spinexr import report
+    from spinexr.evaluation import report
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 40)

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from spinexr.config import TrainConfig
+from spinexr.data.contract import DataConfig
+from spinexr.engine.train import fit
 from spinexr.errors import SpinexrError
-from spinexr.models import GRAY_MEAN, GRAY_STD, create_model
-from spinexr.train import TrainConfig, fit
+from spinexr.models import create_model
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
@@ -129,6 +131,7 @@ class _OOMOnce(torch.nn.Module):
         super().__init__()
         self.inner, self.limit = inner, limit
         self.classifier = inner.classifier
+        self.forward_features, self.forward_head = inner.forward_features, inner.forward_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] > self.limit:
@@ -137,18 +140,17 @@ class _OOMOnce(torch.nn.Module):
 
 
 def test_oom_halves_batch_and_carries_on(synth_dir: Path) -> None:
-    from spinexr.preprocess import prepare_dataset
-
+    from spinexr.data.dataset import prepare_dataset
     d = prepare_dataset(synth_dir, [32], progress=False)
     idx = np.arange(len(d.labels))
     m = _OOMOnce(create_model("small", attention="none"), limit=4)
     cfg = TrainConfig(epochs=2, batch_size=16, device="cpu", patience=5)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        res = fit(m, d.tensors[32], d.labels, idx[:20], idx[20:], cfg, GRAY_MEAN, GRAY_STD, progress=False)
+        res = fit(m, d.tensors[32], d.labels, idx[:20], idx[20:], cfg, DataConfig(32), progress=False)
     assert res.batch_size == 4 and all(h["batch_size"] == 4 for h in res.history)
     assert any("halved" in str(x.message) for x in w)
     m2 = _OOMOnce(create_model("small", attention="none"), limit=4)
     cfg2 = TrainConfig(epochs=1, batch_size=16, device="cpu", auto_batch=False)
     with pytest.raises(SpinexrError, match="--batch-size"):
-        fit(m2, d.tensors[32], d.labels, idx[:20], idx[20:], cfg2, GRAY_MEAN, GRAY_STD, progress=False)
+        fit(m2, d.tensors[32], d.labels, idx[:20], idx[20:], cfg2, DataConfig(32), progress=False)

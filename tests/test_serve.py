@@ -39,7 +39,7 @@ def spine_bytes(synth_dir: Path) -> bytes:
 def test_health_model_docs_page(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     m = client.get("/v1/model").json()
-    assert m["labels"] == ["Normal", "Scoliosis", "Spondylolisthesis"] and m["input_size"] == 64
+    assert m["labels"] == ["Normal", "Scoliosis", "Spondylolisthesis"] and m["data_config"]["input_size"] == 64
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
     page = client.get("/")

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from spinexr.data.splits import (
+    carve_validation,
+    group_kfold,
+    holdout,
+    leaky_split,
+    oversample,
+)
 from spinexr.errors import DatasetError
-from spinexr.splits import carve_validation, group_kfold, holdout, leaky_split, oversample
 
 
 def _data(n: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

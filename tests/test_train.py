@@ -8,11 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from spinexr.models import GRAY_MEAN, GRAY_STD, create_model
-from spinexr.preprocess import fit_to_square, prepare_dataset
-from spinexr.train import TrainConfig, fit, predict_logits
+from spinexr.config import TrainConfig
+from spinexr.data.contract import DataConfig, fit_to_square
+from spinexr.data.dataset import prepare_dataset
+from spinexr.engine.inference import unit_batches
+from spinexr.engine.train import fit
+from spinexr.models import create_model
 
 CPU = torch.device("cpu")
+C48 = DataConfig(48)
+
+
+def _logits(model, data, idx) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(C48.normalize(xb)) for xb in unit_batches(data.tensors[48], idx, CPU)]).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +37,7 @@ def _cfg(**kw) -> TrainConfig:
 
 
 def _val_loss(model, data, idx) -> float:
-    lg = predict_logits(model, data.tensors[48], idx, CPU, GRAY_MEAN, GRAY_STD)
+    lg = _logits(model, data, idx)
     return float(torch.nn.functional.cross_entropy(torch.from_numpy(lg), torch.from_numpy(data.labels[idx])).item())
 
 
@@ -38,7 +48,7 @@ def test_early_stopping_restores_best(tiny) -> None:
     m = create_model("small", attention="cbam")
     # A high learning rate makes validation loss bounce, so the last epoch is rarely the best.
     res = fit(m, tiny.tensors[48], tiny.labels, fit_idx, val_idx, _cfg(epochs=6, lr=3e-2, patience=2),
-              GRAY_MEAN, GRAY_STD, progress=False)
+              C48, progress=False)
     assert res.best_epoch < len(res.history) - 1, "the test needs a run whose last epoch is not its best"
     best = res.history[res.best_epoch]["val_loss"]
     assert best == min(h["val_loss"] for h in res.history)
@@ -53,9 +63,8 @@ def test_cpu_training_is_reproducible(tiny) -> None:
     for _ in range(2):
         torch.manual_seed(0)
         m = create_model("small", attention="mhsa")
-        r = fit(m, tiny.tensors[48], tiny.labels, idx[:20], idx[20:], _cfg(epochs=2), GRAY_MEAN, GRAY_STD,
-                progress=False)
-        outs.append(([h["train_loss"] for h in r.history], predict_logits(m, tiny.tensors[48], None, CPU, GRAY_MEAN, GRAY_STD)))
+        r = fit(m, tiny.tensors[48], tiny.labels, idx[:20], idx[20:], _cfg(epochs=2), C48, progress=False)
+        outs.append(([h["train_loss"] for h in r.history], _logits(m, tiny, None)))
     assert outs[0][0] == outs[1][0]
     assert np.array_equal(outs[0][1], outs[1][1])
 
@@ -64,8 +73,7 @@ def test_checkpoint_written_atomically(tiny, tmp_path: Path) -> None:
     idx = np.arange(len(tiny.labels))
     m = create_model("small", attention="none")
     ck = tmp_path / "ck.pt"
-    fit(m, tiny.tensors[48], tiny.labels, idx[:20], idx[20:], _cfg(epochs=2), GRAY_MEAN, GRAY_STD, checkpoint=ck,
-        progress=False)
+    fit(m, tiny.tensors[48], tiny.labels, idx[:20], idx[20:], _cfg(epochs=2), C48, checkpoint=ck, progress=False)
     state = torch.load(ck, weights_only=True)
     assert state["epoch"] == 1 and len(state["history"]) == 2
     assert not (tmp_path / "ck.pt.tmp").exists()
@@ -73,11 +81,15 @@ def test_checkpoint_written_atomically(tiny, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("attention", ["mhsa", "cbam", "none"])
 def test_model_file_round_trip(tmp_path: Path, attention: str) -> None:
-    from spinexr.modelfile import build_metadata, load_model, read_metadata, save_model
-
+    from spinexr.deploy.modelfile import (
+        build_metadata,
+        load_model,
+        read_metadata,
+        save_model,
+    )
     torch.manual_seed(3)
     m = create_model("small", attention=attention).eval()
-    meta = build_metadata(m, input_size=64, mean=GRAY_MEAN, std=GRAY_STD, resize="letterbox", temperature=1.7,
+    meta = build_metadata(m, contract=DataConfig(64), tta_flip=True, temperature=1.7,
                           weights="none", data_summary={"counts": {"Normal": 1}})
     p = save_model(m, meta, tmp_path / "m.safetensors")
     m2, meta2, ood = load_model(p)
@@ -86,7 +98,8 @@ def test_model_file_round_trip(tmp_path: Path, attention: str) -> None:
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
     assert meta2["temperature"] == 1.7 and meta2["labels"] == ["Normal", "Scoliosis", "Spondylolisthesis"]
-    assert meta2["attention"] == attention and meta2["input_size"] == 64 and meta2["resize"] == "letterbox"
+    assert meta2["attention"] == attention and meta2["tta_flip"] is True
+    assert DataConfig.from_meta(meta2) == DataConfig(64, resize="letterbox")
     assert read_metadata(p)["spinexr_version"]
     assert (tmp_path / "m.json").is_file()
 

@@ -9,12 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from spinexr import __version__
 from spinexr.errors import SpinexrError
+
+if TYPE_CHECKING:
+    from spinexr.evaluation.results import RunResult
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
@@ -86,115 +91,97 @@ def _run_dir(out: str | None, verb: str, force: bool) -> Path:
     import time
 
     p = Path(out) if out else Path("runs") / f"{verb}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if p.exists() and any(p.iterdir()) and not force:
+    # Under torchrun rank 0 alone writes the folder, and may have made it already: it alone checks.
+    if int(os.environ.get("RANK", "0")) == 0 and p.exists() and any(p.iterdir()) and not force:
         raise SpinexrError(f"{p}: run folder exists and is not empty; choose another --out or pass --force")
     return p
 
 
-def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
+def _add_common_train_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    from spinexr.config import add_setting_flags
+
     p.add_argument("--config", help="YAML file of settings; flags override it")
     p.add_argument("--data", help="class-folder tree or CSV manifest")
     p.add_argument("--out", help="run folder (default runs/<verb>-<time>)")
     p.add_argument("--force", action="store_true", help="write into an existing, non-empty run folder")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--image-size", type=int, help="input size (default: each model's own, 224 or 299)")
-    p.add_argument("--resize", choices=["letterbox", "stretch", "crop"])
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--schedule", choices=["onecycle", "cosine"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--attention", choices=["mhsa", "cbam", "none"])
-    p.add_argument("--weights", help="none (from scratch), imagenet (through timm, needs the network) or a local file")
-    p.add_argument("--balance", choices=["oversample", "weights", "none"])
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--val-fraction", type=float, help="validation share carved from the training side")
+    add_setting_flags(p, verb)  # one flag per setting of CVConfig / TrainConfig, generated from the dataclasses
     p.add_argument("--no-tta", dest="tta_flip", action="store_false", default=None,
-                   help="no flip test-time augmentation")
-    p.add_argument("--bootstrap", type=int, help="bootstrap resamples for CIs")
-    p.add_argument("--cache-dir", help="keep decoded images here between runs")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+                   help="no flip test-time augmentation (same as --no-tta-flip)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _load_resume(run_dir: str, verb: str) -> dict:
+def _load_resume(run_dir: str, verb: str) -> tuple[dict, Any, Any]:
     """The saved configuration of an interrupted run, to continue it exactly as it was started."""
+    from spinexr.config import CVConfig, TrainConfig
+
     cfg_file = Path(run_dir) / "config.json"
     if not cfg_file.is_file():
         raise SpinexrError(f"{run_dir}: no config.json there; --resume takes the folder of an interrupted run")
     saved = json.loads(cfg_file.read_text())
     if saved.get("verb", verb) != verb:
         raise SpinexrError(f"{run_dir} is a `spinexr {saved.get('verb')}` run; resume it with that command")
-    return saved
+    return saved, CVConfig.from_dict(saved["cv"]), TrainConfig.from_dict(saved["train"])
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
     from spinexr.config import resolve
-    from spinexr.cv import CVConfig, run_cv
-    from spinexr.train import TrainConfig, is_main
+    from spinexr.evaluation.cv import run_cv
 
     if args.resume:
-        saved = _load_resume(args.resume, "cv")
+        saved, cv, tr = _load_resume(args.resume, "cv")
         out = Path(args.resume)
-        res = run_cv(saved["source"], CVConfig(**saved["cv"]), TrainConfig.from_dict(saved["train"]), out,
-                     progress=not args.quiet, resume=True)
+        res = run_cv(saved["source"], cv, tr, out, progress=not args.quiet, resume=True)
     else:
         top, cv, tr = resolve(args)
         out = _run_dir(top.get("out"), "cv", args.force)
         res = run_cv(top["data"], cv, tr, out, progress=not args.quiet)
-    if is_main():
+    if res is not None:  # rank 0
         _print_summary(out, res)
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from spinexr.config import resolve
-    from spinexr.cv import CVConfig, run_train
-    from spinexr.train import TrainConfig, is_main
+    from spinexr.evaluation.holdout import run_train
 
     if args.resume:
-        saved = _load_resume(args.resume, "train")
+        saved, cv, tr = _load_resume(args.resume, "train")
         out = Path(args.resume)
-        res = run_train(saved["source"], saved["model"], CVConfig(**saved["cv"]), TrainConfig.from_dict(saved["train"]),
-                        out, test_fraction=saved["test_fraction"], progress=not args.quiet, resume=True)
-        if is_main():
-            _print_summary(out, res)
-            print(f"model file: {res['model_file']}")
-        return 0
-    top, cv, tr = resolve(args)
-    models = top.get("models") or ["xception"]
-    if len(models) != 1:
-        raise SpinexrError("train takes one --model; use `spinexr cv` for several")
-    out = _run_dir(top.get("out"), "train", args.force)
-    res = run_train(top["data"], models[0], cv, tr, out, test_fraction=args.test_fraction, progress=not args.quiet)
-    if is_main():
+        res = run_train(saved["source"], saved["model"], cv, tr, out, progress=not args.quiet, resume=True)
+    else:
+        top, cv, tr = resolve(args)
+        models = top.get("models") or ["xception"]
+        if len(models) != 1:
+            raise SpinexrError("train takes one --model; use `spinexr cv` for several")
+        out = _run_dir(top.get("out"), "train", args.force)
+        res = run_train(top["data"], models[0], cv, tr, out, progress=not args.quiet)
+    if res is not None:  # rank 0
         _print_summary(out, res)
-        print(f"model file: {res['model_file']}")
+        print(f"model file: {res.model_file}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from spinexr.evaluate import evaluate_model
+    from spinexr.evaluation.external import evaluate_model
 
+    if args.bootstrap < 20:
+        raise SpinexrError(f"--bootstrap {args.bootstrap}: at least 20 resamples are needed for a 95% interval")
     out = _run_dir(args.out, "evaluate", args.force)
-    res = evaluate_model(args.model, args.data, out, device=args.device, tta_flip=args.tta_flip,
-                         bootstrap=args.bootstrap, cache_dir=args.cache_dir, progress=not args.quiet)
+    res = evaluate_model(args.model, args.data, out, device=args.device, bootstrap=args.bootstrap,
+                         cache_dir=args.cache_dir, progress=not args.quiet)
     _print_summary(out, res)
     return 0
 
 
-def _print_summary(out: Path, res: dict) -> None:
-    from spinexr.report import headline
+def _print_summary(out: Path, res: RunResult) -> None:
+    from spinexr.evaluation.report import headline
 
-    for m, r in res.get("models", {}).items():
-        ci, pooled = r["ci95"], r["pooled"]
-        k = len(r.get("fold_metrics") or [])
-        if k > 1:
-            acc = r["summary"]["accuracy"]
-            point = f"{acc['mean'] * 100:5.1f} ± {acc['std'] * 100:4.1f} over {k} folds"
+    for m, r in res.models.items():
+        ci, pooled = r.ci95, r.pooled
+        if r.n_folds > 1:
+            acc = r.summary["accuracy"]
+            point = f"{acc['mean'] * 100:5.1f} ± {acc['std'] * 100:4.1f} over {r.n_folds} folds"
         else:
             point = f"{pooled['accuracy'] * 100:5.1f} on one split of {pooled['n']} films"
         auc = pooled["auc_macro"]
@@ -206,26 +193,21 @@ def _print_summary(out: Path, res: dict) -> None:
         rc = h["worst_recall_ci"]
         print(f"missed most ({h['model']}): {h['worst_class']}, recall {h['worst_recall']:.1%}"
               + (f" (95% CI {rc[0]:.1%}-{rc[1]:.1%})" if rc else ""))
-    if res.get("leaky"):
-        lk = res["leaky"]
-        print(f"leaky protocol: {lk['test_leak_fraction']:.0%} of test rows are training copies; "
-              + ", ".join(f"{m} {v['accuracy'] * 100:.1f}%" for m, v in lk["models"].items()))
+    if res.leaky is not None:
+        lk = res.leaky
+        print(f"leaky protocol: {lk.test_leak_fraction:.0%} of test rows are training copies; "
+              + ", ".join(f"{m} {v['accuracy'] * 100:.1f}%" for m, v in lk.models.items()))
     print(f"report: {out / 'report.html'}")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cv", help="k-fold x repeats cross-validation of one or more models, an ensemble, a report")
-    _add_common_train_flags(p)
+    _add_common_train_flags(p, "cv")
     p.add_argument("--models", help="comma-separated: xception,inception_v3,densenet121,small")
-    p.add_argument("--folds", type=int)
-    p.add_argument("--repeats", type=int)
-    p.add_argument("--protocol", choices=["grouped", "seed-leaky", "both"],
-                   help="grouped (honest), seed-leaky (the notebook's oversample-then-split), or both side by side")
     p.set_defaults(func=_cmd_cv)
     t = sub.add_parser("train", help="one model, one split; writes a deployable model file")
-    _add_common_train_flags(t)
+    _add_common_train_flags(t, "train")
     t.add_argument("--model", dest="models", help="xception, inception_v3, densenet121 or small")
-    t.add_argument("--test-fraction", type=float, default=0.2, help="held-out test share (0: none)")
     t.set_defaults(func=_cmd_train)
     e = sub.add_parser("evaluate", help="a trained model file on another dataset, with the same report")
     e.add_argument("model", help="model .safetensors file")
@@ -233,7 +215,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", help="run folder")
     e.add_argument("--force", action="store_true")
     e.add_argument("--device", default="auto")
-    e.add_argument("--no-tta", dest="tta_flip", action="store_false")
     e.add_argument("--bootstrap", type=int, default=1000)
     e.add_argument("--cache-dir")
     e.add_argument("--quiet", action="store_true")
@@ -249,8 +230,13 @@ def _refuse_overwrite(path: Path, inputs: list[Path], force: bool) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from spinexr.predict import Predictor, expand_paths, predict_paths, summarize, write_rows
-
+    from spinexr.deploy.predict import (
+        expand_paths,
+        predict_paths,
+        summarize,
+        write_rows,
+    )
+    from spinexr.deploy.predictor import Predictor
     paths = expand_paths(args.paths, recursive=args.recursive)
     if not paths:
         raise SpinexrError("no files to predict: give image files or folders (with --recursive for sub-folders)")
@@ -261,29 +247,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise SpinexrError(f"{args.heatmaps}: heatmap folder is not empty; choose a new folder or pass --force")
     pred = Predictor(args.model, backend=args.backend, device=args.device, onnx_path=args.onnx,
                      max_pixels=args.max_pixels)
-    rows = predict_paths(pred, paths, explain=args.explain, heatmaps=Path(args.heatmaps) if args.heatmaps else None,
-                         progress=not args.quiet)
+    preds = predict_paths(pred, paths, explain=args.explain, heatmaps=Path(args.heatmaps) if args.heatmaps else None,
+                          progress=not args.quiet)
     if out is not None:
-        write_rows(rows, out)
+        write_rows(preds, pred.labels, out)
         print(f"wrote {out}")
     else:
-        for r in rows:
-            if r["status"] == "ok":
-                print(f"{r['path']}\t{r['label']}\t" + "\t".join(f"{k[2:]}={r[k]}" for k in r if k.startswith("p_"))
-                      + (f"\tOOD ({r['ood_reasons']})" if r.get("ood") == "true" else ""))
+        for p in preds:
+            if p.status == "ok":
+                print(f"{p.path}\t{p.label}\t" + "\t".join(f"{c}={v:.6f}" for c, v in p.probabilities.items())
+                      + (f"\tOOD ({'; '.join(p.ood_reasons)})" if p.ood else ""))
             else:
-                print(f"{r['path']}\tERROR\t{r['reason']}")
-    print(summarize(rows), file=sys.stderr)
-    return 0 if any(r["status"] == "ok" for r in rows) else 1
+                print(f"{p.path}\tERROR\t[{p.kind}] {p.reason}")
+    print(summarize(preds), file=sys.stderr)
+    return 0 if any(p.status == "ok" for p in preds) else 1
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.predictor import Predictor
     from spinexr.explain import overlay
-    from spinexr.predict import Predictor
-    from spinexr.imread import read_image
-
     out = Path(args.out)
     _refuse_overwrite(out, [Path(args.image)], args.force)
     pred = Predictor(args.model, device=args.device)
@@ -297,9 +282,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from spinexr.export import export_onnx, quantize_int8
-    from spinexr.modelfile import read_metadata
-
+    from spinexr.deploy.export import export_onnx, quantize_int8
+    from spinexr.deploy.modelfile import read_metadata
     out = Path(args.onnx)
     _refuse_overwrite(out, [Path(args.model)], args.force)
     images = _parity_images(args.parity_data, read_metadata(args.model), args.parity_count)
@@ -316,8 +300,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _parity_images(folder: str | None, meta: dict, count: int) -> list[Path]:
-    from spinexr.imread import list_images
-
+    from spinexr.data.imread import list_images
     src = folder or meta.get("training_data", {}).get("source")
     if not src:
         raise SpinexrError("give --parity-data DIR: a folder of radiographs for the parity check")
@@ -439,8 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.cmd in ("train", "cv"):
-            from spinexr.train import init_distributed
-
+            from spinexr.engine.distributed import init_distributed
             init_distributed()  # no-op unless launched by torchrun
         return int(args.func(args) or 0)
     except SpinexrError as e:
@@ -450,10 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("spinexr: interrupted", file=sys.stderr)
         return 130
     finally:
-        import torch.distributed as dist
+        if args.cmd in ("train", "cv"):  # only these verbs need torch; the others run without it
+            from spinexr.engine.distributed import shutdown_distributed
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            shutdown_distributed()
 
 
 if __name__ == "__main__":

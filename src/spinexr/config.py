@@ -1,31 +1,244 @@
-"""Run configuration: dataclass defaults, then a YAML file, then command-line flags (highest).
+"""Settings: one dataclass per group, validated on construction, with the CLI flags generated from them.
 
-A YAML file may hold top-level ``data``, ``out``, ``model`` and sections ``cv`` (see
-:class:`spinexr.cv.CVConfig`) and ``train`` (see :class:`spinexr.train.TrainConfig`, with ``aug``).
+Defaults live in the dataclasses; a YAML file (``--config``) may set any field, in sections ``cv``
+(:class:`CVConfig`) and ``train`` (:class:`TrainConfig`, with ``aug``: :class:`AugConfig`), plus
+top-level ``data``, ``out`` and ``model(s)``; command-line flags override both. Each field declares its
+type (a ``Literal`` lists the accepted values), its bounds and its help text in one place, so flags,
+YAML and defaults cannot drift, and a bad value from any of them gets the same message: the setting,
+the value, and what is accepted. This module imports no torch, so ``data check`` runs without it.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, fields
+import dataclasses
+import re
+import types
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from spinexr.cv import CVConfig
 from spinexr.errors import SpinexrError
-from spinexr.train import TrainConfig
 
-# flag dest -> (section, key)
-FLAG_MAP: dict[str, tuple[str, str]] = {
-    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
-    "weight_decay": ("train", "weight_decay"), "seed": ("train", "seed"), "device": ("train", "device"),
-    "balance": ("train", "balance"), "patience": ("train", "patience"), "val_fraction": ("train", "val_fraction"),
-    "label_smoothing": ("train", "label_smoothing"), "schedule": ("train", "schedule"),
-    "tta_flip": ("train", "tta_flip"), "compile": ("train", "compile"),
-    "folds": ("cv", "folds"), "repeats": ("cv", "repeats"), "attention": ("cv", "attention"),
-    "weights": ("cv", "weights"), "image_size": ("cv", "image_size"), "resize": ("cv", "resize"),
-    "protocol": ("cv", "protocol"), "bootstrap": ("cv", "bootstrap"), "cache_dir": ("cv", "cache_dir"),
-}
+T = TypeVar("T", bound="Settings")
+_UNIONS = (Union, types.UnionType)
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str = "", flag: bool = True,
+            verbs: tuple[str, ...] = ("train", "cv"), ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None, pattern: str | None = None,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its help text, CLI exposure and bounds (checked by :meth:`Settings.validate`)."""
+    meta = {"help": help, "flag": flag, "verbs": verbs, "ge": ge, "gt": gt, "le": le, "lt": lt, "pattern": pattern}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class SettingError(SpinexrError):
+    """A setting has a value it cannot take."""
+
+
+def _accepted(typ: Any, meta: dict[str, Any]) -> str:
+    if get_origin(typ) is Literal:
+        return ", ".join(str(a) for a in get_args(typ))
+    bounds = [f"{op} {meta[k]:g}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if meta.get(k) is not None]
+    name = getattr(typ, "__name__", str(typ))
+    return f"{'a' if name != 'int' else 'an'} {name}" + (f" {' and '.join(bounds)}" if bounds else "")
+
+
+def _check_value(section: str, name: str, typ: Any, value: Any, meta: dict[str, Any]) -> None:
+    """Raise SettingError unless ``value`` fits ``typ`` and the bounds in ``meta``."""
+    where = f"{section}.{name}" if section else name
+    flag = f" (--{name.replace('_', '-')})" if meta.get("flag", True) else ""
+    origin = get_origin(typ)
+    if origin in _UNIONS:
+        args = [a for a in get_args(typ) if a is not type(None)]
+        if value is None:
+            return
+        typ = args[0] if len(args) == 1 else typ
+        origin = get_origin(typ)
+
+    def bad(why: str) -> SettingError:
+        return SettingError(f"setting {where}{flag} = {value!r}: {why}; accepted: {_accepted(typ, meta)}")
+
+    if origin is Literal:
+        if value not in get_args(typ):
+            raise bad("not one of the accepted values")
+        return
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or not value:
+            raise SettingError(f"setting {where}{flag} = {value!r}: must be a non-empty list of names")
+        return
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise bad("not true or false")
+        return
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("not a whole number")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("not a number")
+    elif typ is str:
+        if not isinstance(value, str):
+            raise bad("not a string")
+        if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
+            raise bad("not in the accepted form")
+        return
+    else:
+        return  # nested settings are validated by their own class
+    for k, ok in (("ge", lambda b: value >= b), ("gt", lambda b: value > b), ("le", lambda b: value <= b),
+                  ("lt", lambda b: value < b)):
+        if meta.get(k) is not None and not ok(meta[k]):
+            raise bad("out of range")
+
+
+class Settings:
+    """Validation on construction, and strict ``from_dict``: an unknown key is an error, not ignored."""
+
+    SECTION = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            _check_value(self.SECTION, f.name, hints[f.name], getattr(self, f.name), dict(f.metadata))
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any] | None) -> T:
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - known
+        if unknown:
+            raise SettingError(f"unknown {cls.SECTION} setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass
+class AugConfig(Settings):
+    """Radiograph-safe augmentation: small geometry changes and exposure changes."""
+
+    SECTION = "train.aug"
+    rotate_deg: float = setting(7.0, flag=False, ge=0, le=180, help="largest rotation, degrees")
+    scale: float = setting(0.10, flag=False, ge=0, lt=1, help="largest zoom change (fraction)")
+    translate: float = setting(0.06, flag=False, ge=0, lt=1, help="largest shift (fraction of the side)")
+    flip: bool = setting(True, flag=False, help="random horizontal flips")
+    brightness: float = setting(0.10, flag=False, ge=0, le=1)
+    contrast: float = setting(0.15, flag=False, ge=0, le=1)
+    gamma: float = setting(0.20, flag=False, ge=0, le=2)
+
+
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+
+@dataclass
+class TrainConfig(Settings):
+    """Optimisation settings for one model (saved with every run)."""
+
+    SECTION = "train"
+    epochs: int = setting(60, ge=1, help="training epochs")
+    batch_size: int = setting(32, ge=1, help="images per step (summed over ranks under torchrun)")
+    lr: float = setting(1e-3, gt=0, help="peak learning rate, given for lr_ref_batch images per step")
+    weight_decay: float = setting(0.05, ge=0, help="AdamW weight decay")
+    schedule: Literal["onecycle", "cosine"] = setting("onecycle", help="learning-rate decay after warm-up")
+    warmup_epochs: float = setting(3.0, ge=0, help="linear warm-up length in epochs")
+    label_smoothing: float = setting(0.1, ge=0, lt=1, help="label smoothing of the cross-entropy")
+    balance: Literal["oversample", "weights", "none"] = setting("oversample", help="how classes are balanced")
+    patience: int = setting(15, ge=1, help="early-stopping patience in epochs")
+    val_fraction: float = setting(0.15, gt=0, lt=1, help="validation share carved from the training side")
+    tta_flip: bool = setting(True, help="average each prediction with its mirror image (recorded in the model file)")
+    amp: bool = setting(True, help="bf16 autocast on CUDA")
+    channels_last: bool = setting(True, help="channels_last memory format on CUDA")
+    seed: int = setting(0, ge=0, help="the seed every random choice derives from")
+    device: str = setting("auto", pattern=DEVICE_PATTERN, help="auto, cpu, cuda or cuda:N")
+    lr_scaling: Literal["sqrt", "linear", "none"] = setting("sqrt", help="how lr follows the batch size")
+    lr_ref_batch: int = setting(32, ge=1, help="the batch size lr is given for")
+    compile: bool = setting(False, help="torch.compile the model (first epoch slower, later ones faster on GPU)")
+    auto_batch: bool = setting(True, help="on CUDA out-of-memory, halve the batch and carry on")
+    aug: AugConfig = setting(flag=False, default_factory=AugConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:
+        d = dict(d or {})
+        aug = d.pop("aug", None)
+        if aug is not None and not isinstance(aug, AugConfig):
+            if not isinstance(aug, dict):
+                raise SettingError(f"setting train.aug = {aug!r}: must be a mapping of augmentation settings")
+            aug = AugConfig.from_dict(aug)
+        obj = super().from_dict(d)
+        if aug is not None:
+            obj.aug = aug
+        return obj
+
+
+@dataclass
+class CVConfig(Settings):
+    """What to train and evaluate and how it is split (saved with every run)."""
+
+    SECTION = "cv"
+    models: list[str] = setting(flag=False, default_factory=lambda: ["xception", "inception_v3", "densenet121"],
+                                help="registered model names")
+    folds: int = setting(5, ge=2, verbs=("cv",), help="folds of the grouped k-fold")
+    repeats: int = setting(1, ge=1, verbs=("cv",), help="repeats of the k-fold with new splits")
+    attention: Literal["mhsa", "cbam", "none"] = setting("mhsa", help="the attention head")
+    weights: str = setting("none", help="none (from scratch), imagenet (through timm, needs the network) or a file")
+    image_size: int | None = setting(None, ge=32, le=2048, help="input size (default: each model's own)")
+    resize: Literal["letterbox", "stretch", "crop"] = setting("letterbox", help="how a film is fitted to the square")
+    protocol: Literal["grouped", "seed-leaky", "both"] = setting(
+        "grouped", verbs=("cv",), help="grouped (honest), seed-leaky (oversample, then split), or both side by side")
+    bootstrap: int = setting(1000, ge=20, help="bootstrap resamples for the confidence intervals")
+    save_models: bool = setting(True, flag=False)
+    cache_dir: str | None = setting(None, help="keep decoded images here between runs")
+    drop_rate: float = setting(0.2, flag=False, ge=0, lt=1)
+    explain: bool = setting(True, flag=False, help="Grad-CAM gallery and faithfulness of fold 0 in the report")
+    test_fraction: float = setting(0.2, ge=0, lt=1, verbs=("train",), help="held-out test share (0: none)")
+
+
+SECTIONS: dict[str, type[Settings]] = {"cv": CVConfig, "train": TrainConfig}
+
+
+def add_setting_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    """One flag per exposed field of :class:`CVConfig` and :class:`TrainConfig` for ``verb``.
+
+    Flags default to None, so only the flags a user gives override the YAML file and the defaults.
+    """
+    for cls in SECTIONS.values():
+        hints = get_type_hints(cls)
+        for f in fields(cls):  # type: ignore[arg-type]
+            meta = f.metadata
+            if not meta.get("flag", True) or verb not in meta.get("verbs", ()):
+                continue
+            typ = hints[f.name]
+            opt = "--" + f.name.replace("_", "-")
+            kw: dict[str, Any] = {"dest": f.name, "default": None, "help": meta.get("help") or None}
+            if typ is bool:
+                p.add_argument(opt, action=argparse.BooleanOptionalAction, **kw)
+                continue
+            args = [a for a in get_args(typ) if a is not type(None)] if get_origin(typ) in _UNIONS else [typ]
+            base = args[0] if args else typ
+            if get_origin(base) is Literal:
+                kw["choices"] = list(get_args(base))
+            elif base in (int, float):
+                kw["type"] = _number(base, f.name)
+            p.add_argument(opt, **kw)
+
+
+def _number(typ: type, name: str) -> Any:
+    def parse(s: str) -> Any:
+        try:
+            return typ(s)
+        except ValueError:
+            kind = "a whole number" if typ is int else "a number"
+            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} takes {kind}, not {s!r}") from None
+
+    return parse
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -43,19 +256,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     unknown = set(d) - {"data", "out", "model", "models", "cv", "train"}
     if unknown:
         raise SpinexrError(f"{p}: unknown top-level key(s) {sorted(unknown)}; use data, out, model(s), cv, train")
+    for sec in ("cv", "train"):
+        if d.get(sec) is not None and not isinstance(d[sec], dict):
+            raise SpinexrError(f"{p}: '{sec}' must be a mapping of settings")
     return d
 
 
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], CVConfig, TrainConfig]:
     """Merge defaults, ``--config`` and flags; returns (top-level, CVConfig, TrainConfig)."""
     y = load_yaml(args.config) if getattr(args, "config", None) else {}
-    cv_d: dict[str, Any] = dict(y.get("cv") or {})
-    tr_d: dict[str, Any] = dict(y.get("train") or {})
+    sections: dict[str, dict[str, Any]] = {"cv": dict(y.get("cv") or {}), "train": dict(y.get("train") or {})}
     top = {"data": y.get("data"), "out": y.get("out"), "models": y.get("models") or y.get("model")}
-    for dest, (sec, key) in FLAG_MAP.items():
-        v = getattr(args, dest, None)
-        if v is not None:
-            (cv_d if sec == "cv" else tr_d)[key] = v
+    for sec, cls in SECTIONS.items():
+        for f in fields(cls):  # type: ignore[arg-type]
+            v = getattr(args, f.name, None) if f.metadata.get("flag", True) else None
+            if v is not None:
+                sections[sec][f.name] = v
     for k in ("data", "out"):
         if getattr(args, k, None):
             top[k] = getattr(args, k)
@@ -64,13 +280,9 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], CVConfig, TrainCo
     if isinstance(top["models"], str):
         top["models"] = [m.strip() for m in top["models"].split(",") if m.strip()]
     if top["models"]:
-        cv_d["models"] = top["models"]
-    known_cv = {f.name for f in fields(CVConfig)}
-    bad = set(cv_d) - known_cv
-    if bad:
-        raise SpinexrError(f"unknown cv setting(s) {sorted(bad)}; known: {sorted(known_cv)}")
-    cv = CVConfig(**cv_d)
-    tr = TrainConfig.from_dict({**asdict(TrainConfig()), **tr_d})
+        sections["cv"]["models"] = top["models"]
+    cv = CVConfig.from_dict(sections["cv"])
+    tr = TrainConfig.from_dict(sections["train"])
     if not top.get("data"):
         raise SpinexrError("no dataset given: pass --data DIR|CSV (or data: in the --config file)")
     return top, cv, tr

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from spinexr.cv import CVConfig, run_cv
+from spinexr.config import CVConfig, TrainConfig
 from spinexr.data.check import check_dataset, format_result
 from spinexr.data.synth import synthesize
-from spinexr.train import TrainConfig
+from spinexr.evaluation.cv import run_cv
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,11 @@ def run_demo(out: Path, seed: int = 0, epochs: int = 12, n: int = 150, image_siz
     tr = TrainConfig(epochs=epochs, batch_size=16, lr=2e-3, seed=seed, patience=max(3, epochs // 2),
                      warmup_epochs=1.0)
     results = run_cv(data, cv, tr, run)
-    m = results["models"]["small"]
-    acc = m["summary"]["accuracy"]
-    print(f"demo: small backbone, 3-fold CV on {results['n_images']} synthetic radiographs: "
-          f"accuracy {acc['mean'] * 100:.1f} ± {acc['std'] * 100:.1f}% "
-          f"(95% CI {m['ci95']['accuracy'][0] * 100:.1f}-{m['ci95']['accuracy'][1] * 100:.1f})")
+    assert results is not None  # one process: always rank 0
+    m = results.models["small"]
+    acc, ci = m.summary["accuracy"], m.ci95["accuracy"]
+    print(f"demo: small backbone, 3-fold CV on {results.data.n_images} synthetic radiographs: "
+          f"accuracy {acc['mean'] * 100:.1f} ± {acc['std'] * 100:.1f}% (95% CI {ci[0] * 100:.1f}-{ci[1] * 100:.1f})")
     report = run / "report.html"
     print(f"report: {report.resolve()}")
     print(f"model file: {(run / 'models' / 'small.safetensors').resolve()}")

@@ -35,7 +35,6 @@ def cam_ready(model: nn.Module) -> nn.Module:
 def target_layer(model: nn.Module) -> nn.Module:
     """The default CAM layer of a model (a spatial layer, pytorch-grad-cam#192), from the registry."""
     from spinexr.models import get_model_entry
-
     path = get_model_entry(model.arch).cam_layer  # type: ignore[attr-defined]
     mod: Any = model.backbone  # type: ignore[attr-defined]
     for part in path.split("."):
@@ -88,6 +87,16 @@ def explain(model: nn.Module, x: torch.Tensor, method: str = "gradcam", target: 
         warnings.warn(f"the {method} map is constant: at input size {s} the CAM layer is too coarse (or the gradient "
                       "is zero), so the heatmap shows nothing; use a larger image size", RuntimeWarning, stacklevel=2)
     return heat, target
+
+
+def explain_image(model: nn.Module, contract: Any, img: np.ndarray, method: str = "gradcam",
+                  target: int | None = None, device: Any = "cpu") -> tuple[np.ndarray, int]:
+    """A heatmap for a decoded film, in the film's own frame: the input is made by the model's data
+    contract (the same resize and normalisation it was trained and is deployed with), then undone."""
+    x8, pl = contract.to_input(img)
+    x = contract.normalize(torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None].to(device))
+    heat, t = explain(model, x, method, target)
+    return pl.to_original(heat), t
 
 
 def overlay(img: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:

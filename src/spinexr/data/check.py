@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from spinexr import CLASSES
+from spinexr.data.imread import DEFAULT_MAX_PIXELS, read_image
 from spinexr.data.manifest import Manifest, load_manifest
 from spinexr.errors import ImageReadError
-from spinexr.imread import DEFAULT_MAX_PIXELS, read_image
 
 log = logging.getLogger(__name__)
 

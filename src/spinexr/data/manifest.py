@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spinexr import CLASSES
+from spinexr.data.imread import list_images
 from spinexr.errors import DatasetError
-from spinexr.imread import list_images
 
 LABEL_ALIASES: dict[str, str] = {
     "normal": "Normal",

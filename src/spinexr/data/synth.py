@@ -307,7 +307,6 @@ def write_negative_controls(out_dir: str | Path) -> list[Path]:
     The photos are scikit-learn's bundled sample images (offline); the rest are drawn here.
     """
     from PIL import ImageDraw
-
     from sklearn.datasets import load_sample_images
 
     out = Path(out_dir)
@@ -395,8 +394,7 @@ def contact_sheet(paths: list[Path], out: str | Path, captions: list[str] | None
     """Tile images (letterboxed into square cells) with captions into one PNG."""
     from PIL import ImageFont
 
-    from spinexr.imread import read_image
-
+    from spinexr.data.imread import read_image
     rows = max(1, math.ceil(len(paths) / cols))
     sheet = Image.new("L", (cols * cell, rows * (cell + 18)), 0)
     draw = ImageDraw.Draw(sheet)

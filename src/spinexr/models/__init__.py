@@ -3,7 +3,7 @@
 from spinexr.models import spine as _spine  # noqa: F401  (registers the architectures)
 from spinexr.models._factory import create_model, load_backbone_weights, read_state_dict
 from spinexr.models._registry import ModelEntry, get_model_entry, list_models
-from spinexr.models.spine import GRAY_MEAN, GRAY_STD, SpineClassifier
+from spinexr.models.spine import SpineClassifier
 
-__all__ = ["GRAY_MEAN", "GRAY_STD", "ModelEntry", "SpineClassifier", "create_model", "get_model_entry",
+__all__ = ["ModelEntry", "SpineClassifier", "create_model", "get_model_entry",
            "list_models", "load_backbone_weights", "read_state_dict"]

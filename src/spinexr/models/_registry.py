@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch.nn as nn
+
+from spinexr.data.contract import DataConfig
 
 
 @dataclass(frozen=True)
@@ -15,9 +17,13 @@ class ModelEntry:
     name: str
     fn: Callable[..., nn.Module]
     timm_name: str
-    input_size: int
+    data_config: DataConfig  # the default data contract (timm's pretrained_cfg, for one gray channel)
     cam_layer: str  # dotted path, inside the backbone, of the default Grad-CAM target layer
     description: str
+
+    @property
+    def input_size(self) -> int:
+        return self.data_config.input_size
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -27,7 +33,7 @@ def register_model(timm_name: str, input_size: int, cam_layer: str, description:
     """Decorator: register ``fn`` under its own name."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[fn.__name__] = ModelEntry(fn.__name__, fn, timm_name, input_size, cam_layer,
+        _REGISTRY[fn.__name__] = ModelEntry(fn.__name__, fn, timm_name, DataConfig(input_size), cam_layer,
                                             description or (fn.__doc__ or "").strip().splitlines()[0])
         return fn
 

@@ -16,8 +16,6 @@ from spinexr.models._registry import get_model_entry, register_model
 from spinexr.models.attention import create_attention
 
 # Gray ImageNet statistics: the mean of the RGB means and stds, matching timm's summed stem.
-GRAY_MEAN = 0.449
-GRAY_STD = 0.226
 
 
 class SpineClassifier(nn.Module):

@@ -54,7 +54,8 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
     from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-    from spinexr.deploy import MicroBatcher, Predictor, QueueFull
+    from spinexr.deploy.batching import MicroBatcher, QueueFull
+    from spinexr.deploy.predictor import Predictor
     from spinexr.explain import overlay
 
     if threads:
@@ -114,9 +115,9 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         return bytes(buf)
 
     def _decode(data: bytes, filename: str | None) -> Any:
-        from spinexr.imread import read_image
-
-        # Only the extension of the client's name is kept: the name itself never reaches the disk.
+        from spinexr.data.imread import (
+            read_image,  # Only the extension of the client's name is kept: the name itself never reaches the disk.
+        )
         suffix = Path(filename or "").suffix.lower()
         if not suffix.isascii() or len(suffix) > 8 or not suffix[1:].isalnum():
             suffix = ""

@@ -35,20 +35,21 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = 17, parity
     Raises :class:`SpinexrError` when parity is worse than ``tol`` (max abs difference of the
     calibrated probabilities).
     """
-    from spinexr.deploy import DeployModule, Predictor
+    from spinexr.deploy.predictor import Predictor
 
     onnx = _need("onnx")
     out = Path(out)
     if out.resolve() == Path(model_path).resolve():
         raise SpinexrError("the ONNX output would overwrite the model file; choose another --onnx path")
     pred = Predictor(model_path, backend="torch")
-    deploy: DeployModule = pred.deploy  # type: ignore[assignment]
-    deploy.eval()
+    module = pred.module  # the one predictor: contract, network, flip TTA, temperature, OOD score
+    assert module is not None
+    module.eval()
     s = pred.size
-    dummy = torch.rand(2, 1, s, s)
+    dummy = torch.rand(2, pred.contract.in_chans, s, s)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    _torch_export(deploy, dummy, tmp, opset)
+    _torch_export(module, dummy, tmp, opset)
     m = onnx.load(str(tmp))
     meta = {**pred.meta, "onnx_opset": int(m.opset_import[0].version)}
     entry = m.metadata_props.add()
@@ -71,13 +72,13 @@ def _torch_export(module: torch.nn.Module, dummy: torch.Tensor, path: Path, opse
         return
     except Exception as e:  # noqa: BLE001 - any exporter failure falls back to the older exporter
         log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter", e)
-    torch.onnx.export(module, (dummy,), str(path), dynamic_axes={k: {0: "batch"} for k in ("image", "logits", "probs", "ood_score")},
+    axes = {k: {0: "batch"} for k in ("image", "logits", "probs", "ood_score")}
+    torch.onnx.export(module, (dummy,), str(path), dynamic_axes=axes,
                       opset_version=opset, dynamo=False, do_constant_folding=True, **names)
 
 
 def _inputs(pred: Any, images: list[Path]) -> np.ndarray:
-    from spinexr.imread import read_image
-
+    from spinexr.data.imread import read_image
     xs = []
     for p in images:
         img, _ = read_image(p)
@@ -87,14 +88,14 @@ def _inputs(pred: Any, images: list[Path]) -> np.ndarray:
 
 def parity(pred: Any, onnx_path: Path, images: list[Path], tol: float = PARITY_TOL) -> dict[str, Any]:
     """Max abs difference between PyTorch and onnxruntime probabilities on real images (one batch)."""
-    from spinexr.deploy import Predictor
+    from spinexr.deploy.predictor import Predictor
 
     x = _inputs(pred, images)
     _, p_t, s_t = pred.run(x)
     ort_pred = Predictor(onnx_path, backend="onnx")
     _, p_o, s_o = ort_pred.run(x)
     diff = float(np.abs(p_t - p_o).max())
-    rel_ood = float(np.max(np.abs(s_t - s_o) / np.maximum(1.0, np.abs(s_t)))) if pred.ood is not None else 0.0
+    rel_ood = float(np.max(np.abs(s_t - s_o) / np.maximum(1.0, np.abs(s_t)))) if pred.ood_threshold is not None else 0.0
     if diff > tol:
         raise SpinexrError(f"ONNX parity failed: max |p_torch - p_onnx| = {diff:.2e} > {tol:.0e} on {len(images)} images")
     return {"parity_images": len(images), "max_abs_prob_diff": diff, "max_rel_ood_diff": rel_ood,
@@ -103,7 +104,7 @@ def parity(pred: Any, onnx_path: Path, images: list[Path], tol: float = PARITY_T
 
 def quantize_int8(onnx_path: str | Path, out: str | Path, calibration_images: list[Path]) -> dict[str, Any]:
     """Static INT8 quantization (QDQ, per-channel weights) calibrated on ``calibration_images``."""
-    from spinexr.deploy import Predictor
+    from spinexr.deploy.predictor import Predictor
 
     q = _need("onnxruntime.quantization")
     pred = Predictor(onnx_path, backend="onnx")

@@ -1,9 +1,12 @@
 """The deployable model file: weights as safetensors, with everything needed to use them in its metadata.
 
-One ``.safetensors`` file carries the weights and a JSON ``spinexr`` metadata entry (labels, input
-size, normalisation, resize mode, temperature, architecture, attention, version, training data
-summary). Loading never unpickles anything. A ``.json`` copy of the metadata is written beside it for
-people to read.
+One ``.safetensors`` file carries the weights and a JSON ``spinexr`` metadata entry: labels, the data
+contract (``data_config``: input size, normalisation, resize mode, channels), whether the predictor
+averages with a mirrored copy (``tta_flip``), the temperature, architecture, attention, version and a
+training data summary; the OOD detector's arrays are stored beside the weights. Loading never
+unpickles anything. A ``.json`` copy of the metadata is written beside it for people to read.
+Format 2 added ``data_config`` and ``tta_flip``; files of format 1 still load, with the flat contract
+keys they carry and no flip (what their deployed graph ran).
 """
 
 from __future__ import annotations
@@ -17,24 +20,22 @@ import torch
 import torch.nn as nn
 
 from spinexr import CLASSES, __version__
+from spinexr.data.contract import DataConfig
 from spinexr.errors import WeightsError
 
-FORMAT = "spinexr-model/1"
+FORMAT = "spinexr-model/2"
+READABLE_FORMATS = ("spinexr-model/1", FORMAT)
 
 
-def build_metadata(model: nn.Module, *, input_size: int, mean: float, std: float, resize: str,
-                   temperature: float, weights: str, data_summary: dict[str, Any] | None = None,
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_metadata(model: nn.Module, *, contract: DataConfig, tta_flip: bool, temperature: float, weights: str,
+                   data_summary: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     meta = {
         "format": FORMAT,
         "labels": list(CLASSES),
         "architecture": getattr(model, "arch", ""),
         "attention": getattr(model, "attention_kind", "none"),
-        "in_chans": 1,
-        "input_size": int(input_size),
-        "mean": float(mean),
-        "std": float(std),
-        "resize": resize,
+        "data_config": contract.to_dict(),
+        "tta_flip": bool(tta_flip),
         "temperature": float(temperature),
         "initial_weights": weights,
         "spinexr_version": __version__,
@@ -84,8 +85,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if "spinexr" not in md:
         raise WeightsError(f"{path}: a safetensors file without spinexr metadata; was it saved by spinexr?")
     meta = json.loads(md["spinexr"])
-    if meta.get("format") != FORMAT:
-        raise WeightsError(f"{path}: unsupported model format {meta.get('format')!r} (expected {FORMAT})")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise WeightsError(f"{path}: unsupported model format {meta.get('format')!r} (this spinexr reads "
+                           f"{', '.join(READABLE_FORMATS)}); upgrade spinexr")
+    if meta["format"] == "spinexr-model/1":  # format 1: a flat contract and no flip in the deployed graph
+        meta.setdefault("tta_flip", False)
+    meta["data_config"] = DataConfig.from_meta(meta).to_dict()
     return meta
 
 
@@ -97,16 +102,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     from safetensors.torch import load_file
 
     from spinexr.models import create_model
-
     meta = read_metadata(path)
     model = create_model(meta["architecture"], weights="none", attention=meta["attention"],
-                         in_chans=meta.get("in_chans", 1), num_classes=len(meta["labels"]))
+                         in_chans=meta["data_config"]["in_chans"], num_classes=len(meta["labels"]))
     state = load_file(str(path), device="cpu")
     ood = None
     ood_state = {k[4:]: state.pop(k) for k in list(state) if k.startswith("ood.")}
     if ood_state and "ood" in meta:
-        from spinexr.ood import OODDetector
-
+        from spinexr.models.ood import OODDetector
         ood = OODDetector(**{k: ood_state[k].double().numpy() for k in OOD_KEYS},
                           threshold=meta["ood"]["threshold"], percentile=meta["ood"]["percentile"])
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -115,3 +118,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
                            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
     model.to(device).eval()
     return model, meta, ood
+
+
+def load_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """The model file as the one predictor: ``(InferenceModule in eval mode, metadata)``."""
+    from spinexr.deploy.predictor import InferenceModule
+
+    model, meta, ood = load_model(path, device)
+    module = InferenceModule(model, DataConfig.from_meta(meta), tta_flip=bool(meta.get("tta_flip", False)),
+                             temperature=float(meta.get("temperature", 1.0)), ood=ood)
+    return module.to(device).eval(), meta

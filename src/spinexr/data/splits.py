@@ -78,7 +78,8 @@ def oversample(train_idx: np.ndarray, labels: np.ndarray, rng: np.random.Generat
     return out
 
 
-def leaky_split(labels: np.ndarray, seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, np.ndarray | float]:
+def leaky_split(labels: np.ndarray, seed: int,
+                fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, np.ndarray | float]:
     """The notebook's protocol: oversample every class to the largest, *then* split 80/10/10.
 
     Returns source indices (with repeats) for train/val/test and ``test_leak``, the fraction of test

@@ -9,13 +9,12 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
-from spinexr.deploy import Prediction, Predictor
+from spinexr.data.imread import list_images
+from spinexr.deploy.predictor import Prediction, Predictor
 from spinexr.errors import SpinexrError
-from spinexr.imread import list_images
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,8 @@ def _heatmap_name(i: int, path: Path, method: str) -> str:
 
 
 def predict_paths(predictor: Predictor, paths: list[Path], explain: str | None = None,
-                  heatmaps: Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Predict every path; returns one row dict per path (``status`` ok or error)."""
+                  heatmaps: Path | None = None, progress: bool = True) -> list[Prediction]:
+    """Predict every path; one :class:`Prediction` per path (``status`` ok or error)."""
     from tqdm.auto import tqdm
 
     from spinexr.explain import overlay
@@ -50,27 +49,27 @@ def predict_paths(predictor: Predictor, paths: list[Path], explain: str | None =
         raise SpinexrError("--explain needs --heatmaps DIR to write the overlays into")
     if heatmaps is not None:
         heatmaps.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    preds: list[Prediction] = []
     for i, p in enumerate(tqdm(paths, desc="predicting", unit="img", disable=not progress)):
         pred, img = predictor.predict_file(p)
-        row = pred.row(predictor.labels)
-        if explain and img is not None:
+        if explain and img is not None and heatmaps is not None:
             try:
                 heat, _ = predictor.explain(img, explain)
-                dest = heatmaps / _heatmap_name(i, p, explain)  # type: ignore[operator]
+                dest = heatmaps / _heatmap_name(i, p, explain)
                 Image.fromarray(overlay(img, heat)).save(dest)
-                row["heatmap"] = str(dest)
+                pred.heatmap = str(dest)
             except SpinexrError as e:
-                row["heatmap"] = ""
-                row["reason"] = f"no heatmap: {e}"
-        rows.append(row)
-    return rows
+                pred.reason = f"no heatmap: {e}"
+        preds.append(pred)
+    return preds
 
 
-def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
+def write_rows(preds: list[Prediction], labels: list[str], out: Path) -> None:
+    """Write predictions as CSV or, for a ``.json`` path, JSON (numbers and booleans kept as such)."""
     if out.suffix.lower() == ".json":
-        out.write_text(json.dumps(rows, indent=2))
+        out.write_text(json.dumps([p.to_json() for p in preds], indent=2))
         return
+    rows = [p.row(labels) for p in preds]
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
@@ -80,15 +79,14 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
         w.writerows(rows)
 
 
-def summarize(rows: list[dict[str, Any]]) -> str:
-    ok = [r for r in rows if r["status"] == "ok"]
-    bad = [r for r in rows if r["status"] != "ok"]
+def summarize(preds: list[Prediction]) -> str:
+    ok = [p for p in preds if p.status == "ok"]
     counts: dict[str, int] = {}
-    for r in ok:
-        counts[r["label"]] = counts.get(r["label"], 0) + 1
-    flagged = sum(1 for r in ok if r.get("ood") == "true")
+    for p in ok:
+        counts[p.label] = counts.get(p.label, 0) + 1
+    flagged = sum(1 for p in ok if p.ood)
     parts = [f"{len(ok)} predicted ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})",
-             f"{len(bad)} unreadable", f"{flagged} flagged out-of-distribution"]
+             f"{len(preds) - len(ok)} unreadable", f"{flagged} flagged out-of-distribution"]
     return "; ".join(parts)
 
 

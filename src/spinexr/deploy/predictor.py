@@ -1,18 +1,18 @@
-"""Running a trained model on new files: one :class:`Predictor` for PyTorch and onnxruntime.
+"""The one predictor: what cv, train and evaluate score is what predict, serve, explain and ONNX run.
 
-Both backends run the same :class:`DeployModule` graph: normalisation, the classifier, temperature
-scaling and the OOD score are inside it, so an ONNX file needs only a letterboxed [0, 1] input.
+:class:`InferenceModule` is the whole inference graph of a trained model: the data contract's
+normalisation, the network, the flip test-time augmentation (a recorded property of the model file),
+the temperature (fitted on this module's own logits) and the OOD score. Evaluation runs it over
+resident uint8 tensors (:func:`spinexr.engine.inference.run_inference`); :class:`Predictor` runs it
+on files, in PyTorch or, exported to ONNX, in onnxruntime. Both feed it the same uint8 square from
+:meth:`~spinexr.data.contract.DataConfig.to_input`, scaled to [0, 1].
 """
 
 from __future__ import annotations
 
-import atexit
 import json
-import threading
 import time
-import weakref
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +20,30 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from spinexr.data.contract import DataConfig, Placement
+from spinexr.data.imread import DEFAULT_MAX_PIXELS, read_image
 from spinexr.errors import ImageReadError, SpinexrError
-from spinexr.imread import DEFAULT_MAX_PIXELS, read_image
-from spinexr.preprocess import Placement, fit_to_square
 
 
-class DeployModule(nn.Module):
-    """(B, 1, S, S) float in [0, 1] -> (logits, calibrated probabilities, OOD score)."""
+class InferenceModule(nn.Module):
+    """(B, C, S, S) float in [0, 1] -> (logits, calibrated probabilities, OOD score).
 
-    def __init__(self, model: nn.Module, meta: dict[str, Any], ood: Any = None) -> None:
+    Args:
+        model: a classifier with ``forward_features``, ``forward_head(pre_logits=True)`` and ``classifier``.
+        contract: the model's :class:`~spinexr.data.contract.DataConfig` (normalisation).
+        tta_flip: average the logits with those of the mirrored image.
+        temperature: divides the (averaged) logits before the softmax.
+        ood: an :class:`~spinexr.models.ood.OODDetector` on the pooled features of the unmirrored image.
+    """
+
+    def __init__(self, model: nn.Module, contract: DataConfig, tta_flip: bool = False, temperature: float = 1.0,
+                 ood: Any = None) -> None:
         super().__init__()
         self.model = model
-        self.mean = float(meta["mean"])
-        self.std = float(meta["std"])
-        self.register_buffer("temperature", torch.tensor(float(meta.get("temperature", 1.0))))
+        self.contract = contract
+        self.tta_flip = bool(tta_flip)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.ood = ood
         self.has_ood = ood is not None
         if ood is not None:
             self.register_buffer("ood_mean", torch.as_tensor(ood.mean, dtype=torch.float32))
@@ -41,13 +51,21 @@ class DeployModule(nn.Module):
             self.register_buffer("ood_class_means", torch.as_tensor(ood.class_means, dtype=torch.float32))
             self.register_buffer("ood_precision", torch.as_tensor(ood.precision, dtype=torch.float32))
 
+    def set_temperature(self, t: float) -> None:
+        self.temperature.fill_(float(t))
+
+    def _features_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.model.forward_head(self.model.forward_features(self.contract.normalize(x)), pre_logits=True)
+        return f, self.model.classifier(f)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = (x - self.mean) / self.std
-        f = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        logits = self.model.classifier(f)
+        f, logits = self._features_logits(x)
+        if self.tta_flip:
+            logits = 0.5 * (logits + self._features_logits(torch.flip(x, dims=[3]))[1])
+        logits = logits.float()
         probs = torch.softmax(logits / self.temperature, dim=1)
         if self.has_ood:
-            z = (f - self.ood_mean) @ self.ood_components.t()
+            z = (f.float() - self.ood_mean) @ self.ood_components.t()
             d = z[:, None, :] - self.ood_class_means[None]
             score = torch.einsum("nck,kl,ncl->nc", d, self.ood_precision, d).min(dim=1).values
         else:
@@ -75,11 +93,11 @@ class Prediction:
     ood_reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    heatmap: str = ""
 
-    def with_file_checks(self, meta: Any) -> "Prediction":
+    def with_file_checks(self, meta: Any) -> Prediction:
         """Add what the file says about itself (:func:`spinexr.ood.input_checks`) and its read warnings."""
-        from spinexr.ood import input_checks
-
+        from spinexr.models.ood import input_checks
         reasons = input_checks(meta)
         if self.ood_score is not None and self.ood:
             reasons = [f"feature score {self.ood_score:.1f} over the threshold"] + reasons
@@ -88,13 +106,22 @@ class Prediction:
         self.warnings = list(getattr(meta, "warnings", []) or [])
         return self
 
-    def row(self, labels: list[str]) -> dict[str, Any]:
-        return {"path": self.path, "status": self.status, "reason": self.reason, "kind": self.kind,
-                "label": self.label,
-                **{f"p_{c}": (f"{self.probabilities[c]:.6f}" if self.probabilities else "") for c in labels},
-                "ood_score": "" if self.ood_score is None else f"{self.ood_score:.3f}",
-                "ood": "" if self.ood is None else str(self.ood).lower(),
-                "ood_reasons": "; ".join(self.ood_reasons), "warnings": "; ".join(self.warnings)}
+    def row(self, labels: list[str]) -> dict[str, str]:
+        """The CSV row: everything formatted as text (probabilities to 6 decimals, flags as true/false)."""
+        row = {"path": self.path, "status": self.status, "reason": self.reason, "kind": self.kind,
+               "label": self.label,
+               **{f"p_{c}": (f"{self.probabilities[c]:.6f}" if self.probabilities else "") for c in labels},
+               "ood_score": "" if self.ood_score is None else f"{self.ood_score:.3f}",
+               "ood": "" if self.ood is None else str(self.ood).lower(),
+               "ood_reasons": "; ".join(self.ood_reasons), "warnings": "; ".join(self.warnings)}
+        if self.heatmap:
+            row["heatmap"] = self.heatmap
+        return row
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON record: numbers as numbers, the flag as a boolean (null without a detector)."""
+        d = {k: v for k, v in asdict(self).items() if k != "seconds"}
+        return d if self.heatmap else {k: v for k, v in d.items() if k != "heatmap"}
 
 
 class Predictor:
@@ -114,7 +141,7 @@ class Predictor:
         path = Path(path)
         self.max_pixels = max_pixels
         self.model: nn.Module | None = None
-        self.deploy: DeployModule | None = None
+        self.module: InferenceModule | None = None
         self.session: Any = None
         if path.suffix == ".onnx":
             onnx_path, backend = path, "onnx"
@@ -122,21 +149,22 @@ class Predictor:
         self.backend = backend
         self.device = torch.device(device)
         if path.suffix != ".onnx":
-            from spinexr.modelfile import load_model
+            from spinexr.deploy.modelfile import load_inference
 
-            self.model, self.meta, self.ood = load_model(path, self.device)
-            self.deploy = DeployModule(self.model, self.meta, self.ood).to(self.device).eval()
+            self.module, self.meta = load_inference(path, self.device)
+            self.model = self.module.model
         if backend == "onnx":
             if onnx_path is None:
-                raise SpinexrError("the onnx backend needs an .onnx file: export one with `spinexr export MODEL --onnx out.onnx`")
+                raise SpinexrError("the onnx backend needs an .onnx file: export one with "
+                                   "`spinexr export MODEL --onnx out.onnx`")
             self.session, onnx_meta = _ort_session(Path(onnx_path), threads)
-            if self.deploy is None:
+            if self.module is None:
                 self.meta = onnx_meta
-                self.ood = None
         elif backend != "torch":
             raise SpinexrError(f"unknown backend {backend!r}; choose torch or onnx")
         self.labels: list[str] = list(self.meta["labels"])
-        self.size = int(self.meta["input_size"])
+        self.contract = DataConfig.from_meta(self.meta)
+        self.size = self.contract.input_size
         self.ood_threshold = float(self.meta["ood"]["threshold"]) if self.meta.get("ood") else None
 
     @property
@@ -144,7 +172,8 @@ class Predictor:
         return str(self.meta.get("architecture", ""))
 
     def prepare(self, img: np.ndarray) -> tuple[np.ndarray, Placement]:
-        x, pl = fit_to_square(img, self.size, self.meta.get("resize", "letterbox"))
+        """A decoded film -> the module's (1, 1, S, S) float input in [0, 1], by the model's data contract."""
+        x, pl = self.contract.to_input(img)
         return x.astype(np.float32)[None, None] / 255.0, pl
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,9 +181,9 @@ class Predictor:
         if self.session is not None:
             lg, pr, sc = self.session.run(["logits", "probs", "ood_score"], {"image": x.astype(np.float32)})
             return lg, pr, sc
-        assert self.deploy is not None
+        assert self.module is not None
         with torch.no_grad():
-            lg, pr, sc = self.deploy(torch.from_numpy(x).to(self.device))
+            lg, pr, sc = self.module(torch.from_numpy(x).to(self.device))
         return lg.cpu().numpy(), pr.cpu().numpy(), sc.cpu().numpy()
 
     def predict_image(self, img: np.ndarray, path: str = "") -> Prediction:
@@ -185,7 +214,7 @@ class Predictor:
 
     def explain(self, img: np.ndarray, method: str = "gradcam", target: int | None = None) -> tuple[np.ndarray, int]:
         """A heatmap in the original image's frame (the letterbox undone)."""
-        from spinexr.explain import cam_ready, explain
+        from spinexr.explain import cam_ready, explain_image
 
         if self.model is None:
             raise SpinexrError("explanations need the .safetensors model file, not only the ONNX export")
@@ -195,114 +224,7 @@ class Predictor:
             if not hasattr(self, "_cam_model"):
                 self._cam_model = cam_ready(self.model)  # a copy without in-place activations, made once
             m = self._cam_model
-        x, pl = self.prepare(img)
-        xt = (torch.from_numpy(x).to(self.device) - self.meta["mean"]) / self.meta["std"]
-        heat, t = explain(m, xt, method, target)
-        return pl.to_original(heat), t
-
-
-class QueueFull(SpinexrError):
-    """More requests are waiting than :class:`MicroBatcher` accepts."""
-
-
-_LIVE_BATCHERS: weakref.WeakSet[MicroBatcher] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_batchers() -> None:
-    # A worker that wakes while the interpreter is finalizing aborts the process: end them all first.
-    for b in list(_LIVE_BATCHERS):
-        b.close(timeout=5.0)
-
-
-class MicroBatcher:
-    """Runs concurrent callers' images through the model together, one model call at a time.
-
-    Callers queue their image and wait. One worker thread owns the model: whenever the model is
-    free, it takes every waiting image, up to ``max_batch``, oldest first, runs them as one batch and
-    wakes each caller with its own result. A lone caller runs at once with a batch of one, so there
-    is no added wait; under load, the images that queued during a model call share the next one. On a
-    GPU this turns a queue of batch-1 requests into a few full batches; on a CPU already near its
-    arithmetic peak it saves per-call overhead. With ``max_queue`` images waiting, :meth:`predict`
-    raises :class:`QueueFull` at once, so latency under overload stays bounded instead of growing.
-    Hold :attr:`model_lock` to use the model for anything else (explanations).
-    """
-
-    def __init__(self, predictor: Predictor, max_batch: int = 8, max_queue: int = 64) -> None:
-        if max_batch < 1 or max_queue < 1:
-            raise SpinexrError(f"--max-batch ({max_batch}) and --max-queue ({max_queue}) must be at least 1")
-        self.predictor = predictor
-        self.max_batch = int(max_batch)
-        self.max_queue = int(max_queue)
-        self.model_lock = threading.Lock()
-        self.batch_sizes: Counter[int] = Counter()  # model calls by batch size
-        self._pending: deque[dict[str, Any]] = deque()
-        self._cv = threading.Condition()
-        self._worker: threading.Thread | None = None
-        self.idle_seconds = 60.0  # the worker thread ends after this long without work
-        self._stop = False
-        _LIVE_BATCHERS.add(self)
-
-    def predict(self, img: np.ndarray) -> Prediction:
-        slot: dict[str, Any] = {"img": img, "event": threading.Event()}
-        with self._cv:
-            if len(self._pending) >= self.max_queue:
-                raise QueueFull(f"{len(self._pending)} images are already waiting (limit {self.max_queue}); retry later")
-            self._pending.append(slot)
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._loop, name="spinexr-batcher", daemon=True)
-                self._worker.start()
-            self._cv.notify()
-        slot["event"].wait()
-        if "error" in slot:
-            raise slot["error"]
-        return slot["result"]
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not self._pending:
-                    if self._stop or (not self._cv.wait(timeout=self.idle_seconds) and not self._pending):
-                        self._worker = None  # closed or idle: end; the next predict() starts a new worker
-                        return
-            with self.model_lock:  # the batch is taken only once the model is free, so it is as full as it can be
-                with self._cv:
-                    batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
-                try:
-                    self._run(batch)
-                except BaseException as e:  # never leave a caller waiting
-                    for b in batch:
-                        if not b["event"].is_set():
-                            b["error"] = e
-                            b["event"].set()
-                    raise
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Finish the waiting images, then end the worker thread (a later :meth:`predict` starts a new one)."""
-        with self._cv:
-            self._stop = True
-            self._cv.notify_all()
-            worker = self._worker
-        if worker is not None:
-            worker.join(timeout)
-        with self._cv:
-            self._stop = False
-
-    def _run(self, batch: list[dict[str, Any]]) -> None:
-        self.batch_sizes[len(batch)] += 1
-        try:
-            preds = self.predictor.predict_images([b["img"] for b in batch])
-        except Exception as e:
-            if len(batch) > 1:  # one caller's image must not fail the others: run them one by one
-                for b in batch:
-                    self._run([b])
-                return
-            batch[0]["error"] = e
-            batch[0]["event"].set()
-            return
-        for b, p in zip(batch, preds):
-            b["result"] = p
-            b["event"].set()
+        return explain_image(m, self.contract, img, method, target, device=self.device)
 
 
 def _ort_session(path: Path, threads: int | None) -> tuple[Any, dict[str, Any]]:

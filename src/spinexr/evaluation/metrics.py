@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 from spinexr import CLASSES
 
@@ -171,13 +175,6 @@ def bootstrap_ci(y: np.ndarray, probs: np.ndarray, n_boot: int = 1000, seed: int
             per_class[c][m] = [float(np.percentile(col, lo)), float(np.percentile(col, hi))] if len(col) else None
     out["per_class"] = per_class
     return out
-
-
-def result_block(y: np.ndarray, probs: np.ndarray, fold_metrics: list[dict[str, Any]],
-                 folds: list[dict[str, Any]] | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """One model's entry in metrics.json: per-fold metrics and their summary, pooled metrics, CIs."""
-    return {"folds": list(folds or []), "fold_metrics": fold_metrics, "summary": summarize_folds(fold_metrics),
-            "pooled": compute_metrics(y, probs), "ci95": bootstrap_ci(y, probs, n_boot=n_boot, seed=seed)}
 
 
 def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

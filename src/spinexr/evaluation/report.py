@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from spinexr import CLASSES
+from spinexr.evaluation.results import ModelResult, RunResult
 
 COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3"]
 
@@ -139,8 +140,7 @@ MIN_BIN = 5  # reliability bins with fewer films than this are drawn hollow and 
 def plot_reliability(y: np.ndarray, probs_by_model: dict[str, np.ndarray], path: Path) -> Path:
     """Reliability curves (marker area by films per bin, hollow under MIN_BIN films), the films per bin,
     and the histogram of top-class confidence."""
-    from spinexr.metrics import ece, reliability
-
+    from spinexr.evaluation.metrics import ece, reliability
     plt = _plt()
     fig, (ax, axn, axh) = plt.subplots(3, 1, figsize=(6, 9), sharex=True,
                                        gridspec_kw={"height_ratios": [3, 1, 1.2]})
@@ -179,7 +179,8 @@ def plot_reliability(y: np.ndarray, probs_by_model: dict[str, np.ndarray], path:
 
 def _img_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
 def _fmt_ms(s: dict[str, float] | None, pct: bool = True) -> str:
@@ -195,23 +196,23 @@ def _fmt_ci(ci: list[float] | None, pct: bool = True) -> str:
 
 
 def _n_folds(r: dict[str, Any]) -> int:
-    return len(r.get("fold_metrics") or [])
+    return r.n_folds
 
 
 def _fmt_point(r: dict[str, Any], key: str, pct: bool = True) -> str:
     """Mean ± sd over folds, or the one value of a single split (a sd over one fold means nothing)."""
     if _n_folds(r) > 1:
-        return _fmt_ms(r["summary"].get(key), pct)
-    v = r["pooled"].get(key)
+        return _fmt_ms(r.summary.get(key), pct)
+    v = r.pooled.get(key)
     if v is None:
         return "n/a"
     return f"{v * 100:.1f}" if pct else f"{v:.3f}"
 
 
-def comparison_rows(results: dict[str, Any]) -> list[list[str]]:
+def comparison_rows(run: RunResult) -> list[list[str]]:
     rows = []
-    for m, r in results.get("models", {}).items():
-        ci, p = r["ci95"], r["pooled"]
+    for m, r in run.models.items():
+        ci, p = r.ci95, r.pooled
         rows.append([m, _fmt_point(r, "accuracy"), _fmt_ci(ci.get("accuracy")),
                      _fmt_point(r, "macro_f1", False), _fmt_ci(ci.get("macro_f1"), False),
                      _fmt_point(r, "auc_macro", False), _fmt_ci(ci.get("auc_macro"), False),
@@ -219,11 +220,11 @@ def comparison_rows(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def comparison_header(results: dict[str, Any]) -> list[str]:
+def comparison_header(run: RunResult) -> list[str]:
     """The model table's header: 'mean ± sd over k folds', or 'one split of N films'."""
-    models = list(results.get("models", {}).values())
+    models = list(run.models.values())
     k = max((_n_folds(r) for r in models), default=0)
-    how = f"mean ± sd over {k} folds" if k > 1 else f"one split of {models[0]['pooled']['n'] if models else 0} films"
+    how = f"mean ± sd over {k} folds" if k > 1 else f"one split of {models[0].pooled['n'] if models else 0} films"
     return ["model", f"accuracy % ({how})", "95% CI (pooled)", "macro-F1", "95% CI",
             "ROC-AUC (macro)", "95% CI", "ECE", "95% CI"]
 
@@ -232,24 +233,23 @@ def _num(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def per_class_table(r: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, str, float | None]]]]:
+def per_class_table(r: ModelResult) -> tuple[list[str], list[list[tuple[str, str, float | None]]]]:
     """The per-class table of one model: header, then per class a list of (text, metric, value) cells.
 
     Each rate shows its pooled value and 95% bootstrap CI; with several folds, its mean ± sd over folds
     follows. ``value`` is the number from metrics.json the cell shows (None where undefined).
     """
-    from spinexr.metrics import PER_CLASS, PER_CLASS_NAMES
-
+    from spinexr.evaluation.metrics import PER_CLASS, PER_CLASS_NAMES
     cv = _n_folds(r) > 1
     header = ["class", "support"] + [PER_CLASS_NAMES[m] for m in PER_CLASS]
     rows = []
-    for c, pc in r["pooled"]["per_class"].items():
-        cis = (r.get("ci95", {}).get("per_class") or {}).get(c, {})
+    for c, pc in r.pooled["per_class"].items():
+        cis = (r.ci95.get("per_class") or {}).get(c, {})
         cells: list[tuple[str, str, float | None]] = [(c, "class", None), (str(pc["support"]), "support", pc["support"])]
         for m in PER_CLASS:
             v = pc.get(m)
             text = _num(v) + (f" {_fmt_ci(cis.get(m), False)}" if cis.get(m) else "")
-            fs = r.get("summary", {}).get(f"{m}_{c}")
+            fs = r.summary.get(f"{m}_{c}")
             if cv and fs:
                 text += f"; folds {fs['mean']:.3f} ± {fs['std']:.3f}"
             cells.append((text, m, v))
@@ -257,7 +257,7 @@ def per_class_table(r: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, 
     return header, rows
 
 
-def _per_class_html(model: str, r: dict[str, Any]) -> str:
+def _per_class_html(model: str, r: ModelResult) -> str:
     header, rows = per_class_table(r)
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = ""
@@ -268,30 +268,30 @@ def _per_class_html(model: str, r: dict[str, Any]) -> str:
             tds.append(f"<td{attr}>{html.escape(text)}</td>")
         body += "<tr>" + "".join(tds) + "</tr>"
     return (f'<table class="per-class" data-model="{html.escape(model)}"><caption>{html.escape(model)}: '
-            f'{r["pooled"]["n"]} films</caption><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>')
+            f'{r.pooled["n"]} films</caption><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>')
 
 
-def _per_class_md(model: str, r: dict[str, Any]) -> str:
+def _per_class_md(model: str, r: ModelResult) -> str:
     header, rows = per_class_table(r)
-    return f"### {model} ({r['pooled']['n']} films)\n\n" + _md_table(header, [[t for t, _, _ in cells] for cells in rows])
+    return f"### {model} ({r.pooled['n']} films)\n\n" + _md_table(header, [[t for t, _, _ in cells] for cells in rows])
 
 
-def headline(results: dict[str, Any]) -> dict[str, Any] | None:
+def headline(run: RunResult) -> dict[str, Any] | None:
     """The report's first screen: how accurate, which class is missed most, and the shortcut baseline.
 
     The ensemble speaks when there is one, else the model with the best pooled accuracy.
     """
-    models = results.get("models") or {}
+    models = run.models
     if not models:
         return None
-    name = "ensemble" if "ensemble" in models else max(models, key=lambda m: models[m]["pooled"]["accuracy"])
+    name = "ensemble" if "ensemble" in models else max(models, key=lambda m: models[m].pooled["accuracy"])
     r = models[name]
-    pc = {c: v for c, v in r["pooled"]["per_class"].items() if v["support"] > 0}
+    pc = {c: v for c, v in r.pooled["per_class"].items() if v["support"] > 0}
     worst = min(pc, key=lambda c: pc[c]["recall"]) if pc else None
-    ci = r["ci95"]
-    sc = (results.get("shortcut") or {}).get("accuracy")
+    ci = r.ci95
+    sc = run.data.shortcut.get("accuracy")
     acc_lo = (ci.get("accuracy") or [None])[0]
-    return {"model": name, "n": r["pooled"]["n"], "accuracy": r["pooled"]["accuracy"], "accuracy_ci": ci.get("accuracy"),
+    return {"model": name, "n": r.pooled["n"], "accuracy": r.pooled["accuracy"], "accuracy_ci": ci.get("accuracy"),
             "worst_class": worst, "worst_recall": pc[worst]["recall"] if worst else None,
             "worst_recall_ci": (ci.get("per_class") or {}).get(worst, {}).get("recall") if worst else None,
             "worst_support": pc[worst]["support"] if worst else 0,
@@ -331,8 +331,8 @@ caption{text-align:left;font-weight:600;padding:.2em 0}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}"""
 
 
-def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[str, list[list[dict[str, float]]]],
-                 pooled_probs: dict[str, list[list[float]]], title: str = "spinexr cross-validation",
+def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list[list[dict[str, float]]]],
+                 pooled_probs: dict[str, np.ndarray], title: str = "spinexr cross-validation",
                  y_eval: np.ndarray | None = None) -> Path:
     """Write plots/, report.html and summary.md into ``out``; returns the report path.
 
@@ -343,8 +343,9 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
     y = y_all if y_eval is None else np.asarray(y_eval)
     n_eval = len(y)
     figs: list[tuple[str, Path]] = []
-    figs.append((f"Films per class in the data ({results['n_images']} films)",
-                 plot_class_distribution(results["counts"], plots / "class_distribution.png")))
+    d = run.data
+    figs.append((f"Films per class in the data ({d.n_images} films)",
+                 plot_class_distribution(d.counts, plots / "class_distribution.png")))
     size = min(data.tensors)
     figs.append(("Sample films per class, letterboxed as the model sees them",
                  plot_samples(data.tensors[size], y_all, plots / "samples.png")))
@@ -354,7 +355,7 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
                      plot_curves(hs, plots / f"curves_{safe}.png", m)))
     probs = {m: np.asarray(p) for m, p in pooled_probs.items()}
     for m, p in probs.items():
-        cm = results["models"][m]["pooled"]["confusion"]
+        cm = run.models[m].pooled["confusion"]
         figs.append((f"Confusion matrix of {m} on {n_eval} films (rows: true class, columns: predicted)",
                      plot_confusion(cm, plots / f"confusion_{m}.png", m)))
         figs.append((f"One-vs-rest ROC curves of {m} on {n_eval} films",
@@ -364,8 +365,8 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
                      "films hollow), films per bin, and the histogram of top-class confidence",
                      plot_reliability(y, probs, plots / "reliability.png")))
     faith_rows = []
-    for m, r in results.get("models", {}).items():
-        ex = r.get("explanations") or {}
+    for m, r in run.models.items():
+        ex = r.explanations or {}
         if ex.get("gallery"):
             figs.append((f"Grad-CAM gallery of {m}: correct and misclassified held-out films of fold 0",
                          out / ex["gallery"]))
@@ -375,21 +376,21 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
             n = f"{f['n']}" + (f" ({f['constant_maps']} blank: feature map too coarse)" if f.get("constant_maps") else "")
             faith_rows.append([m, f["method"], *road, f"{f['deletion_auc']:.3f}", f"{f['random_deletion_auc']:.3f}", n])
 
-    sc = results.get("shortcut", {})
-    head = headline(results)
+    sc = d.shortcut
+    head = headline(run)
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if head:
         parts.append('<div class="glance"><h2>At a glance</h2><ul>'
                      + "".join(f"<li>{html.escape(line)}</li>" for line in _headline_lines(head)) + "</ul></div>")
-    parts.append(f"<p>Data: <code>{html.escape(str(results.get('source', '')))}</code> — {results['n_images']} images "
-                 f"({', '.join(f'{k} {v}' for k, v in results['counts'].items())}), {results.get('n_groups', '?')} groups, "
-                 f"{results.get('near_duplicate_pairs', 0)} near-duplicate pair(s) kept within one fold.</p>")
-    if results.get("skipped"):
-        parts.append(f"<p class=warn>{len(results['skipped'])} unreadable file(s) skipped: "
-                     + html.escape("; ".join(f"{k}: {v}" for k, v in results["skipped"].items())) + "</p>")
-    rows = comparison_rows(results)
-    header = comparison_header(results)
-    single = all(_n_folds(r) <= 1 for r in results.get("models", {}).values())
+    parts.append(f"<p>Data: <code>{html.escape(d.source)}</code> — {d.n_images} images "
+                 f"({', '.join(f'{k} {v}' for k, v in d.counts.items())}), {d.n_groups} groups, "
+                 f"{d.near_duplicate_pairs} near-duplicate pair(s) kept within one fold.</p>")
+    if d.skipped:
+        parts.append(f"<p class=warn>{len(d.skipped)} unreadable file(s) skipped: "
+                     + html.escape("; ".join(f"{k}: {v}" for k, v in d.skipped.items())) + "</p>")
+    rows = comparison_rows(run)
+    header = comparison_header(run)
+    single = all(_n_folds(r) <= 1 for r in run.models.values())
     how = ("The point values come from one split." if single else "Accuracy, macro-F1 and AUC are mean ± standard "
            "deviation over folds.")
     if rows:
@@ -400,16 +401,16 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
                      "specificity, NPV, F1 and ROC-AUC on the pooled held-out predictions, with 95% bootstrap CIs"
                      + ("" if single else ", then the mean ± sd over folds") + ". n/a: undefined on these films "
                      "(for example, no film of the class).</p>"
-                     + "".join(_per_class_html(m, r) for m, r in results["models"].items()))
+                     + "".join(_per_class_html(m, r) for m, r in run.models.items()))
     if sc.get("accuracy") is not None:
         parts.append(f"<h2>Shortcut baseline</h2><p>A classifier that sees only image width, height and aspect "
                      f"scores <b>{sc['accuracy']:.1%}</b> ({sc.get('folds')}-fold CV) against a majority rate of "
                      f"{sc['majority_rate']:.1%}. Models are letterboxed, but a real model should beat this by a "
                      "wide margin, and be checked on data from another source.</p>")
-    lk = results.get("leaky")
+    lk = run.leaky
     if lk:
-        lrows = [[m, f"{v['accuracy'] * 100:.1f}", f"{v['macro_f1']:.3f}"] for m, v in lk["models"].items()]
-        parts.append(f"<h2>Leaky protocol (oversample, then split)</h2><p class=warn>{lk['test_leak_fraction']:.0%} of "
+        lrows = [[m, f"{v['accuracy'] * 100:.1f}", f"{v['macro_f1']:.3f}"] for m, v in lk.models.items()]
+        parts.append(f"<h2>Leaky protocol (oversample, then split)</h2><p class=warn>{lk.test_leak_fraction:.0%} of "
                      "the test rows are copies of training images under this protocol; its accuracy is inflated and is "
                      "not a measurement.</p>" + _table(["model", "leaky test accuracy %", "macro-F1"], lrows))
     if faith_rows:
@@ -424,31 +425,32 @@ def write_report(out: Path, results: dict[str, Any], data: Any, histories: dict[
                      + _table(["model", "method", "ROAD", "random-map ROAD", "map beats random", "deletion AUC",
                                "random-map deletion AUC", "images"], faith_rows))
     per_fold = []
-    for m, r in results.get("models", {}).items():
+    for m, r in run.models.items():
         if _n_folds(r) <= 1:
             continue
-        for fi, fm in zip(r.get("folds", []), r.get("fold_metrics", [])):
-            per_fold.append([m, fi["repeat"], fi["fold"], f"{fm['accuracy'] * 100:.1f}", f"{fm['macro_f1']:.3f}",
-                             fi["best_epoch"], fi["epochs_run"], f"{fi['temperature']:.2f}"])
+        for fi, fm in zip(r.folds, r.fold_metrics):
+            per_fold.append([m, fi.repeat, fi.fold, f"{fm['accuracy'] * 100:.1f}", f"{fm['macro_f1']:.3f}",
+                             fi.best_epoch, fi.epochs_run, f"{fi.temperature:.2f}"])
     if per_fold:
         parts.append("<h2>Per fold</h2>" + _table(["model", "repeat", "fold", "accuracy %", "macro-F1", "best epoch",
                                                      "epochs run", "temperature"], per_fold))
     parts.append("<h2>Plots</h2>" + "".join(_img_tag(p, t) for t, p in figs))
-    page = f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     report = out / "report.html"
     report.write_text(page)
     md = [f"# {title}", ""]
     if head:
         md += ["## At a glance", "", *[f"- {line}" for line in _headline_lines(head)], ""]
-    md += [f"{results['n_images']} images from `{results.get('source', '')}`.", ""]
+    md += [f"{d.n_images} images from `{d.source}`.", ""]
     if rows:
         md += [_md_table(header, rows), "", "## Per class", ""]
-        md += [_per_class_md(m, r) + "\n" for m, r in results["models"].items()]
+        md += [_per_class_md(m, r) + "\n" for m, r in run.models.items()]
     if sc.get("accuracy") is not None:
         md.append(f"Shortcut baseline (size/aspect only): {sc['accuracy']:.1%} vs majority {sc['majority_rate']:.1%}.")
     if lk:
-        md.append(f"Leaky protocol: {lk['test_leak_fraction']:.0%} of test rows are training copies; "
-                  + ", ".join(f"{m} {v['accuracy'] * 100:.1f}%" for m, v in lk["models"].items()))
+        md.append(f"Leaky protocol: {lk.test_leak_fraction:.0%} of test rows are training copies; "
+                  + ", ".join(f"{m} {v['accuracy'] * 100:.1f}%" for m, v in lk.models.items()))
     (out / "summary.md").write_text("\n".join(md) + "\n")
     return report
 

@@ -14,10 +14,11 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -69,14 +70,7 @@ class ImageMeta:
 def is_dicom_file(path: str | Path) -> bool:
     """True when the file has the DICOM preamble magic or a DICOM extension."""
     p = Path(path)
-    if p.suffix.lower() in DICOM_EXTENSIONS:
-        return True
-    try:
-        with open(p, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return p.suffix.lower() in DICOM_EXTENSIONS or _has_dicm_magic(p)
 
 
 def read_image(

@@ -1,84 +1,27 @@
-"""From decoded radiographs to model-ready tensors: letterbox, decode-once cache, GPU augmentation.
+"""A dataset as model-ready tensors: decoded once, fitted to each input size by the data contract.
 
-Images are decoded once per process (and optionally cached on disk), letterboxed to each input size
-that is needed and kept as uint8 tensors, so a k-fold cross-validation never decodes a JPEG twice.
-Augmentation works on whole batches of tensors on the training device.
+Images are decoded once per process (and optionally cached on disk), fitted to every input size
+that is needed by :func:`spinexr.data.contract.fit_to_square` and kept as uint8 tensors, so a k-fold
+cross-validation never decodes a JPEG twice.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
+from spinexr.data.contract import fit_to_square
+from spinexr.data.imread import DEFAULT_MAX_PIXELS, read_image
 from spinexr.errors import ImageReadError, SpinexrError
-from spinexr.imread import DEFAULT_MAX_PIXELS, read_image
 
 log = logging.getLogger(__name__)
-
-RESIZE_MODES = ("letterbox", "stretch", "crop")
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where the original image lies inside the square model input (to undo a letterbox)."""
-
-    size: int
-    scale_x: float
-    scale_y: float
-    offset_x: float
-    offset_y: float
-    orig_w: int
-    orig_h: int
-
-    def to_original(self, heat: np.ndarray) -> np.ndarray:
-        """Map a (size x size) map back onto the original image's (orig_h x orig_w) frame."""
-        hm = Image.fromarray(heat.astype(np.float32), mode="F").resize((self.size, self.size), Image.Resampling.BILINEAR)
-        # The input-space box covered by the image (clipped for crop mode).
-        x0, y0 = self.offset_x, self.offset_y
-        x1, y1 = x0 + self.orig_w * self.scale_x, y0 + self.orig_h * self.scale_y
-        box = (max(0.0, x0), max(0.0, y0), min(float(self.size), x1), min(float(self.size), y1))
-        crop = hm.crop(tuple(int(round(v)) for v in box))
-        # Regions cropped away (crop mode) are unknown: fill by stretching the visible part.
-        return np.asarray(crop.resize((self.orig_w, self.orig_h), Image.Resampling.BILINEAR), dtype=np.float32)
-
-
-def fit_to_square(img: np.ndarray, size: int, mode: str = "letterbox") -> tuple[np.ndarray, Placement]:
-    """Resize a float [0,1] H x W image into ``size`` x ``size`` uint8.
-
-    ``letterbox`` keeps the aspect and pads with black; ``stretch`` ignores the aspect; ``crop``
-    fills the square and centre-crops the long side.
-    """
-    if mode not in RESIZE_MODES:
-        raise SpinexrError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
-    h, w = img.shape
-    im = Image.fromarray(img.astype(np.float32), mode="F")
-    if mode == "stretch":
-        out = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
-        pl = Placement(size, size / w, size / h, 0.0, 0.0, w, h)
-    else:
-        s = size / max(h, w) if mode == "letterbox" else size / min(h, w)
-        nw, nh = max(1, round(w * s)), max(1, round(h * s))
-        small = np.asarray(im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0))
-        canvas = np.zeros((size, size), np.float32)
-        ox, oy = (size - nw) // 2, (size - nh) // 2
-        # Paste with clipping (negative offsets in crop mode).
-        sx0, sy0 = max(0, -ox), max(0, -oy)
-        dx0, dy0 = max(0, ox), max(0, oy)
-        cw, ch = min(nw - sx0, size - dx0), min(nh - sy0, size - dy0)
-        canvas[dy0:dy0 + ch, dx0:dx0 + cw] = small[sy0:sy0 + ch, sx0:sx0 + cw]
-        out = canvas
-        pl = Placement(size, nw / w, nh / h, float(ox), float(oy), w, h)
-    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), pl
-
 
 @dataclass
 class ImageStore:
@@ -169,46 +112,6 @@ def load_images(
 
 
 @dataclass
-class AugConfig:
-    """Radiograph-safe augmentation: small geometry changes and exposure changes."""
-
-    rotate_deg: float = 7.0
-    scale: float = 0.10
-    translate: float = 0.06
-    flip: bool = True
-    brightness: float = 0.10
-    contrast: float = 0.15
-    gamma: float = 0.20
-
-
-def augment(x: torch.Tensor, cfg: AugConfig, gen: torch.Generator) -> torch.Tensor:
-    """Augment a float batch (B, 1, H, W) in [0, 1] on its own device."""
-    b = x.shape[0]
-    dev = x.device
-
-    def u(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(b, device=dev, generator=gen)
-
-    ang = u(-cfg.rotate_deg, cfg.rotate_deg) * (math.pi / 180)
-    sc = u(1 - cfg.scale, 1 + cfg.scale)
-    tx, ty = u(-cfg.translate, cfg.translate) * 2, u(-cfg.translate, cfg.translate) * 2
-    flip = torch.where(u(0, 1) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(b, device=dev)
-    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
-    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * u(1 - cfg.contrast, 1 + cfg.contrast).view(b, 1, 1, 1) + mean
-    x = x + u(-cfg.brightness, cfg.brightness).view(b, 1, 1, 1)
-    x = x.clamp(0, 1) ** torch.exp(u(-cfg.gamma, cfg.gamma)).view(b, 1, 1, 1)
-    return x
-
-
-def normalize(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    return (x - mean) / std
-
-
-@dataclass
 class PreparedData:
     """A manifest's readable images with labels, split groups and tensors per input size."""
 
@@ -227,15 +130,16 @@ class PreparedData:
 
         return {c: int((self.labels == k).sum()) for k, c in enumerate(CLASSES)}
 
-    def summary(self) -> dict[str, object]:
-        """What every run reports about its data, the size/aspect shortcut baseline included."""
+    def summary(self) -> Any:
+        """What every run reports about its data (a DataSummary), the size/aspect shortcut baseline included."""
         from spinexr.data.check import shortcut_baseline
+        from spinexr.evaluation.results import DataSummary
 
         wh = np.array(self.image_sizes, dtype=float).reshape(-1, 2)
-        return {"source": self.source, "n_images": int(len(self.labels)), "counts": self.counts(),
-                "skipped": self.skipped, "n_groups": int(len(np.unique(self.groups))),
-                "near_duplicate_pairs": self.near_duplicates,
-                "shortcut": shortcut_baseline(wh[:, 0], wh[:, 1], self.labels)}
+        return DataSummary(source=self.source, n_images=int(len(self.labels)), counts=self.counts(),
+                           skipped=self.skipped, n_groups=int(len(np.unique(self.groups))),
+                           near_duplicate_pairs=self.near_duplicates,
+                           shortcut=shortcut_baseline(wh[:, 0], wh[:, 1], self.labels))
 
 
 def prepare_dataset(

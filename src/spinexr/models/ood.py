@@ -43,7 +43,7 @@ class OODDetector:
                 "threshold": float(self.threshold), "percentile": float(self.percentile)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "OODDetector":
+    def from_dict(cls, d: dict[str, Any]) -> OODDetector:
         return cls(mean=np.asarray(d["mean"]), components=np.asarray(d["components"]),
                    class_means=np.asarray(d["class_means"]), precision=np.asarray(d["precision"]),
                    threshold=float(d["threshold"]), percentile=float(d["percentile"]))
@@ -75,21 +75,6 @@ def fit_ood(features: np.ndarray, labels: np.ndarray, percentile: float = 95.0, 
     det = OODDetector(mean, comps, cm, prec, threshold=0.0, percentile=percentile)
     det.threshold = float(np.percentile(det.score(x), percentile))
     return det
-
-
-def extract_features(model: Any, x_u8: Any, idx: Any, device: Any, mean: float, std: float,
-                     batch_size: int = 64) -> np.ndarray:
-    """Pooled pre-logit features of ``x_u8[idx]`` (all rows when idx is None)."""
-    import torch
-
-    from spinexr.train import eval_batches
-
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for xb in eval_batches(x_u8, idx, device, mean, std, batch_size):
-            out.append(model.forward_head(model.forward_features(xb), pre_logits=True).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 1))
 
 
 # DICOM modalities under which a spine radiograph arrives: computed and digital radiography,

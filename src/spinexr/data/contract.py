@@ -1,0 +1,122 @@
+"""The data contract of a model: what a decoded radiograph must become before the model sees it.
+
+A :class:`DataConfig` (input size, mean, std, resize mode, channels) is attached to every registry
+entry and carried in every model file, in the spirit of timm's ``pretrained_cfg``. Two functions
+apply it, and nothing else in spinexr resizes or normalises a film:
+
+- :func:`fit_to_square` turns a decoded [0, 1] film into the model's uint8 square (``to_input``);
+- :meth:`DataConfig.normalize` maps [0, 1] tensors to the network's scale (training batches and the
+  deployed graph alike).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from spinexr.errors import SpinexrError, WeightsError
+
+RESIZE_MODES = ("letterbox", "stretch", "crop")
+# The ImageNet mean and std of the three colour channels, averaged for one gray channel.
+GRAY_MEAN = 0.449
+GRAY_STD = 0.226
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Input size (square side), normalisation, resize mode and channels of a model."""
+
+    input_size: int
+    mean: float = GRAY_MEAN
+    std: float = GRAY_STD
+    resize: str = "letterbox"
+    in_chans: int = 1
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise SpinexrError(f"unknown resize mode {self.resize!r}; choose one of {', '.join(RESIZE_MODES)}")
+        if self.input_size < 16 or self.std <= 0:
+            raise SpinexrError(f"invalid data contract {self}: input_size >= 16 and std > 0 are needed")
+
+    def with_(self, **changes: Any) -> DataConfig:
+        """A copy with some fields replaced (None values keep the current one)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> DataConfig:
+        """The contract stored in a model file's metadata (``data_config``, or the flat keys of format 1)."""
+        d = meta.get("data_config") or {k: meta[k] for k in ("input_size", "mean", "std", "resize", "in_chans")
+                                          if k in meta}
+        try:
+            return cls(input_size=int(d["input_size"]), mean=float(d.get("mean", GRAY_MEAN)),
+                       std=float(d.get("std", GRAY_STD)), resize=str(d.get("resize", "letterbox")),
+                       in_chans=int(d.get("in_chans", 1)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"the model file's data contract is incomplete or malformed ({e})") from e
+
+    def normalize(self, x: Any) -> Any:
+        """[0, 1] tensor or array -> the network's input scale. The only place spinexr normalises."""
+        return (x - self.mean) / self.std
+
+    def to_input(self, img: np.ndarray) -> tuple[np.ndarray, Placement]:
+        """A decoded film (float [0, 1], H x W) -> the model's uint8 square and where the film lies in it."""
+        return fit_to_square(img, self.input_size, self.resize)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the original image lies inside the square model input (to undo a letterbox)."""
+
+    size: int
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+    orig_w: int
+    orig_h: int
+
+    def to_original(self, heat: np.ndarray) -> np.ndarray:
+        """Map a (size x size) map back onto the original image's (orig_h x orig_w) frame."""
+        hm = Image.fromarray(heat.astype(np.float32), mode="F").resize((self.size, self.size), Image.Resampling.BILINEAR)
+        # The input-space box covered by the image (clipped for crop mode).
+        x0, y0 = self.offset_x, self.offset_y
+        x1, y1 = x0 + self.orig_w * self.scale_x, y0 + self.orig_h * self.scale_y
+        box = (max(0.0, x0), max(0.0, y0), min(float(self.size), x1), min(float(self.size), y1))
+        crop = hm.crop(tuple(int(round(v)) for v in box))
+        # Regions cropped away (crop mode) are unknown: fill by stretching the visible part.
+        return np.asarray(crop.resize((self.orig_w, self.orig_h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def fit_to_square(img: np.ndarray, size: int, mode: str = "letterbox") -> tuple[np.ndarray, Placement]:
+    """Resize a float [0,1] H x W image into ``size`` x ``size`` uint8. The only place spinexr resizes.
+
+    ``letterbox`` keeps the aspect and pads with black; ``stretch`` ignores the aspect; ``crop``
+    fills the square and centre-crops the long side.
+    """
+    if mode not in RESIZE_MODES:
+        raise SpinexrError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    h, w = img.shape
+    im = Image.fromarray(img.astype(np.float32), mode="F")
+    if mode == "stretch":
+        out = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
+        pl = Placement(size, size / w, size / h, 0.0, 0.0, w, h)
+    else:
+        s = size / max(h, w) if mode == "letterbox" else size / min(h, w)
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        small = np.asarray(im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0))
+        canvas = np.zeros((size, size), np.float32)
+        ox, oy = (size - nw) // 2, (size - nh) // 2
+        # Paste with clipping (negative offsets in crop mode).
+        sx0, sy0 = max(0, -ox), max(0, -oy)
+        dx0, dy0 = max(0, ox), max(0, oy)
+        cw, ch = min(nw - sx0, size - dx0), min(nh - sy0, size - dy0)
+        canvas[dy0:dy0 + ch, dx0:dx0 + cw] = small[sy0:sy0 + ch, sx0:sx0 + cw]
+        out = canvas
+        pl = Placement(size, nw / w, nh / h, float(ox), float(oy), w, h)
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), pl

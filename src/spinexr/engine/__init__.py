@@ -1,0 +1,1 @@
+"""Training: the per-epoch loop, its state and early stopping, devices and DDP."""

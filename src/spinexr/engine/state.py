@@ -1,0 +1,81 @@
+"""What a training run carries from epoch to epoch: early stopping, history, and a checkpoint that
+survives a kill (written to a temporary file, then renamed over the old one, as timm's CheckpointSaver)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename over the old one (a kill never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class EarlyStopping:
+    """Stops after ``patience`` epochs without a validation-loss improvement of ``min_delta``; keeps a
+    real copy of the best weights (``state_dict()`` alone returns references that keep changing)."""
+
+    patience: int
+    min_delta: float = 1e-4
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def step(self, epoch: int, val_loss: float, model: nn.Module) -> bool:
+        """Record one epoch; returns True when it is the best so far."""
+        if val_loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        if self.best_state:
+            model.load_state_dict(self.best_state)
+
+
+@dataclass
+class TrainState:
+    """The resumable state of :func:`spinexr.engine.train.fit` after ``epoch`` (-1: none yet)."""
+
+    stopper: EarlyStopping
+    batch_size: int
+    epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+    done: bool = False
+
+    def save(self, path: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict[str, Any]) -> None:
+        s = self.stopper
+        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": self.epoch,
+                     "history": self.history, "best_epoch": s.best_epoch, "best_val_loss": s.best_loss,
+                     "bad_epochs": s.bad_epochs, "best_state": s.best_state or {}, "batch_size": self.batch_size,
+                     "done": self.done, "config": config}, path)
+
+    @classmethod
+    def load(cls, path: Path, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device,
+             patience: int) -> TrainState:
+        """Restore model and optimiser from ``path`` (weights only: nothing is unpickled)."""
+        ck = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        stopper = EarlyStopping(patience, best_loss=float(ck["best_val_loss"]), best_epoch=int(ck["best_epoch"]),
+                                bad_epochs=int(ck["bad_epochs"]), best_state=ck.get("best_state") or None)
+        return cls(stopper=stopper, batch_size=int(ck["batch_size"]), epoch=int(ck["epoch"]),
+                   history=list(ck["history"]), done=bool(ck.get("done", False)))

@@ -1,0 +1,1 @@
+"""Measuring models: cross-validation, one-split training, external evaluation, metrics, reports."""

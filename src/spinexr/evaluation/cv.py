@@ -1,0 +1,190 @@
+"""``spinexr cv``: cross-validation of one or more models, their soft-voting ensemble, and the leaky protocol.
+
+Protocol (``grouped``): stratified group k-fold x repeats. In each fold a validation split is carved
+from the training side (stratified, group-aware) for early stopping and temperature scaling, and
+oversampling draws from the training side only. Every image gets an out-of-fold prediction from the
+fold's predictor: the same graph (flip, temperature) that its model file deploys.
+
+``seed-leaky`` reproduces the notebook this project grew from: oversample the whole dataset, then
+split 80/10/10, and reports how many test rows are copies of training rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from spinexr import CLASSES
+from spinexr.config import CVConfig, TrainConfig
+from spinexr.data.contract import DataConfig
+from spinexr.data.dataset import PreparedData, prepare_dataset
+from spinexr.data.splits import carve_validation, group_kfold, leaky_split
+from spinexr.engine.distributed import barrier, is_main, resolve_device
+from spinexr.engine.inference import run_inference
+from spinexr.evaluation._common import (
+    explain_fold,
+    model_contract,
+    oof_rows,
+    save_predictor,
+    train_predictor,
+    write_csv,
+    write_history,
+)
+from spinexr.evaluation.metrics import compute_metrics
+from spinexr.evaluation.results import (
+    FoldInfo,
+    FoldResult,
+    LeakyResult,
+    RunResult,
+    model_result,
+)
+
+log = logging.getLogger(__name__)
+
+
+def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | Path,
+           progress: bool = True, data: PreparedData | None = None, resume: bool = False) -> RunResult | None:
+    """Run the cross-validation and write the run folder; returns what ``metrics.json`` holds.
+
+    Each finished fold is stored in ``folds/``; with ``resume`` those are reused and the first
+    unfinished fold continues from its last epoch checkpoint. Under torchrun every rank trains and
+    rank 0 alone evaluates and writes (the other ranks return None).
+    """
+    from spinexr.evaluation.report import write_report
+
+    out = Path(out_dir)
+    t_start = time.perf_counter()
+    contracts = {m: model_contract(m, cfg) for m in cfg.models}
+    if data is None:
+        data = prepare_dataset(source, {c.input_size for c in contracts.values()}, cfg.resize,
+                               cache_dir=cfg.cache_dir, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
+    y = data.labels
+    device = resolve_device(tcfg.device)
+    config = {"cv": asdict(cfg), "train": tcfg.to_dict()}
+    if is_main() and not resume:
+        (out / "config.json").write_text(json.dumps({"verb": "cv", **config, "source": str(source),
+                                                     "device": str(device)}, indent=2))
+    run = RunResult(verb="cv", data=data.summary(), device=str(device), config=config)
+    histories: dict[str, list[list[dict[str, float]]]] = {}
+    rows: list[dict] = []
+    pooled: dict[str, np.ndarray] = {}
+
+    if cfg.protocol in ("grouped", "both"):
+        oof = {m: np.full((cfg.repeats, len(y), len(CLASSES)), np.nan) for m in cfg.models}
+        fold_metrics: dict[str, list[dict]] = {m: [] for m in [*cfg.models, "ensemble"]}
+        fold_info: dict[str, list[FoldInfo]] = {m: [] for m in cfg.models}
+        explanations: dict[str, dict] = {}
+        for r in range(cfg.repeats):
+            for k, (tr, te) in enumerate(group_kfold(y, data.groups, cfg.folds, seed=tcfg.seed + 1000 * r)):
+                assert not set(data.groups[tr]) & set(data.groups[te])
+                fit_idx, val_idx = carve_validation(tr, y, data.groups, tcfg.val_fraction, seed=tcfg.seed + 1000 * r + k)
+                ens = np.zeros((len(te), len(CLASSES)))
+                for m in cfg.models:
+                    fr = _run_fold(m, r, k, tr, te, fit_idx, val_idx, data, cfg, tcfg, contracts[m], out, source,
+                                   progress, resume)
+                    if fr is None:  # not rank 0 under torchrun: training only
+                        continue
+                    probs = np.asarray(fr.probs)
+                    oof[m][r, te] = probs
+                    ens += probs / len(cfg.models)
+                    fold_metrics[m].append(fr.metrics)
+                    fold_info[m].append(fr.info)
+                    histories.setdefault(m, []).append(fr.history)
+                    if fr.explain:
+                        explanations[m] = fr.explain
+                    rows += oof_rows(data, te, probs, r, k, m)
+                if is_main():
+                    fold_metrics["ensemble"].append(compute_metrics(y[te], ens))
+                    rows += oof_rows(data, te, ens, r, k, "ensemble")
+        if is_main():
+            pooled = {m: np.nanmean(oof[m], axis=0) for m in cfg.models}
+            if len(cfg.models) > 1:
+                pooled["ensemble"] = np.mean([pooled[m] for m in cfg.models], axis=0)
+            for m, pp in pooled.items():
+                run.models[m] = model_result(y, pp, fold_metrics[m], fold_info.get(m), cfg.bootstrap, tcfg.seed)
+                run.models[m].explanations = explanations.get(m)
+
+    if cfg.protocol in ("seed-leaky", "both"):
+        run.leaky = _run_leaky(data, cfg, tcfg, contracts, device, progress, histories, out, resume)
+
+    barrier()
+    if not is_main():
+        return None
+    run.wall_seconds = time.perf_counter() - t_start
+    write_csv(out / "oof_predictions.csv", rows)
+    (out / "metrics.json").write_text(json.dumps(run.to_dict(), indent=2, default=float))
+    write_report(out, run, data, histories, pooled)
+    return run
+
+
+def _run_fold(m: str, r: int, k: int, tr: np.ndarray, te: np.ndarray, fit_idx: np.ndarray, val_idx: np.ndarray,
+              data: PreparedData, cfg: CVConfig, tcfg: TrainConfig, contract: DataConfig, out: Path,
+              source: str | Path, progress: bool, resume: bool) -> FoldResult | None:
+    """Train and evaluate one model on one fold, or load the stored result of a finished fold."""
+    done_file = out / "folds" / f"{m}_r{r}_f{k}.json"
+    if resume and done_file.is_file():
+        log.info("%s repeat %d fold %d: finished earlier, reusing %s", m, r, k, done_file)
+        return FoldResult.from_dict(json.loads(done_file.read_text()))
+    y = data.labels
+    first = r == 0 and k == 0
+    res = train_predictor(m, cfg, tcfg, contract, data, fit_idx, val_idx, tr if first and cfg.save_models else None,
+                          seed=tcfg.seed + 1000 * r + 17 * k, checkpoint=out / "checkpoints" / f"{m}_r{r}_f{k}.pt",
+                          desc=f"{m} r{r} f{k}", progress=progress, resume=resume)
+    if not is_main():
+        return None
+    device = resolve_device(tcfg.device)
+    probs = run_inference(res.predictor, data.tensors[contract.input_size], te, device).probs.astype(np.float64)
+    met = compute_metrics(y[te], probs)
+    info = FoldInfo(repeat=r, fold=k, best_epoch=res.best_epoch, epochs_run=len(res.history),
+                    temperature=res.temperature, n_train=len(fit_idx), n_val=len(val_idx), n_test=len(te),
+                    accuracy=met["accuracy"], batch_size=res.batch_size, tta_flip=tcfg.tta_flip)
+    write_history(out / "history" / f"{m}_r{r}_f{k}.csv", res.history)
+    log.info("%s repeat %d fold %d: acc %.3f (best epoch %d, T=%.2f)", m, r, k, met["accuracy"], res.best_epoch,
+             res.temperature)
+    fr = FoldResult(info=info, metrics=met, probs=probs.tolist(), history=res.history)
+    if cfg.explain and first:
+        fr.explain = explain_fold(res.predictor, data, te, probs, out / "plots", m)
+    if cfg.save_models and first:
+        save_predictor(res.predictor, cfg, out / "models" / f"{m}.safetensors",
+                       {"source": str(source), "counts": data.counts(), "n_train": len(fit_idx),
+                        "split": "cv repeat 0 fold 0"})
+    done_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = done_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fr.to_dict(), default=float))
+    tmp.replace(done_file)
+    return fr
+
+
+def _run_leaky(data: PreparedData, cfg: CVConfig, tcfg: TrainConfig, contracts: dict[str, DataConfig], device: object,
+               progress: bool, histories: dict[str, list[list[dict[str, float]]]], run_dir: Path,
+               resume: bool = False) -> LeakyResult:
+    y = data.labels
+    sp = leaky_split(y, seed=tcfg.seed)
+    out = LeakyResult(test_leak_fraction=sp["test_leak"], n_train=len(sp["train"]), n_val=len(sp["val"]),
+                      n_test=len(sp["test"]))
+    # Oversampled rows are copies, so training here must not oversample again.
+    lcfg = TrainConfig.from_dict({**tcfg.to_dict(), "balance": "none"})
+    for m in cfg.models:
+        done_file = run_dir / "folds" / f"{m}_leaky.json"
+        if resume and done_file.is_file():
+            stored = json.loads(done_file.read_text())
+            out.models[m] = stored["metrics"]
+            histories.setdefault(f"{m} (leaky)", []).append(stored["history"])
+            continue
+        res = train_predictor(m, cfg, lcfg, contracts[m], data, sp["train"], sp["val"], None, seed=tcfg.seed,
+                              checkpoint=run_dir / "checkpoints" / f"{m}_leaky.pt", desc=f"{m} leaky",
+                              progress=progress, resume=resume)
+        if not is_main():
+            continue
+        probs = run_inference(res.predictor, data.tensors[contracts[m].input_size], sp["test"], device).probs
+        out.models[m] = compute_metrics(y[sp["test"]], probs.astype(np.float64))
+        histories.setdefault(f"{m} (leaky)", []).append(res.history)
+        done_file.parent.mkdir(parents=True, exist_ok=True)
+        done_file.write_text(json.dumps({"metrics": out.models[m], "history": res.history}, default=float))
+    return out
