@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from spinexr.geometry.cobb import cobb_angles
+from spinexr.geometry.landmarks import write_landmark_csv
+
 MEYERDING = {1: (0.0, 25.0), 2: (25.0, 50.0), 3: (50.0, 75.0), 4: (75.0, 100.0)}
 AP_LEVELS = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
 LAT_LEVELS = ["L1", "L2", "L3", "L4", "L5", "S1"]
@@ -354,6 +357,8 @@ def synthesize(
 
     The classes get ``n // 3`` images each (the remainder to Normal); half of Normal is AP and half
     lateral. Deterministic for a given ``seed``: image ``i`` draws from ``default_rng([seed, i])``.
+    The AP films' vertebra corners go to ``landmarks.csv`` in the plain landmark format (pixels, with
+    the Cobb angles measured on them), so the spine-geometry path runs without real data.
     """
     from tqdm.auto import tqdm
 
@@ -361,6 +366,7 @@ def synthesize(
     per = n // 3
     labels = ["Normal"] * (n - 2 * per) + ["Scoliosis"] * per + ["Spondylolisthesis"] * per
     rows = []
+    landmark_rows: list[tuple[str, np.ndarray, tuple[float, float, float] | None, str]] = []
     for i, label in enumerate(tqdm(labels, desc="synth", unit="img", disable=not progress)):
         rng = np.random.default_rng([seed, i])
         view = None
@@ -381,12 +387,24 @@ def synthesize(
             "slip_pct": f"{case.slip_pct:.2f}" if case.slip_pct else "",
             "meyerding_grade": case.grade or "", "slip_level": case.slip_level,
         })
+        if case.view == "AP":
+            pts = ap_landmarks(case)
+            landmark_rows.append((f"{label}/{name}", pts, cobb_angles(pts, case.image.shape[0]).angles, f"synth_{i:05d}"))
     csv_path = out / "labels.csv"
     with open(csv_path, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["path", "label"])
         wr.writeheader()
         wr.writerows(rows)
+    if landmark_rows:
+        write_landmark_csv(out / "landmarks.csv", landmark_rows)
     return csv_path
+
+
+def ap_landmarks(case: SynthCase) -> np.ndarray:
+    """The (17, 4, 2) corners of an AP case's vertebrae, T1 to L5, in the landmark order
+    (upper-left, upper-right, lower-left, lower-right), in pixels."""
+    order = ("sup_left", "sup_right", "inf_left", "inf_right")
+    return np.array([[v.corners[k] for k in order] for v in case.vertebrae], dtype=np.float64)
 
 
 def contact_sheet(paths: list[Path], out: str | Path, captions: list[str] | None = None,

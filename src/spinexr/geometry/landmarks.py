@@ -1,0 +1,212 @@
+"""Landmark datasets: the AASCE / SpineWeb 16 layout and a plain CSV for users' own films.
+
+Both give a :class:`LandmarkSet`: per film its path, the 17 x 4 corner landmarks in pixels (y down),
+the three Cobb angles when known, the film size and a patient group for splitting.
+
+- AASCE layout: ``labels/filenames.csv`` (a file name a line), ``labels/landmarks.csv`` (x1..x68, then
+  y1..y68, as fractions of the width and height), ``labels/angles.csv`` (PT, MT, TL/L), images in
+  ``images/``. The case number in the file name (``...-239 A AP.jpg``) groups a patient's films.
+- Plain CSV: a header ``path, x1..x68, y1..y68`` in pixels, optional ``pt, mt, tl`` and ``group``;
+  paths relative to the CSV.
+
+A bad label row (wrong column count, a value that is not a number, NaN, a point outside its film by
+more than 5% of its side)
+stops the load with one error naming the file, the rows and the problems. A film that cannot be
+read is left out and listed in ``skipped``, and the load goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spinexr.errors import DatasetError, ImageReadError
+from spinexr.geometry.cobb import N_VERTEBRAE
+
+N_POINTS = N_VERTEBRAE * 4
+XY_COLUMNS = [f"x{i}" for i in range(1, N_POINTS + 1)] + [f"y{i}" for i in range(1, N_POINTS + 1)]
+ANGLE_COLUMNS = ("pt", "mt", "tl")
+_CASE = re.compile(r"-(\d+)\s*[A-Za-z]?\s*(?:AP)?\.\w+$")
+MAX_LISTED = 12
+
+
+@dataclass
+class LandmarkRecord:
+    path: Path
+    landmarks: np.ndarray  # (17, 4, 2) pixels, y down
+    width: int
+    height: int
+    group: str
+    angles: np.ndarray | None = None  # (3,) PT, MT, TL/L in degrees
+
+
+@dataclass
+class LandmarkSet:
+    records: list[LandmarkRecord]
+    source: str
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return np.array([r.group for r in self.records])
+
+
+def case_group(filename: str) -> str:
+    """The patient group of an AASCE file name: its case number, or the name itself without one."""
+    m = _CASE.search(filename)
+    return f"case-{m.group(1)}" if m else Path(filename).stem
+
+
+def film_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a film from its header, without decoding the pixels where the format allows."""
+    from spinexr.data.imread import is_dicom_file, read_image
+
+    if not path.is_file():
+        raise ImageReadError(path, "file not found")
+    if not is_dicom_file(path):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                return im.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            pass  # the read boundary gives the reason
+    _, meta = read_image(path)
+    return meta.width, meta.height
+
+
+# Cropped films cut through the lowest vertebrae: a corner a little past the edge is real anatomy
+# (the AASCE labels hold one 2.4% below its film); farther out is a labelling error.
+OUTSIDE_TOLERANCE = 0.05
+
+
+def _check_points(pts: np.ndarray, w: int, h: int, tol: float = OUTSIDE_TOLERANCE) -> str | None:
+    if not np.isfinite(pts).all():
+        return "a landmark is NaN or infinite"
+    x, y = pts[..., 0], pts[..., 1]
+    if (x < -tol * w).any() or (x > (1 + tol) * w).any() or (y < -tol * h).any() or (y > (1 + tol) * h).any():
+        i = int(np.argmax((x < -tol * w) | (x > (1 + tol) * w) | (y < -tol * h) | (y > (1 + tol) * h)))
+        return (f"landmark {i + 1} ({x.flat[i]:.1f}, {y.flat[i]:.1f}) lies outside the {w}x{h} film "
+                f"(by more than {tol:.0%} of its side)")
+    return None
+
+
+def _raise(problems: list[str], where: str) -> None:
+    if problems:
+        more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
+        raise DatasetError(f"{where}: {len(problems)} bad landmark row(s){more}; fix them and load again:\n  "
+                           + "\n  ".join(problems[:MAX_LISTED]))
+
+
+def _floats(cells: list[str]) -> np.ndarray:
+    return np.array([float(c) for c in cells], dtype=np.float64)
+
+
+def read_aasce(root: str | Path) -> LandmarkSet:
+    """The AASCE / SpineWeb 16 folder (``images/``, ``labels/{filenames,landmarks,angles}.csv``)."""
+    root = Path(root)
+    lab = root / "labels"
+    for name in ("filenames.csv", "landmarks.csv", "angles.csv"):
+        if not (lab / name).is_file():
+            raise DatasetError(f"{root}: not an AASCE folder: labels/{name} is missing")
+    names = [r[0] for r in csv.reader(open(lab / "filenames.csv")) if r]
+    lm_rows = [r for r in csv.reader(open(lab / "landmarks.csv")) if r]
+    an_rows = [r for r in csv.reader(open(lab / "angles.csv")) if r]
+    if not len(names) == len(lm_rows) == len(an_rows):
+        raise DatasetError(f"{lab}: filenames.csv has {len(names)} rows, landmarks.csv {len(lm_rows)} and angles.csv "
+                           f"{len(an_rows)}; row k of each must describe the same film")
+    recs, skipped, problems = [], {}, []
+    for k, (name, lm, an) in enumerate(zip(names, lm_rows, an_rows), start=1):
+        where = f"labels/landmarks.csv row {k} ({name})"
+        if len(lm) != 2 * N_POINTS or len(an) != 3:
+            problems.append(f"{where}: {len(lm)} landmark values and {len(an)} angles; expected {2 * N_POINTS} and 3")
+            continue
+        try:
+            xy, angles = _floats(lm), _floats(an)
+        except ValueError as e:
+            problems.append(f"{where}: not a number ({e})")
+            continue
+        path = root / "images" / name
+        try:
+            w, h = film_size(path)
+        except ImageReadError as e:
+            skipped[str(path)] = e.reason
+            continue
+        pts = np.stack([xy[:N_POINTS] * w, xy[N_POINTS:] * h], axis=1).reshape(N_VERTEBRAE, 4, 2)
+        bad = _check_points(pts, w, h) or (None if np.isfinite(angles).all() else "an angle is NaN")
+        if bad:
+            problems.append(f"{where}: {bad}")
+            continue
+        recs.append(LandmarkRecord(path, pts, w, h, case_group(name), angles))
+    _raise(problems, str(root))
+    return LandmarkSet(recs, str(root), skipped)
+
+
+def read_landmark_csv(path: str | Path) -> LandmarkSet:
+    """A plain landmark CSV: ``path, x1..x68, y1..y68`` (pixels), optional ``pt, mt, tl`` and ``group``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: landmark CSV not found")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise DatasetError(f"{path}: empty file; expected a header path,x1..x68,y1..y68[,pt,mt,tl][,group]")
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in ["path", *XY_COLUMNS] if c not in header]
+    if missing:
+        raise DatasetError(f"{path}: header lacks {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; "
+                           "expected path,x1..x68,y1..y68 in pixels, then optional pt,mt,tl and group")
+    col = {h: i for i, h in enumerate(header)}
+    has_angles = all(a in col for a in ANGLE_COLUMNS)
+    recs, skipped, problems = [], {}, []
+    for k, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        where = f"{path.name} row {k}"
+        if len(row) != len(header):
+            problems.append(f"{where}: {len(row)} columns; the header has {len(header)}")
+            continue
+        film = (path.parent / row[col["path"]].strip()).resolve()
+        where += f" ({row[col['path']].strip()})"
+        try:
+            xy = _floats([row[col[c]] for c in XY_COLUMNS])
+            angles = _floats([row[col[a]] for a in ANGLE_COLUMNS]) if has_angles else None
+        except ValueError as e:
+            problems.append(f"{where}: not a number ({e})")
+            continue
+        try:
+            w, h = film_size(film)
+        except ImageReadError as e:
+            skipped[str(film)] = e.reason
+            continue
+        pts = np.stack([xy[:N_POINTS], xy[N_POINTS:]], axis=1).reshape(N_VERTEBRAE, 4, 2)
+        bad = _check_points(pts, w, h) or (None if angles is None or np.isfinite(angles).all() else "an angle is NaN")
+        if bad:
+            problems.append(f"{where}: {bad}")
+            continue
+        group = row[col["group"]].strip() if "group" in col and row[col["group"]].strip() else film.stem
+        recs.append(LandmarkRecord(film, pts, w, h, group, angles))
+    _raise(problems, str(path))
+    if not recs:
+        raise DatasetError(f"{path}: no readable film with landmarks ({len(skipped)} unreadable)")
+    return LandmarkSet(recs, str(path), skipped)
+
+
+def write_landmark_csv(path: str | Path, rows: list[tuple[str, np.ndarray, tuple[float, float, float] | None, str]]) -> Path:
+    """Write ``(relative path, (17, 4, 2) pixels, angles or None, group)`` rows in the plain format."""
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", *XY_COLUMNS, *ANGLE_COLUMNS, "group"])
+        for rel, pts, angles, group in rows:
+            p = np.asarray(pts, dtype=np.float64).reshape(N_POINTS, 2)
+            w.writerow([rel, *[f"{v:.3f}" for v in p[:, 0]], *[f"{v:.3f}" for v in p[:, 1]],
+                        *([f"{a:.4f}" for a in angles] if angles is not None else ["", "", ""]), group])
+    return path
