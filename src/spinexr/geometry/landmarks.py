@@ -177,7 +177,8 @@ def read_landmark_csv(path: str | Path) -> LandmarkSet:
         where += f" ({row[col['path']].strip()})"
         try:
             xy = _floats([row[col[c]] for c in XY_COLUMNS])
-            angles = _floats([row[col[a]] for a in ANGLE_COLUMNS]) if has_angles else None
+            cells = [row[col[a]].strip() for a in ANGLE_COLUMNS] if has_angles else []
+            angles = _floats(cells) if any(cells) else None  # the angle columns may be left empty
         except ValueError as e:
             problems.append(f"{where}: not a number ({e})")
             continue
