@@ -286,3 +286,33 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], CVConfig, TrainCo
     if not top.get("data"):
         raise SpinexrError("no dataset given: pass --data DIR|CSV (or data: in the --config file)")
     return top, cv, tr
+
+
+@dataclass
+class LandmarkConfig(Settings):
+    """Training and augmentation of a landmark model (saved with every run)."""
+
+    SECTION = "landmarks"
+    encoder: str = setting("resnet18", help="timm encoder (features_only)")
+    weights: str = setting("none", help="none (from scratch) or imagenet (through timm, needs the network)")
+    input_height: int = setting(512, ge=64, le=4096, help="input height (a tall box: films keep their aspect)")
+    input_width: int = setting(256, ge=32, le=4096, help="input width")
+    epochs: int = setting(60, ge=1, help="training epochs")
+    batch_size: int = setting(8, ge=1, help="films per step")
+    lr: float = setting(2e-3, gt=0, help="peak learning rate (AdamW, cosine after warm-up)")
+    weight_decay: float = setting(1e-4, ge=0)
+    warmup_epochs: float = setting(2.0, ge=0)
+    patience: int = setting(20, ge=1, help="early-stopping patience in epochs (on the validation landmark error)")
+    val_fraction: float = setting(0.1, gt=0, lt=1, help="validation share carved from the training side (by case)")
+    seed: int = setting(0, ge=0)
+    device: str = setting("auto", pattern=DEVICE_PATTERN, help="auto, cpu, cuda or cuda:N")
+    angle_weight: float = setting(1.0, ge=0, help="weight of the vertebra-tilt error in the loss")
+    js_weight: float = setting(0.5, ge=0, help="weight of the heatmap shape term in the loss")
+    rotate_deg: float = setting(10.0, ge=0, le=45, help="largest augmentation rotation, degrees")
+    scale_min: float = setting(0.7, gt=0, le=1, help="smallest zoom (below 1: zoom out, padding around the film)")
+    scale_max: float = setting(1.15, ge=1, le=2, help="largest zoom")
+    translate: float = setting(0.06, ge=0, lt=0.5, help="largest shift (fraction of the side)")
+    flip: bool = setting(True, help="random horizontal flips (left and right corners swap)")
+    intensity: float = setting(0.2, ge=0, le=1, help="brightness, contrast and gamma jitter")
+    folds: int = setting(5, ge=2, help="case-grouped folds for `landmarks cv`")
+    test_fraction: float = setting(0.2, ge=0, lt=1, help="held-out share of cases for `landmarks train` (0: none)")

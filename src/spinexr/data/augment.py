@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from spinexr.config import AugConfig
+from spinexr.config import AugConfig, LandmarkConfig
 
 
 def augment(x: torch.Tensor, cfg: AugConfig, gen: torch.Generator) -> torch.Tensor:
@@ -31,3 +31,53 @@ def augment(x: torch.Tensor, cfg: AugConfig, gen: torch.Generator) -> torch.Tens
     x = x + u(-cfg.brightness, cfg.brightness).view(b, 1, 1, 1)
     x = x.clamp(0, 1) ** torch.exp(u(-cfg.gamma, cfg.gamma)).view(b, 1, 1, 1)
     return x
+
+
+def _pixel_to_norm(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """D and c with pixel = D @ normalised + c (``align_corners=False``); c is the input's centre."""
+    d = torch.tensor([[w / 2.0, 0.0], [0.0, h / 2.0]], device=device)
+    c = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], device=device)
+    return d, c
+
+
+def augment_landmarks(x: torch.Tensor, pts: torch.Tensor, cfg: LandmarkConfig,
+                      gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment films (B, 1, H, W) in [0, 1] and their corners (B, 68, 2) in input pixels together.
+
+    One affine per film (rotation, zoom in or out with black padding, shift, and a horizontal flip
+    that also swaps each vertebra's left and right corners) moves pixels and points alike; then
+    brightness, contrast and gamma change. Points are mapped by the same matrix the pixels are
+    resampled with, so they stay on the anatomy.
+    """
+    from spinexr.geometry.cobb import FLIP_CORNERS
+
+    b, _, h, w = x.shape
+    dev = x.device
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, device=dev, generator=gen)
+
+    ang = u(-cfg.rotate_deg, cfg.rotate_deg) * (math.pi / 180)
+    sc = u(cfg.scale_min, cfg.scale_max)
+    t = torch.stack([u(-cfg.translate, cfg.translate) * w, u(-cfg.translate, cfg.translate) * h], dim=1)
+    flip = (u(0, 1) < 0.5) if cfg.flip else torch.zeros(b, dtype=torch.bool, device=dev)
+    fx = torch.where(flip, -1.0, 1.0)
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    # Forward map, input pixel -> output pixel: p' = c + t + A (p - c), with A = scale * R * flip.
+    a = torch.stack([torch.stack([sc * cos * fx, -sc * sin], 1), torch.stack([sc * sin * fx, sc * cos], 1)], 1)
+    d, c = _pixel_to_norm(h, w, dev)
+    a_inv = torch.linalg.inv(a)
+    d_inv = torch.linalg.inv(d)
+    theta = torch.cat([d_inv @ a_inv @ d, (-(d_inv @ a_inv) @ t[..., None])], dim=2)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    p = c + t[:, None] + ((pts - c) @ a.transpose(1, 2))
+    if flip.any():
+        v = p.reshape(b, -1, 4, 2)
+        v = torch.where(flip[:, None, None, None], v[:, :, list(FLIP_CORNERS)], v)
+        p = v.reshape(b, -1, 2)
+    k = cfg.intensity
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * u(1 - k, 1 + k).view(b, 1, 1, 1) + mean + u(-k / 2, k / 2).view(b, 1, 1, 1)
+    x = x.clamp(0, 1) ** torch.exp(u(-k, k)).view(b, 1, 1, 1)
+    return x, p

@@ -29,11 +29,20 @@ GRAY_STD = 0.226
 class DataConfig:
     """Input size (square side), normalisation, resize mode and channels of a model."""
 
-    input_size: int
+    input_size: int  # the input's height; its width too, unless input_width is set
     mean: float = GRAY_MEAN
     std: float = GRAY_STD
     resize: str = "letterbox"
     in_chans: int = 1
+    input_width: int | None = None  # a tall input (landmark models: 512 x 256) keeps tall films' aspect
+
+    @property
+    def height(self) -> int:
+        return self.input_size
+
+    @property
+    def width(self) -> int:
+        return self.input_width or self.input_size
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -56,7 +65,8 @@ class DataConfig:
         try:
             return cls(input_size=int(d["input_size"]), mean=float(d.get("mean", GRAY_MEAN)),
                        std=float(d.get("std", GRAY_STD)), resize=str(d.get("resize", "letterbox")),
-                       in_chans=int(d.get("in_chans", 1)))
+                       in_chans=int(d.get("in_chans", 1)),
+                       input_width=int(d["input_width"]) if d.get("input_width") else None)
         except (KeyError, TypeError, ValueError) as e:
             raise WeightsError(f"the model file's data contract is incomplete or malformed ({e})") from e
 
@@ -65,15 +75,16 @@ class DataConfig:
         return (x - self.mean) / self.std
 
     def to_input(self, img: np.ndarray) -> tuple[np.ndarray, Placement]:
-        """A decoded film (float [0, 1], H x W) -> the model's uint8 square and where the film lies in it."""
-        return fit_to_square(img, self.input_size, self.resize)
+        """A decoded film (float [0, 1], H x W) -> the model's uint8 input and where the film lies in it."""
+        return fit_to_box(img, self.height, self.width, self.resize)
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the original image lies inside the square model input (to undo a letterbox)."""
+    """Where the original image lies inside the model input (to undo a letterbox)."""
 
-    size: int
+    width: int
+    height: int
     scale_x: float
     scale_y: float
     offset_x: float
@@ -81,42 +92,59 @@ class Placement:
     orig_w: int
     orig_h: int
 
+    def points_to_input(self, pts: np.ndarray) -> np.ndarray:
+        """(..., 2) pixel positions (x, y) in the original film -> in the model input."""
+        p = np.asarray(pts, dtype=np.float64)
+        return np.stack([p[..., 0] * self.scale_x + self.offset_x, p[..., 1] * self.scale_y + self.offset_y], axis=-1)
+
+    def points_to_original(self, pts: np.ndarray) -> np.ndarray:
+        """(..., 2) pixel positions (x, y) in the model input -> in the original film."""
+        p = np.asarray(pts, dtype=np.float64)
+        return np.stack([(p[..., 0] - self.offset_x) / self.scale_x, (p[..., 1] - self.offset_y) / self.scale_y], axis=-1)
+
     def to_original(self, heat: np.ndarray) -> np.ndarray:
-        """Map a (size x size) map back onto the original image's (orig_h x orig_w) frame."""
-        hm = Image.fromarray(heat.astype(np.float32), mode="F").resize((self.size, self.size), Image.Resampling.BILINEAR)
+        """Map a map over the model input (any resolution) onto the original image's (orig_h x orig_w) frame."""
+        hm = Image.fromarray(heat.astype(np.float32), mode="F").resize((self.width, self.height),
+                                                                       Image.Resampling.BILINEAR)
         # The input-space box covered by the image (clipped for crop mode).
         x0, y0 = self.offset_x, self.offset_y
         x1, y1 = x0 + self.orig_w * self.scale_x, y0 + self.orig_h * self.scale_y
-        box = (max(0.0, x0), max(0.0, y0), min(float(self.size), x1), min(float(self.size), y1))
+        box = (max(0.0, x0), max(0.0, y0), min(float(self.width), x1), min(float(self.height), y1))
         crop = hm.crop(tuple(int(round(v)) for v in box))
         # Regions cropped away (crop mode) are unknown: fill by stretching the visible part.
         return np.asarray(crop.resize((self.orig_w, self.orig_h), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def fit_to_square(img: np.ndarray, size: int, mode: str = "letterbox") -> tuple[np.ndarray, Placement]:
-    """Resize a float [0,1] H x W image into ``size`` x ``size`` uint8. The only place spinexr resizes.
+    """:func:`fit_to_box` into a ``size`` x ``size`` square."""
+    return fit_to_box(img, size, size, mode)
+
+
+def fit_to_box(img: np.ndarray, height: int, width: int, mode: str = "letterbox") -> tuple[np.ndarray, Placement]:
+    """Resize a float [0,1] H x W image into a ``height`` x ``width`` uint8 input. The only place spinexr
+    resizes a film for a model.
 
     ``letterbox`` keeps the aspect and pads with black; ``stretch`` ignores the aspect; ``crop``
-    fills the square and centre-crops the long side.
+    fills the box and centre-crops the overhanging side.
     """
     if mode not in RESIZE_MODES:
         raise SpinexrError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
     h, w = img.shape
     im = Image.fromarray(img.astype(np.float32), mode="F")
     if mode == "stretch":
-        out = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
-        pl = Placement(size, size / w, size / h, 0.0, 0.0, w, h)
+        out = np.asarray(im.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0))
+        pl = Placement(width, height, width / w, height / h, 0.0, 0.0, w, h)
     else:
-        s = size / max(h, w) if mode == "letterbox" else size / min(h, w)
+        s = min(height / h, width / w) if mode == "letterbox" else max(height / h, width / w)
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
         small = np.asarray(im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0))
-        canvas = np.zeros((size, size), np.float32)
-        ox, oy = (size - nw) // 2, (size - nh) // 2
+        canvas = np.zeros((height, width), np.float32)
+        ox, oy = (width - nw) // 2, (height - nh) // 2
         # Paste with clipping (negative offsets in crop mode).
         sx0, sy0 = max(0, -ox), max(0, -oy)
         dx0, dy0 = max(0, ox), max(0, oy)
-        cw, ch = min(nw - sx0, size - dx0), min(nh - sy0, size - dy0)
+        cw, ch = min(nw - sx0, width - dx0), min(nh - sy0, height - dy0)
         canvas[dy0:dy0 + ch, dx0:dx0 + cw] = small[sy0:sy0 + ch, sx0:sx0 + cw]
         out = canvas
-        pl = Placement(size, nw / w, nh / h, float(ox), float(oy), w, h)
+        pl = Placement(width, height, nw / w, nh / h, float(ox), float(oy), w, h)
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), pl

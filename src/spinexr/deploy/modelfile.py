@@ -128,3 +128,52 @@ def load_inference(path: str | Path, device: str | torch.device = "cpu") -> tupl
     module = InferenceModule(model, DataConfig.from_meta(meta), tta_flip=bool(meta.get("tta_flip", False)),
                              temperature=float(meta.get("temperature", 1.0)), ood=ood)
     return module.to(device).eval(), meta
+
+
+LANDMARK_FORMAT = "spinexr-landmarks/1"
+
+
+def save_landmark_model(predictor: Any, path: str | Path, cfg: dict[str, Any],
+                        data_summary: dict[str, Any] | None = None) -> Path:
+    """Write a landmark model file (.safetensors with its contract and codec in the metadata, plus .json)."""
+    from safetensors.torch import save_file
+
+    from spinexr.geometry.cobb import CORNERS, LEVELS
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": LANDMARK_FORMAT, "encoder": predictor.net.arch, "data_config": predictor.contract.to_dict(),
+            "stride": predictor.codec.stride, "levels": list(LEVELS), "corners": list(CORNERS),
+            "settings": cfg, "spinexr_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "training_data": data_summary or {}}
+    state = {k: v.detach().cpu().contiguous() for k, v in predictor.net.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"spinexr": json.dumps(meta)})
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A landmark model file as its predictor: ``(LandmarkPredictor in eval mode, metadata)``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from spinexr.models.landmark import LandmarkNet, LandmarkPredictor
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: landmark model file not found; train one with `spinexr landmarks train`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("spinexr", "{}"))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a foreign file
+        raise WeightsError(f"{path}: not a spinexr model file ({e})") from e
+    if meta.get("format") != LANDMARK_FORMAT:
+        raise WeightsError(f"{path}: not a spinexr landmark model (format {meta.get('format')!r})")
+    contract = DataConfig.from_meta(meta)
+    net = LandmarkNet(meta["encoder"], in_chans=contract.in_chans)
+    missing, unexpected = net.load_state_dict(load_file(str(path), device="cpu"), strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{path}: weights do not match a {meta['encoder']} landmark model")
+    return LandmarkPredictor(net, contract).to(device).eval(), meta

@@ -1,0 +1,153 @@
+"""Training the landmark model: films and corners resident on the device, augmented together, the
+codec's loss, early stopping on the validation landmark error, a checkpoint each epoch, and an
+optional wall-clock budget (the reduced CPU recipe trains for a fixed time)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spinexr.config import LandmarkConfig
+from spinexr.data.augment import augment_landmarks
+from spinexr.data.contract import DataConfig, Placement
+from spinexr.engine.distributed import resolve_device
+from spinexr.engine.inference import unit_batches
+from spinexr.engine.state import EarlyStopping, TrainState
+from spinexr.errors import ImageReadError, SpinexrError
+from spinexr.models.landmark import HeatmapCodec, LandmarkNet, LandmarkPredictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LandmarkData:
+    """A landmark set decoded once and fitted by the contract: uint8 films, corners in input pixels."""
+
+    x: torch.Tensor  # (N, 1, H, W) uint8
+    pts: torch.Tensor  # (N, 68, 2) float32, input pixels
+    placements: list[Placement]
+    records: list  # LandmarkRecord, in the same order
+    skipped: dict[str, str]
+
+
+def prepare_landmarks(ds: object, contract: DataConfig, progress: bool = True) -> LandmarkData:
+    """Decode every film of a :class:`~spinexr.geometry.landmarks.LandmarkSet`; unreadable ones are skipped."""
+    from tqdm.auto import tqdm
+
+    from spinexr.data.imread import read_image
+
+    xs, ps, pls, recs = [], [], [], []
+    skipped = dict(getattr(ds, "skipped", {}))
+    for r in tqdm(ds.records, desc="decoding", unit="film", disable=not progress):  # type: ignore[attr-defined]
+        try:
+            img, _ = read_image(r.path)
+        except ImageReadError as e:
+            skipped[str(r.path)] = e.reason
+            continue
+        if img.shape != (r.height, r.width):  # landmarks are in the film's own pixels: sizes must agree
+            skipped[str(r.path)] = f"decoded {img.shape[1]}x{img.shape[0]}, labels say {r.width}x{r.height}"
+            continue
+        x8, pl = contract.to_input(img)
+        xs.append(x8)
+        ps.append(pl.points_to_input(r.landmarks.reshape(-1, 2)))
+        pls.append(pl)
+        recs.append(r)
+    if not xs:
+        raise SpinexrError("none of the landmark films could be read")
+    return LandmarkData(torch.from_numpy(np.stack(xs)[:, None]), torch.as_tensor(np.stack(ps), dtype=torch.float32),
+                        pls, recs, skipped)
+
+
+@dataclass
+class LandmarkFit:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_error: float
+    predictor: LandmarkPredictor
+    stopped_by: str  # "epochs", "early stopping" or "time budget"
+
+
+def _lr(cfg: LandmarkConfig, progress: float) -> float:
+    if progress < cfg.warmup_epochs:
+        return cfg.lr * max(progress / max(cfg.warmup_epochs, 1e-8), 1e-3)
+    t = min(1.0, (progress - cfg.warmup_epochs) / max(1e-8, cfg.epochs - cfg.warmup_epochs))
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@torch.no_grad()
+def predict_points(predictor: LandmarkPredictor, x_u8: torch.Tensor, idx: np.ndarray | None,
+                   device: torch.device, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """((n, 68, 2) input-pixel corners, (n, 68) heatmap peaks) for ``x_u8[idx]``."""
+    predictor.eval()
+    pts, conf = [], []
+    for xb in unit_batches(x_u8, idx, device, batch_size):
+        p, c = predictor(xb)
+        pts.append(p.cpu())
+        conf.append(c.cpu())
+    return torch.cat(pts).numpy(), torch.cat(conf).numpy()
+
+
+def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val_idx: np.ndarray,
+                  cfg: LandmarkConfig, contract: DataConfig, checkpoint: Path | None = None, progress: bool = True,
+                  desc: str = "landmarks", max_minutes: float | None = None) -> LandmarkFit:
+    """Train ``net`` on ``fit_idx``; keep the weights with the lowest validation landmark error."""
+    from tqdm.auto import tqdm
+
+    device = resolve_device(cfg.device)
+    net.to(device)
+    x_dev, p_dev = data.x.to(device), data.pts.to(device)
+    codec = HeatmapCodec(contract.height, contract.width, angle_weight=cfg.angle_weight, js_weight=cfg.js_weight)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fit_idx, val_idx = np.asarray(fit_idx), np.asarray(val_idx)
+    bs = max(1, min(cfg.batch_size, len(fit_idx)))
+    state = TrainState(EarlyStopping(cfg.patience), batch_size=bs)
+    gen = torch.Generator(device=device)
+    t_start = time.perf_counter()
+    stopped_by = "epochs"
+    predictor = LandmarkPredictor(net, contract)
+    bar = tqdm(range(cfg.epochs), desc=desc, unit="ep", disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        net.train()
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        gen.manual_seed(cfg.seed * 7_919 + epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(fit_idx)
+        n_steps = max(1, len(order) // bs)
+        sums = np.zeros(4)
+        for s in range(n_steps):
+            ib = torch.as_tensor(order[s * bs:(s + 1) * bs], device=device)
+            for g in opt.param_groups:
+                g["lr"] = _lr(cfg, epoch + s / n_steps)
+            xb, pb = augment_landmarks(x_dev[ib].float().div_(255.0), p_dev[ib], cfg, gen)
+            loss, parts = codec.loss(net(contract.normalize(xb)), pb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += [float(loss.detach()), parts["l1"], parts["tilt"], parts["js"]]
+        val_err = float("nan")
+        if len(val_idx):
+            pred, _ = predict_points(predictor, x_dev, val_idx, device)
+            val_err = float(np.linalg.norm(pred - data.pts[val_idx].numpy(), axis=-1).mean() / contract.height)
+        rec = {"epoch": epoch, "loss": sums[0] / n_steps, "l1": sums[1] / n_steps, "tilt": sums[2] / n_steps,
+               "js": sums[3] / n_steps, "val_error": val_err, "lr": opt.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - t0}
+        state.history.append(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", val=f"{val_err:.4f}")
+        state.stopper.step(epoch, val_err if len(val_idx) else rec["loss"], net)
+        state.epoch = epoch
+        over_time = max_minutes is not None and (time.perf_counter() - t_start) / 60 > max_minutes
+        state.done = state.stopper.should_stop or epoch == cfg.epochs - 1 or over_time
+        if checkpoint is not None:
+            state.save(checkpoint, net, opt, cfg.to_dict())
+        if state.done:
+            stopped_by = ("time budget" if over_time else "early stopping" if state.stopper.should_stop else "epochs")
+            break
+    bar.close()
+    state.stopper.restore(net)
+    return LandmarkFit(state.history, state.stopper.best_epoch, state.stopper.best_loss, predictor.eval(), stopped_by)

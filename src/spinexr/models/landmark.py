@@ -1,0 +1,129 @@
+"""The landmark model: a timm ``features_only`` encoder, a light FPN decoder regressing one heatmap per
+vertebra corner (17 x 4), and the codec that turns heatmaps into sub-pixel positions and back.
+
+The codec is the one place the target encoding lives (mmpose's ``codecs`` idea): the model outputs
+heatmap logits on a grid of stride 4; :meth:`HeatmapCodec.decode` takes a soft-argmax (the
+expectation of the position under the heatmap's softmax, so positions are continuous and
+differentiable); :meth:`HeatmapCodec.loss` scores decoded positions against the truth (L1, plus the
+error of each vertebra's tilt, which is what a Cobb angle is made of) and keeps each heatmap close to
+a small Gaussian at the true position (a Jensen-Shannon term, as in DSNT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spinexr.data.contract import DataConfig
+from spinexr.errors import WeightsError
+
+N_POINTS = 68
+STRIDE = 4
+# A tall input keeps a full-spine film's aspect: 512 x 256 on a CPU, 1024 x 512 on a GPU.
+DEFAULT_CONTRACT = DataConfig(512, input_width=256)
+
+
+class LandmarkNet(nn.Module):
+    """(B, 1, H, W) normalised film -> (B, 68, H/4, W/4) heatmap logits."""
+
+    def __init__(self, encoder: str = "resnet18", pretrained: bool = False, in_chans: int = 1, width: int = 64,
+                 num_points: int = N_POINTS) -> None:
+        super().__init__()
+        import timm
+
+        try:
+            self.encoder = timm.create_model(encoder, features_only=True, out_indices=(1, 2, 3, 4),
+                                             pretrained=pretrained, in_chans=in_chans)
+        except Exception as e:  # noqa: BLE001 - the hub raises many kinds: offline, missing cache, unknown name
+            raise WeightsError(f"cannot build landmark encoder {encoder!r} ({e}); use a timm model name, and "
+                               "pretrained weights need the network (or use --weights none)") from e
+        chs = self.encoder.feature_info.channels()
+        self.arch = encoder
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in chs)
+        # One 3x3 conv at stride 4: at full-spine input sizes it costs about what the encoder does.
+        self.fuse = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True))
+        self.head = nn.Conv2d(width, num_points, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(x)
+        y = self.lateral[-1](feats[-1])
+        for f, lat in zip(reversed(feats[:-1]), reversed(list(self.lateral[:-1]))):
+            y = lat(f) + F.interpolate(y, size=f.shape[-2:], mode="bilinear", align_corners=False)
+        return self.head(self.fuse(y))
+
+
+@dataclass(frozen=True)
+class HeatmapCodec:
+    """Heatmaps of stride ``stride`` over an input of ``height`` x ``width`` pixels <-> (x, y) pixels."""
+
+    height: int
+    width: int
+    stride: int = STRIDE
+    sigma: float = 1.5  # of the target Gaussian, in heatmap cells
+    angle_weight: float = 1.0
+    js_weight: float = 0.5
+
+    def grid(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input-pixel x and y of each heatmap cell's centre."""
+        h, w = self.height // self.stride, self.width // self.stride
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * self.stride - 0.5
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * self.stride - 0.5
+        return xs, ys
+
+    def decode(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K, h, w) logits -> ((B, K, 2) sub-pixel (x, y) in input pixels, (B, K, h, w) probabilities)."""
+        b, k, h, w = logits.shape
+        prob = torch.softmax(logits.float().reshape(b, k, h * w), dim=-1).reshape(b, k, h, w)
+        xs, ys = self.grid(logits.device)
+        x = (prob.sum(dim=2) * xs).sum(dim=-1)
+        y = (prob.sum(dim=3) * ys).sum(dim=-1)
+        return torch.stack([x, y], dim=-1), prob
+
+    def target(self, pts: torch.Tensor) -> torch.Tensor:
+        """(B, K, 2) positions -> (B, K, h, w) normalised Gaussians."""
+        xs, ys = self.grid(pts.device)
+        s = self.sigma * self.stride
+        gx = torch.exp(-((xs[None, None] - pts[..., :1]) ** 2) / (2 * s * s))
+        gy = torch.exp(-((ys[None, None] - pts[..., 1:]) ** 2) / (2 * s * s))
+        g = gy[..., :, None] * gx[..., None, :]
+        return g / g.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
+    def loss(self, logits: torch.Tensor, pts: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Position L1 (as a fraction of the input height), vertebra tilt L1 (radians) and the
+        Jensen-Shannon divergence of each heatmap from a Gaussian at its true position."""
+        pred, prob = self.decode(logits)
+        l1 = (pred - pts).abs().mean() / self.height
+        tilt = (vertebra_tilt(pred) - vertebra_tilt(pts)).abs().mean()
+        q = self.target(pts)
+        m = 0.5 * (prob + q)
+        js = 0.5 * ((prob * (prob.clamp_min(1e-12) / m.clamp_min(1e-12)).log()).sum(dim=(-2, -1))
+                    + (q * (q.clamp_min(1e-12) / m.clamp_min(1e-12)).log()).sum(dim=(-2, -1))).mean()
+        total = l1 + self.angle_weight * tilt + self.js_weight * js
+        return total, {"l1": float(l1.detach()), "tilt": float(tilt.detach()), "js": float(js.detach())}
+
+
+def vertebra_tilt(pts: torch.Tensor) -> torch.Tensor:
+    """(B, 68, 2) corners -> (B, 17) tilt in radians of each vertebra's midline (left-side middle to
+    right-side middle), the quantity Cobb angles are differences of."""
+    v = pts.reshape(pts.shape[0], -1, 4, 2)
+    d = (v[:, :, 1] + v[:, :, 3] - v[:, :, 0] - v[:, :, 2]) / 2
+    return torch.atan2(d[..., 1], d[..., 0])
+
+
+class LandmarkPredictor(nn.Module):
+    """The deployed landmark graph: (B, 1, H, W) float in [0, 1] -> ((B, 68, 2) input-pixel positions,
+    (B, 68) peak probability of each heatmap, a confidence)."""
+
+    def __init__(self, net: LandmarkNet, contract: DataConfig) -> None:
+        super().__init__()
+        self.net = net
+        self.contract = contract
+        self.codec = HeatmapCodec(contract.height, contract.width)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pts, prob = self.codec.decode(self.net(self.contract.normalize(x)))
+        return pts, prob.flatten(2).max(dim=-1).values

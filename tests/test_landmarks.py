@@ -1,0 +1,103 @@
+"""The landmark model: augmentation moves corners with the pixels (and a flip swaps left and right),
+the heatmap codec decodes sub-pixel positions, and a tiny train / predict runs on synthetic films."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spinexr.config import LandmarkConfig
+from spinexr.data.augment import augment_landmarks
+from spinexr.models.landmark import HeatmapCodec, LandmarkNet, vertebra_tilt
+
+
+def _dots(h: int, w: int, pts: torch.Tensor) -> torch.Tensor:
+    """A film with a small bright blob at each point."""
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    x = torch.zeros(h, w)
+    for px, py in pts.tolist():
+        x = torch.maximum(x, torch.exp(-((xx - px) ** 2 + (yy - py) ** 2) / 2.0))
+    return x[None, None]
+
+
+def test_augmentation_moves_points_with_pixels() -> None:
+    h, w = 160, 80
+    pts = torch.tensor([[[20.0 + 12 * (i % 4), 12.0 + 2 * i] for i in range(68)]])
+    x = _dots(h, w, pts[0])
+    cfg = LandmarkConfig(rotate_deg=20, scale_min=0.8, scale_max=1.1, translate=0.05, flip=True, intensity=0.0)
+    xa, pa = augment_landmarks(x.repeat(6, 1, 1, 1), pts.repeat(6, 1, 1), cfg, torch.Generator().manual_seed(1))
+    for b in range(6):
+        inside = [(px, py) for px, py in pa[b].tolist() if 2 <= px < w - 2 and 2 <= py < h - 2]
+        assert len(inside) > 40
+        vals = [float(xa[b, 0, round(py), round(px)]) for px, py in inside]
+        assert np.mean(vals) > 0.5, b  # the blobs are where the points went
+
+
+def test_flip_swaps_left_and_right_corners() -> None:
+    h, w = 64, 32
+    v = torch.tensor([[5.0, 10.0], [20.0, 11.0], [6.0, 16.0], [21.0, 17.0]])  # UL, UR, LL, LR
+    pts = v.repeat(17, 1)[None] + torch.arange(17).repeat_interleave(4)[None, :, None] * torch.tensor([0.0, 2.0])
+    cfg = LandmarkConfig(rotate_deg=0, scale_min=1.0, scale_max=1.0, translate=0.0, flip=True, intensity=0.0)
+    for seed in range(6):  # until one draw flips
+        _, pa = augment_landmarks(torch.zeros(1, 1, h, w), pts, cfg, torch.Generator().manual_seed(seed))
+        if not torch.allclose(pa, pts):
+            break
+    else:
+        pytest.fail("no flip was drawn")
+    # The new upper-left is the mirror image of the old upper-right: x -> (w - 1) - x.
+    assert torch.allclose(pa[0, 0], torch.tensor([w - 1 - 20.0, 11.0]))
+    assert torch.allclose(pa[0, 1], torch.tensor([w - 1 - 5.0, 10.0]))
+    assert torch.allclose(pa[0, 2], torch.tensor([w - 1 - 21.0, 17.0]))
+    assert (pa[0, 0::4, 0] < pa[0, 1::4, 0]).all()
+    assert torch.allclose(vertebra_tilt(pa), -vertebra_tilt(pts), atol=1e-6)  # a mirror negates each tilt
+
+
+def test_codec_decodes_sub_pixel_positions() -> None:
+    codec = HeatmapCodec(256, 128)
+    true = torch.tensor([[[40.3, 60.7], [80.9, 200.2]]])
+    # A target heatmap turned into logits decodes back to its centre, off the grid (away from the
+    # borders, where a soft-argmax over a truncated heatmap is pulled inwards).
+    logits = codec.target(true).clamp_min(1e-12).log()
+    pred, prob = codec.decode(logits)
+    assert torch.allclose(pred, true, atol=0.05)
+    assert torch.allclose(prob.sum(dim=(-2, -1)), torch.ones(1, 2))
+    loss, parts = codec.loss(torch.zeros(1, 68, 64, 32), torch.full((1, 68, 2), 30.0))
+    assert math.isfinite(float(loss)) and parts["l1"] > 0
+
+
+def test_net_shapes_and_gradients() -> None:
+    net = LandmarkNet("resnet18")
+    x = torch.randn(2, 1, 64, 32, requires_grad=False)
+    out = net(x)
+    assert out.shape == (2, 68, 16, 8)
+    out.mean().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+def test_tiny_train_and_predict_on_synthetic_films(synth_dir: Path, tmp_path: Path) -> None:
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.modelfile import load_landmark_model
+    from spinexr.evaluation.landmark_cv import run_landmark_cv
+    from spinexr.geometry.cobb import cobb_angles
+
+    cfg = LandmarkConfig(input_height=128, input_width=64, epochs=2, batch_size=4, device="cpu")
+    res = run_landmark_cv(synth_dir / "landmarks.csv", cfg, tmp_path / "run", folds=2, progress=False, n_boot=50)
+    assert res["pooled"]["n"] == res["n_films"] and math.isfinite(res["pooled"]["smape"])
+    assert set(res["pooled"]["landmark_error_pct_height"]) == {"mean", "median", "p90"}
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["folds"][0]["n_test"] > 0
+    pred, meta = load_landmark_model(tmp_path / "run" / "models" / "landmarks.safetensors")
+    assert meta["data_config"]["input_width"] == 64 and meta["levels"][0] == "T1"
+    film = next(iter(sorted((synth_dir / "Scoliosis").glob("*.jpg"))))
+    img, _ = read_image(film)
+    x8, pl = pred.contract.to_input(img)
+    with torch.no_grad():
+        pts, conf = pred(torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None])
+    v = pl.points_to_original(pts[0].numpy()).reshape(17, 4, 2)
+    assert v.shape == (17, 4, 2) and np.isfinite(v).all() and conf.shape == (1, 68)
+    assert math.isfinite(cobb_angles(v, img.shape[0]).largest)
