@@ -101,3 +101,60 @@ def test_tiny_train_and_predict_on_synthetic_films(synth_dir: Path, tmp_path: Pa
     v = pl.points_to_original(pts[0].numpy()).reshape(17, 4, 2)
     assert v.shape == (17, 4, 2) and np.isfinite(v).all() and conf.shape == (1, 68)
     assert math.isfinite(cobb_angles(v, img.shape[0]).largest)
+
+
+@pytest.fixture(scope="module")
+def landmark_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from spinexr.cli import main
+
+    out = tmp_path_factory.mktemp("lm") / "run"
+    assert main(["landmarks", "train", "--data", str(synth_dir / "landmarks.csv"), "--out", str(out), "--epochs", "2",
+                 "--input-height", "128", "--input-width", "64", "--batch-size", "4", "--device", "cpu",
+                 "--test-fraction", "0.3", "--quiet"]) == 0
+    return out / "models" / "landmarks.safetensors"
+
+
+def test_predict_measures_and_draws_overlays(trained_model: Path, landmark_model: Path, synth_dir: Path,
+                                             tmp_path: Path) -> None:
+    import csv
+
+    from PIL import Image
+
+    from spinexr.cli import main
+
+    films = sorted((synth_dir / "Scoliosis").glob("*.jpg"))[:3]
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(trained_model), *map(str, films), "--landmarks", str(landmark_model),
+                 "--overlays", str(tmp_path / "ov"), "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 3
+    for r, film in zip(rows, films):
+        assert (r["cobb_largest"] and r["cobb_band"] in ("none", "mild", "moderate", "severe")) or r["cobb_refused"]
+        with Image.open(r["overlay"]) as ov, Image.open(film) as orig:
+            assert ov.size == orig.size and ov.mode == "RGB"  # drawn at the film's original size
+    js = tmp_path / "p.json"
+    assert main(["predict", str(trained_model), str(films[0]), "--landmarks", str(landmark_model), "--out", str(js),
+                 "--quiet"]) == 0
+    spine = json.loads(js.read_text())[0]["spine"]
+    assert "plausible" in spine and isinstance(spine["refused"], list)
+
+
+def test_overlay_draws_end_vertebra_lines_and_refusals() -> None:
+    from spinexr.geometry.cobb import cobb_angles
+    from spinexr.geometry.overlay import draw_overlay
+
+    h, w = 600, 300
+    tilts = [0, 5, 20, 12, 4, -4, -12, -20, -25, -18, -8, 0, 4, 8, 9, 10, 6]
+    v = []
+    for j, t in enumerate(tilts):
+        th = math.radians(t)
+        rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+        c = np.array([150.0, 40 + j * 30])
+        v.append([c + rot @ np.array(q) for q in ((-30, -12), (30, -12), (-30, 12), (30, 12))])
+    v = np.array(v)
+    img = np.full((h, w), 0.2, np.float32)
+    drawn = draw_overlay(img, v, cobb_angles(v, h))
+    assert drawn.shape == (h, w, 3)
+    assert (drawn[..., 0] > 200).sum() > 100  # the red PT endplate lines and text
+    refused = draw_overlay(img, v, None, ["order broken: L5 is not below L4"])
+    assert (refused[..., 0].astype(int) - refused[..., 1] > 100).sum() > 20  # the red refusal text

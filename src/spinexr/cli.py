@@ -245,18 +245,31 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         _refuse_overwrite(out, paths, args.force)
     if args.heatmaps and Path(args.heatmaps).is_dir() and any(Path(args.heatmaps).iterdir()) and not args.force:
         raise SpinexrError(f"{args.heatmaps}: heatmap folder is not empty; choose a new folder or pass --force")
+    if args.overlays and Path(args.overlays).is_dir() and any(Path(args.overlays).iterdir()) and not args.force:
+        raise SpinexrError(f"{args.overlays}: overlay folder is not empty; choose a new folder or pass --force")
     pred = Predictor(args.model, backend=args.backend, device=args.device, onnx_path=args.onnx,
                      max_pixels=args.max_pixels)
+    measurer = None
+    if args.landmarks:
+        from spinexr.deploy.measure import SpineMeasurer
+
+        measurer = SpineMeasurer(args.landmarks, device=args.device)
     preds = predict_paths(pred, paths, explain=args.explain, heatmaps=Path(args.heatmaps) if args.heatmaps else None,
-                          progress=not args.quiet)
+                          progress=not args.quiet, measurer=measurer,
+                          overlays=Path(args.overlays) if args.overlays else None)
     if out is not None:
         write_rows(preds, pred.labels, out)
         print(f"wrote {out}")
     else:
         for p in preds:
             if p.status == "ok":
+                spine = ""
+                if p.spine is not None:
+                    r = p.spine.result
+                    spine = (f"\tCobb {r.largest:.1f} ({r.band}; PT {r.pt.angle:.1f} MT {r.mt.angle:.1f} TL {r.tl.angle:.1f})"
+                             if r is not None else f"\tCobb refused: {'; '.join(p.spine.refused)}")
                 print(f"{p.path}\t{p.label}\t" + "\t".join(f"{c}={v:.6f}" for c, v in p.probabilities.items())
-                      + (f"\tOOD ({'; '.join(p.ood_reasons)})" if p.ood else ""))
+                      + (f"\tOOD ({'; '.join(p.ood_reasons)})" if p.ood else "") + spine)
             else:
                 print(f"{p.path}\tERROR\t[{p.kind}] {p.reason}")
     print(summarize(preds), file=sys.stderr)
@@ -335,6 +348,9 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="preds.csv or preds.json (default: print)")
     p.add_argument("--explain", choices=["gradcam", "gradcam++", "attention"], help="also draw heatmaps")
     p.add_argument("--heatmaps", help="folder for heatmap overlays")
+    p.add_argument("--landmarks", metavar="LANDMARK_MODEL",
+                   help="also measure the spine (Cobb angles, end vertebrae, band) with this landmark model")
+    p.add_argument("--overlays", help="folder for the measurement drawn on each film (needs --landmarks)")
     p.add_argument("--backend", choices=["torch", "onnx"], help="default: torch, or onnx for an .onnx model")
     p.add_argument("--onnx", help="an ONNX export of MODEL to run on onnxruntime")
     p.add_argument("--device", default="cpu")
@@ -400,7 +416,47 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_train, _add_deploy, _add_demo]
+def _cmd_landmarks(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from spinexr.config import LandmarkConfig
+    from spinexr.evaluation.landmark_cv import run_landmark_cv
+
+    cfg = LandmarkConfig.from_dict({f.name: getattr(args, f.name) for f in fields(LandmarkConfig)
+                                    if getattr(args, f.name, None) is not None})
+    out = _run_dir(args.out, f"landmarks-{args.landmarks_cmd}", args.force)
+    folds = cfg.folds if args.landmarks_cmd == "cv" else 1
+    res = run_landmark_cv(args.data, cfg, out, folds=folds, max_minutes_per_fold=args.max_minutes,
+                          progress=not args.quiet)
+    p = res["pooled"]
+    how = f"{len(res['folds'])}-fold case-grouped CV" if folds > 1 else "one case-grouped held-out split"
+    print(f"{how} on {p['n']} films: SMAPE {p['smape']:.2f}% (95% CI {p['smape_ci95'][0]:.2f}-{p['smape_ci95'][1]:.2f}), "
+          f"largest-angle MAE {p['mae_largest']:.2f}° (95% CI {p['mae_largest_ci95'][0]:.2f}-{p['mae_largest_ci95'][1]:.2f}), "
+          f"landmark error {p['landmark_error_pct_height']['mean']:.2f}% of film height; "
+          f"{res['implausible_predictions']} predicted spine(s) refused as implausible")
+    print(f"model file: {out / 'models' / 'landmarks.safetensors'}")
+    return 0
+
+
+def _add_landmarks(sub: argparse._SubParsersAction) -> None:
+    from spinexr.config import LandmarkConfig, add_setting_flags
+
+    p = sub.add_parser("landmarks", help="train and cross-validate the vertebra landmark model (Cobb angles)")
+    lsub = p.add_subparsers(dest="landmarks_cmd", required=True, metavar="{train,cv}")
+    for name, text in (("train", "one case-grouped held-out split (--test-fraction); writes the model file"),
+                       ("cv", "case-grouped k-fold CV (--folds); writes the fold-0 model file")):
+        c = lsub.add_parser(name, help=text)
+        c.add_argument("--data", required=True, help="an AASCE folder (images/, labels/) or a landmark CSV")
+        c.add_argument("--out", help="run folder (default runs/landmarks-<verb>-<time>)")
+        c.add_argument("--force", action="store_true", help="write into an existing, non-empty run folder")
+        c.add_argument("--max-minutes", type=float, help="cap on each fold's training time")
+        c.add_argument("--quiet", action="store_true")
+        add_setting_flags(c, name, [LandmarkConfig])
+        c.set_defaults(func=_cmd_landmarks)
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_train, _add_deploy, _add_landmarks,
+                                                                  _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -204,12 +204,10 @@ class CVConfig(Settings):
 SECTIONS: dict[str, type[Settings]] = {"cv": CVConfig, "train": TrainConfig}
 
 
-def add_setting_flags(p: argparse.ArgumentParser, verb: str) -> None:
-    """One flag per exposed field of :class:`CVConfig` and :class:`TrainConfig` for ``verb``.
-
-    Flags default to None, so only the flags a user gives override the YAML file and the defaults.
-    """
-    for cls in SECTIONS.values():
+def add_setting_flags(p: argparse.ArgumentParser, verb: str, classes: Any = None) -> None:
+    """One flag per exposed field of ``classes`` (default :class:`CVConfig` and :class:`TrainConfig`)
+    for ``verb``. Flags default to None, so only the flags a user gives override the defaults."""
+    for cls in classes or SECTIONS.values():
         hints = get_type_hints(cls)
         for f in fields(cls):  # type: ignore[arg-type]
             meta = f.metadata
@@ -294,7 +292,7 @@ class LandmarkConfig(Settings):
 
     SECTION = "landmarks"
     encoder: str = setting("resnet18", help="timm encoder (features_only)")
-    weights: str = setting("none", help="none (from scratch) or imagenet (through timm, needs the network)")
+    weights: Literal["none", "imagenet"] = setting("none", help="none (from scratch) or imagenet (timm, needs the network)")
     input_height: int = setting(512, ge=64, le=4096, help="input height (a tall box: films keep their aspect)")
     input_width: int = setting(256, ge=32, le=4096, help="input width")
     epochs: int = setting(60, ge=1, help="training epochs")

@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -39,8 +40,11 @@ def _heatmap_name(i: int, path: Path, method: str) -> str:
 
 
 def predict_paths(predictor: Predictor, paths: list[Path], explain: str | None = None,
-                  heatmaps: Path | None = None, progress: bool = True) -> list[Prediction]:
-    """Predict every path; one :class:`Prediction` per path (``status`` ok or error)."""
+                  heatmaps: Path | None = None, progress: bool = True, measurer: Any = None,
+                  overlays: Path | None = None) -> list[Prediction]:
+    """Predict every path; one :class:`Prediction` per path (``status`` ok or error). With a
+    :class:`~spinexr.deploy.measure.SpineMeasurer` each readable film is also measured (Cobb angles),
+    and with ``overlays`` the measurement is drawn on the film at its original size."""
     from tqdm.auto import tqdm
 
     from spinexr.explain import overlay
@@ -49,6 +53,10 @@ def predict_paths(predictor: Predictor, paths: list[Path], explain: str | None =
         raise SpinexrError("--explain needs --heatmaps DIR to write the overlays into")
     if heatmaps is not None:
         heatmaps.mkdir(parents=True, exist_ok=True)
+    if overlays is not None:
+        if measurer is None:
+            raise SpinexrError("--overlays needs --landmarks MODEL to measure the spine with")
+        overlays.mkdir(parents=True, exist_ok=True)
     preds: list[Prediction] = []
     for i, p in enumerate(tqdm(paths, desc="predicting", unit="img", disable=not progress)):
         pred, img = predictor.predict_file(p)
@@ -60,6 +68,12 @@ def predict_paths(predictor: Predictor, paths: list[Path], explain: str | None =
                 pred.heatmap = str(dest)
             except SpinexrError as e:
                 pred.reason = f"no heatmap: {e}"
+        if measurer is not None and img is not None:
+            pred.spine = measurer.measure(img)
+            if overlays is not None:
+                dest = overlays / _heatmap_name(i, p, "cobb")
+                Image.fromarray(measurer.overlay(img, pred.spine)).save(dest)
+                pred.overlay = str(dest)
         preds.append(pred)
     return preds
 

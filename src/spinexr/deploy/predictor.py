@@ -94,6 +94,8 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     heatmap: str = ""
+    spine: Any = None  # a spinexr.deploy.measure.Measurement when a landmark model measured the film
+    overlay: str = ""
 
     def with_file_checks(self, meta: Any) -> Prediction:
         """Add what the file says about itself (:func:`spinexr.ood.input_checks`) and its read warnings."""
@@ -116,12 +118,18 @@ class Prediction:
                "ood_reasons": "; ".join(self.ood_reasons), "warnings": "; ".join(self.warnings)}
         if self.heatmap:
             row["heatmap"] = self.heatmap
+        if self.spine is not None:
+            row.update(self.spine.row())
+        if self.overlay:
+            row["overlay"] = self.overlay
         return row
 
     def to_json(self) -> dict[str, Any]:
         """The JSON record: numbers as numbers, the flag as a boolean (null without a detector)."""
-        d = {k: v for k, v in asdict(self).items() if k != "seconds"}
-        return d if self.heatmap else {k: v for k, v in d.items() if k != "heatmap"}
+        d = {k: v for k, v in asdict(self).items() if k not in ("seconds", "spine")}
+        if self.spine is not None:
+            d["spine"] = self.spine.to_dict()
+        return {k: v for k, v in d.items() if k not in ("heatmap", "overlay") or v}
 
 
 class Predictor:
