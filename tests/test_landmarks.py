@@ -158,3 +158,17 @@ def test_overlay_draws_end_vertebra_lines_and_refusals() -> None:
     assert (drawn[..., 0] > 200).sum() > 100  # the red PT endplate lines and text
     refused = draw_overlay(img, v, None, ["order broken: L5 is not below L4"])
     assert (refused[..., 0].astype(int) - refused[..., 1] > 100).sum() > 20  # the red refusal text
+
+
+def test_landmark_onnx_parity(landmark_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from spinexr.deploy.export import export_landmark_onnx
+
+    films = sorted((synth_dir / "Scoliosis").glob("*.jpg"))[:4]
+    rep = export_landmark_onnx(landmark_model, tmp_path / "lm.onnx", parity_images=films)
+    assert rep["checker"] == "passed" and rep["parity_images"] == 4
+    assert rep["max_abs_px_diff"] <= 1e-2
+    from spinexr.cli import main
+
+    assert main(["export", str(landmark_model), "--onnx", str(tmp_path / "cli.onnx"), "--parity-count", "3"]) == 0
+    assert (tmp_path / "cli.onnx").is_file()

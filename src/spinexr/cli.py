@@ -296,9 +296,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from spinexr.deploy.export import export_onnx, quantize_int8
-    from spinexr.deploy.modelfile import read_metadata
+    from spinexr.deploy.modelfile import model_kind, read_metadata
+
     out = Path(args.onnx)
     _refuse_overwrite(out, [Path(args.model)], args.force)
+    if model_kind(args.model) == "landmarks":
+        return _export_landmarks(args, out)
     images = _parity_images(args.parity_data, read_metadata(args.model), args.parity_count)
     rep = export_onnx(args.model, out, opset=args.opset, parity_images=images)
     print(f"wrote {out}: checker {rep['checker']}; parity on {rep.get('parity_images', 0)} images: "
@@ -309,6 +312,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
         calib = _parity_images(args.calibration_data or args.parity_data, read_metadata(args.model), args.calibration_count)
         quantize_int8(out, q, calib)
         print(f"wrote {q} (INT8, calibrated on {len(calib)} images)")
+    return 0
+
+
+def _export_landmarks(args: argparse.Namespace, out: Path) -> int:
+    from spinexr.data.imread import list_images
+    from spinexr.deploy.export import export_landmark_onnx
+    from spinexr.deploy.modelfile import load_landmark_model
+    from spinexr.evaluation.landmark_cv import load_landmark_source
+
+    if args.int8:
+        raise SpinexrError("--int8 is for classifier models; a landmark model exports to FP32 ONNX")
+    if args.parity_data:
+        films = list_images(Path(args.parity_data))
+    else:
+        src = load_landmark_model(args.model)[1].get("training_data", {}).get("source")
+        if not src:
+            raise SpinexrError("give --parity-data DIR: a folder of films for the parity check")
+        films = [r.path for r in load_landmark_source(src).records]
+    step = max(1, len(films) // args.parity_count)
+    rep = export_landmark_onnx(args.model, out, opset=args.opset, parity_images=films[::step][:args.parity_count])
+    print(f"wrote {out}: checker {rep['checker']}; parity on {rep.get('parity_images', 0)} films: "
+          f"corners within {rep.get('max_abs_px_diff', float('nan')):.2e} input pixels")
     return 0
 
 

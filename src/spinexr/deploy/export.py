@@ -63,16 +63,17 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = 17, parity
     return report
 
 
-def _torch_export(module: torch.nn.Module, dummy: torch.Tensor, path: Path, opset: int) -> None:
+def _torch_export(module: torch.nn.Module, dummy: torch.Tensor, path: Path, opset: int,
+                  outputs: tuple[str, ...] = ("logits", "probs", "ood_score")) -> None:
     """The torch.export-based exporter (dynamic batch); the TorchScript one if that fails."""
-    names = {"input_names": ["image"], "output_names": ["logits", "probs", "ood_score"]}
+    names = {"input_names": ["image"], "output_names": list(outputs)}
     try:
         torch.onnx.export(module, (dummy,), str(path), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
                           opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False, **names)
         return
     except Exception as e:  # noqa: BLE001 - any exporter failure falls back to the older exporter
         log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter", e)
-    axes = {k: {0: "batch"} for k in ("image", "logits", "probs", "ood_score")}
+    axes = {k: {0: "batch"} for k in ("image", *outputs)}
     torch.onnx.export(module, (dummy,), str(path), dynamic_axes=axes,
                       opset_version=opset, dynamo=False, do_constant_folding=True, **names)
 
@@ -141,3 +142,45 @@ def quantize_int8(onnx_path: str | Path, out: str | Path, calibration_images: li
     e.key, e.value = "spinexr", json.dumps(meta)
     onnx.save(m, str(out))
     return {"int8_onnx": str(out), "calibration_images": len(calibration_images)}
+
+
+LANDMARK_PARITY_PX = 1e-2  # input pixels
+
+
+def export_landmark_onnx(model_path: str | Path, out: str | Path, opset: int = 17,
+                         parity_images: list[Path] | None = None, tol: float = LANDMARK_PARITY_PX) -> dict[str, Any]:
+    """Export a landmark model file (contract normalisation, network and soft-argmax decoding) to ONNX;
+    given films, check that onnxruntime puts every corner within ``tol`` input pixels of PyTorch."""
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.modelfile import load_landmark_model
+    from spinexr.deploy.predictor import _ort_session
+
+    onnx = _need("onnx")
+    out = Path(out)
+    if out.resolve() == Path(model_path).resolve():
+        raise SpinexrError("the ONNX output would overwrite the model file; choose another --onnx path")
+    pred, meta = load_landmark_model(model_path)
+    c = pred.contract
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    _torch_export(pred, torch.rand(2, c.in_chans, c.height, c.width), tmp, opset, outputs=("landmarks", "confidence"))
+    m = onnx.load(str(tmp))
+    entry = m.metadata_props.add()
+    entry.key, entry.value = "spinexr", json.dumps({**meta, "onnx_opset": int(m.opset_import[0].version)})
+    onnx.checker.check_model(m)
+    onnx.save(m, str(tmp))
+    tmp.replace(out)
+    report: dict[str, Any] = {"onnx": str(out), "checker": "passed"}
+    if parity_images:
+        x = np.concatenate([c.to_input(read_image(p)[0])[0].astype(np.float32)[None, None] / 255.0
+                            for p in parity_images])
+        with torch.no_grad():
+            pt_torch = pred(torch.from_numpy(x))[0].numpy()
+        sess, _ = _ort_session(out, None)
+        pt_ort = sess.run(["landmarks"], {"image": x})[0]
+        diff = float(np.abs(pt_torch - pt_ort).max())
+        if diff > tol:
+            raise SpinexrError(f"landmark ONNX parity failed: corners differ by up to {diff:.2e} input pixels "
+                               f"(> {tol:g}) on {len(parity_images)} films")
+        report.update({"parity_images": len(parity_images), "max_abs_px_diff": diff})
+    return report

@@ -177,3 +177,18 @@ def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") ->
     if missing or unexpected:
         raise WeightsError(f"{path}: weights do not match a {meta['encoder']} landmark model")
     return LandmarkPredictor(net, contract).to(device).eval(), meta
+
+
+def model_kind(path: str | Path) -> str:
+    """``classifier`` or ``landmarks``, from a spinexr model file's metadata."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: model file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            fmt = json.loads((f.metadata() or {}).get("spinexr", "{}")).get("format")
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a foreign file
+        raise WeightsError(f"{path}: not a spinexr model file ({e})") from e
+    return "landmarks" if fmt == LANDMARK_FORMAT else "classifier"
