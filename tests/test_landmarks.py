@@ -91,6 +91,10 @@ def test_tiny_train_and_predict_on_synthetic_films(synth_dir: Path, tmp_path: Pa
     assert res["pooled"]["n"] == res["n_films"] and math.isfinite(res["pooled"]["smape"])
     assert set(res["pooled"]["landmark_error_pct_height"]) == {"mean", "median", "p90"}
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["folds"][0]["n_test"] > 0
+    html = (tmp_path / "run" / "report.html").read_text()
+    for word in ("SMAPE", "Bland-Altman", "Landmark error", "best and the worst"):
+        assert word in html
+    assert len(list((tmp_path / "run" / "plots").glob("*.png"))) == 4
     pred, meta = load_landmark_model(tmp_path / "run" / "models" / "landmarks.safetensors")
     assert meta["data_config"]["input_width"] == 64 and meta["levels"][0] == "T1"
     film = next(iter(sorted((synth_dir / "Scoliosis").glob("*.jpg"))))

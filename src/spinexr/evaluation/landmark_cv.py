@@ -115,6 +115,7 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     err_pct = np.full(len(recs), np.nan)
     refused = np.zeros(len(recs), dtype=bool)
     fold_rows, rows = [], []
+    pred_pts: dict[int, np.ndarray] = {}
     for f, (tr, te) in enumerate(splits):
         tr = tr[label_ok[tr]]
         n_val = max(1, int(round(cfg.val_fraction * len(np.unique(groups[tr])))))
@@ -130,6 +131,7 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
         for j, i in enumerate(te):
             r = recs[i]
             pts = data.placements[i].points_to_original(pts_in[j]).reshape(17, 4, 2)
+            pred_pts[i] = pts
             pred[i] = cobb_angles(pts, r.height).angles
             refused[i] = bool(implausibility(pts))
             err_pct[i] = 100 * float(np.linalg.norm(pts - r.landmarks, axis=-1).mean()) / r.height
@@ -157,4 +159,35 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
         w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
         w.writeheader()
         w.writerows(rows)
+    np.savez_compressed(out / "oof_landmarks.npz", paths=np.array([str(recs[i].path) for i in pred_pts]),
+                        landmarks=np.stack(list(pred_pts.values())))
+    _report(out, res, rows, recs, pred_pts, pred, true)
     return res
+
+
+def _report(out: Path, res: dict[str, Any], rows: list[dict[str, Any]], recs: list, pred_pts: dict[int, np.ndarray],
+            pred: np.ndarray, true: np.ndarray, n_each: int = 4) -> None:
+    """report.html with the gallery of the best and worst held-out films by SMAPE."""
+    from spinexr.data.imread import read_image
+    from spinexr.errors import ImageReadError
+    from spinexr.evaluation.landmark_report import write_landmark_report
+    from spinexr.geometry.cobb import cobb_angles
+    from spinexr.geometry.overlay import draw_overlay
+    from spinexr.geometry.plausibility import implausibility
+
+    idx = np.array(list(pred_pts))
+    per = np.abs(pred[idx] - true[idx]).sum(1) / np.maximum((pred[idx] + true[idx]).sum(1), 1e-9) * 100
+    order = idx[np.argsort(per)]
+    picks = list(order[:n_each]) + [i for i in order[::-1][:n_each] if i not in order[:n_each]]
+    gallery = []
+    for i in picks:
+        try:
+            img, _ = read_image(recs[i].path)
+        except ImageReadError as e:
+            log.warning("landmark gallery: leaving out %s", e)
+            continue
+        v = pred_pts[i]
+        refused = implausibility(v)
+        drawn = draw_overlay(img, v, None if refused else cobb_angles(v, img.shape[0]), refused)
+        gallery.append((drawn, f"true largest {true[i].max():.1f}°, predicted {pred[i].max():.1f}°"))
+    write_landmark_report(out, res, rows, gallery)
