@@ -1,7 +1,7 @@
 """Cobb angles on the AASCE / SpineWeb 16 films: case-grouped CV of the landmark model.
 
 Reduced CPU recipe (2 cores, training capped at 55 minutes): one 80/20 case-grouped split, a
-resnet18 encoder at 384 x 192:
+resnet18 encoder at 320 x 160:
 
     python benchmarks/aasce_cobb_cv.py --cpu-reduced
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes-per-fold", type=float, default=None, help="cap on each fold's training time")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cpu-reduced", action="store_true", help="one 80/20 split, 384x192, 55 minutes of training")
+    ap.add_argument("--cpu-reduced", action="store_true", help="one 80/20 split, 320x160, 55 minutes of training")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
     a = ap.parse_args(argv)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"AASCE data not found at {a.data}; pass --data", file=sys.stderr)
         return 2
     if a.cpu_reduced:
-        a.folds, a.input, a.device = 1, "384x192", "cpu"
+        a.folds, a.input, a.device = 1, "320x160", "cpu"
         a.minutes_per_fold = a.minutes_per_fold or 55.0
     h, w = (int(v) for v in a.input.lower().split("x"))
     tag = a.tag or ("cpu_reduced" if a.cpu_reduced else "full")

@@ -64,8 +64,8 @@ class HeatmapCodec:
     width: int
     stride: int = STRIDE
     sigma: float = 1.5  # of the target Gaussian, in heatmap cells
-    angle_weight: float = 1.0
-    js_weight: float = 0.5
+    angle_weight: float = 0.0
+    js_weight: float = 0.0
 
     def grid(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Input-pixel x and y of each heatmap cell's centre."""
@@ -93,24 +93,35 @@ class HeatmapCodec:
         return g / g.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
 
     def loss(self, logits: torch.Tensor, pts: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Position L1 (as a fraction of the input height), vertebra tilt L1 (radians) and the
+        """Position L1 and each vertebra's midline error (both as fractions of the input height), and the
         Jensen-Shannon divergence of each heatmap from a Gaussian at its true position."""
         pred, prob = self.decode(logits)
         l1 = (pred - pts).abs().mean() / self.height
-        tilt = (vertebra_tilt(pred) - vertebra_tilt(pts)).abs().mean()
-        q = self.target(pts)
-        m = 0.5 * (prob + q)
-        js = 0.5 * ((prob * (prob.clamp_min(1e-12) / m.clamp_min(1e-12)).log()).sum(dim=(-2, -1))
-                    + (q * (q.clamp_min(1e-12) / m.clamp_min(1e-12)).log()).sum(dim=(-2, -1))).mean()
+        # Each vertebra's midline vector error, on the same scale as the position term: it weighs the
+        # corners' relative placement (what a Cobb angle is made of) without being translation-blind
+        # enough to drown the positions. An error of tilts (atan2) or one relative to the midline's
+        # length does drown them: its gradient is ~100x larger while corners still bunch together.
+        tilt = (vertebra_midlines(pred) - vertebra_midlines(pts)).norm(dim=-1).mean() / self.height
+        js = torch.zeros((), device=logits.device)
+        if self.js_weight > 0:
+            q = self.target(pts)
+            m = 0.5 * (prob + q)
+            js = 0.5 * ((prob * (prob.clamp_min(1e-12) / m.clamp_min(1e-12)).log()).sum(dim=(-2, -1))
+                        + (q * (q.clamp_min(1e-12) / m.clamp_min(1e-12)).log()).sum(dim=(-2, -1))).mean()
         total = l1 + self.angle_weight * tilt + self.js_weight * js
         return total, {"l1": float(l1.detach()), "tilt": float(tilt.detach()), "js": float(js.detach())}
 
 
-def vertebra_tilt(pts: torch.Tensor) -> torch.Tensor:
-    """(B, 68, 2) corners -> (B, 17) tilt in radians of each vertebra's midline (left-side middle to
-    right-side middle), the quantity Cobb angles are differences of."""
+def vertebra_midlines(pts: torch.Tensor) -> torch.Tensor:
+    """(B, 68, 2) corners -> (B, 17, 2) midline vectors, left-side middle to right-side middle."""
     v = pts.reshape(pts.shape[0], -1, 4, 2)
-    d = (v[:, :, 1] + v[:, :, 3] - v[:, :, 0] - v[:, :, 2]) / 2
+    return (v[:, :, 1] + v[:, :, 3] - v[:, :, 0] - v[:, :, 2]) / 2
+
+
+def vertebra_tilt(pts: torch.Tensor) -> torch.Tensor:
+    """(B, 68, 2) corners -> (B, 17) tilt in radians of each vertebra's midline, the quantity Cobb
+    angles are differences of."""
+    d = vertebra_midlines(pts)
     return torch.atan2(d[..., 1], d[..., 0])
 
 
