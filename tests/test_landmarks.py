@@ -176,3 +176,29 @@ def test_landmark_onnx_parity(landmark_model: Path, synth_dir: Path, tmp_path: P
 
     assert main(["export", str(landmark_model), "--onnx", str(tmp_path / "cli.onnx"), "--parity-count", "3"]) == 0
     assert (tmp_path / "cli.onnx").is_file()
+
+
+def test_service_reports_the_measurement(trained_model: Path, landmark_model: Path, synth_dir: Path) -> None:
+    pytest.importorskip("fastapi")
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from spinexr.serve import create_app
+
+    film = sorted((synth_dir / "Scoliosis").glob("*.jpg"))[0]
+    data = film.read_bytes()
+    with TestClient(create_app(trained_model, landmarks_path=landmark_model)) as c:
+        r = c.post("/v1/predict", files={"file": (film.name, data, "image/jpeg")})
+        assert r.status_code == 200
+        spine = r.json()["spine"]
+        assert len(spine["landmarks"]) == 17 and "plausible" in spine
+        assert ("largest" in spine and spine["bands"].startswith("none")) or spine["refused"]
+        ov = c.post("/v1/overlay", files={"file": (film.name, data, "image/jpeg")})
+        assert ov.status_code == 200 and ov.headers["content-type"] == "image/png"
+        with Image.open(film) as orig:
+            assert Image.open(io.BytesIO(ov.content)).size == orig.size
+    with TestClient(create_app(trained_model)) as c:
+        assert c.post("/v1/predict", files={"file": (film.name, data, "image/jpeg")}).json()["spine"] is None
+        assert c.post("/v1/overlay", files={"file": (film.name, data, "image/jpeg")}).status_code == 404

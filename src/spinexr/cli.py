@@ -361,7 +361,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from spinexr.serve import serve
 
     serve(args.model, host=args.host, port=args.port, onnx_path=args.onnx, max_upload_mb=args.max_upload_mb,
-          max_pixels=args.max_pixels, threads=args.threads, max_batch=args.max_batch, max_queue=args.max_queue)
+          max_pixels=args.max_pixels, threads=args.threads, max_batch=args.max_batch, max_queue=args.max_queue,
+          landmarks_path=args.landmarks)
     return 0
 
 
@@ -408,6 +409,8 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--onnx", help="serve /v1/predict with onnxruntime on this export of MODEL")
+    s.add_argument("--landmarks", metavar="LANDMARK_MODEL",
+                   help="also measure the spine: Cobb angles in /v1/predict, the drawing at /v1/overlay")
     s.add_argument("--max-upload-mb", type=float, default=32.0)
     s.add_argument("--max-pixels", type=int, default=60_000_000)
     s.add_argument("--threads", type=int, default=None, help="inference threads")

@@ -43,7 +43,7 @@ def _need_fastapi() -> Any:
 
 def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_upload_mb: float = 32.0,
                max_pixels: int = 60_000_000, threads: int | None = None, max_batch: int = 8,
-               max_queue: int = 32) -> Any:
+               max_queue: int = 32, landmarks_path: str | Path | None = None) -> Any:
     """Build the FastAPI app; the model is loaded here, once.
 
     Concurrent ``/v1/predict`` requests share model calls through a :class:`MicroBatcher` of up to
@@ -63,6 +63,18 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
 
         torch.set_num_threads(threads)
     predictor = Predictor(model_path, onnx_path=onnx_path, threads=threads, max_pixels=max_pixels)
+    measurer = None
+    if landmarks_path is not None:
+        import threading
+
+        from spinexr.deploy.measure import SpineMeasurer
+
+        measurer = SpineMeasurer(landmarks_path)
+        measure_lock = threading.Lock()  # one film through the landmark model at a time
+
+        def _measure(img: Any) -> Any:
+            with measure_lock:
+                return measurer.measure(img)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     batcher = MicroBatcher(predictor, max_batch=max_batch, max_queue=max_queue)
     import anyio
@@ -155,8 +167,13 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         except QueueFull as e:
             raise HTTPException(503, f"the server is busy: {e}", headers={"Retry-After": "1"}) from e
         pred.with_file_checks(meta)
+        spine = None
+        if measurer is not None:
+            m = await anyio.to_thread.run_sync(_measure, img, limiter=explain_threads)
+            spine = {**m.to_dict(), "landmarks": m.landmarks.round(2).tolist()}
         t3 = time.perf_counter()
         return {
+            "spine": spine,
             "label": pred.label, "probabilities": pred.probabilities,
             "ood": {"flag": pred.ood, "score": pred.ood_score, "threshold": predictor.ood_threshold,
                     "reasons": pred.ood_reasons},
@@ -191,6 +208,20 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         Image.fromarray(overlay(img, heat)).save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png",
                         headers={"X-Spinexr-Target": predictor.labels[ti], "X-Spinexr-Method": method})
+
+    @app.post("/v1/overlay", responses={200: {"content": {"image/png": {}}}})
+    async def overlay_png(file: UploadFile = File(...)) -> Response:
+        """The spine measurement drawn on the film at its original size (needs a landmark model)."""
+        from PIL import Image
+
+        if measurer is None:
+            raise HTTPException(404, "this service has no landmark model; start it with --landmarks MODEL")
+        data = await _read_upload(file)
+        img, _ = await anyio.to_thread.run_sync(_decode, data, file.filename)
+        m = await anyio.to_thread.run_sync(_measure, img, limiter=explain_threads)
+        buf = io.BytesIO()
+        Image.fromarray(measurer.overlay(img, m)).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
 
     page_html = (STATIC / "index.html").read_text()
 
