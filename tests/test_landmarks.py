@@ -202,3 +202,25 @@ def test_service_reports_the_measurement(trained_model: Path, landmark_model: Pa
     with TestClient(create_app(trained_model)) as c:
         assert c.post("/v1/predict", files={"file": (film.name, data, "image/jpeg")}).json()["spine"] is None
         assert c.post("/v1/overlay", files={"file": (film.name, data, "image/jpeg")}).status_code == 404
+
+
+def test_final_model_without_a_test_part(synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+
+    from spinexr.cli import main
+
+    rows = list(csv.DictReader(open(synth_dir / "landmarks.csv")))
+    no_angles = tmp_path / "lm.csv"
+    with open(no_angles, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{**r, "path": str((synth_dir / r["path"]).resolve()), "pt": "", "mt": "", "tl": ""} for r in rows])
+    args = ["landmarks", "train", "--data", str(no_angles), "--epochs", "1", "--input-height", "128", "--input-width",
+            "64", "--batch-size", "4", "--device", "cpu", "--quiet"]
+    # Measuring a held-out part needs the angles: a clear error, exit 2.
+    assert main([*args, "--out", str(tmp_path / "a"), "--test-fraction", "0.3"]) == 2
+    assert "--test-fraction 0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # nothing started, nothing left behind
+    assert main([*args, "--out", str(tmp_path / "b"), "--test-fraction", "0"]) == 0
+    assert "nothing held out" in capsys.readouterr().out
+    assert (tmp_path / "b" / "models" / "landmarks.safetensors").is_file()

@@ -456,6 +456,12 @@ def _cmd_landmarks(args: argparse.Namespace) -> int:
     folds = cfg.folds if args.landmarks_cmd == "cv" else 1
     res = run_landmark_cv(args.data, cfg, out, folds=folds, max_minutes_per_fold=args.max_minutes,
                           progress=not args.quiet)
+    if "pooled" not in res:
+        f0 = res["folds"][0]
+        print(f"trained on all {f0['n_train'] + f0['n_val']} films ({f0['epochs_run']} epochs, "
+              f"{f0['train_seconds'] / 60:.1f} min); nothing held out to measure")
+        print(f"model file: {out / 'models' / 'landmarks.safetensors'}")
+        return 0
     p = res["pooled"]
     how = f"{len(res['folds'])}-fold case-grouped CV" if folds > 1 else "one case-grouped held-out split"
     print(f"{how} on {p['n']} films: SMAPE {p['smape']:.2f}% (95% CI {p['smape_ci95'][0]:.2f}-{p['smape_ci95'][1]:.2f}), "

@@ -70,10 +70,13 @@ def angle_metrics(pred: np.ndarray, true: np.ndarray, err_pct: np.ndarray, n_boo
 
 
 def case_splits(groups: np.ndarray, folds: int, seed: int, test_fraction: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Case-grouped folds, or with ``folds`` < 2 one split holding out ``test_fraction`` of the cases."""
+    """Case-grouped folds, or with ``folds`` < 2 one split holding out ``test_fraction`` of the cases
+    (0: no test part, every film trains: the final model)."""
     cases = np.unique(groups)
     rng = np.random.default_rng(seed)
     order = rng.permutation(cases)
+    if folds < 2 and test_fraction == 0:
+        return [(np.arange(len(groups)), np.array([], dtype=int))]
     if folds < 2:
         n_test = max(1, int(round(test_fraction * len(cases))))
         parts = [order[:n_test]]
@@ -99,18 +102,20 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     ds = load_landmark_source(source)
     contract = DataConfig(cfg.input_height, input_width=cfg.input_width)
     data = prepare_landmarks(ds, contract, progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"verb": "landmarks cv", "source": str(source),
-                                                 "landmarks": asdict(cfg), "folds": folds}, indent=2))
     recs = data.records
-    if any(r.angles is None for r in recs):
-        raise DatasetError(f"{source}: measuring needs the Cobb angles (pt, mt, tl) of every film")
     groups = np.array([r.group for r in recs])
-    true = np.array([r.angles for r in recs])
-    label_ok = np.array([not implausibility(r.landmarks) for r in recs])
-    device = resolve_device(cfg.device)
     k = cfg.folds if folds is None else folds
     splits = case_splits(groups, k, cfg.seed, cfg.test_fraction)
+    testing = any(len(te) for _, te in splits)
+    if testing and any(r.angles is None for r in recs):
+        raise DatasetError(f"{source}: measuring needs the Cobb angles (pt, mt, tl) of every film; "
+                           "train a final model without a test part with --test-fraction 0")
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
+    (out / "config.json").write_text(json.dumps({"verb": "landmarks cv", "source": str(source),
+                                                 "landmarks": asdict(cfg), "folds": folds}, indent=2))
+    true = np.array([r.angles if r.angles is not None else np.full(3, np.nan) for r in recs])
+    label_ok = np.array([not implausibility(r.landmarks) for r in recs])
+    device = resolve_device(cfg.device)
     pred = np.full_like(true, np.nan)
     err_pct = np.full(len(recs), np.nan)
     refused = np.zeros(len(recs), dtype=bool)
@@ -127,6 +132,16 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
         net = LandmarkNet(cfg.encoder, pretrained=cfg.weights == "imagenet")
         fit = fit_landmarks(net, data, fit_idx, val_idx, cfg, contract, checkpoint=out / "checkpoints" / f"fold{f}.pt",
                             progress=progress, desc=f"landmarks fold {f}", max_minutes=max_minutes_per_fold)
+        if f == 0:
+            save_landmark_model(fit.predictor, out / "models" / "landmarks.safetensors", asdict(cfg),
+                                {"source": str(source), "n_train": int(len(fit_idx)),
+                                 "split": "all films" if not len(te) else "fold 0"})
+        train_info = {"fold": f, "n_train": int(len(fit_idx)), "n_val": int(len(val_idx)), "n_test": int(len(te)),
+                      "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_by": fit.stopped_by,
+                      "train_seconds": float(sum(h["seconds"] for h in fit.history))}
+        if not len(te):  # the final model: nothing held out to measure
+            fold_rows.append(train_info)
+            continue
         pts_in, _ = predict_points(fit.predictor, data.x, te, device)
         for j, i in enumerate(te):
             r = recs[i]
@@ -141,14 +156,14 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
                          **{f"pred_{a}": float(v) for a, v in zip(("pt", "mt", "tl"), pred[i])},
                          "landmark_error_pct_height": err_pct[i]})
         m = angle_metrics(pred[te], true[te], err_pct[te], n_boot=200, seed=cfg.seed)
-        fold_rows.append({"fold": f, "n_train": int(len(fit_idx)), "n_val": int(len(val_idx)), "n_test": int(len(te)),
-                          "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_by": fit.stopped_by,
-                          "train_seconds": float(sum(h["seconds"] for h in fit.history)),
-                          "smape": m["smape"], "mae_largest": m["mae_largest"]})
+        fold_rows.append({**train_info, "smape": m["smape"], "mae_largest": m["mae_largest"]})
         log.info("landmarks fold %d: SMAPE %.2f%%, largest-angle MAE %.2f deg", f, m["smape"], m["mae_largest"])
-        if f == 0:
-            save_landmark_model(fit.predictor, out / "models" / "landmarks.safetensors", asdict(cfg),
-                                {"source": str(source), "n_train": int(len(fit_idx)), "split": "fold 0"})
+    if not testing:
+        res = {"source": str(source), "n_films": len(recs), "skipped": data.skipped,
+               "labels_implausible": int((~label_ok).sum()), "folds": fold_rows, "settings": asdict(cfg),
+               "wall_seconds": time.perf_counter() - t_start}
+        (out / "metrics.json").write_text(json.dumps(res, indent=2, default=float))
+        return res
     done = ~np.isnan(pred).any(axis=1)
     res = {"source": str(source), "n_films": len(recs), "skipped": data.skipped,
            "labels_implausible": int((~label_ok).sum()), "folds": fold_rows, "settings": asdict(cfg),
