@@ -287,6 +287,54 @@ def measure(eager, fp32, q8, xs: list, sg: dict, sg_flop: float) -> dict:
     return r
 
 
+def landmark_timing(model: Path, films: list[Path], threads: int, work: Path) -> dict:
+    """Per-film latency of the landmark model and the Cobb angles: PyTorch eager and onnxruntime FP32,
+    timed in turn film by film; 'total' adds the decoding of the file."""
+    import numpy as np
+    import torch
+
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.export import export_landmark_onnx
+    from spinexr.deploy.modelfile import load_landmark_model
+    from spinexr.deploy.predictor import _ort_session
+    from spinexr.geometry.cobb import cobb_angles
+    from spinexr.geometry.plausibility import implausibility
+
+    pred, meta = load_landmark_model(model)
+    onnx = work / "landmarks.onnx"
+    rep = export_landmark_onnx(model, onnx, parity_images=films[:4])
+    sess, _ = _ort_session(onnx, threads)
+    c = pred.contract
+
+    def eager(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return pred(torch.from_numpy(x))[0].numpy()
+
+    def ort(x: np.ndarray) -> np.ndarray:
+        return sess.run(["landmarks"], {"image": x})[0]
+
+    ms: dict[str, list[float]] = {"decode": [], "eager": [], "onnxruntime": []}
+    for f in films:
+        t0 = time.perf_counter()
+        img, _ = read_image(f)
+        ms["decode"].append((time.perf_counter() - t0) * 1e3)
+        for name, run in (("eager", eager), ("onnxruntime", ort)):
+            t0 = time.perf_counter()
+            x8, pl = c.to_input(img)
+            pts = run(x8.astype(np.float32)[None, None] / 255.0)
+            v = pl.points_to_original(pts[0]).reshape(17, 4, 2)
+            if not implausibility(v):
+                cobb_angles(v, img.shape[0])
+            ms[name].append((time.perf_counter() - t0) * 1e3)
+    out = {"model": str(model), "input": f"{c.height}x{c.width}", "encoder": meta["encoder"], "films": len(films),
+           "threads": threads, "onnx_parity_px": rep.get("max_abs_px_diff")}
+    for k, v in ms.items():
+        out[k] = {"p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95))}
+    out["total_onnxruntime_p50_ms"] = out["decode"]["p50_ms"] + out["onnxruntime"]["p50_ms"]
+    out["target_ms"] = 300
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -303,8 +351,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="cpu_inference.json", help="file name under benchmarks/results/")
     ap.add_argument("--kauh-run", help="a spinexr cv run on KAUH, for INT8 accuracy")
     ap.add_argument("--service", action="store_true", help="also load-test spinexr serve (densenet121, onnxruntime)")
+    ap.add_argument("--landmarks", help="a landmark model file: time landmarks + Cobb angles per film instead")
+    ap.add_argument("--landmark-data", default=str(DEFAULT_DATA.parent / "aasce-spine-ap" / "images"),
+                    help="films for the landmark timing")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.landmarks:
+        from spinexr.data.imread import list_images
+
+        films = list_images(Path(a.landmark_data))
+        films = films[:: max(1, len(films) // a.images)][: a.images]
+        with tempfile.TemporaryDirectory() as d:
+            res = {**header("cpu_inference_landmarks", argv), "landmarks": landmark_timing(Path(a.landmarks), films,
+                                                                                             a.threads, Path(d))}
+        write_result("cpu_inference_landmarks.json" if a.out == "cpu_inference.json" else a.out, res)
+        lm = res["landmarks"]
+        print(f"landmarks + angles per film ({lm['input']}): eager p50 {lm['eager']['p50_ms']:.0f} ms, onnxruntime p50 "
+              f"{lm['onnxruntime']['p50_ms']:.0f} ms; with decoding {lm['total_onnxruntime_p50_ms']:.0f} ms")
+        return 0
     models = a.models.split(",")
     sizes = sorted({get_model_entry(m).input_size for m in models})
     data = prepare_dataset(a.data, sizes, progress=False)
