@@ -224,3 +224,14 @@ def test_final_model_without_a_test_part(synth_dir: Path, tmp_path: Path, capsys
     assert main([*args, "--out", str(tmp_path / "b"), "--test-fraction", "0"]) == 0
     assert "nothing held out" in capsys.readouterr().out
     assert (tmp_path / "b" / "models" / "landmarks.safetensors").is_file()
+
+
+def test_explain_draws_the_measurement(trained_model: Path, landmark_model: Path, synth_dir: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from spinexr.cli import main
+
+    film = sorted((synth_dir / "Scoliosis").glob("*.jpg"))[0]
+    out = tmp_path / "x.png"
+    assert main(["explain", str(trained_model), str(film), "--landmarks", str(landmark_model), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert (tmp_path / "x_cobb.png").is_file() and ("Cobb: largest" in text or "no Cobb angle" in text)

@@ -291,6 +291,21 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     heat, t = pred.explain(img, args.method, target)
     Image.fromarray(overlay(img, heat)).save(out)
     print(f"{args.image}: {p.label} ({p.probabilities[p.label]:.3f}); {args.method} map for {pred.labels[t]} -> {out}")
+    if args.landmarks:
+        from spinexr.deploy.measure import SpineMeasurer
+
+        dest = out.with_name(out.stem + "_cobb" + out.suffix)
+        _refuse_overwrite(dest, [Path(args.image)], args.force)
+        measurer = SpineMeasurer(args.landmarks, device=args.device)
+        m = measurer.measure(img)
+        Image.fromarray(measurer.overlay(img, m)).save(dest)
+        if m.result is None:
+            print(f"no Cobb angle: the predicted spine is implausible ({'; '.join(m.refused)}) -> {dest}")
+        else:
+            r = m.result
+            u, lo, apex = r.pt.levels
+            print(f"Cobb: largest {r.largest:.1f}° ({r.band}); PT {r.pt.angle:.1f}° {u}-{lo} apex {apex}, "
+                  f"MT {r.mt.angle:.1f}°, TL/L {r.tl.angle:.1f}° -> {dest}")
     return 0
 
 
@@ -390,6 +405,8 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--method", choices=["gradcam", "gradcam++", "attention"], default="gradcam")
     e.add_argument("--target", choices=["Normal", "Scoliosis", "Spondylolisthesis"], help="class to explain")
     e.add_argument("--out", default="explanation.png")
+    e.add_argument("--landmarks", metavar="LANDMARK_MODEL",
+                   help="also measure the spine and draw it beside the map (OUT with a _cobb suffix)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--force", action="store_true")
     e.set_defaults(func=_cmd_explain)
