@@ -73,10 +73,11 @@ class LandmarkFit:
     stopped_by: str  # "epochs", "early stopping" or "time budget"
 
 
-def _lr(cfg: LandmarkConfig, progress: float) -> float:
+def _lr(cfg: LandmarkConfig, progress: float, horizon: float) -> float:
+    """Warm-up, then a cosine decay that reaches its floor at ``horizon`` epochs."""
     if progress < cfg.warmup_epochs:
         return cfg.lr * max(progress / max(cfg.warmup_epochs, 1e-8), 1e-3)
-    t = min(1.0, (progress - cfg.warmup_epochs) / max(1e-8, cfg.epochs - cfg.warmup_epochs))
+    t = min(1.0, (progress - cfg.warmup_epochs) / max(1e-8, horizon - cfg.warmup_epochs))
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -111,8 +112,14 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
     t_start = time.perf_counter()
     stopped_by = "epochs"
     predictor = LandmarkPredictor(net, contract)
+    # With a time budget the schedule must end when the time does: after the first epochs the
+    # horizon becomes the number of epochs that fit, so the learning rate anneals in time.
+    horizon = float(cfg.epochs)
     bar = tqdm(range(cfg.epochs), desc=desc, unit="ep", disable=not progress, leave=False)
     for epoch in bar:
+        if max_minutes is not None and epoch >= 2:
+            per_epoch = (time.perf_counter() - t_start) / epoch
+            horizon = float(min(cfg.epochs, max(epoch + 1, int(max_minutes * 60 / per_epoch))))
         t0 = time.perf_counter()
         net.train()
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -123,7 +130,7 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
         for s in range(n_steps):
             ib = torch.as_tensor(order[s * bs:(s + 1) * bs], device=device)
             for g in opt.param_groups:
-                g["lr"] = _lr(cfg, epoch + s / n_steps)
+                g["lr"] = _lr(cfg, epoch + s / n_steps, horizon)
             xb, pb = augment_landmarks(x_dev[ib].float().div_(255.0), p_dev[ib], cfg, gen)
             loss, parts = codec.loss(net(contract.normalize(xb)), pb)
             opt.zero_grad(set_to_none=True)
@@ -134,7 +141,7 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
         if len(val_idx):
             pred, _ = predict_points(predictor, x_dev, val_idx, device)
             val_err = float(np.linalg.norm(pred - data.pts[val_idx].numpy(), axis=-1).mean() / contract.height)
-        rec = {"epoch": epoch, "loss": sums[0] / n_steps, "l1": sums[1] / n_steps, "tilt": sums[2] / n_steps,
+        rec = {"epoch": epoch, "horizon": horizon, "loss": sums[0] / n_steps, "l1": sums[1] / n_steps, "tilt": sums[2] / n_steps,
                "js": sums[3] / n_steps, "val_error": val_err, "lr": opt.param_groups[0]["lr"],
                "seconds": time.perf_counter() - t0}
         state.history.append(rec)
