@@ -1,9 +1,9 @@
 """Cobb angles on the AASCE / SpineWeb 16 films: case-grouped CV of the landmark model.
 
-Reduced CPU recipe (2 cores, training capped at 55 minutes): one 80/20 case-grouped split, a
-resnet18 encoder at 320 x 160:
+Reduced CPU recipe (2 cores, training capped at 55 minutes unless --minutes-per-fold says less): one
+80/20 case-grouped split, a resnet18 encoder at 320 x 160, the learning rate annealed to the budget:
 
-    python benchmarks/aasce_cobb_cv.py --cpu-reduced
+    python benchmarks/aasce_cobb_cv.py --cpu-reduced --minutes-per-fold 45
 
 Full recipe (a GPU): 5 folds at 1024 x 512:
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes-per-fold", type=float, default=None, help="cap on each fold's training time")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cpu-reduced", action="store_true", help="one 80/20 split, 320x160, 55 minutes of training")
+    ap.add_argument("--cpu-reduced", action="store_true", help="one 80/20 split, 320x160, 55 minutes of training (or --minutes-per-fold)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
     a = ap.parse_args(argv)
