@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes-per-fold", type=float, default=None, help="cap on each fold's training time")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cpu-reduced", action="store_true", help="one 80/20 split, 320x160, 55 minutes of training (or --minutes-per-fold)")
+    ap.add_argument("--cpu-reduced", action="store_true",
+                    help="one 80/20 split, 320x160, 55 minutes of training (or --minutes-per-fold)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
     a = ap.parse_args(argv)
