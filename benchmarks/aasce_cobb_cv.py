@@ -34,26 +34,22 @@ KAUH = HERE.parent.parent / "shared" / "data" / "kauh-spine-xray"
 def kauh_auc(model: Path, device: str) -> dict:
     """ROC-AUC of the predicted largest Cobb angle, KAUH Scoliosis against Normal films."""
     import numpy as np
-    import torch
     from sklearn.metrics import roc_auc_score
 
     from spinexr.data.imread import list_images, read_image
-    from spinexr.deploy.modelfile import load_landmark_model
+    from spinexr.deploy.measure import SpineMeasurer
     from spinexr.geometry.cobb import cobb_angles
-    from spinexr.geometry.plausibility import implausibility
 
-    pred, _ = load_landmark_model(model, device)
+    measurer = SpineMeasurer(model, device)
     ys, angles, refused = [], [], 0
     for cls, y in (("Normal", 0), ("Scoliosis", 1)):
         for p in list_images(KAUH / cls):
             img, _ = read_image(p)
-            x8, pl = pred.contract.to_input(img)
-            with torch.no_grad():
-                pts, _ = pred(torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None].to(device))
-            v = pl.points_to_original(pts[0].cpu().numpy()).reshape(17, 4, 2)
-            refused += bool(implausibility(v))
+            m = measurer.measure(img)
+            refused += m.result is None
             ys.append(y)
-            angles.append(cobb_angles(v, img.shape[0]).largest)
+            # A refused spine still has corners: the cross-check ranks every film by what was measured.
+            angles.append(cobb_angles(m.landmarks, img.shape[0]).largest)
     ys, angles = np.array(ys), np.array(angles)
     return {"n_normal": int((ys == 0).sum()), "n_scoliosis": int((ys == 1).sum()),
             "auc_largest_angle": float(roc_auc_score(ys, angles)),

@@ -314,5 +314,5 @@ class LandmarkConfig(Settings):
     translate: float = setting(0.06, ge=0, lt=0.5, help="largest shift (fraction of the side)")
     flip: bool = setting(True, help="random horizontal flips (left and right corners swap)")
     intensity: float = setting(0.2, ge=0, le=1, help="brightness, contrast and gamma jitter")
-    folds: int = setting(5, ge=2, help="case-grouped folds for `landmarks cv`")
-    test_fraction: float = setting(0.2, ge=0, lt=1, help="held-out share of cases for `landmarks train` (0: none)")
+    folds: int = setting(5, ge=2, verbs=("cv",), help="case-grouped folds")
+    test_fraction: float = setting(0.2, ge=0, lt=1, verbs=("train",), help="held-out share of cases (0: none)")

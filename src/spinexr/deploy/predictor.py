@@ -43,19 +43,27 @@ class InferenceModule(nn.Module):
         self.contract = contract
         self.tta_flip = bool(tta_flip)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
-        self.ood = ood
-        self.has_ood = ood is not None
+        self.ood = None
+        self.has_ood = False
         if ood is not None:
-            self.register_buffer("ood_mean", torch.as_tensor(ood.mean, dtype=torch.float32))
-            self.register_buffer("ood_components", torch.as_tensor(ood.components, dtype=torch.float32))
-            self.register_buffer("ood_class_means", torch.as_tensor(ood.class_means, dtype=torch.float32))
-            self.register_buffer("ood_precision", torch.as_tensor(ood.precision, dtype=torch.float32))
+            self.set_ood(ood)
 
     def set_temperature(self, t: float) -> None:
         self.temperature.fill_(float(t))
 
+    def set_ood(self, ood: Any) -> None:
+        """Put an :class:`~spinexr.models.ood.OODDetector`'s arrays into the graph (as buffers)."""
+        dev = next(self.model.parameters()).device
+        self.ood, self.has_ood = ood, True
+        for name in ("mean", "components", "class_means", "precision"):
+            self.register_buffer(f"ood_{name}", torch.as_tensor(getattr(ood, name), dtype=torch.float32, device=dev))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logit features of [0, 1] films (unmirrored): what the OOD score is computed on."""
+        return self.model.forward_head(self.model.forward_features(self.contract.normalize(x)), pre_logits=True)
+
     def _features_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.model.forward_head(self.model.forward_features(self.contract.normalize(x)), pre_logits=True)
+        f = self.features(x)
         return f, self.model.classifier(f)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

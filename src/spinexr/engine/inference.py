@@ -61,7 +61,8 @@ def run_inference(module: nn.Module, x_u8: torch.Tensor, idx: np.ndarray | None,
 def extract_features(model: nn.Module, contract: DataConfig, x_u8: torch.Tensor, idx: np.ndarray | None,
                      device: torch.device, batch_size: int = 64) -> np.ndarray:
     """Pooled pre-logit features of ``x_u8[idx]`` (unmirrored), as the predictor's OOD score sees them."""
-    model.eval()
-    out = [model.forward_head(model.forward_features(contract.normalize(xb)), pre_logits=True).float().cpu()
-           for xb in unit_batches(x_u8, idx, device, batch_size)]
+    from spinexr.deploy.predictor import InferenceModule
+
+    module = InferenceModule(model, contract).eval()
+    out = [module.features(xb).float().cpu() for xb in unit_batches(x_u8, idx, device, batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)

@@ -251,7 +251,7 @@ def fit(
             break
     bar.close()
     state.stopper.restore(model)
-    module = InferenceModule(model, contract, tta_flip=cfg.tta_flip)
+    module = InferenceModule(model, contract, tta_flip=cfg.tta_flip).to(device)
     temp = fit_temperature(run_inference(module, x_dev, val_idx, device).logits, yv) if len(yv) else 1.0
     module.set_temperature(temp)
     del x_dev

@@ -40,7 +40,6 @@ def train_predictor(name: str, cfg: CVConfig, tcfg: TrainConfig, contract: DataC
                     checkpoint: Path, desc: str, progress: bool, resume: bool) -> Any:
     """Train ``name`` and return its FitResult, whose predictor carries an OOD detector fitted on the
     pooled features of ``ood_idx`` (the training side, unaugmented) when that is given."""
-    from spinexr.deploy.predictor import InferenceModule
     from spinexr.engine.distributed import is_main, resolve_device
     from spinexr.engine.inference import extract_features
     from spinexr.engine.train import fit
@@ -53,8 +52,7 @@ def train_predictor(name: str, cfg: CVConfig, tcfg: TrainConfig, contract: DataC
     if ood_idx is not None and is_main():
         dev = resolve_device(tcfg.device)
         feats = extract_features(model, contract, data.tensors[contract.input_size], ood_idx, dev)
-        res.predictor = InferenceModule(model, contract, tta_flip=tcfg.tta_flip, temperature=res.temperature,
-                                        ood=fit_ood(feats, data.labels[ood_idx])).to(dev).eval()
+        res.predictor.set_ood(fit_ood(feats, data.labels[ood_idx]))
     return res
 
 

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import (
     confusion_matrix,
-    precision_recall_fscore_support,
     roc_auc_score,
 )
 
@@ -103,7 +102,6 @@ def compute_metrics(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...] =
     probs = np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(axis=1)
     labels = list(range(len(classes)))
-    f = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)[2]
     cm = confusion_matrix(y, pred, labels=labels)
     support = cm.sum(axis=1)
     rates = _per_class_from_confusion(cm)
@@ -111,7 +109,7 @@ def compute_metrics(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...] =
     return {
         "n": int(len(y)),
         "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
-        "macro_f1": float(np.mean(f)),
+        "macro_f1": float(np.mean(np.nan_to_num(rates["f1"]))),
         "auc_macro": auc_macro,
         "ece": ece(probs, y),
         "nll": nll(probs, y) if len(y) else float("nan"),
