@@ -169,15 +169,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise SpinexrError(f"--bootstrap {args.bootstrap}: at least 20 resamples are needed for a 95% interval")
     out = _run_dir(args.out, "evaluate", args.force)
     res = evaluate_model(args.model, args.data, out, device=args.device, bootstrap=args.bootstrap,
-                         cache_dir=args.cache_dir, progress=not args.quiet)
+                         cache_dir=args.cache_dir, progress=not args.quiet, angles=args.angles,
+                         landmarks=args.landmarks)
     _print_summary(out, res)
     return 0
 
 
 def _print_summary(out: Path, res: RunResult) -> None:
-    from spinexr.evaluation.report import headline
+    from spinexr.evaluation.report import external_lines, headline
 
+    ext = res.external
     for m, r in res.models.items():
+        if ext and not ext["complete"]:
+            for c, v in ext["per_class"].items():
+                lo, hi = v["sensitivity_ci95"]
+                print(f"{m:<14} {c}: {v['sensitivity']:.1%} of {v['n']} films called {c} (95% CI {lo:.1%}-{hi:.1%}); "
+                      + ", ".join(f"{k} {n}" for k, n in v["called"].items()))
+            continue
         ci, pooled = r.ci95, r.pooled
         if r.n_folds > 1:
             acc = r.summary["accuracy"]
@@ -188,8 +196,10 @@ def _print_summary(out: Path, res: RunResult) -> None:
         print(f"{m:<14} accuracy {point}  95% CI [{ci['accuracy'][0] * 100:.1f}, {ci['accuracy'][1] * 100:.1f}]  "
               f"macro-F1 {pooled['macro_f1']:.3f}  AUC {'n/a' if auc is None else f'{auc:.3f}'}  "
               f"ECE {pooled['ece']:.3f}")
+    for line in external_lines(ext) if ext else []:
+        print(line)
     h = headline(res)
-    if h and h["worst_class"]:
+    if h and h["worst_class"] and h["accuracy"] is not None:
         rc = h["worst_recall_ci"]
         print(f"missed most ({h['model']}): {h['worst_class']}, recall {h['worst_recall']:.1%}"
               + (f" (95% CI {rc[0]:.1%}-{rc[1]:.1%})" if rc else ""))
@@ -211,7 +221,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_cmd_train)
     e = sub.add_parser("evaluate", help="a trained model file on another dataset, with the same report")
     e.add_argument("model", help="model .safetensors file")
-    e.add_argument("--data", required=True, help="class-folder tree or CSV manifest")
+    e.add_argument("--data", required=True, help="class-folder tree or CSV manifest (it may hold only some classes)")
+    e.add_argument("--angles", help="true Cobb angles: a CSV (path + largest, or pt,mt,tl) or an AASCE-layout folder")
+    e.add_argument("--landmarks", help="a landmark model file: also score its measured angle against --angles")
     e.add_argument("--out", help="run folder")
     e.add_argument("--force", action="store_true")
     e.add_argument("--device", default="auto")

@@ -286,6 +286,13 @@ def headline(run: RunResult) -> dict[str, Any] | None:
         return None
     name = "ensemble" if "ensemble" in models else max(models, key=lambda m: models[m].pooled["accuracy"])
     r = models[name]
+    ext = run.external
+    if ext and not ext["complete"] and ext["per_class"]:  # an external set without every class: sensitivity speaks
+        worst = min(ext["per_class"], key=lambda c: ext["per_class"][c]["sensitivity"])
+        v = ext["per_class"][worst]
+        return {"model": name, "n": ext["n"], "accuracy": None, "accuracy_ci": None, "worst_class": worst,
+                "worst_recall": v["sensitivity"], "worst_recall_ci": v["sensitivity_ci95"], "worst_support": v["n"],
+                "shortcut": None, "beats_shortcut": None, "classes_present": ext["classes_present"]}
     pc = {c: v for c, v in r.pooled["per_class"].items() if v["support"] > 0}
     worst = min(pc, key=lambda c: pc[c]["recall"]) if pc else None
     ci = r.ci95
@@ -299,6 +306,11 @@ def headline(run: RunResult) -> dict[str, Any] | None:
 
 
 def _headline_lines(h: dict[str, Any]) -> list[str]:
+    if h["accuracy"] is None:
+        return [f"These {h['n']} films hold only {', '.join(h['classes_present'])}: accuracy, macro-F1 and AUC "
+                "are not defined here, sensitivity is.",
+                f"Lowest sensitivity: {h['worst_class']}, {h['worst_recall']:.1%} of {h['worst_support']} films "
+                f"(95% CI {_fmt_ci(h['worst_recall_ci'])} %)."]
     lines = [f"How accurate: {h['model']} is right on {h['accuracy']:.1%} of {h['n']} films "
              f"(95% CI {_fmt_ci(h['accuracy_ci'])} %)."]
     if h["worst_class"]:
@@ -308,6 +320,47 @@ def _headline_lines(h: dict[str, Any]) -> list[str]:
         verdict = ("yes: the lower end of the accuracy CI is above it" if h["beats_shortcut"]
                    else "not clearly: the accuracy CI reaches down to it or below")
         lines.append(f"Beats the size/aspect shortcut ({h['shortcut']:.1%})? {verdict}.")
+    return lines
+
+
+def external_tables(ext: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(caption, header, rows) of an external evaluation: sensitivity and confusion rows per present
+    class, then, with true angles, the share called Scoliosis per Cobb band."""
+    out = []
+    rows = [[c, str(v["n"]), *[str(v["called"][k]) for k in v["called"]], f"{v['sensitivity']:.1%}",
+             _fmt_ci(v["sensitivity_ci95"])] for c, v in ext["per_class"].items()]
+    called = list(next(iter(ext["per_class"].values()))["called"]) if ext["per_class"] else []
+    out.append(("Sensitivity of each class present (rows: true class; Wilson 95% CI)",
+                ["true class", "films", *[f"called {k}" for k in called], "sensitivity", "95% CI %"], rows))
+    ang = ext.get("angles") or {}
+    if ang.get("by_band"):
+        brows = [[b["band"], b["range"], str(b["n"]), "n/a" if b["called_scoliosis"] is None else f"{b['called_scoliosis']:.1%}",
+                  _fmt_ci(b["ci95"])] for b in ang["by_band"]]
+        out.append(("Called Scoliosis by true largest Cobb angle", ["band", "range", "films", "called Scoliosis",
+                                                                    "95% CI %"], brows))
+    return out
+
+
+def external_lines(ext: dict[str, Any]) -> list[str]:
+    """The external evaluation's sentences: AUCs, correlation with the curve, and what was not measured."""
+    lines = []
+    if ext.get("auc"):
+        lines.append("One-vs-rest ROC-AUC among the classes present: "
+                     + ", ".join(f"{c} {v:.3f}" for c, v in ext["auc"].items() if v == v) + ".")
+    ang = ext.get("angles") or {}
+    for key, what in (("spearman_p_scoliosis", "P(Scoliosis)"), ("spearman_measured_angle", "the measured largest angle")):
+        s = ang.get(key)
+        if s:
+            ci = s["ci95"]
+            lines.append(f"Spearman correlation of {what} with the true largest Cobb angle: {s['rho']:.2f}"
+                         + (f" (95% CI {ci[0]:.2f} to {ci[1]:.2f})" if ci else "") + f", {s['n']} films.")
+    if ang.get("auc_lt10_vs_ge25") is not None:
+        lines.append(f"Telling films under 10° from films of 25° or more by P(Scoliosis): AUC {ang['auc_lt10_vs_ge25']:.3f}.")
+    if ang.get("mae_measured_largest") is not None:
+        lines.append(f"Measured largest angle against the truth: mean absolute error {ang['mae_measured_largest']:.1f}°.")
+    if "n_with_angle" in ang and ang["n_with_angle"] < ext["n"]:
+        lines.append(f"{ext['n'] - ang['n_with_angle']} film(s) have no true angle and count only in the class rows.")
+    lines += [f"Not measured: {t}." for t in ext.get("not_measured", [])]
     return lines
 
 
@@ -354,12 +407,15 @@ def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list
         figs.append((f"Training curves of {m}: loss and accuracy per epoch, {len(hs)} run(s)",
                      plot_curves(hs, plots / f"curves_{safe}.png", m)))
     probs = {m: np.asarray(p) for m, p in pooled_probs.items()}
+    ext = run.external
+    partial = bool(ext) and not ext["complete"]
     for m, p in probs.items():
         cm = run.models[m].pooled["confusion"]
         figs.append((f"Confusion matrix of {m} on {n_eval} films (rows: true class, columns: predicted)",
                      plot_confusion(cm, plots / f"confusion_{m}.png", m)))
-        figs.append((f"One-vs-rest ROC curves of {m} on {n_eval} films",
-                     plot_roc(y, p, plots / f"roc_{m}.png", m)))
+        if not partial:  # a ROC curve needs films of both sides
+            figs.append((f"One-vs-rest ROC curves of {m} on {n_eval} films",
+                         plot_roc(y, p, plots / f"roc_{m}.png", m)))
     if probs:
         figs.append((f"Reliability on {n_eval} films: accuracy against confidence per bin (bins under {MIN_BIN} "
                      "films hollow), films per bin, and the histogram of top-class confidence",
@@ -388,7 +444,12 @@ def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list
     if d.skipped:
         parts.append(f"<p class=warn>{len(d.skipped)} unreadable file(s) skipped: "
                      + html.escape("; ".join(f"{k}: {v}" for k, v in d.skipped.items())) + "</p>")
-    rows = comparison_rows(run)
+    if ext:
+        parts.append("<h2>External evaluation</h2>" + "".join(
+            _table(hd, rs).replace("<table>", f"<table><caption>{html.escape(cap)}</caption>", 1)
+            for cap, hd, rs in external_tables(ext))
+            + "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in external_lines(ext)) + "</ul>")
+    rows = [] if partial else comparison_rows(run)
     header = comparison_header(run)
     single = all(_n_folds(r) <= 1 for r in run.models.values())
     how = ("The point values come from one split." if single else "Accuracy, macro-F1 and AUC are mean ± standard "
@@ -443,6 +504,11 @@ def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list
     if head:
         md += ["## At a glance", "", *[f"- {line}" for line in _headline_lines(head)], ""]
     md += [f"{d.n_images} images from `{d.source}`.", ""]
+    if ext:
+        md += ["## External evaluation", ""]
+        for cap, hd, rs in external_tables(ext):
+            md += [f"{cap}:", "", _md_table(hd, rs), ""]
+        md += [f"- {line}" for line in external_lines(ext)] + [""]
     if rows:
         md += [_md_table(header, rows), "", "## Per class", ""]
         md += [_per_class_md(m, r) + "\n" for m, r in run.models.items()]

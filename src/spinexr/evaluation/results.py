@@ -137,6 +137,7 @@ class RunResult:
     model_meta: dict[str, Any] | None = None  # evaluate: the measured model's metadata
     best_epoch: int | None = None  # train
     temperature: float | None = None  # train
+    external: dict[str, Any] | None = None  # evaluate: what a set with some classes (and angles) can show
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"schema": SCHEMA, "verb": self.verb, **asdict(self.data), "device": self.device,
@@ -144,7 +145,7 @@ class RunResult:
                              "wall_seconds": self.wall_seconds}
         if self.leaky is not None:
             d["leaky"] = asdict(self.leaky)
-        for k in ("model_file", "best_epoch", "temperature"):
+        for k in ("model_file", "best_epoch", "temperature", "external"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         if self.model_meta is not None:
@@ -162,4 +163,5 @@ class RunResult:
                    models={m: ModelResult.from_dict(r) for m, r in d.get("models", {}).items()},
                    config=d.get("config", {}), leaky=LeakyResult(**lk) if lk else None,
                    wall_seconds=float(d.get("wall_seconds", 0.0)), model_file=d.get("model_file"),
-                   model_meta=d.get("model"), best_epoch=d.get("best_epoch"), temperature=d.get("temperature"))
+                   model_meta=d.get("model"), best_epoch=d.get("best_epoch"), temperature=d.get("temperature"),
+                   external=d.get("external"))
