@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spinexr.deploy.decision import DecisionRule
 from spinexr.geometry.cobb import CobbResult, cobb_angles
 from spinexr.geometry.plausibility import implausibility
 
@@ -51,6 +52,7 @@ class SpineMeasurer:
         self.device = torch.device(device)
         self.predictor, self.meta = load_landmark_model(path, self.device)
         self.contract = self.predictor.contract
+        self.rule = DecisionRule.from_meta(self.meta)
 
     @torch.no_grad()
     def measure(self, img: np.ndarray) -> Measurement:

@@ -70,6 +70,7 @@ def predict_paths(predictor: Predictor, paths: list[Path], explain: str | None =
                 pred.reason = f"no heatmap: {e}"
         if measurer is not None and img is not None:
             pred.spine = measurer.measure(img)
+            pred.decide(measurer.rule)
             if overlays is not None:
                 dest = overlays / _heatmap_name(i, p, "cobb")
                 Image.fromarray(measurer.overlay(img, pred.spine)).save(dest)

@@ -104,6 +104,14 @@ class Prediction:
     heatmap: str = ""
     spine: Any = None  # a spinexr.deploy.measure.Measurement when a landmark model measured the film
     overlay: str = ""
+    decision: Any = None  # a spinexr.deploy.decision.Decision: ``label`` is then its label
+
+    def decide(self, rule: Any) -> Prediction:
+        """Let the measured curve answer the classifier (see :mod:`spinexr.deploy.decision`)."""
+        if self.status == "ok":
+            self.decision = rule.decide(self.label, self.probabilities, self.spine)
+            self.label = self.decision.label
+        return self
 
     def with_file_checks(self, meta: Any) -> Prediction:
         """Add what the file says about itself (:func:`spinexr.ood.input_checks`) and its read warnings."""
@@ -128,15 +136,19 @@ class Prediction:
             row["heatmap"] = self.heatmap
         if self.spine is not None:
             row.update(self.spine.row())
+        if self.decision is not None:
+            row.update(self.decision.row())
         if self.overlay:
             row["overlay"] = self.overlay
         return row
 
     def to_json(self) -> dict[str, Any]:
         """The JSON record: numbers as numbers, the flag as a boolean (null without a detector)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("seconds", "spine")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("seconds", "spine", "decision")}
         if self.spine is not None:
             d["spine"] = self.spine.to_dict()
+        if self.decision is not None:
+            d["decision"] = self.decision.to_dict()
         return {k: v for k, v in d.items() if k not in ("heatmap", "overlay") or v}
 
 

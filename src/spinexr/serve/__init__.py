@@ -167,13 +167,15 @@ def create_app(model_path: str | Path, onnx_path: str | Path | None = None, max_
         except QueueFull as e:
             raise HTTPException(503, f"the server is busy: {e}", headers={"Retry-After": "1"}) from e
         pred.with_file_checks(meta)
-        spine = None
+        spine = decision = None
         if measurer is not None:
             m = await anyio.to_thread.run_sync(_measure, img, limiter=explain_threads)
             spine = {**m.to_dict(), "landmarks": m.landmarks.round(2).tolist()}
+            pred.spine = m
+            decision = pred.decide(measurer.rule).decision.to_dict()
         t3 = time.perf_counter()
         return {
-            "spine": spine,
+            "spine": spine, "decision": decision,
             "label": pred.label, "probabilities": pred.probabilities,
             "ood": {"flag": pred.ood, "score": pred.ood_score, "threshold": predictor.ood_threshold,
                     "reasons": pred.ood_reasons},
