@@ -21,6 +21,9 @@ from spinexr.errors import SpinexrError
 if TYPE_CHECKING:
     from spinexr.evaluation.results import RunResult
 
+log = logging.getLogger("spinexr")
+BUNDLED = "<bundled>"  # --landmarks given without a file
+
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from spinexr.data.check import check_dataset, format_result
@@ -249,7 +252,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         write_rows,
     )
     from spinexr.deploy.predictor import Predictor
-    paths = expand_paths(args.paths, recursive=args.recursive)
+    model, landmarks, items = _models_for(args, args.items)
+    paths = expand_paths(items, recursive=args.recursive)
     if not paths:
         raise SpinexrError("no files to predict: give image files or folders (with --recursive for sub-folders)")
     out = Path(args.out) if args.out else None
@@ -259,13 +263,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise SpinexrError(f"{args.heatmaps}: heatmap folder is not empty; choose a new folder or pass --force")
     if args.overlays and Path(args.overlays).is_dir() and any(Path(args.overlays).iterdir()) and not args.force:
         raise SpinexrError(f"{args.overlays}: overlay folder is not empty; choose a new folder or pass --force")
-    pred = Predictor(args.model, backend=args.backend, device=args.device, onnx_path=args.onnx,
+    pred = Predictor(model, backend=args.backend, device=args.device, onnx_path=args.onnx,
                      max_pixels=args.max_pixels)
     measurer = None
-    if args.landmarks:
+    if landmarks:
         from spinexr.deploy.measure import SpineMeasurer
 
-        measurer = SpineMeasurer(args.landmarks, device=args.device)
+        measurer = SpineMeasurer(landmarks, device=args.device)
     preds = predict_paths(pred, paths, explain=args.explain, heatmaps=Path(args.heatmaps) if args.heatmaps else None,
                           progress=not args.quiet, measurer=measurer,
                           overlays=Path(args.overlays) if args.overlays else None)
@@ -280,12 +284,71 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     r = p.spine.result
                     spine = (f"\tCobb {r.largest:.1f} ({r.band}; PT {r.pt.angle:.1f} MT {r.mt.angle:.1f} TL {r.tl.angle:.1f})"
                              if r is not None else f"\tCobb refused: {'; '.join(p.spine.refused)}")
+                said = ""
+                if p.decision is not None and p.decision.agreement in ("overruled", "disagree"):
+                    said = f"\t{p.decision.agreement.upper()}: {p.decision.note}"
                 print(f"{p.path}\t{p.label}\t" + "\t".join(f"{c}={v:.6f}" for c, v in p.probabilities.items())
-                      + (f"\tOOD ({'; '.join(p.ood_reasons)})" if p.ood else "") + spine)
+                      + (f"\tOOD ({'; '.join(p.ood_reasons)})" if p.ood else "") + spine + said)
             else:
                 print(f"{p.path}\tERROR\t[{p.kind}] {p.reason}")
     print(summarize(preds), file=sys.stderr)
     return 0 if any(p.status == "ok" for p in preds) else 1
+
+
+MODEL_SUFFIXES = (".safetensors", ".onnx")
+
+
+def _models_for(args: argparse.Namespace, items: list[str]) -> tuple[str, str | None, list[str]]:
+    """(classifier, landmark model or None, the remaining positional items).
+
+    A first positional item that is a model file (``.safetensors`` / ``.onnx``) is the classifier, as
+    before; otherwise the bundled classifier runs, and with it the bundled landmark model unless
+    ``--no-landmarks``. ``--landmarks`` with no file means the bundled landmark model.
+    """
+    from spinexr.deploy.bundled import bundled_path
+
+    items = list(items)
+    if getattr(args, "model", None):
+        model = args.model
+    elif items and Path(items[0]).suffix.lower() in MODEL_SUFFIXES:
+        model = items.pop(0)
+    else:
+        model = str(bundled_path("classifier"))
+        if args.landmarks is None and not args.no_landmarks:
+            try:
+                return model, str(bundled_path("landmarks")), items
+            except SpinexrError as e:
+                log.warning("%s; predicting without Cobb angles", e)
+    landmarks = args.landmarks
+    if landmarks == BUNDLED:
+        landmarks = str(bundled_path("landmarks"))
+    return model, (None if args.no_landmarks else landmarks), items
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from spinexr.deploy.bundled import bundled_models
+
+    models = bundled_models()
+    if args.card:
+        hit = [m for m in models if m.name == args.card]
+        if not hit:
+            raise SpinexrError(f"no bundled model named {args.card!r}; bundled: {', '.join(m.name for m in models) or 'none'}")
+        if hit[0].card is None:
+            raise SpinexrError(f"the bundled {args.card} model has no model card in this installation")
+        print(hit[0].card.read_text())
+        return 0
+    if args.json:
+        print(json.dumps([{"name": m.name, "kind": m.kind, "path": str(m.path), "card": str(m.card) if m.card else None,
+                           "size_bytes": m.size_bytes, "meta": m.meta} for m in models], indent=2))
+        return 0
+    if not models:
+        print("no bundled models in this installation; train one with `spinexr train` / `spinexr landmarks train`")
+        return 0
+    for m in models:
+        print(m.describe())
+        print(f"{'':11} {m.path}" + (f"\n{'':11} card: spinexr models --card {m.name}" if m.card else ""))
+    print("research use only: these models are not a diagnosis; read each card's known failure modes.")
+    return 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -294,9 +357,16 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from spinexr.data.imread import read_image
     from spinexr.deploy.predictor import Predictor
     from spinexr.explain import overlay
+    if len(args.items) > 2:
+        raise SpinexrError("explain takes [MODEL] IMAGE: one model file (optional) and one image")
+    args.no_landmarks = args.landmarks is None
+    model, landmarks, rest = _models_for(args, args.items)
+    if len(rest) != 1:
+        raise SpinexrError("explain takes [MODEL] IMAGE: give the image to explain")
+    args.image, args.landmarks = rest[0], landmarks
     out = Path(args.out)
     _refuse_overwrite(out, [Path(args.image)], args.force)
-    pred = Predictor(args.model, device=args.device)
+    pred = Predictor(model, device=args.device)
     img, _ = read_image(args.image)
     p = pred.predict_image(img, args.image)
     target = pred.labels.index(args.target) if args.target else None
@@ -387,7 +457,9 @@ def _parity_images(folder: str | None, meta: dict, count: int) -> list[Path]:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from spinexr.serve import serve
 
-    serve(args.model, host=args.host, port=args.port, onnx_path=args.onnx, max_upload_mb=args.max_upload_mb,
+    model, landmarks, _ = _models_for(args, [args.model] if args.model else [])
+    args.landmarks = landmarks
+    serve(model, host=args.host, port=args.port, onnx_path=args.onnx, max_upload_mb=args.max_upload_mb,
           max_pixels=args.max_pixels, threads=args.threads, max_batch=args.max_batch, max_queue=args.max_queue,
           landmarks_path=args.landmarks)
     return 0
@@ -395,14 +467,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _add_deploy(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="files or folders to CSV/JSON; bad files are reported and the batch goes on")
-    p.add_argument("model", help="model .safetensors file (or an exported .onnx)")
-    p.add_argument("paths", nargs="+", help="image files and/or folders")
+    p.add_argument("items", nargs="+", metavar="[MODEL] PATH",
+                   help="image files and/or folders, after an optional model file (.safetensors or .onnx); "
+                   "without one, the bundled classifier and landmark model run (see `spinexr models`)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--out", help="preds.csv or preds.json (default: print)")
     p.add_argument("--explain", choices=["gradcam", "gradcam++", "attention"], help="also draw heatmaps")
     p.add_argument("--heatmaps", help="folder for heatmap overlays")
-    p.add_argument("--landmarks", metavar="LANDMARK_MODEL",
-                   help="also measure the spine (Cobb angles, end vertebrae, band) with this landmark model")
+    p.add_argument("--landmarks", metavar="LANDMARK_MODEL", nargs="?", const=BUNDLED,
+                   help="also measure the spine (Cobb angles, end vertebrae, band) with this landmark model "
+                   "(no file: the bundled one)")
+    p.add_argument("--no-landmarks", action="store_true", help="do not measure the spine")
     p.add_argument("--overlays", help="folder for the measurement drawn on each film (needs --landmarks)")
     p.add_argument("--backend", choices=["torch", "onnx"], help="default: torch, or onnx for an .onnx model")
     p.add_argument("--onnx", help="an ONNX export of MODEL to run on onnxruntime")
@@ -412,13 +487,14 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_predict)
     e = sub.add_parser("explain", help="Grad-CAM, Grad-CAM++ or the attention map over one image")
-    e.add_argument("model")
-    e.add_argument("image")
+    e.add_argument("items", nargs="+", metavar="[MODEL] IMAGE",
+                   help="an optional model file (default: the bundled classifier), then the image")
     e.add_argument("--method", choices=["gradcam", "gradcam++", "attention"], default="gradcam")
     e.add_argument("--target", choices=["Normal", "Scoliosis", "Spondylolisthesis"], help="class to explain")
     e.add_argument("--out", default="explanation.png")
-    e.add_argument("--landmarks", metavar="LANDMARK_MODEL",
-                   help="also measure the spine and draw it beside the map (OUT with a _cobb suffix)")
+    e.add_argument("--landmarks", metavar="LANDMARK_MODEL", nargs="?", const=BUNDLED,
+                   help="also measure the spine and draw it beside the map (OUT with a _cobb suffix; no file: "
+                   "the bundled landmark model)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--force", action="store_true")
     e.set_defaults(func=_cmd_explain)
@@ -434,12 +510,19 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--force", action="store_true")
     x.set_defaults(func=_cmd_export)
     s = sub.add_parser("serve", help="REST API and browser page (FastAPI + uvicorn)")
-    s.add_argument("model", help="model .safetensors file")
+    s.add_argument("model", nargs="?", help="model .safetensors file (default: the bundled classifier, with the "
+                   "bundled landmark model)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--onnx", help="serve /v1/predict with onnxruntime on this export of MODEL")
-    s.add_argument("--landmarks", metavar="LANDMARK_MODEL",
-                   help="also measure the spine: Cobb angles in /v1/predict, the drawing at /v1/overlay")
+    s.add_argument("--landmarks", metavar="LANDMARK_MODEL", nargs="?", const=BUNDLED,
+                   help="also measure the spine: Cobb angles in /v1/predict, the drawing at /v1/overlay (no file: "
+                   "the bundled landmark model)")
+    s.add_argument("--no-landmarks", action="store_true", help="classify only")
+    m = sub.add_parser("models", help="the trained models that ship with spinexr, with their model cards")
+    m.add_argument("--card", metavar="NAME", help="print this model's card (classifier or landmarks)")
+    m.add_argument("--json", action="store_true", help="machine-readable list")
+    m.set_defaults(func=_cmd_models)
     s.add_argument("--max-upload-mb", type=float, default=32.0)
     s.add_argument("--max-pixels", type=int, default=60_000_000)
     s.add_argument("--threads", type=int, default=None, help="inference threads")

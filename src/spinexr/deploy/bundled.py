@@ -1,0 +1,98 @@
+"""The trained models that ship inside the package, with their model cards.
+
+``spinexr predict film.jpg``, ``spinexr serve`` and the page use them when no model file is given.
+They live in ``spinexr/deploy/bundled/`` as ordinary spinexr model files whose floating-point weights
+are stored in float16 (half the size; they are cast back to float32 on loading, so every runtime path
+is unchanged), each beside a ``<name>.md`` model card. :func:`pack` writes them from a trained model
+file; ``scripts/bundle_models.py`` is the documented way to rebuild them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spinexr.errors import WeightsError
+
+BUNDLE_DIR = Path(__file__).resolve().parent / "bundled"
+KINDS = {"classifier": "classifier.safetensors", "landmarks": "landmarks.safetensors"}
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    kind: str  # classifier or landmarks
+    path: Path
+    card: Path | None
+    size_bytes: int
+    meta: dict[str, Any]
+
+    def describe(self) -> str:
+        """One line: what the model is, what it takes, how it was measured."""
+        m = self.meta
+        dc = m.get("data_config", {})
+        if self.kind == "classifier":
+            what = f"{m.get('architecture')} + {m.get('attention')} attention, {dc.get('input_size')} px {dc.get('resize')}"
+        else:
+            size = f"{dc.get('input_size')}x{dc.get('input_width')} px"
+            what = f"{m.get('encoder')} heatmaps ({m.get('encoding', 'corners')}), {size}"
+        head = (m.get("bundled") or {}).get("headline", "")
+        size = f"{self.size_bytes / 2**20:5.1f} MB"
+        return f"{self.name:<11} {self.kind:<10} {size}  {what}" + (f"  {head}" if head else "")
+
+
+def bundled_models(root: Path | None = None) -> list[BundledModel]:
+    """Every bundled model file present in this installation."""
+    from spinexr.deploy.modelfile import model_kind
+
+    root = root or BUNDLE_DIR
+    out = []
+    for name, fname in KINDS.items():
+        p = root / fname
+        if p.is_file():
+            card = p.with_suffix(".md")
+            out.append(BundledModel(name, model_kind(p), p, card if card.is_file() else None, p.stat().st_size,
+                                    _raw_meta(p)))
+    return out
+
+
+def bundled_path(kind: str, root: Path | None = None) -> Path:
+    """The bundled model file of ``kind`` (classifier or landmarks), or a WeightsError saying what to do."""
+    p = (root or BUNDLE_DIR) / KINDS[kind]
+    if not p.is_file():
+        raise WeightsError(f"this spinexr installation carries no bundled {kind} model ({p} is missing); pass a "
+                           "model file, train one (`spinexr train`, `spinexr landmarks train`), or reinstall spinexr "
+                           "from a full checkout")
+    return p
+
+
+def pack(model_path: str | Path, kind: str, card: str, headline: str = "", root: Path | None = None) -> Path:
+    """Write ``model_path`` as the bundled model of ``kind``: float weights in float16 (the OOD
+    statistics stay float32), the metadata kept and marked as bundled, and the model card beside it."""
+    from safetensors.torch import load_file, save_file
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    src = Path(model_path)
+    meta = _raw_meta(src)
+    meta["bundled"] = {"source_file": src.name, "weights_dtype": "float16", "headline": headline}
+    state = load_file(str(src))
+    half = {k: (v.half() if v.is_floating_point() and not k.startswith("ood.") else v).contiguous() for k, v in state.items()}
+    root = root or BUNDLE_DIR
+    dest = root / KINDS[kind]
+    root.mkdir(parents=True, exist_ok=True)
+    save_file(half, str(dest), metadata={"spinexr": json.dumps(meta)})
+    dest.with_suffix(".md").write_text(card)
+    return dest
+
+
+def _raw_meta(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["spinexr"])
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a foreign file
+        raise WeightsError(f"{path}: not a spinexr model file ({e})") from e

@@ -1,0 +1,135 @@
+"""The decision that answers to the measured curve, and the models bundled with the package."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spinexr.cli import main
+from spinexr.deploy.decision import DecisionRule
+from spinexr.deploy.measure import Measurement
+from spinexr.geometry.cobb import cobb_angles
+from spinexr.geometry.plausibility import implausibility
+
+PROBS = {"Normal": 0.7, "Scoliosis": 0.2, "Spondylolisthesis": 0.1}
+
+
+def _spine(tilts_deg: list[float]) -> np.ndarray:
+    out = []
+    for j, t in enumerate(tilts_deg):
+        th = math.radians(t)
+        r = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+        c = np.array([200 + 15 * math.sin(j / 3), 40 + j * 30.0])
+        out.append([c + r @ np.array(p) for p in ((-30, -12), (30, -12), (-30, 12), (30, 12))])
+    return np.array(out)
+
+
+def _measure(tilts: list[float]) -> Measurement:
+    v = _spine(tilts)
+    refused = implausibility(v)
+    return Measurement(v, None if refused else cobb_angles(v, 600), refused, 0.5)
+
+
+STRAIGHT = [0.0] * 17
+CURVE_40 = [20.0 - 40.0 * j / 16 for j in range(17)]  # end vertebrae tilted +20 and -20: a 40 degree curve
+
+
+def test_measured_curve_changes_the_decision() -> None:
+    rule = DecisionRule(curve_deg=25.0)
+    straight, curve = _measure(STRAIGHT), _measure(CURVE_40)
+    assert curve.result is not None and curve.result.largest == pytest.approx(40.0, abs=0.5)
+    d0 = rule.decide("Normal", PROBS, straight)
+    d1 = rule.decide("Normal", PROBS, curve)
+    assert d0.label == "Normal" and d0.agreement == "agree" and d0.cobb_largest == pytest.approx(0.0, abs=1e-6)
+    assert d1.label == "Scoliosis" and d1.classifier_label == "Normal" and d1.agreement == "overruled"
+    assert "40.0°" in d1.note and "Normal" in d1.note
+    # A Scoliosis call on a straight spine stands, flagged; a curve agrees with it.
+    d2 = rule.decide("Scoliosis", PROBS, straight)
+    assert d2.label == "Scoliosis" and d2.agreement == "disagree" and "check the film" in d2.note
+    assert rule.decide("Scoliosis", PROBS, curve).agreement == "agree"
+    # The threshold is the rule's: at 45 degrees the same curve no longer overrides.
+    assert DecisionRule(curve_deg=45.0).decide("Normal", PROBS, curve).label == "Normal"
+
+
+def test_refused_spine_keeps_the_classifier_label() -> None:
+    bad = _spine(STRAIGHT)
+    bad[5], bad[6] = bad[6].copy(), bad[5].copy()  # order broken
+    m = Measurement(bad, None, implausibility(bad), 0.1)
+    assert m.refused
+    d = DecisionRule().decide("Normal", PROBS, m)
+    assert d.label == "Normal" and d.agreement == "no angle" and d.cobb_largest is None and "AP spine" in d.note
+    assert DecisionRule().decide("Normal", PROBS, None).agreement == "no angle"
+
+
+def test_rule_travels_in_the_landmark_model_metadata() -> None:
+    assert DecisionRule.from_meta({"decision": {"curve_deg": 21.5}}).curve_deg == 21.5
+    assert DecisionRule.from_meta({}) == DecisionRule()
+
+
+@pytest.fixture(scope="module")
+def tiny_models(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from spinexr.config import LandmarkConfig
+    from spinexr.evaluation.landmark_cv import run_landmark_cv
+
+    root = tmp_path_factory.mktemp("models")
+    assert main(["train", "--data", str(synth_dir), "--model", "small", "--epochs", "1", "--image-size", "40",
+                 "--device", "cpu", "--bootstrap", "20", "--out", str(root / "clf"), "--quiet"]) == 0
+    cfg = LandmarkConfig(input_height=128, input_width=64, epochs=1, batch_size=4, device="cpu")
+    run_landmark_cv(synth_dir / "landmarks.csv", cfg, root / "lm", folds=2, progress=False, n_boot=20)
+    return {"classifier": root / "clf" / "model.safetensors", "landmarks": root / "lm" / "models" / "landmarks.safetensors"}
+
+
+@pytest.mark.slow
+def test_pack_halves_the_file_and_keeps_the_predictions(tiny_models: dict[str, Path], tmp_path: Path,
+                                                        synth_dir: Path) -> None:
+    import torch
+
+    from spinexr.deploy.bundled import bundled_models, bundled_path, pack
+    from spinexr.deploy.predictor import Predictor
+    from spinexr.errors import WeightsError
+
+    root = tmp_path / "bundled"
+    with pytest.raises(WeightsError, match="no bundled classifier"):
+        bundled_path("classifier", root)
+    for kind, p in tiny_models.items():
+        pack(p, kind, f"# {kind} card\n", headline="tiny", root=root)
+    listed = {m.name: m for m in bundled_models(root)}
+    assert set(listed) == {"classifier", "landmarks"} and listed["landmarks"].kind == "landmarks"
+    assert listed["classifier"].card.read_text().startswith("# classifier card")
+    for kind, p in tiny_models.items():
+        assert listed[kind].size_bytes < 0.6 * p.stat().st_size  # float16 weights
+    film = next(iter(sorted((synth_dir / "Scoliosis").glob("*.jpg"))))
+    full = Predictor(tiny_models["classifier"]).predict_file(film)[0]
+    half = Predictor(bundled_path("classifier", root)).predict_file(film)[0]
+    assert max(abs(full.probabilities[c] - half.probabilities[c]) for c in full.probabilities) < 5e-3
+    assert torch.get_default_dtype() == torch.float32
+
+
+@pytest.mark.slow
+def test_predict_with_no_model_uses_the_bundled_ones(tiny_models: dict[str, Path], tmp_path: Path, synth_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import spinexr.deploy.bundled as bundled
+
+    root = tmp_path / "bundled"
+    for kind, p in tiny_models.items():
+        bundled.pack(p, kind, f"# {kind}\nresearch use only\n", root=root)
+    monkeypatch.setattr(bundled, "BUNDLE_DIR", root)
+    film = next(iter(sorted((synth_dir / "Scoliosis").glob("*.jpg"))))
+    out = tmp_path / "p.json"
+    assert main(["predict", str(film), "--out", str(out), "--quiet"]) == 0
+    rec = json.loads(out.read_text())[0]
+    assert rec["status"] == "ok" and "spine" in rec and "decision" in rec
+    assert rec["label"] == rec["decision"]["label"]
+    assert main(["predict", str(film), "--no-landmarks", "--out", str(tmp_path / "q.json"), "--quiet"]) == 0
+    assert "decision" not in json.loads((tmp_path / "q.json").read_text())[0]
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert "classifier" in listed and "landmarks" in listed and "research use only" in listed
+    assert main(["models", "--card", "landmarks"]) == 0 and "research use only" in capsys.readouterr().out
+    assert main(["models", "--card", "nope"]) == 2
