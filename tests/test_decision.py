@@ -51,6 +51,9 @@ def test_measured_curve_changes_the_decision() -> None:
     d2 = rule.decide("Scoliosis", PROBS, straight)
     assert d2.label == "Scoliosis" and d2.agreement == "disagree" and "check the film" in d2.note
     assert rule.decide("Scoliosis", PROBS, curve).agreement == "agree"
+    # A Spondylolisthesis call is a lumbar/lateral view: the full-spine angle is not used.
+    d3 = rule.decide("Spondylolisthesis", PROBS, curve)
+    assert d3.label == "Spondylolisthesis" and d3.agreement == "no angle" and d3.cobb_largest is None
     # The threshold is the rule's: at 45 degrees the same curve no longer overrides.
     assert DecisionRule(curve_deg=45.0).decide("Normal", PROBS, curve).label == "Normal"
 
@@ -133,3 +136,13 @@ def test_predict_with_no_model_uses_the_bundled_ones(tiny_models: dict[str, Path
     assert "classifier" in listed and "landmarks" in listed and "research use only" in listed
     assert main(["models", "--card", "landmarks"]) == 0 and "research use only" in capsys.readouterr().out
     assert main(["models", "--card", "nope"]) == 2
+
+
+def test_curve_line_is_fitted_on_non_scoliosis_films() -> None:
+    from spinexr.deploy.decision import fit_curve_deg
+
+    angles = np.array([5.0] * 90 + [20.2, 22.0, 31.7] + [np.nan] * 7)  # 100 films, 7 refused
+    assert fit_curve_deg(angles, max_rate=0.01) == 22.5  # only the 31.7 film reaches it
+    assert fit_curve_deg(angles, max_rate=0.03) == 10.0  # three may reach it: the floor
+    assert fit_curve_deg(angles, max_rate=0.0) == 32.0
+    assert fit_curve_deg([np.nan] * 5) == 10.0

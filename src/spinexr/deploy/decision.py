@@ -1,20 +1,23 @@
 """The decision that answers to the curve: the classifier's label, checked against the measured Cobb angle.
 
 A rule, not a learned model, because its parts are what a radiologist already reads and each can be
-audited on its own. On a film the landmark model measures as a plausible full spine (17 vertebrae in
-order, no overlaps or gaps: the AP-view check), the measured largest Cobb angle is evidence:
+audited on its own. The measured largest Cobb angle is evidence on a full-spine AP film: one the
+landmark model measures as a plausible spine (17 vertebrae in order, no overlaps or gaps) and the
+classifier does not call Spondylolisthesis (KAUH's Spondylolisthesis films are lumbar views, AP and
+lateral; the landmark model, trained on full-spine AP films, still draws an ordered spine on most of
+them, so plausibility alone does not tell the view). On such a film:
 
-- at or above ``curve_deg`` the film is called **Scoliosis** whatever the classifier said (a curve of
-  that size is scoliosis by definition); when the classifier said otherwise the output says so;
-- below ``straight_deg`` (the clinical 10° line) a Scoliosis call stands but is flagged as disagreeing
-  with the measured curve: the landmark model's own error is several degrees, so a small measured
-  angle does not overrule the classifier, it is shown beside it;
-- in between, the classifier's label stands and the angle is reported.
+- a **Normal** call whose measured angle is at or above ``curve_deg`` becomes **Scoliosis**, and the
+  output says the classifier was overruled (a curve of that size is scoliosis by definition);
+- a **Scoliosis** call on a measured angle below ``straight_deg`` (the clinical 10° line) stands but
+  is flagged as disagreeing: the landmark model's own error is several degrees, so a small measured
+  angle is shown beside the label, not put in its place;
+- otherwise the classifier's label stands and the angle is reported beside it.
 
-A film the landmark model refuses (not a plausible AP spine: a lateral or lumbar-only view, a photo,
-a chest film) keeps the classifier's label, with the reason. ``curve_deg`` is chosen on KAUH films
-the classifier did not train on (``benchmarks/external_aasce.py`` writes the value and the KAUH
-accuracy before and after); the bundled landmark model carries the value it was chosen with.
+A refused spine (a lateral or lumbar view, a photo, a chest film) and a Spondylolisthesis call keep
+the classifier's label, with the reason. ``curve_deg`` is fitted on KAUH Normal films, which the
+landmark model never saw (:func:`fit_curve_deg`: the smallest angle at most a set share of them
+reach); the landmark model file carries the value (``decision`` in its metadata).
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ class DecisionRule:
                             f"not measured as a full AP spine ({why}): the classifier's label")
         a = float(measurement.result.largest)
         band = measurement.result.band
+        if label == "Spondylolisthesis":
+            return Decision(label, label, None, "no angle",
+                            f"a lumbar or lateral view by the classifier: the full-spine Cobb angle ({a:.1f}° measured) "
+                            "is not used")
         if a >= self.curve_deg:
             if label == "Scoliosis":
                 return Decision(label, label, a, "agree", f"measured largest Cobb angle {a:.1f}° ({band}) agrees")
@@ -77,3 +84,19 @@ class DecisionRule:
                             f"{a:.1f}° ({band}); check the film")
         return Decision(label, label, a, "agree" if (label == "Scoliosis") == (a >= self.straight_deg) else "consistent",
                         f"measured largest Cobb angle {a:.1f}° ({band})")
+
+
+def fit_curve_deg(measured: Any, max_rate: float = 0.02, floor: float = STRAIGHT_DEG) -> float:
+    """The rule's curve line, chosen on films known not to be scoliosis (KAUH Normal; NaN: the landmark model
+    refused the film): the smallest angle, on a half-degree step and at least ``floor``, that at most
+    ``max_rate`` of those films reach, so the rule overrides at most that share of them."""
+    import math
+
+    import numpy as np
+
+    a = np.asarray(measured, dtype=np.float64)
+    allowed = int(math.floor(max_rate * len(a)))
+    top = np.sort(a[np.isfinite(a)])[::-1]
+    if len(top) <= allowed:
+        return float(floor)
+    return float(max(floor, math.floor(top[allowed] * 2) / 2 + 0.5))

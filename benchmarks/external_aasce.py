@@ -1,0 +1,163 @@
+"""A KAUH-trained classifier on another hospital's films (AASCE / SpineWeb 16), alone and with the
+decision that answers to the measured curve.
+
+    python benchmarks/external_aasce.py --landmark-run runs/bench_aasce_cpu_reduced
+
+- The classifier (default: the bundled one) never saw an AASCE film.
+- Each AASCE film's Cobb evidence comes from the landmark model of the CV fold that did not train on
+  it (``oof_landmarks.npz`` of the landmark CV run); films without such a measurement (with the reduced
+  CPU recipe, the 80% the fold trained on) are scored by the classifier alone and reported apart.
+- The rule's curve line is fitted on KAUH Normal films, measured by the same fold's landmark model,
+  which never saw KAUH: the smallest angle at most ``--max-override`` of them reach. The AASCE films
+  play no part in choosing it.
+- KAUH accuracy before and after the rule, side by side on the films the classifier held out (its
+  model file's split: ``--kauh-test-fraction`` with seed ``--kauh-seed``), and, per class, how often
+  the angle is used as evidence (the full-spine AP check: Normal strips and Scoliosis films are
+  full-spine AP views; Spondylolisthesis films are lumbar views, AP and lateral, where it should not be).
+
+Writes benchmarks/results/external_aasce.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _machine import header, write_result  # noqa: E402
+
+AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"
+KAUH = HERE.parent.parent / "shared" / "data" / "kauh-spine-xray"
+
+
+def _acc(called: list[str], truth: list[str]) -> dict:
+    from spinexr.evaluation.external import wilson
+
+    k = sum(a == b for a, b in zip(called, truth))
+    return {"n": len(truth), "accuracy": k / max(len(truth), 1), "ci95": wilson(k, len(truth))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from spinexr.data.dataset import prepare_dataset
+    from spinexr.data.imread import read_image
+    from spinexr.data.splits import holdout
+    from spinexr.deploy.bundled import bundled_path
+    from spinexr.deploy.decision import DecisionRule, fit_curve_deg
+    from spinexr.deploy.measure import Measurement, SpineMeasurer
+    from spinexr.deploy.predictor import Predictor
+    from spinexr.evaluation.external import external_metrics
+    from spinexr.geometry.cobb import cobb_angles
+    from spinexr.geometry.landmarks import read_aasce
+    from spinexr.geometry.plausibility import implausibility
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--classifier", default=None, help="classifier model file (default: the bundled one)")
+    ap.add_argument("--landmark-run", required=True, help="a landmark CV run folder (models/, oof_landmarks.npz)")
+    ap.add_argument("--max-override", type=float, default=0.02,
+                    help="largest share of KAUH Normal films the curve line may override")
+    ap.add_argument("--kauh-test-fraction", type=float, default=0.2)
+    ap.add_argument("--kauh-seed", type=int, default=0)
+    ap.add_argument("--kauh-size", type=int, default=None, help="the classifier's input size (default: its contract)")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    clf_path = Path(a.classifier) if a.classifier else bundled_path("classifier")
+    run = Path(a.landmark_run)
+    pred = Predictor(clf_path)
+    measurer = SpineMeasurer(run / "models" / "landmarks.safetensors")
+
+    # KAUH: classify and measure every film.
+    kauh = prepare_dataset(KAUH, [a.kauh_size or pred.meta["data_config"]["input_size"]], progress=False)
+    classes = list(pred.labels)
+    k_truth = [classes[i] for i in kauh.labels]
+    k_label, k_meas = [], []
+    for p in tqdm(kauh.paths, desc="KAUH", unit="film"):
+        img, _ = read_image(p)
+        pr = pred.predict_image(img, str(p))
+        k_label.append((pr.label, pr.probabilities))
+        k_meas.append(measurer.measure(img))
+    k_angle = np.array([m.result.largest if m.result is not None else np.nan for m in k_meas])
+    non_sco = np.array([t == "Normal" for t in k_truth])
+    curve_deg = fit_curve_deg(k_angle[non_sco], max_rate=a.max_override)
+    rule = DecisionRule(curve_deg=curve_deg)
+    k_dec = [rule.decide(lab, probs, m) for (lab, probs), m in zip(k_label, k_meas)]
+    k_fused = [d.label for d in k_dec]
+    _, te = holdout(kauh.labels, kauh.groups, a.kauh_test_fraction, seed=a.kauh_seed)
+    kauh_out = {
+        "n": len(k_truth), "curve_deg": curve_deg, "max_override": a.max_override,
+        "held_out": {"protocol": f"the classifier's own held-out split ({a.kauh_test_fraction:.0%} of groups, "
+                                 f"seed {a.kauh_seed})",
+                     "classifier": _acc([k_label[i][0] for i in te], [k_truth[i] for i in te]),
+                     "with_rule": _acc([k_fused[i] for i in te], [k_truth[i] for i in te])},
+        "all_films_with_rule_changed": int(sum(f != lab for f, (lab, _) in zip(k_fused, k_label))),
+        "plausible_spine": {c: float(np.mean([m.result is not None for m, t in zip(k_meas, k_truth) if t == c]))
+                            for c in classes},
+        "angle_used_held_out": {c: float(np.mean([k_dec[i].cobb_largest is not None for i in te if k_truth[i] == c]))
+                                for c in classes},
+        "median_measured_angle": {c: float(np.nanmedian(k_angle[[t == c for t in k_truth]])) for c in classes},
+        "normal_at_or_over_line": float(np.mean(np.nan_to_num(k_angle[non_sco], nan=-1) >= curve_deg)),
+    }
+
+    # AASCE: classify every film; the out-of-fold measurement where there is one.
+    ds = read_aasce(AASCE)
+    oof = np.load(run / "oof_landmarks.npz", allow_pickle=False)
+    oof_pts = {str(Path(p).resolve()): v for p, v in zip(oof["paths"], oof["landmarks"])}
+    probs, labels, true, meas_angle, fused, has_oof = [], [], [], [], [], []
+    for r in tqdm(ds.records, desc="AASCE", unit="film"):
+        img, _ = read_image(r.path)
+        pr = pred.predict_image(img, str(r.path))
+        probs.append([pr.probabilities[c] for c in classes])
+        labels.append(pr.label)
+        true.append(float(np.max(r.angles)))
+        v = oof_pts.get(str(Path(r.path).resolve()))
+        has_oof.append(v is not None)
+        if v is None:
+            meas_angle.append(np.nan)
+            fused.append(pr.label)
+            continue
+        refused = implausibility(v)
+        m = Measurement(v, None if refused else cobb_angles(v, r.height), refused)
+        meas_angle.append(m.result.largest if m.result is not None else np.nan)
+        fused.append(rule.decide(pr.label, pr.probabilities, m).label)
+    probs, true, meas_angle, has_oof = np.array(probs), np.array(true), np.array(meas_angle), np.array(has_oof)
+    y = np.full(len(true), classes.index("Scoliosis"))
+    fused_probs = np.eye(len(classes))[[classes.index(f) for f in fused]]
+    o = has_oof
+    evidence = np.where(np.isfinite(meas_angle), meas_angle, np.nan)
+    aasce_out = {
+        "n": len(true), "n_out_of_fold_measured": int(o.sum()),
+        "classifier_all_films": external_metrics(y, probs, true),
+        "oof_films": {
+            "classifier": external_metrics(y[o], probs[o], true[o], meas_angle[o]),
+            "with_rule": external_metrics(y[o], fused_probs[o], true[o]),
+            "evidence": "the measured largest Cobb angle (NaN where the spine was refused)",
+            "refused": int((~np.isfinite(evidence[o])).sum()),
+        },
+    }
+    ge25 = o & (true >= 25)
+    aasce_out["oof_films"]["called_scoliosis_ge25"] = {
+        "n": int(ge25.sum()), "classifier": float(np.mean(np.array(labels)[ge25] == "Scoliosis")),
+        "with_rule": float(np.mean(np.array(fused)[ge25] == "Scoliosis"))}
+    out = {**header("external_aasce", argv), "classifier": str(clf_path), "classifier_meta": {
+        k: pred.meta.get(k) for k in ("architecture", "attention", "data_config", "training_data", "created")},
+        "landmark_run": str(run), "kauh": kauh_out, "aasce": aasce_out, "wall_seconds": time.perf_counter() - t0,
+        "targets": {"called_scoliosis_ge25": 0.97, "spearman_evidence": 0.6, "kauh_accuracy_drop_max": 0.01},
+        "note": "AASCE films chose nothing here: the curve line is fitted on KAUH Normal films."}
+    write_result("external_aasce.json", out)
+    c = aasce_out["oof_films"]["called_scoliosis_ge25"]
+    sp = aasce_out["oof_films"]["classifier"]["angles"]
+    print(f"curve line {curve_deg:.1f} deg; AASCE >=25 deg called Scoliosis: classifier {c['classifier']:.1%}, with the "
+          f"rule {c['with_rule']:.1%} of {c['n']}; Spearman P(Scoliosis) {sp['spearman_p_scoliosis']}, measured angle "
+          f"{sp.get('spearman_measured_angle')}; KAUH held-out {kauh_out['held_out']['classifier']['accuracy']:.1%} -> "
+          f"{kauh_out['held_out']['with_rule']['accuracy']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
