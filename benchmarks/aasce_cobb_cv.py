@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5, help="case-grouped folds (1: one 80/20 split)")
     ap.add_argument("--input", default="512x256", help="HxW of the model input")
     ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--encoding", default="corners", choices=("corners", "offsets"),
+                    help="offsets: vertebra heatmaps + corner offsets; corners: one heatmap per corner")
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     h, w = (int(v) for v in a.input.lower().split("x"))
     tag = a.tag or ("cpu_reduced" if a.cpu_reduced else "full")
     run_dir = Path(a.run_dir or f"runs/bench_aasce_{tag}")
-    cfg = LandmarkConfig(encoder=a.encoder, input_height=h, input_width=w, epochs=a.epochs, batch_size=a.batch_size,
+    cfg = LandmarkConfig(encoder=a.encoder, encoding=a.encoding, input_height=h, input_width=w, epochs=a.epochs,
+                         batch_size=a.batch_size,
                          lr=a.lr, patience=a.patience, device=a.device, seed=a.seed, folds=max(a.folds, 2),
                          test_fraction=0.2)
     t0 = time.perf_counter()

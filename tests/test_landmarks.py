@@ -235,3 +235,43 @@ def test_explain_draws_the_measurement(trained_model: Path, landmark_model: Path
     assert main(["explain", str(trained_model), str(film), "--landmarks", str(landmark_model), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert (tmp_path / "x_cobb.png").is_file() and ("Cobb: largest" in text or "no Cobb angle" in text)
+
+
+def test_offset_codec_votes_average_under_the_vertebra_heatmap() -> None:
+    from spinexr.models.landmark import OffsetCodec
+
+    codec = OffsetCodec(256, 128)
+    pts = torch.rand(2, 68, 2) * torch.tensor([100.0, 220.0]) + 14
+    centres = pts.reshape(2, 17, 4, 2).mean(dim=2)
+    heat = HeatmapCodec(256, 128).target(centres).clamp_min(1e-12).log()
+    # Zero offsets: every cell votes for itself, so each corner lands on its vertebra's centre.
+    pred, prob = codec.decode(torch.cat([heat, torch.zeros(2, 8, 64, 32)], dim=1))
+    assert torch.allclose(pred.reshape(2, 17, 4, 2), centres[:, :, None].expand(-1, -1, 4, -1), atol=0.05)
+    assert prob.shape == (2, 68, 64, 32) and codec.channels == 25
+    # A constant offset field moves every corner by exactly that offset.
+    off = torch.zeros(2, 8, 64, 32)
+    off[:, 0] = 0.5  # upper-left corners: dx = 0.5 * offset_scale * height = 8 px
+    pred2, _ = codec.decode(torch.cat([heat, off], dim=1))
+    assert torch.allclose(pred2[:, 0::4, 0] - pred[:, 0::4, 0], torch.full((2, 17), 8.0), atol=1e-3)
+    assert torch.allclose(pred2[:, 1::4], pred[:, 1::4])
+
+
+def test_flip_tta_is_mirror_equivariant_and_averages_both_views() -> None:
+    from spinexr.data.contract import DataConfig
+    from spinexr.models.landmark import MIRROR, LandmarkPredictor
+
+    torch.manual_seed(0)
+    net = LandmarkNet("resnet18").eval()
+    contract = DataConfig(128, input_width=64)
+    plain, tta = LandmarkPredictor(net, contract).eval(), LandmarkPredictor(net, contract, tta_flip=True).eval()
+    x = torch.rand(2, 1, 128, 64)
+
+    def mirror(p: torch.Tensor) -> torch.Tensor:
+        p = p[:, MIRROR]
+        return torch.stack([63 - p[..., 0], p[..., 1]], dim=-1)
+
+    with torch.no_grad():
+        a, b, t, tf = plain(x)[0], plain(x.flip(-1))[0], tta(x)[0], tta(x.flip(-1))[0]
+    assert torch.allclose(t, (a + mirror(b)) / 2, atol=1e-5)
+    assert torch.allclose(mirror(tf), t, atol=1e-4)  # the mirrored film gets the mirrored answer
+    assert not torch.allclose(a, t)

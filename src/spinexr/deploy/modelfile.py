@@ -143,7 +143,8 @@ def save_landmark_model(predictor: Any, path: str | Path, cfg: dict[str, Any],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": LANDMARK_FORMAT, "encoder": predictor.net.arch, "data_config": predictor.contract.to_dict(),
-            "stride": predictor.codec.stride, "levels": list(LEVELS), "corners": list(CORNERS),
+            "stride": predictor.codec.stride, "encoding": predictor.codec.name, "tta_flip": predictor.tta_flip,
+            "levels": list(LEVELS), "corners": list(CORNERS),
             "settings": cfg, "spinexr_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "training_data": data_summary or {}}
     state = {k: v.detach().cpu().contiguous() for k, v in predictor.net.state_dict().items()}
@@ -159,7 +160,7 @@ def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") ->
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from spinexr.models.landmark import LandmarkNet, LandmarkPredictor
+    from spinexr.models.landmark import CODECS, LandmarkNet, LandmarkPredictor
 
     path = Path(path)
     if not path.is_file():
@@ -172,11 +173,17 @@ def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") ->
     if meta.get("format") != LANDMARK_FORMAT:
         raise WeightsError(f"{path}: not a spinexr landmark model (format {meta.get('format')!r})")
     contract = DataConfig.from_meta(meta)
-    net = LandmarkNet(meta["encoder"], in_chans=contract.in_chans)
-    missing, unexpected = net.load_state_dict(load_file(str(path), device="cpu"), strict=False)
+    encoding = meta.get("encoding", "corners")  # files written before the offsets encoding: corners
+    if encoding not in CODECS:
+        raise WeightsError(f"{path}: landmark encoding {encoding!r} is not known to spinexr {__version__}; upgrade spinexr")
+    net = LandmarkNet(meta["encoder"], in_chans=contract.in_chans, out_channels=CODECS[encoding].channels)
+    try:
+        missing, unexpected = net.load_state_dict(load_file(str(path), device="cpu"), strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise WeightsError(f"{path}: weights do not match a {meta['encoder']} landmark model ({encoding})") from e
     if missing or unexpected:
         raise WeightsError(f"{path}: weights do not match a {meta['encoder']} landmark model")
-    return LandmarkPredictor(net, contract).to(device).eval(), meta
+    return LandmarkPredictor(net, contract, encoding, tta_flip=bool(meta.get("tta_flip", False))).to(device).eval(), meta
 
 
 def model_kind(path: str | Path) -> str:

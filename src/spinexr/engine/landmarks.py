@@ -20,7 +20,7 @@ from spinexr.engine.distributed import resolve_device
 from spinexr.engine.inference import unit_batches
 from spinexr.engine.state import EarlyStopping, TrainState
 from spinexr.errors import ImageReadError, SpinexrError
-from spinexr.models.landmark import HeatmapCodec, LandmarkNet, LandmarkPredictor
+from spinexr.models.landmark import LandmarkNet, LandmarkPredictor, make_codec
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
     device = resolve_device(cfg.device)
     net.to(device)
     x_dev, p_dev = data.x.to(device), data.pts.to(device)
-    codec = HeatmapCodec(contract.height, contract.width, angle_weight=cfg.angle_weight, js_weight=cfg.js_weight)
+    codec = make_codec(cfg.encoding, contract.height, contract.width, angle_weight=cfg.angle_weight,
+                       js_weight=cfg.js_weight)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     fit_idx, val_idx = np.asarray(fit_idx), np.asarray(val_idx)
     bs = max(1, min(cfg.batch_size, len(fit_idx)))
@@ -111,7 +112,7 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
     gen = torch.Generator(device=device)
     t_start = time.perf_counter()
     stopped_by = "epochs"
-    predictor = LandmarkPredictor(net, contract)
+    predictor = LandmarkPredictor(net, contract, cfg.encoding, tta_flip=cfg.tta_flip)
     # With a time budget the schedule must end when the time does: after the first epochs the
     # horizon becomes the number of epochs that fit, so the learning rate anneals in time.
     horizon = float(cfg.epochs)

@@ -95,7 +95,7 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     from spinexr.engine.landmarks import fit_landmarks, predict_points, prepare_landmarks
     from spinexr.geometry.cobb import cobb_angles
     from spinexr.geometry.plausibility import implausibility
-    from spinexr.models.landmark import LandmarkNet
+    from spinexr.models.landmark import CODECS, LandmarkNet
 
     out = Path(out_dir)
     t_start = time.perf_counter()
@@ -129,7 +129,7 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
         import torch
 
         torch.manual_seed(cfg.seed + f)
-        net = LandmarkNet(cfg.encoder, pretrained=cfg.weights == "imagenet")
+        net = LandmarkNet(cfg.encoder, pretrained=cfg.weights == "imagenet", out_channels=CODECS[cfg.encoding].channels)
         fit = fit_landmarks(net, data, fit_idx, val_idx, cfg, contract, checkpoint=out / "checkpoints" / f"fold{f}.pt",
                             progress=progress, desc=f"landmarks fold {f}", max_minutes=max_minutes_per_fold)
         if f == 0:
