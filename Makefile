@@ -22,7 +22,7 @@ demo: venv
 	$(VENV)/bin/spinexr demo --out $(DEMO_DIR)
 
 test: venv
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -136,6 +136,15 @@ def test_predict_with_no_model_uses_the_bundled_ones(tiny_models: dict[str, Path
     assert "classifier" in listed and "landmarks" in listed and "research use only" in listed
     assert main(["models", "--card", "landmarks"]) == 0 and "research use only" in capsys.readouterr().out
     assert main(["models", "--card", "nope"]) == 2
+    # `spinexr serve` with no model serves the bundled pair.
+    import spinexr.serve as serve_mod
+
+    seen: dict = {}
+    monkeypatch.setattr(serve_mod, "serve", lambda model, **kw: seen.update(model=model, **kw))
+    assert main(["serve"]) == 0
+    assert Path(seen["model"]) == root / "classifier.safetensors"
+    assert Path(seen["landmarks_path"]) == root / "landmarks.safetensors"
+    assert main(["serve", "--no-landmarks"]) == 0 and seen["landmarks_path"] is None
 
 
 def test_curve_line_is_fitted_on_non_scoliosis_films() -> None:

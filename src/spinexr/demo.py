@@ -1,7 +1,8 @@
 """``spinexr demo``: the whole path on synthetic radiographs, offline, in minutes on a CPU.
 
 Synthesise a dataset, check it, cross-validate the small backbone with its attention head, and
-write the report.
+write the report; then run the models bundled with the package (see ``spinexr models``) on a few of
+the synthetic films: label, Cobb angles, the decision against the measured curve, and the overlays.
 """
 
 from __future__ import annotations
@@ -37,4 +38,41 @@ def run_demo(out: Path, seed: int = 0, epochs: int = 12, n: int = 150, image_siz
     report = run / "report.html"
     print(f"report: {report.resolve()}")
     print(f"model file: {(run / 'models' / 'small.safetensors').resolve()}")
+    bundled_tour(data, out / "bundled")
     return report
+
+
+def bundled_tour(data: Path, out: Path, per_class: int = 2) -> list:
+    """The bundled classifier and landmark model on ``per_class`` synthetic AP films of each class."""
+    import csv
+    import json
+
+    from spinexr.deploy.bundled import bundled_path
+    from spinexr.deploy.measure import SpineMeasurer
+    from spinexr.deploy.predict import predict_paths
+    from spinexr.deploy.predictor import Predictor
+    from spinexr.errors import WeightsError
+
+    try:
+        clf, lm = bundled_path("classifier"), bundled_path("landmarks")
+    except WeightsError as e:
+        print(f"bundled models: skipped ({e})")
+        return []
+    with open(data / "labels.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("view", "AP") == "AP"]
+    films = [data / r["path"] for c in ("Normal", "Scoliosis", "Spondylolisthesis")
+             for r in [r for r in rows if r["label"] == c][:per_class]]
+    out.mkdir(parents=True, exist_ok=True)
+    preds = predict_paths(Predictor(clf), films, progress=False, measurer=SpineMeasurer(lm), overlays=out / "overlays")
+    (out / "predictions.json").write_text(json.dumps([p.to_json() for p in preds], indent=2))
+    print(f"bundled models ({clf.name}, {lm.name}; trained on real radiographs, shown here on synthetic films, so "
+          "expect them to be unsure):")
+    for p, r in zip(preds, films):
+        if p.status != "ok":
+            print(f"  {r.parent.name}/{r.name}: ERROR {p.reason}")
+            continue
+        said = p.decision.classifier_label if p.decision is not None else p.label
+        note = p.decision.note if p.decision is not None else ""
+        print(f"  {r.parent.name}/{r.name}: {p.label} (classifier: {said}, P={p.probabilities[said]:.2f}); {note}")
+    print(f"overlays: {(out / 'overlays').resolve()}")
+    return preds

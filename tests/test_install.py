@@ -1,0 +1,48 @@
+"""`pip install .` ships the bundled models: the installed package finds them, lists them, and predicts
+with no model argument."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_installed_package_finds_and_uses_its_bundled_models(tmp_path: Path, synth_dir: Path) -> None:
+    site = tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                            "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-2000:]
+    shipped = site / "spinexr" / "deploy" / "bundled"
+    for name in ("classifier.safetensors", "classifier.md", "landmarks.safetensors", "landmarks.md"):
+        assert (shipped / name).is_file(), f"{name} is not in the installed package"
+    total = sum((shipped / n).stat().st_size for n in ("classifier.safetensors", "landmarks.safetensors"))
+    assert total <= 80 * 2**20, f"bundled models take {total / 2**20:.1f} MB (budget 80 MB)"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "spinexr", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=600)
+
+    where = subprocess.run([sys.executable, "-c", "import spinexr; print(spinexr.__file__)"], capture_output=True,
+                           text=True, env=env, cwd=tmp_path)
+    assert where.stdout.strip().startswith(str(site)), where.stdout  # the installed copy, not the checkout
+    listed = run("models")
+    assert listed.returncode == 0, listed.stderr
+    assert "classifier" in listed.stdout and "landmarks" in listed.stdout and str(shipped) in listed.stdout
+    card = run("models", "--card", "classifier")
+    assert "Research use only" in card.stdout and "Known failure modes" in card.stdout
+    film = sorted((synth_dir / "Scoliosis").glob("*.jpg"))[0]
+    out = tmp_path / "preds.json"
+    pred = run("predict", str(film), "--out", str(out), "--quiet")
+    assert pred.returncode == 0, pred.stderr
+    rec = json.loads(out.read_text())[0]
+    assert rec["status"] == "ok" and set(rec["probabilities"]) == {"Normal", "Scoliosis", "Spondylolisthesis"}
+    assert "spine" in rec and "decision" in rec  # the bundled landmark model measured the film too
