@@ -145,3 +145,18 @@ def test_small_model_learns_kauh(kauh_dir: Path, tmp_path: Path) -> None:
     _, flags_neg = det.flag(extract_features(m, contract, xneg, None, cpu))
     assert flags_test.mean() <= 0.10, flags_test.mean()
     assert flags_neg.mean() >= 0.8, flags_neg
+
+
+def test_cv_reports_the_framing_stress_test(cv_run, synth_dir: Path) -> None:
+    out, _ = cv_run
+    m = json.loads((out / "metrics.json").read_text())
+    f = m["models"]["small"]["framing"]
+    labels = (synth_dir / "labels.csv").read_text()
+    n_normal = labels.count(",Normal,")
+    a, b = f["scoliosis_ap_to_strip"], f["normal_strip_to_full"]
+    assert 0 < a["n"] <= labels.count(",Scoliosis,") and 0 < b["n"] <= n_normal
+    assert 0 <= a["changed"] <= a["n"] and a["rate"] == pytest.approx(a["changed"] / a["n"])
+    assert sum(a["to"].values()) == a["changed"] and set(a["to"]) == {"Normal", "Spondylolisthesis"}
+    html = (out / "report.html").read_text()
+    assert "Framing stress test" in html and "Normal strips padded to full width" in html
+    assert "## Framing stress test" in (out / "summary.md").read_text()

@@ -198,6 +198,7 @@ class CVConfig(Settings):
     cache_dir: str | None = setting(None, help="keep decoded images here between runs")
     drop_rate: float = setting(0.2, flag=False, ge=0, lt=1)
     explain: bool = setting(True, flag=False, help="Grad-CAM gallery and faithfulness of fold 0 in the report")
+    framing_test: bool = setting(True, flag=False, help="framing stress test on each fold's held-out films")
     test_fraction: float = setting(0.2, ge=0, lt=1, verbs=("train",), help="held-out test share (0: none)")
 
 

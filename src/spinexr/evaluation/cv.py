@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from spinexr.evaluation.results import (
     LeakyResult,
     RunResult,
     model_result,
+    sum_framing,
 )
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
         fold_metrics: dict[str, list[dict]] = {m: [] for m in [*cfg.models, "ensemble"]}
         fold_info: dict[str, list[FoldInfo]] = {m: [] for m in cfg.models}
         explanations: dict[str, dict] = {}
+        framing: dict[str, list] = {}
         for r in range(cfg.repeats):
             for k, (tr, te) in enumerate(group_kfold(y, data.groups, cfg.folds, seed=tcfg.seed + 1000 * r)):
                 assert not set(data.groups[tr]) & set(data.groups[te])
@@ -98,6 +101,7 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
                     histories.setdefault(m, []).append(fr.history)
                     if fr.explain:
                         explanations[m] = fr.explain
+                    framing.setdefault(m, []).append(fr.framing)
                     rows += oof_rows(data, te, probs, r, k, m)
                 if is_main():
                     fold_metrics["ensemble"].append(compute_metrics(y[te], ens))
@@ -109,6 +113,7 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
             for m, pp in pooled.items():
                 run.models[m] = model_result(y, pp, fold_metrics[m], fold_info.get(m), cfg.bootstrap, tcfg.seed)
                 run.models[m].explanations = explanations.get(m)
+                run.models[m].framing = sum_framing(framing.get(m, []))
 
     if cfg.protocol in ("seed-leaky", "both"):
         run.leaky = _run_leaky(data, cfg, tcfg, contracts, device, progress, histories, out, resume)
@@ -150,6 +155,8 @@ def _run_fold(m: str, r: int, k: int, tr: np.ndarray, te: np.ndarray, fit_idx: n
     fr = FoldResult(info=info, metrics=met, probs=probs.tolist(), history=res.history)
     if cfg.explain and first:
         fr.explain = explain_fold(res.predictor, data, te, probs, out / "plots", m)
+    if cfg.framing_test:
+        fr.framing = framing_fold(res.predictor, data, te, device)
     if cfg.save_models and first:
         save_predictor(res.predictor, cfg, out / "models" / f"{m}.safetensors",
                        {"source": str(source), "counts": data.counts(), "n_train": len(fit_idx),
@@ -188,3 +195,26 @@ def _run_leaky(data: PreparedData, cfg: CVConfig, tcfg: TrainConfig, contracts: 
         done_file.parent.mkdir(parents=True, exist_ok=True)
         done_file.write_text(json.dumps({"metrics": out.models[m], "history": res.history}, default=float))
     return out
+
+
+def framing_fold(predictor: Any, data: PreparedData, te: np.ndarray, device: Any) -> dict[str, Any]:
+    """The framing stress test on a fold's held-out Scoliosis and Normal films, read again at full size
+    and run through the fold's predictor exactly as ``predict`` would."""
+    import torch
+
+    from spinexr.data.framing import framing_stress
+    from spinexr.data.imread import read_image
+    from spinexr.engine.inference import run_inference
+
+    contract = predictor.contract
+
+    def predict(films: list[np.ndarray]) -> np.ndarray:
+        x = torch.from_numpy(np.stack([contract.to_input(f)[0] for f in films])[:, None])
+        return run_inference(predictor, x, None, device).probs
+
+    films: dict[str, list[np.ndarray]] = {"Scoliosis": [], "Normal": []}
+    for i in te:
+        c = CLASSES[int(data.labels[i])]
+        if c in films:
+            films[c].append(read_image(data.paths[i])[0])
+    return framing_stress(predict, films["Scoliosis"], films["Normal"], CLASSES)

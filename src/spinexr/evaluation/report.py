@@ -364,6 +364,30 @@ def external_lines(ext: dict[str, Any]) -> list[str]:
     return lines
 
 
+FRAMING_HEADER = ["model", "Scoliosis AP films cut to strips", "changed", "of which to Normal",
+                  "Normal strips padded to full width", "changed", "of which to Scoliosis"]
+
+
+def framing_rows(run: RunResult) -> list[list[str]]:
+    """One row per model with a framing stress test: how often reframing changed the prediction."""
+    rows = []
+    for m, r in run.models.items():
+        f = r.framing
+        if not f:
+            continue
+        a, b = f["scoliosis_ap_to_strip"], f["normal_strip_to_full"]
+        rows.append([m, str(a["n"]), "n/a" if a["rate"] is None else f"{a['rate']:.1%}", str(a["to"].get("Normal", 0)),
+                     str(b["n"]), "n/a" if b["rate"] is None else f"{b['rate']:.1%}", str(b["to"].get("Scoliosis", 0))])
+    return rows
+
+
+FRAMING_TEXT = ("KAUH's classes differ in framing (Normal films are narrow strips, most Scoliosis films full AP "
+                "views). Each fold's held-out Scoliosis films that are full AP views (height at most 3x the width) "
+                "are cut to a strip 1/4 as wide as tall around the spine, and its Normal strips are padded with black "
+                "to full-film proportions (height 2.5x the width); the spine stays in the frame, only the framing "
+                "changes. A model that reads the spine changes few answers.")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -463,6 +487,9 @@ def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list
                      + ("" if single else ", then the mean ± sd over folds") + ". n/a: undefined on these films "
                      "(for example, no film of the class).</p>"
                      + "".join(_per_class_html(m, r) for m, r in run.models.items()))
+    frows = framing_rows(run)
+    if frows:
+        parts.append("<h2>Framing stress test</h2><p>" + html.escape(FRAMING_TEXT) + "</p>" + _table(FRAMING_HEADER, frows))
     if sc.get("accuracy") is not None:
         parts.append(f"<h2>Shortcut baseline</h2><p>A classifier that sees only image width, height and aspect "
                      f"scores <b>{sc['accuracy']:.1%}</b> ({sc.get('folds')}-fold CV) against a majority rate of "
@@ -512,6 +539,8 @@ def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list
     if rows:
         md += [_md_table(header, rows), "", "## Per class", ""]
         md += [_per_class_md(m, r) + "\n" for m, r in run.models.items()]
+    if frows:
+        md += ["## Framing stress test", "", FRAMING_TEXT, "", _md_table(FRAMING_HEADER, frows), ""]
     if sc.get("accuracy") is not None:
         md.append(f"Shortcut baseline (size/aspect only): {sc['accuracy']:.1%} vs majority {sc['majority_rate']:.1%}.")
     if lk:

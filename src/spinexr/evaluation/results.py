@@ -43,15 +43,16 @@ class FoldResult:
     probs: list[list[float]]
     history: list[dict[str, float]]
     explain: dict[str, Any] | None = None
+    framing: dict[str, Any] | None = None  # the framing stress test on this fold's held-out films
 
     def to_dict(self) -> dict[str, Any]:
         return {"info": asdict(self.info), "metrics": self.metrics, "probs": self.probs, "history": self.history,
-                "explain": self.explain}
+                "explain": self.explain, "framing": self.framing}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FoldResult:
         return cls(info=FoldInfo(**d["info"]), metrics=d["metrics"], probs=d["probs"], history=d["history"],
-                   explain=d.get("explain"))
+                   explain=d.get("explain"), framing=d.get("framing"))
 
 
 @dataclass
@@ -65,6 +66,7 @@ class ModelResult:
     pooled: dict[str, Any]
     ci95: dict[str, Any]
     explanations: dict[str, Any] | None = None
+    framing: dict[str, Any] | None = None  # the framing stress test, summed over folds
 
     @property
     def n_folds(self) -> int:
@@ -75,6 +77,8 @@ class ModelResult:
              "pooled": self.pooled, "ci95": self.ci95}
         if self.explanations:
             d["explanations"] = self.explanations
+        if self.framing:
+            d["framing"] = self.framing
         return d
 
     @classmethod
@@ -82,7 +86,7 @@ class ModelResult:
         known = {f for f in FoldInfo.__dataclass_fields__}
         return cls(folds=[FoldInfo(**{k: v for k, v in f.items() if k in known}) for f in d.get("folds", [])],
                    fold_metrics=d.get("fold_metrics", []), summary=d.get("summary", {}), pooled=d["pooled"],
-                   ci95=d.get("ci95", {}), explanations=d.get("explanations"))
+                   ci95=d.get("ci95", {}), explanations=d.get("explanations"), framing=d.get("framing"))
 
 
 def model_result(y: np.ndarray, probs: np.ndarray, fold_metrics: list[dict[str, Any]],
@@ -165,3 +169,20 @@ class RunResult:
                    wall_seconds=float(d.get("wall_seconds", 0.0)), model_file=d.get("model_file"),
                    model_meta=d.get("model"), best_epoch=d.get("best_epoch"), temperature=d.get("temperature"),
                    external=d.get("external"))
+
+
+def sum_framing(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Add up per-fold framing stress counts (see :func:`spinexr.data.framing.framing_stress`)."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    out: dict[str, Any] = {}
+    for key in parts[0]:
+        n = sum(p[key]["n"] for p in parts)
+        ch = sum(p[key]["changed"] for p in parts)
+        to: dict[str, int] = {}
+        for p in parts:
+            for c, v in p[key]["to"].items():
+                to[c] = to.get(c, 0) + v
+        out[key] = {"n": n, "changed": ch, "rate": ch / n if n else None, "to": to}
+    return out

@@ -1,0 +1,87 @@
+"""Reframing a film without moving the spine out of it: the framing stress test's two transforms.
+
+KAUH's classes differ in framing: every Normal film is a narrow full-spine strip, most Scoliosis
+films are full AP views. A classifier that learned the framing changes its answer when only the
+framing changes. :func:`strip_crop` cuts a full AP film down to a Normal-like strip around the spine;
+:func:`pad_to_aspect` widens a strip to a full film's proportions with black margins. The stress test
+(:func:`framing_stress`) counts how often either changes a model's prediction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+STRIP_ASPECT = 4.0  # height / width of KAUH's Normal strips (median 4.0)
+FULL_ASPECT = 2.5  # height / width of KAUH's full AP Scoliosis films (median 2.5)
+FULL_AP_MAX_ASPECT = 3.0  # films at most this tall for their width count as full AP views
+
+
+def spine_column(img: np.ndarray, landmarks: np.ndarray | None = None) -> float:
+    """The x of the spine: the mean x of the vertebra corners when given, else the brightest
+    vertical band of the film's middle 60% (the spine is the densest structure across an AP film)."""
+    if landmarks is not None:
+        return float(np.asarray(landmarks)[..., 0].mean())
+    h, w = img.shape
+    prof = img[h // 10: h - h // 10].mean(axis=0)
+    k = max(1, w // 20)
+    smooth = np.convolve(prof, np.ones(k) / k, mode="same")
+    lo, hi = int(w * 0.2), max(int(w * 0.8), int(w * 0.2) + 1)
+    return float(lo + int(np.argmax(smooth[lo:hi])))
+
+
+def strip_box(img: np.ndarray, aspect: float = STRIP_ASPECT, landmarks: np.ndarray | None = None) -> tuple[int, int]:
+    """``(x0, width)`` of :func:`strip_crop`'s strip."""
+    h, w = img.shape
+    cx = spine_column(img, landmarks)
+    half = h / aspect / 2
+    if landmarks is not None:
+        xs = np.asarray(landmarks)[..., 0]
+        half = max(half, float(np.max(np.abs(xs - cx))) + 2)
+    width = int(round(min(w, 2 * half)))
+    x0 = int(round(min(max(cx - width / 2, 0), w - width)))
+    return x0, width
+
+
+def strip_crop(img: np.ndarray, aspect: float = STRIP_ASPECT, landmarks: np.ndarray | None = None) -> np.ndarray:
+    """A vertical strip of the full height, ``height / aspect`` wide, centred on the spine (and, with
+    landmarks, wide enough for every corner), kept inside the film."""
+    x0, width = strip_box(img, aspect, landmarks)
+    return img[:, x0:x0 + width]
+
+
+def pad_to_aspect(img: np.ndarray, aspect: float = FULL_ASPECT) -> np.ndarray:
+    """Black margins left and right (the film centred) until height / width is ``aspect``."""
+    h, w = img.shape
+    target = int(round(h / aspect))
+    if target <= w:
+        return img
+    left = (target - w) // 2
+    out = np.zeros((h, target), dtype=img.dtype)
+    out[:, left:left + w] = img
+    return out
+
+
+def framing_stress(predict: Any, scoliosis_films: list[np.ndarray], normal_films: list[np.ndarray],
+                   classes: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """How often reframing changes the predicted class.
+
+    ``predict``: a function from a list of float [0, 1] films to an (n, classes) probability array.
+    Scoliosis films that are full AP views (height / width at most ``FULL_AP_MAX_ASPECT``) are cut
+    to strips; Normal films are padded to ``FULL_ASPECT``.
+    """
+    out: dict[str, Any] = {}
+    ap = [im for im in scoliosis_films if im.shape[0] / im.shape[1] <= FULL_AP_MAX_ASPECT]
+    narrow = [im for im in normal_films if im.shape[0] / im.shape[1] > FULL_ASPECT]
+    for key, films, fn, cls in (("scoliosis_ap_to_strip", ap, strip_crop, "Scoliosis"),
+                                ("normal_strip_to_full", narrow, pad_to_aspect, "Normal")):
+        if not films:
+            out[key] = {"n": 0, "changed": 0, "to": {}}
+            continue
+        before = np.asarray(predict(films)).argmax(axis=1)
+        after = np.asarray(predict([fn(im) for im in films])).argmax(axis=1)
+        changed = before != after
+        out[key] = {"n": len(films), "changed": int(changed.sum()),
+                    "to": {c: int((changed & (after == j)).sum()) for j, c in enumerate(classes) if c != cls}}
+    return out

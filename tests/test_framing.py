@@ -1,0 +1,57 @@
+"""The framing stress test's transforms keep the spine in the frame, and the test counts changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spinexr.data.framing import FULL_ASPECT, STRIP_ASPECT, framing_stress, pad_to_aspect, strip_box, strip_crop
+from spinexr.data.imread import read_image
+from spinexr.geometry.landmarks import read_landmark_csv
+
+CLASSES = ("Normal", "Scoliosis", "Spondylolisthesis")
+
+
+def test_strip_keeps_every_vertebra_corner_of_synthetic_films(synth_dir: Path) -> None:
+    recs = read_landmark_csv(synth_dir / "landmarks.csv").records
+    assert len(recs) >= 10
+    for r in recs:
+        img, _ = read_image(r.path)
+        x0, w = strip_box(img)  # from the image alone: where the film is brightest
+        xs = r.landmarks[..., 0]
+        assert x0 <= xs.min() and xs.max() <= x0 + w, f"{r.path.name}: spine {xs.min():.0f}-{xs.max():.0f}, strip {x0}+{w}"
+        strip = strip_crop(img)
+        assert strip.shape[0] == img.shape[0] and strip.shape[0] / strip.shape[1] == pytest.approx(STRIP_ASPECT, rel=0.05)
+        # With the corners given, a strip too narrow for a wide curve widens to hold them.
+        x0l, wl = strip_box(img, aspect=12.0, landmarks=r.landmarks)
+        assert x0l <= xs.min() and xs.max() <= x0l + wl
+
+
+def test_padding_keeps_the_film_and_reaches_full_film_proportions() -> None:
+    img = np.random.default_rng(0).random((400, 100)).astype(np.float32)
+    out = pad_to_aspect(img)
+    assert out.shape == (400, 160) and 400 / 160 == FULL_ASPECT
+    left = (160 - 100) // 2
+    assert np.array_equal(out[:, left:left + 100], img) and out[:, :left].max() == 0
+    wide = np.zeros((100, 80), dtype=np.float32)
+    assert pad_to_aspect(wide) is wide  # already wider than a full film: unchanged
+
+
+def test_stress_counts_what_framing_changes() -> None:
+    rng = np.random.default_rng(1)
+    sco = [rng.random((250, 100)) for _ in range(6)] + [rng.random((500, 100))]  # the last is not a full AP view
+    nor = [rng.random((400, 100)) for _ in range(5)]
+
+    def by_aspect(films: list[np.ndarray]) -> np.ndarray:  # a pure framing shortcut: tall means Normal
+        return np.array([[1.0, 0, 0] if f.shape[0] / f.shape[1] > 3 else [0, 1.0, 0] for f in films])
+
+    def by_content(films: list[np.ndarray]) -> np.ndarray:
+        return np.tile([0.0, 1.0, 0.0], (len(films), 1))
+
+    s = framing_stress(by_aspect, sco, nor, CLASSES)
+    assert s["scoliosis_ap_to_strip"] == {"n": 6, "changed": 6, "to": {"Normal": 6, "Spondylolisthesis": 0}}
+    assert s["normal_strip_to_full"]["n"] == 5 and s["normal_strip_to_full"]["changed"] == 5
+    s = framing_stress(by_content, sco, nor, CLASSES)
+    assert s["scoliosis_ap_to_strip"]["changed"] == 0 and s["normal_strip_to_full"]["changed"] == 0
