@@ -10,6 +10,7 @@ decision that answers to the measured curve.
 - The rule's curve line is fitted on KAUH Normal films, measured by the same fold's landmark model,
   which never saw KAUH: the smallest angle at most ``--max-override`` of them reach. The AASCE films
   play no part in choosing it.
+- The framing stress test (``spinexr.data.framing``) on the classifier's held-out KAUH films.
 - KAUH accuracy before and after the rule, side by side on the films the classifier held out (its
   model file's split: ``--kauh-test-fraction`` with seed ``--kauh-seed``), and, per class, how often
   the angle is used as evidence (the full-spine AP check: Normal strips and Scoliosis films are
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from spinexr.data.dataset import prepare_dataset
+    from spinexr.data.framing import framing_stress
     from spinexr.data.imread import read_image
     from spinexr.data.splits import holdout
     from spinexr.deploy.bundled import bundled_path
@@ -89,12 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     k_dec = [rule.decide(lab, probs, m) for (lab, probs), m in zip(k_label, k_meas)]
     k_fused = [d.label for d in k_dec]
     _, te = holdout(kauh.labels, kauh.groups, a.kauh_test_fraction, seed=a.kauh_seed)
+
+    def predict_films(films: list) -> np.ndarray:
+        return np.array([[p.probabilities[c] for c in classes] for p in pred.predict_images(films)])
+
+    held = {c: [read_image(kauh.paths[i])[0] for i in te if k_truth[i] == c] for c in ("Scoliosis", "Normal")}
+    framing = framing_stress(predict_films, held["Scoliosis"], held["Normal"], classes)
     kauh_out = {
         "n": len(k_truth), "curve_deg": curve_deg, "max_override": a.max_override,
         "held_out": {"protocol": f"the classifier's own held-out split ({a.kauh_test_fraction:.0%} of groups, "
                                  f"seed {a.kauh_seed})",
                      "classifier": _acc([k_label[i][0] for i in te], [k_truth[i] for i in te]),
                      "with_rule": _acc([k_fused[i] for i in te], [k_truth[i] for i in te])},
+        "framing_stress_held_out": framing,
         "all_films_with_rule_changed": int(sum(f != lab for f, (lab, _) in zip(k_fused, k_label))),
         "plausible_spine": {c: float(np.mean([m.result is not None for m, t in zip(k_meas, k_truth) if t == c]))
                             for c in classes},

@@ -205,6 +205,71 @@ def aasce_section(d: dict) -> list[str]:
     return out
 
 
+def _pc(v: float | None, ci: list | None = None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.1%}" + (f" [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else "")
+
+
+def _rho(s: dict | None) -> str:
+    return "n/a" if not s else f"{s['rho']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]"
+
+
+def external_section(d: dict) -> list[str]:
+    k, a = d["kauh"], d["aasce"]
+    o = a["oof_films"]
+    allf = a["classifier_all_films"]
+    ge = o["called_scoliosis_ge25"]
+    cm = d.get("classifier_meta") or {}
+    out = ["## A KAUH classifier on AASCE films, alone and with the measured curve", "", f"Command: `{d['command']}`", "",
+           f"Machine: {_machine(d)}. Date: {d['date']}. Classifier: `{d['classifier']}` ({cm.get('architecture')}, "
+           f"{(cm.get('data_config') or {}).get('input_size')} px, trained on KAUH only). Landmark evidence: "
+           f"`{d['landmark_run']}`, each AASCE film measured by the fold model that did not train on it "
+           f"({a['n_out_of_fold_measured']} of {a['n']} films). Curve line **{k['curve_deg']:.1f}°**, fitted on KAUH "
+           f"Normal films (at most {k['max_override']:.0%} of them reach it); the AASCE films chose nothing.", "",
+           "| films | what decides | called Scoliosis, largest Cobb >= 25° | Spearman with the true largest angle |",
+           "|---|---|---|---|",
+           f"| all {a['n']} AASCE films | classifier | {_pc(allf['angles']['called_scoliosis_ge25'])} | P(Scoliosis): "
+           f"{_rho(allf['angles']['spearman_p_scoliosis'])} |",
+           f"| {o['classifier']['n']} measured out of fold | classifier | {_pc(ge['classifier'])} of {ge['n']} | P(Scoliosis): "
+           f"{_rho(o['classifier']['angles']['spearman_p_scoliosis'])} |",
+           f"| {o['classifier']['n']} measured out of fold | classifier + measured curve | {_pc(ge['with_rule'])} of {ge['n']} | "
+           f"measured angle: {_rho(o['classifier']['angles'].get('spearman_measured_angle'))} |", "",
+           "Called Scoliosis by true Cobb band (classifier alone, all AASCE films):", "",
+           "| band | films | called Scoliosis |", "|---|---|---|"]
+    out += [f"| {b['band']} ({b['range']}) | {b['n']} | {_pc(b['called_scoliosis'], b['ci95'])} |"
+            for b in allf["angles"]["by_band"]]
+    h = k["held_out"]
+    out += ["", f"KAUH, {h['protocol']}: accuracy {_pc(h['classifier']['accuracy'], h['classifier']['ci95'])} alone, "
+            f"{_pc(h['with_rule']['accuracy'], h['with_rule']['ci95'])} with the curve rule "
+            f"({h['classifier']['n']} films). Angle used as evidence on held-out films: "
+            + ", ".join(f"{c} {v:.0%}" for c, v in k["angle_used_held_out"].items())
+            + "; plausible spine on all KAUH films: " + ", ".join(f"{c} {v:.0%}" for c, v in k["plausible_spine"].items())
+            + "."]
+    f = k.get("framing_stress_held_out")
+    if f:
+        sa, nb = f["scoliosis_ap_to_strip"], f["normal_strip_to_full"]
+        out += ["", f"Framing stress test on the held-out KAUH films: {sa['changed']} of {sa['n']} full-AP Scoliosis films "
+                f"cut to strips changed class ({sa['changed'] / max(sa['n'], 1):.0%}); {nb['changed']} of {nb['n']} Normal "
+                f"strips padded to full width changed ({nb['changed'] / max(nb['n'], 1):.0%})."]
+    t = d["targets"]
+    out += ["", f"Targets: >= {t['called_scoliosis_ge25']:.0%} of films >= 25° called Scoliosis; Spearman >= "
+            f"{t['spearman_evidence']}; KAUH accuracy not lower by more than {t['kauh_accuracy_drop_max']:.0%}.", ""]
+    return out
+
+
+def bundled_section(d: dict) -> list[str]:
+    c, lm = d["classifier"], d["landmarks"]
+    return ["## Bundled models", "", f"Command: `{d['command']}`", "", f"Machine: {_machine(d)}. Date: {d['date']}.", "",
+            "| model | file MB (float16) | float16 vs float32 on KAUH films | ms per film (2 cores, PyTorch) |",
+            "|---|---|---|---|",
+            f"| classifier | {c['file_mb']:.1f} | max probability difference {c['max_prob_diff_fp16']:.1e} | "
+            f"{c['ms_per_film']:.0f} |",
+            f"| landmarks | {lm['file_mb']:.1f} | max corner difference {lm['max_corner_diff_px_fp16']:.2f} px | "
+            f"{lm['ms_per_film']:.0f} |", "",
+            f"Decision rule: a Normal call on a film measured at **{d['curve_deg']:.1f}°** or more becomes Scoliosis.", ""]
+
+
 def landmark_inference_section(d: dict) -> list[str]:
     lm = d["landmarks"]
     return ["## Landmarks + Cobb angles: CPU latency per film", "", f"Command: `{d['command']}`", "",
@@ -244,6 +309,10 @@ def main() -> int:
     d = _load("cpu_inference_landmarks.json")
     if d:
         lines += landmark_inference_section(d)
+    for name, section in (("external_aasce.json", external_section), ("bundled_models.json", bundled_section)):
+        d = _load(name)
+        if d:
+            lines += section(d)
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0
