@@ -110,3 +110,18 @@ def test_cli_evaluate_on_scoliosis_only_films_with_angles(synth_dir: Path, tmp_p
     assert not (ev / "plots" / "roc_small.png").exists()
     rows = list(csv.DictReader(open(ev / "predictions.csv")))
     assert all(r["true_largest_cobb"] for r in rows)
+    # With a landmark model: the measured angle, and the decision predict would return, are scored too.
+    lm = tmp_path / "lm"
+    assert main(["landmarks", "train", "--data", str(synth_dir / "landmarks.csv"), "--input-height", "128",
+                 "--input-width", "64", "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--test-fraction", "0",
+                 "--out", str(lm), "--quiet"]) == 0
+    ev2 = tmp_path / "eval2"
+    assert main(["evaluate", str(tr / "model.safetensors"), "--data", str(man), "--angles",
+                 str(synth_dir / "landmarks.csv"), "--landmarks", str(lm / "models" / "landmarks.safetensors"),
+                 "--out", str(ev2), "--bootstrap", "50", "--quiet", "--device", "cpu"]) == 0
+    ext2 = json.loads((ev2 / "metrics.json").read_text())["external"]
+    assert ext2["with_decision"]["per_class"]["Scoliosis"]["n"] == len(films)
+    assert 0 <= ext2["with_decision"]["accuracy"] <= 1
+    rows = list(csv.DictReader(open(ev2 / "predictions.csv")))
+    assert all(r["decision"] in ("Normal", "Scoliosis", "Spondylolisthesis") for r in rows)
+    assert "the decision" in (ev2 / "summary.md").read_text()

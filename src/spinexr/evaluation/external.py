@@ -202,36 +202,49 @@ def evaluate_model(model_path: str | Path, source: str | Path, out_dir: str | Pa
     y = data.labels
     name = meta["architecture"]
     true_angle = angles_for(data.paths, table) if table is not None else None
-    measured = _measure(landmarks, data.paths, dev, progress) if landmarks is not None else None
+    measured = decided = None
+    if landmarks is not None:
+        measured, decided = _measure(landmarks, data.paths, probs, dev, progress)
+    ext = external_metrics(y, probs, true_angle, measured, n_boot=bootstrap)
+    if decided is not None:  # what predict and serve return with this landmark model: the decision
+        onehot = np.eye(len(CLASSES))[[CLASSES.index(d) for d in decided]]
+        ext["with_decision"] = external_metrics(y, onehot, true_angle, n_boot=bootstrap)
+        ext["with_decision"]["accuracy"] = float(np.mean(onehot.argmax(axis=1) == y))
     run = RunResult(verb="evaluate", data=data.summary(), device=str(dev), model_file=str(model_path), model_meta=meta,
                     models={name: model_result(y, probs, [compute_metrics(y, probs)], n_boot=bootstrap)},
-                    external=external_metrics(y, probs, true_angle, measured, n_boot=bootstrap))
+                    external=ext)
     thr = (meta.get("ood") or {}).get("threshold")
     write_csv(out / "predictions.csv", [
         {"path": str(p), "label": CLASSES[yy], **{f"p_{c}": f"{v:.6f}" for c, v in zip(CLASSES, pr)},
          "pred": CLASSES[int(pr.argmax())], "ood_score": f"{sc:.3f}" if thr is not None else "",
          "ood": str(bool(sc > thr)).lower() if thr is not None else "",
          **({"true_largest_cobb": "" if not np.isfinite(ta) else f"{ta:.2f}"} if true_angle is not None else {}),
-         **({"measured_largest_cobb": "" if not np.isfinite(ma) else f"{ma:.2f}"} if measured is not None else {})}
-        for p, yy, pr, sc, ta, ma in zip(data.paths, y, probs, res.ood_scores,
-                                         true_angle if true_angle is not None else [math.nan] * len(y),
-                                         measured if measured is not None else [math.nan] * len(y))])
+         **({"measured_largest_cobb": "" if not np.isfinite(ma) else f"{ma:.2f}", "decision": dd}
+            if measured is not None else {})}
+        for p, yy, pr, sc, ta, ma, dd in zip(data.paths, y, probs, res.ood_scores,
+                                             true_angle if true_angle is not None else [math.nan] * len(y),
+                                             measured if measured is not None else [math.nan] * len(y),
+                                             decided if decided is not None else [""] * len(y))])
     (out / "metrics.json").write_text(json.dumps(run.to_dict(), indent=2, default=float))
     write_report(out, run, data, {}, {name: probs}, title=f"spinexr evaluate: {name}")
     return run
 
 
-def _measure(model: str | Path, paths: list[Path], device: Any, progress: bool) -> np.ndarray:
-    """The largest Cobb angle the landmark model measures on each film (NaN where its spine is implausible)."""
+def _measure(model: str | Path, paths: list[Path], probs: np.ndarray, device: Any,
+             progress: bool) -> tuple[np.ndarray, list[str]]:
+    """The largest Cobb angle the landmark model measures on each film (NaN where its spine is
+    implausible), and the decision (:mod:`spinexr.deploy.decision`) that ``predict`` would return."""
     from tqdm.auto import tqdm
 
     from spinexr.data.imread import read_image
     from spinexr.deploy.measure import SpineMeasurer
 
     measurer = SpineMeasurer(model, str(device))
-    out = []
-    for p in tqdm(paths, desc="measuring", unit="film", disable=not progress):
+    angles, decided = [], []
+    for p, pr in zip(tqdm(paths, desc="measuring", unit="film", disable=not progress), probs):
         img, _ = read_image(p)
         m = measurer.measure(img)
-        out.append(m.result.largest if m.result is not None else math.nan)
-    return np.array(out)
+        angles.append(m.result.largest if m.result is not None else math.nan)
+        label = CLASSES[int(pr.argmax())]
+        decided.append(measurer.rule.decide(label, dict(zip(CLASSES, map(float, pr))), m).label)
+    return np.array(angles), decided

@@ -360,6 +360,13 @@ def external_lines(ext: dict[str, Any]) -> list[str]:
         lines.append(f"Measured largest angle against the truth: mean absolute error {ang['mae_measured_largest']:.1f}°.")
     if "n_with_angle" in ang and ang["n_with_angle"] < ext["n"]:
         lines.append(f"{ext['n'] - ang['n_with_angle']} film(s) have no true angle and count only in the class rows.")
+    dec = ext.get("with_decision")
+    if dec:
+        parts = [f"{c} {v['sensitivity']:.1%}" for c, v in dec["per_class"].items()]
+        ge = (dec.get("angles") or {}).get("called_scoliosis_ge25")
+        lines.append("With the landmark model, the decision (the label answering to the measured curve, as predict "
+                     f"returns it): accuracy {dec['accuracy']:.1%}; sensitivity " + ", ".join(parts)
+                     + (f"; films of 25° or more called Scoliosis: {ge:.1%}" if ge is not None else "") + ".")
     lines += [f"Not measured: {t}." for t in ext.get("not_measured", [])]
     return lines
 
