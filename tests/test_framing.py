@@ -34,7 +34,12 @@ def test_padding_keeps_the_film_and_reaches_full_film_proportions() -> None:
     out = pad_to_aspect(img)
     assert out.shape == (400, 160) and 400 / 160 == FULL_ASPECT
     left = (160 - 100) // 2
-    assert np.array_equal(out[:, left:left + 100], img) and out[:, :left].max() == 0
+    assert np.array_equal(out[:, left:left + 100], img)
+    assert np.array_equal(out[:, :left], img[:, :left][:, ::-1])  # the margins mirror the film's own edges
+    black = pad_to_aspect(img, mode="black")
+    assert np.array_equal(black[:, left:left + 100], img) and black[:, :left].max() == 0
+    tiny = pad_to_aspect(np.ones((1000, 20), dtype=np.float32))  # much narrower than the margins it needs
+    assert tiny.shape == (1000, 400) and tiny.min() == 1
     wide = np.zeros((100, 80), dtype=np.float32)
     assert pad_to_aspect(wide) is wide  # already wider than a full film: unchanged
 

@@ -51,16 +51,20 @@ def strip_crop(img: np.ndarray, aspect: float = STRIP_ASPECT, landmarks: np.ndar
     return img[:, x0:x0 + width]
 
 
-def pad_to_aspect(img: np.ndarray, aspect: float = FULL_ASPECT) -> np.ndarray:
-    """Black margins left and right (the film centred) until height / width is ``aspect``."""
+def pad_to_aspect(img: np.ndarray, aspect: float = FULL_ASPECT, mode: str = "reflect") -> np.ndarray:
+    """Margins left and right (the film centred) until height / width is ``aspect``.
+
+    ``reflect`` mirrors the film's own edges outwards (repeatedly, for a very narrow strip), so the
+    margins look like the soft tissue and ribs of a wider film; ``black`` pads with zeros, which a
+    letterboxing model cannot see at all (the letterbox adds the same black), so the stress test
+    uses ``reflect``.
+    """
     h, w = img.shape
     target = int(round(h / aspect))
     if target <= w:
         return img
     left = (target - w) // 2
-    out = np.zeros((h, target), dtype=img.dtype)
-    out[:, left:left + w] = img
-    return out
+    return np.pad(img, ((0, 0), (left, target - w - left)), mode="constant" if mode == "black" else "symmetric")
 
 
 def framing_stress(predict: Any, scoliosis_films: list[np.ndarray], normal_films: list[np.ndarray],

@@ -390,8 +390,9 @@ def framing_rows(run: RunResult) -> list[list[str]]:
 
 FRAMING_TEXT = ("KAUH's classes differ in framing (Normal films are narrow strips, most Scoliosis films full AP "
                 "views). Each fold's held-out Scoliosis films that are full AP views (height at most 3x the width) "
-                "are cut to a strip 1/4 as wide as tall around the spine, and its Normal strips are padded with black "
-                "to full-film proportions (height 2.5x the width); the spine stays in the frame, only the framing "
+                "are cut to a strip 1/4 as wide as tall around the spine, and its Normal strips are widened "
+                "to full-film proportions (height 2.5x the width) by mirroring their own edges outwards; the spine "
+                "stays in the frame, only the framing "
                 "changes. A model that reads the spine changes few answers.")
 
 
