@@ -21,8 +21,16 @@ def test_installed_package_finds_and_uses_its_bundled_models(tmp_path: Path, syn
     site = tmp_path / "site"
     # Build with this environment's setuptools when it has one (no download); otherwise pip fetches it.
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    # Build from a copy of what the package is made of, so the checkout gets no build/ or egg-info.
+    import shutil
+
+    src = tmp_path / "checkout"
+    shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, src / name)
     build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *isolation,
-                            "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=600)
+                            "--target", str(site), str(src)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-2000:]
     shipped = site / "spinexr" / "deploy" / "bundled"
     for name in ("classifier.safetensors", "classifier.md", "landmarks.safetensors", "landmarks.md"):
