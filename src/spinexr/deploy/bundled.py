@@ -84,6 +84,7 @@ def pack(model_path: str | Path, kind: str, card: str, headline: str = "", root:
     dest = root / KINDS[kind]
     root.mkdir(parents=True, exist_ok=True)
     save_file(half, str(dest), metadata={"spinexr": json.dumps(meta)})
+    dest.chmod(0o644)  # package data: readable by every user of an installation
     dest.with_suffix(".md").write_text(card)
     return dest
 
