@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     aasce_out["oof_films"]["called_scoliosis_ge25"] = {
         "n": int(ge25.sum()), "classifier": float(np.mean(np.array(labels)[ge25] == "Scoliosis")),
         "with_rule": float(np.mean(np.array(fused)[ge25] == "Scoliosis"))}
-    out = {**header("external_aasce", argv), "classifier": str(clf_path), "classifier_meta": {
+    shown = clf_path.resolve()
+    shown = shown.relative_to(HERE.parent) if shown.is_relative_to(HERE.parent) else shown
+    out = {**header("external_aasce", argv), "classifier": str(shown), "classifier_meta": {
         k: pred.meta.get(k) for k in ("architecture", "attention", "data_config", "training_data", "created")},
         "landmark_run": str(run), "kauh": kauh_out, "aasce": aasce_out, "wall_seconds": time.perf_counter() - t0,
         "targets": {"called_scoliosis_ge25": 0.97, "spearman_evidence": 0.6, "kauh_accuracy_drop_max": 0.01},

@@ -251,7 +251,7 @@ def external_section(d: dict) -> list[str]:
         sa, nb = f["scoliosis_ap_to_strip"], f["normal_strip_to_full"]
         out += ["", f"Framing stress test on the held-out KAUH films: {sa['changed']} of {sa['n']} full-AP Scoliosis films "
                 f"cut to strips changed class ({sa['changed'] / max(sa['n'], 1):.0%}); {nb['changed']} of {nb['n']} Normal "
-                f"strips padded to full width changed ({nb['changed'] / max(nb['n'], 1):.0%})."]
+                f"strips widened to full-film proportions (mirrored edges) changed ({nb['changed'] / max(nb['n'], 1):.0%})."]
     t = d["targets"]
     out += ["", f"Targets: >= {t['called_scoliosis_ge25']:.0%} of films >= 25° called Scoliosis; Spearman >= "
             f"{t['spearman_evidence']}; KAUH accuracy not lower by more than {t['kauh_accuracy_drop_max']:.0%}.", ""]
