@@ -60,3 +60,24 @@ def test_stress_counts_what_framing_changes() -> None:
     assert s["normal_strip_to_full"]["n"] == 5 and s["normal_strip_to_full"]["changed"] == 5
     s = framing_stress(by_content, sco, nor, CLASSES)
     assert s["scoliosis_ap_to_strip"]["changed"] == 0 and s["normal_strip_to_full"]["changed"] == 0
+
+
+def test_reframe_augmentation_cuts_wide_films_and_widens_strips() -> None:
+    import torch
+
+    from spinexr.data.augment import reframe
+
+    s = 64
+    x = torch.zeros(2, 1, s, s)
+    x[0, 0, :, 12:52] = 0.3  # a full AP film, 40 columns wide, letterboxed
+    x[0, 0, :, 30:34] = 0.9  # its spine, the brightest band
+    x[1, 0, :, 28:36] = torch.linspace(0.2, 0.6, 8)  # a narrow strip with a left-to-right gradient
+    gen = torch.Generator().manual_seed(0)
+    y = reframe(x, strip_p=1.0, widen_p=1.0, gen=gen)
+    cols0 = torch.nonzero(y[0, 0].amax(dim=0) > 0).flatten()
+    assert len(cols0) == 16 and cols0.min() <= 30 and cols0.max() >= 33  # a strip S/4 wide, around the spine
+    assert torch.equal(y[0, 0, :, 30:34], x[0, 0, :, 30:34])
+    cols1 = torch.nonzero(y[1, 0].amax(dim=0) > 0).flatten()
+    assert len(cols1) == int(s / 2.5) and torch.equal(y[1, 0, :, 28:36], x[1, 0, :, 28:36])  # the strip kept
+    assert torch.allclose(y[1, 0, :, 27], x[1, 0, :, 28]) and torch.allclose(y[1, 0, :, 36], x[1, 0, :, 35])  # mirrored
+    assert torch.equal(reframe(x, 0.0, 0.0, gen), x)

@@ -133,6 +133,12 @@ class AugConfig(Settings):
     brightness: float = setting(0.10, flag=False, ge=0, le=1)
     contrast: float = setting(0.15, flag=False, ge=0, le=1)
     gamma: float = setting(0.20, flag=False, ge=0, le=2)
+    # Framing augmentation against KAUH's framing shortcut (see spinexr.data.framing). Off until a
+    # side-by-side KAUH CV with the framing stress test shows what it buys.
+    strip_p: float = setting(0.0, flag=False, ge=0, le=1,
+                             help="probability of cutting a wide film down to a strip 1/4 as wide as tall")
+    widen_p: float = setting(0.0, flag=False, ge=0, le=1,
+                             help="probability of widening a narrow strip to full-film proportions (mirrored edges)")
 
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"

@@ -33,6 +33,53 @@ def augment(x: torch.Tensor, cfg: AugConfig, gen: torch.Generator) -> torch.Tens
     return x
 
 
+def reframe(x: torch.Tensor, strip_p: float, widen_p: float, gen: torch.Generator,
+            strip_aspect: float = 4.0, full_aspect: float = 2.5) -> torch.Tensor:
+    """Framing augmentation on letterboxed films (B, 1, S, S) in [0, 1], where black columns are the
+    letterbox: with ``strip_p`` a film wider than a strip keeps only a strip ``S / strip_aspect`` wide
+    around its brightest column band (the spine), as if cut from the film; with ``widen_p`` a film
+    narrower than ``S / full_aspect`` gets its edges mirrored outwards to that width. Films fill the
+    height (they are taller than wide), so a column window in the square is a crop of the film."""
+    b, _, s, _ = x.shape
+    dev = x.device
+    r = torch.rand(b, 2, device=dev, generator=gen)
+    out = x.clone()
+    cols = (x.amax(dim=(1, 2)) > 0)  # (B, S): columns holding film
+    for i in range(b):
+        idx = torch.nonzero(cols[i]).flatten()
+        if len(idx) == 0:
+            continue
+        c0, c1 = int(idx[0]), int(idx[-1]) + 1
+        w = c1 - c0
+        if r[i, 0] < strip_p and w > s / strip_aspect * 1.2:
+            prof = x[i, 0, :, c0:c1].mean(dim=0)
+            k = max(1, w // 20)
+            smooth = torch.nn.functional.avg_pool1d(prof[None, None], k, stride=1, padding=k // 2,
+                                                    count_include_pad=False)[0, 0, :w]
+            lo, hi = int(w * 0.2), max(int(w * 0.8), int(w * 0.2) + 1)
+            cx = c0 + lo + int(torch.argmax(smooth[lo:hi]))
+            half = int(s / strip_aspect / 2)
+            a, z = max(c0, cx - half), min(c1, cx + half)
+            out[i, :, :, :a] = 0
+            out[i, :, :, z:] = 0
+        elif r[i, 1] < widen_p and w < s / full_aspect:
+            target = int(s / full_aspect)
+            left = min((target - w) // 2, c0)
+            right = min(target - w - left, s - c1)
+            film = x[i, :, :, c0:c1]
+            if left > 0:
+                out[i, :, :, c0 - left:c0] = _mirror(film, left).flip(-1)
+            if right > 0:
+                out[i, :, :, c1:c1 + right] = _mirror(film.flip(-1), right)
+    return out
+
+
+def _mirror(film: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` columns of the film reflected repeatedly (n may exceed its width)."""
+    reps = [film, film.flip(-1)] * (n // film.shape[-1] + 1)
+    return torch.cat(reps, dim=-1)[..., :n]
+
+
 def _pixel_to_norm(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """D and c with pixel = D @ normalised + c (``align_corners=False``); c is the input's centre."""
     d = torch.tensor([[w / 2.0, 0.0], [0.0, h / 2.0]], device=device)
