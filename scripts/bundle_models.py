@@ -131,6 +131,13 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
     cv = json.loads((RESULTS / "kauh_cv_cpu_reduced.json").read_text())["results"]
     held = (ext or {}).get("kauh", {}).get("held_out", {})
     dc, td = meta["data_config"], meta.get("training_data", {})
+    hist = Path(a.classifier).parent / "history.csv"
+    minutes = "n/a minutes"
+    if hist.is_file():
+        import csv
+
+        with open(hist, newline="") as f:
+            minutes = f"{sum(float(r.get('seconds') or 0) for r in csv.DictReader(f)) / 60:.0f} minutes"
     head = (f"KAUH held-out {held['classifier']['accuracy']:.1%}" if held else
             f"KAUH held-out {pooled.get('accuracy', float('nan')):.1%}")
     lines = [
@@ -148,7 +155,7 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
         "image ships with spinexr.", "",
         "## How it was trained", "",
         f"- Command: `{a.classifier_command or 'spinexr train --data ../shared/data/kauh-spine-xray --model xception'}`",
-        f"- From scratch (no ImageNet weights: none could be downloaded) on a 2-core CPU, best epoch "
+        f"- From scratch (no ImageNet weights: none could be downloaded) on a 2-core CPU in {minutes}, best epoch "
         f"{run.get('best_epoch', 'n/a')} of {run.get('config', {}).get('train', {}).get('epochs', 'n/a')}, temperature "
         f"{meta.get('temperature', 1.0):.2f}; stored here as float16 weights. {speed['classifier_ms']:.0f} ms per film "
         "on 2 CPU cores (PyTorch, decoding excluded).",
