@@ -619,7 +619,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `predict MODEL --onnx X FILES...`: argparse ends a nargs="+" positional at the first option, so
+    # paths after the options come back unparsed; they belong to the items (anything else is an error).
+    if extra and getattr(args, "cmd", None) in ("predict", "explain") and not any(e.startswith("-") for e in extra):
+        args.items = list(args.items) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
