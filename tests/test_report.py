@@ -86,7 +86,7 @@ def test_summary_md_per_class_tables(cv_run) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     md = (out / "summary.md").read_text()
     for model, m in metrics["models"].items():
-        sec = md.split(f"### {model} (")[1].split("###")[0]
+        sec = md.split(f"### {model} (")[1].split("\n#")[0]  # up to the next heading of any level
         rows = [[c.strip() for c in line.strip("|").split("|")] for line in sec.splitlines() if line.startswith("| ")]
         header, body = rows[0], rows[1:]
         assert [r[0] for r in body] == list(CLASSES)
