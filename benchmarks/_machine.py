@@ -42,7 +42,10 @@ def header(name: str, argv: list[str] | None) -> dict[str, Any]:
     import time
     from pathlib import Path
 
-    cmd = " ".join(["python", Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+    import shlex
+
+    # Quoted as a shell would need it, so the recorded command can be pasted back.
+    cmd = shlex.join(["python", Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     return {"benchmark": name, "command": cmd, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine_info()}
 
