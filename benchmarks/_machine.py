@@ -39,10 +39,9 @@ def machine_info() -> dict[str, Any]:
 
 def header(name: str, argv: list[str] | None) -> dict[str, Any]:
     """The fields every result file starts with: benchmark, command, date, machine."""
+    import shlex
     import time
     from pathlib import Path
-
-    import shlex
 
     # Quoted as a shell would need it, so the recorded command can be pasted back.
     cmd = shlex.join(["python", Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
