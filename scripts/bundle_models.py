@@ -86,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     full_c = Predictor(a.classifier)
     speed = {"classifier_ms": _latency(full_c.predict_image, imgs), "landmarks_ms": _latency(full_lm.measure, imgs)}
     with tempfile.TemporaryDirectory() as d:  # the rule goes into the landmark file's metadata
-        from safetensors import safe_open
         from safetensors.torch import load_file, save_file
 
-        with safe_open(a.landmarks, framework="pt") as f:
-            meta = json.loads(f.metadata()["spinexr"])
+        from spinexr.deploy.modelfile import raw_metadata
+
+        meta = raw_metadata(a.landmarks)
         meta["decision"] = {"curve_deg": curve_deg, "straight_deg": 10.0, "fitted_on": f"{len(normals)} KAUH Normal films",
                             "max_rate": 0.02}
         lm_src = Path(d) / "landmarks.safetensors"

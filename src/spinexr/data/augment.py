@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from spinexr.config import AugConfig, LandmarkConfig
+from spinexr.data.framing import brightest_band
 
 
 def augment(x: torch.Tensor, cfg: AugConfig, gen: torch.Generator) -> torch.Tensor:
@@ -52,12 +53,7 @@ def reframe(x: torch.Tensor, strip_p: float, widen_p: float, gen: torch.Generato
         c0, c1 = int(idx[0]), int(idx[-1]) + 1
         w = c1 - c0
         if r[i, 0] < strip_p and w > s / strip_aspect * 1.2:
-            prof = x[i, 0, :, c0:c1].mean(dim=0)
-            k = max(1, w // 20)
-            smooth = torch.nn.functional.avg_pool1d(prof[None, None], k, stride=1, padding=k // 2,
-                                                    count_include_pad=False)[0, 0, :w]
-            lo, hi = int(w * 0.2), max(int(w * 0.8), int(w * 0.2) + 1)
-            cx = c0 + lo + int(torch.argmax(smooth[lo:hi]))
+            cx = c0 + brightest_band(x[i, 0, :, c0:c1].mean(dim=0).float().cpu().numpy())
             half = int(s / strip_aspect / 2)
             a, z = max(c0, cx - half), min(c1, cx + half)
             out[i, :, :, :a] = 0

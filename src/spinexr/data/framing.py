@@ -18,17 +18,36 @@ FULL_ASPECT = 2.5  # height / width of KAUH's full AP Scoliosis films (median 2.
 FULL_AP_MAX_ASPECT = 3.0  # films at most this tall for their width count as full AP views
 
 
+def bounded(img: np.ndarray, max_side: int = 1024) -> np.ndarray:
+    """The film scaled down (aspect kept) so that its longer side is at most ``max_side``."""
+    h, w = img.shape
+    s = max_side / max(h, w)
+    if s >= 1:
+        return img
+    from PIL import Image
+
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(img.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR,
+                                                                                reducing_gap=2.0))
+
+
+def brightest_band(profile: np.ndarray) -> int:
+    """Index of the brightest band (smoothed over 1/20 of its length) within the middle 60% of a
+    column-brightness profile: where the spine is across an AP film."""
+    w = len(profile)
+    k = max(1, w // 20)
+    smooth = np.convolve(profile, np.ones(k) / k, mode="same")
+    lo, hi = int(w * 0.2), max(int(w * 0.8), int(w * 0.2) + 1)
+    return lo + int(np.argmax(smooth[lo:hi]))
+
+
 def spine_column(img: np.ndarray, landmarks: np.ndarray | None = None) -> float:
     """The x of the spine: the mean x of the vertebra corners when given, else the brightest
     vertical band of the film's middle 60% (the spine is the densest structure across an AP film)."""
     if landmarks is not None:
         return float(np.asarray(landmarks)[..., 0].mean())
-    h, w = img.shape
-    prof = img[h // 10: h - h // 10].mean(axis=0)
-    k = max(1, w // 20)
-    smooth = np.convolve(prof, np.ones(k) / k, mode="same")
-    lo, hi = int(w * 0.2), max(int(w * 0.8), int(w * 0.2) + 1)
-    return float(lo + int(np.argmax(smooth[lo:hi])))
+    h = img.shape[0]
+    return float(brightest_band(img[h // 10: h - h // 10].mean(axis=0)))
 
 
 def strip_box(img: np.ndarray, aspect: float = STRIP_ASPECT, landmarks: np.ndarray | None = None) -> tuple[int, int]:

@@ -45,7 +45,7 @@ class BundledModel:
 
 def bundled_models(root: Path | None = None) -> list[BundledModel]:
     """Every bundled model file present in this installation."""
-    from spinexr.deploy.modelfile import model_kind
+    from spinexr.deploy.modelfile import model_kind, raw_metadata
 
     root = root or BUNDLE_DIR
     out = []
@@ -54,7 +54,7 @@ def bundled_models(root: Path | None = None) -> list[BundledModel]:
         if p.is_file():
             card = p.with_suffix(".md")
             out.append(BundledModel(name, model_kind(p), p, card if card.is_file() else None, p.stat().st_size,
-                                    _raw_meta(p)))
+                                    raw_metadata(p)))
     return out
 
 
@@ -73,10 +73,14 @@ def pack(model_path: str | Path, kind: str, card: str, headline: str = "", root:
     statistics stay float32), the metadata kept and marked as bundled, and the model card beside it."""
     from safetensors.torch import load_file, save_file
 
+    from spinexr.deploy.modelfile import raw_metadata
+
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     src = Path(model_path)
-    meta = _raw_meta(src)
+    meta = raw_metadata(src)
+    if not meta:
+        raise WeightsError(f"{src}: a safetensors file without spinexr metadata; bundle a spinexr model file")
     meta["bundled"] = {"source_file": src.name, "weights_dtype": "float16", "headline": headline}
     state = load_file(str(src))
     half = {k: (v.half() if v.is_floating_point() and not k.startswith("ood.") else v).contiguous() for k, v in state.items()}
@@ -88,12 +92,3 @@ def pack(model_path: str | Path, kind: str, card: str, headline: str = "", root:
     dest.with_suffix(".md").write_text(card)
     return dest
 
-
-def _raw_meta(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {})["spinexr"])
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a foreign file
-        raise WeightsError(f"{path}: not a spinexr model file ({e})") from e

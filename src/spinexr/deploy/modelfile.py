@@ -71,20 +71,27 @@ def save_model(model: nn.Module, meta: dict[str, Any], path: str | Path, ood: An
     return path
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
+def raw_metadata(path: str | Path, missing: str = "model file not found") -> dict[str, Any]:
+    """The ``spinexr`` metadata of a safetensors model file as written (``{}`` when it has none), or a
+    WeightsError naming the file: ``missing`` when it does not exist, or why safetensors refused it."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: model file not found; train one with `spinexr train` or `spinexr cv`")
+        raise WeightsError(f"{path}: {missing}")
     try:
         with safe_open(str(path), framework="pt") as f:
             md = f.metadata() or {}
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a foreign file
         raise WeightsError(f"{path}: not a spinexr model file (safetensors could not read it: {e})") from e
-    if "spinexr" not in md:
+    return json.loads(md["spinexr"]) if "spinexr" in md else {}
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    meta = raw_metadata(path, "model file not found; train one with `spinexr train` or `spinexr cv`")
+    if not meta:
         raise WeightsError(f"{path}: a safetensors file without spinexr metadata; was it saved by spinexr?")
-    meta = json.loads(md["spinexr"])
     if meta.get("format") not in READABLE_FORMATS:
         raise WeightsError(f"{path}: unsupported model format {meta.get('format')!r} (this spinexr reads "
                            f"{', '.join(READABLE_FORMATS)}); upgrade spinexr")
@@ -157,19 +164,12 @@ def save_landmark_model(predictor: Any, path: str | Path, cfg: dict[str, Any],
 
 def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
     """A landmark model file as its predictor: ``(LandmarkPredictor in eval mode, metadata)``."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from spinexr.models.landmark import CODECS, LandmarkNet, LandmarkPredictor
 
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: landmark model file not found; train one with `spinexr landmarks train`")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("spinexr", "{}"))
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a foreign file
-        raise WeightsError(f"{path}: not a spinexr model file ({e})") from e
+    meta = raw_metadata(path, "landmark model file not found; train one with `spinexr landmarks train`")
     if meta.get("format") != LANDMARK_FORMAT:
         raise WeightsError(f"{path}: not a spinexr landmark model (format {meta.get('format')!r})")
     contract = DataConfig.from_meta(meta)
@@ -188,14 +188,4 @@ def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") ->
 
 def model_kind(path: str | Path) -> str:
     """``classifier`` or ``landmarks``, from a spinexr model file's metadata."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: model file not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            fmt = json.loads((f.metadata() or {}).get("spinexr", "{}")).get("format")
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a foreign file
-        raise WeightsError(f"{path}: not a spinexr model file ({e})") from e
-    return "landmarks" if fmt == LANDMARK_FORMAT else "classifier"
+    return "landmarks" if raw_metadata(path).get("format") == LANDMARK_FORMAT else "classifier"

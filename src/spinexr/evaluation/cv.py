@@ -88,9 +88,10 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
                 assert not set(data.groups[tr]) & set(data.groups[te])
                 fit_idx, val_idx = carve_validation(tr, y, data.groups, tcfg.val_fraction, seed=tcfg.seed + 1000 * r + k)
                 ens = np.zeros((len(te), len(CLASSES)))
+                held_out = FramingFilms(data, te)  # read once per fold, shared by the models
                 for m in cfg.models:
                     fr = _run_fold(m, r, k, tr, te, fit_idx, val_idx, data, cfg, tcfg, contracts[m], out, source,
-                                   progress, resume)
+                                   progress, resume, held_out)
                     if fr is None:  # not rank 0 under torchrun: training only
                         continue
                     probs = np.asarray(fr.probs)
@@ -130,7 +131,7 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
 
 def _run_fold(m: str, r: int, k: int, tr: np.ndarray, te: np.ndarray, fit_idx: np.ndarray, val_idx: np.ndarray,
               data: PreparedData, cfg: CVConfig, tcfg: TrainConfig, contract: DataConfig, out: Path,
-              source: str | Path, progress: bool, resume: bool) -> FoldResult | None:
+              source: str | Path, progress: bool, resume: bool, held_out: FramingFilms | None = None) -> FoldResult | None:
     """Train and evaluate one model on one fold, or load the stored result of a finished fold."""
     done_file = out / "folds" / f"{m}_r{r}_f{k}.json"
     if resume and done_file.is_file():
@@ -156,7 +157,7 @@ def _run_fold(m: str, r: int, k: int, tr: np.ndarray, te: np.ndarray, fit_idx: n
     if cfg.explain and first:
         fr.explain = explain_fold(res.predictor, data, te, probs, out / "plots", m)
     if cfg.framing_test:
-        fr.framing = framing_fold(res.predictor, data, te, device)
+        fr.framing = framing_fold(res.predictor, held_out or FramingFilms(data, te), device)
     if cfg.save_models and first:
         save_predictor(res.predictor, cfg, out / "models" / f"{m}.safetensors",
                        {"source": str(source), "counts": data.counts(), "n_train": len(fit_idx),
@@ -197,13 +198,34 @@ def _run_leaky(data: PreparedData, cfg: CVConfig, tcfg: TrainConfig, contracts: 
     return out
 
 
-def framing_fold(predictor: Any, data: PreparedData, te: np.ndarray, device: Any) -> dict[str, Any]:
-    """The framing stress test on a fold's held-out Scoliosis and Normal films, read again at full size
-    and run through the fold's predictor exactly as ``predict`` would."""
+class FramingFilms:
+    """A fold's held-out Scoliosis and Normal films for the framing stress test, read again from disk
+    on first use (the dataset keeps only model-sized inputs), capped at ``max_side`` pixels (every
+    model input is far smaller), and kept for the fold's other models."""
+
+    def __init__(self, data: PreparedData, te: np.ndarray, max_side: int = 1024) -> None:
+        self.data, self.te, self.max_side = data, te, max_side
+        self._films: dict[str, list[np.ndarray]] | None = None
+
+    def get(self) -> dict[str, list[np.ndarray]]:
+        if self._films is None:
+            from spinexr.data.framing import bounded
+            from spinexr.data.imread import read_image
+
+            self._films = {"Scoliosis": [], "Normal": []}
+            for i in self.te:
+                c = CLASSES[int(self.data.labels[i])]
+                if c in self._films:
+                    self._films[c].append(bounded(read_image(self.data.paths[i])[0], self.max_side))
+        return self._films
+
+
+def framing_fold(predictor: Any, held_out: FramingFilms, device: Any) -> dict[str, Any]:
+    """The framing stress test on a fold's held-out Scoliosis and Normal films, run through the fold's
+    predictor exactly as ``predict`` would."""
     import torch
 
     from spinexr.data.framing import framing_stress
-    from spinexr.data.imread import read_image
     from spinexr.engine.inference import run_inference
 
     contract = predictor.contract
@@ -212,9 +234,5 @@ def framing_fold(predictor: Any, data: PreparedData, te: np.ndarray, device: Any
         x = torch.from_numpy(np.stack([contract.to_input(f)[0] for f in films])[:, None])
         return run_inference(predictor, x, None, device).probs
 
-    films: dict[str, list[np.ndarray]] = {"Scoliosis": [], "Normal": []}
-    for i in te:
-        c = CLASSES[int(data.labels[i])]
-        if c in films:
-            films[c].append(read_image(data.paths[i])[0])
+    films = held_out.get()
     return framing_stress(predict, films["Scoliosis"], films["Normal"], CLASSES)
