@@ -81,3 +81,27 @@ def test_reframe_augmentation_cuts_wide_films_and_widens_strips() -> None:
     assert len(cols1) == int(s / 2.5) and torch.equal(y[1, 0, :, 28:36], x[1, 0, :, 28:36])  # the strip kept
     assert torch.allclose(y[1, 0, :, 27], x[1, 0, :, 28]) and torch.allclose(y[1, 0, :, 36], x[1, 0, :, 35])  # mirrored
     assert torch.equal(reframe(x, 0.0, 0.0, gen), x)
+
+
+def test_blur_and_noise_augmentation() -> None:
+    import dataclasses
+
+    import torch
+
+    from spinexr.config import AugConfig
+    from spinexr.data.augment import augment, gaussian_blur
+
+    x = torch.zeros(3, 1, 32, 32)
+    x[:, :, :, 16:] = 1.0  # a sharp vertical edge
+    y = gaussian_blur(x, torch.tensor([0.0, 1.0, 2.0]))
+    assert torch.allclose(y[0], x[0], atol=1e-6)  # sigma 0 keeps the film
+    assert torch.allclose(y.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=1e-5)  # brightness kept
+    edge = [float(y[i, 0, 16, 15]) for i in range(3)]
+    assert edge[0] == 0.0 < edge[1] < edge[2] < 0.5  # wider sigma spreads the edge further
+    still = dataclasses.replace(AugConfig(), rotate_deg=0, scale=0, translate=0, flip=False, brightness=0,
+                                contrast=0, gamma=0)
+    flat = torch.full((4, 1, 16, 16), 0.5)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(augment(flat, still, gen), flat)
+    noisy = augment(flat, dataclasses.replace(still, noise=0.1), gen)
+    assert 0 < float((noisy - flat).std()) < 0.1 and noisy.min() >= 0 and noisy.max() <= 1

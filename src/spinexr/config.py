@@ -133,6 +133,9 @@ class AugConfig(Settings):
     brightness: float = setting(0.10, flag=False, ge=0, le=1)
     contrast: float = setting(0.15, flag=False, ge=0, le=1)
     gamma: float = setting(0.20, flag=False, ge=0, le=2)
+    # Another hospital's look: softer detectors and grainier exposures than KAUH's.
+    blur: float = setting(0.0, flag=False, ge=0, le=5, help="largest Gaussian blur sigma, input pixels (0: off)")
+    noise: float = setting(0.0, flag=False, ge=0, le=0.5, help="largest Gaussian noise std, on [0, 1] pixels (0: off)")
     # Framing augmentation against KAUH's framing shortcut (see spinexr.data.framing). Off until a
     # side-by-side KAUH CV with the framing stress test shows what it buys.
     strip_p: float = setting(0.0, flag=False, ge=0, le=1,

@@ -31,7 +31,27 @@ def augment(x: torch.Tensor, cfg: AugConfig, gen: torch.Generator) -> torch.Tens
     x = (x - mean) * u(1 - cfg.contrast, 1 + cfg.contrast).view(b, 1, 1, 1) + mean
     x = x + u(-cfg.brightness, cfg.brightness).view(b, 1, 1, 1)
     x = x.clamp(0, 1) ** torch.exp(u(-cfg.gamma, cfg.gamma)).view(b, 1, 1, 1)
+    if cfg.blur > 0:
+        x = gaussian_blur(x, u(0, cfg.blur))
+    if cfg.noise > 0:
+        sd = u(0, cfg.noise).view(b, 1, 1, 1)
+        x = (x + sd * torch.randn(x.shape, device=dev, generator=gen, dtype=x.dtype)).clamp(0, 1)
     return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each film of a batch (B, 1, H, W) with its own Gaussian ``sigma`` (B,) in pixels; sigma 0
+    leaves a film unchanged. Separable, reflect-padded so the edges do not darken."""
+    b = x.shape[0]
+    r = max(1, math.ceil(3 * float(sigma.max())))
+    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+    s = sigma.to(x.dtype).clamp_min(1e-3).view(b, 1)
+    k = torch.exp(-0.5 * (t.view(1, -1) / s) ** 2)
+    k = k / k.sum(dim=1, keepdim=True)  # (B, 2r+1); sigma -> 0 gives a delta
+    y = F.pad(x.transpose(0, 1), (r, r, r, r), mode="reflect")  # (1, B, H+2r, W+2r)
+    y = F.conv2d(y, k.view(b, 1, 1, -1), groups=b)
+    y = F.conv2d(y, k.view(b, 1, -1, 1), groups=b)
+    return y.transpose(0, 1)
 
 
 def reframe(x: torch.Tensor, strip_p: float, widen_p: float, gen: torch.Generator,
