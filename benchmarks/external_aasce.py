@@ -42,6 +42,24 @@ def _acc(called: list[str], truth: list[str]) -> dict:
     return {"n": len(truth), "accuracy": k / max(len(truth), 1), "ci95": wilson(k, len(truth))}
 
 
+def _cv_rule(run: Path, paths: list, truth: list[str], meas: list, max_rate: float) -> dict:
+    """The decision rule on a KAUH CV run's out-of-fold calls (repeat 0, its first model), side by side
+    with the classifier alone: see :func:`spinexr.deploy.decision.rule_cv`."""
+    import csv
+
+    from spinexr.deploy.decision import rule_cv
+
+    rows = [r for r in csv.DictReader((run / "oof_predictions.csv").open()) if r["repeat"] == "0"]
+    model = rows[0]["model"]
+    by_path = {str(Path(r["path"]).resolve()): r for r in rows if r["model"] == model}
+    idx = [i for i, p in enumerate(paths) if str(Path(p).resolve()) in by_path]
+    got = [by_path[str(Path(paths[i]).resolve())] for i in idx]
+    probs = [{k[2:]: float(v) for k, v in r.items() if k.startswith("p_")} for r in got]
+    out = rule_cv([truth[i] for i in idx], [r["pred"] for r in got], probs, [int(r["fold"]) for r in got],
+                  [meas[i] for i in idx], max_rate=max_rate)
+    return {"model": model, "n": len(idx), **out}
+
+
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from tqdm.auto import tqdm
@@ -67,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kauh-test-fraction", type=float, default=0.2)
     ap.add_argument("--kauh-seed", type=int, default=0)
     ap.add_argument("--kauh-size", type=int, default=None, help="the classifier's input size (default: its contract)")
+    ap.add_argument("--kauh-cv-run", action="append", default=[],
+                    help="a KAUH CV run folder (oof_predictions.csv): score the rule on its 5-fold out-of-fold calls, "
+                         "each fold's curve line fitted on the other folds' Normal films (repeatable)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     clf_path = Path(a.classifier) if a.classifier else bundled_path("classifier")
@@ -112,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         "median_measured_angle": {c: float(np.nanmedian(k_angle[[t == c for t in k_truth]])) for c in classes},
         "normal_at_or_over_line": float(np.mean(np.nan_to_num(k_angle[non_sco], nan=-1) >= curve_deg)),
     }
+
+    if a.kauh_cv_run:
+        kauh_out["cv_rule"] = {d: _cv_rule(Path(d), kauh.paths, k_truth, k_meas, a.max_override) for d in a.kauh_cv_run}
 
     # AASCE: classify every film; the out-of-fold measurement where there is one.
     ds = read_aasce(AASCE)

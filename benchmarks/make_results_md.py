@@ -273,6 +273,13 @@ def external_section(d: dict) -> list[str]:
             + ", ".join(f"{c} {v:.0%}" for c, v in k["angle_used_held_out"].items())
             + "; plausible spine on all KAUH films: " + ", ".join(f"{c} {v:.0%}" for c, v in k["plausible_spine"].items())
             + "."]
+    for run, c in (k.get("cv_rule") or {}).items():
+        lines_ = [fo["curve_deg"] for fo in c["folds"]]
+        out += ["", f"KAUH {len(c['folds'])}-fold CV `{run}` ({c['model']}, {c['n']} films, out-of-fold calls): accuracy "
+                f"{c['accuracy_mean']:.1%} alone, **{c['accuracy_with_rule_mean']:.1%} with the curve rule** (mean over "
+                f"folds; each fold's line fitted on the other folds' Normal films: {min(lines_):.1f}-{max(lines_):.1f}°); "
+                f"the rule changed {c['changed']} decisions, {c['changed_to_right']} to the right class and "
+                f"{c['changed_to_wrong']} to a wrong one."]
     f = k.get("framing_stress_held_out")
     if f:
         sa, nb = f["scoliosis_ap_to_strip"], f["normal_strip_to_full"]

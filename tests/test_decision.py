@@ -160,3 +160,29 @@ def test_curve_line_is_fitted_on_non_scoliosis_films() -> None:
     assert fit_curve_deg(angles, max_rate=0.03) == 10.0  # three may reach it: the floor
     assert fit_curve_deg(angles, max_rate=0.0) == 32.0
     assert fit_curve_deg([np.nan] * 5) == 10.0
+
+
+def test_rule_cv_fits_each_fold_on_the_other_folds() -> None:
+    from spinexr.deploy.decision import rule_cv
+
+    curve = [20.0 - 40.0 * j / 16 for j in range(17)]
+    straight, curved = _measure(STRAIGHT), _measure(curve)
+    mild = _measure([8.0 - 16.0 * j / 16 for j in range(17)])  # a 16 degree curve
+    # fold 0: a Scoliosis film called Normal (40 degrees: the rule should fix it); fold 1: a Normal film
+    # measured at 16 degrees, and fold 0's Normals are all straight.
+    truth = ["Scoliosis", "Normal", "Normal", "Normal", "Scoliosis"]
+    called = ["Normal", "Normal", "Normal", "Normal", "Scoliosis"]
+    probs = [PROBS] * 5
+    folds = [0, 0, 1, 1, 1]
+    meas = [curved, straight, mild, straight, curved]
+    r = rule_cv(truth, called, probs, folds, meas, max_rate=0.0)
+    f0, f1 = r["folds"]
+    # fold 0's line is fitted on fold 1's Normals (straight and mild): just above the mild one
+    m = mild.result.largest
+    assert 12.0 < m < 20.0 and m < f0["curve_deg"] <= m + 1.0
+    assert f0["accuracy"] == 0.5 and f0["accuracy_with_rule"] == 1.0
+    assert f1["curve_deg"] == 10.0  # fold 0's Normals are straight: the 10 degree floor
+    # fold 1's mild Normal (about 16 degrees) is now over the line, and gets overruled: the cost shows
+    assert f1["accuracy"] == 1.0 and f1["accuracy_with_rule"] == pytest.approx(2 / 3)
+    assert r["changed"] == 2 and r["changed_to_right"] == 1 and r["changed_to_wrong"] == 1
+    assert r["accuracy_with_rule_mean"] == pytest.approx((1.0 + 2 / 3) / 2)

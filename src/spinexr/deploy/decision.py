@@ -100,3 +100,32 @@ def fit_curve_deg(measured: Any, max_rate: float = 0.02, floor: float = STRAIGHT
     if len(top) <= allowed:
         return float(floor)
     return float(max(floor, math.floor(top[allowed] * 2) / 2 + 0.5))
+
+
+def rule_cv(truth: list[str], called: list[str], probs: list[dict[str, float]], folds: list[int],
+            measurements: list[Any], max_rate: float = 0.02) -> dict[str, Any]:
+    """The rule scored out of fold on a cross-validation: for each fold, the curve line is fitted on
+    the Normal films of the other folds (:func:`fit_curve_deg`) and decides that fold's held-out films
+    from their out-of-fold classifier calls. Returns the classifier's and the rule's accuracy per fold
+    and their means, the lines used, and how many decisions the rule changed (right and wrong)."""
+    import numpy as np
+
+    folds_a = np.asarray(folds)
+    angle = np.array([m.result.largest if m is not None and m.result is not None else np.nan for m in measurements])
+    out: dict[str, Any] = {"folds": [], "changed": 0, "changed_to_right": 0, "changed_to_wrong": 0}
+    for k in sorted(set(folds_a.tolist())):
+        te = np.flatnonzero(folds_a == k)
+        fit = [i for i in np.flatnonzero(folds_a != k) if truth[i] == "Normal"]
+        rule = DecisionRule(curve_deg=fit_curve_deg(angle[fit], max_rate=max_rate))
+        fused = [rule.decide(called[i], probs[i], measurements[i]).label for i in te]
+        before = float(np.mean([called[i] == truth[i] for i in te]))
+        after = float(np.mean([f == truth[i] for f, i in zip(fused, te)]))
+        for f, i in zip(fused, te):
+            if f != called[i]:
+                out["changed"] += 1
+                out["changed_to_right" if f == truth[i] else "changed_to_wrong"] += 1
+        out["folds"].append({"fold": int(k), "n": int(len(te)), "curve_deg": rule.curve_deg,
+                             "accuracy": before, "accuracy_with_rule": after})
+    out["accuracy_mean"] = float(np.mean([f["accuracy"] for f in out["folds"]]))
+    out["accuracy_with_rule_mean"] = float(np.mean([f["accuracy_with_rule"] for f in out["folds"]]))
+    return out
