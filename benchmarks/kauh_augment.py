@@ -36,6 +36,8 @@ ARMS: dict[str, dict[str, float]] = {
     "framing": {"strip_p": 0.5, "widen_p": 0.5},
     "framing+exposure": {"strip_p": 0.5, "widen_p": 0.5, **WIDER_EXPOSURE},
     "exposure": dict(WIDER_EXPOSURE),
+    "framing-strong": {"strip_p": 0.8, "widen_p": 0.8},
+    "framing-strong+exposure": {"strip_p": 0.8, "widen_p": 0.8, **WIDER_EXPOSURE},
 }
 
 
@@ -64,6 +66,14 @@ def aasce_check(model_file: Path, aasce: Path) -> dict:
             "called": m["per_class"]["Scoliosis"]["called"], "by_band": m["angles"]["by_band"]}
 
 
+def _train_seconds(run: Path) -> float:
+    """Training time of a CV run folder, summed over its folds' epochs (also right for a resumed run)."""
+    import csv
+
+    return float(sum(float(r["seconds"]) for f in sorted((run / "history").glob("*.csv"))
+                     for r in csv.DictReader(f.open())))
+
+
 def main(argv: list[str] | None = None) -> int:
     from spinexr.config import AugConfig, CVConfig, TrainConfig
     from spinexr.data.dataset import prepare_dataset
@@ -80,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpu-reduced", action="store_true", help="CPU preset: 96 px, 12 epochs (the bundled model's)")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the finished folds in --run-dir (arms added to an earlier run train only their own folds)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
     a = ap.parse_args(argv)
@@ -105,15 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         aug = AugConfig.from_dict({**AugConfig().to_dict(), **ARMS[arm]})
         tr = TrainConfig(epochs=a.epochs, device=a.device, seed=a.seed, aug=aug)
         t = time.perf_counter()
-        res = run_cv(a.data, cv, tr, root / arm.replace("+", "_"), progress=True, data=data)
+        run = root / arm.replace("+", "_")
+        res = run_cv(a.data, cv, tr, run, progress=True, data=data, resume=a.resume)
         r = res.models[a.model]
         out = {"augmentation": ARMS[arm], "wall_seconds": time.perf_counter() - t,
+               "train_seconds": _train_seconds(run), "run_dir": str(run),
                "accuracy_mean": r.summary["accuracy"]["mean"], "accuracy_std": r.summary["accuracy"]["std"],
                "macro_f1_mean": r.summary["macro_f1"]["mean"], "macro_f1_std": r.summary["macro_f1"]["std"],
                "pooled_accuracy": r.pooled["accuracy"], "ci95": r.ci95, "framing_stress": r.framing}
         if a.aasce and Path(a.aasce).is_dir():
-            out["aasce_fold0_development"] = aasce_check(root / arm.replace("+", "_") / "models" / f"{a.model}.safetensors",
-                                                         Path(a.aasce))
+            out["aasce_fold0_development"] = aasce_check(run / "models" / f"{a.model}.safetensors", Path(a.aasce))
         results[arm] = out
         fs = r.framing or {}
         print(f"{arm:<18} acc {out['accuracy_mean'] * 100:5.1f} ± {out['accuracy_std'] * 100:4.1f}  "

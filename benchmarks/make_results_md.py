@@ -52,7 +52,9 @@ def kauh_section(d: dict) -> list[str]:
 def augment_section(d: dict) -> list[str]:
     s, t = d["settings"], d["targets"]
     out = ["## Which augmentation transfers: KAUH CV arms side by side", "", f"Command: `{d['command']}`", "",
-           f"Machine: {_machine(d)}. Date: {d['date']}. Wall time: {d['wall_seconds'] / 60:.1f} min. {s['model']}, "
+           f"Machine: {_machine(d)}. Date: {d['date']}. Training time per arm: "
+           + ", ".join(f"{arm} {r.get('train_seconds', r['wall_seconds']) / 60:.0f} min" for arm, r in d["arms"].items())
+           + f". {s['model']}, "
            f"{s['image_size']} px, {s['folds']}-fold case-grouped CV, {s['epochs']} epochs, seed {s['seed']}, "
            f"{s['weights']}; the arms share folds and seeds and differ only in augmentation.", "",
            "| arm | augmentation | KAUH accuracy % (mean ± sd) | 95% CI (pooled) | macro-F1 | framing: AP Scoliosis cut to "
