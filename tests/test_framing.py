@@ -105,3 +105,61 @@ def test_blur_and_noise_augmentation() -> None:
     assert torch.equal(augment(flat, still, gen), flat)
     noisy = augment(flat, dataclasses.replace(still, noise=0.1), gen)
     assert 0 < float((noisy - flat).std()) < 0.1 and noisy.min() >= 0 and noisy.max() <= 1
+
+
+def _reference_reframe(x, strip_p, widen_p, gen, strip_aspect=4.0, full_aspect=2.5):
+    """The framing augmentation film by film, written plainly: the oracle for the batched version."""
+    import torch
+
+    from spinexr.data.framing import brightest_band
+
+    def mirror(film, n):
+        reps = [film, film.flip(-1)] * (n // film.shape[-1] + 1)
+        return torch.cat(reps, dim=-1)[..., :n]
+
+    b, _, s, _ = x.shape
+    r = torch.rand(b, 2, generator=gen)
+    out = x.clone()
+    cols = x.amax(dim=(1, 2)) > 0
+    for i in range(b):
+        idx = torch.nonzero(cols[i]).flatten()
+        if len(idx) == 0:
+            continue
+        c0, c1 = int(idx[0]), int(idx[-1]) + 1
+        w = c1 - c0
+        if r[i, 0] < strip_p and w > s / strip_aspect * 1.2:
+            cx = c0 + brightest_band(x[i, 0, :, c0:c1].mean(dim=0).numpy())
+            half = int(s / strip_aspect / 2)
+            out[i, :, :, :max(c0, cx - half)] = 0
+            out[i, :, :, min(c1, cx + half):] = 0
+        elif r[i, 1] < widen_p and w < s / full_aspect:
+            target = int(s / full_aspect)
+            left = min((target - w) // 2, c0)
+            right = min(target - w - left, s - c1)
+            film = x[i, :, :, c0:c1]
+            if left > 0:
+                out[i, :, :, c0 - left:c0] = mirror(film, left).flip(-1)
+            if right > 0:
+                out[i, :, :, c1:c1 + right] = mirror(film.flip(-1), right)
+    return out
+
+
+def test_batched_reframe_matches_the_film_by_film_definition() -> None:
+    import torch
+
+    from spinexr.data.augment import reframe
+
+    g = torch.Generator().manual_seed(1)
+    for trial in range(30):
+        s = int(torch.randint(32, 100, (1,), generator=g))
+        x = torch.zeros(6, 1, s, s)
+        for i in range(5):  # the last film stays empty (all letterbox)
+            w = int(torch.randint(2, s + 1, (1,), generator=g))
+            c0 = int(torch.randint(0, s - w + 1, (1,), generator=g))
+            film = torch.rand(s, w, generator=g) * 0.5 + 0.05
+            band = int(torch.randint(0, w, (1,), generator=g))
+            film[:, max(0, band - 2):band + 2] += 0.4
+            x[i, 0, :, c0:c0 + w] = film
+        want = _reference_reframe(x, 0.5, 0.5, torch.Generator().manual_seed(trial))
+        got = reframe(x, 0.5, 0.5, torch.Generator().manual_seed(trial))
+        assert torch.equal(got, want), trial

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from spinexr.config import AugConfig, LandmarkConfig
-from spinexr.data.framing import brightest_band
 
 
 def augment(x: torch.Tensor, cfg: AugConfig, gen: torch.Generator) -> torch.Tensor:
@@ -58,42 +57,49 @@ def reframe(x: torch.Tensor, strip_p: float, widen_p: float, gen: torch.Generato
             strip_aspect: float = 4.0, full_aspect: float = 2.5) -> torch.Tensor:
     """Framing augmentation on letterboxed films (B, 1, S, S) in [0, 1], where black columns are the
     letterbox: with ``strip_p`` a film wider than a strip keeps only a strip ``S / strip_aspect`` wide
-    around its brightest column band (the spine), as if cut from the film; with ``widen_p`` a film
-    narrower than ``S / full_aspect`` gets its edges mirrored outwards to that width. Films fill the
-    height (they are taller than wide), so a column window in the square is a crop of the film."""
+    around its brightest column band (the spine, as :func:`~spinexr.data.framing.brightest_band`
+    finds it), as if cut from the film; with ``widen_p`` a film narrower than ``S / full_aspect`` gets
+    its edges mirrored outwards to that width. Films fill the height (they are taller than wide), so a
+    column window in the square is a crop of the film. The whole batch at once on its own device: no
+    per-film loop and no host synchronisation."""
     b, _, s, _ = x.shape
     dev = x.device
     r = torch.rand(b, 2, device=dev, generator=gen)
-    out = x.clone()
-    cols = (x.amax(dim=(1, 2)) > 0)  # (B, S): columns holding film
-    for i in range(b):
-        idx = torch.nonzero(cols[i]).flatten()
-        if len(idx) == 0:
-            continue
-        c0, c1 = int(idx[0]), int(idx[-1]) + 1
-        w = c1 - c0
-        if r[i, 0] < strip_p and w > s / strip_aspect * 1.2:
-            cx = c0 + brightest_band(x[i, 0, :, c0:c1].mean(dim=0).float().cpu().numpy())
-            half = int(s / strip_aspect / 2)
-            a, z = max(c0, cx - half), min(c1, cx + half)
-            out[i, :, :, :a] = 0
-            out[i, :, :, z:] = 0
-        elif r[i, 1] < widen_p and w < s / full_aspect:
-            target = int(s / full_aspect)
-            left = min((target - w) // 2, c0)
-            right = min(target - w - left, s - c1)
-            film = x[i, :, :, c0:c1]
-            if left > 0:
-                out[i, :, :, c0 - left:c0] = _mirror(film, left).flip(-1)
-            if right > 0:
-                out[i, :, :, c1:c1 + right] = _mirror(film.flip(-1), right)
-    return out
+    cols = x.amax(dim=(1, 2)) > 0  # (B, S): columns holding film
+    ar = torch.arange(s, device=dev)
+    c0 = torch.where(cols, ar, s).amin(dim=1, keepdim=True)  # (B, 1) first film column
+    c1 = torch.where(cols, ar + 1, 0).amax(dim=1, keepdim=True)  # one past the last
+    w = (c1 - c0).clamp_min(1)
+    has = cols.any(dim=1, keepdim=True)
+    strip = has & (r[:, :1] < strip_p) & (w > s / strip_aspect * 1.2)
+    widen = has & ~strip & (r[:, 1:] < widen_p) & (w < s / full_aspect)
 
+    # The spine: the brightest band of the column profile, smoothed over 1/20 of the film's width
+    # (zeros beyond the film, as in numpy's "same" convolution), searched in the film's middle 60%.
+    prof = torch.cat([torch.zeros(b, 1, device=dev), x[:, 0].float().mean(dim=1).cumsum(dim=1)], dim=1)
+    k = (w // 20).clamp_min(1)
+    hi_i = (ar + (k - 1) // 2 + 1).clamp(0, s)
+    lo_i = (ar - k // 2).clamp(0, s)
+    smooth = (prof.gather(1, hi_i) - prof.gather(1, lo_i)) / k
+    lo, hi = c0 + (2 * w) // 10, c0 + torch.maximum((8 * w) // 10, (2 * w) // 10 + 1)
+    smooth = smooth.masked_fill((ar < lo) | (ar >= hi), float("-inf"))
+    cx = smooth.argmax(dim=1, keepdim=True)
+    half = int(s / strip_aspect / 2)
+    keep = (ar >= torch.maximum(c0, cx - half)) & (ar < torch.minimum(c1, cx + half))
+    out = x.masked_fill((strip & ~keep)[:, None, None, :], 0.0)
 
-def _mirror(film: torch.Tensor, n: int) -> torch.Tensor:
-    """The first ``n`` columns of the film reflected repeatedly (n may exceed its width)."""
-    reps = [film, film.flip(-1)] * (n // film.shape[-1] + 1)
-    return torch.cat(reps, dim=-1)[..., :n]
+    # Widening: each padded column copies a film column, reflected repeatedly outwards.
+    target = int(s / full_aspect)
+    left = torch.minimum((target - w) // 2, c0).clamp_min(0)
+    right = torch.minimum(target - w - left, s - c1).clamp_min(0)
+    pl = (c0 - 1 - ar) % (2 * w)
+    pr = (ar - c1) % (2 * w)
+    src_l = c0 + torch.where(pl < w, pl, 2 * w - 1 - pl)
+    src_r = c0 + torch.where(pr < w, w - 1 - pr, pr - w)
+    in_l = widen & (ar >= c0 - left) & (ar < c0)
+    in_r = widen & (ar >= c1) & (ar < c1 + right)
+    src = torch.where(in_l, src_l, torch.where(in_r, src_r, ar.expand(b, s)))
+    return out.gather(3, src[:, None, None, :].expand(b, 1, s, s))
 
 
 def _pixel_to_norm(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
