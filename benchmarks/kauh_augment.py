@@ -32,7 +32,7 @@ AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"
 
 WIDER_EXPOSURE = {"brightness": 0.15, "contrast": 0.3, "gamma": 0.4, "blur": 1.0, "noise": 0.03}
 ARMS: dict[str, dict[str, float]] = {
-    "baseline": {},
+    "baseline": {"strip_p": 0.0, "widen_p": 0.0},  # the augmentation before framing became the default
     "framing": {"strip_p": 0.5, "widen_p": 0.5},
     "framing+exposure": {"strip_p": 0.5, "widen_p": 0.5, **WIDER_EXPOSURE},
     "exposure": dict(WIDER_EXPOSURE),

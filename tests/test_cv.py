@@ -125,8 +125,11 @@ def test_small_model_learns_kauh(kauh_dir: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     m = create_model("small", attention="mhsa")
     contract = DataConfig(96)
-    res = fit(m, d.tensors[96], d.labels, fi, va, TrainConfig(epochs=12, batch_size=32, device="cpu", patience=100),
-              contract, progress=False)
+    # Framing augmentation off: this test is about the OOD detector's mechanism, and framing-invariant
+    # features make its feature score weaker (measured on the bundled model: benchmarks/ood_corpus.py).
+    cfg = TrainConfig.from_dict({"epochs": 12, "batch_size": 32, "device": "cpu", "patience": 100,
+                                 "aug": {"strip_p": 0.0, "widen_p": 0.0}})
+    res = fit(m, d.tensors[96], d.labels, fi, va, cfg, contract, progress=False)
     probs = run_inference(res.predictor, d.tensors[96], te, torch.device("cpu")).probs
     acc = float((probs.argmax(1) == d.labels[te]).mean())
     assert acc > 0.75, acc
