@@ -177,6 +177,29 @@ def main(argv: list[str] | None = None) -> int:
     aasce_out["oof_films"]["called_scoliosis_ge25"] = {
         "n": int(ge25.sum()), "classifier": float(np.mean(np.array(labels)[ge25] == "Scoliosis")),
         "with_rule": float(np.mean(np.array(fused)[ge25] == "Scoliosis"))}
+    fa, lab_a, mv = np.array(fused), np.array(labels), np.nan_to_num(meas_angle, nan=-1.0)
+    miss = ge25 & (fa != "Scoliosis")
+    aasce_out["oof_films"]["missed_ge25"] = {
+        "n": int(miss.sum()),
+        "normal_call_under_line": int((miss & (lab_a == "Normal") & (mv < curve_deg)).sum()),
+        "spondylolisthesis_call": int((miss & (lab_a == "Spondylolisthesis")).sum()),
+        "other": int((miss & ~((lab_a == "Normal") & (mv < curve_deg)) & (lab_a != "Spondylolisthesis")).sum())}
+
+    # Could the landmark model tell a lumbar view from a full-spine AP film? Its heatmap confidence on
+    # KAUH's lumbar (Spondylolisthesis) films against full-spine AP films, KAUH's and the AASCE films
+    # it did not train on: the line that keeps 90% of the lumbar films out, and what it costs.
+    k_conf = np.array([m.confidence for m in k_meas])
+    a_conf = np.array([measurer.measure(read_image(r.path)[0]).confidence
+                       for r, h in zip(ds.records, has_oof) if h])
+    lumbar = k_conf[np.array([t == "Spondylolisthesis" for t in k_truth])]
+    line = float(np.quantile(lumbar, 0.9))
+    kauh_out["view_by_confidence"] = {
+        "confidence_median": {c: float(np.median(k_conf[np.array([t == c for t in k_truth])])) for c in classes}
+        | {"AASCE (out of fold)": float(np.median(a_conf))},
+        "line_keeping_90pct_of_lumbar_out": line,
+        "kauh_full_ap_over_line": float(np.mean(k_conf[np.array([t != "Spondylolisthesis" for t in k_truth])] > line)),
+        "aasce_over_line": float(np.mean(a_conf > line)),
+    }
     shown = clf_path.resolve()
     shown = shown.relative_to(HERE.parent) if shown.is_relative_to(HERE.parent) else shown
     out = {**header("external_aasce", argv), "classifier": str(shown), "classifier_meta": {

@@ -282,6 +282,18 @@ def external_section(d: dict) -> list[str]:
                 f"folds; each fold's line fitted on the other folds' Normal films: {min(lines_):.1f}-{max(lines_):.1f}°); "
                 f"the rule changed {c['changed']} decisions, {c['changed_to_right']} to the right class and "
                 f"{c['changed_to_wrong']} to a wrong one."]
+    ms = o.get("missed_ge25")
+    if ms:
+        out += ["", f"Films of 25° or more measured out of fold and not called Scoliosis with the rule: {ms['n']} of "
+                f"{ge['n']}: {ms['normal_call_under_line']} Normal calls measured under the line, "
+                f"{ms['spondylolisthesis_call']} Spondylolisthesis calls (the rule leaves those), {ms['other']} other."]
+    v = k.get("view_by_confidence")
+    if v:
+        out += ["", "Can the landmark model's heatmap confidence tell a lumbar view? Median confidence: "
+                + ", ".join(f"{c} {x:.3f}" for c, x in v["confidence_median"].items())
+                + f". A line at {v['line_keeping_90pct_of_lumbar_out']:.3f} keeps 90% of KAUH's Spondylolisthesis "
+                f"(lumbar) films out, and also {1 - v['kauh_full_ap_over_line']:.0%} of KAUH's full-spine films and "
+                f"{1 - v['aasce_over_line']:.0%} of the AASCE films: not a usable view signal."]
     f = k.get("framing_stress_held_out")
     if f:
         sa, nb = f["scoliosis_ap_to_strip"], f["normal_strip_to_full"]
@@ -338,10 +350,11 @@ def main() -> int:
     d = _load("faithfulness_kauh.json")
     if d:
         lines += faithfulness_section(d)
-    for name, section in (("fuzz_read.json", fuzz_section), ("ood_corpus.json", ood_corpus_section)):
-        d = _load(name)
-        if d:
-            lines += section(d)
+    d = _load("fuzz_read.json")
+    if d:
+        lines += fuzz_section(d)
+    for f in sorted((HERE / "results").glob("ood_corpus*.json")):
+        lines += ood_corpus_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("aasce_cobb_cv_*.json")):
         lines += aasce_section(json.loads(f.read_text()))
     d = _load("cpu_inference_landmarks.json")
