@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="a KAUH CV run folder (oof_predictions.csv): score the rule on its 5-fold out-of-fold calls, "
                          "each fold's curve line fitted on the other folds' Normal films (repeatable)")
     a = ap.parse_args(argv)
+    for d in a.kauh_cv_run:  # checked before minutes of measuring, not after
+        if not (Path(d) / "oof_predictions.csv").is_file():
+            print(f"--kauh-cv-run {d}: no oof_predictions.csv there; give the folder of a finished `spinexr cv` "
+                  "(or benchmarks/kauh_augment.py arm) run", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
     clf_path = Path(a.classifier) if a.classifier else bundled_path("classifier")
     run = Path(a.landmark_run)
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = read_aasce(AASCE)
     oof = np.load(run / "oof_landmarks.npz", allow_pickle=False)
     oof_pts = {str(Path(p).resolve()): v for p, v in zip(oof["paths"], oof["landmarks"])}
-    probs, labels, true, meas_angle, fused, has_oof = [], [], [], [], [], []
+    probs, labels, true, meas_angle, fused, has_oof, a_conf = [], [], [], [], [], [], []
     for r in tqdm(ds.records, desc="AASCE", unit="film"):
         img, _ = read_image(r.path)
         pr = pred.predict_image(img, str(r.path))
@@ -154,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             meas_angle.append(np.nan)
             fused.append(pr.label)
             continue
+        a_conf.append(measurer.measure(img).confidence)  # the fold model's heatmap confidence, for the view check
         refused = implausibility(v)
         m = Measurement(v, None if refused else cobb_angles(v, r.height), refused)
         meas_angle.append(m.result.largest if m.result is not None else np.nan)
@@ -189,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     # KAUH's lumbar (Spondylolisthesis) films against full-spine AP films, KAUH's and the AASCE films
     # it did not train on: the line that keeps 90% of the lumbar films out, and what it costs.
     k_conf = np.array([m.confidence for m in k_meas])
-    a_conf = np.array([measurer.measure(read_image(r.path)[0]).confidence
-                       for r, h in zip(ds.records, has_oof) if h])
+    a_conf = np.array(a_conf)
     lumbar = k_conf[np.array([t == "Spondylolisthesis" for t in k_truth])]
     line = float(np.quantile(lumbar, 0.9))
     kauh_out["view_by_confidence"] = {

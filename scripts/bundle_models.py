@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _augmentation_lines(run: dict) -> list[str]:
-    """What augmentation the classifier trained with, and the side-by-side CV that chose it."""
-    aug = run.get("config", {}).get("train", {}).get("aug") or {}
+def _augmentation_lines(aug: dict) -> list[str]:
+    """What augmentation the classifier trained with (its run's ``train.aug``), and the side-by-side CV
+    that chose it."""
     if not aug:
         return []
     out = [f"- Augmentation: rotation ±{aug.get('rotate_deg')}°, zoom ±{aug.get('scale'):.0%}, shift "
@@ -150,6 +150,7 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
     cv = json.loads((RESULTS / "kauh_cv_cpu_reduced.json").read_text())["results"]
     held = (ext or {}).get("kauh", {}).get("held_out", {})
     dc, td = meta["data_config"], meta.get("training_data", {})
+    aug = run.get("config", {}).get("train", {}).get("aug") or {}
     hist = Path(a.classifier).parent / "history.csv"
     minutes = "n/a minutes"
     if hist.is_file():
@@ -182,7 +183,7 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
         f"(`benchmarks/results/kauh_cv_cpu_reduced.json`) Xception led ({cv['xception']['accuracy_mean']:.1%} vs "
         f"DenseNet121 {cv['densenet121']['accuracy_mean']:.1%}, InceptionV3 {cv['inception_v3']['accuracy_mean']:.1%}); "
         "DenseNet121 is a third the size for about two points less; within the 80 MB shared with the landmark "
-        "model, Xception fits, and at 96 px it stays fast on a laptop.", *_augmentation_lines(run), "",
+        "model, Xception fits, and at 96 px it stays fast on a laptop.", *_augmentation_lines(aug), "",
         "## Measured", ""]
     if held:
         lines += [f"- KAUH held-out split ({held['classifier']['n']} films), as deployed: accuracy "
@@ -212,7 +213,6 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
         framing = (f" In the framing stress test, {a_['changed']} of {a_['n']} held-out full-AP Scoliosis films cut to "
                    f"strips change class ({a_['to'].get('Normal', 0)} to Normal) and {b_['changed']} of {b_['n']} Normal "
                    f"strips widened to full-film proportions change class ({b_['to'].get('Scoliosis', 0)} to Scoliosis).")
-    aug = (run.get("config", {}).get("train", {}).get("aug") or {})
     framed = aug.get("strip_p", 0) > 0 or aug.get("widen_p", 0) > 0
     lines += ["", "## Known failure modes", "",
               "- KAUH's classes differ in framing (Normal films are narrow strips). "

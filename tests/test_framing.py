@@ -99,7 +99,7 @@ def test_blur_and_noise_augmentation() -> None:
     edge = [float(y[i, 0, 16, 15]) for i in range(3)]
     assert edge[0] == 0.0 < edge[1] < edge[2] < 0.5  # wider sigma spreads the edge further
     still = dataclasses.replace(AugConfig(), rotate_deg=0, scale=0, translate=0, flip=False, brightness=0,
-                                contrast=0, gamma=0)
+                                contrast=0, gamma=0, strip_p=0, widen_p=0)
     flat = torch.full((4, 1, 16, 16), 0.5)
     gen = torch.Generator().manual_seed(0)
     assert torch.equal(augment(flat, still, gen), flat)

@@ -11,7 +11,10 @@ from spinexr.config import AugConfig, LandmarkConfig
 
 
 def augment(x: torch.Tensor, cfg: AugConfig, gen: torch.Generator) -> torch.Tensor:
-    """Augment a float batch (B, 1, H, W) in [0, 1] on its own device."""
+    """Augment a float batch (B, 1, H, W) in [0, 1] on its own device: framing (:func:`reframe`, on the
+    letterboxed films), then geometry, exposure, blur and noise."""
+    if cfg.strip_p > 0 or cfg.widen_p > 0:
+        x = reframe(x, cfg.strip_p, cfg.widen_p, gen)
     b = x.shape[0]
     dev = x.device
 

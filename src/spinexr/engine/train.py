@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spinexr.config import TrainConfig
-from spinexr.data.augment import augment, reframe
+from spinexr.data.augment import augment
 from spinexr.data.contract import DataConfig
 from spinexr.data.splits import oversample
 from spinexr.engine.distributed import is_main, rank, resolve_device, world_size
@@ -94,10 +94,7 @@ def epoch_order(cfg: TrainConfig, fit_idx: np.ndarray, labels: np.ndarray, epoch
 
 def _batch(x_dev: torch.Tensor, idx: torch.Tensor, contract: DataConfig, cfg: TrainConfig,
            gen: torch.Generator, channels_last: bool) -> torch.Tensor:
-    xb = x_dev[idx].float().div_(255.0)
-    if cfg.aug.strip_p > 0 or cfg.aug.widen_p > 0:
-        xb = reframe(xb, cfg.aug.strip_p, cfg.aug.widen_p, gen)
-    xb = augment(xb, cfg.aug, gen)
+    xb = augment(x_dev[idx].float().div_(255.0), cfg.aug, gen)
     xb = contract.normalize(xb)
     return xb.contiguous(memory_format=torch.channels_last) if channels_last else xb
 
