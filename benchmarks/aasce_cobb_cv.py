@@ -3,7 +3,13 @@
 Reduced CPU recipe (2 cores, training capped at 55 minutes unless --minutes-per-fold says less): one
 80/20 case-grouped split, a resnet18 encoder at 320 x 160, the learning rate annealed to the budget:
 
-    python benchmarks/aasce_cobb_cv.py --cpu-reduced --minutes-per-fold 45
+    python benchmarks/aasce_cobb_cv.py --cpu-reduced --minutes-per-fold 58
+
+A fold model trained by an earlier run can be measured again with another test-time augmentation,
+its training record carried over from that run's JSON (nothing is retrained):
+
+    python benchmarks/aasce_cobb_cv.py --cpu-reduced --reuse-fold0 src/spinexr/deploy/bundled/landmarks.safetensors \\
+        --reuse-json benchmarks/results/probes/aasce_cobb_cv_cpu_reduced_58min_flip_only.json
 
 Full recipe (a GPU): 5 folds at 1024 x 512:
 
@@ -18,6 +24,7 @@ Scoliosis films from its Normal ones (ROC-AUC).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -77,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpu-reduced", action="store_true",
                     help="one 80/20 split, 320x160, 55 minutes of training (or --minutes-per-fold)")
+    ap.add_argument("--tta-scales", default=None, help="test-time zooms of the deployed predictor (default: the "
+                    "landmark settings' default); 1 alone: the flip only")
+    ap.add_argument("--reuse-fold0", default=None, metavar="MODEL",
+                    help="measure this fold-0 model file of an earlier run of the same recipe instead of training "
+                         "fold 0 again (its training record is taken from the earlier JSON, --reuse-json)")
+    ap.add_argument("--reuse-json", default=None, help="the earlier run's result JSON (default: the one this run replaces)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
     a = ap.parse_args(argv)
@@ -92,9 +105,29 @@ def main(argv: list[str] | None = None) -> int:
     cfg = LandmarkConfig(encoder=a.encoder, encoding=a.encoding, input_height=h, input_width=w, epochs=a.epochs,
                          batch_size=a.batch_size,
                          lr=a.lr, patience=a.patience, device=a.device, seed=a.seed, folds=max(a.folds, 2),
-                         test_fraction=0.2)
+                         test_fraction=0.2, **({"tta_scales": a.tta_scales} if a.tta_scales else {}))
+    earlier = None
+    if a.reuse_fold0:
+        src = Path(a.reuse_json) if a.reuse_json else HERE / "results" / f"aasce_cobb_cv_{tag}.json"
+        if not src.is_file():
+            print(f"--reuse-fold0 needs the earlier run's JSON ({src}) for its training record; pass --reuse-json",
+                  file=sys.stderr)
+            return 2
+        earlier = json.loads(src.read_text())
+        if earlier.get("settings", {}).get("input_height") != h or earlier["folds"][0].get("reused_model"):
+            print(f"{src}: not a trained run of this recipe ({h}x{w}); pass the JSON of the run that trained "
+                  f"{a.reuse_fold0}", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
-    res = run_landmark_cv(a.data, cfg, run_dir, folds=a.folds, max_minutes_per_fold=a.minutes_per_fold)
+    res = run_landmark_cv(a.data, cfg, run_dir, folds=a.folds, max_minutes_per_fold=a.minutes_per_fold,
+                          trained={0: Path(a.reuse_fold0)} if a.reuse_fold0 else None)
+    if earlier is not None:  # the training this measurement rests on, as the earlier run recorded it
+        res["folds"][0].update({k: earlier["folds"][0][k] for k in ("best_epoch", "epochs_run", "stopped_by",
+                                                                    "train_seconds")},
+                               trained_by={"command": earlier["command"], "date": earlier["date"],
+                                           "machine": earlier["machine"].get("cpu"),
+                                           "smape_before": earlier["pooled"]["smape"],
+                                           "tta_scales_before": earlier["settings"].get("tta_scales", "1")})
     out = {**header("aasce_cobb_cv", argv), "protocol": ("one case-grouped 80/20 split" if a.folds < 2
                                                          else f"{a.folds}-fold case-grouped CV"),
            "minutes_per_fold_cap": a.minutes_per_fold, **res, "wall_seconds": time.perf_counter() - t0,

@@ -97,6 +97,7 @@ def test_tiny_train_and_predict_on_synthetic_films(synth_dir: Path, tmp_path: Pa
     assert len(list((tmp_path / "run" / "plots").glob("*.png"))) == 4
     pred, meta = load_landmark_model(tmp_path / "run" / "models" / "landmarks.safetensors")
     assert meta["data_config"]["input_width"] == 64 and meta["levels"][0] == "T1"
+    assert meta["tta_scales"] == [1.0, 0.85, 1.1] and pred.tta_scales == (1.0, 0.85, 1.1)
     film = next(iter(sorted((synth_dir / "Scoliosis").glob("*.jpg"))))
     img, _ = read_image(film)
     x8, pl = pred.contract.to_input(img)
@@ -275,3 +276,67 @@ def test_flip_tta_is_mirror_equivariant_and_averages_both_views() -> None:
     assert torch.allclose(t, (a + mirror(b)) / 2, atol=1e-5)
     assert torch.allclose(mirror(tf), t, atol=1e-4)  # the mirrored film gets the mirrored answer
     assert not torch.allclose(a, t)
+
+
+@pytest.mark.parametrize("s", [0.85, 1.1])
+def test_zoom_maps_a_point_back_to_where_it_was(s: float) -> None:
+    from spinexr.models.landmark import zoom
+
+    x = torch.zeros(1, 1, 128, 64)
+    x[0, 0, 37:40, 20:23] = 1.0  # a 3 x 3 blob centred on (x, y) = (21, 38)
+    z, (sx, sy, ox, oy) = zoom(x, s)
+    assert z.shape == x.shape
+    w = z[0, 0]
+    ys, xs = torch.meshgrid(torch.arange(128.0), torch.arange(64.0), indexing="ij")
+    cx, cy = float((w * xs).sum() / w.sum()), float((w * ys).sum() / w.sum())
+    assert abs(cx - 21) > 0.5 or abs(cy - 38) > 0.5  # the zoom moved it
+    back = ((cx + 0.5 - ox) / sx - 0.5, (cy + 0.5 - oy) / sy - 0.5)
+    assert back == pytest.approx((21.0, 38.0), abs=0.1)
+
+
+def test_zoom_tta_averages_every_view_mapped_back() -> None:
+    from spinexr.data.contract import DataConfig
+    from spinexr.models.landmark import LandmarkPredictor, zoom
+
+    torch.manual_seed(0)
+    net = LandmarkNet("resnet18").eval()
+    contract = DataConfig(128, input_width=64)
+    plain = LandmarkPredictor(net, contract).eval()
+    tta = LandmarkPredictor(net, contract, tta_scales="1, 0.85").eval()
+    x = torch.rand(2, 1, 128, 64)
+    with torch.no_grad():
+        a = plain(x)[0]
+        z, (sx, sy, ox, oy) = zoom(x, 0.85)
+        b = plain(z)[0]
+        t = tta(x)[0]
+    b = torch.stack([(b[..., 0] + 0.5 - ox) / sx - 0.5, (b[..., 1] + 0.5 - oy) / sy - 0.5], dim=-1)
+    assert torch.allclose(t, (a + b) / 2, atol=1e-4)
+    assert not torch.allclose(t, a, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", ["", "2", "1,0.3", "a"])
+def test_bad_test_time_zooms_are_refused_with_the_accepted_range(bad: str) -> None:
+    from spinexr.errors import SpinexrError
+    from spinexr.models.landmark import parse_scales
+
+    with pytest.raises(SpinexrError, match=r"in \[0.5, 1.5\]"):
+        parse_scales(bad)
+
+
+def test_landmark_file_without_zooms_loads_with_the_film_as_it_is(landmark_model: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from spinexr.deploy.modelfile import load_landmark_model, raw_metadata
+
+    meta = raw_metadata(landmark_model)
+    meta.pop("tta_scales")
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(landmark_model)), str(old), metadata={"spinexr": json.dumps(meta)})
+    pred, _ = load_landmark_model(old)
+    assert pred.tta_scales == (1.0,)
+    meta["tta_scales"] = [3.0]
+    save_file(load_file(str(landmark_model)), str(old), metadata={"spinexr": json.dumps(meta)})
+    from spinexr.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="test-time zooms"):
+        load_landmark_model(old)

@@ -201,7 +201,8 @@ class CVConfig(Settings):
     attention: Literal["mhsa", "cbam", "none"] = setting("mhsa", help="the attention head")
     weights: str = setting("none", help="none (from scratch), imagenet (through timm, needs the network) or a file")
     image_size: int | None = setting(None, ge=32, le=2048, help="input size (default: each model's own)")
-    resize: Literal["letterbox", "stretch", "crop"] = setting("letterbox", help="how a film is fitted to the square")
+    resize: Literal["letterbox", "stretch", "crop", "strip"] = setting(
+        "letterbox", help="how a film is fitted to the square (strip: cut to a strip around the spine, then letterboxed)")
     protocol: Literal["grouped", "seed-leaky", "both"] = setting(
         "grouped", verbs=("cv",), help="grouped (honest), seed-leaky (oversample, then split), or both side by side")
     bootstrap: int = setting(1000, ge=20, help="bootstrap resamples for the confidence intervals")
@@ -322,6 +323,10 @@ class LandmarkConfig(Settings):
     encoding: Literal["corners", "offsets"] = setting(
         "corners", help="corners: 68 corner heatmaps; offsets: 17 vertebra heatmaps + shared corner offsets")
     tta_flip: bool = setting(True, help="average each prediction with its mirror image's (in the deployed graph)")
+    # Chosen on the AASCE landmark CV's fit and validation films (not its test films): see
+    # spinexr.models.landmark.LandmarkPredictor. Validation during training uses the zoom 1 alone.
+    tta_scales: str = setting("1,0.85,1.1", pattern=r"^\s*\d*\.?\d+(\s*,\s*\d*\.?\d+)*\s*$",
+                              help="test-time zooms averaged in the deployed graph, e.g. 1,0.85,1.1 (1: none)")
     # Both extra terms slowed learning on a 60-film AASCE probe (128 x 64, 14 epochs: landmark error
     # 6.5% vs 6.0% of the film height, SMAPE 51% vs 33% with position L1 alone), so they start off.
     angle_weight: float = setting(0.0, ge=0, help="weight of the vertebra midline error in the loss")

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from spinexr import CLASSES, __version__
 from spinexr.data.contract import DataConfig
-from spinexr.errors import WeightsError
+from spinexr.errors import SpinexrError, WeightsError
 
 FORMAT = "spinexr-model/2"
 READABLE_FORMATS = ("spinexr-model/1", FORMAT)
@@ -151,6 +151,7 @@ def save_landmark_model(predictor: Any, path: str | Path, cfg: dict[str, Any],
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": LANDMARK_FORMAT, "encoder": predictor.net.arch, "data_config": predictor.contract.to_dict(),
             "stride": predictor.codec.stride, "encoding": predictor.codec.name, "tta_flip": predictor.tta_flip,
+            "tta_scales": list(predictor.tta_scales),
             "levels": list(LEVELS), "corners": list(CORNERS),
             "settings": cfg, "spinexr_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "training_data": data_summary or {}}
@@ -166,7 +167,7 @@ def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") ->
     """A landmark model file as its predictor: ``(LandmarkPredictor in eval mode, metadata)``."""
     from safetensors.torch import load_file
 
-    from spinexr.models.landmark import CODECS, LandmarkNet, LandmarkPredictor
+    from spinexr.models.landmark import CODECS, LandmarkNet, LandmarkPredictor, parse_scales
 
     path = Path(path)
     meta = raw_metadata(path, "landmark model file not found; train one with `spinexr landmarks train`")
@@ -183,7 +184,12 @@ def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") ->
         raise WeightsError(f"{path}: weights do not match a {meta['encoder']} landmark model ({encoding})") from e
     if missing or unexpected:
         raise WeightsError(f"{path}: weights do not match a {meta['encoder']} landmark model")
-    return LandmarkPredictor(net, contract, encoding, tta_flip=bool(meta.get("tta_flip", False))).to(device).eval(), meta
+    try:  # files written before test-time zooms: the film as it is
+        scales = parse_scales(meta.get("tta_scales", [1.0]))
+    except (SpinexrError, TypeError, ValueError) as e:
+        raise WeightsError(f"{path}: malformed test-time zooms in its metadata ({e})") from e
+    return LandmarkPredictor(net, contract, encoding, tta_flip=bool(meta.get("tta_flip", False)),
+                             tta_scales=scales).to(device).eval(), meta
 
 
 def model_kind(path: str | Path) -> str:

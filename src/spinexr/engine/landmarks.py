@@ -112,7 +112,9 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
     gen = torch.Generator(device=device)
     t_start = time.perf_counter()
     stopped_by = "epochs"
-    predictor = LandmarkPredictor(net, contract, cfg.encoding, tta_flip=cfg.tta_flip)
+    # Validation each epoch runs the zoom 1 alone (with the flip): the deployed zooms would triple its cost.
+    val_predictor = LandmarkPredictor(net, contract, cfg.encoding, tta_flip=cfg.tta_flip)
+    predictor = LandmarkPredictor(net, contract, cfg.encoding, tta_flip=cfg.tta_flip, tta_scales=cfg.tta_scales)
     # With a time budget the schedule must end when the time does: after the first epochs the
     # horizon becomes the number of epochs that fit, so the learning rate anneals in time.
     horizon = float(cfg.epochs)
@@ -140,7 +142,7 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
             sums += [float(loss.detach()), parts["l1"], parts["tilt"], parts["js"]]
         val_err = float("nan")
         if len(val_idx):
-            pred, _ = predict_points(predictor, x_dev, val_idx, device)
+            pred, _ = predict_points(val_predictor, x_dev, val_idx, device)
             val_err = float(np.linalg.norm(pred - data.pts[val_idx].numpy(), axis=-1).mean() / contract.height)
         rec = {"epoch": epoch, "horizon": horizon, "loss": sums[0] / n_steps, "l1": sums[1] / n_steps, "tilt": sums[2] / n_steps,
                "js": sums[3] / n_steps, "val_error": val_err, "lr": opt.param_groups[0]["lr"],

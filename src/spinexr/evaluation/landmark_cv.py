@@ -87,9 +87,14 @@ def case_splits(groups: np.ndarray, folds: int, seed: int, test_fraction: float)
 
 
 def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path, folds: int | None = None,
-                    max_minutes_per_fold: float | None = None, progress: bool = True, n_boot: int = 1000) -> dict[str, Any]:
+                    max_minutes_per_fold: float | None = None, progress: bool = True, n_boot: int = 1000,
+                    trained: dict[int, Path] | None = None) -> dict[str, Any]:
     """Train and test the landmark model on case-grouped folds; writes ``metrics.json``,
-    ``oof_angles.csv`` and the fold-0 model file into ``out_dir``; returns the metrics."""
+    ``oof_angles.csv`` and the fold-0 model file into ``out_dir``; returns the metrics.
+
+    ``trained``: model files, by fold, that an earlier run of the same settings trained on that fold's
+    films: they are measured again (with this run's test-time augmentation) instead of retrained. A
+    file whose training films do not match the fold's is refused."""
     from spinexr.deploy.modelfile import save_landmark_model
     from spinexr.engine.distributed import resolve_device
     from spinexr.engine.landmarks import fit_landmarks, predict_points, prepare_landmarks
@@ -128,17 +133,24 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
         fit_idx, val_idx = tr[~np.isin(groups[tr], val_cases)], tr[np.isin(groups[tr], val_cases)]
         import torch
 
-        torch.manual_seed(cfg.seed + f)
-        net = LandmarkNet(cfg.encoder, pretrained=cfg.weights == "imagenet", out_channels=CODECS[cfg.encoding].channels)
-        fit = fit_landmarks(net, data, fit_idx, val_idx, cfg, contract, checkpoint=out / "checkpoints" / f"fold{f}.pt",
-                            progress=progress, desc=f"landmarks fold {f}", max_minutes=max_minutes_per_fold)
+        if trained and f in trained:
+            fit = _reused_fit(trained[f], cfg, contract, len(fit_idx), device)
+        else:
+            torch.manual_seed(cfg.seed + f)
+            net = LandmarkNet(cfg.encoder, pretrained=cfg.weights == "imagenet",
+                              out_channels=CODECS[cfg.encoding].channels)
+            fit = fit_landmarks(net, data, fit_idx, val_idx, cfg, contract, checkpoint=out / "checkpoints" / f"fold{f}.pt",
+                                progress=progress, desc=f"landmarks fold {f}", max_minutes=max_minutes_per_fold)
         if f == 0:
             save_landmark_model(fit.predictor, out / "models" / "landmarks.safetensors", asdict(cfg),
                                 {"source": str(source), "n_train": int(len(fit_idx)),
-                                 "split": "all films" if not len(te) else "fold 0"})
+                                 "split": "all films" if not len(te) else "fold 0",
+                                 **({} if fit.history else {"reused_from": str(trained[f])})})
         train_info = {"fold": f, "n_train": int(len(fit_idx)), "n_val": int(len(val_idx)), "n_test": int(len(te)),
                       "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_by": fit.stopped_by,
                       "train_seconds": float(sum(h["seconds"] for h in fit.history))}
+        if not fit.history:
+            train_info.update(best_epoch=None, epochs_run=None, train_seconds=None, reused_model=str(trained[f]))
         if not len(te):  # the final model: nothing held out to measure
             fold_rows.append(train_info)
             continue
@@ -178,6 +190,25 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
                         landmarks=np.stack(list(pred_pts.values())))
     _report(out, res, rows, recs, pred_pts, pred, true)
     return res
+
+
+def _reused_fit(path: Path, cfg: LandmarkConfig, contract: DataConfig, n_fit: int, device: Any) -> Any:
+    """A fold's model file from an earlier run, as a fit without history, predicting with ``cfg``'s
+    test-time augmentation; refused unless its encoder, input and training-film count are the fold's."""
+    from spinexr.deploy.modelfile import load_landmark_model
+    from spinexr.engine.landmarks import LandmarkFit
+    from spinexr.models.landmark import parse_scales
+
+    predictor, meta = load_landmark_model(path, device)
+    got = (meta.get("encoder"), predictor.contract.height, predictor.contract.width,
+           (meta.get("training_data") or {}).get("n_train"))
+    want = (cfg.encoder, contract.height, contract.width, n_fit)
+    if got != want:
+        raise DatasetError(f"{path}: trained as (encoder, height, width, training films) {got}, but this fold "
+                           f"needs {want}; retrain instead of reusing it")
+    predictor.tta_flip, predictor.tta_scales = cfg.tta_flip, parse_scales(cfg.tta_scales)
+    predictor.float()
+    return LandmarkFit([], -1, float("nan"), predictor.eval(), "reused")
 
 
 def _report(out: Path, res: dict[str, Any], rows: list[dict[str, Any]], recs: list, pred_pts: dict[int, np.ndarray],

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spinexr.data.contract import DataConfig
-from spinexr.errors import WeightsError
+from spinexr.errors import SpinexrError, WeightsError
 
 N_POINTS = 68
 STRIDE = 4
@@ -181,29 +181,77 @@ def vertebra_tilt(pts: torch.Tensor) -> torch.Tensor:
 MIRROR = [v * 4 + c for v in range(N_POINTS // 4) for c in (1, 0, 3, 2)]
 
 
+def parse_scales(text: str | list[float] | tuple[float, ...]) -> tuple[float, ...]:
+    """``"1,0.85,1.1"`` (a setting) or a sequence -> the test-time zooms, each in [0.5, 1.5]."""
+    try:
+        vals = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    except (TypeError, ValueError):
+        vals = []
+    if not vals or any(not 0.5 <= v <= 1.5 for v in vals):
+        raise SpinexrError(f"test-time zooms must be numbers in [0.5, 1.5], for example 1,0.85,1.1; got {text!r}")
+    return tuple(vals)
+
+
+def zoom(x: torch.Tensor, s: float) -> tuple[torch.Tensor, tuple[float, float, float, float]]:
+    """``x`` (B, C, H, W) in [0, 1] zoomed about its centre by ``s`` at the same size (below 1: zoomed
+    out, black around it, as the training zoom-out pads; above 1: the overhang cut off), and the map
+    ``(sx, sy, ox, oy)`` from a zoomed pixel position back: ``x = (x' + 0.5 - ox) / sx - 0.5``."""
+    h, w = x.shape[-2:]
+    if s == 1.0:
+        return x, (1.0, 1.0, 0.0, 0.0)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    y = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+    oy, ox = (h - nh) // 2, (w - nw) // 2
+    if s < 1.0:
+        y = F.pad(y, (ox, w - nw - ox, oy, h - nh - oy))
+    else:
+        y = y[..., -oy:-oy + h, -ox:-ox + w]
+    return y, (nw / w, nh / h, float(ox), float(oy))
+
+
 class LandmarkPredictor(nn.Module):
     """The deployed landmark graph: (B, 1, H, W) float in [0, 1] -> ((B, 68, 2) input-pixel positions,
     (B, 68) peak probability of each heatmap, a confidence).
 
-    With ``tta_flip`` the film and its mirror image go through the network in one batch and the
-    mirrored prediction, mapped back (x -> W - 1 - x, left and right corners swapped), is averaged in.
+    Test-time augmentation inside the graph, all views in one batch: each zoom in ``tta_scales``
+    (about the centre; 1 is the film as it is) and, with ``tta_flip``, each view's mirror image
+    (mapped back with x -> W - 1 - x and left and right corners swapped). The views' corners, mapped
+    back to the input, are averaged: the corners' noise, which tilts vertebrae and so moves Cobb
+    angles, averages down. On the AASCE films the landmark CV trained on (its fit and validation
+    films, not its test films), zooms 1, 0.85 and 1.1 with the flip brought the SMAPE from 19.2%
+    to 17.4% on 150 fit films and from 13.2% to 12.9% on 32 validation films, against the flip alone.
     """
 
-    def __init__(self, net: LandmarkNet, contract: DataConfig, encoding: str = "corners", tta_flip: bool = False) -> None:
+    def __init__(self, net: LandmarkNet, contract: DataConfig, encoding: str = "corners", tta_flip: bool = False,
+                 tta_scales: tuple[float, ...] | list[float] | str = (1.0,)) -> None:
         super().__init__()
         self.net = net
         self.contract = contract
         self.codec = make_codec(encoding, contract.height, contract.width)
         self.tta_flip = tta_flip
+        self.tta_scales = parse_scales(tta_scales)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.contract.normalize(x)
-        b = x.shape[0]
-        if not self.tta_flip:
-            pts, prob = self.codec.decode(self.net(x))
-            return pts, prob.flatten(2).max(dim=-1).values
-        pts, prob = self.codec.decode(self.net(torch.cat([x, x.flip(-1)])))
-        conf = prob.flatten(2).max(dim=-1).values
-        back = pts[b:, MIRROR]
-        back = torch.stack([(self.contract.width - 1) - back[..., 0], back[..., 1]], dim=-1)
-        return (pts[:b] + back) / 2, (conf[:b] + conf[b:, MIRROR]) / 2
+        views, maps = [], []
+        for s in self.tta_scales:
+            v, m = zoom(x, s)
+            views.append(v)
+            maps.append(m)
+        if self.tta_flip:
+            views += [v.flip(-1) for v in views]
+        pts, prob = self.codec.decode(self.net(self.contract.normalize(torch.cat(views))))
+        v = len(views)  # the batch stays a dynamic dimension (ONNX): views are split by reshaping
+        pts = pts.reshape(v, -1, *pts.shape[1:])
+        conf = prob.flatten(2).max(dim=-1).values.reshape(v, -1, prob.shape[1])
+        n = len(self.tta_scales)
+        if self.tta_flip:
+            back = pts[n:][:, :, MIRROR]
+            back = torch.stack([(self.contract.width - 1) - back[..., 0], back[..., 1]], dim=-1)
+            pts = torch.cat([pts[:n], back])
+            conf = torch.cat([conf[:n], conf[n:][:, :, MIRROR]])
+        total = torch.zeros_like(pts[0])
+        for i in range(v):
+            sx, sy, ox, oy = maps[i % n]
+            p = pts[i]
+            total = total + torch.stack([(p[..., 0] + 0.5 - ox) / sx - 0.5, (p[..., 1] + 0.5 - oy) / sy - 0.5], dim=-1)
+        return total / v, conf.mean(dim=0)
