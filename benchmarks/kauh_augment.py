@@ -21,6 +21,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -31,13 +32,17 @@ KAUH = HERE.parent.parent / "shared" / "data" / "kauh-spine-xray"
 AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"
 
 WIDER_EXPOSURE = {"brightness": 0.15, "contrast": 0.3, "gamma": 0.4, "blur": 1.0, "noise": 0.03}
-ARMS: dict[str, dict[str, float]] = {
+ARMS: dict[str, dict[str, Any]] = {
     "baseline": {"strip_p": 0.0, "widen_p": 0.0},  # the augmentation before framing became the default
     "framing": {"strip_p": 0.5, "widen_p": 0.5},
     "framing+exposure": {"strip_p": 0.5, "widen_p": 0.5, **WIDER_EXPOSURE},
     "exposure": dict(WIDER_EXPOSURE),
     "framing-strong": {"strip_p": 0.8, "widen_p": 0.8},
     "framing-strong+exposure": {"strip_p": 0.8, "widen_p": 0.8, **WIDER_EXPOSURE},
+    # Not an augmentation but the input contract: every film cut to a strip around the spine before
+    # the letterbox (train.resize strip), in training and deployment alike; the framing augmentation
+    # is off, since no film reaches the model wider than a strip.
+    "strip-contract": {"strip_p": 0.0, "widen_p": 0.0, "resize": "strip"},
 }
 
 
@@ -107,14 +112,19 @@ def main(argv: list[str] | None = None) -> int:
         a.image_size, a.epochs, a.device = a.image_size or 96, min(a.epochs, 12), "cpu"
     tag = a.tag or ("cpu_reduced" if a.cpu_reduced else "full")
     root = Path(a.run_dir or f"runs/bench_kauh_augment_{tag}")
-    cv = CVConfig(models=[a.model], folds=a.folds, image_size=a.image_size, bootstrap=1000, explain=False,
-                  framing_test=True, save_models=True, cache_dir="runs/cache")
     size = a.image_size or 299
-    data = prepare_dataset(a.data, {size}, cv.resize, cache_dir=cv.cache_dir, progress=False)
+    datasets: dict[str, Any] = {}
     t0 = time.perf_counter()
     results = {}
     for arm in arms:
-        aug = AugConfig.from_dict({**AugConfig().to_dict(), **ARMS[arm]})
+        arm_aug = {k: v for k, v in ARMS[arm].items() if k != "resize"}
+        resize = ARMS[arm].get("resize", "letterbox")
+        cv = CVConfig(models=[a.model], folds=a.folds, image_size=a.image_size, bootstrap=1000, explain=False,
+                      framing_test=True, save_models=True, cache_dir="runs/cache", resize=resize)
+        if resize not in datasets:
+            datasets[resize] = prepare_dataset(a.data, {size}, resize, cache_dir=cv.cache_dir, progress=False)
+        data = datasets[resize]
+        aug = AugConfig.from_dict({**AugConfig().to_dict(), **arm_aug})
         tr = TrainConfig(epochs=a.epochs, device=a.device, seed=a.seed, aug=aug)
         t = time.perf_counter()
         run = root / arm.replace("+", "_")

@@ -116,3 +116,30 @@ def test_letterbox_keeps_aspect() -> None:
     assert back.shape == (200, 50)
     stretched, _ = fit_to_square(img, 64, "stretch")
     assert (stretched > 0).all()
+
+
+def test_strip_mode_cuts_a_wide_film_around_the_spine_and_maps_back() -> None:
+    from spinexr.data.contract import STRIP_ASPECT
+    from spinexr.data.framing import pad_to_aspect, strip_crop
+
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.1, 0.3, (400, 200)).astype(np.float32)
+    img[:, 110:130] = 0.9  # the spine, right of the centre
+    out, pl = fit_to_square(img, 64, "strip")
+    # A 100-px strip (400 / 4) around x = 120: letterboxed, it is 16 of the 64 columns, the spine at its middle.
+    cols = np.nonzero(out.max(0) > 0)[0]
+    assert 15 <= len(cols) <= 17
+    bright = np.nonzero(out[32] > 200)[0]
+    assert abs(bright.mean() - 31.5) <= 1.5
+    assert pl.points_to_original(pl.points_to_input(np.array([[120.0, 200.0]])))[0] == pytest.approx([120, 200])
+    assert pl.points_to_input(np.array([[120.0, 0.0]]))[0, 0] == pytest.approx(31.5, abs=1.5)
+    heat = np.zeros((64, 64), np.float32)
+    heat[:, cols] = 1.0
+    back = pl.to_original(heat)
+    assert back.shape == (400, 200)
+    assert back[:, 115:125].mean() > 0.9 and back[:, :50].max() == 0 and back[:, 190:].max() == 0
+    # Framing is gone by construction: the film cut to a strip, or a strip widened, reaches the model as the strip.
+    strip = strip_crop(img, STRIP_ASPECT)
+    assert np.array_equal(fit_to_square(strip, 64, "strip")[0], out)
+    widened = pad_to_aspect(strip, 2.5)
+    assert np.abs(fit_to_square(widened, 64, "strip")[0].astype(int) - out).mean() < 8

@@ -19,7 +19,11 @@ from PIL import Image
 
 from spinexr.errors import SpinexrError, WeightsError
 
-RESIZE_MODES = ("letterbox", "stretch", "crop")
+RESIZE_MODES = ("letterbox", "stretch", "crop", "strip")
+# ``strip``: a film wider than this (height / width below it) is first cut to a strip of this
+# aspect around the spine, then letterboxed: KAUH's Normal films are strips of height / width 4.0
+# (median), so every film reaches the model framed as a strip, whatever the hospital cropped.
+STRIP_ASPECT = 4.0
 # The ImageNet mean and std of the three colour channels, averaged for one gray channel.
 GRAY_MEAN = 0.449
 GRAY_STD = 0.226
@@ -103,16 +107,23 @@ class Placement:
         return np.stack([(p[..., 0] - self.offset_x) / self.scale_x, (p[..., 1] - self.offset_y) / self.scale_y], axis=-1)
 
     def to_original(self, heat: np.ndarray) -> np.ndarray:
-        """Map a map over the model input (any resolution) onto the original image's (orig_h x orig_w) frame."""
+        """Map a map over the model input (any resolution) onto the original image's (orig_h x orig_w)
+        frame. Parts of the film the model never saw (cut off by the ``crop`` or ``strip`` modes) are 0."""
         hm = Image.fromarray(heat.astype(np.float32), mode="F").resize((self.width, self.height),
                                                                        Image.Resampling.BILINEAR)
-        # The input-space box covered by the image (clipped for crop mode).
+        # The input-space box covered by the image, clipped to the input.
         x0, y0 = self.offset_x, self.offset_y
         x1, y1 = x0 + self.orig_w * self.scale_x, y0 + self.orig_h * self.scale_y
-        box = (max(0.0, x0), max(0.0, y0), min(float(self.width), x1), min(float(self.height), y1))
-        crop = hm.crop(tuple(int(round(v)) for v in box))
-        # Regions cropped away (crop mode) are unknown: fill by stretching the visible part.
-        return np.asarray(crop.resize((self.orig_w, self.orig_h), Image.Resampling.BILINEAR), dtype=np.float32)
+        bx0, by0, bx1, by1 = max(0.0, x0), max(0.0, y0), min(float(self.width), x1), min(float(self.height), y1)
+        out = np.zeros((self.orig_h, self.orig_w), np.float32)
+        # ... and where that box lies in the original film.
+        fx0, fy0 = int(round((bx0 - x0) / self.scale_x)), int(round((by0 - y0) / self.scale_y))
+        fx1, fy1 = int(round((bx1 - x0) / self.scale_x)), int(round((by1 - y0) / self.scale_y))
+        fx1, fy1 = min(max(fx1, fx0 + 1), self.orig_w), min(max(fy1, fy0 + 1), self.orig_h)
+        crop = hm.crop(tuple(int(round(v)) for v in (bx0, by0, bx1, by1)))
+        out[fy0:fy1, fx0:fx1] = np.asarray(crop.resize((fx1 - fx0, fy1 - fy0), Image.Resampling.BILINEAR),
+                                           dtype=np.float32)
+        return out
 
 
 def fit_to_square(img: np.ndarray, size: int, mode: str = "letterbox") -> tuple[np.ndarray, Placement]:
@@ -125,10 +136,16 @@ def fit_to_box(img: np.ndarray, height: int, width: int, mode: str = "letterbox"
     resizes a film for a model.
 
     ``letterbox`` keeps the aspect and pads with black; ``stretch`` ignores the aspect; ``crop``
-    fills the box and centre-crops the overhanging side.
+    fills the box and centre-crops the overhanging side; ``strip`` cuts a film wider than a strip
+    (:data:`STRIP_ASPECT`) to a full-height strip centred on the spine's column (the brightest
+    vertical band of its middle 60%, :func:`spinexr.data.framing.spine_column`), then letterboxes.
     """
     if mode not in RESIZE_MODES:
         raise SpinexrError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    if mode == "strip":
+        x0, cw = strip_window(img)
+        x8, pl = fit_to_box(img[:, x0:x0 + cw], height, width, "letterbox")
+        return x8, replace(pl, offset_x=pl.offset_x - x0 * pl.scale_x, orig_w=img.shape[1])
     h, w = img.shape
     im = Image.fromarray(img.astype(np.float32), mode="F")
     if mode == "stretch":
@@ -148,3 +165,15 @@ def fit_to_box(img: np.ndarray, height: int, width: int, mode: str = "letterbox"
         out = canvas
         pl = Placement(width, height, nw / w, nh / h, float(ox), float(oy), w, h)
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), pl
+
+
+def strip_window(img: np.ndarray, aspect: float = STRIP_ASPECT) -> tuple[int, int]:
+    """``(x0, width)`` of the ``strip`` mode's cut: the whole film when it is already that narrow."""
+    from spinexr.data.framing import spine_column
+
+    h, w = img.shape
+    cw = max(1, int(round(h / aspect)))
+    if cw >= w:
+        return 0, w
+    cx = spine_column(img)
+    return int(round(min(max(cx - cw / 2, 0), w - cw))), cw
