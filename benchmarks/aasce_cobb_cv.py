@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{src}: not a trained run of this recipe ({h}x{w}); pass the JSON of the run that trained "
                   f"{a.reuse_fold0}", file=sys.stderr)
             return 2
+        a.minutes_per_fold = earlier.get("minutes_per_fold_cap")  # the cap the reused training ran under
     t0 = time.perf_counter()
     res = run_landmark_cv(a.data, cfg, run_dir, folds=a.folds, max_minutes_per_fold=a.minutes_per_fold,
                           trained={0: Path(a.reuse_fold0)} if a.reuse_fold0 else None)

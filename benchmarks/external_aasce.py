@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +43,7 @@ def _acc(called: list[str], truth: list[str]) -> dict:
     return {"n": len(truth), "accuracy": k / max(len(truth), 1), "ci95": wilson(k, len(truth))}
 
 
-def _cv_rule(run: Path, paths: list, truth: list[str], meas: list, max_rate: float) -> dict:
+def _cv_rule(run: Path, paths: list, truth: list[str], meas: list, max_rate: float, view_features=None) -> dict:
     """The decision rule on a KAUH CV run's out-of-fold calls (repeat 0, its first model), side by side
     with the classifier alone: see :func:`spinexr.deploy.decision.rule_cv`."""
     import csv
@@ -56,7 +57,8 @@ def _cv_rule(run: Path, paths: list, truth: list[str], meas: list, max_rate: flo
     got = [by_path[str(Path(paths[i]).resolve())] for i in idx]
     probs = [{k[2:]: float(v) for k, v in r.items() if k.startswith("p_")} for r in got]
     out = rule_cv([truth[i] for i in idx], [r["pred"] for r in got], probs, [int(r["fold"]) for r in got],
-                  [meas[i] for i in idx], max_rate=max_rate)
+                  [meas[i] for i in idx], max_rate=max_rate,
+                  view_features=None if view_features is None else view_features[idx])
     return {"model": model, "n": len(idx), **out}
 
 
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     from spinexr.geometry.cobb import cobb_angles
     from spinexr.geometry.landmarks import read_aasce
     from spinexr.geometry.plausibility import implausibility
+    from spinexr.geometry.view import FEATURES as VIEW_FEATURES
+    from spinexr.geometry.view import FULL_SPINE, fit_view_check, view_features
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classifier", default=None, help="classifier model file (default: the bundled one)")
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="largest share of KAUH Normal films the curve line may override")
     ap.add_argument("--kauh-test-fraction", type=float, default=0.2)
     ap.add_argument("--kauh-seed", type=int, default=0)
+    ap.add_argument("--keep-lumbar-out", type=float, default=0.9,
+                    help="share of KAUH's lumbar (Spondylolisthesis) films the view check's line keeps out")
     ap.add_argument("--kauh-size", type=int, default=None, help="the classifier's input size (default: its contract)")
     ap.add_argument("--kauh-cv-run", action="append", default=[],
                     help="a KAUH CV run folder (oof_predictions.csv): score the rule on its 5-fold out-of-fold calls, "
@@ -104,19 +110,32 @@ def main(argv: list[str] | None = None) -> int:
     kauh = prepare_dataset(KAUH, [a.kauh_size or pred.meta["data_config"]["input_size"]], progress=False)
     classes = list(pred.labels)
     k_truth = [classes[i] for i in kauh.labels]
-    k_label, k_meas = [], []
+    k_label, k_meas, k_view = [], [], []
     for p in tqdm(kauh.paths, desc="KAUH", unit="film"):
         img, _ = read_image(p)
         pr = pred.predict_image(img, str(p))
         k_label.append((pr.label, pr.probabilities))
-        k_meas.append(measurer.measure(img))
+        m = measurer.measure(img)
+        k_meas.append(m)
+        k_view.append(view_features(m.landmarks, img.shape[0], m.confidence))
     k_angle = np.array([m.result.largest if m.result is not None else np.nan for m in k_meas])
+    k_view = np.array(k_view)
     non_sco = np.array([t == "Normal" for t in k_truth])
+    k_full = np.array([t != "Spondylolisthesis" for t in k_truth])
     curve_deg = fit_curve_deg(k_angle[non_sco], max_rate=a.max_override)
     rule = DecisionRule(curve_deg=curve_deg)
+    tr, te = holdout(kauh.labels, kauh.groups, a.kauh_test_fraction, seed=a.kauh_seed)
+    # The view check: for KAUH's held-out films fitted on the classifier's training films only; for the
+    # AASCE films on every KAUH film (as the bundled landmark model's check is).
+    check_tr = fit_view_check(k_view[tr], k_full[tr], a.keep_lumbar_out, f"{len(tr)} KAUH training films")
+    check = fit_view_check(k_view, k_full, a.keep_lumbar_out, f"all {len(k_full)} KAUH films")
+    in_te = set(te.tolist())
+    for i in range(len(k_meas)):  # films outside the held-out split only count changes over all films
+        c = check_tr if i in in_te else check
+        pv = c.probability(k_view[i])
+        k_meas[i] = replace(k_meas[i], view=c.view(pv), view_probability=pv)
     k_dec = [rule.decide(lab, probs, m) for (lab, probs), m in zip(k_label, k_meas)]
     k_fused = [d.label for d in k_dec]
-    _, te = holdout(kauh.labels, kauh.groups, a.kauh_test_fraction, seed=a.kauh_seed)
 
     def predict_films(films: list) -> np.ndarray:
         return np.array([[p.probabilities[c] for c in classes] for p in pred.predict_images(films)])
@@ -137,16 +156,21 @@ def main(argv: list[str] | None = None) -> int:
                                 for c in classes},
         "median_measured_angle": {c: float(np.nanmedian(k_angle[[t == c for t in k_truth]])) for c in classes},
         "normal_at_or_over_line": float(np.mean(np.nan_to_num(k_angle[non_sco], nan=-1) >= curve_deg)),
+        "view_check": {"features": list(VIEW_FEATURES), "keep_lumbar_out": a.keep_lumbar_out,
+                       "held_out_full_spine_rate": {c: float(np.mean([k_meas[i].view == FULL_SPINE for i in te
+                                                                      if k_truth[i] == c])) for c in classes},
+                       "held_out_protocol": "fitted on the classifier's training films, applied to its held-out films"},
     }
 
     if a.kauh_cv_run:
-        kauh_out["cv_rule"] = {d: _cv_rule(Path(d), kauh.paths, k_truth, k_meas, a.max_override) for d in a.kauh_cv_run}
+        kauh_out["cv_rule"] = {d: _cv_rule(Path(d), kauh.paths, k_truth, k_meas, a.max_override, k_view)
+                               for d in a.kauh_cv_run}
 
     # AASCE: classify every film; the out-of-fold measurement where there is one.
     ds = read_aasce(AASCE)
     oof = np.load(run / "oof_landmarks.npz", allow_pickle=False)
     oof_pts = {str(Path(p).resolve()): v for p, v in zip(oof["paths"], oof["landmarks"])}
-    probs, labels, true, meas_angle, fused, has_oof, a_conf = [], [], [], [], [], [], []
+    probs, labels, true, meas_angle, fused, has_oof, a_conf, a_views = [], [], [], [], [], [], [], []
     for r in tqdm(ds.records, desc="AASCE", unit="film"):
         img, _ = read_image(r.path)
         pr = pred.predict_image(img, str(r.path))
@@ -159,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             meas_angle.append(np.nan)
             fused.append(pr.label)
             continue
-        a_conf.append(measurer.measure(img).confidence)  # the fold model's heatmap confidence, for the view check
+        conf = measurer.measure(img).confidence  # the fold model's heatmap confidence, for the view check
+        a_conf.append(conf)
         refused = implausibility(v)
-        m = Measurement(v, None if refused else cobb_angles(v, r.height), refused)
+        pv = check.probability(view_features(v, r.height, conf))
+        m = Measurement(v, None if refused else cobb_angles(v, r.height), refused, conf, check.view(pv), pv)
+        a_views.append(m.view)
         meas_angle.append(m.result.largest if m.result is not None else np.nan)
         fused.append(rule.decide(pr.label, pr.probabilities, m).label)
     probs, true, meas_angle, has_oof = np.array(probs), np.array(true), np.array(meas_angle), np.array(has_oof)
@@ -177,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             "with_rule": external_metrics(y[o], fused_probs[o], true[o]),
             "evidence": "the measured largest Cobb angle (NaN where the spine was refused)",
             "refused": int((~np.isfinite(evidence[o])).sum()),
+            "view_full_spine_rate": float(np.mean([v == FULL_SPINE for v in a_views])),
         },
     }
     ge25 = o & (true >= 25)

@@ -49,14 +49,14 @@ def kauh_section(d: dict) -> list[str]:
     return out + [""]
 
 
-def augment_section(d: dict) -> list[str]:
+def augment_section(d: dict, title: str = "Which augmentation transfers: KAUH CV arms side by side") -> list[str]:
     s, t = d["settings"], d["targets"]
-    out = ["## Which augmentation transfers: KAUH CV arms side by side", "", f"Command: `{d['command']}`", "",
+    out = [f"## {title}", "", f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}. Date: {d['date']}. Training time per arm: "
            + ", ".join(f"{arm} {r.get('train_seconds', r['wall_seconds']) / 60:.0f} min" for arm, r in d["arms"].items())
            + f". {s['model']}, "
            f"{s['image_size']} px, {s['folds']}-fold case-grouped CV, {s['epochs']} epochs, seed {s['seed']}, "
-           f"{s['weights']}; the arms share folds and seeds and differ only in augmentation.", "",
+           f"{s['weights']}; the arms share folds and seeds and differ only in augmentation (or input contract: resize).", "",
            "| arm | augmentation | KAUH accuracy % (mean ± sd) | 95% CI (pooled) | macro-F1 | framing: AP Scoliosis cut to "
            "strips changed | framing: Normal strips widened changed | AASCE >= 25° called Scoliosis (fold 0, dev.) | "
            "AASCE Spearman P(Scoliosis) (dev.) |",
@@ -66,7 +66,8 @@ def augment_section(d: dict) -> list[str]:
         fs = r.get("framing_stress") or {}
         sa, nb = fs.get("scoliosis_ap_to_strip") or {}, fs.get("normal_strip_to_full") or {}
         ax = r.get("aasce_fold0_development") or {}
-        aug = ", ".join(f"{k} {v:g}" for k, v in r["augmentation"].items()) or "default"
+        aug = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                        for k, v in r["augmentation"].items()) or "default"
         out.append(f"| {arm} | {aug} | {r['accuracy_mean'] * 100:.1f} ± {r['accuracy_std'] * 100:.1f} | "
                    f"[{ci[0] * 100:.1f}, {ci[1] * 100:.1f}] | {r['macro_f1_mean']:.3f} | "
                    f"{sa.get('changed', 'n/a')} of {sa.get('n', 'n/a')} ({_pc(sa.get('rate'))}) | "
@@ -289,11 +290,22 @@ def external_section(d: dict) -> list[str]:
                 f"folds; each fold's line fitted on the other folds' Normal films: {min(lines_):.1f}-{max(lines_):.1f}°); "
                 f"the rule changed {c['changed']} decisions, {c['changed_to_right']} to the right class and "
                 f"{c['changed_to_wrong']} to a wrong one."]
+        if c.get("view_full_spine_rate"):
+            out[-1] += (" The view check, fitted out of fold too, judged full-spine AP: "
+                        + ", ".join(f"{cl} {x:.0%}" for cl, x in c["view_full_spine_rate"].items()) + " of the held-out films.")
     ms = o.get("missed_ge25")
     if ms:
         out += ["", f"Films of 25° or more measured out of fold and not called Scoliosis with the rule: {ms['n']} of "
                 f"{ge['n']}: {ms['normal_call_under_line']} Normal calls measured under the line, "
-                f"{ms['spondylolisthesis_call']} Spondylolisthesis calls (the rule leaves those), {ms['other']} other."]
+                f"{ms['spondylolisthesis_call']} Spondylolisthesis calls, {ms['other']} other."]
+    vc = k.get("view_check")
+    if vc:
+        out += ["", "The view check (a logistic model on the shape of the measured spine: "
+                + ", ".join(vc["features"]) + f"; its line keeps {vc['keep_lumbar_out']:.0%} of KAUH's lumbar films out) "
+                f"judged full-spine AP, {vc['held_out_protocol']}: "
+                + ", ".join(f"{c} {x:.0%}" for c, x in vc["held_out_full_spine_rate"].items())
+                + (f"; fitted on all KAUH films, {o['view_full_spine_rate']:.0%} of the AASCE films measured out of fold."
+                   if o.get("view_full_spine_rate") is not None else ".")]
     v = k.get("view_by_confidence")
     if v:
         out += ["", "Can the landmark model's heatmap confidence tell a lumbar view? Median confidence: "
@@ -346,7 +358,9 @@ def main() -> int:
     for f in sorted((HERE / "results").glob("kauh_cv_*.json")):
         lines += kauh_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("kauh_augment_*.json")):
-        lines += augment_section(json.loads(f.read_text()))
+        contract = f.stem.endswith("_contract")
+        lines += augment_section(json.loads(f.read_text()), *(
+            ["The strip input contract: KAUH CV on the same folds and seeds"] if contract else []))
     for f in sorted((HERE / "results").glob("train_throughput_*.json")):
         lines += throughput_section(json.loads(f.read_text()))
     # the newest run first, then earlier runs kept for comparison (this machine's speed changes with its neighbours)

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from spinexr.deploy.decision import fit_curve_deg
     from spinexr.deploy.measure import SpineMeasurer
     from spinexr.deploy.predictor import Predictor
+    from spinexr.geometry.view import fit_view_check, view_features
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classifier", required=True)
@@ -83,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     normal_angles = np.array([m.result.largest if m.result is not None else np.nan
                               for m in (full_lm.measure(im) for im in normals)])
     curve_deg = fit_curve_deg(normal_angles)
+    # The view check, from this landmark model's measurements of every KAUH film (Spondylolisthesis
+    # films: lumbar views; Normal and Scoliosis films: full-spine AP).
+    feats, full = [], []
+    for c in ("Normal", "Scoliosis", "Spondylolisthesis"):
+        for p in list_images(KAUH / c):
+            im = read_image(p)[0]
+            m = full_lm.measure(im)
+            feats.append(view_features(m.landmarks, im.shape[0], m.confidence))
+            full.append(c != "Spondylolisthesis")
+    view_check = fit_view_check(np.array(feats), np.array(full), 0.9, f"all {len(full)} KAUH films")
     full_c = Predictor(a.classifier)
     speed = {"classifier_ms": _latency(full_c.predict_image, imgs), "landmarks_ms": _latency(full_lm.measure, imgs)}
     with tempfile.TemporaryDirectory() as d:  # the rule goes into the landmark file's metadata
@@ -93,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = raw_metadata(a.landmarks)
         meta["decision"] = {"curve_deg": curve_deg, "straight_deg": 10.0, "fitted_on": f"{len(normals)} KAUH Normal films",
                             "max_rate": 0.02}
+        meta["view_check"] = view_check.to_meta()
         lm_src = Path(d) / "landmarks.safetensors"
         save_file(load_file(a.landmarks), str(lm_src), metadata={"spinexr": json.dumps(meta)})
         ext = json.loads((RESULTS / "external_aasce.json").read_text()) if (RESULTS / "external_aasce.json").is_file() else None

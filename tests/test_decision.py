@@ -58,6 +58,73 @@ def test_measured_curve_changes_the_decision() -> None:
     assert DecisionRule(curve_deg=45.0).decide("Normal", PROBS, curve).label == "Normal"
 
 
+def _with_view(m: Measurement, full: bool) -> Measurement:
+    from dataclasses import replace
+
+    from spinexr.geometry.view import FULL_SPINE, LUMBAR
+
+    return replace(m, view=FULL_SPINE if full else LUMBAR, view_probability=0.9 if full else 0.1)
+
+
+def test_the_view_check_decides_where_the_angle_counts() -> None:
+    rule = DecisionRule(curve_deg=25.0)
+    curve, straight = _measure(CURVE_40), _measure(STRAIGHT)
+    # A Spondylolisthesis call on a full-spine AP view with a 40 degree curve: overruled.
+    d = rule.decide("Spondylolisthesis", PROBS, _with_view(curve, True))
+    assert d.label == "Scoliosis" and d.agreement == "overruled" and "full-spine AP view" in d.note
+    # ... on a straight full-spine film it stands, the angle reported beside it.
+    d = rule.decide("Spondylolisthesis", PROBS, _with_view(straight, True))
+    assert d.label == "Spondylolisthesis" and d.agreement == "consistent" and d.cobb_largest == pytest.approx(0, abs=1e-6)
+    # A lumbar or lateral view: the angle is not used, whatever the call.
+    for label in ("Normal", "Scoliosis", "Spondylolisthesis"):
+        d = rule.decide(label, PROBS, _with_view(curve, False))
+        assert d.label == label and d.agreement == "no angle" and "lumbar or lateral view" in d.note
+    # Without a view check the classifier's Spondylolisthesis call stands for the view (older model files).
+    assert rule.decide("Spondylolisthesis", PROBS, curve).label == "Spondylolisthesis"
+
+
+def test_view_features_and_the_fitted_check() -> None:
+    from spinexr.geometry.view import FULL_SPINE, LUMBAR, ViewCheck, fit_view_check, view_features
+
+    f = view_features(_spine(STRAIGHT), 600, 0.02)
+    # Equal boxes 60 wide and 24 tall from y = 28 to 532: no growth, aspect 2.5, span 504 / 600.
+    assert f == pytest.approx([math.log(2.5), 0.0, 0.0, 504 / 600, math.log(0.02)], abs=1e-6)
+    rng = np.random.default_rng(0)
+    full = rng.normal([0.5, 0.6, 0.4, 0.9, -4.0], 0.1, (80, 5))
+    lumbar = rng.normal([0.8, 0.3, 0.1, 0.85, -4.8], 0.1, (40, 5))
+    check = fit_view_check(np.r_[full, lumbar], np.r_[np.ones(80), np.zeros(40)].astype(bool), 0.9, "test")
+    p_l = np.array([check.probability(x) for x in lumbar])
+    p_f = np.array([check.probability(x) for x in full])
+    assert np.mean(p_l >= check.line) <= 0.125 and np.mean(p_f >= check.line) > 0.9
+    assert check.view(1.0) == FULL_SPINE and check.view(0.0) == LUMBAR
+    again = ViewCheck.from_meta({"view_check": json.loads(json.dumps(check.to_meta()))})
+    assert again == check and ViewCheck.from_meta({}) is None
+    with pytest.raises(ValueError, match="both views"):
+        fit_view_check(full, np.ones(80, bool))
+
+
+def test_rule_cv_fits_the_view_check_out_of_fold() -> None:
+    from spinexr.deploy.decision import rule_cv
+
+    curve, straight = _measure(CURVE_40), _measure(STRAIGHT)
+    rng = np.random.default_rng(1)
+    truth, called, meas, feats, folds = [], [], [], [], []
+    for i in range(60):
+        t = ("Normal", "Scoliosis", "Spondylolisthesis")[i % 3]
+        truth.append(t)
+        # The classifier calls every Scoliosis film Spondylolisthesis; the curve and the view say otherwise.
+        called.append("Spondylolisthesis" if t != "Normal" else "Normal")
+        meas.append(curve if t == "Scoliosis" else straight)
+        feats.append(rng.normal([0.5, 0.6] if t != "Spondylolisthesis" else [0.9, 0.1], 0.05).tolist() + [0.9, 0.0, -4.0])
+        folds.append(i % 5)
+    plain = rule_cv(truth, called, [PROBS] * 60, folds, meas)
+    viewed = rule_cv(truth, called, [PROBS] * 60, folds, meas, view_features=np.array(feats))
+    assert plain["changed"] == 0  # a Spondylolisthesis call is a lumbar view without the check
+    assert viewed["changed"] == 20 and viewed["changed_to_right"] == 20
+    assert viewed["accuracy_with_rule_mean"] == pytest.approx(1.0)
+    assert viewed["view_full_spine_rate"]["Spondylolisthesis"] <= 0.2 and viewed["view_full_spine_rate"]["Normal"] == 1.0
+
+
 def test_refused_spine_keeps_the_classifier_label() -> None:
     bad = _spine(STRAIGHT)
     bad[5], bad[6] = bad[6].copy(), bad[5].copy()  # order broken

@@ -340,3 +340,28 @@ def test_landmark_file_without_zooms_loads_with_the_film_as_it_is(landmark_model
 
     with pytest.raises(WeightsError, match="test-time zooms"):
         load_landmark_model(old)
+
+
+def test_measurer_reports_the_view_its_model_file_carries(landmark_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.measure import SpineMeasurer
+    from spinexr.deploy.modelfile import raw_metadata
+    from spinexr.errors import WeightsError
+    from spinexr.geometry.view import FULL_SPINE, LUMBAR, ViewCheck
+
+    img, _ = read_image(next(iter(sorted((synth_dir / "Scoliosis").glob("*.jpg")))))
+    assert SpineMeasurer(landmark_model).measure(img).view is None  # no check in the file: no view
+    meta = raw_metadata(landmark_model)
+    for line, want in ((0.0, FULL_SPINE), (1.01, LUMBAR)):
+        meta["view_check"] = ViewCheck((0.0,) * 5, (1.0,) * 5, (0.1,) * 5, 0.0, line, "test").to_meta()
+        path = tmp_path / f"v{line}.safetensors"
+        save_file(load_file(str(landmark_model)), str(path), metadata={"spinexr": json.dumps(meta)})
+        m = SpineMeasurer(path).measure(img)
+        assert m.view == want and 0 <= m.view_probability <= 1
+        assert m.to_dict()["view"] == want and m.row()["view"] == want
+    meta["view_check"] = {"features": ["something else"]}
+    save_file(load_file(str(landmark_model)), str(tmp_path / "bad.safetensors"), metadata={"spinexr": json.dumps(meta)})
+    with pytest.raises(WeightsError, match="view check"):
+        SpineMeasurer(tmp_path / "bad.safetensors")

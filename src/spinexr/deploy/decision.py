@@ -3,19 +3,23 @@
 A rule, not a learned model, because its parts are what a radiologist already reads and each can be
 audited on its own. The measured largest Cobb angle is evidence on a full-spine AP film: one the
 landmark model measures as a plausible spine (17 vertebrae in order, no overlaps or gaps) and the
-classifier does not call Spondylolisthesis (KAUH's Spondylolisthesis films are lumbar views, AP and
-lateral; the landmark model, trained on full-spine AP films, still draws an ordered spine on most of
-them, so plausibility alone does not tell the view). On such a film:
+view check (:mod:`spinexr.geometry.view`, carried in the landmark model file) finds to be a
+full-spine AP view rather than a lumbar or lateral one (the landmark model, trained on full-spine AP
+films, still draws an ordered spine on most lumbar views, so plausibility alone does not tell the
+view). A landmark model file without a view check falls back to the classifier: a Spondylolisthesis
+call counts as a lumbar view. On a full-spine AP film:
 
 - a **Normal** call whose measured angle is at or above ``curve_deg`` becomes **Scoliosis**, and the
   output says the classifier was overruled (a curve of that size is scoliosis by definition);
 - a **Scoliosis** call on a measured angle below ``straight_deg`` (the clinical 10° line) stands but
   is flagged as disagreeing: the landmark model's own error is several degrees, so a small measured
   angle is shown beside the label, not put in its place;
+- a **Spondylolisthesis** call is overruled the same way (spondylolisthesis is read on a lateral
+  lumbar view; a full-spine AP film with a curve of that size is a scoliosis film);
 - otherwise the classifier's label stands and the angle is reported beside it.
 
-A refused spine (a lateral or lumbar view, a photo, a chest film) and a Spondylolisthesis call keep
-the classifier's label, with the reason. ``curve_deg`` is fitted on KAUH Normal films, which the
+A refused spine (a photo, a chest film) and a lumbar or lateral view keep the classifier's label,
+with the reason. ``curve_deg`` is fitted on KAUH Normal films, which the
 landmark model never saw (:func:`fit_curve_deg`: the smallest angle at most a set share of them
 reach); the landmark model file carries the value (``decision`` in its metadata).
 """
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from spinexr.geometry.view import FULL_SPINE
 
 STRAIGHT_DEG = 10.0
 
@@ -68,16 +74,26 @@ class DecisionRule:
                             f"not measured as a full AP spine ({why}): the classifier's label")
         a = float(measurement.result.largest)
         band = measurement.result.band
-        if label == "Spondylolisthesis":
+        view = getattr(measurement, "view", None)
+        if view is not None and view != FULL_SPINE:
+            return Decision(label, label, None, "no angle",
+                            f"a lumbar or lateral view by the shape of the measured spine (full-spine probability "
+                            f"{measurement.view_probability:.2f}): the full-spine Cobb angle ({a:.1f}° measured) is not used")
+        if label == "Spondylolisthesis" and view is None:
             return Decision(label, label, None, "no angle",
                             f"a lumbar or lateral view by the classifier: the full-spine Cobb angle ({a:.1f}° measured) "
                             "is not used")
+        if label == "Spondylolisthesis" and a < self.curve_deg:
+            return Decision(label, label, a, "consistent",
+                            f"measured largest Cobb angle {a:.1f}° ({band}) on a full-spine AP view; spondylolisthesis "
+                            "is read on a lateral lumbar view")
         if a >= self.curve_deg:
             if label == "Scoliosis":
                 return Decision(label, label, a, "agree", f"measured largest Cobb angle {a:.1f}° ({band}) agrees")
+            on = " on a full-spine AP view" if label == "Spondylolisthesis" else ""
             return Decision("Scoliosis", label, a, "overruled",
                             f"the classifier said {label} ({p:.2f}) but the measured largest Cobb angle is {a:.1f}° "
-                            f"({band}, at least {self.curve_deg:g}°): called Scoliosis")
+                            f"({band}, at least {self.curve_deg:g}°){on}: called Scoliosis")
         if a < self.straight_deg and label == "Scoliosis":
             return Decision(label, label, a, "disagree",
                             f"the classifier said Scoliosis ({p:.2f}) but the measured largest Cobb angle is only "
@@ -103,21 +119,42 @@ def fit_curve_deg(measured: Any, max_rate: float = 0.02, floor: float = STRAIGHT
 
 
 def rule_cv(truth: list[str], called: list[str], probs: list[dict[str, float]], folds: list[int],
-            measurements: list[Any], max_rate: float = 0.02) -> dict[str, Any]:
+            measurements: list[Any], max_rate: float = 0.02, view_features: Any = None,
+            keep_lumbar_out: float = 0.9) -> dict[str, Any]:
     """The rule scored out of fold on a cross-validation: for each fold, the curve line is fitted on
     the Normal films of the other folds (:func:`fit_curve_deg`) and decides that fold's held-out films
-    from their out-of-fold classifier calls. Returns the classifier's and the rule's accuracy per fold
-    and their means, the lines used, and how many decisions the rule changed (right and wrong)."""
+    from their out-of-fold classifier calls. With ``view_features`` ((n, 5), see
+    :func:`spinexr.geometry.view.view_features`) the view check is fitted on the other folds too
+    (Spondylolisthesis films: lumbar views; the rest: full-spine AP) and decides each held-out film's
+    view. Returns the classifier's and the rule's accuracy per fold and their means, the lines used,
+    how many decisions the rule changed (right and wrong), and how the view check sorted the held-out films."""
+    from dataclasses import replace
+
     import numpy as np
+
+    from spinexr.geometry.view import fit_view_check
 
     folds_a = np.asarray(folds)
     angle = np.array([m.result.largest if m is not None and m.result is not None else np.nan for m in measurements])
+    full = np.array([t != "Spondylolisthesis" for t in truth])
     out: dict[str, Any] = {"folds": [], "changed": 0, "changed_to_right": 0, "changed_to_wrong": 0}
+    kept_full: dict[str, list[bool]] = {}
     for k in sorted(set(folds_a.tolist())):
         te = np.flatnonzero(folds_a == k)
-        fit = [i for i in np.flatnonzero(folds_a != k) if truth[i] == "Normal"]
+        others = np.flatnonzero(folds_a != k)
+        fit = [i for i in others if truth[i] == "Normal"]
         rule = DecisionRule(curve_deg=fit_curve_deg(angle[fit], max_rate=max_rate))
-        fused = [rule.decide(called[i], probs[i], measurements[i]).label for i in te]
+        meas = list(measurements)
+        if view_features is not None:
+            vf = np.asarray(view_features)
+            ok = others[np.isfinite(vf[others]).all(axis=1)]
+            check = fit_view_check(vf[ok], full[ok], keep_lumbar_out)
+            for i in te:
+                if meas[i] is not None:
+                    pv = check.probability(vf[i])
+                    meas[i] = replace(meas[i], view=check.view(pv), view_probability=pv)
+                    kept_full.setdefault(truth[i], []).append(meas[i].view == check.view(1.0))
+        fused = [rule.decide(called[i], probs[i], meas[i]).label for i in te]
         before = float(np.mean([called[i] == truth[i] for i in te]))
         after = float(np.mean([f == truth[i] for f, i in zip(fused, te)]))
         for f, i in zip(fused, te):
@@ -128,4 +165,6 @@ def rule_cv(truth: list[str], called: list[str], probs: list[dict[str, float]], 
                              "accuracy": before, "accuracy_with_rule": after})
     out["accuracy_mean"] = float(np.mean([f["accuracy"] for f in out["folds"]]))
     out["accuracy_with_rule_mean"] = float(np.mean([f["accuracy_with_rule"] for f in out["folds"]]))
+    if kept_full:
+        out["view_full_spine_rate"] = {c: float(np.mean(v)) for c, v in sorted(kept_full.items())}
     return out

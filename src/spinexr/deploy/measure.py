@@ -11,8 +11,10 @@ import numpy as np
 import torch
 
 from spinexr.deploy.decision import DecisionRule
+from spinexr.errors import WeightsError
 from spinexr.geometry.cobb import CobbResult, cobb_angles
 from spinexr.geometry.plausibility import implausibility
+from spinexr.geometry.view import ViewCheck, view_features
 
 
 @dataclass
@@ -23,24 +25,31 @@ class Measurement:
     result: CobbResult | None
     refused: list[str] = field(default_factory=list)
     confidence: float = 0.0  # mean heatmap peak (0..1)
+    # The view check's answer (spinexr.geometry.view), None when the landmark model file has no check.
+    view: str | None = None
+    view_probability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"plausible": self.result is not None, "refused": self.refused,
                              "confidence": self.confidence}
+        if self.view is not None:
+            d.update(view=self.view, full_spine_probability=self.view_probability)
         if self.result is not None:
             d.update(self.result.to_dict())
         return d
 
     def row(self) -> dict[str, str]:
         """CSV columns: the angles, end vertebrae and band, or the refusal."""
+        view = {"view": self.view or "", "full_spine_probability": "" if self.view_probability is None
+                else f"{self.view_probability:.3f}"}
         if self.result is None:
             return {"cobb_largest": "", "cobb_band": "", "cobb_pt": "", "cobb_mt": "", "cobb_tl": "",
-                    "cobb_main_curve": "", "cobb_refused": "; ".join(self.refused)}
+                    "cobb_main_curve": "", "cobb_refused": "; ".join(self.refused), **view}
         r = self.result
         u, lo, apex = r.pt.levels
         return {"cobb_largest": f"{r.largest:.2f}", "cobb_band": r.band, "cobb_pt": f"{r.pt.angle:.2f}",
                 "cobb_mt": f"{r.mt.angle:.2f}", "cobb_tl": f"{r.tl.angle:.2f}",
-                "cobb_main_curve": f"{u}-{lo} apex {apex}", "cobb_refused": ""}
+                "cobb_main_curve": f"{u}-{lo} apex {apex}", "cobb_refused": "", **view}
 
 
 class SpineMeasurer:
@@ -53,6 +62,10 @@ class SpineMeasurer:
         self.predictor, self.meta = load_landmark_model(path, self.device)
         self.contract = self.predictor.contract
         self.rule = DecisionRule.from_meta(self.meta)
+        try:
+            self.view_check = ViewCheck.from_meta(self.meta)
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"{path}: malformed view check in its metadata ({e})") from e
 
     @torch.no_grad()
     def measure(self, img: np.ndarray) -> Measurement:
@@ -60,7 +73,11 @@ class SpineMeasurer:
         pts, conf = self.predictor(torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None].to(self.device))
         v = pl.points_to_original(pts[0].cpu().numpy()).reshape(17, 4, 2)
         refused = implausibility(v)
-        return Measurement(v, None if refused else cobb_angles(v, img.shape[0]), refused, float(conf.mean()))
+        m = Measurement(v, None if refused else cobb_angles(v, img.shape[0]), refused, float(conf.mean()))
+        if self.view_check is not None:
+            m.view_probability = self.view_check.probability(view_features(v, img.shape[0], m.confidence))
+            m.view = self.view_check.view(m.view_probability)
+        return m
 
     def overlay(self, img: np.ndarray, m: Measurement) -> np.ndarray:
         from spinexr.geometry.overlay import draw_overlay
