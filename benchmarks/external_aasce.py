@@ -15,6 +15,9 @@ decision that answers to the measured curve.
   model file's split: ``--kauh-test-fraction`` with seed ``--kauh-seed``), and, per class, how often
   the angle is used as evidence (the full-spine AP check: Normal strips and Scoliosis films are
   full-spine AP views; Spondylolisthesis films are lumbar views, AP and lateral, where it should not be).
+- The view check (``spinexr.geometry.view``): for KAUH's held-out films fitted on the classifier's
+  training films, for the AASCE films on every KAUH film, and with ``--kauh-cv-run`` out of fold on
+  the CV's folds; how many films of each kind it finds to be full-spine AP views.
 
 Writes benchmarks/results/external_aasce.json.
 """

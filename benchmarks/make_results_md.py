@@ -334,7 +334,13 @@ def bundled_section(d: dict) -> list[str]:
             f"{c['ms_per_film']:.0f} |",
             f"| landmarks | {lm['file_mb']:.1f} | max corner difference {lm['max_corner_diff_px_fp16']:.2f} px | "
             f"{lm['ms_per_film']:.0f} |", "",
-            f"Decision rule: a Normal call on a film measured at **{d['curve_deg']:.1f}°** or more becomes Scoliosis.", ""]
+            f"Decision rule: on a film the view check finds to be a full-spine AP view, a Normal or Spondylolisthesis "
+            f"call measured at **{d['curve_deg']:.1f}°** or more becomes Scoliosis.",
+            *([f"The classifier's float16 check is from {c['kept_from']} (its weights were kept)."] if c.get("kept_from")
+              else []),
+            *([f"The landmark model's weights are those of {lm['weights_kept_from']} (only its metadata changed: "
+               "test-time zooms, curve line, view check); its float16 check is from then."]
+              if lm.get("weights_kept_from") else []), ""]
 
 
 def landmark_inference_section(d: dict) -> list[str]:
