@@ -365,3 +365,17 @@ def test_measurer_reports_the_view_its_model_file_carries(landmark_model: Path, 
     save_file(load_file(str(landmark_model)), str(tmp_path / "bad.safetensors"), metadata={"spinexr": json.dumps(meta)})
     with pytest.raises(WeightsError, match="view check"):
         SpineMeasurer(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("bad, says", [("abc", "e.g. 1,0.85,1.1"), ("3", "in [0.5, 1.5]")])
+def test_bad_zoom_setting_is_refused_before_anything_is_written(bad: str, says: str, synth_dir: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from spinexr.cli import main
+
+    out = tmp_path / "run"
+    assert main(["landmarks", "train", "--data", str(synth_dir / "landmarks.csv"), "--tta-scales", bad,
+                 "--out", str(out), "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "tta" in err or "zooms" in err
+    assert says in err and "Traceback" not in err
+    assert not out.exists()

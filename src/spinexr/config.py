@@ -85,7 +85,8 @@ def _check_value(section: str, name: str, typ: Any, value: Any, meta: dict[str, 
         if not isinstance(value, str):
             raise bad("not a string")
         if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
-            raise bad("not in the accepted form")
+            raise SettingError(f"setting {where}{flag} = {value!r}: not in the accepted form; accepted: "
+                               f"{meta.get('help') or 'the pattern ' + meta['pattern']}")
         return
     else:
         return  # nested settings are validated by their own class

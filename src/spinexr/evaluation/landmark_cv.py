@@ -100,8 +100,9 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     from spinexr.engine.landmarks import fit_landmarks, predict_points, prepare_landmarks
     from spinexr.geometry.cobb import cobb_angles
     from spinexr.geometry.plausibility import implausibility
-    from spinexr.models.landmark import CODECS, LandmarkNet
+    from spinexr.models.landmark import CODECS, LandmarkNet, parse_scales
 
+    parse_scales(cfg.tta_scales)  # a bad setting is refused before minutes of decoding, not after
     out = Path(out_dir)
     t_start = time.perf_counter()
     ds = load_landmark_source(source)
