@@ -379,3 +379,22 @@ def test_bad_zoom_setting_is_refused_before_anything_is_written(bad: str, says: 
     assert "tta" in err or "zooms" in err
     assert says in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_an_earlier_fold_model_is_measured_again_not_retrained(landmark_model: Path, synth_dir: Path,
+                                                               tmp_path: Path) -> None:
+    from spinexr.errors import DatasetError
+    from spinexr.evaluation.landmark_cv import run_landmark_cv
+
+    cfg = LandmarkConfig(input_height=128, input_width=64, epochs=2, batch_size=4, device="cpu", test_fraction=0.3,
+                         tta_scales="1")
+    res = run_landmark_cv(synth_dir / "landmarks.csv", cfg, tmp_path / "again", folds=1, progress=False, n_boot=20,
+                          trained={0: landmark_model})
+    f0 = res["folds"][0]
+    assert f0["reused_model"] == str(landmark_model) and f0["epochs_run"] is None and f0["n_test"] > 0
+    assert math.isfinite(res["pooled"]["smape"]) and res["settings"]["tta_scales"] == "1"
+    assert not (tmp_path / "again" / "checkpoints").exists()  # nothing trained
+    with pytest.raises(DatasetError, match="retrain instead"):
+        run_landmark_cv(synth_dir / "landmarks.csv", LandmarkConfig(input_height=160, input_width=80, device="cpu",
+                                                                    test_fraction=0.3),
+                        tmp_path / "other", folds=1, progress=False, n_boot=20, trained={0: landmark_model})
