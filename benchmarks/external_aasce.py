@@ -134,9 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     check = fit_view_check(k_view, k_full, a.keep_lumbar_out, f"all {len(k_full)} KAUH films")
     in_te = set(te.tolist())
     for i in range(len(k_meas)):  # films outside the held-out split only count changes over all films
-        c = check_tr if i in in_te else check
-        pv = c.probability(k_view[i])
-        k_meas[i] = replace(k_meas[i], view=c.view(pv), view_probability=pv)
+        view, pv = (check_tr if i in in_te else check).judge(k_view[i])
+        k_meas[i] = replace(k_meas[i], view=view, view_probability=pv)
     k_dec = [rule.decide(lab, probs, m) for (lab, probs), m in zip(k_label, k_meas)]
     k_fused = [d.label for d in k_dec]
 
@@ -189,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         conf = measurer.measure(img).confidence  # the fold model's heatmap confidence, for the view check
         a_conf.append(conf)
         refused = implausibility(v)
-        pv = check.probability(view_features(v, r.height, conf))
-        m = Measurement(v, None if refused else cobb_angles(v, r.height), refused, conf, check.view(pv), pv)
+        m = Measurement(v, None if refused else cobb_angles(v, r.height), refused, conf,
+                        *check.judge(view_features(v, r.height, conf)))
         a_views.append(m.view)
         meas_angle.append(m.result.largest if m.result is not None else np.nan)
         fused.append(rule.decide(pr.label, pr.probabilities, m).label)

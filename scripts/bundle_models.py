@@ -84,23 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     films = [p for c in ("Normal", "Scoliosis", "Spondylolisthesis") for p in list_images(KAUH / c)[:3]]
     imgs = [read_image(p)[0] for p in films]
-    normals = [read_image(p)[0] for p in list_images(KAUH / "Normal")]
-
-    # The curve line, from this landmark model's measurements of KAUH Normal films.
+    # This landmark model measures every KAUH film once: the Normal films' angles give the curve line,
+    # and every film's view features the view check (Spondylolisthesis films: lumbar views; Normal and
+    # Scoliosis films: full-spine AP).
     full_lm = SpineMeasurer(a.landmarks)
-    normal_angles = np.array([m.result.largest if m.result is not None else np.nan
-                              for m in (full_lm.measure(im) for im in normals)])
-    curve_deg = fit_curve_deg(normal_angles)
-    # The view check, from this landmark model's measurements of every KAUH film (Spondylolisthesis
-    # films: lumbar views; Normal and Scoliosis films: full-spine AP).
-    feats, full = [], []
+    classes, feats, normal_angles = [], [], []
     for c in ("Normal", "Scoliosis", "Spondylolisthesis"):
         for p in list_images(KAUH / c):
             im = read_image(p)[0]
             m = full_lm.measure(im)
             feats.append(view_features(m.landmarks, im.shape[0], m.confidence))
-            full.append(c != "Spondylolisthesis")
-    view_check = fit_view_check(np.array(feats), np.array(full), 0.9, f"all {len(full)} KAUH films")
+            classes.append(c)
+            if c == "Normal":
+                normal_angles.append(m.result.largest if m.result is not None else np.nan)
+    curve_deg = fit_curve_deg(np.array(normal_angles))
+    view_check = fit_view_check(np.array(feats), np.array([c != "Spondylolisthesis" for c in classes]), 0.9,
+                                f"all {len(classes)} KAUH films")
     full_c = Predictor(a.classifier)
     speed = {"classifier_ms": _latency(full_c.predict_image, imgs), "landmarks_ms": _latency(full_lm.measure, imgs)}
     with tempfile.TemporaryDirectory() as d:  # the rule goes into the landmark file's metadata
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         from spinexr.deploy.modelfile import raw_metadata
 
         meta = raw_metadata(a.landmarks)
-        meta["decision"] = {"curve_deg": curve_deg, "straight_deg": 10.0, "fitted_on": f"{len(normals)} KAUH Normal films",
+        meta["decision"] = {"curve_deg": curve_deg, "straight_deg": 10.0, "fitted_on": f"{len(normal_angles)} KAUH Normal films",
                             "max_rate": 0.02}
         meta["view_check"] = view_check.to_meta()
         lm_src = Path(d) / "landmarks.safetensors"

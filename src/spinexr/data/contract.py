@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from spinexr.data.framing import STRIP_ASPECT, strip_box
 from spinexr.errors import SpinexrError, WeightsError
 
+# ``strip``: a film wider than a strip (height / width below STRIP_ASPECT, KAUH's Normal strips) is
+# first cut to a strip around the spine (spinexr.data.framing.strip_box), then letterboxed, so every
+# film reaches the model framed as a strip, whatever the hospital cropped.
 RESIZE_MODES = ("letterbox", "stretch", "crop", "strip")
-# ``strip``: a film wider than this (height / width below it) is first cut to a strip of this
-# aspect around the spine, then letterboxed: KAUH's Normal films are strips of height / width 4.0
-# (median), so every film reaches the model framed as a strip, whatever the hospital cropped.
-STRIP_ASPECT = 4.0
 # The ImageNet mean and std of the three colour channels, averaged for one gray channel.
 GRAY_MEAN = 0.449
 GRAY_STD = 0.226
@@ -137,13 +137,13 @@ def fit_to_box(img: np.ndarray, height: int, width: int, mode: str = "letterbox"
 
     ``letterbox`` keeps the aspect and pads with black; ``stretch`` ignores the aspect; ``crop``
     fills the box and centre-crops the overhanging side; ``strip`` cuts a film wider than a strip
-    (:data:`STRIP_ASPECT`) to a full-height strip centred on the spine's column (the brightest
-    vertical band of its middle 60%, :func:`spinexr.data.framing.spine_column`), then letterboxes.
+    (:data:`~spinexr.data.framing.STRIP_ASPECT`) to :func:`~spinexr.data.framing.strip_crop`'s strip
+    around the spine's column (the brightest vertical band of its middle 60%), then letterboxes.
     """
     if mode not in RESIZE_MODES:
         raise SpinexrError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
     if mode == "strip":
-        x0, cw = strip_window(img)
+        x0, cw = strip_box(img, STRIP_ASPECT)
         x8, pl = fit_to_box(img[:, x0:x0 + cw], height, width, "letterbox")
         return x8, replace(pl, offset_x=pl.offset_x - x0 * pl.scale_x, orig_w=img.shape[1])
     h, w = img.shape
@@ -166,14 +166,3 @@ def fit_to_box(img: np.ndarray, height: int, width: int, mode: str = "letterbox"
         pl = Placement(width, height, nw / w, nh / h, float(ox), float(oy), w, h)
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), pl
 
-
-def strip_window(img: np.ndarray, aspect: float = STRIP_ASPECT) -> tuple[int, int]:
-    """``(x0, width)`` of the ``strip`` mode's cut: the whole film when it is already that narrow."""
-    from spinexr.data.framing import spine_column
-
-    h, w = img.shape
-    cw = max(1, int(round(h / aspect)))
-    if cw >= w:
-        return 0, w
-    cx = spine_column(img)
-    return int(round(min(max(cx - cw / 2, 0), w - cw))), cw

@@ -51,8 +51,10 @@ def spine_column(img: np.ndarray, landmarks: np.ndarray | None = None) -> float:
 
 
 def strip_box(img: np.ndarray, aspect: float = STRIP_ASPECT, landmarks: np.ndarray | None = None) -> tuple[int, int]:
-    """``(x0, width)`` of :func:`strip_crop`'s strip."""
+    """``(x0, width)`` of :func:`strip_crop`'s strip (the whole film when it is already that narrow)."""
     h, w = img.shape
+    if landmarks is None and h / aspect >= w:
+        return 0, w
     cx = spine_column(img, landmarks)
     half = h / aspect / 2
     if landmarks is not None:

@@ -151,9 +151,9 @@ def rule_cv(truth: list[str], called: list[str], probs: list[dict[str, float]], 
             check = fit_view_check(vf[ok], full[ok], keep_lumbar_out)
             for i in te:
                 if meas[i] is not None:
-                    pv = check.probability(vf[i])
-                    meas[i] = replace(meas[i], view=check.view(pv), view_probability=pv)
-                    kept_full.setdefault(truth[i], []).append(meas[i].view == check.view(1.0))
+                    view, pv = check.judge(vf[i])
+                    meas[i] = replace(meas[i], view=view, view_probability=pv)
+                    kept_full.setdefault(truth[i], []).append(view == FULL_SPINE)
         fused = [rule.decide(called[i], probs[i], meas[i]).label for i in te]
         before = float(np.mean([called[i] == truth[i] for i in te]))
         after = float(np.mean([f == truth[i] for f, i in zip(fused, te)]))

@@ -208,7 +208,6 @@ def _reused_fit(path: Path, cfg: LandmarkConfig, contract: DataConfig, n_fit: in
         raise DatasetError(f"{path}: trained as (encoder, height, width, training films) {got}, but this fold "
                            f"needs {want}; retrain instead of reusing it")
     predictor.tta_flip, predictor.tta_scales = cfg.tta_flip, parse_scales(cfg.tta_scales)
-    predictor.float()
     return LandmarkFit([], -1, float("nan"), predictor.eval(), "reused")
 
 

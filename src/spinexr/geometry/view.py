@@ -14,7 +14,7 @@ lumbar views), with its line set to keep a chosen share of the lumbar films out
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,11 @@ class ViewCheck:
     def view(self, p: float) -> str:
         return FULL_SPINE if p >= self.line else LUMBAR
 
+    def judge(self, features: np.ndarray) -> tuple[str, float]:
+        """``(view, full-spine probability)`` of a film's :func:`view_features`."""
+        p = self.probability(features)
+        return self.view(p), p
+
     def to_meta(self) -> dict[str, Any]:
         return {"features": list(FEATURES), **asdict(self)}
 
@@ -89,5 +94,4 @@ def fit_view_check(features: np.ndarray, full_spine: np.ndarray, keep_lumbar_out
     lr = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / std, y)
     check = ViewCheck(tuple(mean), tuple(std), tuple(lr.coef_[0]), float(lr.intercept_[0]), 0.5, fitted_on)
     p_lumbar = np.array([check.probability(f) for f in x[~y]])
-    line = float(np.quantile(p_lumbar, keep_lumbar_out))
-    return ViewCheck(check.mean, check.std, check.coef, check.intercept, line, fitted_on)
+    return replace(check, line=float(np.quantile(p_lumbar, keep_lumbar_out)))
