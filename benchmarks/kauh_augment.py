@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-reduced", action="store_true", help="CPU preset: 96 px, 12 epochs (the bundled model's)")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the finished folds in --run-dir (arms added to an earlier run train only their own folds)")
+    ap.add_argument("--landmarks", default=None,
+                    help="a landmark model file or 'bundled': also score the decision that answers to the measured "
+                         "curve in each arm's CV (accuracy and framing stress test; with --resume, finished folds "
+                         "are rebuilt from their checkpoints, not retrained)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
     a = ap.parse_args(argv)
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         arm_aug = {k: v for k, v in ARMS[arm].items() if k != "resize"}
         resize = ARMS[arm].get("resize", "letterbox")
         cv = CVConfig(models=[a.model], folds=a.folds, image_size=a.image_size, bootstrap=1000, explain=False,
-                      framing_test=True, save_models=True, cache_dir="runs/cache", resize=resize)
+                      framing_test=True, save_models=True, cache_dir="runs/cache", resize=resize,
+                      landmarks=a.landmarks)
         if resize not in datasets:
             datasets[resize] = prepare_dataset(a.data, {size}, resize, cache_dir=cv.cache_dir, progress=False)
         data = datasets[resize]
@@ -135,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                "accuracy_mean": r.summary["accuracy"]["mean"], "accuracy_std": r.summary["accuracy"]["std"],
                "macro_f1_mean": r.summary["macro_f1"]["mean"], "macro_f1_std": r.summary["macro_f1"]["std"],
                "pooled_accuracy": r.pooled["accuracy"], "ci95": r.ci95, "framing_stress": r.framing}
+        if r.decision:
+            out["decision"] = r.decision
         if a.aasce and Path(a.aasce).is_dir():
             out["aasce_fold0_development"] = aasce_check(run / "models" / f"{a.model}.safetensors", Path(a.aasce))
         results[arm] = out
@@ -144,10 +151,15 @@ def main(argv: list[str] | None = None) -> int:
               f"widen {fs.get('normal_strip_to_full', {}).get('rate', float('nan')):.3f}  "
               + (f"AASCE>=25 {out['aasce_fold0_development']['called_scoliosis_ge25']:.3f}"
                  if "aasce_fold0_development" in out else ""), flush=True)
+        if r.decision:
+            fd = r.decision.get("framing") or {}
+            print(f"{'  + measured curve':<18} acc {r.decision['accuracy_with_rule_mean'] * 100:5.1f}         "
+                  f"strip {fd.get('scoliosis_ap_to_strip', {}).get('rate', float('nan')):.3f}  "
+                  f"widen {fd.get('normal_strip_to_full', {}).get('rate', float('nan')):.3f}", flush=True)
     res_json = {
         **header("kauh_augment", argv),
         "settings": {"model": a.model, "folds": a.folds, "epochs": a.epochs, "image_size": size,
-                     "seed": a.seed, "weights": "none (from scratch)", "arms": arms},
+                     "seed": a.seed, "weights": "none (from scratch)", "arms": arms, "landmarks": a.landmarks},
         "wall_seconds": time.perf_counter() - t0, "n_images": int(len(data.labels)), "counts": data.counts(),
         "targets": {"framing_changed_each_direction_max": 0.03, "accuracy_drop_max_points": 1.0},
         "arms": results,

@@ -73,9 +73,24 @@ def augment_section(d: dict, title: str = "Which augmentation transfers: KAUH CV
                    f"{sa.get('changed', 'n/a')} of {sa.get('n', 'n/a')} ({_pc(sa.get('rate'))}) | "
                    f"{nb.get('changed', 'n/a')} of {nb.get('n', 'n/a')} ({_pc(nb.get('rate'))}) | "
                    f"{_pc(ax.get('called_scoliosis_ge25'))} | {_rho(ax.get('spearman_p_scoliosis'))} |")
+        dec = r.get("decision")
+        if dec:  # the same folds through the decision that answers to the measured curve (cv --landmarks)
+            fd = dec.get("framing") or {}
+            da, db = fd.get("scoliosis_ap_to_strip") or {}, fd.get("normal_strip_to_full") or {}
+            out.append(f"| {arm} + measured curve | decision rule, line per fold "
+                       f"{min(dec['curve_deg']):g}-{max(dec['curve_deg']):g}° | "
+                       f"{dec['accuracy_with_rule_mean'] * 100:.1f} (classifier {dec['accuracy_mean'] * 100:.1f}) | | | "
+                       f"{da.get('changed', 'n/a')} of {da.get('n', 'n/a')} ({_pc(da.get('rate'))}) | "
+                       f"{db.get('changed', 'n/a')} of {db.get('n', 'n/a')} ({_pc(db.get('rate'))}) | | |")
     out += ["", f"Targets: at most {t['framing_changed_each_direction_max']:.0%} of predictions change in each framing "
                 f"direction; KAUH accuracy not lower than the baseline arm by more than "
                 f"{t['accuracy_drop_max_points']:g} point.", ""]
+    if any(r.get("decision") for r in d["arms"].values()):
+        lm = s.get("landmarks")
+        out += [f"A '+ measured curve' row is the same arm's out-of-fold calls and framing films run through the "
+                f"decision that answers to the measured curve (`cv --landmarks {lm}`): each film, and each cut or "
+                "widened film, measured by the landmark model; each fold's curve line and view check fitted on its "
+                "training side only. Its accuracy is the mean over folds.", ""]
     return out
 
 

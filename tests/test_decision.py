@@ -14,6 +14,7 @@ from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.measure import Measurement
 from spinexr.geometry.cobb import cobb_angles
 from spinexr.geometry.plausibility import implausibility
+from spinexr.geometry.view import FULL_SPINE
 
 PROBS = {"Normal": 0.7, "Scoliosis": 0.2, "Spondylolisthesis": 0.1}
 
@@ -253,3 +254,65 @@ def test_rule_cv_fits_each_fold_on_the_other_folds() -> None:
     assert f1["accuracy"] == 1.0 and f1["accuracy_with_rule"] == pytest.approx(2 / 3)
     assert r["changed"] == 2 and r["changed_to_right"] == 1 and r["changed_to_wrong"] == 1
     assert r["accuracy_with_rule_mean"] == pytest.approx((1.0 + 2 / 3) / 2)
+
+
+def test_fold_rule_is_fitted_on_the_training_side_only() -> None:
+    from spinexr.deploy.decision import fit_fold_rule
+
+    truth = ["Normal"] * 10 + ["Scoliosis"] * 5 + ["Spondylolisthesis"] * 5
+    angle = np.array([5.0] * 9 + [80.0] + [40.0] * 5 + [20.0] * 5)
+    train = np.arange(9).tolist() + list(range(10, 20))  # film 9 (a Normal film at 80 deg) held out
+    rule, check = fit_fold_rule(truth, angle, None, train, max_rate=0.0)
+    assert check is None and rule.curve_deg == 10.0  # the floor: the training Normal films reach 5 deg
+    rule_all, _ = fit_fold_rule(truth, angle, None, list(range(20)), max_rate=0.0)
+    assert rule_all.curve_deg == 80.5  # had the held-out film taken part, it would have set the line
+    rng = np.random.default_rng(0)
+    feats = np.vstack([rng.normal(1.0, 0.3, (15, 5)), rng.normal(-1.0, 0.3, (5, 5))])
+    _, check = fit_fold_rule(truth, angle, feats, train, max_rate=0.0)
+    assert check is not None and check.judge(feats[0])[0] == FULL_SPINE and check.judge(feats[-1])[0] != FULL_SPINE
+
+
+@pytest.mark.slow
+def test_cv_scores_the_decision_and_adds_it_to_a_finished_run(tiny_models: dict[str, Path], synth_dir: Path,
+                                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """cv --landmarks: the decision's accuracy beside the classifier's on the same out-of-fold calls, and
+    the framing test through the decision; a finished run gains both by --resume, without retraining."""
+    out = tmp_path / "cv"
+    lm = str(tiny_models["landmarks"])
+    base = ["cv", "--data", str(synth_dir), "--model", "small", "--folds", "2", "--epochs", "1", "--image-size", "40",
+            "--device", "cpu", "--bootstrap", "20", "--quiet"]
+    assert main([*base, "--out", str(out), "--landmarks", lm]) == 0
+    m = json.loads((out / "metrics.json").read_text())["models"]["small"]
+    d = m["decision"]
+    fold_acc = [f["accuracy"] for f in m["fold_metrics"]]
+    assert d["accuracy_mean"] == pytest.approx(float(np.mean(fold_acc)))  # the classifier's own out-of-fold calls
+    assert len(d["curve_deg"]) == 2 and all(c >= 10.0 for c in d["curve_deg"])
+    assert d["changed"] == d["changed_to_right"] + d["changed_to_wrong"]
+    for key in ("scoliosis_ap_to_strip", "normal_strip_to_full"):
+        assert d["framing"][key]["n"] == m["framing"][key]["n"] > 0
+        assert 0 <= d["framing"][key]["changed"] <= d["framing"][key]["n"]
+    html = (out / "report.html").read_text()
+    assert "The decision that answers to the curve" in html and "small + measured curve" in html
+    assert "## The decision that answers to the curve" in (out / "summary.md").read_text()
+
+    # The same run without the decision, then given it afterwards: the folds are rebuilt, not retrained.
+    plain = tmp_path / "plain"
+    assert main([*base, "--out", str(plain)]) == 0
+    assert "decision" not in json.loads((plain / "metrics.json").read_text())["models"]["small"]
+    before = {f.name: f.stat().st_mtime_ns for f in (plain / "history").glob("*.csv")}
+    assert main(["cv", "--resume", str(plain), "--landmarks", lm, "--quiet"]) == 0
+    again = json.loads((plain / "metrics.json").read_text())["models"]["small"]
+    for key in ("scoliosis_ap_to_strip", "normal_strip_to_full"):  # every fold rebuilt and tested
+        assert again["decision"]["framing"][key]["n"] == again["framing"][key]["n"] == d["framing"][key]["n"]
+    assert again["decision"]["accuracy_mean"] == pytest.approx(float(np.mean([f["accuracy"]
+                                                                               for f in again["fold_metrics"]])))
+    assert {f.name: f.stat().st_mtime_ns for f in (plain / "history").glob("*.csv")} == before
+    assert json.loads((plain / "config.json").read_text())["cv"]["landmarks"] == lm
+
+    # A wrong landmark model path: a specific message, and neither run folder nor config is touched.
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "bad"), "--landmarks", str(tmp_path / "nope.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.safetensors: no such file" in err and not (tmp_path / "bad").exists()
+    assert main(["cv", "--resume", str(plain), "--landmarks", str(tmp_path / "nope.safetensors"), "--quiet"]) == 2
+    assert json.loads((plain / "config.json").read_text())["cv"]["landmarks"] == lm

@@ -134,6 +134,15 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     if args.resume:
         saved, cv, tr = _load_resume(args.resume, "cv")
         out = Path(args.resume)
+        if args.landmarks:  # the decision added to a run: finished folds are rebuilt from their checkpoints
+            from dataclasses import replace
+
+            from spinexr.evaluation.cv import landmark_model_path
+
+            landmark_model_path(args.landmarks)  # a wrong path is refused before the run's config changes
+            cv = replace(cv, landmarks=args.landmarks)
+            saved["cv"]["landmarks"] = args.landmarks
+            (out / "config.json").write_text(json.dumps(saved, indent=2))
         res = run_cv(saved["source"], cv, tr, out, progress=not args.quiet, resume=True)
     else:
         top, cv, tr = resolve(args)

@@ -212,6 +212,9 @@ class CVConfig(Settings):
     drop_rate: float = setting(0.2, flag=False, ge=0, lt=1)
     explain: bool = setting(True, flag=False, help="Grad-CAM gallery and faithfulness of fold 0 in the report")
     framing_test: bool = setting(True, flag=False, help="framing stress test on each fold's held-out films")
+    landmarks: str | None = setting(
+        None, verbs=("cv",), help="a landmark model file, or 'bundled': also score the decision that answers to the "
+                                  "measured curve, each fold's rule fitted on its training side")
     test_fraction: float = setting(0.2, ge=0, lt=1, verbs=("train",), help="held-out test share (0: none)")
 
 

@@ -118,37 +118,50 @@ def fit_curve_deg(measured: Any, max_rate: float = 0.02, floor: float = STRAIGHT
     return float(max(floor, math.floor(top[allowed] * 2) / 2 + 0.5))
 
 
+def fit_fold_rule(truth: list[str], angle: Any, view_features: Any, train: Any, max_rate: float = 0.02,
+                  keep_lumbar_out: float = 0.9) -> tuple[DecisionRule, Any]:
+    """The rule a fold of a cross-validation uses, fitted on its training side ``train`` (indices) only:
+    the curve line on those films' Normal angles (:func:`fit_curve_deg`) and, with ``view_features``
+    ((n, 5), :func:`spinexr.geometry.view.view_features`), the view check on those films
+    (Spondylolisthesis films: lumbar views; the rest: full-spine AP). Returns ``(rule, check or None)``."""
+    import numpy as np
+
+    from spinexr.geometry.view import fit_view_check
+
+    train = np.asarray(train)
+    angle = np.asarray(angle, dtype=np.float64)
+    rule = DecisionRule(curve_deg=fit_curve_deg(angle[[i for i in train if truth[i] == "Normal"]], max_rate=max_rate))
+    if view_features is None:
+        return rule, None
+    vf = np.asarray(view_features, dtype=np.float64)
+    ok = train[np.isfinite(vf[train]).all(axis=1)]
+    full = np.array([truth[i] != "Spondylolisthesis" for i in ok])
+    return rule, fit_view_check(vf[ok], full, keep_lumbar_out, f"{len(ok)} training films of the fold")
+
+
 def rule_cv(truth: list[str], called: list[str], probs: list[dict[str, float]], folds: list[int],
             measurements: list[Any], max_rate: float = 0.02, view_features: Any = None,
             keep_lumbar_out: float = 0.9) -> dict[str, Any]:
-    """The rule scored out of fold on a cross-validation: for each fold, the curve line is fitted on
-    the Normal films of the other folds (:func:`fit_curve_deg`) and decides that fold's held-out films
-    from their out-of-fold classifier calls. With ``view_features`` ((n, 5), see
-    :func:`spinexr.geometry.view.view_features`) the view check is fitted on the other folds too
-    (Spondylolisthesis films: lumbar views; the rest: full-spine AP) and decides each held-out film's
-    view. Returns the classifier's and the rule's accuracy per fold and their means, the lines used,
+    """The rule scored out of fold on a cross-validation: for each fold, the rule is fitted on the
+    other folds (:func:`fit_fold_rule`: the curve line on their Normal films, with ``view_features``
+    the view check too) and decides that fold's held-out films from their out-of-fold classifier
+    calls. Returns the classifier's and the rule's accuracy per fold and their means, the lines used,
     how many decisions the rule changed (right and wrong), and how the view check sorted the held-out films."""
     from dataclasses import replace
 
     import numpy as np
 
-    from spinexr.geometry.view import fit_view_check
-
     folds_a = np.asarray(folds)
     angle = np.array([m.result.largest if m is not None and m.result is not None else np.nan for m in measurements])
-    full = np.array([t != "Spondylolisthesis" for t in truth])
     out: dict[str, Any] = {"folds": [], "changed": 0, "changed_to_right": 0, "changed_to_wrong": 0}
     kept_full: dict[str, list[bool]] = {}
     for k in sorted(set(folds_a.tolist())):
         te = np.flatnonzero(folds_a == k)
-        others = np.flatnonzero(folds_a != k)
-        fit = [i for i in others if truth[i] == "Normal"]
-        rule = DecisionRule(curve_deg=fit_curve_deg(angle[fit], max_rate=max_rate))
+        rule, check = fit_fold_rule(truth, angle, view_features, np.flatnonzero(folds_a != k), max_rate,
+                                    keep_lumbar_out)
         meas = list(measurements)
-        if view_features is not None:
+        if check is not None:
             vf = np.asarray(view_features)
-            ok = others[np.isfinite(vf[others]).all(axis=1)]
-            check = fit_view_check(vf[ok], full[ok], keep_lumbar_out)
             for i in te:
                 if meas[i] is not None:
                     view, pv = check.judge(vf[i])

@@ -65,9 +65,14 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     if data is None:
         data = prepare_dataset(source, {c.input_size for c in contracts.values()}, cfg.resize,
                                cache_dir=cfg.cache_dir, progress=progress)
-    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
     y = data.labels
     device = resolve_device(tcfg.device)
+    evidence = None
+    if cfg.landmarks and cfg.protocol in ("grouped", "both") and is_main():
+        from spinexr.evaluation.decision_cv import CurveEvidence
+
+        evidence = CurveEvidence(landmark_model_path(cfg.landmarks), data, device=str(device), progress=progress)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data and the landmark model are known to be usable
     config = {"cv": asdict(cfg), "train": tcfg.to_dict()}
     if is_main() and not resume:
         (out / "config.json").write_text(json.dumps({"verb": "cv", **config, "source": str(source),
@@ -83,15 +88,18 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
         fold_info: dict[str, list[FoldInfo]] = {m: [] for m in cfg.models}
         explanations: dict[str, dict] = {}
         framing: dict[str, list] = {}
+        framing_decision: dict[str, list] = {}
+        fold_of = np.full((cfg.repeats, len(y)), -1)
         for r in range(cfg.repeats):
             for k, (tr, te) in enumerate(group_kfold(y, data.groups, cfg.folds, seed=tcfg.seed + 1000 * r)):
                 assert not set(data.groups[tr]) & set(data.groups[te])
                 fit_idx, val_idx = carve_validation(tr, y, data.groups, tcfg.val_fraction, seed=tcfg.seed + 1000 * r + k)
+                fold_of[r, te] = k
                 ens = np.zeros((len(te), len(CLASSES)))
                 held_out = FramingFilms(data, te)  # read once per fold, shared by the models
                 for m in cfg.models:
                     fr = _run_fold(m, r, k, tr, te, fit_idx, val_idx, data, cfg, tcfg, contracts[m], out, source,
-                                   progress, resume, held_out)
+                                   progress, resume, held_out, evidence)
                     if fr is None:  # not rank 0 under torchrun: training only
                         continue
                     probs = np.asarray(fr.probs)
@@ -103,6 +111,7 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
                     if fr.explain:
                         explanations[m] = fr.explain
                     framing.setdefault(m, []).append(fr.framing)
+                    framing_decision.setdefault(m, []).append(fr.framing_decision)
                     rows += oof_rows(data, te, probs, r, k, m)
                 if is_main():
                     fold_metrics["ensemble"].append(compute_metrics(y[te], ens))
@@ -115,6 +124,11 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
                 run.models[m] = model_result(y, pp, fold_metrics[m], fold_info.get(m), cfg.bootstrap, tcfg.seed)
                 run.models[m].explanations = explanations.get(m)
                 run.models[m].framing = sum_framing(framing.get(m, []))
+                if evidence is not None and m in oof:  # a single model: a model file predict can run
+                    from spinexr.evaluation.decision_cv import summarize
+
+                    scores = [evidence.score(oof[m][r], fold_of[r]) for r in range(cfg.repeats)]
+                    run.models[m].decision = summarize(scores, sum_framing(framing_decision.get(m, [])))
 
     if cfg.protocol in ("seed-leaky", "both"):
         run.leaky = _run_leaky(data, cfg, tcfg, contracts, device, progress, histories, out, resume)
@@ -131,12 +145,18 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
 
 def _run_fold(m: str, r: int, k: int, tr: np.ndarray, te: np.ndarray, fit_idx: np.ndarray, val_idx: np.ndarray,
               data: PreparedData, cfg: CVConfig, tcfg: TrainConfig, contract: DataConfig, out: Path,
-              source: str | Path, progress: bool, resume: bool, held_out: FramingFilms | None = None) -> FoldResult | None:
-    """Train and evaluate one model on one fold, or load the stored result of a finished fold."""
+              source: str | Path, progress: bool, resume: bool, held_out: FramingFilms | None = None,
+              evidence: Any = None) -> FoldResult | None:
+    """Train and evaluate one model on one fold, or load the stored result of a finished fold (and,
+    with ``evidence``, add the decision's framing test to a finished fold that lacks it)."""
     done_file = out / "folds" / f"{m}_r{r}_f{k}.json"
     if resume and done_file.is_file():
         log.info("%s repeat %d fold %d: finished earlier, reusing %s", m, r, k, done_file)
-        return FoldResult.from_dict(json.loads(done_file.read_text()))
+        fr = FoldResult.from_dict(json.loads(done_file.read_text()))
+        if evidence is not None and cfg.framing_test and fr.framing_decision is None:
+            _add_decision_framing(fr, m, r, k, te, fit_idx, val_idx, data, cfg, tcfg, contract, out, held_out,
+                                  evidence, done_file)
+        return fr
     y = data.labels
     first = r == 0 and k == 0
     res = train_predictor(m, cfg, tcfg, contract, data, fit_idx, val_idx, tr if first and cfg.save_models else None,
@@ -158,15 +178,47 @@ def _run_fold(m: str, r: int, k: int, tr: np.ndarray, te: np.ndarray, fit_idx: n
         fr.explain = explain_fold(res.predictor, data, te, probs, out / "plots", m)
     if cfg.framing_test:
         fr.framing = framing_fold(res.predictor, held_out or FramingFilms(data, te), device)
+        if evidence is not None:
+            fr.framing_decision = framing_fold(res.predictor, held_out or FramingFilms(data, te), device,
+                                               evidence.fold(te))
     if cfg.save_models and first:
         save_predictor(res.predictor, cfg, out / "models" / f"{m}.safetensors",
                        {"source": str(source), "counts": data.counts(), "n_train": len(fit_idx),
                         "split": "cv repeat 0 fold 0"})
+    _store_fold(fr, done_file)
+    return fr
+
+
+def _store_fold(fr: FoldResult, done_file: Path) -> None:
     done_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = done_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(fr.to_dict(), default=float))
     tmp.replace(done_file)
-    return fr
+
+
+def _add_decision_framing(fr: FoldResult, m: str, r: int, k: int, te: np.ndarray, fit_idx: np.ndarray,
+                          val_idx: np.ndarray, data: PreparedData, cfg: CVConfig, tcfg: TrainConfig,
+                          contract: DataConfig, out: Path, held_out: FramingFilms | None, evidence: Any,
+                          done_file: Path) -> None:
+    """A fold finished before ``--landmarks`` was given: its predictor is rebuilt from the fold's
+    final checkpoint (the best weights and the same temperature fit, no training), checked against the
+    stored out-of-fold probabilities, and run through the decision's framing test."""
+    ck = out / "checkpoints" / f"{m}_r{r}_f{k}.pt"
+    if not ck.is_file():
+        log.warning("%s repeat %d fold %d: no checkpoint %s to rebuild its model from; the decision's framing "
+                    "test leaves this fold out", m, r, k, ck)
+        return
+    res = train_predictor(m, cfg, tcfg, contract, data, fit_idx, val_idx, None, seed=tcfg.seed + 1000 * r + 17 * k,
+                          checkpoint=ck, desc=f"{m} r{r} f{k}", progress=False, resume=True)
+    device = resolve_device(tcfg.device)
+    probs = run_inference(res.predictor, data.tensors[contract.input_size], te, device).probs
+    gap = float(np.max(np.abs(probs - np.asarray(fr.probs))))
+    if gap > 1e-3:
+        log.warning("%s repeat %d fold %d: the model rebuilt from %s differs from the stored predictions (by %.3g); "
+                    "the decision's framing test leaves this fold out", m, r, k, ck, gap)
+        return
+    fr.framing_decision = framing_fold(res.predictor, held_out or FramingFilms(data, te), device, evidence.fold(te))
+    _store_fold(fr, done_file)
 
 
 def _run_leaky(data: PreparedData, cfg: CVConfig, tcfg: TrainConfig, contracts: dict[str, DataConfig], device: object,
@@ -220,9 +272,11 @@ class FramingFilms:
         return self._films
 
 
-def framing_fold(predictor: Any, held_out: FramingFilms, device: Any) -> dict[str, Any]:
+def framing_fold(predictor: Any, held_out: FramingFilms, device: Any, decision: Any = None) -> dict[str, Any]:
     """The framing stress test on a fold's held-out Scoliosis and Normal films, run through the fold's
-    predictor exactly as ``predict`` would."""
+    predictor exactly as ``predict`` would; with ``decision`` (a
+    :class:`~spinexr.evaluation.decision_cv.FoldDecision`), through the decision that answers to the
+    measured curve, each film measured as it is shown."""
     import torch
 
     from spinexr.data.framing import framing_stress
@@ -235,4 +289,20 @@ def framing_fold(predictor: Any, held_out: FramingFilms, device: Any) -> dict[st
         return run_inference(predictor, x, None, device).probs
 
     films = held_out.get()
-    return framing_stress(predict, films["Scoliosis"], films["Normal"], CLASSES)
+    return framing_stress(predict if decision is None else decision.predict_fn(predict), films["Scoliosis"],
+                          films["Normal"], CLASSES)
+
+
+def landmark_model_path(value: str) -> Path:
+    """``cv.landmarks``: a landmark model file, or ``bundled`` for the one shipped with the package."""
+    from spinexr.errors import SpinexrError
+
+    if value == "bundled":
+        from spinexr.deploy.bundled import bundled_path
+
+        return bundled_path("landmarks")
+    p = Path(value)
+    if not p.is_file():
+        raise SpinexrError(f"--landmarks {value}: no such file; give a landmark model file (from `spinexr landmarks "
+                           "train`) or 'bundled' for the one shipped with spinexr")
+    return p

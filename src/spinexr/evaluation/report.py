@@ -376,16 +376,47 @@ FRAMING_HEADER = ["model", "Scoliosis AP films cut to strips", "changed", "of wh
 
 
 def framing_rows(run: RunResult) -> list[list[str]]:
-    """One row per model with a framing stress test: how often reframing changed the prediction."""
+    """One row per model with a framing stress test: how often reframing changed the prediction (and
+    a second row for the decision that answers to the measured curve, where the run has one)."""
     rows = []
     for m, r in run.models.items():
-        f = r.framing
-        if not f:
-            continue
-        a, b = f["scoliosis_ap_to_strip"], f["normal_strip_to_full"]
-        rows.append([m, str(a["n"]), "n/a" if a["rate"] is None else f"{a['rate']:.1%}", str(a["to"].get("Normal", 0)),
-                     str(b["n"]), "n/a" if b["rate"] is None else f"{b['rate']:.1%}", str(b["to"].get("Scoliosis", 0))])
+        for name, f in ((m, r.framing), (f"{m} + measured curve", (r.decision or {}).get("framing"))):
+            if not f:
+                continue
+            a, b = f["scoliosis_ap_to_strip"], f["normal_strip_to_full"]
+            rows.append([name, str(a["n"]), "n/a" if a["rate"] is None else f"{a['rate']:.1%}",
+                         str(a["to"].get("Normal", 0)), str(b["n"]), "n/a" if b["rate"] is None else f"{b['rate']:.1%}",
+                         str(b["to"].get("Scoliosis", 0))])
     return rows
+
+
+DECISION_HEADER = ["model", "accuracy % (classifier)", "accuracy % (with the measured curve)", "decisions changed",
+                   "to right", "to wrong", "curve line per fold (°)", "films judged full-spine AP (N / S / Sp)"]
+
+
+def decision_rows(run: RunResult) -> list[list[str]]:
+    """One row per model scored with the decision (``cv --landmarks``): fold-mean accuracy of the
+    classifier and of the decision on the same out-of-fold calls, what changed, the lines used."""
+    rows = []
+    for m, r in run.models.items():
+        d = r.decision
+        if not d:
+            continue
+        v = d.get("view_full_spine_rate") or {}
+        views = " / ".join(f"{v[c]:.0%}" if c in v else "n/a" for c in ("Normal", "Scoliosis", "Spondylolisthesis"))
+        rows.append([m, f"{d['accuracy_mean'] * 100:.1f}", f"{d['accuracy_with_rule_mean'] * 100:.1f}",
+                     str(d["changed"]), str(d["changed_to_right"]), str(d["changed_to_wrong"]),
+                     ", ".join(f"{c:g}" for c in d["curve_deg"]), views])
+    return rows
+
+
+DECISION_TEXT = ("What predict and serve run with a landmark model: on a film the landmark model measures as a "
+                 "full-spine AP spine, a measured largest Cobb angle at or above the curve line overrules a Normal "
+                 "or Spondylolisthesis call (Scoliosis). Every film was measured once by the landmark model, which "
+                 "did not train on these films; each fold's curve line (the smallest angle at most 2% of the "
+                 "training side's Normal films reach) and view check (fitted on the training side's films: "
+                 "Spondylolisthesis films as lumbar views) come from that fold's training side only. Accuracy is "
+                 "the mean over folds, on the same out-of-fold classifier calls.")
 
 
 FRAMING_TEXT = ("KAUH's classes differ in framing (Normal films are narrow strips, most Scoliosis films full AP "
@@ -393,7 +424,9 @@ FRAMING_TEXT = ("KAUH's classes differ in framing (Normal films are narrow strip
                 "are cut to a strip 1/4 as wide as tall around the spine, and its Normal strips are widened "
                 "to full-film proportions (height 2.5x the width) by mirroring their own edges outwards; the spine "
                 "stays in the frame, only the framing "
-                "changes. A model that reads the spine changes few answers.")
+                "changes. A model that reads the spine changes few answers. A '+ measured curve' row runs the same "
+                "films through the decision that answers to the curve (cv --landmarks): each cut or widened film is "
+                "measured again, as predict would measure it.")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -495,6 +528,10 @@ def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list
                      + ("" if single else ", then the mean ± sd over folds") + ". n/a: undefined on these films "
                      "(for example, no film of the class).</p>"
                      + "".join(_per_class_html(m, r) for m, r in run.models.items()))
+    drows = decision_rows(run)
+    if drows:
+        parts.append("<h2>The decision that answers to the curve</h2><p>" + html.escape(DECISION_TEXT) + "</p>"
+                     + _table(DECISION_HEADER, drows))
     frows = framing_rows(run)
     if frows:
         parts.append("<h2>Framing stress test</h2><p>" + html.escape(FRAMING_TEXT) + "</p>" + _table(FRAMING_HEADER, frows))
@@ -547,6 +584,8 @@ def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list
     if rows:
         md += [_md_table(header, rows), "", "## Per class", ""]
         md += [_per_class_md(m, r) + "\n" for m, r in run.models.items()]
+    if drows:
+        md += ["## The decision that answers to the curve", "", DECISION_TEXT, "", _md_table(DECISION_HEADER, drows), ""]
     if frows:
         md += ["## Framing stress test", "", FRAMING_TEXT, "", _md_table(FRAMING_HEADER, frows), ""]
     if sc.get("accuracy") is not None:

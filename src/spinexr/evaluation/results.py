@@ -44,15 +44,16 @@ class FoldResult:
     history: list[dict[str, float]]
     explain: dict[str, Any] | None = None
     framing: dict[str, Any] | None = None  # the framing stress test on this fold's held-out films
+    framing_decision: dict[str, Any] | None = None  # the same through the decision (cv --landmarks)
 
     def to_dict(self) -> dict[str, Any]:
         return {"info": asdict(self.info), "metrics": self.metrics, "probs": self.probs, "history": self.history,
-                "explain": self.explain, "framing": self.framing}
+                "explain": self.explain, "framing": self.framing, "framing_decision": self.framing_decision}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FoldResult:
         return cls(info=FoldInfo(**d["info"]), metrics=d["metrics"], probs=d["probs"], history=d["history"],
-                   explain=d.get("explain"), framing=d.get("framing"))
+                   explain=d.get("explain"), framing=d.get("framing"), framing_decision=d.get("framing_decision"))
 
 
 @dataclass
@@ -67,6 +68,7 @@ class ModelResult:
     ci95: dict[str, Any]
     explanations: dict[str, Any] | None = None
     framing: dict[str, Any] | None = None  # the framing stress test, summed over folds
+    decision: dict[str, Any] | None = None  # the decision that answers to the curve (cv --landmarks)
 
     @property
     def n_folds(self) -> int:
@@ -79,6 +81,8 @@ class ModelResult:
             d["explanations"] = self.explanations
         if self.framing:
             d["framing"] = self.framing
+        if self.decision:
+            d["decision"] = self.decision
         return d
 
     @classmethod
@@ -86,7 +90,8 @@ class ModelResult:
         known = {f for f in FoldInfo.__dataclass_fields__}
         return cls(folds=[FoldInfo(**{k: v for k, v in f.items() if k in known}) for f in d.get("folds", [])],
                    fold_metrics=d.get("fold_metrics", []), summary=d.get("summary", {}), pooled=d["pooled"],
-                   ci95=d.get("ci95", {}), explanations=d.get("explanations"), framing=d.get("framing"))
+                   ci95=d.get("ci95", {}), explanations=d.get("explanations"), framing=d.get("framing"),
+                   decision=d.get("decision"))
 
 
 def model_result(y: np.ndarray, probs: np.ndarray, fold_metrics: list[dict[str, Any]],
