@@ -223,7 +223,9 @@ def ood_corpus_section(d: dict) -> list[str]:
 
 def aasce_section(d: dict) -> list[str]:
     p = d["pooled"]
-    out = [f"## Cobb angles on AASCE / SpineWeb 16 ({d['protocol']})", "", f"Command: `{d['command']}`", "",
+    strip = d["settings"].get("strip_p") or 0
+    framing = f", {strip:.0%} of training films reframed as strips" if strip else ""
+    out = [f"## Cobb angles on AASCE / SpineWeb 16 ({d['protocol']}{framing})", "", f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}. Date: {d['date']}. Wall time: {d['wall_seconds'] / 60:.1f} min "
            f"(training capped at {d.get('minutes_per_fold_cap') or 'no'} minutes a fold). Model: "
            f"{d['settings']['encoder']} encoder + FPN heatmaps at {d['settings']['input_height']}x"
@@ -255,6 +257,27 @@ def aasce_section(d: dict) -> list[str]:
             f"{t['cpu_reduced']['mae_largest']:.0f}°; GPU full recipe SMAPE <= {t['gpu_full']['smape']:.0f}% and MAE <= "
             f"{t['gpu_full']['mae_largest']:.0f}°.", ""]
     return out
+
+
+def landmark_framing_section(d: dict) -> list[str]:
+    out = ["## Does the landmark model measure the same spine when only the framing changes?", "",
+           f"Command: `{d['command']}`", "", f"Machine: {_machine(d)}. Date: {d['date']}.", "",
+           "AASCE films the models did not train on, as they are, cut to a strip a quarter as wide as tall around the "
+           "spine (every true corner inside), and that strip widened again by mirroring its edges; KAUH Normal strips "
+           "widened the same way and KAUH full-AP Scoliosis films cut to strips (the framing stress test's transforms).",
+           "", "| landmark model | AASCE SMAPE % as is / strip / strip widened | AASCE MAE largest ° as is / strip / "
+           "widened | KAUH Normal strips: median angle as is / widened, median change | KAUH Normal at or over 20°: "
+           "as is / widened | KAUH Scoliosis AP: median angle as is / strip, median change |",
+           "|---|---|---|---|---|---|"]
+    for m, r in d["models"].items():
+        a, n, sc = r["aasce_held_out"], r["kauh_normal_strips"], r["kauh_scoliosis_ap"]
+        f = ("as is", "strip", "strip widened")
+        out.append(f"| `{m}` | {' / '.join(format(a[k]['smape'], '.1f') for k in f)} | "
+                   f"{' / '.join(format(a[k]['mae_largest'], '.1f') for k in f)} | "
+                   f"{n['median_angle']['as is']:.1f} / {n['median_angle']['widened']:.1f}, {n['median_abs_change']:.1f} | "
+                   f"{n['at_or_over']['20']['as is']:.0%} / {n['at_or_over']['20']['widened']:.0%} | "
+                   f"{sc['median_angle']['as is']:.1f} / {sc['median_angle']['strip']:.1f}, {sc['median_abs_change']:.1f} |")
+    return out + [""]
 
 
 def _pc(v: float | None, ci: list | None = None) -> str:
@@ -399,6 +422,9 @@ def main() -> int:
         lines += ood_corpus_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("aasce_cobb_cv_*.json")):
         lines += aasce_section(json.loads(f.read_text()))
+    d = _load("landmark_framing.json")
+    if d:
+        lines += landmark_framing_section(d)
     d = _load("cpu_inference_landmarks.json")
     if d:
         lines += landmark_inference_section(d)

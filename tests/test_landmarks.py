@@ -38,6 +38,39 @@ def test_augmentation_moves_points_with_pixels() -> None:
         assert np.mean(vals) > 0.5, b  # the blobs are where the points went
 
 
+def test_strip_framing_keeps_every_corner_on_its_pixels() -> None:
+    """strip_p: a film cut to a strip around the spine (black beside it, as the letterbox shows a
+    narrow film) or widened again by mirroring the strip's edges; the corners move with the columns."""
+    from spinexr.data.augment import _mirror_index, strip_landmark_films
+
+    h, w = 160, 80
+    rng = np.random.default_rng(0)
+    films, pts_all = [], []
+    for k in range(8):
+        cx = 22.0 + 4 * k  # the spine anywhere across the film, off centre
+        pts = torch.tensor([[cx - 5 + 10 * (i % 2) + rng.normal(0, 1), 10.0 + 2 * i] for i in range(68)],
+                           dtype=torch.float32)
+        films.append(_dots(h, w, pts)[0] + 0.05)  # a faint film everywhere, so black margins show
+        pts_all.append(pts)
+    x, pts = torch.stack(films), torch.stack(pts_all)
+    xa, pa = strip_landmark_films(x, pts, 1.0, torch.Generator().manual_seed(3))
+    black_cols = (xa[:, 0] == 0).all(dim=1)  # (B, W): columns with nothing of the film
+    assert black_cols.any(dim=1).all()  # every film was reframed with margins
+    for b in range(8):
+        assert ((pa[b, :, 0] >= 0) & (pa[b, :, 0] <= w - 1)).all()
+        vals = [float(xa[b, 0, round(py), round(px)]) for px, py in pa[b].tolist()]
+        assert np.mean(vals) > 0.5, b  # the blobs are where the points went
+        kept = torch.nonzero(~black_cols[b]).flatten()
+        assert kept.max() - kept.min() + 1 == len(kept)  # one band of film in the middle
+        assert abs(float(kept.min()) - (w - 1 - float(kept.max()))) <= 1
+    assert torch.allclose(pa[:, :, 1], pts[:, :, 1])  # only columns move
+    n_wide = int(((~black_cols).sum(dim=1) > round(h / 4.0)).sum())
+    assert 0 < n_wide < 8  # some strips were widened by mirroring, some not
+    # The mirrored columns are numpy's symmetric padding, repeated for pads wider than the strip.
+    idx = _mirror_index(3, 4, 5, torch.device("cpu"))
+    assert idx.tolist() == np.pad(np.arange(3), (4, 5), mode="symmetric").tolist()
+
+
 def test_flip_swaps_left_and_right_corners() -> None:
     h, w = 64, 32
     v = torch.tensor([[5.0, 10.0], [20.0, 11.0], [6.0, 16.0], [21.0, 17.0]])  # UL, UR, LL, LR

@@ -341,5 +341,8 @@ class LandmarkConfig(Settings):
     translate: float = setting(0.06, ge=0, lt=0.5, help="largest shift (fraction of the side)")
     flip: bool = setting(True, help="random horizontal flips (left and right corners swap)")
     intensity: float = setting(0.2, ge=0, le=1, help="brightness, contrast and gamma jitter")
+    strip_p: float = setting(0.0, ge=0, le=1, help="share of training films cut to a strip around the spine (a "
+                                                     "KAUH-like Normal framing), half of them widened again by "
+                                                     "mirroring the strip's edges")
     folds: int = setting(5, ge=2, verbs=("cv",), help="case-grouped folds")
     test_fraction: float = setting(0.2, ge=0, lt=1, verbs=("train",), help="held-out share of cases (0: none)")

@@ -148,8 +148,58 @@ def augment_landmarks(x: torch.Tensor, pts: torch.Tensor, cfg: LandmarkConfig,
         v = p.reshape(b, -1, 4, 2)
         v = torch.where(flip[:, None, None, None], v[:, :, list(FLIP_CORNERS)], v)
         p = v.reshape(b, -1, 2)
+    if getattr(cfg, "strip_p", 0.0) > 0:
+        x, p = strip_landmark_films(x, p, cfg.strip_p, gen)
     k = cfg.intensity
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * u(1 - k, 1 + k).view(b, 1, 1, 1) + mean + u(-k / 2, k / 2).view(b, 1, 1, 1)
     x = x.clamp(0, 1) ** torch.exp(u(-k, k)).view(b, 1, 1, 1)
     return x, p
+
+
+def strip_landmark_films(x: torch.Tensor, pts: torch.Tensor, prob: float, gen: torch.Generator,
+                         aspect: float = 4.0, full_aspect: float = 2.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reframe a share ``prob`` of films (B, 1, H, W) the way other hospitals frame them: each chosen
+    film is cut to a full-height strip ``H / aspect`` wide (wider where the spine needs it), every
+    corner inside with a margin, its centre jittered about the spine; the strip is moved to the middle
+    of the input with black on both sides, as the letterbox shows a narrow film. Half of the strips
+    are then widened to ``H / full_aspect`` by mirroring their own edges outwards (as
+    :func:`spinexr.data.framing.pad_to_aspect` widens a strip). Corners move with their columns."""
+    b, _, h, w = x.shape
+    dev = x.device
+    chosen = torch.rand(b, device=dev, generator=gen) < prob
+    if not chosen.any():
+        return x, pts
+    mirror = torch.rand(b, device=dev, generator=gen) < 0.5
+    jitter = torch.rand(b, device=dev, generator=gen) * 2 - 1
+    x, pts = x.clone(), pts.clone()
+    for i in torch.nonzero(chosen).flatten().tolist():
+        xs = pts[i, :, 0]
+        lo, hi = float(xs.min()), float(xs.max())
+        width = int(min(w, max(round(h / aspect), math.ceil(hi - lo) + 8)))
+        slack = max(0.0, (width - (hi - lo)) / 2 - 4)
+        cx = (lo + hi) / 2 + float(jitter[i]) * slack
+        x0 = int(round(min(max(cx - width / 2, 0), w - width)))
+        strip = x[i, :, :, x0:x0 + width]
+        left = (w - width) // 2
+        out = torch.zeros_like(x[i])
+        out[:, :, left:left + width] = strip
+        if bool(mirror[i]):
+            wide = int(min(w, max(width, round(h / full_aspect))))
+            pad_l = (wide - width) // 2
+            pad_r = wide - width - pad_l
+            if pad_l or pad_r:
+                idx = _mirror_index(width, pad_l, pad_r, dev)
+                out[:, :, left - pad_l:left + width + pad_r] = strip[:, :, idx]
+        x[i] = out
+        pts[i, :, 0] += left - x0
+    return x, pts
+
+
+def _mirror_index(n: int, pad_l: int, pad_r: int, dev: torch.device) -> torch.Tensor:
+    """Column indices of an ``n``-wide strip widened by ``pad_l`` / ``pad_r`` mirrored columns (numpy's
+    ``symmetric`` padding, repeated for pads wider than the strip)."""
+    j = torch.arange(-pad_l, n + pad_r, device=dev)
+    period = 2 * n
+    j = torch.remainder(j, period)
+    return torch.where(j < n, j, period - 1 - j)

@@ -25,8 +25,9 @@ from spinexr.config import CVConfig, TrainConfig
 from spinexr.data.contract import DataConfig
 from spinexr.data.dataset import PreparedData, prepare_dataset
 from spinexr.data.splits import carve_validation, group_kfold, leaky_split
-from spinexr.engine.distributed import barrier, is_main, resolve_device
+from spinexr.engine.distributed import barrier, is_main, resolve_device, world_size
 from spinexr.engine.inference import run_inference
+from spinexr.errors import SpinexrError
 from spinexr.evaluation._common import (
     explain_fold,
     model_contract,
@@ -68,6 +69,9 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     y = data.labels
     device = resolve_device(tcfg.device)
     evidence = None
+    if cfg.landmarks and resume and world_size() > 1:  # rebuilding finished folds is rank 0's work alone
+        raise SpinexrError("--landmarks on a resumed run: run `spinexr cv --resume RUN_DIR --landmarks ...` without "
+                           "torchrun (finished folds are rebuilt from their checkpoints, not retrained)")
     if cfg.landmarks and cfg.protocol in ("grouped", "both") and is_main():
         from spinexr.evaluation.decision_cv import CurveEvidence
 
@@ -295,8 +299,6 @@ def framing_fold(predictor: Any, held_out: FramingFilms, device: Any, decision: 
 
 def landmark_model_path(value: str) -> Path:
     """``cv.landmarks``: a landmark model file, or ``bundled`` for the one shipped with the package."""
-    from spinexr.errors import SpinexrError
-
     if value == "bundled":
         from spinexr.deploy.bundled import bundled_path
 
