@@ -308,6 +308,12 @@ def test_cv_scores_the_decision_and_adds_it_to_a_finished_run(tiny_models: dict[
                                                                                for f in again["fold_metrics"]])))
     assert {f.name: f.stat().st_mtime_ns for f in (plain / "history").glob("*.csv")} == before
     assert json.loads((plain / "config.json").read_text())["cv"]["landmarks"] == lm
+    # Each fold records which landmark model its decision figures came from: resumed again with the
+    # same model, nothing is redone (another model's figures would be recomputed, never reused).
+    folds = {f.name: f.stat().st_mtime_ns for f in (plain / "folds").glob("*.json")}
+    assert all(json.loads(f.read_text())["decision_landmarks"] for f in (plain / "folds").glob("*.json"))
+    assert main(["cv", "--resume", str(plain), "--landmarks", lm, "--quiet"]) == 0
+    assert {f.name: f.stat().st_mtime_ns for f in (plain / "folds").glob("*.json")} == folds
 
     # A wrong landmark model path: a specific message, and neither run folder nor config is touched.
     capsys.readouterr()
@@ -316,3 +322,19 @@ def test_cv_scores_the_decision_and_adds_it_to_a_finished_run(tiny_models: dict[
     assert "nope.safetensors: no such file" in err and not (tmp_path / "bad").exists()
     assert main(["cv", "--resume", str(plain), "--landmarks", str(tmp_path / "nope.safetensors"), "--quiet"]) == 2
     assert json.loads((plain / "config.json").read_text())["cv"]["landmarks"] == lm
+
+
+def test_cv_landmarks_on_a_resumed_torchrun_is_refused(synth_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rebuilding finished folds is rank 0's work alone: a resumed multi-process run with --landmarks
+    is refused with what to do instead, before anything is written."""
+    import spinexr.evaluation.cv as cv_mod
+    from spinexr.config import CVConfig, TrainConfig
+    from spinexr.errors import SpinexrError
+
+    monkeypatch.setattr(cv_mod, "world_size", lambda: 2)
+    cfg = CVConfig(models=["small"], folds=2, image_size=32, landmarks="bundled")
+    with pytest.raises(SpinexrError, match="without torchrun"):
+        cv_mod.run_cv(synth_dir, cfg, TrainConfig(epochs=1, device="cpu"), tmp_path / "run", progress=False,
+                      resume=True)
+    assert not (tmp_path / "run").exists()

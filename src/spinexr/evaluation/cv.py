@@ -157,7 +157,7 @@ def _run_fold(m: str, r: int, k: int, tr: np.ndarray, te: np.ndarray, fit_idx: n
     if resume and done_file.is_file():
         log.info("%s repeat %d fold %d: finished earlier, reusing %s", m, r, k, done_file)
         fr = FoldResult.from_dict(json.loads(done_file.read_text()))
-        if evidence is not None and cfg.framing_test and fr.framing_decision is None:
+        if evidence is not None and cfg.framing_test and fr.decision_landmarks != evidence.digest:
             _add_decision_framing(fr, m, r, k, te, fit_idx, val_idx, data, cfg, tcfg, contract, out, held_out,
                                   evidence, done_file)
         return fr
@@ -185,6 +185,7 @@ def _run_fold(m: str, r: int, k: int, tr: np.ndarray, te: np.ndarray, fit_idx: n
         if evidence is not None:
             fr.framing_decision = framing_fold(res.predictor, held_out or FramingFilms(data, te), device,
                                                evidence.fold(te))
+            fr.decision_landmarks = evidence.digest
     if cfg.save_models and first:
         save_predictor(res.predictor, cfg, out / "models" / f"{m}.safetensors",
                        {"source": str(source), "counts": data.counts(), "n_train": len(fit_idx),
@@ -204,10 +205,12 @@ def _add_decision_framing(fr: FoldResult, m: str, r: int, k: int, te: np.ndarray
                           val_idx: np.ndarray, data: PreparedData, cfg: CVConfig, tcfg: TrainConfig,
                           contract: DataConfig, out: Path, held_out: FramingFilms | None, evidence: Any,
                           done_file: Path) -> None:
-    """A fold finished before ``--landmarks`` was given: its predictor is rebuilt from the fold's
+    """A fold finished before ``--landmarks`` was given (or with another landmark model): its
+    predictor is rebuilt from the fold's
     final checkpoint (the best weights and the same temperature fit, no training), checked against the
     stored out-of-fold probabilities, and run through the decision's framing test."""
     ck = out / "checkpoints" / f"{m}_r{r}_f{k}.pt"
+    fr.framing_decision = fr.decision_landmarks = None  # never another landmark model's figures
     if not ck.is_file():
         log.warning("%s repeat %d fold %d: no checkpoint %s to rebuild its model from; the decision's framing "
                     "test leaves this fold out", m, r, k, ck)
@@ -222,6 +225,7 @@ def _add_decision_framing(fr: FoldResult, m: str, r: int, k: int, te: np.ndarray
                     "the decision's framing test leaves this fold out", m, r, k, ck, gap)
         return
     fr.framing_decision = framing_fold(res.predictor, held_out or FramingFilms(data, te), device, evidence.fold(te))
+    fr.decision_landmarks = evidence.digest
     _store_fold(fr, done_file)
 
 

@@ -41,6 +41,11 @@ class CurveEvidence:
 
         self.path = Path(landmark_model)
         self.measurer = SpineMeasurer(self.path, device=device)
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        self.digest = h.hexdigest()[:16]  # which landmark model a stored fold's decision figures came from
         self.max_rate, self.keep_lumbar_out = max_rate, keep_lumbar_out
         self.truth = [CLASSES[int(i)] for i in data.labels]
         self.measurements: list[Any] = []

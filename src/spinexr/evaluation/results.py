@@ -45,15 +45,18 @@ class FoldResult:
     explain: dict[str, Any] | None = None
     framing: dict[str, Any] | None = None  # the framing stress test on this fold's held-out films
     framing_decision: dict[str, Any] | None = None  # the same through the decision (cv --landmarks)
+    decision_landmarks: str | None = None  # the landmark model file's digest that framing_decision used
 
     def to_dict(self) -> dict[str, Any]:
         return {"info": asdict(self.info), "metrics": self.metrics, "probs": self.probs, "history": self.history,
-                "explain": self.explain, "framing": self.framing, "framing_decision": self.framing_decision}
+                "explain": self.explain, "framing": self.framing, "framing_decision": self.framing_decision,
+                "decision_landmarks": self.decision_landmarks}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FoldResult:
         return cls(info=FoldInfo(**d["info"]), metrics=d["metrics"], probs=d["probs"], history=d["history"],
-                   explain=d.get("explain"), framing=d.get("framing"), framing_decision=d.get("framing_decision"))
+                   explain=d.get("explain"), framing=d.get("framing"), framing_decision=d.get("framing_decision"),
+                   decision_landmarks=d.get("decision_landmarks"))
 
 
 @dataclass
