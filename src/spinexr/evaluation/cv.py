@@ -205,10 +205,10 @@ def _add_decision_framing(fr: FoldResult, m: str, r: int, k: int, te: np.ndarray
                           val_idx: np.ndarray, data: PreparedData, cfg: CVConfig, tcfg: TrainConfig,
                           contract: DataConfig, out: Path, held_out: FramingFilms | None, evidence: Any,
                           done_file: Path) -> None:
-    """A fold finished before ``--landmarks`` was given (or with another landmark model): its
-    predictor is rebuilt from the fold's
-    final checkpoint (the best weights and the same temperature fit, no training), checked against the
-    stored out-of-fold probabilities, and run through the decision's framing test."""
+    """A fold finished before ``--landmarks`` was given (or with another landmark model): its predictor
+    is rebuilt from the fold's final checkpoint (the best weights and the same temperature fit, no
+    training), checked against the stored out-of-fold probabilities, and run through the decision's
+    framing test."""
     ck = out / "checkpoints" / f"{m}_r{r}_f{k}.pt"
     fr.framing_decision = fr.decision_landmarks = None  # never another landmark model's figures
     if not ck.is_file():
