@@ -281,7 +281,9 @@ def test_cv_scores_the_decision_and_adds_it_to_a_finished_run(tiny_models: dict[
     lm = str(tiny_models["landmarks"])
     base = ["cv", "--data", str(synth_dir), "--model", "small", "--folds", "2", "--epochs", "1", "--image-size", "40",
             "--device", "cpu", "--bootstrap", "20", "--quiet"]
+    capsys.readouterr()
     assert main([*base, "--out", str(out), "--landmarks", lm]) == 0
+    assert "with the measured curve: accuracy" in capsys.readouterr().out  # the console summary says it too
     m = json.loads((out / "metrics.json").read_text())["models"]["small"]
     d = m["decision"]
     fold_acc = [f["accuracy"] for f in m["fold_metrics"]]

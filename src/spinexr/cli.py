@@ -208,6 +208,15 @@ def _print_summary(out: Path, res: RunResult) -> None:
         print(f"{m:<14} accuracy {point}  95% CI [{ci['accuracy'][0] * 100:.1f}, {ci['accuracy'][1] * 100:.1f}]  "
               f"macro-F1 {pooled['macro_f1']:.3f}  AUC {'n/a' if auc is None else f'{auc:.3f}'}  "
               f"ECE {pooled['ece']:.3f}")
+        d = r.decision
+        if d:
+            fd = d.get("framing") or {}
+            framing = "".join(f", {what} {fd[k]['changed']} of {fd[k]['n']} changed" for k, what in
+                              (("scoliosis_ap_to_strip", "strip-cut Scoliosis"),
+                               ("normal_strip_to_full", "widened Normal")) if fd.get(k, {}).get("n"))
+            print(f"{'':<14} with the measured curve: accuracy {d['accuracy_with_rule_mean'] * 100:5.1f} (classifier "
+                  f"{d['accuracy_mean'] * 100:.1f}; {d['changed']} decisions changed, {d['changed_to_right']} to the "
+                  f"right class){framing}")
     for line in external_lines(ext) if ext else []:
         print(line)
     h = headline(res)
