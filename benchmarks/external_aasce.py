@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -134,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     check = fit_view_check(k_view, k_full, a.keep_lumbar_out, f"all {len(k_full)} KAUH films")
     in_te = set(te.tolist())
     for i in range(len(k_meas)):  # films outside the held-out split only count changes over all films
-        view, pv = (check_tr if i in in_te else check).judge(k_view[i])
-        k_meas[i] = replace(k_meas[i], view=view, view_probability=pv)
+        k_meas[i] = (check_tr if i in in_te else check).applied(k_meas[i], k_view[i])
     k_dec = [rule.decide(lab, probs, m) for (lab, probs), m in zip(k_label, k_meas)]
     k_fused = [d.label for d in k_dec]
 

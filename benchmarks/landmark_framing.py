@@ -40,7 +40,6 @@ LINES = (15.0, 20.0, 24.0)
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
-    from spinexr.data.dataset import prepare_dataset
     from spinexr.data.framing import (
         FULL_AP_MAX_ASPECT,
         FULL_ASPECT,
@@ -50,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         strip_crop,
     )
     from spinexr.data.imread import read_image
+    from spinexr.data.manifest import load_manifest
     from spinexr.deploy.measure import SpineMeasurer
     from spinexr.evaluation.landmark_cv import smape
     from spinexr.geometry.cobb import cobb_angles
@@ -69,11 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     held = {str(Path(p).resolve()) for p in np.load(a.test_films, allow_pickle=False)["paths"]}
     records = [r for r in read_aasce(Path(a.aasce)).records if str(Path(r.path).resolve()) in held]
-    kauh = prepare_dataset(a.kauh, [64], progress=False)
-    classes = ["Normal", "Scoliosis", "Spondylolisthesis"]
-    k_norm = [bounded(read_image(p)[0]) for p, y in zip(kauh.paths, kauh.labels) if classes[y] == "Normal"]
+    kauh = load_manifest(a.kauh).records  # paths and labels; each film is read once, below
+    k_norm = [bounded(read_image(r.path)[0]) for r in kauh if r.label == "Normal"]
     k_norm = [im for im in k_norm if im.shape[0] / im.shape[1] > FULL_ASPECT]
-    k_sco = [bounded(read_image(p)[0]) for p, y in zip(kauh.paths, kauh.labels) if classes[y] == "Scoliosis"]
+    k_sco = [bounded(read_image(r.path)[0]) for r in kauh if r.label == "Scoliosis"]
     k_sco = [im for im in k_sco if im.shape[0] / im.shape[1] <= FULL_AP_MAX_ASPECT]
 
     def largest(m) -> float:

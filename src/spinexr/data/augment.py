@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from spinexr.config import AugConfig, LandmarkConfig
+from spinexr.data.framing import FULL_ASPECT, STRIP_ASPECT
 
 
 def augment(x: torch.Tensor, cfg: AugConfig, gen: torch.Generator) -> torch.Tensor:
@@ -148,7 +149,7 @@ def augment_landmarks(x: torch.Tensor, pts: torch.Tensor, cfg: LandmarkConfig,
         v = p.reshape(b, -1, 4, 2)
         v = torch.where(flip[:, None, None, None], v[:, :, list(FLIP_CORNERS)], v)
         p = v.reshape(b, -1, 2)
-    if getattr(cfg, "strip_p", 0.0) > 0:
+    if cfg.strip_p > 0:
         x, p = strip_landmark_films(x, p, cfg.strip_p, gen)
     k = cfg.intensity
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -158,7 +159,7 @@ def augment_landmarks(x: torch.Tensor, pts: torch.Tensor, cfg: LandmarkConfig,
 
 
 def strip_landmark_films(x: torch.Tensor, pts: torch.Tensor, prob: float, gen: torch.Generator,
-                         aspect: float = 4.0, full_aspect: float = 2.5) -> tuple[torch.Tensor, torch.Tensor]:
+                         aspect: float = STRIP_ASPECT, full_aspect: float = FULL_ASPECT) -> tuple[torch.Tensor, torch.Tensor]:
     """Reframe a share ``prob`` of films (B, 1, H, W) the way other hospitals frame them: each chosen
     film is cut to a full-height strip ``H / aspect`` wide (wider where the spine needs it), every
     corner inside with a margin, its centre jittered about the spine; the strip is moved to the middle

@@ -147,8 +147,6 @@ def rule_cv(truth: list[str], called: list[str], probs: list[dict[str, float]], 
     the view check too) and decides that fold's held-out films from their out-of-fold classifier
     calls. Returns the classifier's and the rule's accuracy per fold and their means, the lines used,
     how many decisions the rule changed (right and wrong), and how the view check sorted the held-out films."""
-    from dataclasses import replace
-
     import numpy as np
 
     folds_a = np.asarray(folds)
@@ -164,9 +162,8 @@ def rule_cv(truth: list[str], called: list[str], probs: list[dict[str, float]], 
             vf = np.asarray(view_features)
             for i in te:
                 if meas[i] is not None:
-                    view, pv = check.judge(vf[i])
-                    meas[i] = replace(meas[i], view=view, view_probability=pv)
-                    kept_full.setdefault(truth[i], []).append(view == FULL_SPINE)
+                    meas[i] = check.applied(meas[i], vf[i])
+                    kept_full.setdefault(truth[i], []).append(meas[i].view == FULL_SPINE)
         fused = [rule.decide(called[i], probs[i], meas[i]).label for i in te]
         before = float(np.mean([called[i] == truth[i] for i in te]))
         after = float(np.mean([f == truth[i] for f, i in zip(fused, te)]))

@@ -75,7 +75,7 @@ class SpineMeasurer:
         refused = implausibility(v)
         m = Measurement(v, None if refused else cobb_angles(v, img.shape[0]), refused, float(conf.mean()))
         if self.view_check is not None:
-            m.view, m.view_probability = self.view_check.judge(view_features(v, img.shape[0], m.confidence))
+            m = self.view_check.applied(m, view_features(v, img.shape[0], m.confidence))
         return m
 
     def overlay(self, img: np.ndarray, m: Measurement) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +102,7 @@ class FoldDecision:
         for film, p in zip(films, np.asarray(probs)):
             m = self.evidence.measure(film)
             if self.check is not None:
-                view, pv = self.check.judge(view_features(m.landmarks, film.shape[0], m.confidence))
-                m = replace(m, view=view, view_probability=pv)
+                m = self.check.applied(m, view_features(m.landmarks, film.shape[0], m.confidence))
             pd = dict(zip(CLASSES, map(float, p)))
             out.append(self.rule.decide(CLASSES[int(np.argmax(p))], pd, m).label)
         return out

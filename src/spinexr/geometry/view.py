@@ -64,6 +64,12 @@ class ViewCheck:
         p = self.probability(features)
         return self.view(p), p
 
+    def applied(self, measurement: Any, features: np.ndarray) -> Any:
+        """A copy of a :class:`~spinexr.deploy.measure.Measurement` with this check's ``view`` and
+        ``view_probability`` for the film's :func:`view_features`."""
+        view, p = self.judge(features)
+        return replace(measurement, view=view, view_probability=p)
+
     def to_meta(self) -> dict[str, Any]:
         return {"features": list(FEATURES), **asdict(self)}
 
