@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(AASCE))
     ap.add_argument("--folds", type=int, default=5, help="case-grouped folds (1: one 80/20 split)")
-    ap.add_argument("--input", default="512x256", help="HxW of the model input")
+    ap.add_argument("--input", default=None, help="HxW of the model input (default 512x256; 320x160 with --cpu-reduced)")
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--encoding", default="corners", choices=("corners", "offsets"),
                     help="offsets: vertebra heatmaps + corner offsets; corners: one heatmap per corner")
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpu-reduced", action="store_true",
-                    help="one 80/20 split, 320x160, 55 minutes of training (or --minutes-per-fold)")
+                    help="one 80/20 split, 320x160 unless --input says otherwise, 55 minutes of training "
+                         "(or --minutes-per-fold)")
     ap.add_argument("--tta-scales", default=None, help="test-time zooms of the deployed predictor (default: the "
                     "landmark settings' default); 1 alone: the flip only")
     ap.add_argument("--reuse-fold0", default=None, metavar="MODEL",
@@ -99,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"AASCE data not found at {a.data}; pass --data", file=sys.stderr)
         return 2
     if a.cpu_reduced:
-        a.folds, a.input, a.device = 1, "320x160", "cpu"
+        a.folds, a.input, a.device = 1, a.input or "320x160", "cpu"
         a.minutes_per_fold = a.minutes_per_fold or 55.0
-    h, w = (int(v) for v in a.input.lower().split("x"))
+    h, w = (int(v) for v in (a.input or "512x256").lower().split("x"))
     tag = a.tag or ("cpu_reduced" if a.cpu_reduced else "full")
     run_dir = Path(a.run_dir or f"runs/bench_aasce_{tag}")
     cfg = LandmarkConfig(encoder=a.encoder, encoding=a.encoding, input_height=h, input_width=w, epochs=a.epochs,

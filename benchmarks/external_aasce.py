@@ -171,17 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     oof = np.load(run / "oof_landmarks.npz", allow_pickle=False)
     oof_pts = {str(Path(p).resolve()): v for p, v in zip(oof["paths"], oof["landmarks"])}
     probs, labels, true, meas_angle, fused, has_oof, a_conf, a_views = [], [], [], [], [], [], [], []
+    names, view_p = [], []
     for r in tqdm(ds.records, desc="AASCE", unit="film"):
         img, _ = read_image(r.path)
         pr = pred.predict_image(img, str(r.path))
         probs.append([pr.probabilities[c] for c in classes])
         labels.append(pr.label)
         true.append(float(np.max(r.angles)))
+        names.append(Path(r.path).name)
         v = oof_pts.get(str(Path(r.path).resolve()))
         has_oof.append(v is not None)
         if v is None:
             meas_angle.append(np.nan)
             fused.append(pr.label)
+            view_p.append(np.nan)
             continue
         conf = measurer.measure(img).confidence  # the fold model's heatmap confidence, for the view check
         a_conf.append(conf)
@@ -189,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         m = Measurement(v, None if refused else cobb_angles(v, r.height), refused, conf,
                         *check.judge(view_features(v, r.height, conf)))
         a_views.append(m.view)
+        view_p.append(np.nan if m.view_probability is None else float(m.view_probability))
         meas_angle.append(m.result.largest if m.result is not None else np.nan)
         fused.append(rule.decide(pr.label, pr.probabilities, m).label)
     probs, true, meas_angle, has_oof = np.array(probs), np.array(true), np.array(meas_angle), np.array(has_oof)
@@ -217,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         "n": int(miss.sum()),
         "normal_call_under_line": int((miss & (lab_a == "Normal") & (mv < curve_deg)).sum()),
         "spondylolisthesis_call": int((miss & (lab_a == "Spondylolisthesis")).sum()),
-        "other": int((miss & ~((lab_a == "Normal") & (mv < curve_deg)) & (lab_a != "Spondylolisthesis")).sum())}
+        "other": int((miss & ~((lab_a == "Normal") & (mv < curve_deg)) & (lab_a != "Spondylolisthesis")).sum()),
+        "films": [{"film": names[i], "true_largest": round(float(true[i]), 2),
+                   "measured_largest": None if not np.isfinite(meas_angle[i]) else round(float(meas_angle[i]), 2),
+                   "classifier": labels[i], "decision": fused[i],
+                   "full_spine_probability": None if not np.isfinite(view_p[i]) else round(view_p[i], 3)}
+                  for i in np.flatnonzero(miss)]}
 
     # Could the landmark model tell a lumbar view from a full-spine AP film? Its heatmap confidence on
     # KAUH's lumbar (Spondylolisthesis) films against full-spine AP films, KAUH's and the AASCE films

@@ -225,7 +225,8 @@ def aasce_section(d: dict) -> list[str]:
     p = d["pooled"]
     strip = d["settings"].get("strip_p") or 0
     framing = f", {strip:.0%} of training films reframed as strips" if strip else ""
-    out = [f"## Cobb angles on AASCE / SpineWeb 16 ({d['protocol']}{framing})", "", f"Command: `{d['command']}`", "",
+    size = f"{d['settings']['input_height']}x{d['settings']['input_width']}"
+    out = [f"## Cobb angles on AASCE / SpineWeb 16 ({d['protocol']}, {size}{framing})", "", f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}. Date: {d['date']}. Wall time: {d['wall_seconds'] / 60:.1f} min "
            f"(training capped at {d.get('minutes_per_fold_cap') or 'no'} minutes a fold). Model: "
            f"{d['settings']['encoder']} encoder + FPN heatmaps at {d['settings']['input_height']}x"
@@ -336,6 +337,16 @@ def external_section(d: dict) -> list[str]:
         out += ["", f"Films of 25° or more measured out of fold and not called Scoliosis with the rule: {ms['n']} of "
                 f"{ge['n']}: {ms['normal_call_under_line']} Normal calls measured under the line, "
                 f"{ms['spondylolisthesis_call']} Spondylolisthesis calls, {ms['other']} other."]
+        if ms.get("films"):
+            def _deg(x: float | None) -> str:
+                return "refused" if x is None else f"{x:.1f}°"
+
+            out += ["", "| film | true largest | measured largest | classifier | decision | full-spine probability |",
+                    "|---|---|---|---|---|---|"]
+            for f in ms["films"]:
+                fp = f["full_spine_probability"]
+                out.append(f"| {f['film']} | {f['true_largest']:.1f}° | {_deg(f['measured_largest'])} | "
+                           f"{f['classifier']} | {f['decision']} | {'' if fp is None else f'{fp:.2f}'} |")
     vc = k.get("view_check")
     if vc:
         out += ["", "The view check (a logistic model on the shape of the measured spine: "
