@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse-json", default=None, help="the earlier run's result JSON (default: the one this run replaces)")
     ap.add_argument("--strip-p", type=float, default=None,
                     help="share of training films reframed as strips (landmarks.strip_p; default: the setting's)")
+    ap.add_argument("--angle-weight", type=float, default=None,
+                    help="weight of the vertebra midline error in the loss (landmarks.angle_weight; default: the setting's)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
     a = ap.parse_args(argv)
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                          batch_size=a.batch_size,
                          lr=a.lr, patience=a.patience, device=a.device, seed=a.seed, folds=max(a.folds, 2),
                          test_fraction=0.2, **({"tta_scales": a.tta_scales} if a.tta_scales else {}),
-                         **({"strip_p": a.strip_p} if a.strip_p is not None else {}))
+                         **({"strip_p": a.strip_p} if a.strip_p is not None else {}),
+                         **({"angle_weight": a.angle_weight} if a.angle_weight is not None else {}))
     earlier = None
     if a.reuse_fold0:
         src = Path(a.reuse_json) if a.reuse_json else HERE / "results" / f"aasce_cobb_cv_{tag}.json"

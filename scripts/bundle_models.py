@@ -114,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         lm_src = Path(d) / "landmarks.safetensors"
         save_file(load_file(a.landmarks), str(lm_src), metadata={"spinexr": json.dumps(meta)})
         ext = json.loads((RESULTS / "external_aasce.json").read_text()) if (RESULTS / "external_aasce.json").is_file() else None
-        cv = json.loads((RESULTS / "aasce_cobb_cv_cpu_reduced.json").read_text())
         lm_log = json.loads(Path(a.landmark_train_log).read_text()) if a.landmark_train_log else {}
+        # The measured figures: the landmark CV run the model came from (its result JSON), else the default one.
+        cv_path = Path(a.landmark_train_log) if "pooled" in lm_log else RESULTS / "aasce_cobb_cv_cpu_reduced.json"
+        cv = json.loads(cv_path.read_text())
+        a.landmark_cv_file = cv_path.resolve().relative_to(ROOT).as_posix() if cv_path.resolve().is_relative_to(ROOT) \
+            else str(cv_path)
         if not a.keep_classifier:
             clf_card, clf_head, clf_facts = classifier_card(a, ext, speed)
             pack(a.classifier, "classifier", clf_card, headline=clf_head)
@@ -296,7 +300,7 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, ext: dict | None,
         "lumbar films out.", "",
         "## Measured", "",
         f"- The same recipe in a case-grouped 80/20 split of AASCE ({p['n']} held-out films; "
-        "`benchmarks/results/aasce_cobb_cv_cpu_reduced.json`): SMAPE "
+        f"`{a.landmark_cv_file}`): SMAPE "
         f"{p['smape']:.1f}% (95% CI {p['smape_ci95'][0]:.1f}-{p['smape_ci95'][1]:.1f}), MAE of the largest angle "
         f"{p['mae_largest']:.1f}° (95% CI {p['mae_largest_ci95'][0]:.1f}-{p['mae_largest_ci95'][1]:.1f}), PT "
         f"{p['mae_pt']:.1f}°, MT {p['mae_mt']:.1f}°, TL/L {p['mae_tl']:.1f}°; mean corner error "
