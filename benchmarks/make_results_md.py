@@ -226,7 +226,7 @@ def aasce_section(d: dict) -> list[str]:
     strip = d["settings"].get("strip_p") or 0
     framing = f", {strip:.0%} of training films reframed as strips" if strip else ""
     if d["settings"].get("angle_weight"):
-        framing += f", vertebra midline term in the loss (weight {d['settings']['angle_weight']:g})"
+        framing += f", vertebra midline term in the loss, weight {d['settings']['angle_weight']:g}"
     size = f"{d['settings']['input_height']}x{d['settings']['input_width']}"
     out = [f"## Cobb angles on AASCE / SpineWeb 16 ({d['protocol']}, {size}{framing})", "", f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}. Date: {d['date']}. Wall time: {d['wall_seconds'] / 60:.1f} min "
