@@ -102,17 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"AASCE data not found at {a.data}; pass --data", file=sys.stderr)
         return 2
     if a.cpu_reduced:
-        a.folds, a.input, a.device = 1, a.input or "320x160", "cpu"
+        a.folds, a.device = 1, "cpu"
         a.minutes_per_fold = a.minutes_per_fold or 55.0
-    h, w = (int(v) for v in (a.input or "512x256").lower().split("x"))
+    h, w = (int(v) for v in (a.input or ("320x160" if a.cpu_reduced else "512x256")).lower().split("x"))
     tag = a.tag or ("cpu_reduced" if a.cpu_reduced else "full")
     run_dir = Path(a.run_dir or f"runs/bench_aasce_{tag}")
     cfg = LandmarkConfig(encoder=a.encoder, encoding=a.encoding, input_height=h, input_width=w, epochs=a.epochs,
                          batch_size=a.batch_size,
                          lr=a.lr, patience=a.patience, device=a.device, seed=a.seed, folds=max(a.folds, 2),
-                         test_fraction=0.2, **({"tta_scales": a.tta_scales} if a.tta_scales else {}),
-                         **({"strip_p": a.strip_p} if a.strip_p is not None else {}),
-                         **({"angle_weight": a.angle_weight} if a.angle_weight is not None else {}))
+                         test_fraction=0.2,
+                         **{k: v for k, v in (("tta_scales", a.tta_scales), ("strip_p", a.strip_p),
+                                              ("angle_weight", a.angle_weight)) if v is not None})
     earlier = None
     if a.reuse_fold0:
         src = Path(a.reuse_json) if a.reuse_json else HERE / "results" / f"aasce_cobb_cv_{tag}.json"

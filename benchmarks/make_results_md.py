@@ -223,17 +223,16 @@ def ood_corpus_section(d: dict) -> list[str]:
 
 def aasce_section(d: dict) -> list[str]:
     p = d["pooled"]
-    strip = d["settings"].get("strip_p") or 0
-    framing = f", {strip:.0%} of training films reframed as strips" if strip else ""
-    if d["settings"].get("angle_weight"):
-        framing += f", vertebra midline term in the loss, weight {d['settings']['angle_weight']:g}"
-    size = f"{d['settings']['input_height']}x{d['settings']['input_width']}"
-    out = [f"## Cobb angles on AASCE / SpineWeb 16 ({d['protocol']}, {size}{framing})", "", f"Command: `{d['command']}`", "",
+    st = d["settings"]
+    size = f"{st['input_height']}x{st['input_width']}"
+    variant = f", {st['strip_p']:.0%} of training films reframed as strips" if st.get("strip_p") else ""
+    if st.get("angle_weight"):
+        variant += f", vertebra midline term in the loss, weight {st['angle_weight']:g}"
+    out = [f"## Cobb angles on AASCE / SpineWeb 16 ({d['protocol']}, {size}{variant})", "", f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}. Date: {d['date']}. Wall time: {d['wall_seconds'] / 60:.1f} min "
            f"(training capped at {d.get('minutes_per_fold_cap') or 'no'} minutes a fold). Model: "
-           f"{d['settings']['encoder']} encoder + FPN heatmaps at {d['settings']['input_height']}x"
-           f"{d['settings']['input_width']}, from scratch; the deployed predictor averages the film's mirror image "
-           f"and zooms {d['settings'].get('tta_scales', '1')}.", "",
+           f"{st['encoder']} encoder + FPN heatmaps at {size}, from scratch; the deployed predictor averages the "
+           f"film's mirror image and zooms {st.get('tta_scales', '1')}.", "",
            "| held-out films | SMAPE % | MAE largest ° | MAE PT ° | MAE MT ° | MAE TL/L ° | landmark error (% height) | "
            "refused as implausible |", "|---|---|---|---|---|---|---|---|",
            f"| {p['n']} | {p['smape']:.2f} [{p['smape_ci95'][0]:.2f}, {p['smape_ci95'][1]:.2f}] | "

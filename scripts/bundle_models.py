@@ -118,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         # The measured figures: the landmark CV run the model came from (its result JSON), else the default one.
         cv_path = Path(a.landmark_train_log) if "pooled" in lm_log else RESULTS / "aasce_cobb_cv_cpu_reduced.json"
         cv = json.loads(cv_path.read_text())
-        a.landmark_cv_file = cv_path.resolve().relative_to(ROOT).as_posix() if cv_path.resolve().is_relative_to(ROOT) \
-            else str(cv_path)
+        cv_file = cv_path.resolve()
+        cv_file = cv_file.relative_to(ROOT).as_posix() if cv_file.is_relative_to(ROOT) else str(cv_path)
         if not a.keep_classifier:
             clf_card, clf_head, clf_facts = classifier_card(a, ext, speed)
             pack(a.classifier, "classifier", clf_card, headline=clf_head)
-        lm_card, lm_head = landmark_card(a, meta, cv, ext, lm_log, curve_deg, speed)
+        lm_card, lm_head = landmark_card(a, meta, cv, cv_file, ext, lm_log, curve_deg, speed)
         pack(lm_src, "landmarks", lm_card, headline=lm_head)
 
     # float16 against float32, and the latency of what ships.
@@ -265,7 +265,7 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
     return "\n".join(lines) + "\n", head, {"n_train": td.get("n_train"), "input_size": dc["input_size"]}
 
 
-def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, ext: dict | None, lm_log: dict,
+def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext: dict | None, lm_log: dict,
                   curve_deg: float, speed: dict) -> tuple[str, str]:
     p = cv["pooled"]
     dc = meta["data_config"]
@@ -300,7 +300,7 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, ext: dict | None,
         "lumbar films out.", "",
         "## Measured", "",
         f"- The same recipe in a case-grouped 80/20 split of AASCE ({p['n']} held-out films; "
-        f"`{a.landmark_cv_file}`): SMAPE "
+        f"`{cv_file}`): SMAPE "
         f"{p['smape']:.1f}% (95% CI {p['smape_ci95'][0]:.1f}-{p['smape_ci95'][1]:.1f}), MAE of the largest angle "
         f"{p['mae_largest']:.1f}° (95% CI {p['mae_largest_ci95'][0]:.1f}-{p['mae_largest_ci95'][1]:.1f}), PT "
         f"{p['mae_pt']:.1f}°, MT {p['mae_mt']:.1f}°, TL/L {p['mae_tl']:.1f}°; mean corner error "
