@@ -77,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     from spinexr.deploy.measure import Measurement, SpineMeasurer
     from spinexr.deploy.predictor import Predictor
     from spinexr.evaluation.external import external_metrics
-    from spinexr.geometry.cobb import cobb_angles
     from spinexr.geometry.landmarks import read_aasce
     from spinexr.geometry.plausibility import implausibility
     from spinexr.geometry.view import FEATURES as VIEW_FEATURES
@@ -189,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         conf = measurer.measure(img).confidence  # the fold model's heatmap confidence, for the view check
         a_conf.append(conf)
         refused = implausibility(v)
-        m = Measurement(v, None if refused else cobb_angles(v, r.height), refused, conf,
+        m = Measurement(v, None if refused else measurer.angles(v, r.height), refused, conf,
                         *check.judge(view_features(v, r.height, conf)))
         a_views.append(m.view)
         view_p.append(np.nan if m.view_probability is None else float(m.view_probability))

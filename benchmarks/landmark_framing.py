@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 m = measurer.measure(film)
                 true_pts = r.landmarks - np.array([shift[name], 0.0])
                 t = cobb_angles(true_pts, film.shape[0])
-                p = cobb_angles(m.landmarks, film.shape[0])
+                p = measurer.angles(m.landmarks, film.shape[0])  # as the model file reads its corners
                 frames[name]["pred"].append([p.pt.angle, p.mt.angle, p.tl.angle])
                 frames[name]["true"].append([t.pt.angle, t.mt.angle, t.tl.angle])
         aasce = {}

@@ -233,20 +233,27 @@ def aasce_section(d: dict) -> list[str]:
            f"(training capped at {d.get('minutes_per_fold_cap') or 'no'} minutes a fold). Model: "
            f"{st['encoder']} encoder + FPN heatmaps at {size}, from scratch; the deployed predictor averages the "
            f"film's mirror image and zooms {st.get('tta_scales', '1')}.", "",
-           "| held-out films | SMAPE % | MAE largest ° | MAE PT ° | MAE MT ° | MAE TL/L ° | landmark error (% height) | "
-           "refused as implausible |", "|---|---|---|---|---|---|---|---|",
-           f"| {p['n']} | {p['smape']:.2f} [{p['smape_ci95'][0]:.2f}, {p['smape_ci95'][1]:.2f}] | "
-           f"{p['mae_largest']:.2f} [{p['mae_largest_ci95'][0]:.2f}, {p['mae_largest_ci95'][1]:.2f}] | "
-           f"{p['mae_pt']:.2f} | {p['mae_mt']:.2f} | {p['mae_tl']:.2f} | {p['landmark_error_pct_height']['mean']:.2f} | "
-           f"{d['implausible_predictions']} |", ""]
+           "| angles read by | held-out films | SMAPE % | MAE largest ° | MAE PT ° | MAE MT ° | MAE TL/L ° | "
+           "landmark error (% height) | refused as implausible |", "|---|---|---|---|---|---|---|---|---|"]
+    w = d.get("centreline_weight", 0.0)
+    rows = [(f"corners + centreline (weight {w:g})" if w else "corners alone (the definition)", p)]
+    if d.get("pooled_corners_only"):
+        rows.append(("the same corners alone (the definition)", d["pooled_corners_only"]))
+    for name, q in rows:
+        out.append(f"| {name} | {q['n']} | {q['smape']:.2f} [{q['smape_ci95'][0]:.2f}, {q['smape_ci95'][1]:.2f}] | "
+                   f"{q['mae_largest']:.2f} [{q['mae_largest_ci95'][0]:.2f}, {q['mae_largest_ci95'][1]:.2f}] | "
+                   f"{q['mae_pt']:.2f} | {q['mae_mt']:.2f} | {q['mae_tl']:.2f} | "
+                   f"{q['landmark_error_pct_height']['mean']:.2f} | {d['implausible_predictions']} |")
+    out.append("")
     for f in d["folds"]:
         line = (f"Fold {f['fold']}: {f['epochs_run']} epochs in {f['train_seconds'] / 60:.1f} min (stopped by "
                 f"{f['stopped_by']}; best epoch {f['best_epoch']}), {f['n_train']} training films.")
         if f.get("trained_by"):
             tb = f["trained_by"]
             line += (f" Trained by `{tb['command']}` ({tb['date']}, {tb['machine']}); this run measured that model "
-                     f"(`{f['reused_model']}`) again with the zooms, nothing retrained (SMAPE {tb['smape_before']:.2f}% "
-                     f"with zooms {tb['tta_scales_before']}), so the wall time above is the measurement's.")
+                     f"(`{f['reused_model']}`) again with this run's zooms and angle reading, nothing retrained (the "
+                     f"training run's SMAPE: {tb['smape_before']:.2f}% with zooms {tb['tta_scales_before']}, corners "
+                     "alone), so the wall time above is the measurement's.")
         out.append(line)
     k = d.get("kauh_cross_check")
     if k:

@@ -290,6 +290,10 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
            "benchmark's own fold model" if f0.get("n_test") else "") + "); test-time augmentation in the graph "
         f"(mirror image and zooms {', '.join(f'{z:g}' for z in meta.get('tta_scales', [1.0]))}); float16 weights here. "
         f"{speed['landmarks_ms']:.0f} ms per film on 2 CPU cores (PyTorch, landmarks and angles, decoding excluded).",
+        f"- Angle reading: {meta.get('centreline_weight', 0.0):g} of each vertebra's tilt is read from the spine's "
+        "centreline (a polynomial through the 17 predicted vertebra centres) and the rest from its own corners "
+        "(`centreline_weight` in the file; 0 is the dataset's definition, corners alone): a predicted tilt that "
+        "disagrees with where the vertebrae sit counts half.",
         f"- Decision rule: on a film the view check finds to be a full-spine AP view, a classifier's Normal or "
         f"Spondylolisthesis call measured at {curve_deg:.1f}° or more becomes Scoliosis (the line fitted on the 71 KAUH "
         "Normal films, which this model never saw: at most 2% of them reach it).",
@@ -306,6 +310,10 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
         f"{p['mae_pt']:.1f}°, MT {p['mae_mt']:.1f}°, TL/L {p['mae_tl']:.1f}°; mean corner error "
         f"{p['landmark_error_pct_height']['mean']:.2f}% of the film height. Published methods with ImageNet weights "
         "and GPUs reach SMAPE 8-11% on this data."]
+    c = cv.get("pooled_corners_only")
+    if c:
+        lines += [f"- The same predicted corners read by the corners alone (the definition): SMAPE {c['smape']:.1f}%, "
+                  f"MAE of the largest angle {c['mae_largest']:.1f}°."]
     k = cv.get("kauh_cross_check")
     if k:
         lines += [f"- KAUH (no landmarks there): the measured largest angle separates Scoliosis from Normal films with "

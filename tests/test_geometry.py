@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from spinexr.errors import DatasetError
-from spinexr.geometry.cobb import cobb_angles, flip_landmarks, severity_band
+from spinexr.geometry.cobb import centreline_tilts, cobb_angles, flip_landmarks, severity_band
 from spinexr.geometry.landmarks import XY_COLUMNS, read_aasce, read_landmark_csv, write_landmark_csv
 
 AASCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aasce-spine-ap"
@@ -71,6 +71,71 @@ def test_flip_swaps_left_and_right_corners() -> None:
     np.testing.assert_allclose(f[:, 2, 1], pts[:, 3, 1])
     assert (f[:, 0, 0] < f[:, 1, 0]).all()  # still left of right
     np.testing.assert_allclose(cobb_angles(f, 600).angles, cobb_angles(pts, 600).angles, atol=1e-9)
+
+
+def spine_on(centre_x: list[float], tilts_deg: list[float], hw: float = 30.0, hh: float = 12.0,
+             gap: float = 30.0) -> np.ndarray:
+    """Like :func:`spine`, with each vertebra's centre x given (y: 40 + 30 j)."""
+    out = []
+    for j, (x, t) in enumerate(zip(centre_x, tilts_deg)):
+        th = math.radians(t)
+        r = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+        c = np.array([x, 40 + j * gap])
+        out.append([c + r @ np.array(p) for p in ((-hw, -hh), (hw, -hh), (-hw, hh), (hw, hh))])
+    return np.array(out)
+
+
+def test_centreline_reading_agrees_where_corners_and_positions_agree() -> None:
+    # A C-curve: centres on a parabola, each vertebra tilted square to it. Both readings see the same
+    # spine, so any weight gives the definition's angles.
+    y = 40 + 30 * np.arange(17)
+    x = 200 + 0.0012 * (y - y.mean()) ** 2
+    tilts = np.degrees(np.arctan(-2 * 0.0012 * (y - y.mean())))
+    pts = spine_on(list(x), list(tilts))
+    np.testing.assert_allclose(centreline_tilts(pts), tilts, atol=1e-6)
+    want = cobb_angles(pts, 600)
+    assert want.largest > 25
+    for w in (0.25, 0.5, 1.0):
+        got = cobb_angles(pts, 600, centreline_weight=w)
+        assert got.angles == pytest.approx(want.angles, abs=1e-6)
+        assert (got.pt.upper, got.pt.lower) == (want.pt.upper, want.pt.lower)
+
+
+def test_centreline_reading_damps_one_vertebras_wrong_tilt() -> None:
+    # A straight spine (centres in a vertical line) with one vertebra read 20 degrees tilted: by its
+    # corners alone that is a 20-degree angle; half from the centreline, half of it.
+    t = [0.0] * 17
+    t[12] = 20.0
+    pts = spine_on([200.0] * 17, t)
+    assert cobb_angles(pts, 600).largest == pytest.approx(20.0, abs=1e-9)
+    assert cobb_angles(pts, 600, centreline_weight=0.5).largest == pytest.approx(10.0, abs=1e-6)
+    assert cobb_angles(pts, 600, centreline_weight=1.0).largest == pytest.approx(0.0, abs=1e-6)
+
+
+def test_centreline_reading_is_mirror_symmetric_and_checked() -> None:
+    pts = spine_on([200 + 25 * math.sin(j / 4) for j in range(17)], [6.0 * math.cos(j / 3) for j in range(17)])
+    f = flip_landmarks(pts, width=400)
+    np.testing.assert_allclose(cobb_angles(f, 600, 0.5).angles, cobb_angles(pts, 600, 0.5).angles, atol=1e-9)
+    assert cobb_angles(pts, 600, 0.0).angles == cobb_angles(pts, 600).angles
+    flat = pts.copy()
+    flat[..., 1] = 300.0  # no spread down the film: no centreline, the corners alone
+    assert centreline_tilts(flat) is None
+    assert cobb_angles(flat, 600, 0.5).angles == cobb_angles(flat, 600).angles
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        cobb_angles(pts, 600, centreline_weight=1.5)
+
+
+@pytest.mark.realdata
+def test_centreline_reading_measures_the_same_angle_on_true_corners() -> None:
+    # On the labelled corners, reading half of each tilt from the centreline stays close to the
+    # dataset's own largest angle (it is meant for predicted corners, but must measure the same thing).
+    if not (AASCE / "labels").is_dir():
+        pytest.skip(f"AASCE data not found at {AASCE} (it lives in ../shared beside the repository)")
+    ds = read_aasce(AASCE)
+    got = np.array([cobb_angles(r.landmarks, r.height, 0.5).largest for r in ds.records])
+    true = np.array([max(r.angles) for r in ds.records])
+    assert np.abs(got - true).mean() < 4.0
+    assert np.corrcoef(got, true)[0, 1] > 0.95
 
 
 @pytest.mark.realdata

@@ -375,6 +375,41 @@ def test_landmark_file_without_zooms_loads_with_the_film_as_it_is(landmark_model
         load_landmark_model(old)
 
 
+def test_measurer_reads_angles_as_its_model_file_says(landmark_model: Path, synth_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.measure import SpineMeasurer
+    from spinexr.deploy.modelfile import raw_metadata
+    from spinexr.errors import WeightsError
+    from spinexr.geometry.cobb import cobb_angles
+
+    import spinexr.deploy.measure as measure
+
+    img, _ = read_image(next(iter(sorted((synth_dir / "Scoliosis").glob("*.jpg")))))
+    # The tiny test model's spines are refused as implausible; let them through to see how they are read.
+    monkeypatch.setattr(measure, "implausibility", lambda v: [])
+    meta = raw_metadata(landmark_model)
+    assert meta["centreline_weight"] == 0.5  # written from the training settings (the default)
+    for w in (None, 0.0, 1.0):  # None: a file from before the setting reads the corners alone
+        if w is None:
+            meta.pop("centreline_weight")
+        else:
+            meta["centreline_weight"] = w
+        path = tmp_path / f"w{w}.safetensors"
+        save_file(load_file(str(landmark_model)), str(path), metadata={"spinexr": json.dumps(meta)})
+        measurer = SpineMeasurer(path)
+        assert measurer.centreline_weight == (w or 0.0)
+        m = measurer.measure(img)
+        assert m.result.angles == cobb_angles(m.landmarks, img.shape[0], w or 0.0).angles
+    for bad in (1.5, "half", True):
+        meta["centreline_weight"] = bad
+        save_file(load_file(str(landmark_model)), str(tmp_path / "bad.safetensors"), metadata={"spinexr": json.dumps(meta)})
+        with pytest.raises(WeightsError, match="centreline_weight"):
+            SpineMeasurer(tmp_path / "bad.safetensors")
+
+
 def test_measurer_reports_the_view_its_model_file_carries(landmark_model: Path, synth_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 

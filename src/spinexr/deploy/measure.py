@@ -62,10 +62,19 @@ class SpineMeasurer:
         self.predictor, self.meta = load_landmark_model(path, self.device)
         self.contract = self.predictor.contract
         self.rule = DecisionRule.from_meta(self.meta)
+        # Files written before the centreline reading: each vertebra's own corners alone.
+        w = self.meta.get("centreline_weight", 0.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
+            raise WeightsError(f"{path}: malformed centreline_weight {w!r} in its metadata (a number from 0 to 1)")
+        self.centreline_weight = float(w)
         try:
             self.view_check = ViewCheck.from_meta(self.meta)
         except (KeyError, TypeError, ValueError) as e:
             raise WeightsError(f"{path}: malformed view check in its metadata ({e})") from e
+
+    def angles(self, landmarks: np.ndarray, image_height: float) -> CobbResult:
+        """The Cobb angles of corners this model predicted, read as this model file says."""
+        return cobb_angles(landmarks, image_height, self.centreline_weight)
 
     @torch.no_grad()
     def measure(self, img: np.ndarray) -> Measurement:
@@ -73,7 +82,7 @@ class SpineMeasurer:
         pts, conf = self.predictor(torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None].to(self.device))
         v = pl.points_to_original(pts[0].cpu().numpy()).reshape(17, 4, 2)
         refused = implausibility(v)
-        m = Measurement(v, None if refused else cobb_angles(v, img.shape[0]), refused, float(conf.mean()))
+        m = Measurement(v, None if refused else self.angles(v, img.shape[0]), refused, float(conf.mean()))
         if self.view_check is not None:
             m = self.view_check.applied(m, view_features(v, img.shape[0], m.confidence))
         return m

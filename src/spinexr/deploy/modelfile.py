@@ -152,6 +152,7 @@ def save_landmark_model(predictor: Any, path: str | Path, cfg: dict[str, Any],
     meta = {"format": LANDMARK_FORMAT, "encoder": predictor.net.arch, "data_config": predictor.contract.to_dict(),
             "stride": predictor.codec.stride, "encoding": predictor.codec.name, "tta_flip": predictor.tta_flip,
             "tta_scales": list(predictor.tta_scales),
+            "centreline_weight": float(cfg.get("centreline_weight", 0.0)),
             "levels": list(LEVELS), "corners": list(CORNERS),
             "settings": cfg, "spinexr_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "training_data": data_summary or {}}

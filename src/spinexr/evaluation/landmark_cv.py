@@ -123,6 +123,7 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     label_ok = np.array([not implausibility(r.landmarks) for r in recs])
     device = resolve_device(cfg.device)
     pred = np.full_like(true, np.nan)
+    by_corners = np.full_like(true, np.nan)  # the same corners read by the definition alone (centreline weight 0)
     err_pct = np.full(len(recs), np.nan)
     refused = np.zeros(len(recs), dtype=bool)
     fold_rows, rows = [], []
@@ -160,7 +161,8 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
             r = recs[i]
             pts = data.placements[i].points_to_original(pts_in[j]).reshape(17, 4, 2)
             pred_pts[i] = pts
-            pred[i] = cobb_angles(pts, r.height).angles
+            pred[i] = cobb_angles(pts, r.height, cfg.centreline_weight).angles
+            by_corners[i] = cobb_angles(pts, r.height).angles
             refused[i] = bool(implausibility(pts))
             err_pct[i] = 100 * float(np.linalg.norm(pts - r.landmarks, axis=-1).mean()) / r.height
             rows.append({"path": str(r.path), "group": r.group, "fold": f, "label_plausible": bool(label_ok[i]),
@@ -181,7 +183,11 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     res = {"source": str(source), "n_films": len(recs), "skipped": data.skipped,
            "labels_implausible": int((~label_ok).sum()), "folds": fold_rows, "settings": asdict(cfg),
            "pooled": angle_metrics(pred[done], true[done], err_pct[done], n_boot=n_boot, seed=cfg.seed),
+           "centreline_weight": cfg.centreline_weight,
            "implausible_predictions": int(refused[done].sum()), "wall_seconds": time.perf_counter() - t_start}
+    if cfg.centreline_weight > 0:  # the same corners by the definition alone, side by side
+        res["pooled_corners_only"] = angle_metrics(by_corners[done], true[done], err_pct[done], n_boot=n_boot,
+                                                   seed=cfg.seed)
     (out / "metrics.json").write_text(json.dumps(res, indent=2, default=float))
     with open(out / "oof_angles.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
@@ -189,7 +195,7 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
         w.writerows(rows)
     np.savez_compressed(out / "oof_landmarks.npz", paths=np.array([str(recs[i].path) for i in pred_pts]),
                         landmarks=np.stack(list(pred_pts.values())))
-    _report(out, res, rows, recs, pred_pts, pred, true)
+    _report(out, res, rows, recs, pred_pts, pred, true, cfg.centreline_weight)
     return res
 
 
@@ -212,7 +218,7 @@ def _reused_fit(path: Path, cfg: LandmarkConfig, contract: DataConfig, n_fit: in
 
 
 def _report(out: Path, res: dict[str, Any], rows: list[dict[str, Any]], recs: list, pred_pts: dict[int, np.ndarray],
-            pred: np.ndarray, true: np.ndarray, n_each: int = 4) -> None:
+            pred: np.ndarray, true: np.ndarray, centreline_weight: float = 0.0, n_each: int = 4) -> None:
     """report.html with the gallery of the best and worst held-out films by SMAPE."""
     from spinexr.data.imread import read_image
     from spinexr.errors import ImageReadError
@@ -234,6 +240,6 @@ def _report(out: Path, res: dict[str, Any], rows: list[dict[str, Any]], recs: li
             continue
         v = pred_pts[i]
         refused = implausibility(v)
-        drawn = draw_overlay(img, v, None if refused else cobb_angles(v, img.shape[0]), refused)
+        drawn = draw_overlay(img, v, None if refused else cobb_angles(v, img.shape[0], centreline_weight), refused)
         gallery.append((drawn, f"true largest {true[i].max():.1f}°, predicted {pred[i].max():.1f}°"))
     write_landmark_report(out, res, rows, gallery)

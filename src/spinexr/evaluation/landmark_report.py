@@ -90,11 +90,18 @@ def write_landmark_report(out: Path, res: dict[str, Any], rows: list[dict[str, A
              *[[f"MAE {a.upper()} (°)", f"{p[f'mae_{a}']:.2f}", ci(f"mae_{a}")] for a in ANGLES],
              ["landmark error, mean % of film height", f"{p['landmark_error_pct_height']['mean']:.2f}", ""],
              ["predicted spines refused as implausible", str(res["implausible_predictions"]), ""]]
+    c = res.get("pooled_corners_only")
+    if c:  # the same corners read by the definition alone, beside the model's reading
+        lo, hi = c["smape_ci95"]
+        table += [["SMAPE (%), corners alone (centreline weight 0)", f"{c['smape']:.2f}", f"[{lo:.2f}, {hi:.2f}]"],
+                  ["MAE largest angle (°), corners alone", f"{c['mae_largest']:.2f}", ""]]
     how = f"{len(res['folds'])}-fold case-grouped CV" if len(res["folds"]) > 1 else "one case-grouped held-out split"
     intro = (f"{p['n']} held-out films of <code>{html.escape(res['source'])}</code> ({how}); "
              f"{res['labels_implausible']} films whose labelled corners fail the plausibility check were left out of "
              "training. SMAPE: 100 x mean over films of sum|pred - true| / sum(pred + true) over the three angles; "
-             "CIs are 95% percentile bootstrap intervals over films.")
+             "CIs are 95% percentile bootstrap intervals over films. Angles are read with centreline weight "
+             f"{res.get('centreline_weight', 0.0):g} (the share of each vertebra's tilt taken from the spine's "
+             "centreline rather than its own corners).")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>spinexr landmarks</title><style>{CSS}</style>"
             f"</head><body><h1>spinexr landmark CV</h1><p>{intro}</p>{_table(header, table)}<h2>Plots</h2>"
             + "".join(_img_tag(fp, t) for t, fp in figs) + "</body></html>")
