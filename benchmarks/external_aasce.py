@@ -95,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kauh-cv-run", action="append", default=[],
                     help="a KAUH CV run folder (oof_predictions.csv): score the rule on its 5-fold out-of-fold calls, "
                          "each fold's curve line fitted on the other folds' Normal films (repeatable)")
+    ap.add_argument("--centreline-weight", type=float, default=None,
+                    help="read the angles with this centreline weight instead of the landmark model file's (0: the "
+                         "corners alone, the definition)")
+    ap.add_argument("--tag", default=None, help="write external_aasce_TAG.json (default: external_aasce.json)")
     a = ap.parse_args(argv)
+    if a.centreline_weight is not None and not 0 <= a.centreline_weight <= 1:
+        ap.error("--centreline-weight must be between 0 and 1")
     for d in a.kauh_cv_run:  # checked before minutes of measuring, not after
         if not (Path(d) / "oof_predictions.csv").is_file():
             print(f"--kauh-cv-run {d}: no oof_predictions.csv there; give the folder of a finished `spinexr cv` "
@@ -106,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(a.landmark_run)
     pred = Predictor(clf_path)
     measurer = SpineMeasurer(run / "models" / "landmarks.safetensors")
+    if a.centreline_weight is not None:
+        measurer.centreline_weight = a.centreline_weight
 
     # KAUH: classify and measure every film.
     kauh = prepare_dataset(KAUH, [a.kauh_size or pred.meta["data_config"]["input_size"]], progress=False)
@@ -245,10 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     shown = shown.relative_to(HERE.parent) if shown.is_relative_to(HERE.parent) else shown
     out = {**header("external_aasce", argv), "classifier": str(shown), "classifier_meta": {
         k: pred.meta.get(k) for k in ("architecture", "attention", "data_config", "training_data", "created")},
-        "landmark_run": str(run), "kauh": kauh_out, "aasce": aasce_out, "wall_seconds": time.perf_counter() - t0,
+        "landmark_run": str(run), "centreline_weight": measurer.centreline_weight,
+        "kauh": kauh_out, "aasce": aasce_out, "wall_seconds": time.perf_counter() - t0,
         "targets": {"called_scoliosis_ge25": 0.97, "spearman_evidence": 0.6, "kauh_accuracy_drop_max": 0.01},
         "note": "AASCE films chose nothing here: the curve line is fitted on KAUH Normal films."}
-    write_result("external_aasce.json", out)
+    write_result(f"external_aasce_{a.tag}.json" if a.tag else "external_aasce.json", out)
     c = aasce_out["oof_films"]["called_scoliosis_ge25"]
     sp = aasce_out["oof_films"]["classifier"]["angles"]
     print(f"curve line {curve_deg:.1f} deg; AASCE >=25 deg called Scoliosis: classifier {c['classifier']:.1%}, with the "

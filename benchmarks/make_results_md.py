@@ -268,6 +268,27 @@ def aasce_section(d: dict) -> list[str]:
     return out
 
 
+def angle_reading_section(d: dict) -> list[str]:
+    excl = (f"; held-out films of the {d['excluded_cases']} cases `{d['excluded_run']}` held out are left out, so "
+            "these films played no part in choosing the weight" if d.get("excluded_run") else "")
+    out = [f"## Reading Cobb angles off predicted corners: the centreline weight ({d['input']}, seed {d['seed']})", "",
+           f"Command: `{d['command']}`", "",
+           f"Machine: {_machine(d)}. Date: {d['date']}. Landmark run `{d['landmark_run']}` (its fold model and "
+           f"test-time zooms {d.get('tta_scales')}){excl}. Curve line: the smallest angle at most 2% of the "
+           f"{d['n_kauh_normal']} KAUH Normal films reach, as the decision fits it; KAUH AUC: largest angle, "
+           f"{d['n_kauh_scoliosis']} Scoliosis against those Normal films.", "",
+           "| centreline weight | validation films: MAE largest ° | held-out films: SMAPE % | MAE largest ° | "
+           "mean error, largest >= 25° | KAUH curve line ° | held-out films >= 25° at or over the line | KAUH AUC |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        t, v = r["test"], r["validation"]
+        mark = " (the model file's)" if r["centreline_weight"] == d.get("model_centreline_weight") else ""
+        out.append(f"| {r['centreline_weight']:g}{mark} | {v['mae_largest']:.2f} ({v['n']} films) | {t['smape']:.2f} | "
+                   f"{t['mae_largest']:.2f} | {t['mean_error_largest_ge25']:+.1f}° | {r['kauh_curve_line']:.1f} | "
+                   f"{t['ge25_at_or_over_line']:.1%} of {t['n_ge25']} | {r['kauh_auc']:.3f} |")
+    return out + [""]
+
+
 def landmark_framing_section(d: dict) -> list[str]:
     out = ["## Does the landmark model measure the same spine when only the framing changes?", "",
            f"Command: `{d['command']}`", "", f"Machine: {_machine(d)}. Date: {d['date']}.", "",
@@ -309,7 +330,8 @@ def external_section(d: dict) -> list[str]:
            f"Machine: {_machine(d)}. Date: {d['date']}. Classifier: `{d['classifier']}` ({cm.get('architecture')}, "
            f"{(cm.get('data_config') or {}).get('input_size')} px, trained on KAUH only). Landmark evidence: "
            f"`{d['landmark_run']}`, each AASCE film measured by the fold model that did not train on it "
-           f"({a['n_out_of_fold_measured']} of {a['n']} films). Curve line **{k['curve_deg']:.1f}°**, fitted on KAUH "
+           f"({a['n_out_of_fold_measured']} of {a['n']} films; angles read with centreline weight "
+           f"{d.get('centreline_weight', 0.0):g}). Curve line **{k['curve_deg']:.1f}°**, fitted on KAUH "
            f"Normal films (at most {k['max_override']:.0%} of them reach it); the AASCE films chose nothing.", "",
            "| films | what decides | called Scoliosis, largest Cobb >= 25° | Spearman with the true largest angle |",
            "|---|---|---|---|",
@@ -441,6 +463,8 @@ def main() -> int:
         lines += ood_corpus_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("aasce_cobb_cv_*.json")):
         lines += aasce_section(json.loads(f.read_text()))
+    for f in sorted((HERE / "results").glob("angle_reading*.json")):
+        lines += angle_reading_section(json.loads(f.read_text()))
     d = _load("landmark_framing.json")
     if d:
         lines += landmark_framing_section(d)
