@@ -275,8 +275,8 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
         f"# spinexr bundled landmark model: {meta['encoder']} + FPN heatmaps, {dc['input_size']}x{dc['input_width']} px",
         "", "**Research use only. Not a medical device, not a diagnosis.** On an AP spine film it places the four "
         "corners of each vertebra T1-L5 and computes the three Cobb angles (PT, MT, TL/L, by the AASCE data's "
-        "definition, with each vertebra's tilt read as below), the end vertebrae, the apex and a severity band; an implausible spine (order broken, overlaps, gaps) "
-        "is refused instead of measured.", "",
+        "definition, with each vertebra's tilt read as below), the end vertebrae, the apex and a severity band; an "
+        "implausible spine (order broken, overlaps, gaps) is refused instead of measured.", "",
         "## Training data", "",
         f"AASCE / SpineWeb Dataset 16 training part, 466 AP films of adolescent idiopathic scoliosis patients "
         f"(15 films of patients that also occur in the distributed test part removed). {AASCE_CITE}", "",

@@ -379,13 +379,12 @@ def test_measurer_reads_angles_as_its_model_file_says(landmark_model: Path, synt
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors.torch import load_file, save_file
 
+    import spinexr.deploy.measure as measure
     from spinexr.data.imread import read_image
     from spinexr.deploy.measure import SpineMeasurer
     from spinexr.deploy.modelfile import raw_metadata
     from spinexr.errors import WeightsError
     from spinexr.geometry.cobb import cobb_angles
-
-    import spinexr.deploy.measure as measure
 
     img, _ = read_image(next(iter(sorted((synth_dir / "Scoliosis").glob("*.jpg")))))
     # The tiny test model's spines are refused as implausible; let them through to see how they are read.
