@@ -228,6 +228,8 @@ def aasce_section(d: dict) -> list[str]:
     variant = f", {st['strip_p']:.0%} of training films reframed as strips" if st.get("strip_p") else ""
     if st.get("angle_weight"):
         variant += f", vertebra midline term in the loss, weight {st['angle_weight']:g}"
+    if st.get("seed"):
+        variant += f", seed {st['seed']}: its own case split"
     out = [f"## Cobb angles on AASCE / SpineWeb 16 ({d['protocol']}, {size}{variant})", "", f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}. Date: {d['date']}. Wall time: {d['wall_seconds'] / 60:.1f} min "
            f"(training capped at {d.get('minutes_per_fold_cap') or 'no'} minutes a fold). Model: "
@@ -418,7 +420,7 @@ def bundled_section(d: dict) -> list[str]:
             *([f"The classifier's float16 check is from {c['kept_from']} (its weights were kept)."] if c.get("kept_from")
               else []),
             *([f"The landmark model's weights are those of {lm['weights_kept_from']} (only its metadata changed: "
-               "test-time zooms, curve line, view check); its float16 check is from then."]
+               "test-time zooms, angle reading, curve line, view check); its float16 check is from then."]
               if lm.get("weights_kept_from") else []), ""]
 
 

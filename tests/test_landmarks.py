@@ -402,6 +402,7 @@ def test_measurer_reads_angles_as_its_model_file_says(landmark_model: Path, synt
         assert measurer.centreline_weight == (w or 0.0)
         m = measurer.measure(img)
         assert m.result.angles == cobb_angles(m.landmarks, img.shape[0], w or 0.0).angles
+        assert m.to_dict()["centreline_weight"] == (w or 0.0)  # the output says how it was read
     for bad in (1.5, "half", True):
         meta["centreline_weight"] = bad
         save_file(load_file(str(landmark_model)), str(tmp_path / "bad.safetensors"), metadata={"spinexr": json.dumps(meta)})

@@ -28,6 +28,8 @@ class Measurement:
     # The view check's answer (spinexr.geometry.view), None when the landmark model file has no check.
     view: str | None = None
     view_probability: float | None = None
+    # How the angles were read off the corners (spinexr.geometry.cobb: 0 is the dataset's definition).
+    centreline_weight: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"plausible": self.result is not None, "refused": self.refused,
@@ -35,7 +37,7 @@ class Measurement:
         if self.view is not None:
             d.update(view=self.view, full_spine_probability=self.view_probability)
         if self.result is not None:
-            d.update(self.result.to_dict())
+            d.update(self.result.to_dict(), centreline_weight=self.centreline_weight)
         return d
 
     def row(self) -> dict[str, str]:
@@ -82,7 +84,8 @@ class SpineMeasurer:
         pts, conf = self.predictor(torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None].to(self.device))
         v = pl.points_to_original(pts[0].cpu().numpy()).reshape(17, 4, 2)
         refused = implausibility(v)
-        m = Measurement(v, None if refused else self.angles(v, img.shape[0]), refused, float(conf.mean()))
+        m = Measurement(v, None if refused else self.angles(v, img.shape[0]), refused, float(conf.mean()),
+                        centreline_weight=self.centreline_weight)
         if self.view_check is not None:
             m = self.view_check.applied(m, view_features(v, img.shape[0], m.confidence))
         return m
