@@ -333,8 +333,9 @@ class LandmarkConfig(Settings):
                               help="test-time zooms averaged in the deployed graph, e.g. 1,0.85,1.1 (1: none)")
     # Chosen on the AASCE landmark CV's validation films (32, of the bundled recipe's fold 0) and on KAUH:
     # with 0.5, the largest angle's error there fell from 5.6 to 4.9 degrees (SMAPE 12.9% -> 13.0%) and
-    # KAUH Scoliosis vs Normal by the largest angle went from ROC-AUC 0.987 to 0.989. The weight is a
-    # measuring setting: the model file carries it, and changing it needs no retraining.
+    # KAUH Scoliosis vs Normal by the largest angle went from ROC-AUC 0.987 to 0.989; checked on a second
+    # seed's split (benchmarks/angle_reading.py). A measuring setting: the model file carries it, and
+    # angle_reading.py measures other weights on a finished run without retraining.
     centreline_weight: float = setting(0.5, ge=0, le=1, help="share of each vertebra's tilt read from the spine's "
                                        "centreline instead of its own corners when measuring Cobb angles (0: "
                                        "the corners alone, the dataset's definition)")
