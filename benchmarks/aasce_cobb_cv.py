@@ -55,7 +55,7 @@ def kauh_auc(model: Path, device: str) -> dict:
             refused += m.result is None
             ys.append(y)
             # A refused spine still has corners: the cross-check ranks every film by what was measured.
-            angles.append(measurer.angles(m.landmarks, img.shape[0]).largest)
+            angles.append((m.result or measurer.angles(m.landmarks, img.shape[0])).largest)
     ys, angles = np.array(ys), np.array(angles)
     return {"n_normal": int((ys == 0).sum()), "n_scoliosis": int((ys == 1).sum()),
             "auc_largest_angle": float(roc_auc_score(ys, angles)),

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from spinexr.data.imread import list_images, read_image
     from spinexr.deploy.decision import fit_curve_deg
     from spinexr.deploy.measure import SpineMeasurer
-    from spinexr.evaluation.landmark_cv import case_splits, load_landmark_source, smape
+    from spinexr.evaluation.landmark_cv import case_splits, fit_val_split, load_landmark_source, smape
     from spinexr.geometry.cobb import cobb_angles
     from spinexr.geometry.plausibility import implausibility
 
@@ -89,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = np.array([r.group for r in recs])
     (tr, _te), = case_splits(groups, 1, cfg["seed"], cfg["test_fraction"])  # as run_landmark_cv split fold 0
     tr = tr[np.array([not implausibility(recs[i].landmarks) for i in tr], dtype=bool)]
-    n_val = max(1, int(round(cfg["val_fraction"] * len(np.unique(groups[tr])))))
-    val_cases = np.random.default_rng(cfg["seed"] + 1).permutation(np.unique(groups[tr]))[:n_val]
-    val = [(recs[i], measurer.measure(read_image(recs[i].path)[0]).landmarks) for i in tr if groups[i] in val_cases]
+    _fit, val_idx = fit_val_split(groups, tr, cfg["val_fraction"], cfg["seed"], 0)
+    val = [(recs[i], measurer.measure(read_image(recs[i].path)[0]).landmarks) for i in val_idx]
 
     kauh = []  # (is scoliosis, corners, height) of every KAUH Normal and Scoliosis film
     for cls in ("Normal", "Scoliosis"):

@@ -301,6 +301,7 @@ def landmark_timing(model: Path, films: list[Path], threads: int, work: Path) ->
     from spinexr.geometry.plausibility import implausibility
 
     pred, meta = load_landmark_model(model)
+    weight = float(meta.get("centreline_weight", 0.0))  # read as the model file says
     onnx = work / "landmarks.onnx"
     rep = export_landmark_onnx(model, onnx, parity_images=films[:4])
     sess, _ = _ort_session(onnx, threads)
@@ -324,7 +325,7 @@ def landmark_timing(model: Path, films: list[Path], threads: int, work: Path) ->
             pts = run(x8.astype(np.float32)[None, None] / 255.0)
             v = pl.points_to_original(pts[0]).reshape(17, 4, 2)
             if not implausibility(v):
-                cobb_angles(v, img.shape[0], float(meta.get("centreline_weight", 0.0)))
+                cobb_angles(v, img.shape[0], weight)
             ms[name].append((time.perf_counter() - t0) * 1e3)
     out = {"model": str(model), "input": f"{c.height}x{c.width}", "encoder": meta["encoder"], "films": len(films),
            "threads": threads, "onnx_parity_px": rep.get("max_abs_px_diff")}

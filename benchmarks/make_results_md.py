@@ -237,7 +237,7 @@ def aasce_section(d: dict) -> list[str]:
            f"film's mirror image and zooms {st.get('tta_scales', '1')}.", "",
            "| angles read by | held-out films | SMAPE % | MAE largest ° | MAE PT ° | MAE MT ° | MAE TL/L ° | "
            "landmark error (% height) | refused as implausible |", "|---|---|---|---|---|---|---|---|---|"]
-    w = d.get("centreline_weight", 0.0)
+    w = st.get("centreline_weight", 0.0)
     rows = [(f"corners + centreline (weight {w:g})" if w else "corners alone (the definition)", p)]
     if d.get("pooled_corners_only"):
         rows.append(("the same corners alone (the definition)", d["pooled_corners_only"]))

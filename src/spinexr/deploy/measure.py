@@ -28,8 +28,6 @@ class Measurement:
     # The view check's answer (spinexr.geometry.view), None when the landmark model file has no check.
     view: str | None = None
     view_probability: float | None = None
-    # How the angles were read off the corners (spinexr.geometry.cobb: 0 is the dataset's definition).
-    centreline_weight: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"plausible": self.result is not None, "refused": self.refused,
@@ -37,7 +35,7 @@ class Measurement:
         if self.view is not None:
             d.update(view=self.view, full_spine_probability=self.view_probability)
         if self.result is not None:
-            d.update(self.result.to_dict(), centreline_weight=self.centreline_weight)
+            d.update(self.result.to_dict())
         return d
 
     def row(self) -> dict[str, str]:
@@ -67,7 +65,8 @@ class SpineMeasurer:
         # Files written before the centreline reading: each vertebra's own corners alone.
         w = self.meta.get("centreline_weight", 0.0)
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
-            raise WeightsError(f"{path}: malformed centreline_weight {w!r} in its metadata (a number from 0 to 1)")
+            raise WeightsError(f"{path}: malformed centreline_weight {w!r} in its metadata (a number from 0 to 1); "
+                               "use the file as spinexr wrote it, or train again with --centreline-weight")
         self.centreline_weight = float(w)
         try:
             self.view_check = ViewCheck.from_meta(self.meta)
@@ -84,8 +83,7 @@ class SpineMeasurer:
         pts, conf = self.predictor(torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None].to(self.device))
         v = pl.points_to_original(pts[0].cpu().numpy()).reshape(17, 4, 2)
         refused = implausibility(v)
-        m = Measurement(v, None if refused else self.angles(v, img.shape[0]), refused, float(conf.mean()),
-                        centreline_weight=self.centreline_weight)
+        m = Measurement(v, None if refused else self.angles(v, img.shape[0]), refused, float(conf.mean()))
         if self.view_check is not None:
             m = self.view_check.applied(m, view_features(v, img.shape[0], m.confidence))
         return m

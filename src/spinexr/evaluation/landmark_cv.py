@@ -86,6 +86,15 @@ def case_splits(groups: np.ndarray, folds: int, seed: int, test_fraction: float)
     return [(idx[~np.isin(groups, p)], idx[np.isin(groups, p)]) for p in parts]
 
 
+def fit_val_split(groups: np.ndarray, tr: np.ndarray, val_fraction: float, seed: int, fold: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's training side ``tr`` split by case into the films that fit and the validation films
+    that choose the epoch (``val_fraction`` of its cases), as every landmark CV run draws them."""
+    n_val = max(1, int(round(val_fraction * len(np.unique(groups[tr])))))
+    val_cases = np.random.default_rng(seed + 1 + fold).permutation(np.unique(groups[tr]))[:n_val]
+    return tr[~np.isin(groups[tr], val_cases)], tr[np.isin(groups[tr], val_cases)]
+
+
 def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path, folds: int | None = None,
                     max_minutes_per_fold: float | None = None, progress: bool = True, n_boot: int = 1000,
                     trained: dict[int, Path] | None = None) -> dict[str, Any]:
@@ -130,9 +139,7 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     pred_pts: dict[int, np.ndarray] = {}
     for f, (tr, te) in enumerate(splits):
         tr = tr[label_ok[tr]]
-        n_val = max(1, int(round(cfg.val_fraction * len(np.unique(groups[tr])))))
-        val_cases = np.random.default_rng(cfg.seed + 1 + f).permutation(np.unique(groups[tr]))[:n_val]
-        fit_idx, val_idx = tr[~np.isin(groups[tr], val_cases)], tr[np.isin(groups[tr], val_cases)]
+        fit_idx, val_idx = fit_val_split(groups, tr, cfg.val_fraction, cfg.seed, f)
         import torch
 
         if trained and f in trained:
@@ -183,7 +190,6 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     res = {"source": str(source), "n_films": len(recs), "skipped": data.skipped,
            "labels_implausible": int((~label_ok).sum()), "folds": fold_rows, "settings": asdict(cfg),
            "pooled": angle_metrics(pred[done], true[done], err_pct[done], n_boot=n_boot, seed=cfg.seed),
-           "centreline_weight": cfg.centreline_weight,
            "implausible_predictions": int(refused[done].sum()), "wall_seconds": time.perf_counter() - t_start}
     if cfg.centreline_weight > 0:  # the same corners by the definition alone, side by side
         res["pooled_corners_only"] = angle_metrics(by_corners[done], true[done], err_pct[done], n_boot=n_boot,
@@ -195,7 +201,7 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
         w.writerows(rows)
     np.savez_compressed(out / "oof_landmarks.npz", paths=np.array([str(recs[i].path) for i in pred_pts]),
                         landmarks=np.stack(list(pred_pts.values())))
-    _report(out, res, rows, recs, pred_pts, pred, true, cfg.centreline_weight)
+    _report(out, res, rows, recs, pred_pts, pred, true)
     return res
 
 
@@ -218,7 +224,7 @@ def _reused_fit(path: Path, cfg: LandmarkConfig, contract: DataConfig, n_fit: in
 
 
 def _report(out: Path, res: dict[str, Any], rows: list[dict[str, Any]], recs: list, pred_pts: dict[int, np.ndarray],
-            pred: np.ndarray, true: np.ndarray, centreline_weight: float = 0.0, n_each: int = 4) -> None:
+            pred: np.ndarray, true: np.ndarray, n_each: int = 4) -> None:
     """report.html with the gallery of the best and worst held-out films by SMAPE."""
     from spinexr.data.imread import read_image
     from spinexr.errors import ImageReadError
@@ -227,6 +233,7 @@ def _report(out: Path, res: dict[str, Any], rows: list[dict[str, Any]], recs: li
     from spinexr.geometry.overlay import draw_overlay
     from spinexr.geometry.plausibility import implausibility
 
+    weight = res["settings"]["centreline_weight"]
     idx = np.array(list(pred_pts))
     per = np.abs(pred[idx] - true[idx]).sum(1) / np.maximum((pred[idx] + true[idx]).sum(1), 1e-9) * 100
     order = idx[np.argsort(per)]
@@ -240,6 +247,6 @@ def _report(out: Path, res: dict[str, Any], rows: list[dict[str, Any]], recs: li
             continue
         v = pred_pts[i]
         refused = implausibility(v)
-        drawn = draw_overlay(img, v, None if refused else cobb_angles(v, img.shape[0], centreline_weight), refused)
+        drawn = draw_overlay(img, v, None if refused else cobb_angles(v, img.shape[0], weight), refused)
         gallery.append((drawn, f"true largest {true[i].max():.1f}°, predicted {pred[i].max():.1f}°"))
     write_landmark_report(out, res, rows, gallery)

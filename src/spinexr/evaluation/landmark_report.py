@@ -100,7 +100,7 @@ def write_landmark_report(out: Path, res: dict[str, Any], rows: list[dict[str, A
              f"{res['labels_implausible']} films whose labelled corners fail the plausibility check were left out of "
              "training. SMAPE: 100 x mean over films of sum|pred - true| / sum(pred + true) over the three angles; "
              "CIs are 95% percentile bootstrap intervals over films. Angles are read with centreline weight "
-             f"{res.get('centreline_weight', 0.0):g} (the share of each vertebra's tilt taken from the spine's "
+             f"{res['settings'].get('centreline_weight', 0.0):g} (the share of each vertebra's tilt taken from the spine's "
              "centreline rather than its own corners).")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>spinexr landmarks</title><style>{CSS}</style>"
             f"</head><body><h1>spinexr landmark CV</h1><p>{intro}</p>{_table(header, table)}<h2>Plots</h2>"

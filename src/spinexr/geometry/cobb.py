@@ -155,6 +155,7 @@ class CobbResult:
     mt: Curve
     tl: Curve
     s_shaped: bool
+    centreline_weight: float = 0.0  # how the tilts were read (0: the definition, corners alone)
     largest: float = field(init=False)
     band: str = field(init=False)
 
@@ -169,7 +170,7 @@ class CobbResult:
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"largest": self.largest, "band": self.band, "bands": BAND_TEXT,
-                                  "shape": "S" if self.s_shaped else "C"}
+                                  "shape": "S" if self.s_shaped else "C", "centreline_weight": self.centreline_weight}
         for name, c in (("pt", self.pt), ("mt", self.mt), ("tl", self.tl)):
             up, lo, apex = c.levels
             out[name] = {"angle": c.angle, "upper_end": up, "lower_end": lo, "apex": apex}
@@ -231,7 +232,7 @@ def cobb_angles(landmarks: np.ndarray, image_height: float, centreline_weight: f
         else:
             j = int(np.argmax(ang[k, : k + 1]))  # ... and above k
             tl = _curve(v, ang, j, k)
-    return CobbResult(pt=pt, mt=mt, tl=tl, s_shaped=s_shaped)
+    return CobbResult(pt=pt, mt=mt, tl=tl, s_shaped=s_shaped, centreline_weight=centreline_weight)
 
 
 def flip_landmarks(landmarks: np.ndarray, width: float) -> np.ndarray:
