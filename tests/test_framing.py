@@ -7,7 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spinexr.data.framing import FULL_ASPECT, STRIP_ASPECT, framing_stress, pad_to_aspect, strip_box, strip_crop
+from spinexr.data.contract import fit_to_box
+from spinexr.data.framing import (
+    FULL_ASPECT,
+    STRIP_ASPECT,
+    framing_stress,
+    pad_to_aspect,
+    spine_window,
+    strip_box,
+    strip_crop,
+)
 from spinexr.data.imread import read_image
 from spinexr.geometry.landmarks import read_landmark_csv
 
@@ -42,6 +51,50 @@ def test_padding_keeps_the_film_and_reaches_full_film_proportions() -> None:
     assert tiny.shape == (1000, 400) and tiny.min() == 1
     wide = np.zeros((100, 80), dtype=np.float32)
     assert pad_to_aspect(wide) is wide  # already wider than a full film: unchanged
+
+
+def _film(h: int, w: int, spine_x: int, seed: int = 0) -> np.ndarray:
+    """A film with textured soft tissue and a bright vertical band (the spine) at column ``spine_x``."""
+    rng = np.random.default_rng(seed)
+    img = 0.2 + 0.1 * rng.random((h, w))
+    img[:, max(0, spine_x - w // 40 - 2): spine_x + w // 40 + 3] += 0.5
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def test_window_makes_a_strip_and_the_strip_widened_the_same_input() -> None:
+    strip = _film(800, 180, 95)  # narrower than a strip (800 / 4 = 200), spine a little right of centre
+    wide = pad_to_aspect(strip)  # the framing test's widened Normal strip
+    assert wide.shape[1] == 320
+    win, x0 = spine_window(strip)
+    win_w, x0_w = spine_window(wide)
+    assert win.shape == (800, 200) and abs(x0 + 100 - 95) <= 8  # strip proportions, on the spine
+    assert x0 < 0  # starts left of the narrow film: its left edge mirrored outwards
+    assert np.array_equal(win, win_w) and x0_w - x0 == (320 - 180) // 2
+    a, pa = fit_to_box(strip, 96, 96, "window")
+    b, pb = fit_to_box(wide, 96, 96, "window")
+    assert np.array_equal(a, b)  # the model cannot tell them apart
+    # Letterbox and strip modes can: the widened film shows more than the strip.
+    assert not np.array_equal(fit_to_box(strip, 96, 96, "letterbox")[0], fit_to_box(wide, 96, 96, "letterbox")[0])
+    # The placement maps the spine back onto the film it came from, in either framing.
+    for pl, off in ((pa, 0), (pb, (320 - 180) // 2)):
+        x_in = pl.points_to_input(np.array([[95.0 + off, 400.0]]))
+        assert pl.points_to_original(x_in)[0, 0] == pytest.approx(95.0 + off, abs=1e-6)
+        assert abs(x_in[0, 0] - 48) <= 1  # the spine sits in the middle of the input
+
+
+def test_window_of_a_full_film_is_its_strip_around_the_spine() -> None:
+    full = _film(800, 320, 150, seed=1)
+    win, x0 = spine_window(full)
+    assert win.shape == (800, 200) and 0 <= x0 <= 120
+    assert np.array_equal(win, full[:, x0:x0 + 200])  # cut from the film itself, nothing mirrored
+    assert abs(x0 + 100 - 150) <= 8  # on the spine (a band 21 px wide)
+    # The framing test's strip of a full AP film (cut around the spine by strip_crop's own estimate of
+    # its column) reaches the model as nearly the same pixels: within a grey level on average.
+    cut = strip_crop(full)
+    a = fit_to_box(full, 96, 96, "window")[0].astype(int)
+    b = fit_to_box(cut, 96, 96, "window")[0].astype(int)
+    assert np.abs(a - b).mean() < 1.0
+    assert np.abs(a - fit_to_box(full, 96, 96, "letterbox")[0].astype(int)).mean() > 5  # unlike the film as it is
 
 
 def test_stress_counts_what_framing_changes() -> None:

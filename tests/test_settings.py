@@ -122,3 +122,26 @@ def test_data_check_needs_no_torch(synth_dir: Path, tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "c" / "manifest.csv").is_file()
+
+
+def test_strip_and_window_contracts_turn_framing_augmentation_off(synth_dir: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from spinexr.config import resolve
+
+    def settings(argv: list[str]) -> tuple[CVConfig, TrainConfig]:
+        args = build_parser().parse_args(["train", "--data", str(synth_dir), *argv])
+        _, cv, tr = resolve(args)
+        return cv, tr
+
+    _, tr = settings([])
+    assert tr.aug.strip_p == 0.5 and tr.aug.widen_p == 0.5  # the letterbox default keeps it
+    for mode in ("strip", "window"):
+        cv, tr = settings(["--resize", mode])
+        assert cv.resize == mode and tr.aug.strip_p == 0.0 and tr.aug.widen_p == 0.0
+    # Asked for in the YAML file together with the window contract: a mistake, said before anything starts.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {synth_dir}\ncv:\n  resize: window\ntrain:\n  aug:\n    widen_p: 0.3\n")
+    rc = main(["train", "--config", str(cfg), "--model", "small", "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "widen_p" in err and "--resize letterbox" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

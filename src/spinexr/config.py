@@ -202,8 +202,9 @@ class CVConfig(Settings):
     attention: Literal["mhsa", "cbam", "none"] = setting("mhsa", help="the attention head")
     weights: str = setting("none", help="none (from scratch), imagenet (through timm, needs the network) or a file")
     image_size: int | None = setting(None, ge=32, le=2048, help="input size (default: each model's own)")
-    resize: Literal["letterbox", "stretch", "crop", "strip"] = setting(
-        "letterbox", help="how a film is fitted to the square (strip: cut to a strip around the spine, then letterboxed)")
+    resize: Literal["letterbox", "stretch", "crop", "strip", "window"] = setting(
+        "letterbox", help="how a film is fitted to the square (strip: cut to a strip around the spine, then letterboxed; "
+        "window: every film made a strip around the spine, narrower ones widened by mirroring their edges)")
     protocol: Literal["grouped", "seed-leaky", "both"] = setting(
         "grouped", verbs=("cv",), help="grouped (honest), seed-leaky (oversample, then split), or both side by side")
     bootstrap: int = setting(1000, ge=20, help="bootstrap resamples for the confidence intervals")
@@ -277,6 +278,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return d
 
 
+def _framing_for_contract(cv: CVConfig, tr: TrainConfig, given_aug: dict[str, Any]) -> TrainConfig:
+    """Under the strip and window input contracts every film reaches the model as a strip around the
+    spine, so the framing augmentation (strips cut from wide films, strips widened) would train on
+    inputs the model never gets: it is off there. Asked for explicitly, it is a mistake to say so."""
+    if cv.resize not in ("strip", "window") or (tr.aug.strip_p == 0 and tr.aug.widen_p == 0):
+        return tr
+    asked = {k: given_aug[k] for k in ("strip_p", "widen_p") if given_aug.get(k)}
+    if asked:
+        raise SpinexrError(f"train.aug {', '.join(f'{k}: {v}' for k, v in asked.items())} with --resize {cv.resize}: "
+                           f"under the {cv.resize} contract every film reaches the model as a strip around the spine, "
+                           "so reframing it in training shows the model films it never gets; set them to 0, or use "
+                           "--resize letterbox to train with framing augmentation")
+    import logging
+
+    logging.getLogger(__name__).info("--resize %s: framing augmentation off (every film is a strip already)", cv.resize)
+    return dataclasses.replace(tr, aug=dataclasses.replace(tr.aug, strip_p=0.0, widen_p=0.0))
+
+
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], CVConfig, TrainConfig]:
     """Merge defaults, ``--config`` and flags; returns (top-level, CVConfig, TrainConfig)."""
     y = load_yaml(args.config) if getattr(args, "config", None) else {}
@@ -298,6 +317,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], CVConfig, TrainCo
         sections["cv"]["models"] = top["models"]
     cv = CVConfig.from_dict(sections["cv"])
     tr = TrainConfig.from_dict(sections["train"])
+    tr = _framing_for_contract(cv, tr, (sections["train"].get("aug") or {}))
     if not top.get("data"):
         raise SpinexrError("no dataset given: pass --data DIR|CSV (or data: in the --config file)")
     return top, cv, tr

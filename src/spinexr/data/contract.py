@@ -17,13 +17,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from spinexr.data.framing import STRIP_ASPECT, strip_box
+from spinexr.data.framing import STRIP_ASPECT, spine_window, strip_box
 from spinexr.errors import SpinexrError, WeightsError
 
 # ``strip``: a film wider than a strip (height / width below STRIP_ASPECT, KAUH's Normal strips) is
 # first cut to a strip around the spine (spinexr.data.framing.strip_box), then letterboxed, so every
 # film reaches the model framed as a strip, whatever the hospital cropped.
-RESIZE_MODES = ("letterbox", "stretch", "crop", "strip")
+# ``window``: every film becomes a window of a strip's proportions centred on the spine, cut from a wider
+# film and widened, where the film is narrower, by mirroring its edges (spinexr.data.framing.spine_window),
+# then letterboxed: a strip and the same strip widened reach the model as the same pixels.
+RESIZE_MODES = ("letterbox", "stretch", "crop", "strip", "window")
 # The ImageNet mean and std of the three colour channels, averaged for one gray channel.
 GRAY_MEAN = 0.449
 GRAY_STD = 0.226
@@ -138,13 +141,20 @@ def fit_to_box(img: np.ndarray, height: int, width: int, mode: str = "letterbox"
     ``letterbox`` keeps the aspect and pads with black; ``stretch`` ignores the aspect; ``crop``
     fills the box and centre-crops the overhanging side; ``strip`` cuts a film wider than a strip
     (:data:`~spinexr.data.framing.STRIP_ASPECT`) to :func:`~spinexr.data.framing.strip_crop`'s strip
-    around the spine's column (the brightest vertical band of its middle 60%), then letterboxes.
+    around the spine's column (the brightest vertical band of its middle 60%), then letterboxes;
+    ``window`` does the same to every film, widening a narrower one to the strip's proportions by
+    mirroring its edges (:func:`~spinexr.data.framing.spine_window`), so the framing a hospital chose
+    around the spine does not reach the model.
     """
     if mode not in RESIZE_MODES:
         raise SpinexrError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
     if mode == "strip":
         x0, cw = strip_box(img, STRIP_ASPECT)
         x8, pl = fit_to_box(img[:, x0:x0 + cw], height, width, "letterbox")
+        return x8, replace(pl, offset_x=pl.offset_x - x0 * pl.scale_x, orig_w=img.shape[1])
+    if mode == "window":
+        win, x0 = spine_window(img, STRIP_ASPECT)
+        x8, pl = fit_to_box(win, height, width, "letterbox")
         return x8, replace(pl, offset_x=pl.offset_x - x0 * pl.scale_x, orig_w=img.shape[1])
     h, w = img.shape
     im = Image.fromarray(img.astype(np.float32), mode="F")

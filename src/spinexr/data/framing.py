@@ -5,6 +5,8 @@ films are full AP views. A classifier that learned the framing changes its answe
 framing changes. :func:`strip_crop` cuts a full AP film down to a Normal-like strip around the spine;
 :func:`pad_to_aspect` widens a strip to a full film's proportions with black margins. The stress test
 (:func:`framing_stress`) counts how often either changes a model's prediction.
+:func:`spine_window` is the window input contract's answer to both: every film becomes the same
+spine-centred strip window, whichever way it was framed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,43 @@ def strip_box(img: np.ndarray, aspect: float = STRIP_ASPECT, landmarks: np.ndarr
     width = int(round(min(w, 2 * half)))
     x0 = int(round(min(max(cx - width / 2, 0), w - width)))
     return x0, width
+
+
+def spine_centre(img: np.ndarray) -> float:
+    """The spine's column for :func:`spine_window`: the brightest vertical band of the film's middle
+    60%, as :func:`brightest_band` finds it, but smoothed over a share of the film's *height* (not its
+    width) and taken at the middle of a flat peak, so that a film and the same film with margins
+    added left and right put the spine on the same pixels."""
+    h, w = img.shape
+    profile = img[h // 10: h - h // 10].mean(axis=0)
+    k = max(1, int(round(h / STRIP_ASPECT / 20)))
+    smooth = np.convolve(profile, np.ones(k) / k, mode="same")
+    lo, hi = int(w * 0.2), max(int(w * 0.8), int(w * 0.2) + 1)
+    seg = smooth[lo:hi]
+    p = int(np.argmax(seg))
+    tie = seg[p] - 1e-6 * max(1.0, abs(float(seg[p])))
+    a, b = p, p
+    while a > 0 and seg[a - 1] >= tie:
+        a -= 1
+    while b < len(seg) - 1 and seg[b + 1] >= tie:
+        b += 1
+    return lo + (a + b) / 2
+
+
+def spine_window(img: np.ndarray, aspect: float = STRIP_ASPECT) -> tuple[np.ndarray, int]:
+    """A window of the full height, ``height / aspect`` wide, centred on the spine's column
+    (:func:`spine_centre`, the brightest band), and its left edge ``x0`` in the film (negative when it
+    starts left of it). Where the window reaches past the film, the film's edges are mirrored outwards
+    (as :func:`pad_to_aspect` widens a strip), so a strip and that strip widened give the same window."""
+    h, w = img.shape
+    width = max(1, int(round(h / aspect)))
+    x0 = int(round(spine_centre(img) - width / 2))
+    lo, hi = max(0, x0), min(w, x0 + width)
+    sub = img[:, lo:hi]
+    left, right = lo - x0, x0 + width - hi
+    if left or right:
+        sub = np.pad(sub, ((0, 0), (left, right)), mode="symmetric")
+    return sub, x0
 
 
 def strip_crop(img: np.ndarray, aspect: float = STRIP_ASPECT, landmarks: np.ndarray | None = None) -> np.ndarray:
