@@ -43,6 +43,9 @@ ARMS: dict[str, dict[str, Any]] = {
     # the letterbox (train.resize strip), in training and deployment alike; the framing augmentation
     # is off, since no film reaches the model wider than a strip.
     "strip-contract": {"strip_p": 0.0, "widen_p": 0.0, "resize": "strip"},
+    # The same, with narrower films widened to the strip by mirroring their edges (train.resize window):
+    # a Normal strip and that strip widened reach the model as the same pixels.
+    "window-contract": {"strip_p": 0.0, "widen_p": 0.0, "resize": "window"},
 }
 
 
