@@ -94,6 +94,19 @@ def augment_section(d: dict, title: str = "Which augmentation transfers: KAUH CV
     return out
 
 
+def window_invariance_section(d: dict) -> list[str]:
+    out = ["## Same pixels when only the framing changes? The input contracts side by side", "",
+           f"Command: `{d['command']}`", "", f"Machine: {_machine(d)}. Date: {d['date']}. Input {d['size']} px; "
+           "the framing stress test's films and transforms; no model runs.", "",
+           "| resize | Normal strips widened: identical | within 1 grey level | AP Scoliosis cut to strips: identical | "
+           "within 1 grey level |", "|---|---|---|---|---|"]
+    for m, r in d["modes"].items():
+        n, sc = r["normal_strip_to_full"], r["scoliosis_ap_to_strip"]
+        out.append(f"| {m} | {n['identical']} of {n['n']} | {n['under_1_grey_level']} of {n['n']} | "
+                   f"{sc['identical']} of {sc['n']} | {sc['under_1_grey_level']} of {sc['n']} |")
+    return out + ["", "Within 1 grey level: the mean absolute difference of the two uint8 inputs is under 1.", ""]
+
+
 def throughput_section(d: dict) -> list[str]:
     out = ["## Training throughput", "", f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}; device {d['device']}. Date: {d['date']}.", "",
@@ -451,6 +464,9 @@ def main() -> int:
     for f in sorted((HERE / "results").glob("kauh_augment_*.json")):
         title = [t for end, t in titles.items() if f.stem.endswith(end)]
         lines += augment_section(json.loads(f.read_text()), *title)
+    d = _load("window_invariance.json")
+    if d:
+        lines += window_invariance_section(d)
     for f in sorted((HERE / "results").glob("train_throughput_*.json")):
         lines += throughput_section(json.loads(f.read_text()))
     # the newest run first, then earlier runs kept for comparison (this machine's speed changes with its neighbours)
