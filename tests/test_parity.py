@@ -107,7 +107,7 @@ def test_torch_ood_score_equals_numpy(trained_model: Path, synth_dir: Path) -> N
     np.testing.assert_allclose(score.numpy(), module.ood.score(feats), rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("mode", ["crop", "stretch", "strip"])
+@pytest.mark.parametrize("mode", ["crop", "stretch", "strip", "window"])
 def test_gallery_uses_the_trained_resize(mode: str, synth_dir: Path, tmp_path: Path) -> None:
     from spinexr.data.dataset import prepare_dataset
     from spinexr.deploy.predictor import InferenceModule

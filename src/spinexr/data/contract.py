@@ -148,13 +148,13 @@ def fit_to_box(img: np.ndarray, height: int, width: int, mode: str = "letterbox"
     """
     if mode not in RESIZE_MODES:
         raise SpinexrError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
-    if mode == "strip":
-        x0, cw = strip_box(img, STRIP_ASPECT)
-        x8, pl = fit_to_box(img[:, x0:x0 + cw], height, width, "letterbox")
-        return x8, replace(pl, offset_x=pl.offset_x - x0 * pl.scale_x, orig_w=img.shape[1])
-    if mode == "window":
-        win, x0 = spine_window(img, STRIP_ASPECT)
-        x8, pl = fit_to_box(win, height, width, "letterbox")
+    if mode in ("strip", "window"):  # a strip around the spine, letterboxed; placed back onto the whole film
+        if mode == "strip":
+            x0, cw = strip_box(img, STRIP_ASPECT)
+            part = img[:, x0:x0 + cw]
+        else:
+            part, x0 = spine_window(img, STRIP_ASPECT)
+        x8, pl = fit_to_box(part, height, width, "letterbox")
         return x8, replace(pl, offset_x=pl.offset_x - x0 * pl.scale_x, orig_w=img.shape[1])
     h, w = img.shape
     im = Image.fromarray(img.astype(np.float32), mode="F")

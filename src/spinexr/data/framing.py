@@ -33,14 +33,31 @@ def bounded(img: np.ndarray, max_side: int = 1024) -> np.ndarray:
                                                                                 reducing_gap=2.0))
 
 
-def brightest_band(profile: np.ndarray) -> int:
-    """Index of the brightest band (smoothed over 1/20 of its length) within the middle 60% of a
-    column-brightness profile: where the spine is across an AP film."""
+def brightest_band(profile: np.ndarray, k: int | None = None, peak_middle: bool = False) -> float:
+    """Index of the brightest band (smoothed over ``k`` columns, 1/20 of its length by default) within
+    the middle 60% of a column-brightness profile: where the spine is across an AP film. The first
+    column of the peak, or with ``peak_middle`` the middle of a flat peak."""
     w = len(profile)
-    k = max(1, w // 20)
+    k = k or max(1, w // 20)
     smooth = np.convolve(profile, np.ones(k) / k, mode="same")
     lo, hi = int(w * 0.2), max(int(w * 0.8), int(w * 0.2) + 1)
-    return lo + int(np.argmax(smooth[lo:hi]))
+    seg = smooth[lo:hi]
+    p = int(np.argmax(seg))
+    if not peak_middle:
+        return lo + p
+    tie = seg[p] - 1e-6 * max(1.0, abs(float(seg[p])))
+    a, b = p, p
+    while a > 0 and seg[a - 1] >= tie:
+        a -= 1
+    while b < len(seg) - 1 and seg[b + 1] >= tie:
+        b += 1
+    return lo + (a + b) / 2
+
+
+def _column_profile(img: np.ndarray) -> np.ndarray:
+    """Mean brightness of each column, the top and bottom tenth of the film left out."""
+    h = img.shape[0]
+    return img[h // 10: h - h // 10].mean(axis=0)
 
 
 def spine_column(img: np.ndarray, landmarks: np.ndarray | None = None) -> float:
@@ -48,8 +65,7 @@ def spine_column(img: np.ndarray, landmarks: np.ndarray | None = None) -> float:
     vertical band of the film's middle 60% (the spine is the densest structure across an AP film)."""
     if landmarks is not None:
         return float(np.asarray(landmarks)[..., 0].mean())
-    h = img.shape[0]
-    return float(brightest_band(img[h // 10: h - h // 10].mean(axis=0)))
+    return float(brightest_band(_column_profile(img)))
 
 
 def strip_box(img: np.ndarray, aspect: float = STRIP_ASPECT, landmarks: np.ndarray | None = None) -> tuple[int, int]:
@@ -68,24 +84,11 @@ def strip_box(img: np.ndarray, aspect: float = STRIP_ASPECT, landmarks: np.ndarr
 
 
 def spine_centre(img: np.ndarray) -> float:
-    """The spine's column for :func:`spine_window`: the brightest vertical band of the film's middle
-    60%, as :func:`brightest_band` finds it, but smoothed over a share of the film's *height* (not its
-    width) and taken at the middle of a flat peak, so that a film and the same film with margins
-    added left and right put the spine on the same pixels."""
-    h, w = img.shape
-    profile = img[h // 10: h - h // 10].mean(axis=0)
-    k = max(1, int(round(h / STRIP_ASPECT / 20)))
-    smooth = np.convolve(profile, np.ones(k) / k, mode="same")
-    lo, hi = int(w * 0.2), max(int(w * 0.8), int(w * 0.2) + 1)
-    seg = smooth[lo:hi]
-    p = int(np.argmax(seg))
-    tie = seg[p] - 1e-6 * max(1.0, abs(float(seg[p])))
-    a, b = p, p
-    while a > 0 and seg[a - 1] >= tie:
-        a -= 1
-    while b < len(seg) - 1 and seg[b + 1] >= tie:
-        b += 1
-    return lo + (a + b) / 2
+    """The spine's column for :func:`spine_window`: :func:`brightest_band`, smoothed over a share of the
+    film's *height* (not its width) and taken at the middle of a flat peak, so that a film and the same
+    film with margins added left and right put the spine on the same pixels."""
+    return float(brightest_band(_column_profile(img), k=max(1, int(round(img.shape[0] / STRIP_ASPECT / 20))),
+                                peak_middle=True))
 
 
 def spine_window(img: np.ndarray, aspect: float = STRIP_ASPECT) -> tuple[np.ndarray, int]:
