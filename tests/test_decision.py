@@ -76,10 +76,29 @@ def test_the_view_check_decides_where_the_angle_counts() -> None:
     # ... on a straight full-spine film it stands, the angle reported beside it.
     d = rule.decide("Spondylolisthesis", PROBS, _with_view(straight, True))
     assert d.label == "Spondylolisthesis" and d.agreement == "consistent" and d.cobb_largest == pytest.approx(0, abs=1e-6)
-    # A lumbar or lateral view: the angle is not used, whatever the call.
-    for label in ("Normal", "Scoliosis", "Spondylolisthesis"):
+    # A lumbar or lateral view: Scoliosis and Spondylolisthesis calls keep their label, the angle unused.
+    for label in ("Scoliosis", "Spondylolisthesis"):
         d = rule.decide(label, PROBS, _with_view(curve, False))
         assert d.label == label and d.agreement == "no angle" and "lumbar or lateral view" in d.note
+    # ... but a Normal call still answers to a curve of clinical size (the view check can be wrong about a
+    # full AP film from another hospital), saying on which view it was measured; a straight one stands.
+    d = rule.decide("Normal", PROBS, _with_view(curve, False))
+    assert d.label == "Scoliosis" and d.agreement == "overruled" and d.cobb_largest == pytest.approx(40.0, abs=0.5)
+    assert "lumbar or" in d.note and "0.10" in d.note and "check the film" in d.note
+    d = rule.decide("Normal", PROBS, _with_view(straight, False))
+    assert d.label == "Normal" and d.agreement == "no angle" and d.cobb_largest is None
+    # The bar on a doubted view is the higher of the two lines: a 40 degree curve is over a 16 degree curve
+    # line and a 25 degree bar, not over a 45 degree bar, nor over a 45 degree curve line.
+    assert DecisionRule(curve_deg=45.0).decide("Normal", PROBS, _with_view(curve, False)).label == "Normal"
+    assert DecisionRule(16.0, doubted_view_deg=45.0).decide("Normal", PROBS, _with_view(curve, False)).label == "Normal"
+    mild = _measure([10.0 - 20.0 * j / 16 for j in range(17)])  # a 20 degree curve
+    assert mild.result is not None and mild.result.largest == pytest.approx(20.0, abs=0.5)
+    low = DecisionRule(curve_deg=16.0)
+    assert low.decide("Normal", PROBS, _with_view(mild, True)).label == "Scoliosis"  # full spine: the curve line
+    assert low.decide("Normal", PROBS, _with_view(mild, False)).label == "Normal"  # doubted: under the 25 degree bar
+    # The landmark model file carries the bar; a file without it gets the default.
+    assert DecisionRule.from_meta({"decision": {"curve_deg": 16, "doubted_view_deg": 30}}).doubted_view_deg == 30.0
+    assert DecisionRule.from_meta({"decision": {"curve_deg": 16}}).doubted_view_deg == 25.0
     # Without a view check the classifier's Spondylolisthesis call stands for the view (older model files).
     assert rule.decide("Spondylolisthesis", PROBS, curve).label == "Spondylolisthesis"
 
@@ -340,3 +359,18 @@ def test_cv_landmarks_on_a_resumed_torchrun_is_refused(synth_dir: Path, tmp_path
         cv_mod.run_cv(synth_dir, cfg, TrainConfig(epochs=1, device="cpu"), tmp_path / "run", progress=False,
                       resume=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_stored_decision_figures_name_the_landmark_model_and_the_rule(tmp_path: Path, monkeypatch) -> None:
+    """A fold's stored decision figures are reused only under the same landmark model file and the same
+    version of the rule: changing either makes ``cv --resume`` run the decision again."""
+    import spinexr.deploy.decision as decision
+    from spinexr.evaluation.decision_cv import evidence_digest
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(b"weights one")
+    b.write_bytes(b"weights two")
+    da = evidence_digest(a)
+    assert da == evidence_digest(a) and da != evidence_digest(b)
+    monkeypatch.setattr(decision, "RULE_VERSION", decision.RULE_VERSION + 1)
+    assert evidence_digest(a) != da

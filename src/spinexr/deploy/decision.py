@@ -18,8 +18,14 @@ call counts as a lumbar view. On a full-spine AP film:
   lumbar view; a full-spine AP film with a curve of that size is a scoliosis film);
 - otherwise the classifier's label stands and the angle is reported beside it.
 
-A refused spine (a photo, a chest film) and a lumbar or lateral view keep the classifier's label,
-with the reason. ``curve_deg`` is fitted on KAUH Normal films, which the
+A refused spine (a photo, a chest film) keeps the classifier's label, with the reason. On a view the
+check takes for a lumbar or lateral one, only a **Normal** call answers to the angle, and only to a
+curve of clinical size: one measured at or above ``doubted_view_deg`` (25°, the usual line between
+mild and moderate scoliosis, or ``curve_deg`` where that is higher) becomes Scoliosis, flagged
+"check the film". The view check errs on full AP films from other hospitals, whose curves would
+otherwise go unheard; a lumbar view measures large angles too (KAUH's lumbar films: 21° at the
+median), so the higher bar, and a film called Spondylolisthesis, the lumbar evidence, is never
+overruled on such a view. Scoliosis calls on such a view keep their label. ``curve_deg`` is fitted on KAUH Normal films, which the
 landmark model never saw (:func:`fit_curve_deg`: the smallest angle at most a set share of them
 reach); the landmark model file carries the value (``decision`` in its metadata).
 """
@@ -32,6 +38,10 @@ from typing import Any
 from spinexr.geometry.view import FULL_SPINE
 
 STRAIGHT_DEG = 10.0
+DOUBTED_VIEW_DEG = 25.0
+# Bumped whenever ``DecisionRule.decide`` changes what it decides: stored cross-validation figures
+# made under another version are rebuilt, not reused (:class:`spinexr.evaluation.decision_cv.CurveEvidence`).
+RULE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -55,12 +65,14 @@ class Decision:
 class DecisionRule:
     curve_deg: float = 25.0
     straight_deg: float = STRAIGHT_DEG
+    doubted_view_deg: float = DOUBTED_VIEW_DEG  # a Normal call on a view the check doubts: the bar for a curve
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any] | None) -> DecisionRule:
         """The rule a landmark model file carries (``decision`` in its metadata), else the default."""
         d = (meta or {}).get("decision") or {}
-        return cls(float(d.get("curve_deg", cls.curve_deg)), float(d.get("straight_deg", STRAIGHT_DEG)))
+        return cls(float(d.get("curve_deg", cls.curve_deg)), float(d.get("straight_deg", STRAIGHT_DEG)),
+                   float(d.get("doubted_view_deg", DOUBTED_VIEW_DEG)))
 
     def decide(self, label: str, probabilities: dict[str, float], measurement: Any) -> Decision:
         """``label``/``probabilities``: the classifier's; ``measurement``: a
@@ -76,6 +88,13 @@ class DecisionRule:
         band = measurement.result.band
         view = getattr(measurement, "view", None)
         if view is not None and view != FULL_SPINE:
+            bar = max(self.curve_deg, self.doubted_view_deg)
+            if label == "Normal" and a >= bar:
+                return Decision("Scoliosis", label, a, "overruled",
+                                f"the classifier said Normal ({p:.2f}) but the measured largest Cobb angle is {a:.1f}° "
+                                f"({band}, at least {bar:g}°) on a view the check took for a lumbar or "
+                                f"lateral one (full-spine probability {measurement.view_probability:.2f}): called "
+                                "Scoliosis; check the film")
             return Decision(label, label, None, "no angle",
                             f"a lumbar or lateral view by the shape of the measured spine (full-spine probability "
                             f"{measurement.view_probability:.2f}): the full-spine Cobb angle ({a:.1f}° measured) is not used")

@@ -26,6 +26,18 @@ from spinexr import CLASSES
 log = logging.getLogger(__name__)
 
 
+def evidence_digest(landmark_model: str | Path) -> str:
+    """Which landmark model file and which version of the rule a stored fold's decision figures came
+    from: a fold stored under another file or rule version is run through the decision again."""
+    from spinexr.deploy.decision import RULE_VERSION
+
+    h = hashlib.sha256(f"rule v{RULE_VERSION}".encode())
+    with open(landmark_model, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 class CurveEvidence:
     """A landmark model's measurement of every film of a dataset, made once, and the fold rules
     fitted from it. Films measured later (the framing test's cut and widened films) are cached by
@@ -41,11 +53,7 @@ class CurveEvidence:
 
         self.path = Path(landmark_model)
         self.measurer = SpineMeasurer(self.path, device=device)
-        h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        self.digest = h.hexdigest()[:16]  # which landmark model a stored fold's decision figures came from
+        self.digest = evidence_digest(self.path)
         self.max_rate, self.keep_lumbar_out = max_rate, keep_lumbar_out
         self.truth = [CLASSES[int(i)] for i in data.labels]
         self.measurements: list[Any] = []

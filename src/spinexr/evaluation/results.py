@@ -45,7 +45,7 @@ class FoldResult:
     explain: dict[str, Any] | None = None
     framing: dict[str, Any] | None = None  # the framing stress test on this fold's held-out films
     framing_decision: dict[str, Any] | None = None  # the same through the decision (cv --landmarks)
-    decision_landmarks: str | None = None  # the landmark model file's digest that framing_decision used
+    decision_landmarks: str | None = None  # landmark model file and rule (evidence_digest) framing_decision used
 
     def to_dict(self) -> dict[str, Any]:
         return {"info": asdict(self.info), "metrics": self.metrics, "probs": self.probs, "history": self.history,
