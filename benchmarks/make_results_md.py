@@ -347,7 +347,7 @@ def external_section(d: dict) -> list[str]:
            f"`{d['landmark_run']}`, each AASCE film measured by the fold model that did not train on it "
            f"({a['n_out_of_fold_measured']} of {a['n']} films; angles read with centreline weight "
            f"{d.get('centreline_weight', 0.0):g}). Curve line **{k['curve_deg']:.1f}°**, fitted on KAUH "
-           f"Normal films (at most {k['max_override']:.0%} of them reach it); the AASCE films chose nothing.", "",
+           f"Normal films (at most {k['max_override']:.0%} of them reach it). {d.get('note', '')}", "",
            "| films | what decides | called Scoliosis, largest Cobb >= 25° | Spearman with the true largest angle |",
            "|---|---|---|---|",
            f"| all {a['n']} AASCE films | classifier | {_pc(allf['angles']['called_scoliosis_ge25'])} | P(Scoliosis): "
@@ -429,7 +429,9 @@ def bundled_section(d: dict) -> list[str]:
             f"| landmarks | {lm['file_mb']:.1f} | max corner difference {lm['max_corner_diff_px_fp16']:.2f} px | "
             f"{lm['ms_per_film']:.0f} |", "",
             f"Decision rule: on a film the view check finds to be a full-spine AP view, a Normal or Spondylolisthesis "
-            f"call measured at **{d['curve_deg']:.1f}°** or more becomes Scoliosis.",
+            f"call measured at **{d['curve_deg']:.1f}°** or more becomes Scoliosis"
+            + (f"; on a view it doubts, a Normal call measured at **{max(d['curve_deg'], d['doubted_view_deg']):g}°** "
+               "or more." if d.get("doubted_view_deg") else "."),
             *([f"The classifier's float16 check is from {c['kept_from']} (its weights were kept)."] if c.get("kept_from")
               else []),
             *([f"The landmark model's weights are those of {lm['weights_kept_from']} (only its metadata changed: "
@@ -459,8 +461,8 @@ def main() -> int:
         lines += kauh_section(json.loads(f.read_text()))
     titles = {"_contract": "The strip input contract: KAUH CV on the same folds and seeds",
               "_window": "The window input contract: KAUH CV on the same folds and seeds",
-              "_window_lmseed1": "The window input contract through the decision with the second landmark model "
-                                 "(seed 1): same folds and seeds"}
+              "_window_lmseed1_rule3": "The window input contract through the decision with the second landmark "
+                                       "model (seed 1, bundled): same folds and seeds"}
     for f in sorted((HERE / "results").glob("kauh_augment_*.json")):
         title = [t for end, t in titles.items() if f.stem.endswith(end)]
         lines += augment_section(json.loads(f.read_text()), *title)
