@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from spinexr.data.imread import list_images, read_image
     from spinexr.deploy.bundled import BUNDLE_DIR, pack
-    from spinexr.deploy.decision import fit_curve_deg
+    from spinexr.deploy.decision import DOUBTED_VIEW_DEG, fit_curve_deg
     from spinexr.deploy.measure import SpineMeasurer
     from spinexr.deploy.predictor import Predictor
     from spinexr.geometry.view import fit_view_check, view_features
@@ -88,15 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     # and every film's view features the view check (Spondylolisthesis films: lumbar views; Normal and
     # Scoliosis films: full-spine AP).
     full_lm = SpineMeasurer(a.landmarks)
-    classes, feats, normal_angles = [], [], []
+    classes, feats, normal_angles, lumbar_angles = [], [], [], []
     for c in ("Normal", "Scoliosis", "Spondylolisthesis"):
         for p in list_images(KAUH / c):
             im = read_image(p)[0]
             m = full_lm.measure(im)
             feats.append(view_features(m.landmarks, im.shape[0], m.confidence))
             classes.append(c)
-            if c == "Normal":
-                normal_angles.append(m.result.largest if m.result is not None else np.nan)
+            angle = m.result.largest if m.result is not None else np.nan
+            (normal_angles if c == "Normal" else lumbar_angles if c == "Spondylolisthesis" else []).append(angle)
     curve_deg = fit_curve_deg(np.array(normal_angles))
     view_check = fit_view_check(np.array(feats), np.array([c != "Spondylolisthesis" for c in classes]), 0.9,
                                 f"all {len(classes)} KAUH films")
@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         from spinexr.deploy.modelfile import raw_metadata
 
         meta = raw_metadata(a.landmarks)
-        meta["decision"] = {"curve_deg": curve_deg, "straight_deg": 10.0, "fitted_on": f"{len(normal_angles)} KAUH Normal films",
-                            "max_rate": 0.02}
+        meta["decision"] = {"curve_deg": curve_deg, "straight_deg": 10.0, "doubted_view_deg": DOUBTED_VIEW_DEG,
+                            "fitted_on": f"{len(normal_angles)} KAUH Normal films", "max_rate": 0.02,
+                            "kauh_lumbar_median_deg": float(np.nanmedian(lumbar_angles))}
         meta["view_check"] = view_check.to_meta()
         lm_src = Path(d) / "landmarks.safetensors"
         save_file(load_file(a.landmarks), str(lm_src), metadata={"spinexr": json.dumps(meta)})
@@ -142,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                "max_prob_diff_fp16": dp, "ms_per_film": _latency(half_c.predict_image, imgs), **clf_facts}
     lm_out = {"file_mb": (BUNDLE_DIR / "landmarks.safetensors").stat().st_size / 2**20,
               "max_corner_diff_px_fp16": dpx, "ms_per_film": _latency(half_lm.measure, imgs)}
-    if (meta.get("training_data") or {}).get("reused_from") and earlier:
-        # A fold model measured again from the bundled float16 file: the float16 check is the earlier one.
+    src_w = load_file(a.landmarks)
+    from_half = all(torch.equal(v, v.half().to(v.dtype)) for v in src_w.values() if v.is_floating_point())
+    if from_half and earlier:
+        # Weights that were float16 already (a fold model measured again from the bundled float16 file):
+        # comparing them with themselves shows nothing, so the float16 check is the earlier one.
         lm_out.update(max_corner_diff_px_fp16=earlier["landmarks"]["max_corner_diff_px_fp16"],
                       weights_kept_from=earlier["landmarks"].get("weights_kept_from", since))
-    out = {**header("bundled_models", argv), "curve_deg": curve_deg, "classifier": clf,
+    out = {**header("bundled_models", argv), "curve_deg": curve_deg, "doubted_view_deg": DOUBTED_VIEW_DEG, "classifier": clf,
            "landmarks": lm_out,
            "kauh_parity_films": len(imgs)}
     write_result("bundled_models.json", out)
@@ -154,14 +158,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _augmentation_lines(aug: dict) -> list[str]:
-    """What augmentation the classifier trained with (its run's ``train.aug``), and the side-by-side CV
-    that chose it."""
+# The side-by-side KAUH CV that chose the window contract, both arms through the decision with the
+# landmark model bundled beside it.
+WINDOW_CV = RESULTS / "kauh_augment_cpu_reduced_window_lmseed1_rule3.json"
+
+
+def _augmentation_lines(aug: dict, resize: str = "letterbox") -> list[str]:
+    """What augmentation and input contract the classifier trained with (its run's ``train.aug``, its
+    ``data_config.resize``), and the side-by-side CV that chose them."""
     if not aug:
         return []
+    framing = (f"framing: strip crops p={aug.get('strip_p', 0)}, widened strips p={aug.get('widen_p', 0)}"
+               if resize not in ("strip", "window") else "no framing augmentation (the input contract makes it moot)")
     out = [f"- Augmentation: rotation ±{aug.get('rotate_deg')}°, zoom ±{aug.get('scale'):.0%}, shift "
            f"±{aug.get('translate'):.0%}, flips, brightness/contrast/gamma {aug.get('brightness')}/{aug.get('contrast')}/"
-           f"{aug.get('gamma')}; framing: strip crops p={aug.get('strip_p', 0)}, widened strips p={aug.get('widen_p', 0)}."]
+           f"{aug.get('gamma')}; {framing}."]
+    if resize == "window":
+        out += ["- Input contract: every film becomes a spine-centred window a quarter as wide as tall (`--resize "
+                "window`): cut from a wider film, widened from a narrower one by mirroring its edges, so a strip and "
+                "the same strip widened give the same input."]
+        if WINDOW_CV.is_file():
+            arms = json.loads(WINDOW_CV.read_text())["arms"]
+            rows = []
+            for name, r in arms.items():
+                fs, dec = r["framing_stress"], r.get("decision") or {}
+                dfr = dec.get("framing") or {}
+                rows.append(f"{name}: accuracy {r['accuracy_mean']:.1%} ({dec.get('accuracy_with_rule_mean', float('nan')):.1%} "
+                            f"with the curve rule), framing changes {fs['scoliosis_ap_to_strip']['rate']:.1%} / "
+                            f"{fs['normal_strip_to_full']['rate']:.1%}"
+                            + (f" ({dfr['scoliosis_ap_to_strip']['rate']:.1%} / {dfr['normal_strip_to_full']['rate']:.1%} "
+                               "with the rule)" if dfr else ""))
+            out += [f"- Chosen by a side-by-side 5-fold KAUH CV (`benchmarks/results/{WINDOW_CV.name}`, the bundled "
+                    "landmark model measuring): " + "; ".join(rows) + "."]
+        return out
     path = RESULTS / "kauh_augment_cpu_reduced.json"
     if path.is_file():
         arms = json.loads(path.read_text())["arms"]
@@ -217,7 +246,8 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
         f"(`benchmarks/results/kauh_cv_cpu_reduced.json`) Xception led ({cv['xception']['accuracy_mean']:.1%} vs "
         f"DenseNet121 {cv['densenet121']['accuracy_mean']:.1%}, InceptionV3 {cv['inception_v3']['accuracy_mean']:.1%}); "
         "DenseNet121 is a third the size for about two points less; within the 80 MB shared with the landmark "
-        "model, Xception fits, and at 96 px it stays fast on a laptop.", *_augmentation_lines(aug), "",
+        "model, Xception fits, and at 96 px it stays fast on a laptop.",
+        *_augmentation_lines(aug, dc.get("resize", "letterbox")), "",
         "## Measured", ""]
     if held:
         lines += [f"- KAUH held-out split ({held['classifier']['n']} films), as deployed: accuracy "
@@ -248,13 +278,23 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
                    f"strips change class ({a_['to'].get('Normal', 0)} to Normal) and {b_['changed']} of {b_['n']} Normal "
                    f"strips widened to full-film proportions change class ({b_['to'].get('Scoliosis', 0)} to Scoliosis).")
     framed = aug.get("strip_p", 0) > 0 or aug.get("widen_p", 0) > 0
+    alone_ge25 = ext["aasce"]["classifier_all_films"]["angles"]["called_scoliosis_ge25"] if ext else None
+    if dc.get("resize") == "window":
+        how = ("This model reads every film through a spine-centred window of a strip's proportions, which takes "
+               "the film's width away as a cue; where the spine's column is found a few pixels apart (a full film "
+               "and a strip cut from it), the input still differs a little.")
+    elif framed:
+        how = "This model trained with framing augmentation, which takes most of that shortcut away, not all."
+    else:
+        how = "This model learned much of that."
     lines += ["", "## Known failure modes", "",
-              "- KAUH's classes differ in framing (Normal films are narrow strips). "
-              + ("This model trained with framing augmentation, which takes most of that shortcut away, not all."
-                 if framed else "This model learned much of that.")
+              "- KAUH's classes differ in framing (Normal films are narrow strips). " + how
               + f"{framing} On another hospital's films it calls scoliosis less often than on KAUH's, and its "
               "P(Scoliosis) follows the size of the curve only weakly: use the measured angle (bundled landmark model) "
               "as the evidence for a curve.",
+              *([f"- Alone (`--no-landmarks`) it called {alone_ge25:.0%} of the AASCE films of 25° or more Scoliosis, "
+                 f"with the landmark model {ext['aasce']['oof_films']['called_scoliosis_ge25']['with_rule']:.0%} of "
+                 "those measured out of fold: on other hospitals' films, keep the landmark model on."] if ext else []),
               "- Full-spine films called Spondylolisthesis: the decision rule overrides that call only where the "
               "landmark model's view check finds a full-spine AP view and the measured curve reaches the line; the "
               "check lets about 1 in 10 lumbar films through, and those can be overruled wrongly.",
@@ -269,6 +309,7 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
                   curve_deg: float, speed: dict) -> tuple[str, str]:
     p = cv["pooled"]
     dc = meta["data_config"]
+    bar = meta["decision"]["doubted_view_deg"]
     f0 = (lm_log.get("folds") or [{}])[0]
     head = f"AASCE 80/20 CV: SMAPE {p['smape']:.1f}%, largest-angle MAE {p['mae_largest']:.1f}°"
     lines = [
@@ -296,7 +337,10 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
         "disagrees with where the vertebrae sit counts half.",
         f"- Decision rule: on a film the view check finds to be a full-spine AP view, a classifier's Normal or "
         f"Spondylolisthesis call measured at {curve_deg:.1f}° or more becomes Scoliosis (the line fitted on the 71 KAUH "
-        "Normal films, which this model never saw: at most 2% of them reach it).",
+        "Normal films, which this model never saw: at most 2% of them reach it). On a view the check doubts, only a "
+        f"Normal call answers to the angle, and only to a curve of {max(curve_deg, bar):g}° or more "
+        "(the usual line between mild and moderate scoliosis): the check errs on other hospitals' full AP films, "
+        "and lumbar views measure large angles too.",
         "- View check: a logistic model on the shape of the spine this model draws (vertebra proportions, growth from "
         "T1-T3 to L3-L5, span, heatmap confidence), fitted on "
         + (meta.get("view_check") or {}).get("fitted_on", "KAUH films of known view")
@@ -336,8 +380,12 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
               "a few degrees large" + (f" (KAUH Normal films measure {normal_median:.1f}° at the median)"
                                         if normal_median is not None else "") + ".",
               "- It always draws an ordered spine, even on lumbar or lateral views, where the plausibility check "
-              "rarely refuses: the angle is only used as evidence where the view check finds a full-spine AP view, "
-              "and that check, fitted on one hospital's films, lets about 1 in 10 lumbar films through.",
+              "rarely refuses: against a Spondylolisthesis call the angle is only used where the view check finds a "
+              "full-spine AP view, and that check, fitted on one hospital's films, lets about 1 in 10 lumbar films "
+              f"through and takes some full AP films for lumbar ones. A lumbar film called Normal and measured at "
+              f"{max(curve_deg, bar):g}° or more is called Scoliosis, flagged 'check the film' (KAUH's lumbar films "
+              f"measure {meta['decision']['kauh_lumbar_median_deg']:.0f}° at the median; KAUH holds no healthy lumbar "
+              "film to say how often that happens).",
               "- Trained on one Canadian hospital's AIS films, cropped neck to pelvis; other framings (whole-body, "
               "chest-only) and adult degenerative spines are outside its data."]
     return "\n".join(lines) + "\n", head
