@@ -43,7 +43,7 @@ if [ -n "$aasce" ]; then
     --epochs 150 --device cuda --minutes-per-fold 1.8 --run-dir "$out/aasce_full"
   step bundle_train "${CAP_BUNDLE:-600}" bash -c "python3 -m spinexr landmarks train --data '$aasce' --test-fraction 0 \
     --input-height 1024 --input-width 512 --epochs 150 --device cuda --max-minutes 4 --out '$out/landmarks_final' --quiet && \
-    python3 -m spinexr train --data '$data' --model xception --test-fraction 0.2 --device cuda --out '$out/classifier' --quiet"
+    python3 -m spinexr train --data '$data' --model xception --resize window --test-fraction 0.2 --device cuda --out '$out/classifier' --quiet"
 fi
 cp benchmarks/results/*.json "$out"/ 2>/dev/null || true
 cat "$out/steps.txt"
