@@ -381,7 +381,9 @@ def external_section(d: dict) -> list[str]:
     if ms:
         out += ["", f"Films of 25° or more measured out of fold and not called Scoliosis with the rule: {ms['n']} of "
                 f"{ge['n']}: {ms['normal_call_under_line']} Normal calls measured under the line, "
-                f"{ms['spondylolisthesis_call']} Spondylolisthesis calls, {ms['other']} other."]
+                + (f"{ms['normal_call_doubted_view_under_bar']} Normal calls over it on a view the check doubted "
+                   "(under the rule's bar there), " if "normal_call_doubted_view_under_bar" in ms else "")
+                + f"{ms['spondylolisthesis_call']} Spondylolisthesis calls, {ms['other']} other."]
         if ms.get("films"):
             def _deg(x: float | None) -> str:
                 return "refused" if x is None else f"{x:.1f}°"
