@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = read_aasce(AASCE)
     oof = np.load(run / "oof_landmarks.npz", allow_pickle=False)
     oof_pts = {str(Path(p).resolve()): v for p, v in zip(oof["paths"], oof["landmarks"])}
-    probs, labels, true, meas_angle, fused, has_oof, a_conf, a_views = [], [], [], [], [], [], [], []
+    probs, labels, true, meas_angle, fused, has_oof, a_conf = [], [], [], [], [], [], []
     names, view_p, views = [], [], []
     for r in tqdm(ds.records, desc="AASCE", unit="film"):
         img, _ = read_image(r.path)
@@ -204,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
         refused = implausibility(v)
         m = Measurement(v, None if refused else measurer.angles(v, r.height), refused, conf,
                         *check.judge(view_features(v, r.height, conf)))
-        a_views.append(m.view)
         views.append(m.view)
         view_p.append(np.nan if m.view_probability is None else float(m.view_probability))
         meas_angle.append(m.result.largest if m.result is not None else np.nan)
@@ -222,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "with_rule": external_metrics(y[o], fused_probs[o], true[o]),
             "evidence": "the measured largest Cobb angle (NaN where the spine was refused)",
             "refused": int((~np.isfinite(evidence[o])).sum()),
-            "view_full_spine_rate": float(np.mean([v == FULL_SPINE for v in a_views])),
+            "view_full_spine_rate": float(np.mean([v == FULL_SPINE for v in views if v is not None])),
         },
     }
     ge25 = o & (true >= 25)

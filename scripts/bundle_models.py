@@ -88,15 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     # and every film's view features the view check (Spondylolisthesis films: lumbar views; Normal and
     # Scoliosis films: full-spine AP).
     full_lm = SpineMeasurer(a.landmarks)
-    classes, feats, normal_angles, lumbar_angles = [], [], [], []
+    classes, feats, angles = [], [], {}
     for c in ("Normal", "Scoliosis", "Spondylolisthesis"):
         for p in list_images(KAUH / c):
             im = read_image(p)[0]
             m = full_lm.measure(im)
             feats.append(view_features(m.landmarks, im.shape[0], m.confidence))
             classes.append(c)
-            angle = m.result.largest if m.result is not None else np.nan
-            (normal_angles if c == "Normal" else lumbar_angles if c == "Spondylolisthesis" else []).append(angle)
+            angles.setdefault(c, []).append(m.result.largest if m.result is not None else np.nan)
+    normal_angles = angles["Normal"]
     curve_deg = fit_curve_deg(np.array(normal_angles))
     view_check = fit_view_check(np.array(feats), np.array([c != "Spondylolisthesis" for c in classes]), 0.9,
                                 f"all {len(classes)} KAUH films")
@@ -110,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         meta = raw_metadata(a.landmarks)
         meta["decision"] = {"curve_deg": curve_deg, "straight_deg": 10.0, "doubted_view_deg": DOUBTED_VIEW_DEG,
                             "fitted_on": f"{len(normal_angles)} KAUH Normal films", "max_rate": 0.02,
-                            "kauh_lumbar_median_deg": float(np.nanmedian(lumbar_angles))}
+                            "kauh_lumbar_median_deg": float(np.nanmedian(angles["Spondylolisthesis"]))}
         meta["view_check"] = view_check.to_meta()
         lm_src = Path(d) / "landmarks.safetensors"
-        save_file(load_file(a.landmarks), str(lm_src), metadata={"spinexr": json.dumps(meta)})
+        src_w = load_file(a.landmarks)
+        save_file(src_w, str(lm_src), metadata={"spinexr": json.dumps(meta)})
         ext = json.loads((RESULTS / "external_aasce.json").read_text()) if (RESULTS / "external_aasce.json").is_file() else None
         lm_log = json.loads(Path(a.landmark_train_log).read_text()) if a.landmark_train_log else {}
         # The measured figures: the landmark CV run the model came from (its result JSON), else the default one.
@@ -143,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
                "max_prob_diff_fp16": dp, "ms_per_film": _latency(half_c.predict_image, imgs), **clf_facts}
     lm_out = {"file_mb": (BUNDLE_DIR / "landmarks.safetensors").stat().st_size / 2**20,
               "max_corner_diff_px_fp16": dpx, "ms_per_film": _latency(half_lm.measure, imgs)}
-    src_w = load_file(a.landmarks)
     from_half = all(torch.equal(v, v.half().to(v.dtype)) for v in src_w.values() if v.is_floating_point())
     if from_half and earlier:
         # Weights that were float16 already (a fold model measured again from the bundled float16 file):
@@ -307,9 +307,11 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
 
 def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext: dict | None, lm_log: dict,
                   curve_deg: float, speed: dict) -> tuple[str, str]:
+    from spinexr.deploy.decision import DecisionRule
+
     p = cv["pooled"]
     dc = meta["data_config"]
-    bar = meta["decision"]["doubted_view_deg"]
+    bar = DecisionRule.from_meta(meta).doubted_view_bar
     f0 = (lm_log.get("folds") or [{}])[0]
     head = f"AASCE 80/20 CV: SMAPE {p['smape']:.1f}%, largest-angle MAE {p['mae_largest']:.1f}°"
     lines = [
@@ -338,7 +340,7 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
         f"- Decision rule: on a film the view check finds to be a full-spine AP view, a classifier's Normal or "
         f"Spondylolisthesis call measured at {curve_deg:.1f}° or more becomes Scoliosis (the line fitted on the 71 KAUH "
         "Normal films, which this model never saw: at most 2% of them reach it). On a view the check doubts, only a "
-        f"Normal call answers to the angle, and only to a curve of {max(curve_deg, bar):g}° or more "
+        f"Normal call answers to the angle, and only to a curve of {bar:g}° or more "
         "(the usual line between mild and moderate scoliosis): the check errs on other hospitals' full AP films, "
         "and lumbar views measure large angles too.",
         "- View check: a logistic model on the shape of the spine this model draws (vertebra proportions, growth from "
@@ -383,7 +385,7 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
               "rarely refuses: against a Spondylolisthesis call the angle is only used where the view check finds a "
               "full-spine AP view, and that check, fitted on one hospital's films, lets about 1 in 10 lumbar films "
               f"through and takes some full AP films for lumbar ones. A lumbar film called Normal and measured at "
-              f"{max(curve_deg, bar):g}° or more is called Scoliosis, flagged 'check the film' (KAUH's lumbar films "
+              f"{bar:g}° or more is called Scoliosis, flagged 'check the film' (KAUH's lumbar films "
               f"measure {meta['decision']['kauh_lumbar_median_deg']:.0f}° at the median; KAUH holds no healthy lumbar "
               "film to say how often that happens).",
               "- Trained on one Canadian hospital's AIS films, cropped neck to pelvis; other framings (whole-body, "

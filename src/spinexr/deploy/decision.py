@@ -74,6 +74,11 @@ class DecisionRule:
         return cls(float(d.get("curve_deg", cls.curve_deg)), float(d.get("straight_deg", STRAIGHT_DEG)),
                    float(d.get("doubted_view_deg", DOUBTED_VIEW_DEG)))
 
+    @property
+    def doubted_view_bar(self) -> float:
+        """The angle a Normal call on a view the check doubts must reach: the higher of the two lines."""
+        return max(self.curve_deg, self.doubted_view_deg)
+
     def decide(self, label: str, probabilities: dict[str, float], measurement: Any) -> Decision:
         """``label``/``probabilities``: the classifier's; ``measurement``: a
         :class:`~spinexr.deploy.measure.Measurement` or None (no landmark model ran)."""
@@ -88,7 +93,7 @@ class DecisionRule:
         band = measurement.result.band
         view = getattr(measurement, "view", None)
         if view is not None and view != FULL_SPINE:
-            bar = max(self.curve_deg, self.doubted_view_deg)
+            bar = self.doubted_view_bar
             if label == "Normal" and a >= bar:
                 return Decision("Scoliosis", label, a, "overruled",
                                 f"the classifier said Normal ({p:.2f}) but the measured largest Cobb angle is {a:.1f}° "
