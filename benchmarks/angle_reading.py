@@ -40,7 +40,7 @@ KAUH = HERE.parent.parent / "shared" / "data" / "kauh-spine-xray"
 
 
 def _case(path: str) -> str:
-    from spinexr.geometry.landmarks import case_group
+    from spinexr.data.landmarks import case_group
 
     return case_group(Path(path).name)
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from spinexr.deploy.measure import Measurement, SpineMeasurer
     from spinexr.deploy.predictor import Predictor
     from spinexr.evaluation.external import external_metrics
-    from spinexr.geometry.landmarks import read_aasce
+    from spinexr.data.landmarks import read_aasce
     from spinexr.geometry.plausibility import implausibility
     from spinexr.geometry.view import FEATURES as VIEW_FEATURES
     from spinexr.geometry.view import FULL_SPINE, fit_view_check, view_features

@@ -56,7 +56,7 @@ def aasce_check(model_file: Path, aasce: Path) -> dict:
     from spinexr.data.imread import read_image
     from spinexr.deploy.predictor import Predictor
     from spinexr.evaluation.external import external_metrics
-    from spinexr.geometry.landmarks import read_aasce
+    from spinexr.data.landmarks import read_aasce
 
     pred = Predictor(model_file)
     classes = list(pred.labels)

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from spinexr.deploy.measure import SpineMeasurer
     from spinexr.evaluation.landmark_cv import smape
     from spinexr.geometry.cobb import cobb_angles
-    from spinexr.geometry.landmarks import read_aasce
+    from spinexr.data.landmarks import read_aasce
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True, help="a landmark model file (repeatable)")

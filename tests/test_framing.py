@@ -18,7 +18,7 @@ from spinexr.data.framing import (
     strip_crop,
 )
 from spinexr.data.imread import read_image
-from spinexr.geometry.landmarks import read_landmark_csv
+from spinexr.data.landmarks import read_landmark_csv
 
 CLASSES = ("Normal", "Scoliosis", "Spondylolisthesis")
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from spinexr.errors import DatasetError
 from spinexr.geometry.cobb import centreline_tilts, cobb_angles, flip_landmarks, severity_band
-from spinexr.geometry.landmarks import XY_COLUMNS, read_aasce, read_landmark_csv, write_landmark_csv
+from spinexr.data.landmarks import XY_COLUMNS, read_aasce, read_landmark_csv, write_landmark_csv
 
 AASCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aasce-spine-ap"
 

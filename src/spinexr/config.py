@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import re
 import types
 from dataclasses import asdict, dataclass, field, fields
@@ -290,7 +291,6 @@ def _framing_for_contract(cv: CVConfig, tr: TrainConfig, given_aug: dict[str, An
                            f"under the {cv.resize} contract every film reaches the model as a strip around the spine, "
                            "so reframing it in training shows the model films it never gets; set them to 0, or use "
                            "--resize letterbox to train with framing augmentation")
-    import logging
 
     logging.getLogger(__name__).info("--resize %s: framing augmentation off (every film is a strip already)", cv.resize)
     return dataclasses.replace(tr, aug=dataclasses.replace(tr.aug, strip_p=0.0, widen_p=0.0))

@@ -7,12 +7,19 @@ the synthetic films: label, Cobb angles, the decision against the measured curve
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 from pathlib import Path
 
 from spinexr.config import CVConfig, TrainConfig
 from spinexr.data.check import check_dataset, format_result
 from spinexr.data.synth import synthesize
+from spinexr.deploy.bundled import bundled_path
+from spinexr.deploy.measure import SpineMeasurer
+from spinexr.deploy.predict import predict_paths
+from spinexr.deploy.predictor import Predictor
+from spinexr.errors import WeightsError
 from spinexr.evaluation.cv import run_cv
 
 log = logging.getLogger(__name__)
@@ -44,14 +51,7 @@ def run_demo(out: Path, seed: int = 0, epochs: int = 12, n: int = 150, image_siz
 
 def bundled_tour(data: Path, out: Path, per_class: int = 2) -> list:
     """The bundled classifier and landmark model on ``per_class`` synthetic AP films of each class."""
-    import csv
-    import json
 
-    from spinexr.deploy.bundled import bundled_path
-    from spinexr.deploy.measure import SpineMeasurer
-    from spinexr.deploy.predict import predict_paths
-    from spinexr.deploy.predictor import Predictor
-    from spinexr.errors import WeightsError
 
     try:
         clf, lm = bundled_path("classifier"), bundled_path("landmarks")

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spinexr.errors import SpinexrError
+from spinexr.models import get_model_entry
 
 METHODS = ("gradcam", "gradcam++", "attention")
 
@@ -34,7 +35,6 @@ def cam_ready(model: nn.Module) -> nn.Module:
 
 def target_layer(model: nn.Module) -> nn.Module:
     """The default CAM layer of a model (a spatial layer, pytorch-grad-cam#192), from the registry."""
-    from spinexr.models import get_model_entry
     path = get_model_entry(model.arch).cam_layer  # type: ignore[attr-defined]
     mod: Any = model.backbone  # type: ignore[attr-defined]
     for part in path.split("."):

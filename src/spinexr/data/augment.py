@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from spinexr.config import AugConfig, LandmarkConfig
 from spinexr.data.framing import FULL_ASPECT, STRIP_ASPECT
+from spinexr.geometry.cobb import FLIP_CORNERS
 
 
 def augment(x: torch.Tensor, cfg: AugConfig, gen: torch.Generator) -> torch.Tensor:
@@ -122,7 +123,6 @@ def augment_landmarks(x: torch.Tensor, pts: torch.Tensor, cfg: LandmarkConfig,
     brightness, contrast and gamma change. Points are mapped by the same matrix the pixels are
     resampled with, so they stay on the anatomy.
     """
-    from spinexr.geometry.cobb import FLIP_CORNERS
 
     b, _, h, w = x.shape
     dev = x.device

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from spinexr import CLASSES
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, read_image
@@ -143,7 +144,6 @@ def check_dataset(
 
     Unreadable files are reported and left out of the manifest; the check goes on past them.
     """
-    from tqdm.auto import tqdm
 
     manifest = load_manifest(source)
     records = manifest.records

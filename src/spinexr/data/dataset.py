@@ -16,12 +16,29 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from spinexr import CLASSES
+from spinexr.data.check import merge_groups, near_duplicate_pairs, shortcut_baseline, thumbnail
 from spinexr.data.contract import fit_to_square
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, read_image
+from spinexr.data.manifest import load_manifest
 from spinexr.errors import ImageReadError, SpinexrError
 
 log = logging.getLogger(__name__)
+
+@dataclass
+class DataSummary:
+    """What every run reports about its data, the size/aspect shortcut baseline included."""
+
+    source: str
+    n_images: int
+    counts: dict[str, int]
+    skipped: dict[str, str]
+    n_groups: int
+    near_duplicate_pairs: int
+    shortcut: dict[str, Any]
+
 
 @dataclass
 class ImageStore:
@@ -66,9 +83,7 @@ def load_images(
     With ``cache_dir`` the result is stored as an ``.npz`` keyed on the files' paths, sizes and
     modification times, and reused by later runs.
     """
-    from tqdm.auto import tqdm
 
-    from spinexr.data.check import thumbnail
 
     sizes = sorted(set(int(s) for s in sizes))
     cache_file = None
@@ -126,15 +141,11 @@ class PreparedData:
     source: str
 
     def counts(self) -> dict[str, int]:
-        from spinexr import CLASSES
 
         return {c: int((self.labels == k).sum()) for k, c in enumerate(CLASSES)}
 
     def summary(self) -> Any:
         """What every run reports about its data (a DataSummary), the size/aspect shortcut baseline included."""
-        from spinexr.data.check import shortcut_baseline
-        from spinexr.evaluation.results import DataSummary
-
         wh = np.array(self.image_sizes, dtype=float).reshape(-1, 2)
         return DataSummary(source=self.source, n_images=int(len(self.labels)), counts=self.counts(),
                            skipped=self.skipped, n_groups=int(len(np.unique(self.groups))),
@@ -155,8 +166,6 @@ def prepare_dataset(
     Unreadable files are skipped and listed in ``skipped``; near-duplicates (thumbnail correlation
     above ``near_dup_threshold``) share a group so they land on one side of every split.
     """
-    from spinexr.data.check import merge_groups, near_duplicate_pairs
-    from spinexr.data.manifest import load_manifest
 
     man = load_manifest(source)
     paths = [r.path for r in man.records]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 STRIP_ASPECT = 4.0  # height / width of KAUH's Normal strips (median 4.0)
 FULL_ASPECT = 2.5  # height / width of KAUH's full AP Scoliosis films (median 2.5)
@@ -26,7 +27,6 @@ def bounded(img: np.ndarray, max_side: int = 1024) -> np.ndarray:
     s = max_side / max(h, w)
     if s >= 1:
         return img
-    from PIL import Image
 
     size = (max(1, round(w * s)), max(1, round(h * s)))
     return np.asarray(Image.fromarray(img.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR,

@@ -8,6 +8,7 @@ from a PACS. The ``group`` keeps a patient's (or a near-duplicate's) images on o
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +90,6 @@ class Manifest:
 
 
 def _relpath(p: Path, base: Path) -> str:
-    import os
 
     return Path(os.path.relpath(p, base)).as_posix()
 

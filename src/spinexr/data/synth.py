@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from tqdm.auto import tqdm
 
+from spinexr.data.imread import read_image
+from spinexr.data.landmarks import write_landmark_csv
 from spinexr.geometry.cobb import cobb_angles
-from spinexr.geometry.landmarks import write_landmark_csv
 
 MEYERDING = {1: (0.0, 25.0), 2: (25.0, 50.0), 3: (50.0, 75.0), 4: (75.0, 100.0)}
 AP_LEVELS = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
@@ -309,7 +311,6 @@ def write_negative_controls(out_dir: str | Path) -> list[Path]:
 
     The photos are scikit-learn's bundled sample images (offline); the rest are drawn here.
     """
-    from PIL import ImageDraw
     from sklearn.datasets import load_sample_images
 
     out = Path(out_dir)
@@ -360,7 +361,6 @@ def synthesize(
     The AP films' vertebra corners go to ``landmarks.csv`` in the plain landmark format (pixels, with
     the Cobb angles measured on them), so the spine-geometry path runs without real data.
     """
-    from tqdm.auto import tqdm
 
     out = Path(out_dir)
     per = n // 3
@@ -410,9 +410,7 @@ def ap_landmarks(case: SynthCase) -> np.ndarray:
 def contact_sheet(paths: list[Path], out: str | Path, captions: list[str] | None = None,
                   cols: int = 6, cell: int = 220) -> Path:
     """Tile images (letterboxed into square cells) with captions into one PNG."""
-    from PIL import ImageFont
 
-    from spinexr.data.imread import read_image
     rows = max(1, math.ceil(len(paths) / cols))
     sheet = Image.new("L", (cols * cell, rows * (cell + 18)), 0)
     draw = ImageDraw.Draw(sheet)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spinexr.deploy.modelfile import model_kind, raw_metadata
 from spinexr.errors import WeightsError
 
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundled"
@@ -45,7 +46,6 @@ class BundledModel:
 
 def bundled_models(root: Path | None = None) -> list[BundledModel]:
     """Every bundled model file present in this installation."""
-    from spinexr.deploy.modelfile import model_kind, raw_metadata
 
     root = root or BUNDLE_DIR
     out = []
@@ -73,7 +73,6 @@ def pack(model_path: str | Path, kind: str, card: str, headline: str = "", root:
     statistics stay float32), the metadata kept and marked as bundled, and the model card beside it."""
     from safetensors.torch import load_file, save_file
 
-    from spinexr.deploy.modelfile import raw_metadata
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")

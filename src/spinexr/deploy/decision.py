@@ -32,10 +32,13 @@ reach); the landmark model file carries the value (``decision`` in its metadata)
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from spinexr.geometry.view import FULL_SPINE
+import numpy as np
+
+from spinexr.geometry.view import FULL_SPINE, fit_view_check
 
 STRAIGHT_DEG = 10.0
 DOUBTED_VIEW_DEG = 25.0
@@ -130,9 +133,7 @@ def fit_curve_deg(measured: Any, max_rate: float = 0.02, floor: float = STRAIGHT
     """The rule's curve line, chosen on films known not to be scoliosis (KAUH Normal; NaN: the landmark model
     refused the film): the smallest angle, on a half-degree step and at least ``floor``, that at most
     ``max_rate`` of those films reach, so the rule overrides at most that share of them."""
-    import math
 
-    import numpy as np
 
     a = np.asarray(measured, dtype=np.float64)
     allowed = int(math.floor(max_rate * len(a)))
@@ -148,9 +149,7 @@ def fit_fold_rule(truth: list[str], angle: Any, view_features: Any, train: Any, 
     the curve line on those films' Normal angles (:func:`fit_curve_deg`) and, with ``view_features``
     ((n, 5), :func:`spinexr.geometry.view.view_features`), the view check on those films
     (Spondylolisthesis films: lumbar views; the rest: full-spine AP). Returns ``(rule, check or None)``."""
-    import numpy as np
 
-    from spinexr.geometry.view import fit_view_check
 
     train = np.asarray(train)
     angle = np.asarray(angle, dtype=np.float64)
@@ -171,7 +170,6 @@ def rule_cv(truth: list[str], called: list[str], probs: list[dict[str, float]], 
     the view check too) and decides that fold's held-out films from their out-of-fold classifier
     calls. Returns the classifier's and the rule's accuracy per fold and their means, the lines used,
     how many decisions the rule changed (right and wrong), and how the view check sorted the held-out films."""
-    import numpy as np
 
     folds_a = np.asarray(folds)
     angle = np.array([m.result.largest if m is not None and m.result is not None else np.nan for m in measurements])

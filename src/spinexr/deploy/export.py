@@ -12,6 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from spinexr.data.imread import read_image
+from spinexr.deploy.modelfile import load_landmark_model
+from spinexr.deploy.predictor import Predictor, _ort_session
 from spinexr.errors import SpinexrError
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,6 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = 17, parity
     Raises :class:`SpinexrError` when parity is worse than ``tol`` (max abs difference of the
     calibrated probabilities).
     """
-    from spinexr.deploy.predictor import Predictor
 
     onnx = _need("onnx")
     out = Path(out)
@@ -79,7 +81,6 @@ def _torch_export(module: torch.nn.Module, dummy: torch.Tensor, path: Path, opse
 
 
 def _inputs(pred: Any, images: list[Path]) -> np.ndarray:
-    from spinexr.data.imread import read_image
     xs = []
     for p in images:
         img, _ = read_image(p)
@@ -89,7 +90,6 @@ def _inputs(pred: Any, images: list[Path]) -> np.ndarray:
 
 def parity(pred: Any, onnx_path: Path, images: list[Path], tol: float = PARITY_TOL) -> dict[str, Any]:
     """Max abs difference between PyTorch and onnxruntime probabilities on real images (one batch)."""
-    from spinexr.deploy.predictor import Predictor
 
     x = _inputs(pred, images)
     _, p_t, s_t = pred.run(x)
@@ -105,7 +105,6 @@ def parity(pred: Any, onnx_path: Path, images: list[Path], tol: float = PARITY_T
 
 def quantize_int8(onnx_path: str | Path, out: str | Path, calibration_images: list[Path]) -> dict[str, Any]:
     """Static INT8 quantization (QDQ, per-channel weights) calibrated on ``calibration_images``."""
-    from spinexr.deploy.predictor import Predictor
 
     q = _need("onnxruntime.quantization")
     pred = Predictor(onnx_path, backend="onnx")
@@ -151,9 +150,6 @@ def export_landmark_onnx(model_path: str | Path, out: str | Path, opset: int = 1
                          parity_images: list[Path] | None = None, tol: float = LANDMARK_PARITY_PX) -> dict[str, Any]:
     """Export a landmark model file (contract normalisation, network and soft-argmax decoding) to ONNX;
     given films, check that onnxruntime puts every corner within ``tol`` input pixels of PyTorch."""
-    from spinexr.data.imread import read_image
-    from spinexr.deploy.modelfile import load_landmark_model
-    from spinexr.deploy.predictor import _ort_session
 
     onnx = _need("onnx")
     out = Path(out)

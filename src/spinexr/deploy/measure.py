@@ -11,8 +11,10 @@ import numpy as np
 import torch
 
 from spinexr.deploy.decision import DecisionRule
+from spinexr.deploy.modelfile import load_landmark_model
 from spinexr.errors import WeightsError
 from spinexr.geometry.cobb import CobbResult, cobb_angles
+from spinexr.geometry.overlay import draw_overlay
 from spinexr.geometry.plausibility import implausibility
 from spinexr.geometry.view import ViewCheck, view_features
 
@@ -56,7 +58,6 @@ class SpineMeasurer:
     """Loads a landmark model file once; measures decoded films."""
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
-        from spinexr.deploy.modelfile import load_landmark_model
 
         self.device = torch.device(device)
         self.predictor, self.meta = load_landmark_model(path, self.device)
@@ -89,6 +90,5 @@ class SpineMeasurer:
         return m
 
     def overlay(self, img: np.ndarray, m: Measurement) -> np.ndarray:
-        from spinexr.geometry.overlay import draw_overlay
 
         return draw_overlay(img, m.landmarks, m.result, m.refused)

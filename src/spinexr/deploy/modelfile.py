@@ -22,6 +22,11 @@ import torch.nn as nn
 from spinexr import CLASSES, __version__
 from spinexr.data.contract import DataConfig
 from spinexr.errors import SpinexrError, WeightsError
+from spinexr.geometry.cobb import CORNERS, LEVELS
+from spinexr.models import create_model
+from spinexr.models.inference import InferenceModule
+from spinexr.models.landmark import CODECS, LandmarkNet, LandmarkPredictor, parse_scales
+from spinexr.models.ood import OODDetector
 
 FORMAT = "spinexr-model/2"
 READABLE_FORMATS = ("spinexr-model/1", FORMAT)
@@ -108,7 +113,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """
     from safetensors.torch import load_file
 
-    from spinexr.models import create_model
     meta = read_metadata(path)
     model = create_model(meta["architecture"], weights="none", attention=meta["attention"],
                          in_chans=meta["data_config"]["in_chans"], num_classes=len(meta["labels"]))
@@ -116,7 +120,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     ood = None
     ood_state = {k[4:]: state.pop(k) for k in list(state) if k.startswith("ood.")}
     if ood_state and "ood" in meta:
-        from spinexr.models.ood import OODDetector
         ood = OODDetector(**{k: ood_state[k].double().numpy() for k in OOD_KEYS},
                           threshold=meta["ood"]["threshold"], percentile=meta["ood"]["percentile"])
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -129,7 +132,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 def load_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
     """The model file as the one predictor: ``(InferenceModule in eval mode, metadata)``."""
-    from spinexr.deploy.predictor import InferenceModule
 
     model, meta, ood = load_model(path, device)
     module = InferenceModule(model, DataConfig.from_meta(meta), tta_flip=bool(meta.get("tta_flip", False)),
@@ -145,7 +147,6 @@ def save_landmark_model(predictor: Any, path: str | Path, cfg: dict[str, Any],
     """Write a landmark model file (.safetensors with its contract and codec in the metadata, plus .json)."""
     from safetensors.torch import save_file
 
-    from spinexr.geometry.cobb import CORNERS, LEVELS
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,6 @@ def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") ->
     """A landmark model file as its predictor: ``(LandmarkPredictor in eval mode, metadata)``."""
     from safetensors.torch import load_file
 
-    from spinexr.models.landmark import CODECS, LandmarkNet, LandmarkPredictor, parse_scales
 
     path = Path(path)
     meta = raw_metadata(path, "landmark model file not found; train one with `spinexr landmarks train`")

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from tqdm.auto import tqdm
 
 from spinexr.data.imread import list_images
 from spinexr.deploy.predictor import Prediction, Predictor
 from spinexr.errors import SpinexrError
+from spinexr.explain import overlay
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,7 @@ def predict_paths(predictor: Predictor, paths: list[Path], explain: str | None =
     """Predict every path; one :class:`Prediction` per path (``status`` ok or error). With a
     :class:`~spinexr.deploy.measure.SpineMeasurer` each readable film is also measured (Cobb angles),
     and with ``overlays`` the measurement is drawn on the film at its original size."""
-    from tqdm.auto import tqdm
 
-    from spinexr.explain import overlay
 
     if explain and heatmaps is None:
         raise SpinexrError("--explain needs --heatmaps DIR to write the overlays into")

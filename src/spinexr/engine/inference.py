@@ -1,7 +1,7 @@
 """Batch inference over resident uint8 tensors, through the one predictor graph.
 
 Evaluation (cv, train, evaluate) scores a model with :func:`run_inference`, which feeds
-:class:`~spinexr.deploy.predictor.InferenceModule` exactly what :class:`~spinexr.deploy.predictor.Predictor`
+:class:`~spinexr.models.inference.InferenceModule` exactly what :class:`~spinexr.deploy.predictor.Predictor`
 feeds it for a file: the contract's uint8 square scaled to [0, 1]. So the accuracy, calibration and
 OOD flags a report shows are those of the predictor users run. It runs in float32, as deployed.
 """
@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from spinexr.data.contract import DataConfig
+from spinexr.models.inference import InferenceModule
 
 
 @dataclass
@@ -61,7 +62,6 @@ def run_inference(module: nn.Module, x_u8: torch.Tensor, idx: np.ndarray | None,
 def extract_features(model: nn.Module, contract: DataConfig, x_u8: torch.Tensor, idx: np.ndarray | None,
                      device: torch.device, batch_size: int = 64) -> np.ndarray:
     """Pooled pre-logit features of ``x_u8[idx]`` (unmirrored), as the predictor's OOD score sees them."""
-    from spinexr.deploy.predictor import InferenceModule
 
     module = InferenceModule(model, contract).eval()
     out = [module.features(xb).float().cpu() for xb in unit_batches(x_u8, idx, device, batch_size)]

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from spinexr.config import LandmarkConfig
 from spinexr.data.augment import augment_landmarks
 from spinexr.data.contract import DataConfig, Placement
+from spinexr.data.imread import read_image
 from spinexr.engine.distributed import resolve_device
 from spinexr.engine.inference import unit_batches
 from spinexr.engine.state import EarlyStopping, TrainState
@@ -37,10 +39,8 @@ class LandmarkData:
 
 
 def prepare_landmarks(ds: object, contract: DataConfig, progress: bool = True) -> LandmarkData:
-    """Decode every film of a :class:`~spinexr.geometry.landmarks.LandmarkSet`; unreadable ones are skipped."""
-    from tqdm.auto import tqdm
+    """Decode every film of a :class:`~spinexr.data.landmarks.LandmarkSet`; unreadable ones are skipped."""
 
-    from spinexr.data.imread import read_image
 
     xs, ps, pls, recs = [], [], [], []
     skipped = dict(getattr(ds, "skipped", {}))
@@ -98,7 +98,6 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
                   cfg: LandmarkConfig, contract: DataConfig, checkpoint: Path | None = None, progress: bool = True,
                   desc: str = "landmarks", max_minutes: float | None = None) -> LandmarkFit:
     """Train ``net`` on ``fit_idx``; keep the weights with the lowest validation landmark error."""
-    from tqdm.auto import tqdm
 
     device = resolve_device(cfg.device)
     net.to(device)

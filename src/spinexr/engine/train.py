@@ -4,7 +4,7 @@
 
 Around it: class balance, a warm-up + one-cycle/cosine schedule, bf16 autocast and channels_last on
 CUDA, the CUDA out-of-memory policy, DDP under torchrun, and finally the predictor itself
-(:class:`~spinexr.deploy.predictor.InferenceModule`) with its temperature fitted on its own outputs.
+(:class:`~spinexr.models.inference.InferenceModule`) with its temperature fitted on its own outputs.
 """
 
 from __future__ import annotations
@@ -20,15 +20,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from spinexr.config import TrainConfig
 from spinexr.data.augment import augment
 from spinexr.data.contract import DataConfig
 from spinexr.data.splits import oversample
+from spinexr.engine.calibration import fit_temperature
 from spinexr.engine.distributed import is_main, rank, resolve_device, world_size
 from spinexr.engine.inference import run_inference, unit_batches
 from spinexr.engine.state import EarlyStopping, TrainState
 from spinexr.errors import SpinexrError
+from spinexr.models.inference import InferenceModule
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +185,7 @@ def fit(
     completed epoch, and since every epoch's randomness derives from (seed, epoch, rank) a resumed
     CPU run replays exactly. Under torchrun the sample order is sharded and only rank 0 writes.
     """
-    from tqdm.auto import tqdm
 
-    from spinexr.deploy.predictor import InferenceModule
-    from spinexr.evaluation.metrics import fit_temperature
 
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"

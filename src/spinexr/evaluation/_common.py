@@ -14,14 +14,23 @@ from spinexr import CLASSES
 from spinexr.config import CVConfig, TrainConfig
 from spinexr.data.contract import DataConfig
 from spinexr.data.dataset import PreparedData
+from spinexr.data.imread import read_image
+from spinexr.data.splits import take_in_turns
+from spinexr.deploy.modelfile import build_metadata, save_model
+from spinexr.engine.distributed import is_main, resolve_device
+from spinexr.engine.inference import extract_features
+from spinexr.engine.train import fit
 from spinexr.errors import ImageReadError
+from spinexr.evaluation.report import plot_gallery
+from spinexr.explain import cam_ready, explain_image, faithfulness, overlay
+from spinexr.models import create_model, get_model_entry
+from spinexr.models.ood import fit_ood
 
 log = logging.getLogger(__name__)
 
 
 def model_contract(name: str, cfg: CVConfig) -> DataConfig:
     """The registry's data contract of ``name`` with the run's input size and resize mode."""
-    from spinexr.models import get_model_entry
 
     return get_model_entry(name).data_config.with_(input_size=cfg.image_size, resize=cfg.resize)
 
@@ -29,7 +38,6 @@ def model_contract(name: str, cfg: CVConfig) -> DataConfig:
 def new_model(name: str, cfg: CVConfig, seed: int) -> Any:
     import torch
 
-    from spinexr.models import create_model
 
     torch.manual_seed(seed)
     return create_model(name, weights=cfg.weights, attention=cfg.attention, drop_rate=cfg.drop_rate)
@@ -40,10 +48,6 @@ def train_predictor(name: str, cfg: CVConfig, tcfg: TrainConfig, contract: DataC
                     checkpoint: Path, desc: str, progress: bool, resume: bool) -> Any:
     """Train ``name`` and return its FitResult, whose predictor carries an OOD detector fitted on the
     pooled features of ``ood_idx`` (the training side, unaugmented) when that is given."""
-    from spinexr.engine.distributed import is_main, resolve_device
-    from spinexr.engine.inference import extract_features
-    from spinexr.engine.train import fit
-    from spinexr.models.ood import fit_ood
 
     model = new_model(name, cfg, seed)
     res = fit(model, data.tensors[contract.input_size], data.labels, fit_idx, val_idx,
@@ -58,7 +62,6 @@ def train_predictor(name: str, cfg: CVConfig, tcfg: TrainConfig, contract: DataC
 
 def save_predictor(module: Any, cfg: CVConfig, path: Path, data_summary: dict[str, Any]) -> Path:
     """Write the model file of a trained predictor (weights, contract, flip, temperature, OOD)."""
-    from spinexr.deploy.modelfile import build_metadata, save_model
 
     meta = build_metadata(module.model, contract=module.contract, tta_flip=module.tta_flip,
                           temperature=float(module.temperature), weights=cfg.weights, data_summary=data_summary)
@@ -96,10 +99,6 @@ def explain_fold(module: Any, data: PreparedData, te: np.ndarray, probs: np.ndar
     """
     import torch
 
-    from spinexr.data.imread import read_image
-    from spinexr.data.splits import take_in_turns
-    from spinexr.evaluation.report import plot_gallery
-    from spinexr.explain import cam_ready, explain_image, faithfulness, overlay
 
     contract: DataConfig = module.contract
     model = module.model.to("cpu").eval()

@@ -24,7 +24,10 @@ from spinexr import CLASSES
 from spinexr.config import CVConfig, TrainConfig
 from spinexr.data.contract import DataConfig
 from spinexr.data.dataset import PreparedData, prepare_dataset
+from spinexr.data.framing import bounded, framing_stress
+from spinexr.data.imread import read_image
 from spinexr.data.splits import carve_validation, group_kfold, leaky_split
+from spinexr.deploy.bundled import bundled_path
 from spinexr.engine.distributed import barrier, is_main, resolve_device, world_size
 from spinexr.engine.inference import run_inference
 from spinexr.errors import SpinexrError
@@ -37,7 +40,9 @@ from spinexr.evaluation._common import (
     write_csv,
     write_history,
 )
+from spinexr.evaluation.decision_cv import CurveEvidence, summarize
 from spinexr.evaluation.metrics import compute_metrics
+from spinexr.evaluation.report import write_report
 from spinexr.evaluation.results import (
     FoldInfo,
     FoldResult,
@@ -58,7 +63,6 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     unfinished fold continues from its last epoch checkpoint. Under torchrun every rank trains and
     rank 0 alone evaluates and writes (the other ranks return None).
     """
-    from spinexr.evaluation.report import write_report
 
     out = Path(out_dir)
     t_start = time.perf_counter()
@@ -73,7 +77,6 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
         raise SpinexrError("--landmarks on a resumed run: run `spinexr cv --resume RUN_DIR --landmarks ...` without "
                            "torchrun (finished folds are rebuilt from their checkpoints, not retrained)")
     if cfg.landmarks and cfg.protocol in ("grouped", "both") and is_main():
-        from spinexr.evaluation.decision_cv import CurveEvidence
 
         evidence = CurveEvidence(landmark_model_path(cfg.landmarks), data, device=str(device), progress=progress)
     out.mkdir(parents=True, exist_ok=True)  # only once the data and the landmark model are known to be usable
@@ -129,7 +132,6 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
                 run.models[m].explanations = explanations.get(m)
                 run.models[m].framing = sum_framing(framing.get(m, []))
                 if evidence is not None and m in oof:  # a single model: a model file predict can run
-                    from spinexr.evaluation.decision_cv import summarize
 
                     scores = [evidence.score(oof[m][r], fold_of[r]) for r in range(cfg.repeats)]
                     run.models[m].decision = summarize(scores, sum_framing(framing_decision.get(m, [])))
@@ -269,8 +271,6 @@ class FramingFilms:
 
     def get(self) -> dict[str, list[np.ndarray]]:
         if self._films is None:
-            from spinexr.data.framing import bounded
-            from spinexr.data.imread import read_image
 
             self._films = {"Scoliosis": [], "Normal": []}
             for i in self.te:
@@ -287,8 +287,6 @@ def framing_fold(predictor: Any, held_out: FramingFilms, device: Any, decision: 
     measured curve, each film measured as it is shown."""
     import torch
 
-    from spinexr.data.framing import framing_stress
-    from spinexr.engine.inference import run_inference
 
     contract = predictor.contract
 
@@ -304,7 +302,6 @@ def framing_fold(predictor: Any, held_out: FramingFilms, device: Any, decision: 
 def landmark_model_path(value: str) -> Path:
     """``cv.landmarks``: a landmark model file, or ``bundled`` for the one shipped with the package."""
     if value == "bundled":
-        from spinexr.deploy.bundled import bundled_path
 
         return bundled_path("landmarks")
     p = Path(value)

@@ -20,8 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from spinexr import CLASSES
+from spinexr.data.imread import read_image
+from spinexr.deploy import decision as decision_rule
+from spinexr.deploy.decision import fit_fold_rule, rule_cv
+from spinexr.deploy.measure import SpineMeasurer
+from spinexr.geometry.view import view_features
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +35,8 @@ log = logging.getLogger(__name__)
 def evidence_digest(landmark_model: str | Path) -> str:
     """Which landmark model file and which version of the rule a stored fold's decision figures came
     from: a fold stored under another file or rule version is run through the decision again."""
-    from spinexr.deploy.decision import RULE_VERSION
 
-    h = hashlib.sha256(f"rule v{RULE_VERSION}".encode())
+    h = hashlib.sha256(f"rule v{decision_rule.RULE_VERSION}".encode())  # read at call time, never copied
     with open(landmark_model, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -45,11 +50,7 @@ class CurveEvidence:
 
     def __init__(self, landmark_model: str | Path, data: Any, device: str = "cpu", max_rate: float = 0.02,
                  keep_lumbar_out: float = 0.9, progress: bool = True) -> None:
-        from tqdm.auto import tqdm
 
-        from spinexr.data.imread import read_image
-        from spinexr.deploy.measure import SpineMeasurer
-        from spinexr.geometry.view import view_features
 
         self.path = Path(landmark_model)
         self.measurer = SpineMeasurer(self.path, device=device)
@@ -77,7 +78,6 @@ class CurveEvidence:
 
     def fold(self, te: np.ndarray) -> FoldDecision:
         """The rule of the fold holding out ``te``, fitted on every other film."""
-        from spinexr.deploy.decision import fit_fold_rule
 
         train = np.setdiff1d(np.arange(len(self.truth)), np.asarray(te))
         rule, check = fit_fold_rule(self.truth, self.angle, self.view_features, train, self.max_rate,
@@ -87,7 +87,6 @@ class CurveEvidence:
     def score(self, probs: np.ndarray, folds: np.ndarray) -> dict[str, Any]:
         """The decision on out-of-fold classifier probabilities ((n, classes); ``folds``: each film's
         fold), side by side with the classifier: :func:`spinexr.deploy.decision.rule_cv`."""
-        from spinexr.deploy.decision import rule_cv
 
         called = [CLASSES[int(j)] for j in np.asarray(probs).argmax(axis=1)]
         pd = [dict(zip(CLASSES, map(float, p))) for p in probs]
@@ -104,7 +103,6 @@ class FoldDecision:
     def decide(self, films: list[np.ndarray], probs: np.ndarray) -> list[str]:
         """The decision on each film from the classifier's probabilities for it: the film is measured
         and its view judged with this fold's check, as ``predict`` does with a landmark model file."""
-        from spinexr.geometry.view import view_features
 
         out = []
         for film, p in zip(films, np.asarray(probs)):

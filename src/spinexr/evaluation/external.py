@@ -21,11 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from spinexr import CLASSES
+from spinexr.data.dataset import prepare_dataset
+from spinexr.data.imread import read_image
+from spinexr.data.landmarks import read_aasce
+from spinexr.deploy.measure import SpineMeasurer
+from spinexr.deploy.modelfile import load_inference
+from spinexr.engine.distributed import resolve_device
+from spinexr.engine.inference import run_inference
 from spinexr.errors import DatasetError
 from spinexr.evaluation._common import write_csv
-from spinexr.evaluation.metrics import compute_metrics
+from spinexr.evaluation.metrics import _binary_auc, compute_metrics
+from spinexr.evaluation.report import write_report
 from spinexr.evaluation.results import RunResult, model_result
 from spinexr.geometry.cobb import severity_band
 
@@ -71,7 +80,6 @@ def external_metrics(y: np.ndarray, probs: np.ndarray, true_angle: np.ndarray | 
 
     ``true_angle`` / ``measured_angle``: the largest Cobb angle per film, NaN where unknown.
     """
-    from spinexr.evaluation.metrics import _binary_auc
 
     y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(axis=1)
@@ -134,7 +142,6 @@ def read_angles(source: str | Path) -> dict[str, float]:
     if not src.exists():
         raise DatasetError(f"{src}: angles file not found; pass a CSV with path and largest (or pt,mt,tl) columns")
     if src.is_dir():
-        from spinexr.geometry.landmarks import read_aasce
 
         recs = read_aasce(src).records
         pairs = [(r.path, float(np.max(r.angles))) for r in recs if r.angles is not None]
@@ -184,11 +191,6 @@ def evaluate_model(model_path: str | Path, source: str | Path, out_dir: str | Pa
     ``angles``: true Cobb angles (see :func:`read_angles`); ``landmarks``: a landmark model file whose
     measured largest angle is scored against them too.
     """
-    from spinexr.data.dataset import prepare_dataset
-    from spinexr.deploy.modelfile import load_inference
-    from spinexr.engine.distributed import resolve_device
-    from spinexr.engine.inference import run_inference
-    from spinexr.evaluation.report import write_report
 
     dev = resolve_device(device)
     module, meta = load_inference(model_path, dev)
@@ -234,10 +236,7 @@ def _measure(model: str | Path, paths: list[Path], probs: np.ndarray, device: An
              progress: bool) -> tuple[np.ndarray, list[str]]:
     """The largest Cobb angle the landmark model measures on each film (NaN where its spine is
     implausible), and the decision (:mod:`spinexr.deploy.decision`) that ``predict`` would return."""
-    from tqdm.auto import tqdm
 
-    from spinexr.data.imread import read_image
-    from spinexr.deploy.measure import SpineMeasurer
 
     measurer = SpineMeasurer(model, str(device))
     angles, decided = [], []

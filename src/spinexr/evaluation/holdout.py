@@ -21,6 +21,7 @@ from spinexr.evaluation._common import (
     write_history,
 )
 from spinexr.evaluation.metrics import compute_metrics
+from spinexr.evaluation.report import write_report
 from spinexr.evaluation.results import FoldInfo, RunResult, model_result
 
 
@@ -32,7 +33,6 @@ def run_train(source: str | Path, model_name: str, cfg: CVConfig, tcfg: TrainCon
     With ``resume`` training continues from ``checkpoint.pt`` after its last completed epoch. Under
     torchrun the ranks other than 0 return None.
     """
-    from spinexr.evaluation.report import write_report
 
     out = Path(out_dir)
     contract = model_contract(model_name, cfg)

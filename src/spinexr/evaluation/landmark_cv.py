@@ -22,14 +22,23 @@ import numpy as np
 
 from spinexr.config import LandmarkConfig
 from spinexr.data.contract import DataConfig
-from spinexr.errors import DatasetError
+from spinexr.data.imread import read_image
+from spinexr.data.landmarks import read_aasce, read_landmark_csv
+from spinexr.deploy.modelfile import load_landmark_model, save_landmark_model
+from spinexr.engine.distributed import resolve_device
+from spinexr.engine.landmarks import LandmarkFit, fit_landmarks, predict_points, prepare_landmarks
+from spinexr.errors import DatasetError, ImageReadError
+from spinexr.evaluation.landmark_report import write_landmark_report
+from spinexr.geometry.cobb import cobb_angles
+from spinexr.geometry.overlay import draw_overlay
+from spinexr.geometry.plausibility import implausibility
+from spinexr.models.landmark import CODECS, LandmarkNet, parse_scales
 
 log = logging.getLogger(__name__)
 
 
 def load_landmark_source(source: str | Path) -> Any:
     """An AASCE folder or a plain landmark CSV."""
-    from spinexr.geometry.landmarks import read_aasce, read_landmark_csv
 
     p = Path(source)
     if p.is_dir():
@@ -104,12 +113,6 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     ``trained``: model files, by fold, that an earlier run of the same settings trained on that fold's
     films: they are measured again (with this run's test-time augmentation) instead of retrained. A
     file whose training films do not match the fold's is refused."""
-    from spinexr.deploy.modelfile import save_landmark_model
-    from spinexr.engine.distributed import resolve_device
-    from spinexr.engine.landmarks import fit_landmarks, predict_points, prepare_landmarks
-    from spinexr.geometry.cobb import cobb_angles
-    from spinexr.geometry.plausibility import implausibility
-    from spinexr.models.landmark import CODECS, LandmarkNet, parse_scales
 
     parse_scales(cfg.tta_scales)  # a bad setting is refused before minutes of decoding, not after
     out = Path(out_dir)
@@ -208,9 +211,6 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
 def _reused_fit(path: Path, cfg: LandmarkConfig, contract: DataConfig, n_fit: int, device: Any) -> Any:
     """A fold's model file from an earlier run, as a fit without history, predicting with ``cfg``'s
     test-time augmentation; refused unless its encoder, input and training-film count are the fold's."""
-    from spinexr.deploy.modelfile import load_landmark_model
-    from spinexr.engine.landmarks import LandmarkFit
-    from spinexr.models.landmark import parse_scales
 
     predictor, meta = load_landmark_model(path, device)
     got = (meta.get("encoder"), predictor.contract.height, predictor.contract.width,
@@ -226,12 +226,6 @@ def _reused_fit(path: Path, cfg: LandmarkConfig, contract: DataConfig, n_fit: in
 def _report(out: Path, res: dict[str, Any], rows: list[dict[str, Any]], recs: list, pred_pts: dict[int, np.ndarray],
             pred: np.ndarray, true: np.ndarray, n_each: int = 4) -> None:
     """report.html with the gallery of the best and worst held-out films by SMAPE."""
-    from spinexr.data.imread import read_image
-    from spinexr.errors import ImageReadError
-    from spinexr.evaluation.landmark_report import write_landmark_report
-    from spinexr.geometry.cobb import cobb_angles
-    from spinexr.geometry.overlay import draw_overlay
-    from spinexr.geometry.plausibility import implausibility
 
     weight = res["settings"]["centreline_weight"]
     idx = np.array(list(pred_pts))

@@ -1,4 +1,4 @@
-"""Metrics with confidence intervals, calibration error, and temperature scaling."""
+"""Metrics with confidence intervals and calibration error (temperature scaling: :mod:`spinexr.engine.calibration`)."""
 
 from __future__ import annotations
 
@@ -11,29 +11,7 @@ from sklearn.metrics import (
 )
 
 from spinexr import CLASSES
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def nll(probs: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)).mean())
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising validation NLL (Guo et al., 2017), searched on log T in [0.05, 20]."""
-    from scipy.optimize import minimize_scalar
-
-    logits, y = np.asarray(logits, dtype=np.float64), np.asarray(y)
-    if len(y) == 0:
-        return 1.0
-    res = minimize_scalar(lambda lt: nll(softmax(logits, float(np.exp(lt))), y),
-                          bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))
+from spinexr.engine.calibration import fit_temperature, nll, softmax
 
 
 def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
@@ -191,3 +169,7 @@ def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, dict[str, f
             if v:
                 out[k] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
     return out
+
+
+__all__ = ["PER_CLASS", "PER_CLASS_NAMES", "SCALARS", "bootstrap_ci", "compute_metrics", "ece", "fit_temperature", "nll",
+           "reliability", "softmax", "summarize_folds"]

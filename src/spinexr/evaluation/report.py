@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from spinexr import CLASSES
+from spinexr.evaluation.metrics import PER_CLASS, PER_CLASS_NAMES, ece, reliability
 from spinexr.evaluation.results import ModelResult, RunResult
 
 COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3"]
@@ -140,7 +141,6 @@ MIN_BIN = 5  # reliability bins with fewer films than this are drawn hollow and 
 def plot_reliability(y: np.ndarray, probs_by_model: dict[str, np.ndarray], path: Path) -> Path:
     """Reliability curves (marker area by films per bin, hollow under MIN_BIN films), the films per bin,
     and the histogram of top-class confidence."""
-    from spinexr.evaluation.metrics import ece, reliability
     plt = _plt()
     fig, (ax, axn, axh) = plt.subplots(3, 1, figsize=(6, 9), sharex=True,
                                        gridspec_kw={"height_ratios": [3, 1, 1.2]})
@@ -239,7 +239,6 @@ def per_class_table(r: ModelResult) -> tuple[list[str], list[list[tuple[str, str
     Each rate shows its pooled value and 95% bootstrap CI; with several folds, its mean ± sd over folds
     follows. ``value`` is the number from metrics.json the cell shows (None where undefined).
     """
-    from spinexr.evaluation.metrics import PER_CLASS, PER_CLASS_NAMES
     cv = _n_folds(r) > 1
     header = ["class", "support"] + [PER_CLASS_NAMES[m] for m in PER_CLASS]
     rows = []

@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from spinexr.data.dataset import DataSummary
+from spinexr.evaluation.metrics import bootstrap_ci, compute_metrics, summarize_folds
+
 SCHEMA = "spinexr-run/2"
 
 
@@ -100,11 +103,6 @@ class ModelResult:
 def model_result(y: np.ndarray, probs: np.ndarray, fold_metrics: list[dict[str, Any]],
                  folds: list[FoldInfo] | None = None, n_boot: int = 1000, seed: int = 0) -> ModelResult:
     """Pool, bootstrap and summarise one model's predictions."""
-    from spinexr.evaluation.metrics import (
-        bootstrap_ci,
-        compute_metrics,
-        summarize_folds,
-    )
 
     return ModelResult(folds=list(folds or []), fold_metrics=fold_metrics, summary=summarize_folds(fold_metrics),
                        pooled=compute_metrics(y, probs), ci95=bootstrap_ci(y, probs, n_boot=n_boot, seed=seed))
@@ -119,19 +117,6 @@ class LeakyResult:
     n_val: int
     n_test: int
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-@dataclass
-class DataSummary:
-    """What every run reports about its data, the size/aspect shortcut baseline included."""
-
-    source: str
-    n_images: int
-    counts: dict[str, int]
-    skipped: dict[str, str]
-    n_groups: int
-    near_duplicate_pairs: int
-    shortcut: dict[str, Any]
 
 
 @dataclass

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from spinexr.data.contract import DataConfig
+from spinexr.errors import SpinexrError
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,6 @@ def list_models() -> list[str]:
 
 
 def get_model_entry(name: str) -> ModelEntry:
-    from spinexr.errors import SpinexrError
 
     if name not in _REGISTRY:
         raise SpinexrError(f"unknown model {name!r}; available: {', '.join(list_models())}")

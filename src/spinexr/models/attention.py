@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spinexr.errors import SpinexrError
+
 
 def _exporting() -> bool:
     """True while torch.export / ONNX / TorchScript trace the module (no Python-side state then)."""
@@ -100,6 +102,5 @@ def create_attention(kind: str, channels: int, drop: float = 0.0) -> nn.Module:
         return CBAM(channels)
     if kind == "none":
         return nn.Identity()
-    from spinexr.errors import SpinexrError
 
     raise SpinexrError(f"unknown attention {kind!r}; choose mhsa, cbam or none")

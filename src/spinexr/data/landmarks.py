@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from spinexr.data.imread import is_dicom_file, read_image
 from spinexr.errors import DatasetError, ImageReadError
 from spinexr.geometry.cobb import N_VERTEBRAE
 
@@ -66,12 +68,10 @@ def case_group(filename: str) -> str:
 
 def film_size(path: Path) -> tuple[int, int]:
     """(width, height) of a film from its header, without decoding the pixels where the format allows."""
-    from spinexr.data.imread import is_dicom_file, read_image
 
     if not path.is_file():
         raise ImageReadError(path, "file not found")
     if not is_dicom_file(path):
-        from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(path) as im:
