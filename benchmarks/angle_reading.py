@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
     from spinexr.data.imread import list_images, read_image
+    from spinexr.data.splits import case_splits, fit_val_split
     from spinexr.deploy.decision import fit_curve_deg
     from spinexr.deploy.measure import SpineMeasurer
-    from spinexr.evaluation.landmark_cv import case_splits, fit_val_split, load_landmark_source, smape
+    from spinexr.evaluation.landmark_cv import load_landmark_source, smape
     from spinexr.geometry.cobb import cobb_angles
     from spinexr.geometry.plausibility import implausibility
 

@@ -76,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     from spinexr.data.dataset import prepare_dataset
     from spinexr.data.framing import framing_stress
     from spinexr.data.imread import read_image
+    from spinexr.data.landmarks import read_aasce
     from spinexr.data.splits import holdout
     from spinexr.deploy.bundled import bundled_path
     from spinexr.deploy.decision import DecisionRule, fit_curve_deg
     from spinexr.deploy.measure import Measurement, SpineMeasurer
     from spinexr.deploy.predictor import Predictor
     from spinexr.evaluation.external import external_metrics
-    from spinexr.data.landmarks import read_aasce
     from spinexr.geometry.plausibility import implausibility
     from spinexr.geometry.view import FEATURES as VIEW_FEATURES
     from spinexr.geometry.view import FULL_SPINE, fit_view_check, view_features

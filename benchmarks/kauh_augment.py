@@ -54,9 +54,9 @@ def aasce_check(model_file: Path, aasce: Path) -> dict:
     import numpy as np
 
     from spinexr.data.imread import read_image
+    from spinexr.data.landmarks import read_aasce
     from spinexr.deploy.predictor import Predictor
     from spinexr.evaluation.external import external_metrics
-    from spinexr.data.landmarks import read_aasce
 
     pred = Predictor(model_file)
     classes = list(pred.labels)

@@ -49,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         strip_crop,
     )
     from spinexr.data.imread import read_image
+    from spinexr.data.landmarks import read_aasce
     from spinexr.data.manifest import load_manifest
     from spinexr.deploy.measure import SpineMeasurer
     from spinexr.evaluation.landmark_cv import smape
     from spinexr.geometry.cobb import cobb_angles
-    from spinexr.data.landmarks import read_aasce
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True, help="a landmark model file (repeatable)")

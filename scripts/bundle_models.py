@@ -169,7 +169,7 @@ def _augmentation_lines(aug: dict, resize: str = "letterbox") -> list[str]:
     if not aug:
         return []
     framing = (f"framing: strip crops p={aug.get('strip_p', 0)}, widened strips p={aug.get('widen_p', 0)}"
-               if resize not in ("strip", "window") else "no framing augmentation (the input contract makes it moot)")
+               if resize not in SPINE_CENTRED_MODES else "no framing augmentation (the input contract makes it moot)")
     out = [f"- Augmentation: rotation ±{aug.get('rotate_deg')}°, zoom ±{aug.get('scale'):.0%}, shift "
            f"±{aug.get('translate'):.0%}, flips, brightness/contrast/gamma {aug.get('brightness')}/{aug.get('contrast')}/"
            f"{aug.get('gamma')}; {framing}."]

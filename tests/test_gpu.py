@@ -32,4 +32,4 @@ def test_landmarks_train_on_cuda(synth_dir: Path, tmp_path: Path) -> None:
 
     cfg = LandmarkConfig(input_height=128, input_width=64, epochs=2, batch_size=4, device="cuda")
     res = run_landmark_cv(synth_dir / "landmarks.csv", cfg, tmp_path / "lm", folds=2, progress=False, n_boot=20)
-    assert math.isfinite(res["pooled"]["smape"]) and res["settings"]["device"] == "cuda"
+    assert math.isfinite(res.pooled["smape"]) and res.settings["device"] == "cuda"

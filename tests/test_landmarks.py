@@ -121,8 +121,8 @@ def test_tiny_train_and_predict_on_synthetic_films(synth_dir: Path, tmp_path: Pa
 
     cfg = LandmarkConfig(input_height=128, input_width=64, epochs=2, batch_size=4, device="cpu")
     res = run_landmark_cv(synth_dir / "landmarks.csv", cfg, tmp_path / "run", folds=2, progress=False, n_boot=50)
-    assert res["pooled"]["n"] == res["n_films"] and math.isfinite(res["pooled"]["smape"])
-    assert set(res["pooled"]["landmark_error_pct_height"]) == {"mean", "median", "p90"}
+    assert res.pooled["n"] == res.n_films and math.isfinite(res.pooled["smape"])
+    assert set(res.pooled["landmark_error_pct_height"]) == {"mean", "median", "p90"}
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["folds"][0]["n_test"] > 0
     html = (tmp_path / "run" / "report.html").read_text()
     for word in ("SMAPE", "Bland-Altman", "Landmark error", "best and the worst"):
@@ -458,9 +458,9 @@ def test_an_earlier_fold_model_is_measured_again_not_retrained(landmark_model: P
                          tta_scales="1")
     res = run_landmark_cv(synth_dir / "landmarks.csv", cfg, tmp_path / "again", folds=1, progress=False, n_boot=20,
                           trained={0: landmark_model})
-    f0 = res["folds"][0]
+    f0 = res.folds[0]
     assert f0["reused_model"] == str(landmark_model) and f0["epochs_run"] is None and f0["n_test"] > 0
-    assert math.isfinite(res["pooled"]["smape"]) and res["settings"]["tta_scales"] == "1"
+    assert math.isfinite(res.pooled["smape"]) and res.settings["tta_scales"] == "1"
     assert not (tmp_path / "again" / "checkpoints").exists()  # nothing trained
     with pytest.raises(DatasetError, match="retrain instead"):
         run_landmark_cv(synth_dir / "landmarks.csv", LandmarkConfig(input_height=160, input_width=80, device="cpu",

@@ -1,8 +1,8 @@
 """Settings: one dataclass per group, validated on construction, with the CLI flags generated from them.
 
 Defaults live in the dataclasses; a YAML file (``--config``) may set any field, in sections ``cv``
-(:class:`CVConfig`) and ``train`` (:class:`TrainConfig`, with ``aug``: :class:`AugConfig`), plus
-top-level ``data``, ``out`` and ``model(s)``; command-line flags override both. Each field declares its
+(:class:`CVConfig`), ``train`` (:class:`TrainConfig`, with ``aug``: :class:`AugConfig`) and ``landmarks``
+(:class:`LandmarkConfig`, for ``spinexr landmarks``), plus top-level ``data``, ``out`` and ``model(s)``; command-line flags override both. Each field declares its
 type (a ``Literal`` lists the accepted values), its bounds and its help text in one place, so flags,
 YAML and defaults cannot drift, and a bad value from any of them gets the same message: the setting,
 the value, and what is accepted. This module imports no torch, so ``data check`` runs without it.
@@ -22,6 +22,14 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 from spinexr.errors import SpinexrError
 
 T = TypeVar("T", bound="Settings")
+
+# The vocabulary a user types, owned here and imported everywhere else.
+# How a film is fitted to the model's square (spinexr.data.contract).
+RESIZE_MODES = ("letterbox", "stretch", "crop", "strip", "window")
+# The contracts that hand the model a strip around the spine, whatever the film's framing.
+SPINE_CENTRED_MODES = ("strip", "window")
+# What `explain` draws (spinexr.explain).
+EXPLAIN_METHODS = ("gradcam", "gradcam++", "attention")
 _UNIONS = (Union, types.UnionType)
 
 
@@ -203,7 +211,7 @@ class CVConfig(Settings):
     attention: Literal["mhsa", "cbam", "none"] = setting("mhsa", help="the attention head")
     weights: str = setting("none", help="none (from scratch), imagenet (through timm, needs the network) or a file")
     image_size: int | None = setting(None, ge=32, le=2048, help="input size (default: each model's own)")
-    resize: Literal["letterbox", "stretch", "crop", "strip", "window"] = setting(
+    resize: Literal[RESIZE_MODES] = setting(  # type: ignore[valid-type]
         "letterbox", help="how a film is fitted to the square (strip: cut to a strip around the spine, then letterboxed; "
         "window: every film made a strip around the spine, narrower ones widened by mirroring their edges)")
     protocol: Literal["grouped", "seed-leaky", "both"] = setting(
@@ -270,10 +278,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise SpinexrError(f"{p}: not valid YAML ({e})") from e
     if not isinstance(d, dict):
         raise SpinexrError(f"{p}: the config must be a mapping (key: value)")
-    unknown = set(d) - {"data", "out", "model", "models", "cv", "train"}
+    unknown = set(d) - {"data", "out", "model", "models", "cv", "train", "landmarks"}
     if unknown:
-        raise SpinexrError(f"{p}: unknown top-level key(s) {sorted(unknown)}; use data, out, model(s), cv, train")
-    for sec in ("cv", "train"):
+        raise SpinexrError(f"{p}: unknown top-level key(s) {sorted(unknown)}; use data, out, model(s), cv, train, landmarks")
+    for sec in ("cv", "train", "landmarks"):
         if d.get(sec) is not None and not isinstance(d[sec], dict):
             raise SpinexrError(f"{p}: '{sec}' must be a mapping of settings")
     return d
@@ -283,7 +291,7 @@ def _framing_for_contract(cv: CVConfig, tr: TrainConfig, given_aug: dict[str, An
     """Under the strip and window input contracts every film reaches the model as a strip around the
     spine, so the framing augmentation (strips cut from wide films, strips widened) would train on
     inputs the model never gets: it is off there. Asked for explicitly, it is a mistake to say so."""
-    if cv.resize not in ("strip", "window") or (tr.aug.strip_p == 0 and tr.aug.widen_p == 0):
+    if cv.resize not in SPINE_CENTRED_MODES or (tr.aug.strip_p == 0 and tr.aug.widen_p == 0):
         return tr
     asked = {k: given_aug[k] for k in ("strip_p", "widen_p") if given_aug.get(k)}
     if asked:
@@ -374,3 +382,17 @@ class LandmarkConfig(Settings):
                                                      "mirroring the strip's edges")
     folds: int = setting(5, ge=2, verbs=("cv",), help="case-grouped folds")
     test_fraction: float = setting(0.2, ge=0, lt=1, verbs=("train",), help="held-out share of cases (0: none)")
+
+
+def resolve_landmarks(args: argparse.Namespace) -> tuple[dict[str, Any], LandmarkConfig]:
+    """Merge defaults, the ``landmarks`` section of ``--config`` and flags; returns (top-level, LandmarkConfig)."""
+    y = load_yaml(args.config) if getattr(args, "config", None) else {}
+    section = dict(y.get("landmarks") or {})
+    for f in fields(LandmarkConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            section[f.name] = v
+    top = {k: getattr(args, k, None) or y.get(k) for k in ("data", "out")}
+    if not top["data"]:
+        raise SpinexrError("no landmark data given: pass --data (an AASCE folder or a landmark CSV), or data: in --config")
+    return top, LandmarkConfig.from_dict(section)

@@ -8,17 +8,15 @@ the synthetic films: label, Cobb angles, the decision against the measured curve
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 
+from spinexr import CLASSES
 from spinexr.config import CVConfig, TrainConfig
 from spinexr.data.check import check_dataset, format_result
 from spinexr.data.synth import synthesize
-from spinexr.deploy.bundled import bundled_path
-from spinexr.deploy.measure import SpineMeasurer
-from spinexr.deploy.predict import predict_paths
-from spinexr.deploy.predictor import Predictor
+from spinexr.deploy.pipeline import Pipeline
+from spinexr.deploy.predict import predict_paths, write_predictions
 from spinexr.errors import WeightsError
 from spinexr.evaluation.cv import run_cv
 
@@ -50,23 +48,20 @@ def run_demo(out: Path, seed: int = 0, epochs: int = 12, n: int = 150, image_siz
 
 
 def bundled_tour(data: Path, out: Path, per_class: int = 2) -> list:
-    """The bundled classifier and landmark model on ``per_class`` synthetic AP films of each class."""
-
-
+    """The bundled pipeline (classifier, landmark model and rule) on ``per_class`` synthetic AP films of each class."""
     try:
-        clf, lm = bundled_path("classifier"), bundled_path("landmarks")
+        pipeline = Pipeline.load()
     except WeightsError as e:
         print(f"bundled models: skipped ({e})")
         return []
     with open(data / "labels.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("view", "AP") == "AP"]
-    films = [data / r["path"] for c in ("Normal", "Scoliosis", "Spondylolisthesis")
-             for r in [r for r in rows if r["label"] == c][:per_class]]
+    films = [data / r["path"] for c in CLASSES for r in [r for r in rows if r["label"] == c][:per_class]]
     out.mkdir(parents=True, exist_ok=True)
-    preds = predict_paths(Predictor(clf), films, progress=False, measurer=SpineMeasurer(lm), overlays=out / "overlays")
-    (out / "predictions.json").write_text(json.dumps([p.to_json() for p in preds], indent=2))
-    print(f"bundled models ({clf.name}, {lm.name}; trained on real radiographs, shown here on synthetic films, so "
-          "expect them to be unsure):")
+    preds = predict_paths(pipeline, films, progress=False, overlays=out / "overlays")
+    write_predictions(preds, out / "predictions.json")
+    print(f"bundled models ({pipeline.model_info['bundle']}: {pipeline.predictor.name} and {pipeline.model_info['landmarks']}; "
+          "trained on real radiographs, shown here on synthetic films, so expect them to be unsure):")
     for p, r in zip(preds, films):
         if p.status != "ok":
             print(f"  {r.parent.name}/{r.name}: ERROR {p.reason}")
@@ -74,5 +69,6 @@ def bundled_tour(data: Path, out: Path, per_class: int = 2) -> list:
         said = p.decision.classifier_label if p.decision is not None else p.label
         note = p.decision.note if p.decision is not None else ""
         print(f"  {r.parent.name}/{r.name}: {p.label} (classifier: {said}, P={p.probabilities[said]:.2f}); {note}")
+    print(f"predictions: {(out / 'predictions.json').resolve()} (spinexr-prediction/1 documents)")
     print(f"overlays: {(out / 'overlays').resolve()}")
     return preds

@@ -14,10 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spinexr.config import EXPLAIN_METHODS
 from spinexr.errors import SpinexrError
 from spinexr.models import get_model_entry
 
-METHODS = ("gradcam", "gradcam++", "attention")
+METHODS = EXPLAIN_METHODS
 
 
 def cam_ready(model: nn.Module) -> nn.Module:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from spinexr.config import RESIZE_MODES, SPINE_CENTRED_MODES
 from spinexr.data.framing import STRIP_ASPECT, spine_window, strip_box
 from spinexr.errors import SpinexrError, WeightsError
 
@@ -26,7 +27,6 @@ from spinexr.errors import SpinexrError, WeightsError
 # ``window``: every film becomes a window of a strip's proportions centred on the spine, cut from a wider
 # film and widened, where the film is narrower, by mirroring its edges (spinexr.data.framing.spine_window),
 # then letterboxed: a strip and the same strip widened reach the model as the same pixels.
-RESIZE_MODES = ("letterbox", "stretch", "crop", "strip", "window")
 # The ImageNet mean and std of the three colour channels, averaged for one gray channel.
 GRAY_MEAN = 0.449
 GRAY_STD = 0.226
@@ -148,7 +148,7 @@ def fit_to_box(img: np.ndarray, height: int, width: int, mode: str = "letterbox"
     """
     if mode not in RESIZE_MODES:
         raise SpinexrError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
-    if mode in ("strip", "window"):  # a strip around the spine, letterboxed; placed back onto the whole film
+    if mode in SPINE_CENTRED_MODES:  # a strip around the spine, letterboxed; placed back onto the whole film
         if mode == "strip":
             x0, cw = strip_box(img, STRIP_ASPECT)
             part = img[:, x0:x0 + cw]

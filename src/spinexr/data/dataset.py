@@ -141,7 +141,6 @@ class PreparedData:
     source: str
 
     def counts(self) -> dict[str, int]:
-
         return {c: int((self.labels == k).sum()) for k, c in enumerate(CLASSES)}
 
     def summary(self) -> Any:

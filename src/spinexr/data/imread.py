@@ -26,7 +26,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from spinexr.errors import ImageReadError, ReadErrorKind
 
 # KAUH's largest image is 2972 x 4999 = 14.9 Mpx; full-length spine films reach ~ 40 Mpx.
+# The pixel limit (a decompression-bomb guard): files read from disk, and uploads to the service.
 DEFAULT_MAX_PIXELS = 100_000_000
+UPLOAD_MAX_PIXELS = 60_000_000
 DEFAULT_MIN_SIDE = 16
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")

@@ -72,7 +72,6 @@ def film_size(path: Path) -> tuple[int, int]:
     if not path.is_file():
         raise ImageReadError(path, "file not found")
     if not is_dicom_file(path):
-
         try:
             with Image.open(path) as im:
                 return im.size

@@ -90,7 +90,6 @@ class Manifest:
 
 
 def _relpath(p: Path, base: Path) -> str:
-
     return Path(os.path.relpath(p, base)).as_posix()
 
 

@@ -93,3 +93,29 @@ def leaky_split(labels: np.ndarray, seed: int,
     train, val, test = pool[:a], pool[a:b], pool[b:]
     leak = float(np.isin(test, train).mean()) if len(test) else 0.0
     return {"train": train, "val": val, "test": test, "test_leak": leak}
+
+
+def case_splits(groups: np.ndarray, folds: int, seed: int, test_fraction: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Case-grouped folds, or with ``folds`` < 2 one split holding out ``test_fraction`` of the cases
+    (0: no test part, every film trains: the final model)."""
+    cases = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(cases)
+    if folds < 2 and test_fraction == 0:
+        return [(np.arange(len(groups)), np.array([], dtype=int))]
+    if folds < 2:
+        n_test = max(1, int(round(test_fraction * len(cases))))
+        parts = [order[:n_test]]
+    else:
+        parts = np.array_split(order, folds)
+    idx = np.arange(len(groups))
+    return [(idx[~np.isin(groups, p)], idx[np.isin(groups, p)]) for p in parts]
+
+
+def fit_val_split(groups: np.ndarray, tr: np.ndarray, val_fraction: float, seed: int, fold: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's training side ``tr`` split by case into the films that fit and the validation films
+    that choose the epoch (``val_fraction`` of its cases), as every landmark CV run draws them."""
+    n_val = max(1, int(round(val_fraction * len(np.unique(groups[tr])))))
+    val_cases = np.random.default_rng(seed + 1 + fold).permutation(np.unique(groups[tr]))[:n_val]
+    return tr[~np.isin(groups[tr], val_cases)], tr[np.isin(groups[tr], val_cases)]

@@ -1,20 +1,20 @@
 """The trained models that ship inside the package, with their model cards.
 
 ``spinexr predict film.jpg``, ``spinexr serve`` and the page use them when no model file is given.
-They live in ``spinexr/deploy/bundled/`` as ordinary spinexr model files whose floating-point weights
-are stored in float16 (half the size; they are cast back to float32 on loading, so every runtime path
-is unchanged), each beside a ``<name>.md`` model card. :func:`pack` writes them from a trained model
-file; ``scripts/bundle_models.py`` is the documented way to rebuild them.
+They live in ``spinexr/deploy/bundled/`` as one bundle (:mod:`spinexr.deploy.bundle`: ``bundle.json``
+names the pair and the decision rule that joins them): ordinary spinexr model files whose
+floating-point weights are stored in float16 (half the size; they are cast back to float32 on loading,
+so every runtime path is unchanged), each beside a ``<name>.md`` model card. :func:`pack` writes them
+from a trained model file; ``scripts/bundle_models.py`` is the documented way to rebuild them.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spinexr.deploy.modelfile import model_kind, raw_metadata
+from spinexr.deploy.modelfile import model_kind, raw_metadata, write_model_file
 from spinexr.errors import WeightsError
 
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundled"
@@ -58,6 +58,17 @@ def bundled_models(root: Path | None = None) -> list[BundledModel]:
     return out
 
 
+def bundled_bundle_dir(root: Path | None = None) -> Path:
+    """The folder of the bundle that ships with spinexr (``bundle.json`` and both model files), or a
+    WeightsError saying what to do when this installation carries none."""
+    root = root or BUNDLE_DIR
+    if not (root / "bundle.json").is_file():
+        raise WeightsError(f"this spinexr installation carries no bundled models ({root / 'bundle.json'} is missing); "
+                           "pass a bundle or a model file, train one (`spinexr train`, `spinexr landmarks train`), "
+                           "or reinstall spinexr from a full checkout")
+    return root
+
+
 def bundled_path(kind: str, root: Path | None = None) -> Path:
     """The bundled model file of ``kind`` (classifier or landmarks), or a WeightsError saying what to do."""
     p = (root or BUNDLE_DIR) / KINDS[kind]
@@ -71,8 +82,7 @@ def bundled_path(kind: str, root: Path | None = None) -> Path:
 def pack(model_path: str | Path, kind: str, card: str, headline: str = "", root: Path | None = None) -> Path:
     """Write ``model_path`` as the bundled model of ``kind``: float weights in float16 (the OOD
     statistics stay float32), the metadata kept and marked as bundled, and the model card beside it."""
-    from safetensors.torch import load_file, save_file
-
+    from safetensors.torch import load_file
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
@@ -86,7 +96,7 @@ def pack(model_path: str | Path, kind: str, card: str, headline: str = "", root:
     root = root or BUNDLE_DIR
     dest = root / KINDS[kind]
     root.mkdir(parents=True, exist_ok=True)
-    save_file(half, str(dest), metadata={"spinexr": json.dumps(meta)})
+    write_model_file(half, meta, dest, sidecar=False)
     dest.chmod(0o644)  # package data: readable by every user of an installation
     dest.with_suffix(".md").write_text(card)
     return dest

@@ -58,7 +58,6 @@ class SpineMeasurer:
     """Loads a landmark model file once; measures decoded films."""
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
-
         self.device = torch.device(device)
         self.predictor, self.meta = load_landmark_model(path, self.device)
         self.contract = self.predictor.contract
@@ -90,5 +89,4 @@ class SpineMeasurer:
         return m
 
     def overlay(self, img: np.ndarray, m: Measurement) -> np.ndarray:
-
         return draw_overlay(img, m.landmarks, m.result, m.refused)

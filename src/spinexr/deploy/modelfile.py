@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from spinexr import CLASSES, __version__
 from spinexr.data.contract import DataConfig
@@ -30,6 +32,20 @@ from spinexr.models.ood import OODDetector
 
 FORMAT = "spinexr-model/2"
 READABLE_FORMATS = ("spinexr-model/1", FORMAT)
+
+
+def write_model_file(state: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path,
+                     sidecar: bool = True) -> Path:
+    """The one safetensors writer: tensors and the ``spinexr`` metadata to ``path`` atomically (a
+    temporary file, then a rename), and with ``sidecar`` a ``.json`` copy of the metadata for people."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"spinexr": json.dumps(meta)})
+    tmp.replace(path)
+    if sidecar:
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return path
 
 
 def build_metadata(model: nn.Module, *, contract: DataConfig, tta_flip: bool, temperature: float, weights: str,
@@ -59,8 +75,6 @@ def save_model(model: nn.Module, meta: dict[str, Any], path: str | Path, ood: An
 
     ``ood`` (an :class:`~spinexr.ood.OODDetector`) is stored as ``ood.*`` tensors beside the weights.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -69,18 +83,12 @@ def save_model(model: nn.Module, meta: dict[str, Any], path: str | Path, ood: An
             state[f"ood.{k}"] = torch.as_tensor(getattr(ood, k), dtype=torch.float32).contiguous()
         meta = {**meta, "ood": {"threshold": ood.threshold, "percentile": ood.percentile,
                                 "components": int(ood.components.shape[0]), "method": "mahalanobis-pca"}}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"spinexr": json.dumps(meta)})
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-    return path
+    return write_model_file(state, meta, path)
 
 
 def raw_metadata(path: str | Path, missing: str = "model file not found") -> dict[str, Any]:
     """The ``spinexr`` metadata of a safetensors model file as written (``{}`` when it has none), or a
     WeightsError naming the file: ``missing`` when it does not exist, or why safetensors refused it."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: {missing}")
@@ -111,8 +119,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
     Returns ``(model in eval mode, metadata, OODDetector or None)``.
     """
-    from safetensors.torch import load_file
-
     meta = read_metadata(path)
     model = create_model(meta["architecture"], weights="none", attention=meta["attention"],
                          in_chans=meta["data_config"]["in_chans"], num_classes=len(meta["labels"]))
@@ -145,8 +151,6 @@ LANDMARK_FORMAT = "spinexr-landmarks/1"
 def save_landmark_model(predictor: Any, path: str | Path, cfg: dict[str, Any],
                         data_summary: dict[str, Any] | None = None) -> Path:
     """Write a landmark model file (.safetensors with its contract and codec in the metadata, plus .json)."""
-    from safetensors.torch import save_file
-
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,17 +162,11 @@ def save_landmark_model(predictor: Any, path: str | Path, cfg: dict[str, Any],
             "settings": cfg, "spinexr_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "training_data": data_summary or {}}
     state = {k: v.detach().cpu().contiguous() for k, v in predictor.net.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"spinexr": json.dumps(meta)})
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-    return path
+    return write_model_file(state, meta, path)
 
 
 def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
     """A landmark model file as its predictor: ``(LandmarkPredictor in eval mode, metadata)``."""
-    from safetensors.torch import load_file
-
 
     path = Path(path)
     meta = raw_metadata(path, "landmark model file not found; train one with `spinexr landmarks train`")

@@ -1,18 +1,17 @@
-"""The one predictor: what cv, train and evaluate score is what predict, serve, explain and ONNX run.
+"""The one classifier predictor: what cv, train and evaluate score is what predict, serve, explain and ONNX run.
 
-:class:`InferenceModule` is the whole inference graph of a trained model: the data contract's
-normalisation, the network, the flip test-time augmentation (a recorded property of the model file),
-the temperature (fitted on this module's own logits) and the OOD score. Evaluation runs it over
-resident uint8 tensors (:func:`spinexr.engine.inference.run_inference`); :class:`Predictor` runs it
-on files, in PyTorch or, exported to ONNX, in onnxruntime. Both feed it the same uint8 square from
-:meth:`~spinexr.data.contract.DataConfig.to_input`, scaled to [0, 1].
+:class:`Predictor` runs a model file's inference graph (:class:`~spinexr.models.inference.InferenceModule`)
+on files, in PyTorch or, exported to ONNX, in onnxruntime, fed the same uint8 square from
+:meth:`~spinexr.data.contract.DataConfig.to_input`, scaled to [0, 1], that evaluation feeds it.
+:class:`Prediction` is one film's result; its :meth:`~Prediction.to_document` is the wire format.
+A bundle's classifier, landmark model and decision rule run together in :class:`~spinexr.deploy.pipeline.Pipeline`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch.nn as nn
 
 from spinexr.data.contract import DataConfig, Placement
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, read_image
+from spinexr.deploy.document import SCHEMA
 from spinexr.deploy.modelfile import load_inference
 from spinexr.errors import ImageReadError, SpinexrError
 from spinexr.explain import cam_ready, explain_image
@@ -32,7 +32,7 @@ from spinexr.models.ood import input_checks
 @dataclass
 class Prediction:
     """One file's result; ``status`` is ``ok`` or ``error`` (then ``reason`` says why, and ``kind`` is
-    the :class:`~spinexr.errors.ReadErrorKind`).
+    the :class:`~spinexr.errors.ReadErrorKind`). :meth:`to_document` is its one wire format.
 
     ``ood`` is True when the feature score is over the threshold or the file itself says it is not a
     spine radiograph (``ood_reasons``); ``warnings`` hold what the decoders said about the file.
@@ -47,12 +47,16 @@ class Prediction:
     ood_score: float | None = None
     ood: bool | None = None
     ood_reasons: list[str] = field(default_factory=list)
+    ood_threshold: float | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     heatmap: str = ""
     spine: Any = None  # a spinexr.deploy.measure.Measurement when a landmark model measured the film
     overlay: str = ""
     decision: Any = None  # a spinexr.deploy.decision.Decision: ``label`` is then its label
+    image: tuple[int, int] | None = None  # (width, height) of the decoded film
+    model: dict[str, Any] = field(default_factory=dict)  # which bundle made it (Pipeline.model_info)
+    timing_ms: dict[str, float] | None = None
 
     def decide(self, rule: Any) -> Prediction:
         """Let the measured curve answer the classifier (see :mod:`spinexr.deploy.decision`)."""
@@ -71,32 +75,25 @@ class Prediction:
         self.warnings = list(getattr(meta, "warnings", []) or [])
         return self
 
-    def row(self, labels: list[str]) -> dict[str, str]:
-        """The CSV row: everything formatted as text (probabilities to 6 decimals, flags as true/false)."""
-        row = {"path": self.path, "status": self.status, "reason": self.reason, "kind": self.kind,
-               "label": self.label,
-               **{f"p_{c}": (f"{self.probabilities[c]:.6f}" if self.probabilities else "") for c in labels},
-               "ood_score": "" if self.ood_score is None else f"{self.ood_score:.3f}",
-               "ood": "" if self.ood is None else str(self.ood).lower(),
-               "ood_reasons": "; ".join(self.ood_reasons), "warnings": "; ".join(self.warnings)}
-        if self.heatmap:
-            row["heatmap"] = self.heatmap
+    def to_document(self) -> dict[str, Any]:
+        """The prediction document (:mod:`spinexr.deploy.document`): numbers as numbers, the OOD flag a
+        boolean (null without a detector), the corners in film pixels to 0.01 px."""
+        ok = self.status == "ok"
+        spine = None
         if self.spine is not None:
-            row.update(self.spine.row())
-        if self.decision is not None:
-            row.update(self.decision.row())
-        if self.overlay:
-            row["overlay"] = self.overlay
-        return row
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON record: numbers as numbers, the flag as a boolean (null without a detector)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("seconds", "spine", "decision")}
-        if self.spine is not None:
-            d["spine"] = self.spine.to_dict()
-        if self.decision is not None:
-            d["decision"] = self.decision.to_dict()
-        return {k: v for k, v in d.items() if k not in ("heatmap", "overlay") or v}
+            spine = {**self.spine.to_dict(), "landmarks": np.round(self.spine.landmarks, 2).tolist()}
+        return {
+            "schema": SCHEMA, "path": self.path, "status": self.status,
+            "error": None if ok else {"reason": self.reason, "kind": self.kind},
+            "label": self.label or None, "probabilities": dict(self.probabilities),
+            "ood": {"flag": self.ood, "score": self.ood_score, "threshold": self.ood_threshold,
+                    "reasons": list(self.ood_reasons)},
+            "warnings": list(self.warnings),
+            "image": None if self.image is None else {"width": int(self.image[0]), "height": int(self.image[1])},
+            "spine": spine, "decision": None if self.decision is None else self.decision.to_dict(),
+            "files": {"heatmap": self.heatmap or None, "overlay": self.overlay or None},
+            "model": dict(self.model), "timing_ms": self.timing_ms,
+        }
 
 
 class Predictor:
@@ -124,7 +121,6 @@ class Predictor:
         self.backend = backend
         self.device = torch.device(device)
         if path.suffix != ".onnx":
-
             self.module, self.meta = load_inference(path, self.device)
             self.model = self.module.model
         if backend == "onnx":
@@ -174,7 +170,9 @@ class Predictor:
             score = float(sc[i]) if self.ood_threshold is not None else None
             out.append(Prediction(path=paths[i] if paths else "", status="ok", label=self.labels[int(p.argmax())],
                                   probabilities={c: float(v) for c, v in zip(self.labels, p)}, ood_score=score,
-                                  ood=None if score is None else bool(score > self.ood_threshold), seconds=dt))
+                                  ood=None if score is None else bool(score > self.ood_threshold),
+                                  ood_threshold=self.ood_threshold, seconds=dt,
+                                  image=(int(imgs[i].shape[1]), int(imgs[i].shape[0]))))
         return out
 
     def predict_file(self, path: str | Path) -> tuple[Prediction, np.ndarray | None]:
@@ -219,3 +217,6 @@ def _ort_session(path: Path, threads: int | None) -> tuple[Any, dict[str, Any]]:
     if "spinexr" not in md:
         raise SpinexrError(f"{path}: an ONNX file without spinexr metadata; export it with `spinexr export`")
     return sess, json.loads(md["spinexr"])
+
+
+__all__ = ["InferenceModule", "Prediction", "Predictor"]

@@ -77,7 +77,6 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
         raise SpinexrError("--landmarks on a resumed run: run `spinexr cv --resume RUN_DIR --landmarks ...` without "
                            "torchrun (finished folds are rebuilt from their checkpoints, not retrained)")
     if cfg.landmarks and cfg.protocol in ("grouped", "both") and is_main():
-
         evidence = CurveEvidence(landmark_model_path(cfg.landmarks), data, device=str(device), progress=progress)
     out.mkdir(parents=True, exist_ok=True)  # only once the data and the landmark model are known to be usable
     config = {"cv": asdict(cfg), "train": tcfg.to_dict()}
@@ -271,7 +270,6 @@ class FramingFilms:
 
     def get(self) -> dict[str, list[np.ndarray]]:
         if self._films is None:
-
             self._films = {"Scoliosis": [], "Normal": []}
             for i in self.te:
                 c = CLASSES[int(self.data.labels[i])]
@@ -302,7 +300,6 @@ def framing_fold(predictor: Any, held_out: FramingFilms, device: Any, decision: 
 def landmark_model_path(value: str) -> Path:
     """``cv.landmarks``: a landmark model file, or ``bundled`` for the one shipped with the package."""
     if value == "bundled":
-
         return bundled_path("landmarks")
     p = Path(value)
     if not p.is_file():

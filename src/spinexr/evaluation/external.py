@@ -27,18 +27,15 @@ from spinexr import CLASSES
 from spinexr.data.dataset import prepare_dataset
 from spinexr.data.imread import read_image
 from spinexr.data.landmarks import read_aasce
-from spinexr.deploy.measure import SpineMeasurer
-from spinexr.deploy.modelfile import load_inference
+from spinexr.deploy.pipeline import Pipeline
 from spinexr.engine.distributed import resolve_device
 from spinexr.engine.inference import run_inference
-from spinexr.errors import DatasetError
+from spinexr.errors import DatasetError, SpinexrError
 from spinexr.evaluation._common import write_csv
-from spinexr.evaluation.metrics import _binary_auc, compute_metrics
+from spinexr.evaluation.metrics import _binary_auc, bootstrap, compute_metrics
 from spinexr.evaluation.report import write_report
 from spinexr.evaluation.results import RunResult, model_result
-from spinexr.geometry.cobb import severity_band
-
-BAND_RANGES = {"none": "< 10°", "mild": "10-25°", "moderate": "25-40°", "severe": "> 40°"}
+from spinexr.geometry.cobb import BAND_RANGES, severity_band
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
@@ -66,10 +63,7 @@ def _spearman(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> dict[str,
         sa, sb = ra.std(), rb.std()
         return float(((ra - ra.mean()) * (rb - rb.mean())).mean() / (sa * sb)) if sa > 0 and sb > 0 else math.nan
 
-    rng = np.random.default_rng(seed)
-    boots = np.array([rho(rng.integers(0, len(a), len(a))) for _ in range(n_boot)])
-    boots = boots[np.isfinite(boots)]
-    ci = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) else None
+    ci = bootstrap(rho, len(a), n_boot, seed)
     return {"rho": rho(np.arange(len(a))), "ci95": ci, "n": int(len(a))}
 
 
@@ -142,7 +136,6 @@ def read_angles(source: str | Path) -> dict[str, float]:
     if not src.exists():
         raise DatasetError(f"{src}: angles file not found; pass a CSV with path and largest (or pt,mt,tl) columns")
     if src.is_dir():
-
         recs = read_aasce(src).records
         pairs = [(r.path, float(np.max(r.angles))) for r in recs if r.angles is not None]
         return _keyed(pairs)
@@ -188,12 +181,17 @@ def evaluate_model(model_path: str | Path, source: str | Path, out_dir: str | Pa
                    angles: str | Path | None = None, landmarks: str | Path | None = None) -> RunResult:
     """Predict every readable image of ``source`` and write metrics, predictions and a report.
 
-    ``angles``: true Cobb angles (see :func:`read_angles`); ``landmarks``: a landmark model file whose
-    measured largest angle is scored against them too.
+    ``model_path``: a classifier model file or a bundle (:class:`~spinexr.deploy.pipeline.Pipeline` loads
+    either). ``angles``: true Cobb angles (see :func:`read_angles`); the measured largest angle of the
+    bundle's landmark model, or of ``landmarks`` (a landmark model file), is scored against them too,
+    with the decision that ``predict`` returns.
     """
-
     dev = resolve_device(device)
-    module, meta = load_inference(model_path, dev)
+    pipeline = Pipeline.load(model_path, landmarks, device=str(dev))
+    module, meta = pipeline.predictor.module, pipeline.predictor.meta
+    if module is None:
+        raise SpinexrError(f"{model_path}: evaluate runs the .safetensors model file (the ONNX export has no "
+                           "PyTorch graph to batch); give the model file or a bundle")
     contract = module.contract
     out = Path(out_dir)
     data = prepare_dataset(source, [contract.input_size], contract.resize, cache_dir=cache_dir, progress=progress)
@@ -205,8 +203,8 @@ def evaluate_model(model_path: str | Path, source: str | Path, out_dir: str | Pa
     name = meta["architecture"]
     true_angle = angles_for(data.paths, table) if table is not None else None
     measured = decided = None
-    if landmarks is not None:
-        measured, decided = _measure(landmarks, data.paths, probs, dev, progress)
+    if pipeline.measurer is not None:
+        measured, decided = _measure(pipeline, data.paths, probs, progress)
     ext = external_metrics(y, probs, true_angle, measured, n_boot=bootstrap)
     if decided is not None:  # what predict and serve return with this landmark model: the decision
         onehot = np.eye(len(CLASSES))[[CLASSES.index(d) for d in decided]]
@@ -232,18 +230,15 @@ def evaluate_model(model_path: str | Path, source: str | Path, out_dir: str | Pa
     return run
 
 
-def _measure(model: str | Path, paths: list[Path], probs: np.ndarray, device: Any,
-             progress: bool) -> tuple[np.ndarray, list[str]]:
-    """The largest Cobb angle the landmark model measures on each film (NaN where its spine is
-    implausible), and the decision (:mod:`spinexr.deploy.decision`) that ``predict`` would return."""
-
-
-    measurer = SpineMeasurer(model, str(device))
+def _measure(pipeline: Pipeline, paths: list[Path], probs: np.ndarray, progress: bool) -> tuple[np.ndarray, list[str]]:
+    """The largest Cobb angle the pipeline's landmark model measures on each film (NaN where its spine
+    is implausible), and the decision (its rule, :mod:`spinexr.deploy.decision`) that ``predict`` returns."""
+    assert pipeline.rule is not None
     angles, decided = [], []
     for p, pr in zip(tqdm(paths, desc="measuring", unit="film", disable=not progress), probs):
         img, _ = read_image(p)
-        m = measurer.measure(img)
+        m = pipeline.measure(img)
         angles.append(m.result.largest if m.result is not None else math.nan)
         label = CLASSES[int(pr.argmax())]
-        decided.append(measurer.rule.decide(label, dict(zip(CLASSES, map(float, pr))), m).label)
+        decided.append(pipeline.rule.decide(label, dict(zip(CLASSES, map(float, pr))), m).label)
     return np.array(angles), decided

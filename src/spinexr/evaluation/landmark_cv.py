@@ -14,21 +14,24 @@ import csv
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from spinexr.config import LandmarkConfig
 from spinexr.data.contract import DataConfig
 from spinexr.data.imread import read_image
 from spinexr.data.landmarks import read_aasce, read_landmark_csv
+from spinexr.data.splits import case_splits, fit_val_split
 from spinexr.deploy.modelfile import load_landmark_model, save_landmark_model
 from spinexr.engine.distributed import resolve_device
 from spinexr.engine.landmarks import LandmarkFit, fit_landmarks, predict_points, prepare_landmarks
 from spinexr.errors import DatasetError, ImageReadError
 from spinexr.evaluation.landmark_report import write_landmark_report
+from spinexr.evaluation.metrics import bootstrap
 from spinexr.geometry.cobb import cobb_angles
 from spinexr.geometry.overlay import draw_overlay
 from spinexr.geometry.plausibility import implausibility
@@ -55,65 +58,118 @@ def smape(pred: np.ndarray, true: np.ndarray) -> float:
     return float(100 * np.mean(num / den))
 
 
-def _boot(fn: Any, n: int, n_boot: int, seed: int) -> list[float]:
-    rng = np.random.default_rng(seed)
-    vals = [fn(rng.integers(0, n, n)) for _ in range(n_boot)]
-    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
-
-
 def angle_metrics(pred: np.ndarray, true: np.ndarray, err_pct: np.ndarray, n_boot: int = 1000,
                   seed: int = 0) -> dict[str, Any]:
     """SMAPE, MAE of each angle and of the largest (with 95% bootstrap CIs), and the landmark error."""
     n = len(true)
     big_p, big_t = pred.max(axis=1), true.max(axis=1)
     out: dict[str, Any] = {"n": int(n), "smape": smape(pred, true),
-                           "smape_ci95": _boot(lambda i: smape(pred[i], true[i]), n, n_boot, seed),
+                           "smape_ci95": bootstrap(lambda i: smape(pred[i], true[i]), n, n_boot, seed),
                            "mae_largest": float(np.abs(big_p - big_t).mean()),
-                           "mae_largest_ci95": _boot(lambda i: float(np.abs(big_p[i] - big_t[i]).mean()), n, n_boot, seed)}
+                           "mae_largest_ci95": bootstrap(lambda i: float(np.abs(big_p[i] - big_t[i]).mean()), n, n_boot, seed)}
     for j, name in enumerate(("pt", "mt", "tl")):
         out[f"mae_{name}"] = float(np.abs(pred[:, j] - true[:, j]).mean())
-        out[f"mae_{name}_ci95"] = _boot(lambda i, j=j: float(np.abs(pred[i, j] - true[i, j]).mean()), n, n_boot, seed)
+        out[f"mae_{name}_ci95"] = bootstrap(lambda i, j=j: float(np.abs(pred[i, j] - true[i, j]).mean()), n, n_boot, seed)
     out["landmark_error_pct_height"] = {"mean": float(err_pct.mean()), "median": float(np.median(err_pct)),
                                         "p90": float(np.percentile(err_pct, 90))}
     return out
 
 
-def case_splits(groups: np.ndarray, folds: int, seed: int, test_fraction: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Case-grouped folds, or with ``folds`` < 2 one split holding out ``test_fraction`` of the cases
-    (0: no test part, every film trains: the final model)."""
-    cases = np.unique(groups)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(cases)
-    if folds < 2 and test_fraction == 0:
-        return [(np.arange(len(groups)), np.array([], dtype=int))]
-    if folds < 2:
-        n_test = max(1, int(round(test_fraction * len(cases))))
-        parts = [order[:n_test]]
-    else:
-        parts = np.array_split(order, folds)
-    idx = np.arange(len(groups))
-    return [(idx[~np.isin(groups, p)], idx[np.isin(groups, p)]) for p in parts]
+@dataclass
+class LandmarkCVResult:
+    """A ``spinexr landmarks`` run: what its ``metrics.json`` holds. ``pooled`` (and
+    ``pooled_corners_only``) are None for a final model trained on every film, with nothing held out."""
+
+    source: str
+    n_films: int
+    skipped: dict[str, str]
+    labels_implausible: int
+    folds: list[dict[str, Any]]
+    settings: dict[str, Any]
+    wall_seconds: float
+    pooled: dict[str, Any] | None = None
+    implausible_predictions: int | None = None
+    pooled_corners_only: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``metrics.json`` record (keys without a value left out, as the file always had them)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def fit_val_split(groups: np.ndarray, tr: np.ndarray, val_fraction: float, seed: int, fold: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """A fold's training side ``tr`` split by case into the films that fit and the validation films
-    that choose the epoch (``val_fraction`` of its cases), as every landmark CV run draws them."""
-    n_val = max(1, int(round(val_fraction * len(np.unique(groups[tr])))))
-    val_cases = np.random.default_rng(seed + 1 + fold).permutation(np.unique(groups[tr]))[:n_val]
-    return tr[~np.isin(groups[tr], val_cases)], tr[np.isin(groups[tr], val_cases)]
+@dataclass
+class _Oof:
+    """The held-out films' measurements as the folds fill them in."""
+
+    true: np.ndarray
+    pred: np.ndarray
+    by_corners: np.ndarray  # the same corners read by the definition alone (centreline weight 0)
+    err_pct: np.ndarray
+    refused: np.ndarray
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    points: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def _fold_fit(f: int, data: Any, fit_idx: np.ndarray, val_idx: np.ndarray, cfg: LandmarkConfig, contract: DataConfig,
+              out: Path, device: Any, trained: dict[int, Path] | None, max_minutes: float | None, progress: bool) -> Any:
+    if trained and f in trained:
+        return _reused_fit(trained[f], cfg, contract, len(fit_idx), device)
+    torch.manual_seed(cfg.seed + f)
+    net = LandmarkNet(cfg.encoder, pretrained=cfg.weights == "imagenet", out_channels=CODECS[cfg.encoding].channels)
+    return fit_landmarks(net, data, fit_idx, val_idx, cfg, contract, checkpoint=out / "checkpoints" / f"fold{f}.pt",
+                         progress=progress, desc=f"landmarks fold {f}", max_minutes=max_minutes)
+
+
+def _measure_fold(f: int, fit: Any, data: Any, te: np.ndarray, cfg: LandmarkConfig, device: Any, oof: _Oof,
+                  label_ok: np.ndarray) -> dict[str, Any]:
+    """The fold model on its held-out films: angles, refusals and corner errors into ``oof``."""
+    recs = data.records
+    pts_in, _ = predict_points(fit.predictor, data.x, te, device)
+    for j, i in enumerate(te):
+        r = recs[i]
+        pts = data.placements[i].points_to_original(pts_in[j]).reshape(17, 4, 2)
+        oof.points[i] = pts
+        oof.pred[i] = cobb_angles(pts, r.height, cfg.centreline_weight).angles
+        oof.by_corners[i] = cobb_angles(pts, r.height).angles
+        oof.refused[i] = bool(implausibility(pts))
+        oof.err_pct[i] = 100 * float(np.linalg.norm(pts - r.landmarks, axis=-1).mean()) / r.height
+        oof.rows.append({"path": str(r.path), "group": r.group, "fold": f, "label_plausible": bool(label_ok[i]),
+                         "implausible_prediction": bool(oof.refused[i]),
+                         **{f"true_{a}": float(v) for a, v in zip(("pt", "mt", "tl"), oof.true[i])},
+                         **{f"pred_{a}": float(v) for a, v in zip(("pt", "mt", "tl"), oof.pred[i])},
+                         "landmark_error_pct_height": oof.err_pct[i]})
+    m = angle_metrics(oof.pred[te], oof.true[te], oof.err_pct[te], n_boot=200, seed=cfg.seed)
+    log.info("landmarks fold %d: SMAPE %.2f%%, largest-angle MAE %.2f deg", f, m["smape"], m["mae_largest"])
+    return {"smape": m["smape"], "mae_largest": m["mae_largest"]}
+
+
+def _train_info(f: int, fit: Any, fit_idx: np.ndarray, val_idx: np.ndarray, te: np.ndarray,
+                trained: dict[int, Path] | None) -> dict[str, Any]:
+    info = {"fold": f, "n_train": int(len(fit_idx)), "n_val": int(len(val_idx)), "n_test": int(len(te)),
+            "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_by": fit.stopped_by,
+            "train_seconds": float(sum(h["seconds"] for h in fit.history))}
+    if not fit.history:
+        info.update(best_epoch=None, epochs_run=None, train_seconds=None, reused_model=str(trained[f]))  # type: ignore[index]
+    return info
+
+
+def _write_oof(out: Path, oof: _Oof, recs: list) -> None:
+    with open(out / "oof_angles.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(oof.rows[0].keys()))
+        w.writeheader()
+        w.writerows(oof.rows)
+    np.savez_compressed(out / "oof_landmarks.npz", paths=np.array([str(recs[i].path) for i in oof.points]),
+                        landmarks=np.stack(list(oof.points.values())))
 
 
 def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path, folds: int | None = None,
                     max_minutes_per_fold: float | None = None, progress: bool = True, n_boot: int = 1000,
-                    trained: dict[int, Path] | None = None) -> dict[str, Any]:
+                    trained: dict[int, Path] | None = None) -> LandmarkCVResult:
     """Train and test the landmark model on case-grouped folds; writes ``metrics.json``,
-    ``oof_angles.csv`` and the fold-0 model file into ``out_dir``; returns the metrics.
+    ``oof_angles.csv`` and the fold-0 model file into ``out_dir``; returns the result.
 
     ``trained``: model files, by fold, that an earlier run of the same settings trained on that fold's
     films: they are measured again (with this run's test-time augmentation) instead of retrained. A
     file whose training films do not match the fold's is refused."""
-
     parse_scales(cfg.tta_scales)  # a bad setting is refused before minutes of decoding, not after
     out = Path(out_dir)
     t_start = time.perf_counter()
@@ -122,8 +178,7 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     data = prepare_landmarks(ds, contract, progress=progress)
     recs = data.records
     groups = np.array([r.group for r in recs])
-    k = cfg.folds if folds is None else folds
-    splits = case_splits(groups, k, cfg.seed, cfg.test_fraction)
+    splits = case_splits(groups, cfg.folds if folds is None else folds, cfg.seed, cfg.test_fraction)
     testing = any(len(te) for _, te in splits)
     if testing and any(r.angles is None for r in recs):
         raise DatasetError(f"{source}: measuring needs the Cobb angles (pt, mt, tl) of every film; "
@@ -134,77 +189,34 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     true = np.array([r.angles if r.angles is not None else np.full(3, np.nan) for r in recs])
     label_ok = np.array([not implausibility(r.landmarks) for r in recs])
     device = resolve_device(cfg.device)
-    pred = np.full_like(true, np.nan)
-    by_corners = np.full_like(true, np.nan)  # the same corners read by the definition alone (centreline weight 0)
-    err_pct = np.full(len(recs), np.nan)
-    refused = np.zeros(len(recs), dtype=bool)
-    fold_rows, rows = [], []
-    pred_pts: dict[int, np.ndarray] = {}
+    oof = _Oof(true, np.full_like(true, np.nan), np.full_like(true, np.nan), np.full(len(recs), np.nan),
+               np.zeros(len(recs), dtype=bool))
+    fold_rows = []
     for f, (tr, te) in enumerate(splits):
         tr = tr[label_ok[tr]]
         fit_idx, val_idx = fit_val_split(groups, tr, cfg.val_fraction, cfg.seed, f)
-        import torch
-
-        if trained and f in trained:
-            fit = _reused_fit(trained[f], cfg, contract, len(fit_idx), device)
-        else:
-            torch.manual_seed(cfg.seed + f)
-            net = LandmarkNet(cfg.encoder, pretrained=cfg.weights == "imagenet",
-                              out_channels=CODECS[cfg.encoding].channels)
-            fit = fit_landmarks(net, data, fit_idx, val_idx, cfg, contract, checkpoint=out / "checkpoints" / f"fold{f}.pt",
-                                progress=progress, desc=f"landmarks fold {f}", max_minutes=max_minutes_per_fold)
+        fit = _fold_fit(f, data, fit_idx, val_idx, cfg, contract, out, device, trained, max_minutes_per_fold, progress)
         if f == 0:
             save_landmark_model(fit.predictor, out / "models" / "landmarks.safetensors", asdict(cfg),
                                 {"source": str(source), "n_train": int(len(fit_idx)),
                                  "split": "all films" if not len(te) else "fold 0",
-                                 **({} if fit.history else {"reused_from": str(trained[f])})})
-        train_info = {"fold": f, "n_train": int(len(fit_idx)), "n_val": int(len(val_idx)), "n_test": int(len(te)),
-                      "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_by": fit.stopped_by,
-                      "train_seconds": float(sum(h["seconds"] for h in fit.history))}
-        if not fit.history:
-            train_info.update(best_epoch=None, epochs_run=None, train_seconds=None, reused_model=str(trained[f]))
-        if not len(te):  # the final model: nothing held out to measure
-            fold_rows.append(train_info)
-            continue
-        pts_in, _ = predict_points(fit.predictor, data.x, te, device)
-        for j, i in enumerate(te):
-            r = recs[i]
-            pts = data.placements[i].points_to_original(pts_in[j]).reshape(17, 4, 2)
-            pred_pts[i] = pts
-            pred[i] = cobb_angles(pts, r.height, cfg.centreline_weight).angles
-            by_corners[i] = cobb_angles(pts, r.height).angles
-            refused[i] = bool(implausibility(pts))
-            err_pct[i] = 100 * float(np.linalg.norm(pts - r.landmarks, axis=-1).mean()) / r.height
-            rows.append({"path": str(r.path), "group": r.group, "fold": f, "label_plausible": bool(label_ok[i]),
-                         "implausible_prediction": bool(refused[i]),
-                         **{f"true_{a}": float(v) for a, v in zip(("pt", "mt", "tl"), true[i])},
-                         **{f"pred_{a}": float(v) for a, v in zip(("pt", "mt", "tl"), pred[i])},
-                         "landmark_error_pct_height": err_pct[i]})
-        m = angle_metrics(pred[te], true[te], err_pct[te], n_boot=200, seed=cfg.seed)
-        fold_rows.append({**train_info, "smape": m["smape"], "mae_largest": m["mae_largest"]})
-        log.info("landmarks fold %d: SMAPE %.2f%%, largest-angle MAE %.2f deg", f, m["smape"], m["mae_largest"])
-    if not testing:
-        res = {"source": str(source), "n_films": len(recs), "skipped": data.skipped,
-               "labels_implausible": int((~label_ok).sum()), "folds": fold_rows, "settings": asdict(cfg),
-               "wall_seconds": time.perf_counter() - t_start}
-        (out / "metrics.json").write_text(json.dumps(res, indent=2, default=float))
-        return res
-    done = ~np.isnan(pred).any(axis=1)
-    res = {"source": str(source), "n_films": len(recs), "skipped": data.skipped,
-           "labels_implausible": int((~label_ok).sum()), "folds": fold_rows, "settings": asdict(cfg),
-           "pooled": angle_metrics(pred[done], true[done], err_pct[done], n_boot=n_boot, seed=cfg.seed),
-           "implausible_predictions": int(refused[done].sum()), "wall_seconds": time.perf_counter() - t_start}
-    if cfg.centreline_weight > 0:  # the same corners by the definition alone, side by side
-        res["pooled_corners_only"] = angle_metrics(by_corners[done], true[done], err_pct[done], n_boot=n_boot,
-                                                   seed=cfg.seed)
-    (out / "metrics.json").write_text(json.dumps(res, indent=2, default=float))
-    with open(out / "oof_angles.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-        w.writeheader()
-        w.writerows(rows)
-    np.savez_compressed(out / "oof_landmarks.npz", paths=np.array([str(recs[i].path) for i in pred_pts]),
-                        landmarks=np.stack(list(pred_pts.values())))
-    _report(out, res, rows, recs, pred_pts, pred, true)
+                                 **({} if fit.history else {"reused_from": str(trained[f])})})  # type: ignore[index]
+        info = _train_info(f, fit, fit_idx, val_idx, te, trained)
+        fold_rows.append({**info, **_measure_fold(f, fit, data, te, cfg, device, oof, label_ok)} if len(te) else info)
+    res = LandmarkCVResult(str(source), len(recs), data.skipped, int((~label_ok).sum()), fold_rows, asdict(cfg),
+                           time.perf_counter() - t_start)
+    if testing:
+        done = ~np.isnan(oof.pred).any(axis=1)
+        res.pooled = angle_metrics(oof.pred[done], true[done], oof.err_pct[done], n_boot=n_boot, seed=cfg.seed)
+        res.implausible_predictions = int(oof.refused[done].sum())
+        if cfg.centreline_weight > 0:  # the same corners by the definition alone, side by side
+            res.pooled_corners_only = angle_metrics(oof.by_corners[done], true[done], oof.err_pct[done],
+                                                    n_boot=n_boot, seed=cfg.seed)
+        res.wall_seconds = time.perf_counter() - t_start
+    (out / "metrics.json").write_text(json.dumps(res.to_dict(), indent=2, default=float))
+    if testing:
+        _write_oof(out, oof, recs)
+        _report(out, res.to_dict(), oof.rows, recs, oof.points, oof.pred, true)
     return res
 
 

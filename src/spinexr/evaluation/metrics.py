@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,28 @@ def _binary_auc(pos: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def resample_indices(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """The one bootstrap: ``n_boot`` resamples of ``range(n)`` with replacement, from one seeded stream."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot if n else 0):
+        yield rng.integers(0, n, n)
+
+
+def percentile_ci(values: Iterable[float], alpha: float = 0.05) -> list[float] | None:
+    """The percentile interval of bootstrap values (non-finite ones left out; None when none is left)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return None
+    return [float(np.percentile(v, 100 * alpha / 2)), float(np.percentile(v, 100 * (1 - alpha / 2)))]
+
+
+def bootstrap(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0,
+              alpha: float = 0.05) -> list[float] | None:
+    """Percentile bootstrap interval of ``stat`` (a function of resampled indices) over ``n`` items."""
+    return percentile_ci((stat(i) for i in resample_indices(n, n_boot, seed)), alpha)
+
+
 def bootstrap_ci(y: np.ndarray, probs: np.ndarray, n_boot: int = 1000, seed: int = 0,
                  alpha: float = 0.05, classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
     """Percentile bootstrap CIs over resampled images: the scalar metrics, and under ``per_class`` each
@@ -120,15 +143,13 @@ def bootstrap_ci(y: np.ndarray, probs: np.ndarray, n_boot: int = 1000, seed: int
     A resample where a rate is undefined (say, no film of that class drawn) does not count for that
     rate; a rate undefined in every resample has no interval.
     """
-    rng = np.random.default_rng(seed)
     y, probs = np.asarray(y), np.asarray(probs)
     k_cls = probs.shape[1]
     vals: dict[str, list[float]] = {k: [] for k in SCALARS}
     pc: dict[str, list[np.ndarray]] = {m: [] for m in PER_CLASS}
     n = len(y)
     pred = probs.argmax(axis=1)
-    for _ in range(n_boot if n else 0):
-        i = rng.integers(0, n, n)
+    for i in resample_indices(n, n_boot, seed):
         yi, pi = y[i], probs[i]
         cm = np.bincount(yi * k_cls + pred[i], minlength=k_cls * k_cls).reshape(k_cls, k_cls)
         rates = _per_class_from_confusion(cm)
@@ -171,5 +192,5 @@ def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, dict[str, f
     return out
 
 
-__all__ = ["PER_CLASS", "PER_CLASS_NAMES", "SCALARS", "bootstrap_ci", "compute_metrics", "ece", "fit_temperature", "nll",
-           "reliability", "softmax", "summarize_folds"]
+__all__ = ["PER_CLASS", "PER_CLASS_NAMES", "SCALARS", "bootstrap", "bootstrap_ci", "compute_metrics", "ece",
+           "fit_temperature", "nll", "percentile_ci", "reliability", "resample_indices", "softmax", "summarize_folds"]

@@ -52,7 +52,8 @@ N_VERTEBRAE = len(LEVELS)
 CENTRELINE_DEGREE = 7
 # Severity of the largest angle; the bands are printed with every result. 10 and 25 open the next
 # band; 40 itself is still moderate ("severe > 40").
-BAND_TEXT = "none < 10°, mild 10-25°, moderate 25-40°, severe > 40°"
+BAND_RANGES = {"none": "< 10°", "mild": "10-25°", "moderate": "25-40°", "severe": "> 40°"}
+BAND_TEXT = ", ".join(f"{name} {rng}" for name, rng in BAND_RANGES.items())
 # Corner order inside each vertebra, and its mirror image (a horizontal flip swaps left and right).
 CORNERS = ("upper_left", "upper_right", "lower_left", "lower_right")
 FLIP_CORNERS = (1, 0, 3, 2)

@@ -46,7 +46,6 @@ def list_models() -> list[str]:
 
 
 def get_model_entry(name: str) -> ModelEntry:
-
     if name not in _REGISTRY:
         raise SpinexrError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _REGISTRY[name]

@@ -1,0 +1,176 @@
+"""The pipeline: a bundle's classifier, landmark model and decision rule, run as one object.
+
+:meth:`Pipeline.load` takes a bundle (its folder or ``bundle.json``), a single classifier model file
+(``.safetensors`` or ``.onnx``, optionally with a landmark model file), or nothing (the bundle that ships
+with spinexr). :meth:`Pipeline.predict_file` and :meth:`Pipeline.predict_images` turn films into
+:class:`~spinexr.deploy.predictor.Prediction` objects, whose :meth:`~spinexr.deploy.predictor.Prediction.to_document`
+is the one wire format. ``predict``, ``serve``, ``explain``, ``evaluate``, the demo and the benchmarks
+all run a film through this object, so what is measured is what is deployed.
+
+For one film: decode -> classifier (calibrated probabilities, OOD score) -> the file's own checks ->
+landmark model (corners, Cobb angles, plausibility, view check) -> the decision rule.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spinexr.data.imread import DEFAULT_MAX_PIXELS, ImageMeta, read_image
+from spinexr.deploy.bundle import Bundle, is_bundle, load_bundle
+from spinexr.deploy.bundled import bundled_bundle_dir, bundled_path
+from spinexr.deploy.decision import DecisionRule
+from spinexr.deploy.measure import Measurement, SpineMeasurer
+from spinexr.deploy.modelfile import model_kind
+from spinexr.deploy.predictor import Prediction, Predictor
+from spinexr.errors import ImageReadError, SpinexrError
+
+BUNDLED = "bundled"  # a landmark model given as this word: the one in spinexr's own bundle
+MODEL_SUFFIXES = (".safetensors", ".onnx")
+
+
+class Pipeline:
+    """A classifier, an optional landmark model and the decision rule that joins them.
+
+    Args:
+        predictor: the classifier's :class:`~spinexr.deploy.predictor.Predictor`.
+        measurer: the landmark model's :class:`~spinexr.deploy.measure.SpineMeasurer`, or None.
+        bundle: the :class:`~spinexr.deploy.bundle.Bundle` they came from, if any: its rule and view
+            check replace the ones the landmark model file carries.
+    """
+
+    def __init__(self, predictor: Predictor, measurer: SpineMeasurer | None = None, bundle: Bundle | None = None) -> None:
+        self.predictor = predictor
+        self.measurer = measurer
+        self.bundle = bundle
+        self.rule: DecisionRule | None = None
+        if measurer is not None:
+            self.rule = bundle.rule if bundle is not None and bundle.manifest.get("rule") else measurer.rule
+            if bundle is not None and bundle.manifest.get("rule"):
+                measurer.view_check = bundle.view_check
+        self._measure_lock = threading.Lock()  # one film through the landmark model at a time
+        self.model_info = self._model_info()
+
+    @classmethod
+    def load(cls, source: str | Path | None = None, landmarks: str | Path | None = None, *, no_landmarks: bool = False,
+             backend: str | None = None, device: str = "cpu", onnx_path: str | Path | None = None,
+             threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pipeline:
+        """Load a bundle, a classifier file (with ``landmarks``: a landmark model file, or ``"bundled"``),
+        or, with no ``source``, the bundle that ships with spinexr. ``no_landmarks``: classify only."""
+        bundle = None
+        if source is None:
+            bundle = load_bundle(bundled_bundle_dir())
+        elif is_bundle(source):
+            bundle = load_bundle(source)
+        elif Path(source).suffix.lower() not in MODEL_SUFFIXES:
+            raise SpinexrError(f"{source}: not a bundle folder, bundle.json or model file (.safetensors, .onnx)")
+        elif Path(source).suffix.lower() == ".safetensors" and model_kind(source) == "landmarks":
+            raise SpinexrError(f"{source} is a landmark model: give a classifier or a bundle first, and the landmark "
+                               "model with --landmarks")
+        clf = bundle.classifier if bundle is not None else Path(source)  # type: ignore[arg-type]
+        lm: Path | None = None
+        if landmarks is not None and str(landmarks) == BUNDLED:
+            lm = bundled_path("landmarks")
+        elif landmarks is not None:
+            lm = Path(landmarks)
+        elif bundle is not None:
+            lm = bundle.landmarks
+        if no_landmarks:
+            lm = None
+        if bundle is not None and lm is not None and lm != bundle.landmarks:
+            bundle = None  # another landmark model than the bundle's: its own rule runs, not the bundle's
+        predictor = Predictor(clf, backend=backend, device=device, onnx_path=onnx_path, threads=threads,
+                              max_pixels=max_pixels)
+        measurer = SpineMeasurer(lm, device=device) if lm is not None else None
+        return cls(predictor, measurer, bundle)
+
+    def _model_info(self) -> dict[str, Any]:
+        p = self.predictor
+        info: dict[str, Any] = {"name": p.name, "version": p.meta.get("spinexr_version"), "backend": p.backend,
+                                "landmarks": None if self.measurer is None else self.measurer.meta.get("encoder"),
+                                "bundle": None, "bundle_digest": None}
+        if self.bundle is not None:
+            info.update(bundle=self.bundle.name, bundle_digest=self.bundle.digest)
+        return info
+
+    @property
+    def labels(self) -> list[str]:
+        return self.predictor.labels
+
+    @property
+    def max_pixels(self) -> int:
+        return self.predictor.max_pixels
+
+    def classify(self, imgs: list[np.ndarray], paths: list[str] | None = None) -> list[Prediction]:
+        """The classifier alone on decoded films, in one model call (the service micro-batches this)."""
+        return self.predictor.predict_images(imgs, paths)
+
+    def measure(self, img: np.ndarray) -> Measurement:
+        if self.measurer is None:
+            raise SpinexrError("this pipeline has no landmark model; load a bundle with one, or pass --landmarks")
+        with self._measure_lock:
+            return self.measurer.measure(img)
+
+    def complete(self, pred: Prediction, img: np.ndarray, meta: ImageMeta | None = None) -> Prediction:
+        """The rest of the path for a classified film: its file checks, the measurement and the decision."""
+        t0 = time.perf_counter()
+        if meta is not None:
+            pred.with_file_checks(meta)
+        if self.measurer is not None and self.rule is not None:
+            pred.spine = self.measure(img)
+            pred.decide(self.rule)
+        pred.model = dict(self.model_info)
+        pred.timing_ms = {**(pred.timing_ms or {}), "classifier": pred.seconds * 1e3,
+                          "landmarks": (time.perf_counter() - t0) * 1e3}
+        return pred
+
+    def predict_images(self, imgs: list[np.ndarray], paths: list[str] | None = None,
+                       metas: list[ImageMeta | None] | None = None) -> list[Prediction]:
+        """Decoded films through the whole pipeline (the classifier in one batch)."""
+        preds = self.classify(imgs, paths)
+        return [self.complete(p, img, metas[i] if metas else None) for i, (p, img) in enumerate(zip(preds, imgs))]
+
+    def predict_image(self, img: np.ndarray, path: str = "", meta: ImageMeta | None = None) -> Prediction:
+        return self.predict_images([img], [path], [meta])[0]
+
+    def read(self, path: str | Path) -> tuple[np.ndarray, ImageMeta]:
+        return read_image(path, max_pixels=self.max_pixels)
+
+    def predict_file(self, path: str | Path) -> tuple[Prediction, np.ndarray | None]:
+        """One file through the pipeline; a bad file gives ``status='error'`` with the reason, never an exception."""
+        try:
+            img, meta = self.read(path)
+        except ImageReadError as e:
+            pred = Prediction(path=str(path), status="error", reason=e.reason, kind=e.kind.value, warnings=e.notes)
+            pred.model = dict(self.model_info)
+            return pred, None
+        return self.predict_image(img, str(path), meta), img
+
+    def overlay(self, img: np.ndarray, m: Measurement) -> np.ndarray:
+        """The measurement drawn on the film at its original size."""
+        if self.measurer is None:
+            raise SpinexrError("this pipeline has no landmark model to draw")
+        return self.measurer.overlay(img, m)
+
+    def explain(self, img: np.ndarray, method: str = "gradcam", target: int | None = None) -> tuple[np.ndarray, int]:
+        """The classifier's heatmap in the film's frame (see :meth:`~spinexr.deploy.predictor.Predictor.explain`)."""
+        return self.predictor.explain(img, method, target)
+
+    def describe(self) -> dict[str, Any]:
+        """What this pipeline runs, for ``GET /v1/model`` and ``spinexr models``: the classifier's metadata,
+        the landmark model's encoder and the rule, and the bundle's manifest when there is one."""
+        out: dict[str, Any] = {**self.predictor.meta, "backend": self.predictor.backend, "pipeline": self.model_info}
+        if self.rule is not None:
+            out["rule"] = {"curve_deg": self.rule.curve_deg, "straight_deg": self.rule.straight_deg,
+                           "doubted_view_deg": self.rule.doubted_view_deg,
+                           "view_check": self.measurer is not None and self.measurer.view_check is not None}
+        if self.bundle is not None:
+            out["bundle"] = self.bundle.manifest
+        return out
+
+
+__all__ = ["BUNDLED", "MODEL_SUFFIXES", "Pipeline"]
