@@ -73,3 +73,17 @@ def cv_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     cfg = CVConfig(models=["small"], folds=2, image_size=48, bootstrap=50, protocol="both", attention="cbam")
     res = run_cv(synth_dir, cfg, TrainConfig(epochs=2, batch_size=8, device="cpu", patience=5), out, progress=False)
     return out, res
+
+
+@pytest.fixture(scope="session")
+def tiny_models(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from spinexr.cli import main
+    from spinexr.config import LandmarkConfig
+    from spinexr.evaluation.landmark_cv import run_landmark_cv
+
+    root = tmp_path_factory.mktemp("models")
+    assert main(["train", "--data", str(synth_dir), "--model", "small", "--epochs", "1", "--image-size", "40",
+                 "--device", "cpu", "--bootstrap", "20", "--out", str(root / "clf"), "--quiet"]) == 0
+    cfg = LandmarkConfig(input_height=128, input_width=64, epochs=1, batch_size=4, device="cpu")
+    run_landmark_cv(synth_dir / "landmarks.csv", cfg, root / "lm", folds=2, progress=False, n_boot=20)
+    return {"classifier": root / "clf" / "model.safetensors", "landmarks": root / "lm" / "models" / "landmarks.safetensors"}

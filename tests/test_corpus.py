@@ -197,10 +197,10 @@ def test_predict_over_the_corpus_finishes(trained_model: Path, tmp_path: Path) -
     assert len(rows) == len({r["path"] for r in rows})
     by = {Path(r["path"]).name: r for r in rows}
     assert by["examples_jpeg2k.dcm"]["status"] == ("ok" if HAVE_CODECS else by["examples_jpeg2k.dcm"]["status"])
-    assert by["rtplan.dcm"]["status"] == "error" and by["rtplan.dcm"]["kind"] == "no_pixels"
+    assert by["rtplan.dcm"]["status"] == "error" and by["rtplan.dcm"]["error_kind"] == "no_pixels"
     # Files that say they are not radiographs are flagged, with the reason.
     for name in ("CT_small.dcm", "MR_small.dcm", "examples_rgb_color.dcm"):
-        assert by[name]["ood"] == "true" and by[name]["ood_reasons"], name
+        assert by[name]["ood_flag"] == "true" and by[name]["ood_reasons"], name
     assert "padding" in by["MR_small_padded.dcm"]["warnings"]
     assert len(listed) >= 0
 

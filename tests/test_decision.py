@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from spinexr.cli import main
+from spinexr.deploy.bundle import write_bundle
 from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.measure import Measurement
 from spinexr.geometry.cobb import cobb_angles
@@ -160,19 +161,6 @@ def test_rule_travels_in_the_landmark_model_metadata() -> None:
     assert DecisionRule.from_meta({}) == DecisionRule()
 
 
-@pytest.fixture(scope="module")
-def tiny_models(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from spinexr.config import LandmarkConfig
-    from spinexr.evaluation.landmark_cv import run_landmark_cv
-
-    root = tmp_path_factory.mktemp("models")
-    assert main(["train", "--data", str(synth_dir), "--model", "small", "--epochs", "1", "--image-size", "40",
-                 "--device", "cpu", "--bootstrap", "20", "--out", str(root / "clf"), "--quiet"]) == 0
-    cfg = LandmarkConfig(input_height=128, input_width=64, epochs=1, batch_size=4, device="cpu")
-    run_landmark_cv(synth_dir / "landmarks.csv", cfg, root / "lm", folds=2, progress=False, n_boot=20)
-    return {"classifier": root / "clf" / "model.safetensors", "landmarks": root / "lm" / "models" / "landmarks.safetensors"}
-
-
 @pytest.mark.slow
 def test_pack_halves_the_file_and_keeps_the_predictions(tiny_models: dict[str, Path], tmp_path: Path,
                                                         synth_dir: Path) -> None:
@@ -208,6 +196,7 @@ def test_predict_with_no_model_uses_the_bundled_ones(tiny_models: dict[str, Path
     root = tmp_path / "bundled"
     for kind, p in tiny_models.items():
         bundled.pack(p, kind, f"# {kind}\nresearch use only\n", root=root)
+    write_bundle(root, root / "classifier.safetensors", root / "landmarks.safetensors", None, name="tiny")
     monkeypatch.setattr(bundled, "BUNDLE_DIR", root)
     film = next(iter(sorted((synth_dir / "Scoliosis").glob("*.jpg"))))
     out = tmp_path / "p.json"
@@ -232,11 +221,10 @@ def test_predict_with_no_model_uses_the_bundled_ones(tiny_models: dict[str, Path
     import spinexr.serve as serve_mod
 
     seen: dict = {}
-    monkeypatch.setattr(serve_mod, "serve", lambda model, **kw: seen.update(model=model, **kw))
+    monkeypatch.setattr(serve_mod, "serve", lambda source, **kw: seen.update(source=source, **kw))
     assert main(["serve"]) == 0
-    assert Path(seen["model"]) == root / "classifier.safetensors"
-    assert Path(seen["landmarks_path"]) == root / "landmarks.safetensors"
-    assert main(["serve", "--no-landmarks"]) == 0 and seen["landmarks_path"] is None
+    assert seen["source"] is None and not seen["no_landmarks"]  # None: the bundled pipeline, landmarks and all
+    assert main(["serve", "--no-landmarks"]) == 0 and seen["no_landmarks"]
 
 
 def test_curve_line_is_fitted_on_non_scoliosis_films() -> None:

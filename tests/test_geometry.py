@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from spinexr.data.landmarks import XY_COLUMNS, read_aasce, read_landmark_csv, write_landmark_csv
 from spinexr.errors import DatasetError
 from spinexr.geometry.cobb import centreline_tilts, cobb_angles, flip_landmarks, severity_band
-from spinexr.data.landmarks import XY_COLUMNS, read_aasce, read_landmark_csv, write_landmark_csv
 
 AASCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aasce-spine-ap"
 

@@ -42,17 +42,17 @@ def test_predict_mix_of_good_and_bad(trained_model: Path, synth_dir: Path, tmp_p
     for g in good:
         r = by[g.name]
         assert r["status"] == "ok" and r["label"] in ("Normal", "Scoliosis", "Spondylolisthesis")
-        p = [float(r[f"p_{c}"]) for c in ("Normal", "Scoliosis", "Spondylolisthesis")]
+        p = [float(r[f"probabilities_{c}"]) for c in ("Normal", "Scoliosis", "Spondylolisthesis")]
         assert abs(sum(p) - 1) < 1e-4
-        assert r["ood"] in ("true", "false")
-        assert Path(r["heatmap"]).is_file()
-    assert by["notes.jpg"]["status"] == "error" and "not a recognised image" in by["notes.jpg"]["reason"]
-    assert by["empty.png"]["status"] == "error" and "empty" in by["empty.png"]["reason"]
-    assert by["missing.dcm"]["status"] == "error" and "not found" in by["missing.dcm"]["reason"]
+        assert r["ood_flag"] in ("true", "false") and r["schema"] == "spinexr-prediction/1"
+        assert Path(r["files_heatmap"]).is_file()
+    assert by["notes.jpg"]["status"] == "error" and "not a recognised image" in by["notes.jpg"]["error_reason"]
+    assert by["empty.png"]["status"] == "error" and "empty" in by["empty.png"]["error_reason"]
+    assert by["missing.dcm"]["status"] == "error" and "not found" in by["missing.dcm"]["error_reason"]
     # The heatmap is drawn on the original image at its original size.
     from PIL import Image
 
-    hm = Image.open(by[good[0].name]["heatmap"])
+    hm = Image.open(by[good[0].name]["files_heatmap"])
     assert hm.size == Image.open(good[0]).size
     assert "3 predicted" in capsys.readouterr().err
 

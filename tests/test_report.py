@@ -125,12 +125,11 @@ def test_single_split_says_one_split(trained_model: Path) -> None:
 
 
 def test_cli_summary_single_split_has_no_sd(trained_model: Path, capsys: pytest.CaptureFixture) -> None:
-    from spinexr.cli import _print_summary
+    from spinexr.cli.train import summary_lines
     from spinexr.evaluation.results import RunResult
 
     out = trained_model.parent
-    _print_summary(out, RunResult.from_dict(json.loads((out / "metrics.json").read_text())))
-    text = capsys.readouterr().out
+    text = "\n".join(summary_lines(out, RunResult.from_dict(json.loads((out / "metrics.json").read_text()))))
     assert "one split of" in text and "±" not in text and "missed most" in text
 
 

@@ -2,10 +2,10 @@
 
 Defaults live in the dataclasses; a YAML file (``--config``) may set any field, in sections ``cv``
 (:class:`CVConfig`), ``train`` (:class:`TrainConfig`, with ``aug``: :class:`AugConfig`) and ``landmarks``
-(:class:`LandmarkConfig`, for ``spinexr landmarks``), plus top-level ``data``, ``out`` and ``model(s)``; command-line flags override both. Each field declares its
-type (a ``Literal`` lists the accepted values), its bounds and its help text in one place, so flags,
-YAML and defaults cannot drift, and a bad value from any of them gets the same message: the setting,
-the value, and what is accepted. This module imports no torch, so ``data check`` runs without it.
+(:class:`LandmarkConfig`, for ``spinexr landmarks``), plus top-level ``data``, ``out`` and ``model(s)``;
+command-line flags override both. Each field declares its type (a ``Literal`` lists the accepted
+values), its bounds and its help text in one place, so flags, YAML and defaults cannot drift, and a
+bad value from any of them gets the same message: the setting, the value, and what is accepted. This module imports no torch, so ``data check`` runs without it.
 """
 
 from __future__ import annotations

@@ -166,14 +166,17 @@ def fit_rule(measurer: Any, source: str | Path, max_rate: float = 0.02, keep_lum
     if not normal:
         raise DatasetError(f"{source}: no readable Normal films to fit the curve line on; the rule needs "
                            "films known not to be scoliosis")
-    if all(full) or not any(full):
+    feats_a, full_a = np.array(feats), np.array(full)
+    ok = np.isfinite(feats_a).all(axis=1)
+    if full_a[ok].all() or not full_a[ok].any():
         raise DatasetError(f"{source}: the view check needs Spondylolisthesis (lumbar) films and Normal or "
-                           "Scoliosis (full-spine AP) films")
-    check = fit_view_check(np.array(feats), np.array(full), keep_lumbar_out, f"{len(feats)} films of {Path(source).name}")
+                           "Scoliosis (full-spine AP) films that the landmark model measures")
+    check = fit_view_check(feats_a[ok], full_a[ok], keep_lumbar_out, f"{int(ok.sum())} films of {Path(source).name}")
     rule = DecisionRule(curve_deg=fit_curve_deg(np.array(normal), max_rate=max_rate))
     return rule_section(rule, check, {"fitted_on": f"{len(normal)} Normal films of {Path(source).name}",
                                       "max_rate": max_rate, "unreadable_films": unreadable,
-                                      "lumbar_median_deg": float(np.nanmedian(lumbar)) if lumbar else None})
+                                      "lumbar_median_deg": float(np.median(finite)) if len(finite := np.asarray(lumbar)[np.isfinite(lumbar)])
+                                      else None})
 
 
 def _part(src: Path, dest_dir: Path, name: str, card: Path | None) -> dict[str, Any]:

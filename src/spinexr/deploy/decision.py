@@ -60,9 +60,6 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def row(self) -> dict[str, str]:
-        return {"classifier_label": self.classifier_label, "agreement": self.agreement, "decision_note": self.note}
-
 
 @dataclass(frozen=True)
 class DecisionRule:

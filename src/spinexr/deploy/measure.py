@@ -40,19 +40,6 @@ class Measurement:
             d.update(self.result.to_dict())
         return d
 
-    def row(self) -> dict[str, str]:
-        """CSV columns: the angles, end vertebrae and band, or the refusal."""
-        view = {"view": self.view or "", "full_spine_probability": "" if self.view_probability is None
-                else f"{self.view_probability:.3f}"}
-        if self.result is None:
-            return {"cobb_largest": "", "cobb_band": "", "cobb_pt": "", "cobb_mt": "", "cobb_tl": "",
-                    "cobb_main_curve": "", "cobb_refused": "; ".join(self.refused), **view}
-        r = self.result
-        u, lo, apex = r.pt.levels
-        return {"cobb_largest": f"{r.largest:.2f}", "cobb_band": r.band, "cobb_pt": f"{r.pt.angle:.2f}",
-                "cobb_mt": f"{r.mt.angle:.2f}", "cobb_tl": f"{r.tl.angle:.2f}",
-                "cobb_main_curve": f"{u}-{lo} apex {apex}", "cobb_refused": "", **view}
-
 
 class SpineMeasurer:
     """Loads a landmark model file once; measures decoded films."""
