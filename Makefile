@@ -1,4 +1,5 @@
 # `make demo` and `make test` each set up .venv from nothing, then run.
+# `make test`: ruff, the import layers (lint-imports), the strict docs build, then the tests.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e '.[all,test]'
+	$(PIP) install --quiet -e '.[all,test,docs]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -23,7 +24,9 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build/site

@@ -63,10 +63,7 @@ def kauh_auc(model: Path, device: str) -> dict:
             "median_angle_scoliosis": float(np.median(angles[ys == 1])), "implausible_predictions": int(refused)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from spinexr.config import LandmarkConfig
-    from spinexr.evaluation.landmark_cv import run_landmark_cv
-
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(AASCE))
     ap.add_argument("--folds", type=int, default=5, help="case-grouped folds (1: one 80/20 split)")
@@ -96,6 +93,29 @@ def main(argv: list[str] | None = None) -> int:
                     help="weight of the vertebra midline error in the loss (landmarks.angle_weight; default: the setting's)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
+    return ap
+
+
+def _earlier_run(a: argparse.Namespace, tag: str, h: int, w: int) -> dict | None:
+    """The result JSON of the run that trained ``--reuse-fold0`` (its training record), or None with the reason printed."""
+    src = Path(a.reuse_json) if a.reuse_json else HERE / "results" / f"aasce_cobb_cv_{tag}.json"
+    if not src.is_file():
+        print(f"--reuse-fold0 needs the earlier run's JSON ({src}) for its training record; pass --reuse-json",
+              file=sys.stderr)
+        return None
+    earlier = json.loads(src.read_text())
+    if earlier.get("settings", {}).get("input_height") != h or earlier["folds"][0].get("reused_model"):
+        print(f"{src}: not a trained run of this recipe ({h}x{w}); pass the JSON of the run that trained "
+              f"{a.reuse_fold0}", file=sys.stderr)
+        return None
+    return earlier
+
+
+def main(argv: list[str] | None = None) -> int:
+    from spinexr.config import LandmarkConfig
+    from spinexr.evaluation.landmark_cv import run_landmark_cv
+
+    ap = _parser()
     a = ap.parse_args(argv)
     if not Path(a.data).is_dir():
         print(f"AASCE data not found at {a.data}; pass --data", file=sys.stderr)
@@ -114,15 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                                               ("angle_weight", a.angle_weight)) if v is not None})
     earlier = None
     if a.reuse_fold0:
-        src = Path(a.reuse_json) if a.reuse_json else HERE / "results" / f"aasce_cobb_cv_{tag}.json"
-        if not src.is_file():
-            print(f"--reuse-fold0 needs the earlier run's JSON ({src}) for its training record; pass --reuse-json",
-                  file=sys.stderr)
-            return 2
-        earlier = json.loads(src.read_text())
-        if earlier.get("settings", {}).get("input_height") != h or earlier["folds"][0].get("reused_model"):
-            print(f"{src}: not a trained run of this recipe ({h}x{w}); pass the JSON of the run that trained "
-                  f"{a.reuse_fold0}", file=sys.stderr)
+        earlier = _earlier_run(a, tag, h, w)
+        if earlier is None:
             return 2
         a.minutes_per_fold = earlier.get("minutes_per_fold_cap")  # the cap the reused training ran under
     t0 = time.perf_counter()

@@ -39,6 +39,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -336,13 +337,7 @@ def landmark_timing(model: Path, films: list[Path], threads: int, work: Path) ->
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from spinexr.data.dataset import prepare_dataset
-    from spinexr.data.imread import read_image
-    from spinexr.deploy.predictor import Predictor
-    from spinexr.models import get_model_entry
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--models", default="xception,inception_v3,densenet121")
@@ -355,21 +350,94 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--landmarks", help="a landmark model file: time landmarks + Cobb angles per film instead")
     ap.add_argument("--landmark-data", default=str(DEFAULT_DATA.parent / "aasce-spine-ap" / "images"),
                     help="films for the landmark timing")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def _landmarks_main(a: argparse.Namespace, argv: list[str] | None) -> int:
+    from spinexr.data.imread import list_images
+
+    films = list_images(Path(a.landmark_data))
+    films = films[:: max(1, len(films) // a.images)][: a.images]
+    with tempfile.TemporaryDirectory() as d:
+        res = {**header("cpu_inference_landmarks", argv), "landmarks": landmark_timing(Path(a.landmarks), films,
+                                                                                         a.threads, Path(d))}
+    write_result("cpu_inference_landmarks.json" if a.out == "cpu_inference.json" else a.out, res)
+    lm = res["landmarks"]
+    print(f"landmarks + angles per film ({lm['input']}): eager p50 {lm['eager']['p50_ms']:.0f} ms, onnxruntime p50 "
+          f"{lm['onnxruntime']['p50_ms']:.0f} ms; with decoding {lm['total_onnxruntime_p50_ms']:.0f} ms")
+    return 0
+
+
+def _timed_rounds(models: list[str], built: dict, n_rounds: int, sg: Any, sg_flop: Any) -> dict:
+    """Each backbone timed in ``n_rounds`` rounds spread over time (one noisy spell does not decide); the
+    median round by ONNX Runtime's speed-up is reported, with every round beside it."""
+    rounds: dict[str, list[dict]] = {m: [] for m in models}
+    for k in range(n_rounds):
+        for m in models:
+            eager, fp32, q8, xs = built[m]
+            r = measure(eager, fp32, q8, xs, sg, sg_flop)
+            rounds[m].append(r)
+            rf, peak = r["roofline"], r["sgemm_peak_same_run"]
+            print(f"round {k + 1} {m}@{eager.size}: eager {r['eager']['p50_ms']:.1f} ms, ort "
+                  f"{r['onnxruntime_fp32']['p50_ms']:.1f} ms ({r['ort_speedup_p50']:.2f}x, paired "
+                  f"{r['ort_speedup_paired_median']:.2f}x, best {r['ort_speedup_best']:.2f}x), int8 "
+                  f"{r['onnxruntime_int8']['p50_ms']:.1f} ms ({r['int8_speedup_over_fp32_p50']:.2f}x over fp32); "
+                  f"{rf['forward_gflop']:.1f} GFLOP: eager at {rf['eager_fraction_of_peak']:.0%} of SGEMM peak "
+                  f"({peak['torch_gflops']:.0f} GFLOP/s), ort at {rf['onnxruntime_fraction_of_peak']:.0%} "
+                  f"({peak['onnxruntime_gflops']:.0f})", flush=True)
+    results = {}
+    for m in models:
+        rs = sorted(rounds[m], key=lambda r: r["ort_speedup_p50"])
+        results[m] = {**rs[len(rs) // 2], "rounds": [
+            {"eager_p50_ms": r["eager"]["p50_ms"], "onnxruntime_fp32_p50_ms": r["onnxruntime_fp32"]["p50_ms"],
+             "onnxruntime_int8_p50_ms": r["onnxruntime_int8"]["p50_ms"], "ort_speedup_p50": r["ort_speedup_p50"],
+             "int8_speedup_over_fp32_p50": r["int8_speedup_over_fp32_p50"],
+             "sgemm_torch_gflops": r["sgemm_peak_same_run"]["torch_gflops"]} for r in rounds[m]]}
+    return results
+
+
+def _service_section(files: dict, built: dict, film: Path, threads: int) -> dict:
+    """``spinexr serve`` under load against the bare model, each measured right before the other."""
+    from spinexr.data.imread import read_image
+
+    mf, onnx = files["densenet121"]
+    img = read_image(film)[0]
+    sv: dict = {"model": "densenet121 (onnxruntime fp32)", "image": str(film)}
+    p_bare = built["densenet121"][1]  # the FP32 onnxruntime predictor timed above
+    x_bare = p_bare.prepare(img)[0]
+    for mb in (1, 8):
+        # the bare batch-1 latency is measured right before each service run, under the same background load
+        b, _ = time_interleaved({"bare": p_bare.run}, [x_bare] * 40)
+        b = b["bare"]
+        srv = service(mf, onnx, film, threads, mb)
+        bare = bare_under_load(onnx, [img], threads, 8, 300, mb)
+        c8 = srv["concurrency_8"]
+        srv["bare_model_batch1"] = b
+        srv["bare_model_same_load"] = bare
+        srv["concurrency_1"]["p95_over_bare_batch1_p95"] = srv["concurrency_1"]["p95_ms"] / b["p95_ms"]
+        c8["p95_over_bare_batch1_p95"] = c8["p95_ms"] / b["p95_ms"]
+        c8["p95_over_bare_same_load_p95"] = c8["p95_ms"] / bare["p95_ms"]
+        sv[f"max_batch_{mb}"] = srv
+        print(f"service max_batch {mb}: c1 p95 {srv['concurrency_1']['p95_ms']:.0f} ms "
+              f"({srv['concurrency_1']['p95_over_bare_batch1_p95']:.2f}x bare), c8 p95 {c8['p95_ms']:.0f} ms "
+              f"({c8['p95_over_bare_batch1_p95']:.1f}x bare batch-1, {c8['p95_over_bare_same_load_p95']:.2f}x "
+              f"bare under the same load, {c8['requests_per_s']:.1f} req/s vs bare {bare['images_per_s']:.1f}/s)",
+              flush=True)
+    return sv
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from spinexr.data.dataset import prepare_dataset
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.predictor import Predictor
+    from spinexr.models import get_model_entry
+
+    a = _parser().parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.landmarks:
-        from spinexr.data.imread import list_images
-
-        films = list_images(Path(a.landmark_data))
-        films = films[:: max(1, len(films) // a.images)][: a.images]
-        with tempfile.TemporaryDirectory() as d:
-            res = {**header("cpu_inference_landmarks", argv), "landmarks": landmark_timing(Path(a.landmarks), films,
-                                                                                             a.threads, Path(d))}
-        write_result("cpu_inference_landmarks.json" if a.out == "cpu_inference.json" else a.out, res)
-        lm = res["landmarks"]
-        print(f"landmarks + angles per film ({lm['input']}): eager p50 {lm['eager']['p50_ms']:.0f} ms, onnxruntime p50 "
-              f"{lm['onnxruntime']['p50_ms']:.0f} ms; with decoding {lm['total_onnxruntime_p50_ms']:.0f} ms")
-        return 0
+        return _landmarks_main(a, argv)
     models = a.models.split(",")
     sizes = sorted({get_model_entry(m).input_size for m in models})
     data = prepare_dataset(a.data, sizes, progress=False)
@@ -377,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     timed = list(range(0, len(data.paths), step))[: a.images]
     calib = [data.paths[i] for i in range(1, len(data.paths), max(1, len(data.paths) // 32))][:32]
     parity = [data.paths[i] for i in timed[:8]]
-    results, files = {}, {}
+    files = {}
     sg, sg_flop = sgemm_fns(a.threads)
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
@@ -387,58 +455,14 @@ def main(argv: list[str] | None = None) -> int:
             files[m] = (mf, onnx)
             eager, fp32, q8 = Predictor(mf), Predictor(onnx, threads=a.threads), Predictor(int8, threads=a.threads)
             built[m] = (eager, fp32, q8, [eager.prepare(read_image(data.paths[i])[0])[0] for i in timed])
-        rounds: dict[str, list[dict]] = {m: [] for m in models}
-        for k in range(a.rounds):  # rounds spread the backbones over time, so one noisy spell does not decide
-            for m in models:
-                eager, fp32, q8, xs = built[m]
-                r = measure(eager, fp32, q8, xs, sg, sg_flop)
-                rounds[m].append(r)
-                rf, peak = r["roofline"], r["sgemm_peak_same_run"]
-                print(f"round {k + 1} {m}@{eager.size}: eager {r['eager']['p50_ms']:.1f} ms, ort "
-                      f"{r['onnxruntime_fp32']['p50_ms']:.1f} ms ({r['ort_speedup_p50']:.2f}x, paired "
-                      f"{r['ort_speedup_paired_median']:.2f}x, best {r['ort_speedup_best']:.2f}x), int8 "
-                      f"{r['onnxruntime_int8']['p50_ms']:.1f} ms ({r['int8_speedup_over_fp32_p50']:.2f}x over fp32); "
-                      f"{rf['forward_gflop']:.1f} GFLOP: eager at {rf['eager_fraction_of_peak']:.0%} of SGEMM peak "
-                      f"({peak['torch_gflops']:.0f} GFLOP/s), ort at {rf['onnxruntime_fraction_of_peak']:.0%} "
-                      f"({peak['onnxruntime_gflops']:.0f})", flush=True)
-        for m in models:
-            rs = sorted(rounds[m], key=lambda r: r["ort_speedup_p50"])
-            results[m] = {**rs[len(rs) // 2], "rounds": [
-                {"eager_p50_ms": r["eager"]["p50_ms"], "onnxruntime_fp32_p50_ms": r["onnxruntime_fp32"]["p50_ms"],
-                 "onnxruntime_int8_p50_ms": r["onnxruntime_int8"]["p50_ms"], "ort_speedup_p50": r["ort_speedup_p50"],
-                 "int8_speedup_over_fp32_p50": r["int8_speedup_over_fp32_p50"],
-                 "sgemm_torch_gflops": r["sgemm_peak_same_run"]["torch_gflops"]} for r in rounds[m]]}
         out = {**header("cpu_inference", argv), "cpu_flags": cpu_flags(), "threads": a.threads, "batch": 1,
-               "sgemm_n": 2048, "results": results,
+               "sgemm_n": 2048, "results": _timed_rounds(models, built, a.rounds, sg, sg_flop),
                "targets": {"ort_speedup": 2.0, "int8_speedup_over_fp32": 1.5, "int8_accuracy_drop_points": 1.0,
                            "service_p95_over_bare": 2.0}}
         if a.kauh_run:
             out["kauh_int8"] = int8_accuracy(Path(a.kauh_run), a.data, a.threads, work)
         if a.service and "densenet121" in files:
-            mf, onnx = files["densenet121"]
-            img = read_image(data.paths[timed[0]])[0]
-            sv: dict = {"model": "densenet121 (onnxruntime fp32)", "image": str(data.paths[timed[0]])}
-            p_bare = built["densenet121"][1]  # the FP32 onnxruntime predictor timed above
-            x_bare = p_bare.prepare(img)[0]
-            for mb in (1, 8):
-                # the bare batch-1 latency is measured right before each service run, under the same background load
-                b, _ = time_interleaved({"bare": p_bare.run}, [x_bare] * 40)
-                b = b["bare"]
-                srv = service(mf, onnx, data.paths[timed[0]], a.threads, mb)
-                bare = bare_under_load(onnx, [img], a.threads, 8, 300, mb)
-                c8 = srv["concurrency_8"]
-                srv["bare_model_batch1"] = b
-                srv["bare_model_same_load"] = bare
-                srv["concurrency_1"]["p95_over_bare_batch1_p95"] = srv["concurrency_1"]["p95_ms"] / b["p95_ms"]
-                c8["p95_over_bare_batch1_p95"] = c8["p95_ms"] / b["p95_ms"]
-                c8["p95_over_bare_same_load_p95"] = c8["p95_ms"] / bare["p95_ms"]
-                sv[f"max_batch_{mb}"] = srv
-                print(f"service max_batch {mb}: c1 p95 {srv['concurrency_1']['p95_ms']:.0f} ms "
-                      f"({srv['concurrency_1']['p95_over_bare_batch1_p95']:.2f}x bare), c8 p95 {c8['p95_ms']:.0f} ms "
-                      f"({c8['p95_over_bare_batch1_p95']:.1f}x bare batch-1, {c8['p95_over_bare_same_load_p95']:.2f}x "
-                      f"bare under the same load, {c8['requests_per_s']:.1f} req/s vs bare {bare['images_per_s']:.1f}/s)",
-                      flush=True)
-            out["service"] = sv
+            out["service"] = _service_section(files, built, data.paths[timed[0]], a.threads)
     write_result(a.out, out)
     return 0
 

@@ -82,11 +82,7 @@ def _train_seconds(run: Path) -> float:
                      for r in csv.DictReader(f.open())))
 
 
-def main(argv: list[str] | None = None) -> int:
-    from spinexr.config import AugConfig, CVConfig, TrainConfig
-    from spinexr.data.dataset import prepare_dataset
-    from spinexr.evaluation.cv import run_cv
-
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(KAUH))
     ap.add_argument("--aasce", default=str(AASCE), help="AASCE folder for the development check ('' to skip)")
@@ -106,7 +102,52 @@ def main(argv: list[str] | None = None) -> int:
                          "are rebuilt from their checkpoints, not retrained)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def _arm(arm: str, a: argparse.Namespace, root: Path, datasets: dict[str, Any], size: int) -> tuple[dict, Any]:
+    """One arm's CV on the shared folds and seeds; returns its figures and the dataset it ran on."""
+    from spinexr.config import AugConfig, CVConfig, TrainConfig
+    from spinexr.data.dataset import prepare_dataset
+    from spinexr.evaluation.cv import run_cv
+
+    arm_aug = {k: v for k, v in ARMS[arm].items() if k != "resize"}
+    resize = ARMS[arm].get("resize", "letterbox")
+    cv = CVConfig(models=[a.model], folds=a.folds, image_size=a.image_size, bootstrap=1000, explain=False,
+                  framing_test=True, save_models=True, cache_dir="runs/cache", resize=resize, landmarks=a.landmarks)
+    if resize not in datasets:
+        datasets[resize] = prepare_dataset(a.data, {size}, resize, cache_dir=cv.cache_dir, progress=False)
+    data = datasets[resize]
+    aug = AugConfig.from_dict({**AugConfig().to_dict(), **arm_aug})
+    tr = TrainConfig(epochs=a.epochs, device=a.device, seed=a.seed, aug=aug)
+    t = time.perf_counter()
+    run = root / arm.replace("+", "_")
+    r = run_cv(a.data, cv, tr, run, progress=True, data=data, resume=a.resume).models[a.model]
+    out = {"augmentation": ARMS[arm], "wall_seconds": time.perf_counter() - t,
+           "train_seconds": _train_seconds(run), "run_dir": str(run),
+           "accuracy_mean": r.summary["accuracy"]["mean"], "accuracy_std": r.summary["accuracy"]["std"],
+           "macro_f1_mean": r.summary["macro_f1"]["mean"], "macro_f1_std": r.summary["macro_f1"]["std"],
+           "pooled_accuracy": r.pooled["accuracy"], "ci95": r.ci95, "framing_stress": r.framing}
+    if r.decision:
+        out["decision"] = r.decision
+    if a.aasce and Path(a.aasce).is_dir():
+        out["aasce_fold0_development"] = aasce_check(run / "models" / f"{a.model}.safetensors", Path(a.aasce))
+    fs = r.framing or {}
+    print(f"{arm:<18} acc {out['accuracy_mean'] * 100:5.1f} ± {out['accuracy_std'] * 100:4.1f}  "
+          f"strip {fs.get('scoliosis_ap_to_strip', {}).get('rate', float('nan')):.3f}  "
+          f"widen {fs.get('normal_strip_to_full', {}).get('rate', float('nan')):.3f}  "
+          + (f"AASCE>=25 {out['aasce_fold0_development']['called_scoliosis_ge25']:.3f}"
+             if "aasce_fold0_development" in out else ""), flush=True)
+    if r.decision:
+        fd = r.decision.get("framing") or {}
+        print(f"{'  + measured curve':<18} acc {r.decision['accuracy_with_rule_mean'] * 100:5.1f}         "
+              f"strip {fd.get('scoliosis_ap_to_strip', {}).get('rate', float('nan')):.3f}  "
+              f"widen {fd.get('normal_strip_to_full', {}).get('rate', float('nan')):.3f}", flush=True)
+    return out, data
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
     if not Path(a.data).is_dir():
         print(f"KAUH data not found at {a.data}; pass --data", file=sys.stderr)
         return 2
@@ -124,41 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = {}
     for arm in arms:
-        arm_aug = {k: v for k, v in ARMS[arm].items() if k != "resize"}
-        resize = ARMS[arm].get("resize", "letterbox")
-        cv = CVConfig(models=[a.model], folds=a.folds, image_size=a.image_size, bootstrap=1000, explain=False,
-                      framing_test=True, save_models=True, cache_dir="runs/cache", resize=resize,
-                      landmarks=a.landmarks)
-        if resize not in datasets:
-            datasets[resize] = prepare_dataset(a.data, {size}, resize, cache_dir=cv.cache_dir, progress=False)
-        data = datasets[resize]
-        aug = AugConfig.from_dict({**AugConfig().to_dict(), **arm_aug})
-        tr = TrainConfig(epochs=a.epochs, device=a.device, seed=a.seed, aug=aug)
-        t = time.perf_counter()
-        run = root / arm.replace("+", "_")
-        res = run_cv(a.data, cv, tr, run, progress=True, data=data, resume=a.resume)
-        r = res.models[a.model]
-        out = {"augmentation": ARMS[arm], "wall_seconds": time.perf_counter() - t,
-               "train_seconds": _train_seconds(run), "run_dir": str(run),
-               "accuracy_mean": r.summary["accuracy"]["mean"], "accuracy_std": r.summary["accuracy"]["std"],
-               "macro_f1_mean": r.summary["macro_f1"]["mean"], "macro_f1_std": r.summary["macro_f1"]["std"],
-               "pooled_accuracy": r.pooled["accuracy"], "ci95": r.ci95, "framing_stress": r.framing}
-        if r.decision:
-            out["decision"] = r.decision
-        if a.aasce and Path(a.aasce).is_dir():
-            out["aasce_fold0_development"] = aasce_check(run / "models" / f"{a.model}.safetensors", Path(a.aasce))
-        results[arm] = out
-        fs = r.framing or {}
-        print(f"{arm:<18} acc {out['accuracy_mean'] * 100:5.1f} ± {out['accuracy_std'] * 100:4.1f}  "
-              f"strip {fs.get('scoliosis_ap_to_strip', {}).get('rate', float('nan')):.3f}  "
-              f"widen {fs.get('normal_strip_to_full', {}).get('rate', float('nan')):.3f}  "
-              + (f"AASCE>=25 {out['aasce_fold0_development']['called_scoliosis_ge25']:.3f}"
-                 if "aasce_fold0_development" in out else ""), flush=True)
-        if r.decision:
-            fd = r.decision.get("framing") or {}
-            print(f"{'  + measured curve':<18} acc {r.decision['accuracy_with_rule_mean'] * 100:5.1f}         "
-                  f"strip {fd.get('scoliosis_ap_to_strip', {}).get('rate', float('nan')):.3f}  "
-                  f"widen {fd.get('normal_strip_to_full', {}).get('rate', float('nan')):.3f}", flush=True)
+        results[arm], data = _arm(arm, a, root, datasets, size)
     res_json = {
         **header("kauh_augment", argv),
         "settings": {"model": a.model, "folds": a.folds, "epochs": a.epochs, "image_size": size,

@@ -1,4 +1,4 @@
-"""Render benchmarks/RESULTS.md from the JSON files in benchmarks/results/.
+"""Render the results pages of the documentation (docs/results.md, docs/what-we-tried.md) from benchmarks/results/*.json.
 
     python benchmarks/make_results_md.py
 """
@@ -335,6 +335,56 @@ def _rho(s: dict | None) -> str:
     return "n/a" if not s else f"{s['rho']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]"
 
 
+def _missed_lines(ms: dict | None, ge: dict) -> list[str]:
+    """The AASCE films of 25° or more that the rule did not call Scoliosis, film by film."""
+    out: list[str] = []
+    if not ms:
+        return out
+    out += ["", f"Films of 25° or more measured out of fold and not called Scoliosis with the rule: {ms['n']} of "
+            f"{ge['n']}: {ms['normal_call_under_line']} Normal calls measured under the line, "
+            + (f"{ms['normal_call_doubted_view_under_bar']} Normal calls over it on a view the check doubted "
+               "(under the rule's bar there), " if "normal_call_doubted_view_under_bar" in ms else "")
+            + f"{ms['spondylolisthesis_call']} Spondylolisthesis calls, {ms['other']} other."]
+    if ms.get("films"):
+        def _deg(x: float | None) -> str:
+            return "refused" if x is None else f"{x:.1f}°"
+
+        out += ["", "| film | true largest | measured largest | classifier | decision | full-spine probability |",
+                "|---|---|---|---|---|---|"]
+        for f in ms["films"]:
+            fp = f["full_spine_probability"]
+            out.append(f"| {f['film']} | {f['true_largest']:.1f}° | {_deg(f['measured_largest'])} | "
+                       f"{f['classifier']} | {f['decision']} | {'' if fp is None else f'{fp:.2f}'} |")
+    return out
+
+
+def _view_lines(k: dict, o: dict) -> list[str]:
+    """The view check, the heatmap-confidence probe and the framing stress test on KAUH's held-out films."""
+    out: list[str] = []
+    vc = k.get("view_check")
+    if vc:
+        out += ["", "The view check (a logistic model on the shape of the measured spine: "
+                + ", ".join(vc["features"]) + f"; its line keeps {vc['keep_lumbar_out']:.0%} of KAUH's lumbar films out) "
+                f"judged full-spine AP, {vc['held_out_protocol']}: "
+                + ", ".join(f"{c} {x:.0%}" for c, x in vc["held_out_full_spine_rate"].items())
+                + (f"; fitted on all KAUH films, {o['view_full_spine_rate']:.0%} of the AASCE films measured out of fold."
+                   if o.get("view_full_spine_rate") is not None else ".")]
+    v = k.get("view_by_confidence")
+    if v:
+        out += ["", "Can the landmark model's heatmap confidence tell a lumbar view? Median confidence: "
+                + ", ".join(f"{c} {x:.3f}" for c, x in v["confidence_median"].items())
+                + f". A line at {v['line_keeping_90pct_of_lumbar_out']:.3f} keeps 90% of KAUH's Spondylolisthesis "
+                f"(lumbar) films out, and also {1 - v['kauh_full_ap_over_line']:.0%} of KAUH's full-spine films and "
+                f"{1 - v['aasce_over_line']:.0%} of the AASCE films: not a usable view signal."]
+    f = k.get("framing_stress_held_out")
+    if f:
+        sa, nb = f["scoliosis_ap_to_strip"], f["normal_strip_to_full"]
+        out += ["", f"Framing stress test on the held-out KAUH films: {sa['changed']} of {sa['n']} full-AP Scoliosis films "
+                f"cut to strips changed class ({sa['changed'] / max(sa['n'], 1):.0%}); {nb['changed']} of {nb['n']} Normal "
+                f"strips widened to full-film proportions (mirrored edges) changed ({nb['changed'] / max(nb['n'], 1):.0%})."]
+    return out
+
+
 def external_section(d: dict) -> list[str]:
     k, a = d["kauh"], d["aasce"]
     o = a["oof_films"]
@@ -377,44 +427,8 @@ def external_section(d: dict) -> list[str]:
         if c.get("view_full_spine_rate"):
             out[-1] += (" The view check, fitted out of fold too, judged full-spine AP: "
                         + ", ".join(f"{cl} {x:.0%}" for cl, x in c["view_full_spine_rate"].items()) + " of the held-out films.")
-    ms = o.get("missed_ge25")
-    if ms:
-        out += ["", f"Films of 25° or more measured out of fold and not called Scoliosis with the rule: {ms['n']} of "
-                f"{ge['n']}: {ms['normal_call_under_line']} Normal calls measured under the line, "
-                + (f"{ms['normal_call_doubted_view_under_bar']} Normal calls over it on a view the check doubted "
-                   "(under the rule's bar there), " if "normal_call_doubted_view_under_bar" in ms else "")
-                + f"{ms['spondylolisthesis_call']} Spondylolisthesis calls, {ms['other']} other."]
-        if ms.get("films"):
-            def _deg(x: float | None) -> str:
-                return "refused" if x is None else f"{x:.1f}°"
-
-            out += ["", "| film | true largest | measured largest | classifier | decision | full-spine probability |",
-                    "|---|---|---|---|---|---|"]
-            for f in ms["films"]:
-                fp = f["full_spine_probability"]
-                out.append(f"| {f['film']} | {f['true_largest']:.1f}° | {_deg(f['measured_largest'])} | "
-                           f"{f['classifier']} | {f['decision']} | {'' if fp is None else f'{fp:.2f}'} |")
-    vc = k.get("view_check")
-    if vc:
-        out += ["", "The view check (a logistic model on the shape of the measured spine: "
-                + ", ".join(vc["features"]) + f"; its line keeps {vc['keep_lumbar_out']:.0%} of KAUH's lumbar films out) "
-                f"judged full-spine AP, {vc['held_out_protocol']}: "
-                + ", ".join(f"{c} {x:.0%}" for c, x in vc["held_out_full_spine_rate"].items())
-                + (f"; fitted on all KAUH films, {o['view_full_spine_rate']:.0%} of the AASCE films measured out of fold."
-                   if o.get("view_full_spine_rate") is not None else ".")]
-    v = k.get("view_by_confidence")
-    if v:
-        out += ["", "Can the landmark model's heatmap confidence tell a lumbar view? Median confidence: "
-                + ", ".join(f"{c} {x:.3f}" for c, x in v["confidence_median"].items())
-                + f". A line at {v['line_keeping_90pct_of_lumbar_out']:.3f} keeps 90% of KAUH's Spondylolisthesis "
-                f"(lumbar) films out, and also {1 - v['kauh_full_ap_over_line']:.0%} of KAUH's full-spine films and "
-                f"{1 - v['aasce_over_line']:.0%} of the AASCE films: not a usable view signal."]
-    f = k.get("framing_stress_held_out")
-    if f:
-        sa, nb = f["scoliosis_ap_to_strip"], f["normal_strip_to_full"]
-        out += ["", f"Framing stress test on the held-out KAUH films: {sa['changed']} of {sa['n']} full-AP Scoliosis films "
-                f"cut to strips changed class ({sa['changed'] / max(sa['n'], 1):.0%}); {nb['changed']} of {nb['n']} Normal "
-                f"strips widened to full-film proportions (mirrored edges) changed ({nb['changed'] / max(nb['n'], 1):.0%})."]
+    out += _missed_lines(o.get("missed_ge25"), ge)
+    out += _view_lines(k, o)
     t = d["targets"]
     out += ["", f"Targets: >= {t['called_scoliosis_ge25']:.0%} of films >= 25° called Scoliosis; Spearman >= "
             f"{t['spearman_evidence']}; KAUH accuracy not lower by more than {t['kauh_accuracy_drop_max']:.0%}.", ""]
@@ -456,18 +470,45 @@ def landmark_inference_section(d: dict) -> list[str]:
             f"decoding (target: {lm['target_ms']} ms).", ""]
 
 
-def main() -> int:
-    lines = ["# Benchmark results", "",
-             "Generated by `python benchmarks/make_results_md.py` from `benchmarks/results/*.json`.", ""]
+# Measurements of settings that were tried and not adopted: they go on the "what we tried" page.
+NOT_ADOPTED = {
+    "aasce_cobb_cv_cpu_reduced_384.json": "A larger landmark input (384x192): corners a little better, angles worse.",
+    "aasce_cobb_cv_cpu_reduced_midline.json": "A vertebra midline term in the landmark loss: slower learning, worse angles.",
+    "aasce_cobb_cv_cpu_reduced_strip.json": "Landmark training with 30% of films reframed as strips: not adopted.",
+    "kauh_augment_cpu_reduced.json": "Augmentation arms for the framing shortcut (framing augmentation was used until "
+                                     "the window contract replaced it).",
+    "kauh_augment_cpu_reduced_contract.json": "The strip input contract: replaced by the window contract.",
+    "landmark_framing.json": "A landmark model trained on strips as well: it did not measure framings more alike.",
+}
+DOCS = HERE.parent / "docs"
+
+
+def structure_section(before: dict, now: dict) -> list[str]:
+    """The shape of the codebase before and after the pipeline work, from benchmarks/code_structure.py."""
+    rows = (("import cycles", "n_cycles"), ("upward imports (by the declared layers)", "n_upward_imports"),
+            ("functions of 80 lines or more", "n_functions_80_lines_or_more"),
+            ("imports inside functions (of spinexr's own)", "imports_inside_functions"), ("README lines", "readme_lines"))
+    out = ["## The shape of the codebase", "", f"Commands: `{before['command']}` (commit {before['commit'][:10]}) and "
+           f"`{now['command']}` (commit {now['commit'][:10]}). Layers, top first: "
+           + " > ".join(" | ".join(layer) for layer in now["layers"]) + ".", "",
+           "| count | before | now |", "|---|---|---|"]
+    for name, key in rows:
+        extra = (f" ({before['own_imports_inside_functions']})", f" ({now['own_imports_inside_functions']})") \
+            if key == "imports_inside_functions" else ("", "")
+        out.append(f"| {name} | {before[key]}{extra[0]} | {now[key]}{extra[1]} |")
+    return out + [""]
+
+
+def _adopted_sections() -> list[str]:
+    lines: list[str] = []
     for f in sorted((HERE / "results").glob("kauh_cv_*.json")):
         lines += kauh_section(json.loads(f.read_text()))
-    titles = {"_contract": "The strip input contract: KAUH CV on the same folds and seeds",
-              "_window": "The window input contract: KAUH CV on the same folds and seeds",
+    titles = {"_window": "The window input contract: KAUH CV on the same folds and seeds",
               "_window_lmseed1_rule3": "The window input contract through the decision with the second landmark "
                                        "model (seed 1, bundled): same folds and seeds"}
     for f in sorted((HERE / "results").glob("kauh_augment_*.json")):
-        title = [t for end, t in titles.items() if f.stem.endswith(end)]
-        lines += augment_section(json.loads(f.read_text()), *title)
+        if f.name not in NOT_ADOPTED:
+            lines += augment_section(json.loads(f.read_text()), *[t for end, t in titles.items() if f.stem.endswith(end)])
     d = _load("window_invariance.json")
     if d:
         lines += window_invariance_section(d)
@@ -478,30 +519,103 @@ def main() -> int:
             if "landmarks" not in f.name]
     for i, d in enumerate(sorted(runs, key=lambda d: d["date"], reverse=True)):
         lines += inference_section(d, brief=i > 0)
-    d = _load("faithfulness_kauh.json")
-    if d:
-        lines += faithfulness_section(d)
-    d = _load("fuzz_read.json")
-    if d:
-        lines += fuzz_section(d)
-    for f in sorted((HERE / "results").glob("ood_corpus*.json")):
-        lines += ood_corpus_section(json.loads(f.read_text()))
-    for f in sorted((HERE / "results").glob("aasce_cobb_cv_*.json")):
-        lines += aasce_section(json.loads(f.read_text()))
-    for f in sorted((HERE / "results").glob("angle_reading*.json")):
-        lines += angle_reading_section(json.loads(f.read_text()))
-    d = _load("landmark_framing.json")
-    if d:
-        lines += landmark_framing_section(d)
-    d = _load("cpu_inference_landmarks.json")
-    if d:
-        lines += landmark_inference_section(d)
-    for name, section in (("external_aasce.json", external_section), ("bundled_models.json", bundled_section)):
+    for name, section in (("faithfulness_kauh.json", faithfulness_section), ("fuzz_read.json", fuzz_section)):
         d = _load(name)
         if d:
             lines += section(d)
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
-    print(f"wrote {HERE / 'RESULTS.md'}")
+    for f in sorted((HERE / "results").glob("ood_corpus*.json")):
+        lines += ood_corpus_section(json.loads(f.read_text()))
+    for f in sorted((HERE / "results").glob("aasce_cobb_cv_*.json")):
+        if f.name not in NOT_ADOPTED:
+            lines += aasce_section(json.loads(f.read_text()))
+    for f in sorted((HERE / "results").glob("angle_reading*.json")):
+        lines += angle_reading_section(json.loads(f.read_text()))
+    for name, section in (("cpu_inference_landmarks.json", landmark_inference_section),
+                          ("external_aasce.json", external_section), ("bundled_models.json", bundled_section)):
+        d = _load(name)
+        if d:
+            lines += section(d)
+    before, now = _load("code_structure_before.json"), _load("code_structure_now.json")
+    if before and now:
+        lines += structure_section(before, now)
+    return lines
+
+
+def _tried_sections() -> list[str]:
+    lines: list[str] = []
+    renderers = {"aasce_cobb_cv": aasce_section, "kauh_augment": augment_section, "landmark_framing": landmark_framing_section}
+    titles = {"kauh_augment_cpu_reduced_contract.json": "The strip input contract: KAUH CV on the same folds and seeds"}
+    for name, why in NOT_ADOPTED.items():
+        d = _load(name)
+        if d is None:
+            continue
+        render = next(fn for prefix, fn in renderers.items() if name.startswith(prefix))
+        sec = render(d, titles[name]) if name in titles else render(d)
+        lines += sec[:2] + [f"**Not adopted.** {why}", ""] + sec[2:]
+    return lines
+
+
+def headline_table() -> list[str]:
+    """The README's table of headline figures, each with the JSON it comes from."""
+    rows = ["| what | figure | from |", "|---|---|---|"]
+    d = _load("kauh_cv_cpu_reduced.json")
+    if d:
+        r = d["results"]
+        st = d["settings"]
+        rows.append(f"| KAUH {st['folds']}-fold CV, from scratch on a CPU ({st['image_size']} px, {st['epochs']} epochs) | "
+                    + ", ".join(
+            f"{m} {r[m]['accuracy_mean']:.1%} ± {r[m]['accuracy_std']:.1%}" for m in ("xception", "densenet121", "inception_v3"))
+            + " | `kauh_cv_cpu_reduced.json` |")
+    d = _load("kauh_augment_cpu_reduced_window_lmseed1_rule3.json")
+    if d:
+        w = d["arms"]["window-contract"]
+        fr = w["decision"]["framing"]
+        rows.append(f"| bundled recipe, KAUH 5-fold CV: classifier, then with the decision | {w['accuracy_mean']:.1%} -> "
+                    f"{w['decision']['accuracy_with_rule_mean']:.1%}; framing changes {fr['scoliosis_ap_to_strip']['rate']:.1%}"
+                    f" and {fr['normal_strip_to_full']['rate']:.1%} | `{'kauh_augment_cpu_reduced_window_lmseed1_rule3.json'}` |")
+    for name, label in (("aasce_cobb_cv_cpu_reduced.json", "seed-0"), ("aasce_cobb_cv_cpu_reduced_seed1.json", "seed-1")):
+        d = _load(name)
+        if d:
+            p = d["pooled"]
+            rows.append(f"| Cobb angles on held-out AASCE films ({label} case split, {p['n']} films) | SMAPE {p['smape']:.1f}%, "
+                        f"largest-angle MAE {p['mae_largest']:.1f}° | `{name}` |")
+    d = _load("external_aasce.json")
+    if d:
+        o = d["aasce"]["oof_films"]
+        ge, rho = o["called_scoliosis_ge25"], o["classifier"]["angles"]["spearman_measured_angle"]["rho"]
+        rows.append(f"| AASCE films of 25° or more called Scoliosis (a KAUH classifier; development figure) | alone "
+                    f"{ge['classifier']:.1%}, with the measured curve {ge['with_rule']:.1%} of {ge['n']}; Spearman of the "
+                    f"measured angle {rho:.2f} | `external_aasce.json` |")
+    d = _load("cpu_inference_landmarks.json")
+    if d:
+        lm = d["landmarks"]
+        rows.append(f"| landmarks and angles per film, 2 CPU cores (onnxruntime, with decoding) | "
+                    f"{lm['total_onnxruntime_p50_ms']:.0f} ms | `cpu_inference_landmarks.json` |")
+    return rows
+
+
+def _write_readme_table(rows: list[str]) -> None:
+    readme = HERE.parent / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- headline:start -->", "<!-- headline:end -->"
+    if start in text and end in text:
+        a, b = text.index(start) + len(start), text.index(end)
+        readme.write_text(text[:a] + "\n" + "\n".join(rows) + "\n" + text[b:])
+        print(f"wrote the headline table into {readme}")
+
+
+def main() -> int:
+    gen = "Generated by `python benchmarks/make_results_md.py` from `benchmarks/results/*.json`; never edited by hand."
+    pages = {"results.md": ["# Results", "", gen, "", "What the project measured and adopted. Settings that were "
+                            "measured and not adopted are on [what we tried](what-we-tried.md).", "",
+                            *_adopted_sections()],
+             "what-we-tried.md": ["# What we tried", "", gen, "", "Each experiment here was measured side by side with "
+                                  "what the project ships, and not adopted; the reason leads each section.", "",
+                                  *_tried_sections()]}
+    for name, lines in pages.items():
+        (DOCS / name).write_text("\n".join(lines))
+        print(f"wrote {DOCS / name}")
+    _write_readme_table(headline_table())
     return 0
 
 

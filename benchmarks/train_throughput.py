@@ -74,6 +74,20 @@ def ceiling(name: str, size: int, batch: int, device, steps: int, attention: str
     return steps * batch / (time.perf_counter() - t0)
 
 
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--models", default="xception,inception_v3,densenet121")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=None, help="default: each model's own")
+    ap.add_argument("--epochs", type=int, default=4, help="loop epochs; the first is warm-up")
+    ap.add_argument("--steps", type=int, default=30, help="ceiling steps")
+    ap.add_argument("--attention", default="mhsa")
+    ap.add_argument("--compile", action="store_true")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
@@ -85,17 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from spinexr.engine.train import fit
     from spinexr.models import create_model, get_model_entry
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
-    ap.add_argument("--models", default="xception,inception_v3,densenet121")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--image-size", type=int, default=None, help="default: each model's own")
-    ap.add_argument("--epochs", type=int, default=4, help="loop epochs; the first is warm-up")
-    ap.add_argument("--steps", type=int, default=30, help="ceiling steps")
-    ap.add_argument("--attention", default="mhsa")
-    ap.add_argument("--compile", action="store_true")
-    a = ap.parse_args(argv)
+    a = _parser().parse_args(argv)
     device = resolve_device(a.device)
     models = a.models.split(",")
     contracts = {m: get_model_entry(m).data_config.with_(input_size=a.image_size) for m in models}

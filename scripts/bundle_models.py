@@ -9,13 +9,14 @@ For each model: float16 weights (``spinexr.deploy.bundled.pack``), checked again
 on KAUH films (largest probability / corner difference), its CPU latency per film, and a card built
 from the committed benchmark JSON (KAUH held-out split, AASCE landmark CV, external AASCE check).
 The landmark model also gets the decision rule's curve line, fitted on KAUH Normal films with its
-own measurements (``spinexr.deploy.decision.fit_curve_deg``). Writes
-``benchmarks/results/bundled_models.json``.
+own measurements, and the view check on every KAUH film (``spinexr.deploy.bundle.fit_rule``); the
+bundle's manifest (``bundle.json``) is written last. Writes ``benchmarks/results/bundled_models.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import tempfile
@@ -25,10 +26,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
 from _machine import header, write_result  # noqa: E402
+from spinexr import CLASSES  # noqa: E402
+from spinexr.config import SPINE_CENTRED_MODES  # noqa: E402
+from spinexr.data.imread import list_images, read_image  # noqa: E402
+from spinexr.deploy.bundle import fit_rule, write_bundle  # noqa: E402
+from spinexr.deploy.bundled import BUNDLE_DIR, pack  # noqa: E402
+from spinexr.deploy.decision import DOUBTED_VIEW_DEG, DecisionRule  # noqa: E402
+from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
+from spinexr.deploy.modelfile import raw_metadata, read_metadata  # noqa: E402
+from spinexr.deploy.predictor import Predictor  # noqa: E402
 
 KAUH = ROOT.parent / "shared" / "data" / "kauh-spine-xray"
 RESULTS = ROOT / "benchmarks" / "results"
+BUNDLE_DESCRIPTION = ("The models that ship with spinexr: a KAUH-trained classifier and an AASCE-trained landmark model, "
+                      "joined by the decision rule fitted on KAUH films. Research use only.")
 
 KAUH_CITE = ('Fraiwan M, Audat Z, Manasreh T (2022). "A dataset of scoliosis, spondylolisthesis, and normal vertebrae '
              'X-ray images". Mendeley Data, V1, doi:10.17632/xkt857dsxk.1. King Abdullah University Hospital, Jordan.')
@@ -44,8 +60,6 @@ def _pct(v: float | None, ci: list[float] | None = None) -> str:
 
 
 def _latency(fn, imgs, reps: int = 3) -> float:
-    import numpy as np
-
     fn(imgs[0])
     ts = []
     for _ in range(reps):
@@ -56,17 +70,7 @@ def _latency(fn, imgs, reps: int = 3) -> float:
     return float(np.median(ts) * 1e3)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import numpy as np
-    import torch
-
-    from spinexr.data.imread import list_images, read_image
-    from spinexr.deploy.bundled import BUNDLE_DIR, pack
-    from spinexr.deploy.decision import DOUBTED_VIEW_DEG, fit_curve_deg
-    from spinexr.deploy.measure import SpineMeasurer
-    from spinexr.deploy.predictor import Predictor
-    from spinexr.geometry.view import fit_view_check, view_features
-
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classifier", default=None, help="the classifier model file to bundle (float32, its run folder "
                     "beside it for the card)")
@@ -76,59 +80,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--landmark-train-log", help="the final landmark run's metrics.json (epochs, minutes)")
     ap.add_argument("--landmark-command", default="", help="the command that trained the landmark model")
     ap.add_argument("--classifier-command", default="", help="the command that trained the classifier")
-    a = ap.parse_args(argv)
-    if bool(a.classifier) == a.keep_classifier:
-        ap.error("give either --classifier FILE or --keep-classifier")
-    if a.keep_classifier:
-        a.classifier = str(BUNDLE_DIR / "classifier.safetensors")
-    torch.set_num_threads(2)
-    films = [p for c in ("Normal", "Scoliosis", "Spondylolisthesis") for p in list_images(KAUH / c)[:3]]
-    imgs = [read_image(p)[0] for p in films]
-    # This landmark model measures every KAUH film once: the Normal films' angles give the curve line,
-    # and every film's view features the view check (Spondylolisthesis films: lumbar views; Normal and
-    # Scoliosis films: full-spine AP).
-    full_lm = SpineMeasurer(a.landmarks)
-    classes, feats, angles = [], [], {}
-    for c in ("Normal", "Scoliosis", "Spondylolisthesis"):
-        for p in list_images(KAUH / c):
-            im = read_image(p)[0]
-            m = full_lm.measure(im)
-            feats.append(view_features(m.landmarks, im.shape[0], m.confidence))
-            classes.append(c)
-            angles.setdefault(c, []).append(m.result.largest if m.result is not None else np.nan)
-    normal_angles = angles["Normal"]
-    curve_deg = fit_curve_deg(np.array(normal_angles))
-    view_check = fit_view_check(np.array(feats), np.array([c != "Spondylolisthesis" for c in classes]), 0.9,
-                                f"all {len(classes)} KAUH films")
-    full_c = Predictor(a.classifier)
-    speed = {"classifier_ms": _latency(full_c.predict_image, imgs), "landmarks_ms": _latency(full_lm.measure, imgs)}
+    return ap
+
+
+def _landmark_meta_with_rule(landmarks: str, measurer: SpineMeasurer) -> tuple[dict, float]:
+    """The landmark file's metadata with the decision rule fitted on every KAUH film by this model's own
+    measurements (:func:`spinexr.deploy.bundle.fit_rule`: the curve line on the Normal films, the view
+    check on all of them), as the bundle's manifest will carry it."""
+    rule = fit_rule(measurer, KAUH, progress=False)
+    d = rule["decision"]
+    meta = raw_metadata(landmarks)
+    meta["decision"] = {"curve_deg": d["curve_deg"], "straight_deg": d["straight_deg"],
+                        "doubted_view_deg": d["doubted_view_deg"], "fitted_on": d["fitted_on"],
+                        "max_rate": d["max_rate"], "kauh_lumbar_median_deg": d["lumbar_median_deg"]}
+    meta["view_check"] = rule["view_check"]
+    return meta, float(d["curve_deg"])
+
+
+def _pack_both(a: argparse.Namespace, meta: dict, curve_deg: float, speed: dict) -> dict:
+    """Write the bundled files and cards; returns the classifier's card facts (empty when kept)."""
+    clf_facts: dict = {}
     with tempfile.TemporaryDirectory() as d:  # the rule goes into the landmark file's metadata
-        from safetensors.torch import load_file, save_file
-
-        from spinexr.deploy.modelfile import raw_metadata
-
-        meta = raw_metadata(a.landmarks)
-        meta["decision"] = {"curve_deg": curve_deg, "straight_deg": 10.0, "doubted_view_deg": DOUBTED_VIEW_DEG,
-                            "fitted_on": f"{len(normal_angles)} KAUH Normal films", "max_rate": 0.02,
-                            "kauh_lumbar_median_deg": float(np.nanmedian(angles["Spondylolisthesis"]))}
-        meta["view_check"] = view_check.to_meta()
         lm_src = Path(d) / "landmarks.safetensors"
-        src_w = load_file(a.landmarks)
-        save_file(src_w, str(lm_src), metadata={"spinexr": json.dumps(meta)})
+        save_file(load_file(a.landmarks), str(lm_src), metadata={"spinexr": json.dumps(meta)})
         ext = json.loads((RESULTS / "external_aasce.json").read_text()) if (RESULTS / "external_aasce.json").is_file() else None
         lm_log = json.loads(Path(a.landmark_train_log).read_text()) if a.landmark_train_log else {}
         # The measured figures: the landmark CV run the model came from (its result JSON), else the default one.
         cv_path = Path(a.landmark_train_log) if "pooled" in lm_log else RESULTS / "aasce_cobb_cv_cpu_reduced.json"
-        cv = json.loads(cv_path.read_text())
         cv_file = cv_path.resolve()
         cv_file = cv_file.relative_to(ROOT).as_posix() if cv_file.is_relative_to(ROOT) else str(cv_path)
         if not a.keep_classifier:
             clf_card, clf_head, clf_facts = classifier_card(a, ext, speed)
             pack(a.classifier, "classifier", clf_card, headline=clf_head)
-        lm_card, lm_head = landmark_card(a, meta, cv, cv_file, ext, lm_log, curve_deg, speed)
+        lm_card, lm_head = landmark_card(a, meta, json.loads(cv_path.read_text()), cv_file, ext, lm_log, curve_deg, speed)
         pack(lm_src, "landmarks", lm_card, headline=lm_head)
+    write_bundle(BUNDLE_DIR, BUNDLE_DIR / "classifier.safetensors", BUNDLE_DIR / "landmarks.safetensors", None,
+                 name="spinexr-bundled", description=BUNDLE_DESCRIPTION)
+    return clf_facts
 
-    # float16 against float32, and the latency of what ships.
+
+def _fp16_checks(a: argparse.Namespace, full_c: Predictor, full_lm: SpineMeasurer, imgs: list, clf_facts: dict) -> dict:
+    """float16 against float32, and the latency of what ships."""
     half_c = Predictor(BUNDLE_DIR / "classifier.safetensors")
     half_lm = SpineMeasurer(BUNDLE_DIR / "landmarks.safetensors")
     dpx = max(float(np.abs(full_lm.measure(im).landmarks - half_lm.measure(im).landmarks).max()) for im in imgs)
@@ -144,19 +136,35 @@ def main(argv: list[str] | None = None) -> int:
                "max_prob_diff_fp16": dp, "ms_per_film": _latency(half_c.predict_image, imgs), **clf_facts}
     lm_out = {"file_mb": (BUNDLE_DIR / "landmarks.safetensors").stat().st_size / 2**20,
               "max_corner_diff_px_fp16": dpx, "ms_per_film": _latency(half_lm.measure, imgs)}
-    from_half = all(torch.equal(v, v.half().to(v.dtype)) for v in src_w.values() if v.is_floating_point())
-    if from_half and earlier:
+    src_w = load_file(a.landmarks)
+    if all(torch.equal(v, v.half().to(v.dtype)) for v in src_w.values() if v.is_floating_point()) and earlier:
         # Weights that were float16 already (a fold model measured again from the bundled float16 file):
         # comparing them with themselves shows nothing, so the float16 check is the earlier one.
         lm_out.update(max_corner_diff_px_fp16=earlier["landmarks"]["max_corner_diff_px_fp16"],
                       weights_kept_from=earlier["landmarks"].get("weights_kept_from", since))
-    out = {**header("bundled_models", argv), "curve_deg": curve_deg, "doubted_view_deg": DOUBTED_VIEW_DEG, "classifier": clf,
-           "landmarks": lm_out,
-           "kauh_parity_films": len(imgs)}
+    return {"classifier": clf, "landmarks": lm_out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    a = ap.parse_args(argv)
+    if bool(a.classifier) == a.keep_classifier:
+        ap.error("give either --classifier FILE or --keep-classifier")
+    if a.keep_classifier:
+        a.classifier = str(BUNDLE_DIR / "classifier.safetensors")
+    torch.set_num_threads(2)
+    films = [p for c in CLASSES for p in list_images(KAUH / c)[:3]]
+    imgs = [read_image(p)[0] for p in films]
+    full_lm = SpineMeasurer(a.landmarks)
+    meta, curve_deg = _landmark_meta_with_rule(a.landmarks, full_lm)
+    full_c = Predictor(a.classifier)
+    speed = {"classifier_ms": _latency(full_c.predict_image, imgs), "landmarks_ms": _latency(full_lm.measure, imgs)}
+    clf_facts = _pack_both(a, meta, curve_deg, speed)
+    out = {**header("bundled_models", argv), "curve_deg": curve_deg, "doubted_view_deg": DOUBTED_VIEW_DEG,
+           **_fp16_checks(a, full_c, full_lm, imgs, clf_facts), "kauh_parity_films": len(imgs)}
     write_result("bundled_models.json", out)
     print(json.dumps({k: out[k] for k in ("curve_deg", "classifier", "landmarks")}, indent=2))
     return 0
-
 
 # The side-by-side KAUH CV that chose the window contract, both arms through the decision with the
 # landmark model bundled beside it.
@@ -202,53 +210,8 @@ def _augmentation_lines(aug: dict, resize: str = "letterbox") -> list[str]:
     return out
 
 
-def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tuple[str, str, dict]:
-    from spinexr.deploy.modelfile import read_metadata
-
-    meta = read_metadata(a.classifier)
-    metrics_path = Path(a.classifier).parent / "metrics.json"
-    run = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    r = (run.get("models") or {}).get(meta["architecture"], {})
-    pooled, ci = r.get("pooled", {}), r.get("ci95", {})
-    cv = json.loads((RESULTS / "kauh_cv_cpu_reduced.json").read_text())["results"]
-    held = (ext or {}).get("kauh", {}).get("held_out", {})
-    dc, td = meta["data_config"], meta.get("training_data", {})
-    aug = run.get("config", {}).get("train", {}).get("aug") or {}
-    hist = Path(a.classifier).parent / "history.csv"
-    minutes = "n/a minutes"
-    if hist.is_file():
-        import csv
-
-        with open(hist, newline="") as f:
-            minutes = f"{sum(float(r.get('seconds') or 0) for r in csv.DictReader(f)) / 60:.0f} minutes"
-    head = (f"KAUH held-out {held['classifier']['accuracy']:.1%}" if held else
-            f"KAUH held-out {pooled.get('accuracy', float('nan')):.1%}")
-    lines = [
-        f"# spinexr bundled classifier: {meta['architecture']} + {meta['attention']} attention, {dc['input_size']} px",
-        "", "**Research use only. Not a medical device, not a diagnosis.** It sorts a spine radiograph into Normal, "
-        "Scoliosis or Spondylolisthesis, with an out-of-distribution flag; with the bundled landmark model the label "
-        "answers to the measured Cobb angle (see `spinexr.deploy.decision`).", "",
-        "## Training data", "",
-        f"KAUH spine X-ray set: {sum(td.get('counts', {}).values())} films "
-        f"({', '.join(f'{k} {v}' for k, v in td.get('counts', {}).items())}); this model trained on "
-        f"{td.get('n_train')} films, stopped early on {td.get('n_val')} and was scored on {td.get('n_test')} held-out "
-        "films (a stratified, group-aware split; near-duplicates kept on one side).", "",
-        f"Citation: {KAUH_CITE}", "",
-        "Licence: see the Mendeley record (doi:10.17632/xkt857dsxk.1); the weights are derived from those films, and no "
-        "image ships with spinexr.", "",
-        "## How it was trained", "",
-        f"- Command: `{a.classifier_command or 'spinexr train --data ../shared/data/kauh-spine-xray --model xception'}`",
-        f"- From scratch (no ImageNet weights: none could be downloaded) on a 2-core CPU in {minutes}, best epoch "
-        f"{run.get('best_epoch', 'n/a')} of {run.get('config', {}).get('train', {}).get('epochs', 'n/a')}, temperature "
-        f"{meta.get('temperature', 1.0):.2f}; stored here as float16 weights. {speed['classifier_ms']:.0f} ms per film "
-        "on 2 CPU cores (PyTorch, decoding excluded).",
-        "- Why this backbone and size: in the CPU 5-fold CV of the three backbones at 96 px "
-        f"(`benchmarks/results/kauh_cv_cpu_reduced.json`) Xception led ({cv['xception']['accuracy_mean']:.1%} vs "
-        f"DenseNet121 {cv['densenet121']['accuracy_mean']:.1%}, InceptionV3 {cv['inception_v3']['accuracy_mean']:.1%}); "
-        "DenseNet121 is a third the size for about two points less; within the 80 MB shared with the landmark "
-        "model, Xception fits, and at 96 px it stays fast on a laptop.",
-        *_augmentation_lines(aug, dc.get("resize", "letterbox")), "",
-        "## Measured", ""]
+def _classifier_measured(held: dict, pooled: dict, ci: dict, ext: dict | None) -> list[str]:
+    lines: list[str] = []
     if held:
         lines += [f"- KAUH held-out split ({held['classifier']['n']} films), as deployed: accuracy "
                   f"{_pct(held['classifier']['accuracy'], held['classifier']['ci95'])}; with the curve rule "
@@ -270,6 +233,11 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
                   f"{o['oof_films']['called_scoliosis_ge25']['with_rule']:.1%} called Scoliosis "
                   f"(classifier alone {o['oof_films']['called_scoliosis_ge25']['classifier']:.1%}). "
                   "Table: `benchmarks/results/external_aasce.json`."]
+    return lines
+
+
+def _classifier_failures(ext: dict | None, aug: dict, dc: dict, td: dict) -> list[str]:
+    lines: list[str] = []
     fr = ((ext or {}).get("kauh") or {}).get("framing_stress_held_out")
     framing = ""
     if fr:
@@ -302,13 +270,84 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
               "the OOD flag catches some of these, not all.",
               f"- Trained on {td.get('n_train')} films from one hospital, from scratch: expect lower accuracy than "
               "published ImageNet figures (96-98% within KAUH)."]
+    return lines
+
+
+def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tuple[str, str, dict]:
+    meta = read_metadata(a.classifier)
+    metrics_path = Path(a.classifier).parent / "metrics.json"
+    run = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    r = (run.get("models") or {}).get(meta["architecture"], {})
+    pooled, ci = r.get("pooled", {}), r.get("ci95", {})
+    cv = json.loads((RESULTS / "kauh_cv_cpu_reduced.json").read_text())["results"]
+    held = (ext or {}).get("kauh", {}).get("held_out", {})
+    dc, td = meta["data_config"], meta.get("training_data", {})
+    aug = run.get("config", {}).get("train", {}).get("aug") or {}
+    hist = Path(a.classifier).parent / "history.csv"
+    minutes = "n/a minutes"
+    if hist.is_file():
+        with open(hist, newline="") as f:
+            minutes = f"{sum(float(r.get('seconds') or 0) for r in csv.DictReader(f)) / 60:.0f} minutes"
+    head = (f"KAUH held-out {held['classifier']['accuracy']:.1%}" if held else
+            f"KAUH held-out {pooled.get('accuracy', float('nan')):.1%}")
+    lines = [
+        f"# spinexr bundled classifier: {meta['architecture']} + {meta['attention']} attention, {dc['input_size']} px",
+        "", "**Research use only. Not a medical device, not a diagnosis.** It sorts a spine radiograph into Normal, "
+        "Scoliosis or Spondylolisthesis, with an out-of-distribution flag; with the bundled landmark model the label "
+        "answers to the measured Cobb angle (see `spinexr.deploy.decision`).", "",
+        "## Training data", "",
+        f"KAUH spine X-ray set: {sum(td.get('counts', {}).values())} films "
+        f"({', '.join(f'{k} {v}' for k, v in td.get('counts', {}).items())}); this model trained on "
+        f"{td.get('n_train')} films, stopped early on {td.get('n_val')} and was scored on {td.get('n_test')} held-out "
+        "films (a stratified, group-aware split; near-duplicates kept on one side).", "",
+        f"Citation: {KAUH_CITE}", "",
+        "Licence: see the Mendeley record (doi:10.17632/xkt857dsxk.1); the weights are derived from those films, and no "
+        "image ships with spinexr.", "",
+        "## How it was trained", "",
+        f"- Command: `{a.classifier_command or 'spinexr train --data ../shared/data/kauh-spine-xray --model xception'}`",
+        f"- From scratch (no ImageNet weights: none could be downloaded) on a 2-core CPU in {minutes}, best epoch "
+        f"{run.get('best_epoch', 'n/a')} of {run.get('config', {}).get('train', {}).get('epochs', 'n/a')}, temperature "
+        f"{meta.get('temperature', 1.0):.2f}; stored here as float16 weights. {speed['classifier_ms']:.0f} ms per film "
+        "on 2 CPU cores (PyTorch, decoding excluded).",
+        "- Why this backbone and size: in the CPU 5-fold CV of the three backbones at 96 px "
+        f"(`benchmarks/results/kauh_cv_cpu_reduced.json`) Xception led ({cv['xception']['accuracy_mean']:.1%} vs "
+        f"DenseNet121 {cv['densenet121']['accuracy_mean']:.1%}, InceptionV3 {cv['inception_v3']['accuracy_mean']:.1%}); "
+        "DenseNet121 is a third the size for about two points less; within the 80 MB shared with the landmark "
+        "model, Xception fits, and at 96 px it stays fast on a laptop.",
+        *_augmentation_lines(aug, dc.get("resize", "letterbox")), "",
+        "## Measured", ""]
+    lines += _classifier_measured(held, pooled, ci, ext)
+    lines += _classifier_failures(ext, aug, dc, td)
     return "\n".join(lines) + "\n", head, {"n_train": td.get("n_train"), "input_size": dc["input_size"]}
+
+
+def _landmark_measured(cv: dict, ext: dict | None) -> list[str]:
+    lines: list[str] = []
+    c = cv.get("pooled_corners_only")
+    if c:
+        lines += [f"- The same predicted corners read by the corners alone (the definition): SMAPE {c['smape']:.1f}%, "
+                  f"MAE of the largest angle {c['mae_largest']:.1f}°."]
+    k = cv.get("kauh_cross_check")
+    if k:
+        lines += [f"- KAUH (no landmarks there): the measured largest angle separates Scoliosis from Normal films with "
+                  f"ROC-AUC {k['auc_largest_angle']:.3f} (median {k['median_angle_scoliosis']:.1f}° vs "
+                  f"{k['median_angle_normal']:.1f}°)."]
+    if ext:
+        s = ext["aasce"]["oof_films"]["classifier"]["angles"].get("spearman_measured_angle")
+        if s:
+            lines += [f"- Measured vs true largest angle on held-out AASCE films: Spearman {s['rho']:.2f} "
+                      f"(95% CI {s['ci95'][0]:.2f}-{s['ci95'][1]:.2f})."]
+        vc = ext["kauh"].get("view_check")
+        if vc:
+            lines += ["- View check (fitted on the KAUH classifier's training films, applied to its held-out films): "
+                      "judged full-spine AP " + ", ".join(f"{c} {x:.0%}" for c, x in vc["held_out_full_spine_rate"].items())
+                      + f"; fitted on all KAUH films, {ext['aasce']['oof_films'].get('view_full_spine_rate', 0):.0%} of "
+                      "held-out AASCE films."]
+    return lines
 
 
 def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext: dict | None, lm_log: dict,
                   curve_deg: float, speed: dict) -> tuple[str, str]:
-    from spinexr.deploy.decision import DecisionRule
-
     p = cv["pooled"]
     dc = meta["data_config"]
     bar = DecisionRule.from_meta(meta).doubted_view_bar
@@ -356,26 +395,8 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
         f"{p['mae_pt']:.1f}°, MT {p['mae_mt']:.1f}°, TL/L {p['mae_tl']:.1f}°; mean corner error "
         f"{p['landmark_error_pct_height']['mean']:.2f}% of the film height. Published methods with ImageNet weights "
         "and GPUs reach SMAPE 8-11% on this data."]
-    c = cv.get("pooled_corners_only")
-    if c:
-        lines += [f"- The same predicted corners read by the corners alone (the definition): SMAPE {c['smape']:.1f}%, "
-                  f"MAE of the largest angle {c['mae_largest']:.1f}°."]
+    lines += _landmark_measured(cv, ext)
     k = cv.get("kauh_cross_check")
-    if k:
-        lines += [f"- KAUH (no landmarks there): the measured largest angle separates Scoliosis from Normal films with "
-                  f"ROC-AUC {k['auc_largest_angle']:.3f} (median {k['median_angle_scoliosis']:.1f}° vs "
-                  f"{k['median_angle_normal']:.1f}°)."]
-    if ext:
-        s = ext["aasce"]["oof_films"]["classifier"]["angles"].get("spearman_measured_angle")
-        if s:
-            lines += [f"- Measured vs true largest angle on held-out AASCE films: Spearman {s['rho']:.2f} "
-                      f"(95% CI {s['ci95'][0]:.2f}-{s['ci95'][1]:.2f})."]
-        vc = ext["kauh"].get("view_check")
-        if vc:
-            lines += ["- View check (fitted on the KAUH classifier's training films, applied to its held-out films): "
-                      "judged full-spine AP " + ", ".join(f"{c} {x:.0%}" for c, x in vc["held_out_full_spine_rate"].items())
-                      + f"; fitted on all KAUH films, {ext['aasce']['oof_films'].get('view_full_spine_rate', 0):.0%} of "
-                      "held-out AASCE films."]
     normal_median = (k or {}).get("median_angle_normal")
     lines += ["", "## Known failure modes", "",
               "- Large curves are underestimated (the model regresses towards a straighter spine); small curves read "

@@ -5,7 +5,8 @@ Defaults live in the dataclasses; a YAML file (``--config``) may set any field, 
 (:class:`LandmarkConfig`, for ``spinexr landmarks``), plus top-level ``data``, ``out`` and ``model(s)``;
 command-line flags override both. Each field declares its type (a ``Literal`` lists the accepted
 values), its bounds and its help text in one place, so flags, YAML and defaults cannot drift, and a
-bad value from any of them gets the same message: the setting, the value, and what is accepted. This module imports no torch, so ``data check`` runs without it.
+bad value from any of them gets the same message: the setting, the value, and what is accepted.
+This module imports no torch, so ``data check`` runs without it.
 """
 
 from __future__ import annotations

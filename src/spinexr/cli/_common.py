@@ -25,7 +25,7 @@ def guard_output(path: str | Path, *, force: bool, inputs: Iterable[str | Path] 
     p = Path(path)
     name = f"{what} {p}" if what else str(p)
     if p.exists() and p.resolve() in {Path(i).resolve() for i in inputs if Path(i).exists()}:
-        raise SpinexrError(f"{name}: the output would overwrite an input; choose another path")
+        raise SpinexrError(f"{name}: the output would overwrite the input file; choose another path")
     occupied = p.is_dir() and any(p.iterdir()) if folder else p.exists()
     if occupied and not force:
         kind = "folder exists and is not empty" if folder else "exists"

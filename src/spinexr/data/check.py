@@ -132,73 +132,62 @@ def _summary(values: np.ndarray) -> dict[str, float]:
             "max": float(values.max()), "mean": float(values.mean())}
 
 
-def check_dataset(
-    source: str | Path,
-    out_dir: str | Path | None = None,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    near_dup_threshold: float = NEAR_DUP_THRESHOLD,
-    progress: bool = True,
-) -> CheckResult:
-    """Check a class-folder tree or CSV manifest; writes ``manifest.csv`` and ``data_report.json``.
+@dataclass
+class _Scan:
+    """What one pass over the files found: the readable films and what each weighs in the checks."""
 
-    Unreadable files are reported and left out of the manifest; the check goes on past them.
-    """
+    ok: list[int] = field(default_factory=list)
+    unreadable: list[dict[str, Any]] = field(default_factory=list)
+    read_warnings: list[dict[str, Any]] = field(default_factory=list)
+    shas: list[str] = field(default_factory=list)
+    thumbs: list[np.ndarray] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    heights: list[int] = field(default_factory=list)
+    formats: dict[str, int] = field(default_factory=dict)
 
-    manifest = load_manifest(source)
-    records = manifest.records
-    unreadable: list[dict[str, Any]] = []
-    read_warnings: list[dict[str, Any]] = []
-    ok: list[int] = []
-    shas: list[str] = []
-    thumbs: list[np.ndarray] = []
-    widths: list[int] = []
-    heights: list[int] = []
-    formats: dict[str, int] = {}
+
+def _scan(records: list, max_pixels: int, progress: bool) -> _Scan:
+    """Read every file once: its hash, thumbnail, size and format, or why it cannot be read."""
+    sc = _Scan()
     for i, r in enumerate(tqdm(records, desc="checking", unit="img", disable=not progress)):
         try:
             img, meta = read_image(r.path, max_pixels=max_pixels)
         except ImageReadError as e:
-            unreadable.append({"path": str(r.path), "label": r.label, "reason": e.reason, "kind": e.kind.value,
-                               "notes": e.notes})
+            sc.unreadable.append({"path": str(r.path), "label": r.label, "reason": e.reason, "kind": e.kind.value,
+                                  "notes": e.notes})
             continue
         if meta.warnings:
-            read_warnings.append({"path": str(r.path), "warnings": meta.warnings})
-        ok.append(i)
-        shas.append(hashlib.sha256(r.path.read_bytes()).hexdigest())
-        thumbs.append(thumbnail(img))
-        widths.append(meta.width)
-        heights.append(meta.height)
-        formats[meta.format] = formats.get(meta.format, 0) + 1
-    good = [records[i] for i in ok]
+            sc.read_warnings.append({"path": str(r.path), "warnings": meta.warnings})
+        sc.ok.append(i)
+        sc.shas.append(hashlib.sha256(r.path.read_bytes()).hexdigest())
+        sc.thumbs.append(thumbnail(img))
+        sc.widths.append(meta.width)
+        sc.heights.append(meta.height)
+        sc.formats[meta.format] = sc.formats.get(meta.format, 0) + 1
+    return sc
 
+
+def _duplicates(good: list, sc: _Scan, threshold: float) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """Exact (same bytes) and near (thumbnail correlation) duplicates; both put their films in one group."""
     by_sha: dict[str, list[int]] = {}
-    for j, s in enumerate(shas):
+    for j, s in enumerate(sc.shas):
         by_sha.setdefault(s, []).append(j)
     exact = [[str(good[j].path) for j in js] for js in by_sha.values() if len(js) > 1]
     exact_pairs = [(js[0], j) for js in by_sha.values() for j in js[1:]]
-
-    near = near_duplicate_pairs(np.array(thumbs), near_dup_threshold) if thumbs else []
+    near = near_duplicate_pairs(np.array(sc.thumbs), threshold) if sc.thumbs else []
     exact_set = {frozenset(p) for p in exact_pairs}
     near_report = [
         {"a": str(good[a].path), "b": str(good[b].path), "correlation": round(c, 4),
          "same_label": good[a].label == good[b].label}
         for a, b, c in near if frozenset((a, b)) not in exact_set
     ]
-    new_groups = merge_groups([r.group for r in good], exact_pairs + [(a, b) for a, b, _ in near])
-    for r, g in zip(good, new_groups):
+    for r, g in zip(good, merge_groups([r.group for r in good], exact_pairs + [(a, b) for a, b, _ in near])):
         r.group = g
+    return exact, near_report
 
-    w = np.array(widths, dtype=float)
-    h = np.array(heights, dtype=float)
-    y = np.array([r.label_index for r in good], dtype=int)
-    size_summary = {
-        c: {"width": _summary(w[y == k]), "height": _summary(h[y == k]),
-            "aspect_h_over_w": _summary(h[y == k] / w[y == k]) if (y == k).any() else {}}
-        for k, c in enumerate(CLASSES)
-    }
-    shortcut = shortcut_baseline(w, h, y) if len(good) else {"accuracy": None}
 
+def _warnings(unreadable: list, exact: list, near_report: list, shortcut: dict[str, Any],
+              counts: dict[str, int]) -> list[str]:
     warns: list[str] = []
     if unreadable:
         warns.append(f"{len(unreadable)} file(s) could not be read and are left out of the manifest")
@@ -216,13 +205,42 @@ def check_dataset(
             f"(majority rate {shortcut['majority_rate']:.1%}): a model can learn this shortcut; "
             "letterbox the images and test on data from another source"
         )
+    warns += [f"class {c} has no readable images" for c, n in counts.items() if n == 0]
+    return warns
+
+
+def check_dataset(
+    source: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    near_dup_threshold: float = NEAR_DUP_THRESHOLD,
+    progress: bool = True,
+) -> CheckResult:
+    """Check a class-folder tree or CSV manifest; writes ``manifest.csv`` and ``data_report.json``.
+
+    Unreadable files are reported and left out of the manifest; the check goes on past them.
+    """
+    manifest = load_manifest(source)
+    records = manifest.records
+    sc = _scan(records, max_pixels, progress)
+    unreadable, read_warnings, shas, widths, heights, formats = (sc.unreadable, sc.read_warnings, sc.shas, sc.widths,
+                                                                 sc.heights, sc.formats)
+    good = [records[i] for i in sc.ok]
+    exact, near_report = _duplicates(good, sc, near_dup_threshold)
+    w = np.array(widths, dtype=float)
+    h = np.array(heights, dtype=float)
+    y = np.array([r.label_index for r in good], dtype=int)
+    size_summary = {
+        c: {"width": _summary(w[y == k]), "height": _summary(h[y == k]),
+            "aspect_h_over_w": _summary(h[y == k] / w[y == k]) if (y == k).any() else {}}
+        for k, c in enumerate(CLASSES)
+    }
+    shortcut = shortcut_baseline(w, h, y) if len(good) else {"accuracy": None}
     counts = {c: 0 for c in CLASSES}
     for r in good:
         counts[r.label] += 1
-    for c, n in counts.items():
-        if n == 0:
-            warns.append(f"class {c} has no readable images")
-
+    warns = _warnings(unreadable, exact, near_report, shortcut, counts)
     result = CheckResult(
         source=str(source), n_files=len(records), counts=counts, formats=formats,
         unreadable=unreadable, exact_duplicates=exact, near_duplicates=near_report,

@@ -122,30 +122,17 @@ def _soft_tissue(cv: _Canvas, rng: np.random.Generator, lateral: bool) -> None:
     cv.acc += (body + 0.03 * y).astype(np.float32)
 
 
-def render_ap(
-    rng: np.random.Generator,
-    cobb_deg: float = 0.0,
-    curve: str = "C",
-    scale: float = 1.0,
-) -> SynthCase:
-    """An AP full-spine view; ``cobb_deg`` 0 draws a straight (Normal) spine."""
-    h = int(round(rng.uniform(900, 1000) * scale))
-    w = int(round(rng.uniform(330, 430) * scale))
-    cv = _Canvas(w, h)
-    _soft_tissue(cv, rng, lateral=False)
+def _ap_chain(rng: np.random.Generator, w: int, h: int, cobb_deg: float, curve: str) -> list[Vertebra]:
+    """T1..L5 as a chain along the curve: vertebral heights grow from T1 to L5, spacing includes the disc,
+    and patient size and positioning vary (body scale, where the spine starts, lateral offset)."""
     n = len(AP_LEVELS)
-    # Vertebral heights grow from T1 to L5; spacing includes the disc.
-    # Patient size and positioning vary: body scale, where the spine starts, lateral offset.
     size = rng.uniform(0.82, 1.05)
     heights = np.linspace(0.030, 0.046, n) * h * size * rng.uniform(0.95, 1.05, n)
     disc = np.linspace(0.008, 0.013, n) * h * size * rng.uniform(0.8, 1.2, n)
     widths = np.linspace(0.11, 0.19, n) * h * 0.5 * size * rng.uniform(0.9, 1.1)
     theta_max = math.radians(cobb_deg / 2.0)
     sign = rng.choice([-1.0, 1.0])
-    if curve == "S":
-        span, k = 12, 3
-    else:
-        span, k = 8, 2
+    span, k = (12, 3) if curve == "S" else (8, 2)
     start = int(rng.integers(1, n - span)) if cobb_deg > 0 else 0
 
     def tilt(s: float) -> float:
@@ -165,7 +152,11 @@ def render_ap(
             mid = tilt(j + 0.5) + (jitter[j] + jitter[j + 1]) / 2
             # The chain runs along the tilt: endplates stay perpendicular to the spine's axis.
             pos = pos + step * np.array([-math.sin(mid), math.cos(mid)])
-    # Ribs: T1-T12, arcs from the costovertebral joint outward and down.
+    return verts
+
+
+def _ap_ribs_and_pelvis(cv: _Canvas, rng: np.random.Generator, verts: list[Vertebra], w: int, h: int) -> None:
+    """Ribs (T1-T12, arcs from the costovertebral joint outward and down), iliac wings and the sacrum under L5."""
     for j in range(12):
         v = verts[j]
         cx, cy = v.center
@@ -178,7 +169,6 @@ def render_ap(
                 pts.append((x, y))
             thick = max(2, int(h * 0.007))
             cv.add(lambda d, p=pts, t_=thick: d.line(p, fill=255, width=t_), 0.14, blur=1.0)
-    # Pelvis: iliac wings and sacrum under L5.
     l5 = verts[-1]
     bx, by = l5.center
     pel_w = w * 0.42
@@ -191,7 +181,10 @@ def render_ap(
     sac = [(bx - l5.half_w * 0.9, by + l5.half_h + h * 0.012), (bx + l5.half_w * 0.9, by + l5.half_h + h * 0.012),
            (bx + l5.half_w * 0.2, by + h * 0.16), (bx - l5.half_w * 0.2, by + h * 0.16)]
     cv.add(lambda d: d.polygon(sac, fill=255), 0.30, blur=2.0)
-    # Vertebral bodies, pedicles, spinous processes.
+
+
+def _ap_vertebrae(cv: _Canvas, verts: list[Vertebra], h: int) -> None:
+    """Vertebral bodies, pedicles, spinous processes."""
     for v in verts:
         c = np.array(v.center)
         th = math.radians(v.tilt_deg)
@@ -204,9 +197,52 @@ def render_ap(
         spin = _poly(c, [(-v.half_w * 0.08, -v.half_h * 0.3), (v.half_w * 0.08, -v.half_h * 0.3),
                          (v.half_w * 0.05, v.half_h * 0.9), (-v.half_w * 0.05, v.half_h * 0.9)], th)
         cv.add(lambda d, p=spin: d.polygon(p, fill=255), 0.12, blur=1.0)
+
+
+def render_ap(
+    rng: np.random.Generator,
+    cobb_deg: float = 0.0,
+    curve: str = "C",
+    scale: float = 1.0,
+) -> SynthCase:
+    """An AP full-spine view; ``cobb_deg`` 0 draws a straight (Normal) spine."""
+    h = int(round(rng.uniform(900, 1000) * scale))
+    w = int(round(rng.uniform(330, 430) * scale))
+    cv = _Canvas(w, h)
+    _soft_tissue(cv, rng, lateral=False)
+    verts = _ap_chain(rng, w, h, cobb_deg, curve)
+    _ap_ribs_and_pelvis(cv, rng, verts, w, h)
+    _ap_vertebrae(cv, verts, h)
     img = cv.finish(rng, blur=rng.uniform(0.8, 1.6) * scale, noise=rng.uniform(0.015, 0.035))
     label = "Scoliosis" if cobb_deg > 0 else "Normal"
     return SynthCase(img, label, "AP", verts, cobb_deg=cobb_deg, curve=curve if cobb_deg > 0 else "")
+
+
+def _lateral_bones(cv: _Canvas, verts: dict[str, Vertebra], w: int, h: int) -> None:
+    """The iliac crest's shadow over the lower lumbar spine, the sacrum, and each lumbar body with its
+    pedicle and spinous process."""
+    # Iliac crest shadow over the lower lumbar spine.
+    ic = verts["L5"].center
+    cv.add(lambda d: d.ellipse([ic[0] - w * 0.35, ic[1] - h * 0.10, ic[0] + w * 0.30, ic[1] + h * 0.30], fill=255),
+           0.08, blur=8.0)
+    s1 = verts["S1"]
+    sc = np.array(s1.center)
+    sacrum = _poly(sc, [(-s1.half_w, -s1.half_h), (s1.half_w, -s1.half_h), (s1.half_w * 0.9, s1.half_h * 5),
+                        (-s1.half_w * 0.2, s1.half_h * 4.5)], math.radians(s1.tilt_deg))
+    cv.add(lambda d: d.polygon(sacrum, fill=255), 0.30, blur=2.0)
+    for lev in LAT_LEVELS[:-1]:
+        v = verts[lev]
+        c = np.array(v.center)
+        th = math.radians(v.tilt_deg)
+        body = list(v.corners.values())
+        cv.add(lambda d, b=body: d.polygon(b, fill=255), 0.24, blur=1.2)
+        cv.add(lambda d, b=body: d.polygon(b, outline=255, width=max(2, int(h * 0.004))), 0.2, blur=0.8)
+        ped = _poly(c, [(v.half_w, -v.half_h * 0.7), (v.half_w * 1.7, -v.half_h * 0.6),
+                        (v.half_w * 1.7, v.half_h * 0.1), (v.half_w, v.half_h * 0.0)], th)
+        cv.add(lambda d, p=ped: d.polygon(p, fill=255), 0.2, blur=1.5)
+        spin = _poly(c, [(v.half_w * 1.7, -v.half_h * 0.4), (v.half_w * 2.6, -v.half_h * 0.1),
+                         (v.half_w * 2.6, v.half_h * 0.5), (v.half_w * 1.7, v.half_h * 0.4)], th)
+        cv.add(lambda d, p=spin: d.polygon(p, fill=255), 0.22, blur=1.5)
 
 
 def render_lateral(
@@ -254,28 +290,7 @@ def render_lateral(
         # Everything above a slipped level moves with it (the chain is built bottom-up).
         verts[lev] = Vertebra(lev, tuple(c.tolist()), hw, hh_l, tilts[lev], _corners(c, hw, hh_l, th))
         below = lev
-    # Iliac crest shadow over the lower lumbar spine.
-    ic = verts["L5"].center
-    cv.add(lambda d: d.ellipse([ic[0] - w * 0.35, ic[1] - h * 0.10, ic[0] + w * 0.30, ic[1] + h * 0.30], fill=255),
-           0.08, blur=8.0)
-    s1 = verts["S1"]
-    sc = np.array(s1.center)
-    sacrum = _poly(sc, [(-s1.half_w, -s1.half_h), (s1.half_w, -s1.half_h), (s1.half_w * 0.9, s1.half_h * 5),
-                        (-s1.half_w * 0.2, s1.half_h * 4.5)], math.radians(s1.tilt_deg))
-    cv.add(lambda d: d.polygon(sacrum, fill=255), 0.30, blur=2.0)
-    for lev in LAT_LEVELS[:-1]:
-        v = verts[lev]
-        c = np.array(v.center)
-        th = math.radians(v.tilt_deg)
-        body = list(v.corners.values())
-        cv.add(lambda d, b=body: d.polygon(b, fill=255), 0.24, blur=1.2)
-        cv.add(lambda d, b=body: d.polygon(b, outline=255, width=max(2, int(h * 0.004))), 0.2, blur=0.8)
-        ped = _poly(c, [(v.half_w, -v.half_h * 0.7), (v.half_w * 1.7, -v.half_h * 0.6),
-                        (v.half_w * 1.7, v.half_h * 0.1), (v.half_w, v.half_h * 0.0)], th)
-        cv.add(lambda d, p=ped: d.polygon(p, fill=255), 0.2, blur=1.5)
-        spin = _poly(c, [(v.half_w * 1.7, -v.half_h * 0.4), (v.half_w * 2.6, -v.half_h * 0.1),
-                         (v.half_w * 2.6, v.half_h * 0.5), (v.half_w * 1.7, v.half_h * 0.4)], th)
-        cv.add(lambda d, p=spin: d.polygon(p, fill=255), 0.22, blur=1.5)
+    _lateral_bones(cv, verts, w, h)
     img = cv.finish(rng, blur=rng.uniform(0.8, 1.6) * scale, noise=rng.uniform(0.015, 0.035))
     grade = next((g for g, (lo_, hi_) in MEYERDING.items() if lo_ < slip_pct <= hi_), 0)
     label = "Spondylolisthesis" if slip_pct > 0 else "Normal"

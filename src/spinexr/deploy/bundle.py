@@ -173,10 +173,11 @@ def fit_rule(measurer: Any, source: str | Path, max_rate: float = 0.02, keep_lum
                            "Scoliosis (full-spine AP) films that the landmark model measures")
     check = fit_view_check(feats_a[ok], full_a[ok], keep_lumbar_out, f"{int(ok.sum())} films of {Path(source).name}")
     rule = DecisionRule(curve_deg=fit_curve_deg(np.array(normal), max_rate=max_rate))
+    lumbar_a = np.asarray(lumbar, dtype=np.float64)
+    lumbar_a = lumbar_a[np.isfinite(lumbar_a)]
     return rule_section(rule, check, {"fitted_on": f"{len(normal)} Normal films of {Path(source).name}",
                                       "max_rate": max_rate, "unreadable_films": unreadable,
-                                      "lumbar_median_deg": float(np.median(finite)) if len(finite := np.asarray(lumbar)[np.isfinite(lumbar)])
-                                      else None})
+                                      "lumbar_median_deg": float(np.median(lumbar_a)) if len(lumbar_a) else None})
 
 
 def _part(src: Path, dest_dir: Path, name: str, card: Path | None) -> dict[str, Any]:

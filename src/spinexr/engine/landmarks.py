@@ -9,6 +9,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,11 +95,29 @@ def predict_points(predictor: LandmarkPredictor, x_u8: torch.Tensor, idx: np.nda
     return torch.cat(pts).numpy(), torch.cat(conf).numpy()
 
 
+def _train_epoch(net: LandmarkNet, opt: torch.optim.Optimizer, codec: Any, x_dev: torch.Tensor, p_dev: torch.Tensor,
+                 order: np.ndarray, bs: int, epoch: int, horizon: float, cfg: LandmarkConfig, contract: DataConfig,
+                 gen: torch.Generator) -> np.ndarray:
+    """One pass over ``order`` in batches of ``bs``; returns the summed (loss, l1, tilt, js) of its steps."""
+    n_steps = max(1, len(order) // bs)
+    sums = np.zeros(4)
+    for s in range(n_steps):
+        ib = torch.as_tensor(order[s * bs:(s + 1) * bs], device=x_dev.device)
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, epoch + s / n_steps, horizon)
+        xb, pb = augment_landmarks(x_dev[ib].float().div_(255.0), p_dev[ib], cfg, gen)
+        loss, parts = codec.loss(net(contract.normalize(xb)), pb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sums += [float(loss.detach()), parts["l1"], parts["tilt"], parts["js"]]
+    return sums
+
+
 def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val_idx: np.ndarray,
                   cfg: LandmarkConfig, contract: DataConfig, checkpoint: Path | None = None, progress: bool = True,
                   desc: str = "landmarks", max_minutes: float | None = None) -> LandmarkFit:
     """Train ``net`` on ``fit_idx``; keep the weights with the lowest validation landmark error."""
-
     device = resolve_device(cfg.device)
     net.to(device)
     x_dev, p_dev = data.x.to(device), data.pts.to(device)
@@ -128,17 +147,7 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
         gen.manual_seed(cfg.seed * 7_919 + epoch)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(fit_idx)
         n_steps = max(1, len(order) // bs)
-        sums = np.zeros(4)
-        for s in range(n_steps):
-            ib = torch.as_tensor(order[s * bs:(s + 1) * bs], device=device)
-            for g in opt.param_groups:
-                g["lr"] = _lr(cfg, epoch + s / n_steps, horizon)
-            xb, pb = augment_landmarks(x_dev[ib].float().div_(255.0), p_dev[ib], cfg, gen)
-            loss, parts = codec.loss(net(contract.normalize(xb)), pb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += [float(loss.detach()), parts["l1"], parts["tilt"], parts["js"]]
+        sums = _train_epoch(net, opt, codec, x_dev, p_dev, order, bs, epoch, horizon, cfg, contract, gen)
         val_err = float("nan")
         if len(val_idx):
             pred, _ = predict_points(val_predictor, x_dev, val_idx, device)

@@ -15,6 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,6 +165,55 @@ def validate(model: nn.Module, x_dev: torch.Tensor, y: np.ndarray, val_idx: np.n
     return float(F.cross_entropy(logits, yt).item()), float((logits.argmax(1) == yt).float().mean().item())
 
 
+@dataclass
+class _Run:
+    """What every epoch of one :func:`fit` uses."""
+
+    train_model: nn.Module  # compiled and/or DDP-wrapped
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    x_dev: torch.Tensor
+    y_dev: torch.Tensor
+    yv: np.ndarray
+    val_idx: np.ndarray
+    cfg: TrainConfig
+    contract: DataConfig
+    class_w: torch.Tensor | None
+    device: torch.device
+    world: int
+    rk: int
+
+
+def _epoch(run: _Run, state: TrainState, epoch: int, fit_idx: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """One epoch: train on this rank's share of the epoch's order, validate on rank 0, record it in the history."""
+    cfg, world, device = run.cfg, run.world, run.device
+    t0 = time.perf_counter()
+    order = epoch_order(cfg, fit_idx, labels, epoch)
+    bs = state.batch_size
+    n_use = (len(order) // (bs * world)) * bs * world
+    local = torch.as_tensor(order[:n_use][run.rk::world], dtype=torch.long, device=device)
+    stats, state.batch_size = train_one_epoch(run.train_model, run.opt, run.x_dev, run.y_dev, local, bs, epoch, cfg,
+                                              run.contract, run.class_w)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t_train = time.perf_counter() - t0
+    if world > 1:
+        torch.distributed.all_reduce(stats)
+    val_loss, val_acc = (validate(run.model, run.x_dev, run.yv, run.val_idx, run.contract, cfg,
+                                  max(state.batch_size, 64)) if is_main() else (0.0, 0.0))
+    if world > 1:  # rank 0 decides; every rank follows the same early-stopping path
+        vt = torch.tensor([val_loss, val_acc], device=device)
+        torch.distributed.broadcast(vt, 0)
+        val_loss, val_acc = float(vt[0]), float(vt[1])
+    n_tot = max(1.0, float(stats[2]))
+    rec = {"epoch": epoch, "train_loss": float(stats[0]) / n_tot, "train_acc": float(stats[1]) / n_tot,
+           "val_loss": val_loss, "val_acc": val_acc, "lr": float(run.opt.param_groups[0]["lr"]),
+           "batch_size": state.batch_size * world, "train_images": int(n_tot), "train_seconds": t_train,
+           "seconds": time.perf_counter() - t0}
+    state.history.append(rec)
+    return rec
+
+
 def fit(
     model: nn.Module,
     x_u8: torch.Tensor,
@@ -185,8 +235,6 @@ def fit(
     completed epoch, and since every epoch's randomness derives from (seed, epoch, rank) a resumed
     CPU run replays exactly. Under torchrun the sample order is sharded and only rank 0 writes.
     """
-
-
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
     world, rk = world_size(), rank()
@@ -216,33 +264,11 @@ def fit(
 
     bar = tqdm(range(state.epoch + 1, cfg.epochs), desc=desc, unit="ep", disable=not progress or not is_main(),
                leave=False)
+    run = _Run(train_model, model, opt, x_dev, y_dev, yv, val_idx, cfg, contract, class_w, device, world, rk)
     for epoch in ([] if state.done else bar):
-        t0 = time.perf_counter()
-        order = epoch_order(cfg, fit_idx, labels, epoch)
-        bs = state.batch_size
-        n_use = (len(order) // (bs * world)) * bs * world
-        local = torch.as_tensor(order[:n_use][rk::world], dtype=torch.long, device=device)
-        stats, state.batch_size = train_one_epoch(train_model, opt, x_dev, y_dev, local, bs, epoch, cfg, contract,
-                                                  class_w)
-        if cuda:
-            torch.cuda.synchronize()
-        t_train = time.perf_counter() - t0
-        if world > 1:
-            torch.distributed.all_reduce(stats)
-        val_loss, val_acc = (validate(model, x_dev, yv, val_idx, contract, cfg, max(state.batch_size, 64))
-                             if is_main() else (0.0, 0.0))
-        if world > 1:  # rank 0 decides; every rank follows the same early-stopping path
-            vt = torch.tensor([val_loss, val_acc], device=device)
-            torch.distributed.broadcast(vt, 0)
-            val_loss, val_acc = float(vt[0]), float(vt[1])
-        n_tot = max(1.0, float(stats[2]))
-        rec = {"epoch": epoch, "train_loss": float(stats[0]) / n_tot, "train_acc": float(stats[1]) / n_tot,
-               "val_loss": val_loss, "val_acc": val_acc, "lr": float(opt.param_groups[0]["lr"]),
-               "batch_size": state.batch_size * world, "train_images": int(n_tot), "train_seconds": t_train,
-               "seconds": time.perf_counter() - t0}
-        state.history.append(rec)
-        bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
-        state.stopper.step(epoch, val_loss, model)
+        rec = _epoch(run, state, epoch, fit_idx, labels)
+        bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val_loss=f"{rec['val_loss']:.3f}", val_acc=f"{rec['val_acc']:.3f}")
+        state.stopper.step(epoch, rec["val_loss"], model)
         state.epoch = epoch
         state.done = state.stopper.should_stop or epoch == cfg.epochs - 1
         if checkpoint is not None and is_main():

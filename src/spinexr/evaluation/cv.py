@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,75 @@ from spinexr.evaluation.results import (
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _GroupedCV:
+    """What the grouped protocol's folds add up to: out-of-fold probabilities and each fold's figures."""
+
+    oof: dict[str, np.ndarray]
+    fold_of: np.ndarray
+    fold_metrics: dict[str, list[dict]]
+    fold_info: dict[str, list[FoldInfo]] = field(default_factory=dict)
+    histories: dict[str, list[list[dict[str, float]]]] = field(default_factory=dict)
+    explanations: dict[str, dict] = field(default_factory=dict)
+    framing: dict[str, list] = field(default_factory=dict)
+    framing_decision: dict[str, list] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, cfg: CVConfig, n: int) -> _GroupedCV:
+        return cls(oof={m: np.full((cfg.repeats, n, len(CLASSES)), np.nan) for m in cfg.models},
+                   fold_of=np.full((cfg.repeats, n), -1),
+                   fold_metrics={m: [] for m in [*cfg.models, "ensemble"]},
+                   fold_info={m: [] for m in cfg.models})
+
+
+def _grouped_fold(acc: _GroupedCV, r: int, k: int, tr: np.ndarray, te: np.ndarray, data: PreparedData, cfg: CVConfig,
+                  tcfg: TrainConfig, contracts: dict[str, DataConfig], out: Path, source: str | Path, progress: bool,
+                  resume: bool, evidence: CurveEvidence | None) -> None:
+    """Every model on one fold (repeat ``r``, fold ``k``), and their ensemble."""
+    y = data.labels
+    assert not set(data.groups[tr]) & set(data.groups[te])
+    fit_idx, val_idx = carve_validation(tr, y, data.groups, tcfg.val_fraction, seed=tcfg.seed + 1000 * r + k)
+    acc.fold_of[r, te] = k
+    ens = np.zeros((len(te), len(CLASSES)))
+    held_out = FramingFilms(data, te)  # read once per fold, shared by the models
+    for m in cfg.models:
+        fr = _run_fold(m, r, k, tr, te, fit_idx, val_idx, data, cfg, tcfg, contracts[m], out, source,
+                       progress, resume, held_out, evidence)
+        if fr is None:  # not rank 0 under torchrun: training only
+            continue
+        probs = np.asarray(fr.probs)
+        acc.oof[m][r, te] = probs
+        ens += probs / len(cfg.models)
+        acc.fold_metrics[m].append(fr.metrics)
+        acc.fold_info[m].append(fr.info)
+        acc.histories.setdefault(m, []).append(fr.history)
+        if fr.explain:
+            acc.explanations[m] = fr.explain
+        acc.framing.setdefault(m, []).append(fr.framing)
+        acc.framing_decision.setdefault(m, []).append(fr.framing_decision)
+        acc.rows += oof_rows(data, te, probs, r, k, m)
+    if is_main():
+        acc.fold_metrics["ensemble"].append(compute_metrics(y[te], ens))
+        acc.rows += oof_rows(data, te, ens, r, k, "ensemble")
+
+
+def _grouped_results(acc: _GroupedCV, run: RunResult, y: np.ndarray, cfg: CVConfig, tcfg: TrainConfig,
+                     evidence: CurveEvidence | None) -> dict[str, np.ndarray]:
+    """Each model's (and the ensemble's) pooled figures into ``run``; returns the pooled probabilities."""
+    pooled = {m: np.nanmean(acc.oof[m], axis=0) for m in cfg.models}
+    if len(cfg.models) > 1:
+        pooled["ensemble"] = np.mean([pooled[m] for m in cfg.models], axis=0)
+    for m, pp in pooled.items():
+        run.models[m] = model_result(y, pp, acc.fold_metrics[m], acc.fold_info.get(m), cfg.bootstrap, tcfg.seed)
+        run.models[m].explanations = acc.explanations.get(m)
+        run.models[m].framing = sum_framing(acc.framing.get(m, []))
+        if evidence is not None and m in acc.oof:  # a single model: a model file predict can run
+            scores = [evidence.score(acc.oof[m][r], acc.fold_of[r]) for r in range(cfg.repeats)]
+            run.models[m].decision = summarize(scores, sum_framing(acc.framing_decision.get(m, [])))
+    return pooled
+
+
 def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | Path,
            progress: bool = True, data: PreparedData | None = None, resume: bool = False) -> RunResult | None:
     """Run the cross-validation and write the run folder; returns what ``metrics.json`` holds.
@@ -63,7 +132,6 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     unfinished fold continues from its last epoch checkpoint. Under torchrun every rank trains and
     rank 0 alone evaluates and writes (the other ranks return None).
     """
-
     out = Path(out_dir)
     t_start = time.perf_counter()
     contracts = {m: model_contract(m, cfg) for m in cfg.models}
@@ -89,51 +157,15 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     pooled: dict[str, np.ndarray] = {}
 
     if cfg.protocol in ("grouped", "both"):
-        oof = {m: np.full((cfg.repeats, len(y), len(CLASSES)), np.nan) for m in cfg.models}
-        fold_metrics: dict[str, list[dict]] = {m: [] for m in [*cfg.models, "ensemble"]}
-        fold_info: dict[str, list[FoldInfo]] = {m: [] for m in cfg.models}
-        explanations: dict[str, dict] = {}
-        framing: dict[str, list] = {}
-        framing_decision: dict[str, list] = {}
-        fold_of = np.full((cfg.repeats, len(y)), -1)
+        acc = _GroupedCV.start(cfg, len(y))
         for r in range(cfg.repeats):
             for k, (tr, te) in enumerate(group_kfold(y, data.groups, cfg.folds, seed=tcfg.seed + 1000 * r)):
-                assert not set(data.groups[tr]) & set(data.groups[te])
-                fit_idx, val_idx = carve_validation(tr, y, data.groups, tcfg.val_fraction, seed=tcfg.seed + 1000 * r + k)
-                fold_of[r, te] = k
-                ens = np.zeros((len(te), len(CLASSES)))
-                held_out = FramingFilms(data, te)  # read once per fold, shared by the models
-                for m in cfg.models:
-                    fr = _run_fold(m, r, k, tr, te, fit_idx, val_idx, data, cfg, tcfg, contracts[m], out, source,
-                                   progress, resume, held_out, evidence)
-                    if fr is None:  # not rank 0 under torchrun: training only
-                        continue
-                    probs = np.asarray(fr.probs)
-                    oof[m][r, te] = probs
-                    ens += probs / len(cfg.models)
-                    fold_metrics[m].append(fr.metrics)
-                    fold_info[m].append(fr.info)
-                    histories.setdefault(m, []).append(fr.history)
-                    if fr.explain:
-                        explanations[m] = fr.explain
-                    framing.setdefault(m, []).append(fr.framing)
-                    framing_decision.setdefault(m, []).append(fr.framing_decision)
-                    rows += oof_rows(data, te, probs, r, k, m)
-                if is_main():
-                    fold_metrics["ensemble"].append(compute_metrics(y[te], ens))
-                    rows += oof_rows(data, te, ens, r, k, "ensemble")
+                _grouped_fold(acc, r, k, tr, te, data, cfg, tcfg, contracts, out, source, progress, resume, evidence)
+        rows += acc.rows
+        for m, hs in acc.histories.items():
+            histories.setdefault(m, []).extend(hs)
         if is_main():
-            pooled = {m: np.nanmean(oof[m], axis=0) for m in cfg.models}
-            if len(cfg.models) > 1:
-                pooled["ensemble"] = np.mean([pooled[m] for m in cfg.models], axis=0)
-            for m, pp in pooled.items():
-                run.models[m] = model_result(y, pp, fold_metrics[m], fold_info.get(m), cfg.bootstrap, tcfg.seed)
-                run.models[m].explanations = explanations.get(m)
-                run.models[m].framing = sum_framing(framing.get(m, []))
-                if evidence is not None and m in oof:  # a single model: a model file predict can run
-
-                    scores = [evidence.score(oof[m][r], fold_of[r]) for r in range(cfg.repeats)]
-                    run.models[m].decision = summarize(scores, sum_framing(framing_decision.get(m, [])))
+            pooled = _grouped_results(acc, run, y, cfg, tcfg, evidence)
 
     if cfg.protocol in ("seed-leaky", "both"):
         run.leaky = _run_leaky(data, cfg, tcfg, contracts, device, progress, histories, out, resume)

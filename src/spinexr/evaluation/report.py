@@ -448,16 +448,11 @@ caption{text-align:left;font-weight:600;padding:.2em 0}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}"""
 
 
-def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list[list[dict[str, float]]]],
-                 pooled_probs: dict[str, np.ndarray], title: str = "spinexr cross-validation",
-                 y_eval: np.ndarray | None = None) -> Path:
-    """Write plots/, report.html and summary.md into ``out``; returns the report path.
-
-    ``pooled_probs`` rows correspond to ``y_eval`` (default: every image of ``data``).
-    """
+def _figures(out: Path, run: RunResult, data: Any, histories: dict[str, list[list[dict[str, float]]]],
+             probs: dict[str, np.ndarray], y: np.ndarray) -> tuple[list[tuple[str, Path]], list[list[Any]]]:
+    """The report's plots (written under ``out/plots``) with their captions, and the faithfulness table's rows."""
     plots = out / "plots"
     y_all = data.labels
-    y = y_all if y_eval is None else np.asarray(y_eval)
     n_eval = len(y)
     figs: list[tuple[str, Path]] = []
     d = run.data
@@ -470,7 +465,6 @@ def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list
         safe = m.replace(" ", "_").replace("(", "").replace(")", "")
         figs.append((f"Training curves of {m}: loss and accuracy per epoch, {len(hs)} run(s)",
                      plot_curves(hs, plots / f"curves_{safe}.png", m)))
-    probs = {m: np.asarray(p) for m, p in pooled_probs.items()}
     ext = run.external
     partial = bool(ext) and not ext["complete"]
     for m, p in probs.items():
@@ -496,6 +490,13 @@ def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list
             n = f"{f['n']}" + (f" ({f['constant_maps']} blank: feature map too coarse)" if f.get("constant_maps") else "")
             faith_rows.append([m, f["method"], *road, f"{f['deletion_auc']:.3f}", f"{f['random_deletion_auc']:.3f}", n])
 
+    return figs, faith_rows
+
+
+def _html_sections(run: RunResult, title: str, faith_rows: list[list[Any]]) -> tuple[list[str], dict[str, Any]]:
+    """The report's HTML sections, and the tables the Markdown summary repeats."""
+    d, ext = run.data, run.external
+    partial = bool(ext) and not ext["complete"]
     sc = d.shortcut
     head = headline(run)
     parts = [f"<h1>{html.escape(title)}</h1>"]
@@ -566,11 +567,12 @@ def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list
     if per_fold:
         parts.append("<h2>Per fold</h2>" + _table(["model", "repeat", "fold", "accuracy %", "macro-F1", "best epoch",
                                                      "epochs run", "temperature"], per_fold))
-    parts.append("<h2>Plots</h2>" + "".join(_img_tag(p, t) for t, p in figs))
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
-    report = out / "report.html"
-    report.write_text(page)
+    return parts, {"head": head, "rows": rows, "header": header, "drows": drows, "frows": frows, "sc": sc, "lk": lk}
+
+
+def _summary_md(run: RunResult, title: str, t: dict[str, Any]) -> str:
+    d, ext = run.data, run.external
+    head, rows, header, drows, frows, sc, lk = (t[k] for k in ("head", "rows", "header", "drows", "frows", "sc", "lk"))
     md = [f"# {title}", ""]
     if head:
         md += ["## At a glance", "", *[f"- {line}" for line in _headline_lines(head)], ""]
@@ -592,7 +594,26 @@ def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list
     if lk:
         md.append(f"Leaky protocol: {lk.test_leak_fraction:.0%} of test rows are training copies; "
                   + ", ".join(f"{m} {v['accuracy'] * 100:.1f}%" for m, v in lk.models.items()))
-    (out / "summary.md").write_text("\n".join(md) + "\n")
+    return "\n".join(md) + "\n"
+
+
+def write_report(out: Path, run: RunResult, data: Any, histories: dict[str, list[list[dict[str, float]]]],
+                 pooled_probs: dict[str, np.ndarray], title: str = "spinexr cross-validation",
+                 y_eval: np.ndarray | None = None) -> Path:
+    """Write plots/, report.html and summary.md into ``out``; returns the report path.
+
+    ``pooled_probs`` rows correspond to ``y_eval`` (default: every image of ``data``).
+    """
+    y = data.labels if y_eval is None else np.asarray(y_eval)
+    probs = {m: np.asarray(p) for m, p in pooled_probs.items()}
+    figs, faith_rows = _figures(out, run, data, histories, probs, y)
+    parts, tables = _html_sections(run, title, faith_rows)
+    parts.append("<h2>Plots</h2>" + "".join(_img_tag(p, t) for t, p in figs))
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    report = out / "report.html"
+    report.write_text(page)
+    (out / "summary.md").write_text(_summary_md(run, title, tables))
     return report
 
 
