@@ -17,10 +17,10 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "3-fold CV on 30 synthetic radiographs" in text
     assert (out / "cv" / "report.html").is_file() and (out / "cv" / "models" / "small.safetensors").is_file()
     # The tour ends with the bundled models on synthetic AP films: label, angle, decision, overlays.
-    assert "bundled models (classifier.safetensors, landmarks.safetensors" in text
+    assert "bundled models (spinexr-bundled: xception and resnet18" in text and "spinexr-prediction/1" in text
     import json
 
     preds = json.loads((out / "bundled" / "predictions.json").read_text())
-    assert preds and all(p["status"] == "ok" and "decision" in p for p in preds)
+    assert preds and all(p["status"] == "ok" and p["decision"] is not None for p in preds)
     assert len(list((out / "bundled" / "overlays").glob("*.png"))) == len(preds)
     assert main(["demo", "--out", str(out), "--n", "30", "--epochs", "1"]) == 2  # never over an earlier run

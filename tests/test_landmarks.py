@@ -167,8 +167,8 @@ def test_predict_measures_and_draws_overlays(trained_model: Path, landmark_model
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 3
     for r, film in zip(rows, films):
-        assert (r["cobb_largest"] and r["cobb_band"] in ("none", "mild", "moderate", "severe")) or r["cobb_refused"]
-        with Image.open(r["overlay"]) as ov, Image.open(film) as orig:
+        assert (r["spine_largest"] and r["spine_band"] in ("none", "mild", "moderate", "severe")) or r["spine_refused"]
+        with Image.open(r["files_overlay"]) as ov, Image.open(film) as orig:
             assert ov.size == orig.size and ov.mode == "RGB"  # drawn at the film's original size
     js = tmp_path / "p.json"
     assert main(["predict", str(trained_model), str(films[0]), "--landmarks", str(landmark_model), "--out", str(js),

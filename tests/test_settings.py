@@ -145,3 +145,21 @@ def test_strip_and_window_contracts_turn_framing_augmentation_off(synth_dir: Pat
     err = capsys.readouterr().err
     assert rc == 2 and "widen_p" in err and "--resize letterbox" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_landmarks_take_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`spinexr landmarks` reads a landmarks: section from --config; flags override it; a bad value is refused
+    with the setting named, before anything starts."""
+    from spinexr.config import resolve_landmarks
+
+    cfg = tmp_path / "lm.yaml"
+    cfg.write_text(f"data: {tmp_path / 'films.csv'}\nlandmarks:\n  epochs: 7\n  input_height: 160\n  input_width: 80\n")
+    args = build_parser().parse_args(["landmarks", "train", "--config", str(cfg), "--epochs", "3"])
+    top, lm = resolve_landmarks(args)
+    assert top["data"] == str(tmp_path / "films.csv") and lm.epochs == 3 and lm.input_height == 160
+    cfg.write_text("landmarks:\n  centreline_weight: 2\n")
+    rc = main(["landmarks", "train", "--config", str(cfg), "--data", str(tmp_path / "films.csv"),
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "landmarks.centreline_weight" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+import yaml
+
 from spinexr.errors import SpinexrError
 
 T = TypeVar("T", bound="Settings")
@@ -268,8 +270,6 @@ def _number(typ: type, name: str) -> Any:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise SpinexrError(f"{p}: config file not found")

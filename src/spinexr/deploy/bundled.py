@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
+
 from spinexr.deploy.modelfile import model_kind, raw_metadata, write_model_file
 from spinexr.errors import WeightsError
 
@@ -82,8 +84,6 @@ def bundled_path(kind: str, root: Path | None = None) -> Path:
 def pack(model_path: str | Path, kind: str, card: str, headline: str = "", root: Path | None = None) -> Path:
     """Write ``model_path`` as the bundled model of ``kind``: float weights in float16 (the OOD
     statistics stay float32), the metadata kept and marked as bundled, and the model card beside it."""
-    from safetensors.torch import load_file
-
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     src = Path(model_path)

@@ -4,6 +4,7 @@ and an optional INT8 model by onnxruntime static quantization calibrated on real
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -23,8 +24,6 @@ PARITY_TOL = 1e-4
 
 
 def _need(module: str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:

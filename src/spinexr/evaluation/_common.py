@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from spinexr import CLASSES
 from spinexr.config import CVConfig, TrainConfig
@@ -36,9 +37,6 @@ def model_contract(name: str, cfg: CVConfig) -> DataConfig:
 
 
 def new_model(name: str, cfg: CVConfig, seed: int) -> Any:
-    import torch
-
-
     torch.manual_seed(seed)
     return create_model(name, weights=cfg.weights, attention=cfg.attention, drop_rate=cfg.drop_rate)
 
@@ -97,9 +95,6 @@ def explain_fold(module: Any, data: PreparedData, te: np.ndarray, probs: np.ndar
     The films are fitted by the predictor's own data contract, as they are at training and in
     deployment; a file that changed since it was decoded is left out with a warning.
     """
-    import torch
-
-
     contract: DataConfig = module.contract
     model = module.model.to("cpu").eval()
     cam_model = cam_ready(model)

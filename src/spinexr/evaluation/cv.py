@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from spinexr import CLASSES
 from spinexr.config import CVConfig, TrainConfig
@@ -315,9 +316,6 @@ def framing_fold(predictor: Any, held_out: FramingFilms, device: Any, decision: 
     predictor exactly as ``predict`` would; with ``decision`` (a
     :class:`~spinexr.evaluation.decision_cv.FoldDecision`), through the decision that answers to the
     measured curve, each film measured as it is shown."""
-    import torch
-
-
     contract = predictor.contract
 
     def predict(films: list[np.ndarray]) -> np.ndarray:

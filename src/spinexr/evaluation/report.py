@@ -402,7 +402,7 @@ def decision_rows(run: RunResult) -> list[list[str]]:
         if not d:
             continue
         v = d.get("view_full_spine_rate") or {}
-        views = " / ".join(f"{v[c]:.0%}" if c in v else "n/a" for c in ("Normal", "Scoliosis", "Spondylolisthesis"))
+        views = " / ".join(f"{v[c]:.0%}" if c in v else "n/a" for c in CLASSES)
         rows.append([m, f"{d['accuracy_mean'] * 100:.1f}", f"{d['accuracy_with_rule_mean'] * 100:.1f}",
                      str(d["changed"]), str(d["changed_to_right"]), str(d["changed_to_wrong"]),
                      ", ".join(f"{c:g}" for c in d["curve_deg"]), views])

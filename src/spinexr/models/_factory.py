@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from spinexr.errors import WeightsError
 from spinexr.models._registry import get_model_entry
@@ -52,15 +54,11 @@ def _create_pretrained(fn: Any, name: str, **kwargs: Any) -> nn.Module:
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
     """Tensors from a .safetensors file or a torch file, never unpickling arbitrary objects."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found; {OFFLINE_HINT}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             sd = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
