@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="share of training films reframed as strips (landmarks.strip_p; default: the setting's)")
     ap.add_argument("--angle-weight", type=float, default=None,
                     help="weight of the vertebra midline error in the loss (landmarks.angle_weight; default: the setting's)")
+    ap.add_argument("--resume", action="store_true", help="continue each fold from its checkpoint in --run-dir")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
     return ap
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         a.minutes_per_fold = earlier.get("minutes_per_fold_cap")  # the cap the reused training ran under
     t0 = time.perf_counter()
     res = run_landmark_cv(a.data, cfg, run_dir, folds=a.folds, max_minutes_per_fold=a.minutes_per_fold,
-                          trained={0: Path(a.reuse_fold0)} if a.reuse_fold0 else None).to_dict()
+                          trained={0: Path(a.reuse_fold0)} if a.reuse_fold0 else None, resume=a.resume).to_dict()
     if earlier is not None:  # the training this measurement rests on, as the earlier run recorded it
         res["folds"][0].update({k: earlier["folds"][0][k] for k in ("best_epoch", "epochs_run", "stopped_by",
                                                                     "train_seconds")},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.measure import Measurement
 from spinexr.geometry.cobb import cobb_angles
 from spinexr.geometry.plausibility import implausibility
-from spinexr.geometry.view import FULL_SPINE
+from spinexr.geometry.view import FULL_SPINE, LUMBAR
 
 PROBS = {"Normal": 0.7, "Scoliosis": 0.2, "Spondylolisthesis": 0.1}
 
@@ -38,6 +39,8 @@ def _measure(tilts: list[float]) -> Measurement:
 
 STRAIGHT = [0.0] * 17
 CURVE_40 = [20.0 - 40.0 * j / 16 for j in range(17)]  # end vertebrae tilted +20 and -20: a 40 degree curve
+CURVE_30 = [15.0 - 30.0 * j / 16 for j in range(17)]
+CURVE_60 = [30.0 - 60.0 * j / 16 for j in range(17)]
 
 
 def test_measured_curve_changes_the_decision() -> None:
@@ -53,8 +56,8 @@ def test_measured_curve_changes_the_decision() -> None:
     d2 = rule.decide("Scoliosis", PROBS, straight)
     assert d2.label == "Scoliosis" and d2.agreement == "disagree" and "check the film" in d2.note
     assert rule.decide("Scoliosis", PROBS, curve).agreement == "agree"
-    # A Spondylolisthesis call is a lumbar/lateral view: the full-spine angle is not used.
-    d3 = rule.decide("Spondylolisthesis", PROBS, curve)
+    # A Spondylolisthesis call is a lumbar/lateral view: the full-spine angle of a moderate curve is not used.
+    d3 = rule.decide("Spondylolisthesis", PROBS, _measure(CURVE_30))
     assert d3.label == "Spondylolisthesis" and d3.agreement == "no angle" and d3.cobb_largest is None
     # The threshold is the rule's: at 45 degrees the same curve no longer overrides.
     assert DecisionRule(curve_deg=45.0).decide("Normal", PROBS, curve).label == "Normal"
@@ -362,3 +365,27 @@ def test_stored_decision_figures_name_the_landmark_model_and_the_rule(tmp_path: 
     assert da == evidence_digest(a) and da != evidence_digest(b)
     monkeypatch.setattr(decision, "RULE_VERSION", decision.RULE_VERSION + 1)
     assert evidence_digest(a) != da
+
+
+@pytest.mark.parametrize("label", ["Normal", "Scoliosis", "Spondylolisthesis"])
+@pytest.mark.parametrize("view", [None, LUMBAR])
+def test_a_large_curve_is_never_buried(label: str, view: str | None) -> None:
+    """Wherever the rule does not use the angle (a view the check doubts; a Spondylolisthesis call without a
+    view check), a curve of 40 degrees or more is still shown beside the label that stands, flagged."""
+    rule = DecisionRule(curve_deg=18.0)
+    big, moderate = _measure(CURVE_60), _measure(CURVE_30)
+    if view is not None:
+        big, moderate = (replace(m, view=view, view_probability=0.6) for m in (big, moderate))
+    d = rule.decide(label, PROBS, big)
+    if view is None and label != "Spondylolisthesis":  # no check: the angle is used as on a full AP view
+        assert d.label == "Scoliosis" and d.agreement in ("agree", "overruled")
+        return
+    if label == "Normal":  # a Normal call on a doubted view answers to a curve of clinical size
+        assert d.label == "Scoliosis" and d.agreement == "overruled" and "check the film" in d.note
+        return
+    assert d.label == label and d.agreement == "check the film" and "check the film" in d.note
+    assert d.cobb_largest == pytest.approx(big.result.largest) and big.result.largest >= 40
+    assert f"{big.result.largest:.1f}°" in d.note and "not used" not in d.note
+    small = rule.decide(label, PROBS, moderate)  # under 40 degrees on such a view: not used, as before
+    assert small.agreement == "no angle" and small.cobb_largest is None and "not used" in small.note
+    assert DecisionRule(large_curve_deg=70.0).decide(label, PROBS, big).agreement == "no angle"

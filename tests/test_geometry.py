@@ -211,3 +211,36 @@ def test_plain_csv_header_is_checked(tmp_path: Path) -> None:
     p.write_text("path," + ",".join(XY_COLUMNS[:-1]) + "\n")
     with pytest.raises(DatasetError, match="y68"):
         read_landmark_csv(p)
+
+
+def test_label_check_fixes_planted_slips_and_leaves_out_the_rest() -> None:
+    from types import SimpleNamespace
+
+    from spinexr.data.label_check import check_label, check_labels
+
+    good = spine([0, 5, 10, 14, 12, 8, 3, -2, -8, -12, -14, -10, -5, 0, 3, 5, 4])
+    assert check_label(good).fixes == () and check_label(good).usable
+    swapped_lr = good.copy()
+    swapped_lr[4, [0, 1]] = swapped_lr[4, [1, 0]]  # T5's upper corners left for right
+    swapped_ud = good.copy()
+    swapped_ud[9] = swapped_ud[9][[2, 3, 0, 1]]  # T10's upper corners below its lower ones
+    neighbours = good.copy()
+    neighbours[[15, 16]] = neighbours[[16, 15]]  # L5 labelled above L4
+    for bad, kind in ((swapped_lr, "left and right corners swapped at T5"),
+                      (swapped_ud, "upper and lower corners swapped at T10"),
+                      (neighbours, "vertebrae reordered (L4 and L5 swapped)")):
+        c = check_label(bad)
+        assert c.fixes == (kind,) and c.usable and np.allclose(c.landmarks, good)
+        assert cobb_angles(c.landmarks, 600).largest == pytest.approx(cobb_angles(good, 600).largest)
+    far = good.copy()
+    far[16] -= np.array([0.0, 17 * 30.0])  # the 17th vertebra placed above T1: no certain fix
+    lost = good.copy()
+    lost[7, 2] += np.array([0.0, 200.0])  # one corner dragged far down
+    for bad in (far, lost):
+        c = check_label(bad)
+        assert not c.usable and c.problems
+    recs = [SimpleNamespace(path=f"f{i}.jpg", landmarks=v) for i, v in enumerate((good, swapped_lr, far))]
+    _, report = check_labels(recs)
+    d = report.to_dict()
+    assert (d["n"], d["clean"], d["fixed"], d["excluded"]) == (3, 1, 1, 1)
+    assert d["fixes_by_kind"] == {"left and right corners swapped": 1} and list(d["excluded_films"]) == ["f2.jpg"]

@@ -466,3 +466,47 @@ def test_an_earlier_fold_model_is_measured_again_not_retrained(landmark_model: P
         run_landmark_cv(synth_dir / "landmarks.csv", LandmarkConfig(input_height=160, input_width=80, device="cpu",
                                                                     test_fraction=0.3),
                         tmp_path / "other", folds=1, progress=False, n_boot=20, trained={0: landmark_model})
+
+
+def test_landmark_training_resumes_to_the_same_state(synth_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed after its second epoch and resumed from its checkpoint ends with exactly the weights and
+    history of a run that was never stopped."""
+    import torch
+
+    from spinexr.config import LandmarkConfig
+    from spinexr.data.contract import DataConfig
+    from spinexr.data.landmarks import read_landmark_csv
+    from spinexr.engine import state as state_mod
+    from spinexr.engine.landmarks import fit_landmarks, prepare_landmarks
+    from spinexr.models.landmark import CODECS, LandmarkNet
+
+    cfg = LandmarkConfig(input_height=96, input_width=48, epochs=4, batch_size=4, device="cpu", tta_flip=False,
+                         tta_scales="1", patience=50)
+    contract = DataConfig(cfg.input_height, input_width=cfg.input_width)
+    data = prepare_landmarks(read_landmark_csv(synth_dir / "landmarks.csv"), contract, progress=False)
+    fit_idx, val_idx = np.arange(0, len(data.records) - 3), np.arange(len(data.records) - 3, len(data.records))
+
+    def run(ckpt: Path, resume: bool = False):
+        torch.manual_seed(0)
+        net = LandmarkNet(cfg.encoder, out_channels=CODECS[cfg.encoding].channels)
+        return fit_landmarks(net, data, fit_idx, val_idx, cfg, contract, checkpoint=ckpt, progress=False, resume=resume)
+
+    whole = run(tmp_path / "whole.pt")
+    real_save, saves = state_mod.TrainState.save, []
+
+    def save_then_die(self, path, *a, **kw):  # the checkpoint of epoch 1 is written, then the process is "killed"
+        real_save(self, path, *a, **kw)
+        saves.append(self.epoch)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(state_mod.TrainState, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed.pt")
+    monkeypatch.setattr(state_mod.TrainState, "save", real_save)
+    resumed = run(tmp_path / "killed.pt", resume=True)
+    assert saves == [0, 1] and [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    a, b = whole.predictor.net.state_dict(), resumed.predictor.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -13,6 +13,7 @@ import pytest
 from spinexr.cli import main
 from spinexr.data.imread import list_images, read_image
 from spinexr.deploy.bundle import MANIFEST, load_bundle, write_bundle
+from spinexr.deploy.decision import RULE_VERSION
 from spinexr.deploy.document import SCHEMA, flatten, schema
 from spinexr.deploy.measure import SpineMeasurer
 from spinexr.deploy.pipeline import Pipeline
@@ -165,7 +166,7 @@ def test_bundle_create_refuses_to_overwrite(bundle_dir: Path, tiny_models: dict[
     before = (bundle_dir / MANIFEST).read_text()
     assert main(["bundle", "create", str(bundle_dir), "--classifier", str(tiny_models["classifier"])]) == 2
     assert "not empty" in capsys.readouterr().err and (bundle_dir / MANIFEST).read_text() == before
-    assert main(["bundle", "show", str(bundle_dir)]) == 0 and "rule v3" in capsys.readouterr().out
+    assert main(["bundle", "show", str(bundle_dir)]) == 0 and f"rule v{RULE_VERSION}" in capsys.readouterr().out
 
 
 def test_predict_with_a_bundle_writes_its_digest(bundle_dir: Path, films: list[Path], tmp_path: Path) -> None:
@@ -193,3 +194,16 @@ def test_write_bundle_copies_the_models(tiny_models: dict[str, Path], tmp_path: 
     assert b.landmarks is None and b.manifest["rule"] is None
     p = Pipeline.load(b.root)
     assert p.measurer is None and p.rule is None
+
+
+def test_a_refused_spine_has_the_same_fields() -> None:
+    """The spine block has the same keys for a measured and a refused spine, so CSV columns never depend on the films."""
+    from spinexr.geometry.cobb import cobb_angles
+
+    v = np.stack([np.array([[0, 0], [60, 0], [0, 24], [60, 24]], float) + [0, 40 * j] for j in range(17)])
+    from spinexr.deploy.measure import Measurement
+
+    ok = Measurement(v, cobb_angles(v, 800), [], 0.5).to_dict()
+    refused = Measurement(v, None, ["order broken"], 0.5).to_dict()
+    assert set(ok) == set(refused) and set(flatten(ok)) == set(flatten(refused))
+    assert refused["largest"] is None and refused["pt"]["angle"] is None and ok["largest"] is not None

@@ -130,7 +130,8 @@ def rule_section(rule: DecisionRule, view_check: ViewCheck | None, fitted: dict[
     """The manifest's ``rule``: the decision rule's lines (``decision``), its view check and how they were fitted."""
     return {"version": RULE_VERSION,
             "decision": {"curve_deg": rule.curve_deg, "straight_deg": rule.straight_deg,
-                         "doubted_view_deg": rule.doubted_view_deg, **(fitted or {})},
+                         "doubted_view_deg": rule.doubted_view_deg, "large_curve_deg": rule.large_curve_deg,
+                         **(fitted or {})},
             "view_check": None if view_check is None else view_check.to_meta()}
 
 
@@ -139,7 +140,7 @@ def rule_from_landmark_file(path: Path) -> dict[str, Any]:
     meta = raw_metadata(path)
     d = meta.get("decision") or {}
     rule = DecisionRule.from_meta(meta)
-    fitted = {k: v for k, v in d.items() if k not in ("curve_deg", "straight_deg", "doubted_view_deg")}
+    fitted = {k: v for k, v in d.items() if k not in ("curve_deg", "straight_deg", "doubted_view_deg", "large_curve_deg")}
     return rule_section(rule, ViewCheck.from_meta(meta), fitted)
 
 

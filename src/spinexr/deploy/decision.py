@@ -25,7 +25,10 @@ mild and moderate scoliosis, or ``curve_deg`` where that is higher) becomes Scol
 "check the film". The view check errs on full AP films from other hospitals, whose curves would
 otherwise go unheard; a lumbar view measures large angles too (KAUH's lumbar films: 21° at the
 median), so the higher bar, and a film called Spondylolisthesis, the lumbar evidence, is never
-overruled on such a view. Scoliosis calls on such a view keep their label. ``curve_deg`` is fitted on KAUH Normal films, which the
+overruled on such a view. Scoliosis calls on such a view keep their label. Wherever the angle is not
+used (a doubted view, or a lumbar view by the classifier), a curve measured at ``large_curve_deg``
+(40°) or more is still never buried: the label stands, the angle is shown beside it and the decision
+is flagged "check the film". ``curve_deg`` is fitted on KAUH Normal films, which the
 landmark model never saw (:func:`fit_curve_deg`: the smallest angle at most a set share of them
 reach); the landmark model file carries the value (``decision`` in its metadata).
 """
@@ -42,9 +45,12 @@ from spinexr.geometry.view import FULL_SPINE, fit_view_check
 
 STRAIGHT_DEG = 10.0
 DOUBTED_VIEW_DEG = 25.0
+# A curve of this size is never left unread: where the rule does not use the angle (a view the check
+# doubts, a lumbar view by the classifier), the label stands but the angle is shown, flagged "check the film".
+LARGE_CURVE_DEG = 40.0
 # Bumped whenever ``DecisionRule.decide`` changes what it decides: stored cross-validation figures
 # made under another version are rebuilt, not reused (:class:`spinexr.evaluation.decision_cv.CurveEvidence`).
-RULE_VERSION = 3
+RULE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,8 @@ class Decision:
     classifier_label: str
     cobb_largest: float | None  # measured, on a plausible AP spine
     # agree (angle and label point the same way), consistent (an angle between the two lines),
-    # disagree (Scoliosis called on a near-straight spine), overruled (a curve overrode the label), no angle
+    # disagree (Scoliosis called on a near-straight spine), overruled (a curve overrode the label), no angle,
+    # check the film (a large curve on a view where the rule does not use the angle: shown beside the label)
     agreement: str
     note: str
 
@@ -66,13 +73,22 @@ class DecisionRule:
     curve_deg: float = 25.0
     straight_deg: float = STRAIGHT_DEG
     doubted_view_deg: float = DOUBTED_VIEW_DEG  # a Normal call on a view the check doubts: the bar for a curve
+    large_curve_deg: float = LARGE_CURVE_DEG  # never left unread: flagged "check the film" wherever the angle is unused
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any] | None) -> DecisionRule:
         """The rule a landmark model file carries (``decision`` in its metadata), else the default."""
         d = (meta or {}).get("decision") or {}
         return cls(float(d.get("curve_deg", cls.curve_deg)), float(d.get("straight_deg", STRAIGHT_DEG)),
-                   float(d.get("doubted_view_deg", DOUBTED_VIEW_DEG)))
+                   float(d.get("doubted_view_deg", DOUBTED_VIEW_DEG)), float(d.get("large_curve_deg", LARGE_CURVE_DEG)))
+
+    def _unused(self, label: str, a: float, band: str, why: str) -> Decision:
+        """Where the rule does not use the angle: the label stands; a large curve is still shown and flagged."""
+        if a >= self.large_curve_deg:
+            return Decision(label, label, a, "check the film",
+                            f"{why}: the classifier's {label} stands, but the measured largest Cobb angle is {a:.1f}° "
+                            f"({band}, at least {self.large_curve_deg:g}°); check the film")
+        return Decision(label, label, None, "no angle", f"{why}: the full-spine Cobb angle ({a:.1f}° measured) is not used")
 
     @property
     def doubted_view_bar(self) -> float:
@@ -100,13 +116,10 @@ class DecisionRule:
                                 f"({band}, at least {bar:g}°) on a view the check took for a lumbar or "
                                 f"lateral one (full-spine probability {measurement.view_probability:.2f}): called "
                                 "Scoliosis; check the film")
-            return Decision(label, label, None, "no angle",
-                            f"a lumbar or lateral view by the shape of the measured spine (full-spine probability "
-                            f"{measurement.view_probability:.2f}): the full-spine Cobb angle ({a:.1f}° measured) is not used")
+            return self._unused(label, a, band, "a lumbar or lateral view by the shape of the measured spine "
+                                f"(full-spine probability {measurement.view_probability:.2f})")
         if label == "Spondylolisthesis" and view is None:
-            return Decision(label, label, None, "no angle",
-                            f"a lumbar or lateral view by the classifier: the full-spine Cobb angle ({a:.1f}° measured) "
-                            "is not used")
+            return self._unused(label, a, band, "a lumbar or lateral view by the classifier")
         if label == "Spondylolisthesis" and a < self.curve_deg:
             return Decision(label, label, a, "consistent",
                             f"measured largest Cobb angle {a:.1f}° ({band}) on a full-spine AP view; spondylolisthesis "

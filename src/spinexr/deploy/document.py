@@ -104,7 +104,7 @@ def summary_line(doc: dict[str, Any]) -> str:
         parts.append(f"Cobb {s['largest']:.1f} ({s['band']}; PT {s['pt']['angle']:.1f} MT {s['mt']['angle']:.1f} "
                      f"TL {s['tl']['angle']:.1f})" if s["plausible"] else f"Cobb refused: {'; '.join(s['refused'])}")
     d = doc["decision"]
-    if d is not None and d["agreement"] in ("overruled", "disagree"):
+    if d is not None and d["agreement"] in ("overruled", "disagree", "check the film"):
         parts.append(f"{d['agreement'].upper()}: {d['note']}")
     return "\t".join(parts)
 

@@ -13,7 +13,7 @@ import torch
 from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.modelfile import load_landmark_model
 from spinexr.errors import WeightsError
-from spinexr.geometry.cobb import CobbResult, cobb_angles
+from spinexr.geometry.cobb import BAND_TEXT, CobbResult, cobb_angles
 from spinexr.geometry.overlay import draw_overlay
 from spinexr.geometry.plausibility import implausibility
 from spinexr.geometry.view import ViewCheck, view_features
@@ -32,10 +32,13 @@ class Measurement:
     view_probability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"plausible": self.result is not None, "refused": self.refused,
-                             "confidence": self.confidence}
-        if self.view is not None:
-            d.update(view=self.view, full_spine_probability=self.view_probability)
+        """The same keys for every film (nulls where a refused spine or a file without a view check has
+        none), so a CSV flattening has the same columns whatever the films."""
+        curve = {"angle": None, "upper_end": None, "lower_end": None, "apex": None}
+        d: dict[str, Any] = {"plausible": self.result is not None, "refused": self.refused, "confidence": self.confidence,
+                             "view": self.view, "full_spine_probability": self.view_probability,
+                             "largest": None, "band": None, "bands": BAND_TEXT, "shape": None, "centreline_weight": None,
+                             "pt": curve, "mt": dict(curve), "tl": dict(curve)}
         if self.result is not None:
             d.update(self.result.to_dict())
         return d

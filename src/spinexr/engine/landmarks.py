@@ -114,10 +114,23 @@ def _train_epoch(net: LandmarkNet, opt: torch.optim.Optimizer, codec: Any, x_dev
     return sums
 
 
+def _val_error(predictor: LandmarkPredictor, x_dev: torch.Tensor, data: LandmarkData, val_idx: np.ndarray,
+               height: int) -> float:
+    """Mean corner error on the validation films, as a share of the input height (NaN without any)."""
+    if not len(val_idx):
+        return float("nan")
+    pred, _ = predict_points(predictor, x_dev, val_idx, x_dev.device)
+    return float(np.linalg.norm(pred - data.pts[val_idx].numpy(), axis=-1).mean() / height)
+
+
 def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val_idx: np.ndarray,
                   cfg: LandmarkConfig, contract: DataConfig, checkpoint: Path | None = None, progress: bool = True,
-                  desc: str = "landmarks", max_minutes: float | None = None) -> LandmarkFit:
-    """Train ``net`` on ``fit_idx``; keep the weights with the lowest validation landmark error."""
+                  desc: str = "landmarks", max_minutes: float | None = None, resume: bool = False) -> LandmarkFit:
+    """Train ``net`` on ``fit_idx``; keep the weights with the lowest validation landmark error.
+
+    Each epoch writes ``checkpoint`` atomically; with ``resume`` a run continues after its last completed
+    epoch. Every epoch's randomness derives from (seed, epoch), so a resumed run without a time budget
+    ends where an uninterrupted one does; with one, the time already spent counts against it."""
     device = resolve_device(cfg.device)
     net.to(device)
     x_dev, p_dev = data.x.to(device), data.pts.to(device)
@@ -127,17 +140,20 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
     fit_idx, val_idx = np.asarray(fit_idx), np.asarray(val_idx)
     bs = max(1, min(cfg.batch_size, len(fit_idx)))
     state = TrainState(EarlyStopping(cfg.patience), batch_size=bs)
+    if resume and checkpoint is not None and checkpoint.is_file():
+        state = TrainState.load(checkpoint, net, opt, device, cfg.patience)
+        log.info("%s: resuming after epoch %d of %d", desc, state.epoch + 1, cfg.epochs)
     gen = torch.Generator(device=device)
-    t_start = time.perf_counter()
-    stopped_by = "epochs"
+    t_start = time.perf_counter() - sum(h["seconds"] for h in state.history)  # a resumed run's time counts
+    stopped_by = "early stopping" if state.done and state.stopper.should_stop else "epochs"
     # Validation each epoch runs the zoom 1 alone (with the flip): the deployed zooms would triple its cost.
     val_predictor = LandmarkPredictor(net, contract, cfg.encoding, tta_flip=cfg.tta_flip)
     predictor = LandmarkPredictor(net, contract, cfg.encoding, tta_flip=cfg.tta_flip, tta_scales=cfg.tta_scales)
     # With a time budget the schedule must end when the time does: after the first epochs the
     # horizon becomes the number of epochs that fit, so the learning rate anneals in time.
     horizon = float(cfg.epochs)
-    bar = tqdm(range(cfg.epochs), desc=desc, unit="ep", disable=not progress, leave=False)
-    for epoch in bar:
+    bar = tqdm(range(state.epoch + 1, cfg.epochs), desc=desc, unit="ep", disable=not progress, leave=False)
+    for epoch in ([] if state.done else bar):
         if max_minutes is not None and epoch >= 2:
             per_epoch = (time.perf_counter() - t_start) / epoch
             horizon = float(min(cfg.epochs, max(epoch + 1, int(max_minutes * 60 / per_epoch))))
@@ -148,13 +164,11 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
         order = np.random.default_rng([cfg.seed, epoch]).permutation(fit_idx)
         n_steps = max(1, len(order) // bs)
         sums = _train_epoch(net, opt, codec, x_dev, p_dev, order, bs, epoch, horizon, cfg, contract, gen)
-        val_err = float("nan")
-        if len(val_idx):
-            pred, _ = predict_points(val_predictor, x_dev, val_idx, device)
-            val_err = float(np.linalg.norm(pred - data.pts[val_idx].numpy(), axis=-1).mean() / contract.height)
-        rec = {"epoch": epoch, "horizon": horizon, "loss": sums[0] / n_steps, "l1": sums[1] / n_steps, "tilt": sums[2] / n_steps,
-               "js": sums[3] / n_steps, "val_error": val_err, "lr": opt.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - t0}
+        val_err = _val_error(val_predictor, x_dev, data, val_idx, contract.height)
+        # Plain floats: the checkpoint is read back with torch.load(weights_only=True), which refuses numpy scalars.
+        mean = [float(x) for x in sums / n_steps]
+        rec = {"epoch": epoch, "horizon": horizon, "loss": mean[0], "l1": mean[1], "tilt": mean[2], "js": mean[3],
+               "val_error": val_err, "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0}
         state.history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", val=f"{val_err:.4f}")
         state.stopper.step(epoch, val_err if len(val_idx) else rec["loss"], net)

@@ -110,13 +110,14 @@ class _Oof:
 
 
 def _fold_fit(f: int, data: Any, fit_idx: np.ndarray, val_idx: np.ndarray, cfg: LandmarkConfig, contract: DataConfig,
-              out: Path, device: Any, trained: dict[int, Path] | None, max_minutes: float | None, progress: bool) -> Any:
+              out: Path, device: Any, trained: dict[int, Path] | None, max_minutes: float | None, progress: bool,
+              resume: bool = False) -> Any:
     if trained and f in trained:
         return _reused_fit(trained[f], cfg, contract, len(fit_idx), device)
     torch.manual_seed(cfg.seed + f)
     net = LandmarkNet(cfg.encoder, pretrained=cfg.weights == "imagenet", out_channels=CODECS[cfg.encoding].channels)
     return fit_landmarks(net, data, fit_idx, val_idx, cfg, contract, checkpoint=out / "checkpoints" / f"fold{f}.pt",
-                         progress=progress, desc=f"landmarks fold {f}", max_minutes=max_minutes)
+                         progress=progress, desc=f"landmarks fold {f}", max_minutes=max_minutes, resume=resume)
 
 
 def _measure_fold(f: int, fit: Any, data: Any, te: np.ndarray, cfg: LandmarkConfig, device: Any, oof: _Oof,
@@ -163,13 +164,14 @@ def _write_oof(out: Path, oof: _Oof, recs: list) -> None:
 
 def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path, folds: int | None = None,
                     max_minutes_per_fold: float | None = None, progress: bool = True, n_boot: int = 1000,
-                    trained: dict[int, Path] | None = None) -> LandmarkCVResult:
+                    trained: dict[int, Path] | None = None, resume: bool = False) -> LandmarkCVResult:
     """Train and test the landmark model on case-grouped folds; writes ``metrics.json``,
     ``oof_angles.csv`` and the fold-0 model file into ``out_dir``; returns the result.
 
     ``trained``: model files, by fold, that an earlier run of the same settings trained on that fold's
     films: they are measured again (with this run's test-time augmentation) instead of retrained. A
-    file whose training films do not match the fold's is refused."""
+    file whose training films do not match the fold's is refused. With ``resume``, each fold continues
+    from its checkpoint in ``out_dir/checkpoints`` (a killed background run picks up where it stopped)."""
     parse_scales(cfg.tta_scales)  # a bad setting is refused before minutes of decoding, not after
     out = Path(out_dir)
     t_start = time.perf_counter()
@@ -195,7 +197,8 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     for f, (tr, te) in enumerate(splits):
         tr = tr[label_ok[tr]]
         fit_idx, val_idx = fit_val_split(groups, tr, cfg.val_fraction, cfg.seed, f)
-        fit = _fold_fit(f, data, fit_idx, val_idx, cfg, contract, out, device, trained, max_minutes_per_fold, progress)
+        fit = _fold_fit(f, data, fit_idx, val_idx, cfg, contract, out, device, trained, max_minutes_per_fold, progress,
+                        resume)
         if f == 0:
             save_landmark_model(fit.predictor, out / "models" / "landmarks.safetensors", asdict(cfg),
                                 {"source": str(source), "n_train": int(len(fit_idx)),
