@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--angle-weight", type=float, default=None,
                     help="weight of the vertebra midline error in the loss (landmarks.angle_weight; default: the setting's)")
     ap.add_argument("--resume", action="store_true", help="continue each fold from its checkpoint in --run-dir")
+    ap.add_argument("--fix-labels", action="store_true", help="train on labels with slips fixed (landmarks.fix_labels)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--run-dir", default=None)
     return ap
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                          batch_size=a.batch_size,
                          lr=a.lr, patience=a.patience, device=a.device, seed=a.seed, folds=max(a.folds, 2),
                          test_fraction=0.2,
+                         fix_labels=a.fix_labels,
                          **{k: v for k, v in (("tta_scales", a.tta_scales), ("strip_p", a.strip_p),
                                               ("angle_weight", a.angle_weight)) if v is not None})
     earlier = None

@@ -408,7 +408,9 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
               f"through and takes some full AP films for lumbar ones. A lumbar film called Normal and measured at "
               f"{bar:g}° or more is called Scoliosis, flagged 'check the film' (KAUH's lumbar films "
               f"measure {meta['decision']['kauh_lumbar_median_deg']:.0f}° at the median; KAUH holds no healthy lumbar "
-              "film to say how often that happens).",
+              "film to say how often that happens). Wherever the angle is not used (a view the check doubts, a lumbar "
+              "view), a curve measured at 40° or more is still shown beside the label that stands, flagged 'check the "
+              "film' (rule v4).",
               "- Trained on one Canadian hospital's AIS films, cropped neck to pelvis; other framings (whole-body, "
               "chest-only) and adult degenerative spines are outside its data."]
     return "\n".join(lines) + "\n", head

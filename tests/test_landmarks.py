@@ -122,6 +122,7 @@ def test_tiny_train_and_predict_on_synthetic_films(synth_dir: Path, tmp_path: Pa
     cfg = LandmarkConfig(input_height=128, input_width=64, epochs=2, batch_size=4, device="cpu")
     res = run_landmark_cv(synth_dir / "landmarks.csv", cfg, tmp_path / "run", folds=2, progress=False, n_boot=50)
     assert res.pooled["n"] == res.n_films and math.isfinite(res.pooled["smape"])
+    assert res.label_check["n"] == res.n_films and res.label_check["clean"] == res.n_films  # synthetic labels are clean
     assert set(res.pooled["landmark_error_pct_height"]) == {"mean", "median", "p90"}
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["folds"][0]["n_test"] > 0
     html = (tmp_path / "run" / "report.html").read_text()
@@ -510,3 +511,29 @@ def test_landmark_training_resumes_to_the_same_state(synth_dir: Path, tmp_path: 
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
     a, b = whole.predictor.net.state_dict(), resumed.predictor.net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_label_slip_is_fixed_for_training_when_asked(synth_dir: Path, tmp_path: Path) -> None:
+    """A film whose T1 corners are labelled left for right is left out by default, and trains with the
+    slip fixed under landmarks.fix_labels; both runs report the check's counts."""
+    import csv
+
+    from spinexr.evaluation.landmark_cv import run_landmark_cv
+
+    rows = list(csv.DictReader(open(synth_dir / "landmarks.csv", newline="")))
+    rows[0]["x1"], rows[0]["x2"] = rows[0]["x2"], rows[0]["x1"]
+    for r in rows:
+        r["path"] = str((synth_dir / r["path"]).resolve())
+    slipped = tmp_path / "slipped.csv"
+    with open(slipped, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    for fix, left_out in ((False, 1), (True, 0)):
+        cfg = LandmarkConfig(input_height=96, input_width=48, epochs=1, batch_size=4, device="cpu", test_fraction=0,
+                             fix_labels=fix)
+        res = run_landmark_cv(slipped, cfg, tmp_path / f"run{fix}", folds=1, progress=False)
+        assert res.labels_implausible == left_out
+        assert res.label_check["fixed"] == 1 and res.label_check["fixes_by_kind"] == {"left and right corners swapped": 1}
+        f0 = res.folds[0]
+        assert f0["n_train"] + f0["n_val"] == res.n_films - left_out

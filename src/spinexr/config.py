@@ -381,6 +381,10 @@ class LandmarkConfig(Settings):
     strip_p: float = setting(0.0, ge=0, le=1, help="share of training films cut to a strip around the spine (a "
                                                      "KAUH-like Normal framing), half of them widened again by "
                                                      "mirroring the strip's edges")
+    # Off by default so earlier runs reproduce (and their fold models can be measured again); the check's
+    # counts are reported either way (spinexr.data.label_check).
+    fix_labels: bool = setting(False, help="train on labels with slips fixed (corners swapped, neighbours in each "
+                                           "other's place) instead of leaving every implausible label out")
     folds: int = setting(5, ge=2, verbs=("cv",), help="case-grouped folds")
     test_fraction: float = setting(0.2, ge=0, lt=1, verbs=("train",), help="held-out share of cases (0: none)")
 

@@ -24,6 +24,7 @@ import torch
 from spinexr.config import LandmarkConfig
 from spinexr.data.contract import DataConfig
 from spinexr.data.imread import read_image
+from spinexr.data.label_check import check_labels
 from spinexr.data.landmarks import read_aasce, read_landmark_csv
 from spinexr.data.splits import case_splits, fit_val_split
 from spinexr.deploy.modelfile import load_landmark_model, save_landmark_model
@@ -90,6 +91,7 @@ class LandmarkCVResult:
     pooled: dict[str, Any] | None = None
     implausible_predictions: int | None = None
     pooled_corners_only: dict[str, Any] | None = None
+    label_check: dict[str, Any] | None = None  # spinexr.data.label_check's counts on this set
 
     def to_dict(self) -> dict[str, Any]:
         """The ``metrics.json`` record (keys without a value left out, as the file always had them)."""
@@ -189,7 +191,15 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     (out / "config.json").write_text(json.dumps({"verb": "landmarks cv", "source": str(source),
                                                  "landmarks": asdict(cfg), "folds": folds}, indent=2))
     true = np.array([r.angles if r.angles is not None else np.full(3, np.nan) for r in recs])
-    label_ok = np.array([not implausibility(r.landmarks) for r in recs])
+    checks, label_report = check_labels(recs)
+    if cfg.fix_labels:  # train on the fixed labels; what is still implausible is left out
+        label_ok = np.array([c.usable for c in checks])
+        for i, c in enumerate(checks):
+            if c.fixes and c.usable:
+                data.pts[i] = torch.as_tensor(data.placements[i].points_to_input(c.landmarks.reshape(-1, 2)),
+                                              dtype=data.pts.dtype)
+    else:
+        label_ok = np.array([not implausibility(r.landmarks) for r in recs])
     device = resolve_device(cfg.device)
     oof = _Oof(true, np.full_like(true, np.nan), np.full_like(true, np.nan), np.full(len(recs), np.nan),
                np.zeros(len(recs), dtype=bool))
@@ -207,7 +217,8 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
         info = _train_info(f, fit, fit_idx, val_idx, te, trained)
         fold_rows.append({**info, **_measure_fold(f, fit, data, te, cfg, device, oof, label_ok)} if len(te) else info)
     res = LandmarkCVResult(str(source), len(recs), data.skipped, int((~label_ok).sum()), fold_rows, asdict(cfg),
-                           time.perf_counter() - t_start)
+                           time.perf_counter() - t_start, label_check={k: v for k, v in label_report.to_dict().items()
+                                                                       if not k.endswith("_films")})
     if testing:
         done = ~np.isnan(oof.pred).any(axis=1)
         res.pooled = angle_metrics(oof.pred[done], true[done], oof.err_pct[done], n_boot=n_boot, seed=cfg.seed)
