@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from spinexr.geometry.view import ViewCheck, fit_view_check, view_features
 
 FORMAT = "spinexr-bundle/1"
 MANIFEST = "bundle.json"
+log = logging.getLogger(__name__)
 PARTS = {"classifier": "classifier.safetensors", "landmarks": "landmarks.safetensors"}
 
 
@@ -167,6 +169,10 @@ def fit_rule(measurer: Any, source: str | Path, max_rate: float = 0.02, keep_lum
     if not normal:
         raise DatasetError(f"{source}: no readable Normal films to fit the curve line on; the rule needs "
                            "films known not to be scoliosis")
+    if len(normal) * max_rate < 1:  # the share the line may override is less than one film
+        log.warning("%s: the curve line is fitted on %d Normal films only; %.0f%% of them is less than one film, "
+                    "so the line sits just above the largest angle measured; fit on more Normal films",
+                    source, len(normal), 100 * max_rate)
     feats_a, full_a = np.array(feats), np.array(full)
     ok = np.isfinite(feats_a).all(axis=1)
     if full_a[ok].all() or not full_a[ok].any():
