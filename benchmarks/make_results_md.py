@@ -519,7 +519,10 @@ def _adopted_sections() -> list[str]:
         lines += kauh_section(json.loads(f.read_text()))
     titles = {"_window": "The window input contract: KAUH CV on the same folds and seeds",
               "_window_lmseed1_rule3": "The window input contract through the decision with the second landmark "
-                                       "model (seed 1, bundled): same folds and seeds"}
+                                       "model (seed 1, bundled): same folds and seeds",
+              "_refactor_window_check": "The window input contract trained again from scratch on the pipeline code "
+                                        "(decision rule v4, the bundled float16 seed-1 landmark model): same folds "
+                                        "and seeds"}
     for f in sorted((HERE / "results").glob("kauh_augment_*.json")):
         if f.name not in NOT_ADOPTED:
             lines += augment_section(json.loads(f.read_text()), *[t for end, t in titles.items() if f.stem.endswith(end)])

@@ -211,15 +211,17 @@ def _check_pixels(path: Path, w: int, h: int, max_pixels: int) -> None:
 
 def _read_pillow(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
     try:
-        im = Image.open(path)
-        fmt = im.format or "unknown"
-        w, h = im.size
-        _check_pixels(path, w, h, max_pixels)
-        n_frames = getattr(im, "n_frames", 1)
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        arr, depth = _pil_to_gray(im)
-        mode = im.mode
+        # The file is closed on every way out, a refused or broken one included (left to the garbage
+        # collector, its ResourceWarning would land in whichever file is read next).
+        with Image.open(path) as src:
+            fmt = src.format or "unknown"
+            w, h = src.size
+            _check_pixels(path, w, h, max_pixels)
+            n_frames = getattr(src, "n_frames", 1)
+            src.load()
+            im = ImageOps.exif_transpose(src)
+            arr, depth = _pil_to_gray(im)
+            mode = im.mode
     except ImageReadError:
         raise
     except UnidentifiedImageError:

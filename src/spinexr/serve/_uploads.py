@@ -6,6 +6,7 @@ of the client's file name but a short alphanumeric extension, and the folder is 
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +20,8 @@ from spinexr.data.imread import ImageMeta, read_image
 from spinexr.errors import ImageReadError, ReadErrorKind
 
 CHUNK = 1 << 20
+UPLOAD_PREFIX = "spinexr-"
+_UPLOAD_PATH = re.compile(re.escape(tempfile.gettempdir()) + "/" + UPLOAD_PREFIX + r"[^/\s'\"]*/upload[\w.]*")
 MULTIPART_OVERHEAD = 64 * 1024
 
 # How an unreadable upload is answered: not something spinexr reads at all -> 415; an image it read
@@ -66,15 +69,19 @@ def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> tuple[n
     suffix = Path(filename or "").suffix.lower()
     if not suffix.isascii() or len(suffix) > 8 or not suffix[1:].isalnum():
         suffix = ""
-    with tempfile.TemporaryDirectory(prefix="spinexr-") as d:
+    with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as d:
         p = Path(d) / f"upload{suffix}"
         p.write_bytes(data)
         try:
             img, meta = read_image(p, max_pixels=max_pixels)
         except ImageReadError as e:
             raise HTTPException(STATUS_BY_KIND.get(e.kind, 422),
-                                {"reason": e.reason.replace(str(p), "upload"), "kind": e.kind.value,
-                                 "notes": [n.replace(str(p), "upload") for n in e.notes]}) from e
+                                {"reason": scrub(e.reason), "kind": e.kind.value, "notes": [scrub(n) for n in e.notes]}) from e
     meta.path = "upload"
-    meta.warnings = [w.replace(str(p), "upload") for w in meta.warnings]
+    meta.warnings = [scrub(w) for w in meta.warnings]
     return img, meta
+
+
+def scrub(text: str) -> str:
+    """Any upload's temporary path (this request's or, in a late library warning, another's) becomes ``upload``."""
+    return _UPLOAD_PATH.sub("upload", text)
