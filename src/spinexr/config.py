@@ -33,6 +33,8 @@ RESIZE_MODES = ("letterbox", "stretch", "crop", "strip", "window")
 SPINE_CENTRED_MODES = ("strip", "window")
 # What `explain` draws (spinexr.explain).
 EXPLAIN_METHODS = ("gradcam", "gradcam++", "attention")
+# A landmark model given as this word (--landmarks with no file, cv.landmarks): the one in spinexr's own bundle.
+BUNDLED = "bundled"
 _UNIONS = (Union, types.UnionType)
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 
 from spinexr import CLASSES, __version__
-from spinexr.config import EXPLAIN_METHODS, LandmarkConfig, add_setting_flags
+from spinexr.config import BUNDLED, EXPLAIN_METHODS, LandmarkConfig, add_setting_flags
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS
 
-BUNDLED = "bundled"  # --landmarks given without a file: the landmark model of spinexr's own bundle
 Sub = argparse._SubParsersAction
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from spinexr.config import BUNDLED
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, ImageMeta, read_image
 from spinexr.deploy.bundle import Bundle, is_bundle, load_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir, bundled_path
@@ -29,7 +30,6 @@ from spinexr.deploy.modelfile import model_kind
 from spinexr.deploy.predictor import Prediction, Predictor
 from spinexr.errors import ImageReadError, SpinexrError
 
-BUNDLED = "bundled"  # a landmark model given as this word: the one in spinexr's own bundle
 MODEL_SUFFIXES = (".safetensors", ".onnx")
 
 

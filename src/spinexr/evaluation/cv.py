@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from spinexr import CLASSES
-from spinexr.config import CVConfig, TrainConfig
+from spinexr.config import BUNDLED, CVConfig, TrainConfig
 from spinexr.data.contract import DataConfig
 from spinexr.data.dataset import PreparedData, prepare_dataset
 from spinexr.data.framing import bounded, framing_stress
@@ -329,7 +329,7 @@ def framing_fold(predictor: Any, held_out: FramingFilms, device: Any, decision: 
 
 def landmark_model_path(value: str) -> Path:
     """``cv.landmarks``: a landmark model file, or ``bundled`` for the one shipped with the package."""
-    if value == "bundled":
+    if value == BUNDLED:
         return bundled_path("landmarks")
     p = Path(value)
     if not p.is_file():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import torch
 from fastapi import FastAPI
 
 from spinexr import __version__
@@ -50,8 +51,6 @@ def create_app(source: str | Path | Pipeline | None = None, onnx_path: str | Pat
     ``max_queue`` images waiting, a request gets 503 with ``Retry-After`` at once rather than an unbounded wait.
     """
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
     pipeline = source if isinstance(source, Pipeline) else Pipeline.load(
         source, landmarks, no_landmarks=no_landmarks, onnx_path=onnx_path, threads=threads, max_pixels=max_pixels)
