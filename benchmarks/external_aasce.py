@@ -194,6 +194,7 @@ class AasceFilms:
     conf: list = field(default_factory=list)
     view_p: list = field(default_factory=list)
     views: list = field(default_factory=list)
+    agreement: list = field(default_factory=list)  # the decision's flag ("" where no angle was measured)
 
 
 def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewCheck) -> AasceFilms:
@@ -215,6 +216,7 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
             f.fused.append(pr.label)
             f.view_p.append(np.nan)
             f.views.append(None)
+            f.agreement.append("")
             continue
         conf = measurer.measure(img).confidence  # the fold model's heatmap confidence, for the view check
         f.conf.append(conf)
@@ -224,7 +226,9 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
         f.views.append(m.view)
         f.view_p.append(np.nan if m.view_probability is None else float(m.view_probability))
         f.angle.append(m.result.largest if m.result is not None else np.nan)
-        f.fused.append(rule.decide(pr.label, pr.probabilities, m).label)
+        dec = rule.decide(pr.label, pr.probabilities, m)
+        f.fused.append(dec.label)
+        f.agreement.append(dec.agreement)
     return f
 
 
@@ -241,9 +245,11 @@ def _missed_ge25(f: AasceFilms, o: np.ndarray, curve_deg: float) -> dict:
             "normal_call_doubted_view_under_bar": int(doubted.sum()),
             "spondylolisthesis_call": int((miss & (lab_a == "Spondylolisthesis")).sum()),
             "other": int((miss & ~under & ~doubted & (lab_a != "Spondylolisthesis")).sum()),
+            # Misses whose measured curve is still shown beside the label, flagged (decision rule v4).
+            "flagged_check_the_film": int(sum(miss[i] and f.agreement[i] == "check the film" for i in range(len(miss)))),
             "films": [{"film": f.names[i], "true_largest": round(float(true[i]), 2),
                        "measured_largest": None if not np.isfinite(meas_angle[i]) else round(float(meas_angle[i]), 2),
-                       "classifier": f.labels[i], "decision": f.fused[i],
+                       "classifier": f.labels[i], "decision": f.fused[i], "agreement": f.agreement[i],
                        "full_spine_probability": None if not np.isfinite(f.view_p[i]) else round(f.view_p[i], 3)}
                       for i in np.flatnonzero(miss)]}
 

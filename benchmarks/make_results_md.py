@@ -356,7 +356,9 @@ def _missed_lines(ms: dict | None, ge: dict) -> list[str]:
             f"{ge['n']}: {ms['normal_call_under_line']} Normal calls measured under the line, "
             + (f"{ms['normal_call_doubted_view_under_bar']} Normal calls over it on a view the check doubted "
                "(under the rule's bar there), " if "normal_call_doubted_view_under_bar" in ms else "")
-            + f"{ms['spondylolisthesis_call']} Spondylolisthesis calls, {ms['other']} other."]
+            + f"{ms['spondylolisthesis_call']} Spondylolisthesis calls, {ms['other']} other."
+            + (f" {ms['flagged_check_the_film']} of them keep their label with the measured curve shown beside it, "
+               "flagged 'check the film' (decision rule v4)." if "flagged_check_the_film" in ms else "")]
     if ms.get("films"):
         def _deg(x: float | None) -> str:
             return "refused" if x is None else f"{x:.1f}°"
