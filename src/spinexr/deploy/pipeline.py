@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from spinexr.config import BUNDLED
-from spinexr.data.imread import DEFAULT_MAX_PIXELS, ImageMeta, read_image
+from spinexr.data.imread import DEFAULT_MAX_PIXELS, ImageMeta
 from spinexr.deploy.bundle import Bundle, is_bundle, load_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir, bundled_path
 from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.measure import Measurement, SpineMeasurer
 from spinexr.deploy.modelfile import model_kind
 from spinexr.deploy.predictor import Prediction, Predictor
-from spinexr.errors import ImageReadError, SpinexrError
+from spinexr.errors import SpinexrError
 
 MODEL_SUFFIXES = (".safetensors", ".onnx")
 
@@ -101,10 +101,6 @@ class Pipeline:
     def labels(self) -> list[str]:
         return self.predictor.labels
 
-    @property
-    def max_pixels(self) -> int:
-        return self.predictor.max_pixels
-
     def classify(self, imgs: list[np.ndarray], paths: list[str] | None = None) -> list[Prediction]:
         """The classifier alone on decoded films, in one model call (the service micro-batches this)."""
         return self.predictor.predict_images(imgs, paths)
@@ -137,18 +133,15 @@ class Pipeline:
     def predict_image(self, img: np.ndarray, path: str = "", meta: ImageMeta | None = None) -> Prediction:
         return self.predict_images([img], [path], [meta])[0]
 
-    def read(self, path: str | Path) -> tuple[np.ndarray, ImageMeta]:
-        return read_image(path, max_pixels=self.max_pixels)
-
     def predict_file(self, path: str | Path) -> tuple[Prediction, np.ndarray | None]:
-        """One file through the pipeline; a bad file gives ``status='error'`` with the reason, never an exception."""
-        try:
-            img, meta = self.read(path)
-        except ImageReadError as e:
-            pred = Prediction(path=str(path), status="error", reason=e.reason, kind=e.kind.value, warnings=e.notes)
+        """One file through the pipeline; a bad file gives ``status='error'`` with the reason, never an exception.
+        The classifier's own :meth:`~spinexr.deploy.predictor.Predictor.predict_file` reads the film and runs
+        its file checks; the measurement and the decision follow."""
+        pred, img = self.predictor.predict_file(path)
+        if img is None:
             pred.model = dict(self.model_info)
             return pred, None
-        return self.predict_image(img, str(path), meta), img
+        return self.complete(pred, img), img
 
     def overlay(self, img: np.ndarray, m: Measurement) -> np.ndarray:
         """The measurement drawn on the film at its original size."""
