@@ -34,20 +34,11 @@ from _machine import header, write_result  # noqa: E402
 from spinexr.data.imread import read_image  # noqa: E402
 from spinexr.data.splits import case_splits, fit_val_split  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
-from spinexr.evaluation.landmark_cv import load_landmark_source, smape  # noqa: E402
+from spinexr.evaluation.landmark_cv import load_landmark_source, tolerance_scores as scores  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
 from spinexr.geometry.plausibility import implausibility  # noqa: E402
 
 AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"
-
-
-def scores(pred: np.ndarray, true: np.ndarray) -> dict:
-    """The issue's four figures on (n, 3) angles: SMAPE, largest-angle MAE, share within 5°, bias on >= 40°."""
-    err = pred.max(axis=1) - true.max(axis=1)
-    big = true.max(axis=1) >= 40
-    return {"n": len(true), "smape": smape(pred, true), "mae_largest": float(np.abs(err).mean()),
-            "within_5deg": float(np.mean(np.abs(err) <= 5)), "n_ge40": int(big.sum()),
-            "mean_error_ge40": float(err[big].mean()) if big.any() else None}
 
 
 def _normalise(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

@@ -59,6 +59,16 @@ def smape(pred: np.ndarray, true: np.ndarray) -> float:
     return float(100 * np.mean(num / den))
 
 
+def tolerance_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
+    """The clinical figures on (n, 3) angles: SMAPE, the largest angle's MAE, the share of films whose
+    largest angle is within 5 degrees of the reference, and the mean signed error on curves of 40 or more."""
+    err = pred.max(axis=1) - true.max(axis=1)
+    big = true.max(axis=1) >= 40
+    return {"n": len(true), "smape": smape(pred, true), "mae_largest": float(np.abs(err).mean()),
+            "within_5deg": float(np.mean(np.abs(err) <= 5)), "n_ge40": int(big.sum()),
+            "mean_error_ge40": float(err[big].mean()) if big.any() else None}
+
+
 def angle_metrics(pred: np.ndarray, true: np.ndarray, err_pct: np.ndarray, n_boot: int = 1000,
                   seed: int = 0) -> dict[str, Any]:
     """SMAPE, MAE of each angle and of the largest (with 95% bootstrap CIs), and the landmark error."""

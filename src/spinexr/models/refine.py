@@ -1,0 +1,129 @@
+"""The second landmark stage: each vertebra's four corners read again from its own crop of the film
+at a higher resolution than the whole-spine model sees.
+
+At 320 x 160 a vertebra is about 15 px tall, and a Cobb angle is a difference of vertebra tilts: a
+corner one input pixel off tilts a vertebra by several degrees. The refiner takes the whole-spine
+model's corners, cuts one crop per vertebra out of the film resized to ``film_height`` (1024 px: a
+vertebra about 45 px tall), turned so that the crop's vertical runs along the spine there and scaled
+to the local vertebra spacing, and places the four corners in the crop with four heatmaps (the same
+:class:`~spinexr.models.landmark.LandmarkNet` and soft-argmax codec as the first stage, one vertebra
+at a time). Because every crop is centred and turned on the spine, the network only has to learn
+where a vertebra's corners sit relative to its neighbours, not where the spine is.
+
+Geometry (one frame per vertebra): centre ``c`` (the mean of its corners), unit vectors ``e_y`` (down
+the spine: from the vertebra above to the one below) and ``e_x`` (``e_y`` turned a quarter to the
+film's right), and a half side ``half`` (``span`` times the local centre-to-centre spacing). A crop
+position ``(u, v)`` in [-1, 1]^2 is the film position ``c + half (u e_x + v e_y)``; crop pixel ``i``
+sits at ``u = (2 i + 1) / S - 1`` (grid_sample's ``align_corners=False``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spinexr.models.landmark import HeatmapCodec, LandmarkNet
+
+# The four corners of a vertebra, mirrored: left and right swap (upper-left, upper-right, lower-left, lower-right).
+MIRROR4 = [1, 0, 3, 2]
+FILM_HEIGHT = 1024
+CROP = 96
+SPAN = 1.3
+
+
+def frames(corners: torch.Tensor, span: float = SPAN) -> torch.Tensor:
+    """(B, 17, 4, 2) corners -> (B, 17, 5) frames ``(cx, cy, ey_x, ey_y, half)``."""
+    c = corners.mean(dim=-2)
+    d = torch.cat([c[:, 1:2] - c[:, :1], c[:, 2:] - c[:, :-2], c[:, -1:] - c[:, -2:-1]], dim=1)
+    steps = torch.cat([torch.ones_like(d[:, :1, 0]), torch.full_like(d[:, 1:-1, 0], 2.0), torch.ones_like(d[:, :1, 0])],
+                      dim=1)
+    length = d.norm(dim=-1).clamp_min(1e-6)
+    ey = d / length[..., None]
+    half = span * length / steps
+    return torch.cat([c, ey, half[..., None]], dim=-1)
+
+
+def _axes(fr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    c, ey, half = fr[..., :2], fr[..., 2:4], fr[..., 4:5]
+    ex = torch.stack([ey[..., 1], -ey[..., 0]], dim=-1)
+    return c, ex, ey, half
+
+
+def to_crop(points: torch.Tensor, fr: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., K, 2) film pixels -> crop pixels of the (..., 5) frame, for a crop of ``size`` px."""
+    c, ex, ey, half = _axes(fr)
+    w = points - c[..., None, :]
+    u = (w * ex[..., None, :]).sum(-1) / half
+    v = (w * ey[..., None, :]).sum(-1) / half
+    return torch.stack([(u + 1) * size / 2 - 0.5, (v + 1) * size / 2 - 0.5], dim=-1)
+
+
+def from_crop(points: torch.Tensor, fr: torch.Tensor, size: int) -> torch.Tensor:
+    """The inverse of :func:`to_crop`."""
+    c, ex, ey, half = _axes(fr)
+    u = (points[..., 0] + 0.5) * 2 / size - 1
+    v = (points[..., 1] + 0.5) * 2 / size - 1
+    return c[..., None, :] + half[..., None, :] * (u[..., None] * ex[..., None, :] + v[..., None] * ey[..., None, :])
+
+
+def crop_grid(fr: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
+    """(N, 5) frames on a film of ``height`` x ``width`` -> (N, size, size, 2) grid_sample positions."""
+    c, ex, ey, half = _axes(fr)
+    sx, sy = 2.0 / width, 2.0 / height
+    theta = torch.stack([
+        torch.stack([sx * half[:, 0] * ex[:, 0], sx * half[:, 0] * ey[:, 0], (2 * c[:, 0] + 1) / width - 1], dim=-1),
+        torch.stack([sy * half[:, 0] * ex[:, 1], sy * half[:, 0] * ey[:, 1], (2 * c[:, 1] + 1) / height - 1], dim=-1),
+    ], dim=1)
+    return F.affine_grid(theta, [fr.shape[0], 1, size, size], align_corners=False)
+
+
+def cut_crops(film: torch.Tensor, fr: torch.Tensor, size: int) -> torch.Tensor:
+    """(1, 1, H, W) film in [0, 1] and (N, 5) frames -> (N, 1, size, size) crops (zeros off the film)."""
+    grid = crop_grid(fr, film.shape[-2], film.shape[-1], size)
+    return F.grid_sample(film.expand(fr.shape[0], -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+class VertebraRefiner(nn.Module):
+    """(1, 1, H, W) film at ``film_height`` in [0, 1] and (17, 4, 2) corners in its pixels -> refined
+    (17, 4, 2) corners. ``iterations`` > 1 cuts the crops again around the refined corners; with
+    ``tta_flip`` each crop's mirror image is read too and the two averaged."""
+
+    def __init__(self, net: LandmarkNet, crop: int = CROP, span: float = SPAN, film_height: int = FILM_HEIGHT,
+                 mean: float = 0.449, std: float = 0.226, tta_flip: bool = True, iterations: int = 1) -> None:
+        super().__init__()
+        self.net = net
+        self.crop, self.span, self.film_height = crop, span, film_height
+        self.mean, self.std = mean, std
+        self.codec = HeatmapCodec(crop, crop)
+        self.tta_flip = tta_flip
+        self.iterations = iterations
+
+    def read_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, S) crops in [0, 1] -> (N, 4, 2) corners in crop pixels."""
+        x = (crops - self.mean) / self.std
+        if self.tta_flip:
+            x = torch.cat([x, x.flip(-1)])
+        pts, _ = self.codec.decode(self.net(x))
+        if self.tta_flip:
+            n = crops.shape[0]
+            back = pts[n:][:, MIRROR4]
+            back = torch.stack([(self.crop - 1) - back[..., 0], back[..., 1]], dim=-1)
+            pts = (pts[:n] + back) / 2
+        return pts
+
+    def forward(self, film: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+        pts = corners[None]
+        for _ in range(self.iterations):
+            fr = frames(pts, self.span)[0]
+            q = self.read_crops(cut_crops(film, fr, self.crop))
+            pts = from_crop(q, fr, self.crop)[None]
+        return pts[0]
+
+
+
+def refiner_box(height: int, width: int, film_height: int = FILM_HEIGHT) -> tuple[int, int]:
+    """The size a ``height`` x ``width`` film is resized to for the refiner (aspect kept):
+    ``fit_to_box(img, *refiner_box(h, w), "stretch")``."""
+    return film_height, max(1, round(width * film_height / height))
