@@ -34,7 +34,7 @@ from _machine import header, write_result  # noqa: E402
 from spinexr.data.imread import read_image  # noqa: E402
 from spinexr.data.splits import case_splits, fit_val_split  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
-from spinexr.evaluation.landmark_cv import load_landmark_source, tolerance_scores as scores  # noqa: E402
+from spinexr.evaluation.landmark_cv import load_landmark_source, tolerance_scores  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
 from spinexr.geometry.plausibility import implausibility  # noqa: E402
 
@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     coef = _fit_linear(pred_v, true_v)
     recal = np.stack([np.clip(a_ * pred_t[:, j] + b_, 0, None) for j, (a_, b_) in enumerate(coef)], axis=1)
     prior = ShapePrior([r.landmarks for r in train])
-    rows = {"as read": scores(pred_t, true_t),
-            "linear recalibration (validation films)": {**scores(recal, true_t), "coefficients": coef}}
+    rows = {"as read": tolerance_scores(pred_t, true_t),
+            "linear recalibration (validation films)": {**tolerance_scores(recal, true_t), "coefficients": coef}}
     for k in (int(x) for x in a.components.split(",")):
-        rows[f"shape prior, {k} components"] = scores(angles(test, lambda r, v, k=k: prior.project(v, k))[0], true_t)
+        rows[f"shape prior, {k} components"] = tolerance_scores(angles(test, lambda r, v, k=k: prior.project(v, k))[0], true_t)
     out = {**header("angle_correction", argv), "landmark_run": str(run), "centreline_weight": w,
            "n_validation": len(val), "n_training_shapes": len(train), "rows": rows,
            "wall_seconds": time.perf_counter() - t0}

@@ -147,6 +147,23 @@ def val_error(refiner: VertebraRefiner, data: RefineData, idx: np.ndarray, cfg: 
     return float(np.mean(errs))
 
 
+def _refine_epoch(refiner: VertebraRefiner, opt: torch.optim.Optimizer, data: RefineData, order: np.ndarray, bs: int,
+                  epoch: int, horizon: float, cfg: RefineConfig, gen: torch.Generator) -> float:
+    """One pass over ``order``'s (film, vertebra) pairs in batches of ``bs``; the mean loss."""
+    n_steps = max(1, len(order) // bs)
+    total = 0.0
+    for s in range(n_steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, epoch + s / n_steps, horizon)
+        x, y = sample_batch(data, order[s * bs:(s + 1) * bs], cfg, gen)
+        loss, _ = refiner.codec.loss(refiner.net((x - refiner.mean) / refiner.std), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+    return total / n_steps
+
+
 def fit_refiner(refiner: VertebraRefiner, data: RefineData, fit_idx: np.ndarray, val_idx: np.ndarray,
                 cfg: RefineConfig, checkpoint: Path | None = None, max_minutes: float | None = None,
                 resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -173,19 +190,9 @@ def fit_refiner(refiner: VertebraRefiner, data: RefineData, fit_idx: np.ndarray,
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         gen.manual_seed(cfg.seed * 7_919 + epoch)
         order = items[np.random.default_rng([cfg.seed, epoch]).permutation(len(items))]
-        n_steps = max(1, len(order) // bs)
-        total = 0.0
-        for s in range(n_steps):
-            for g in opt.param_groups:
-                g["lr"] = _lr(cfg, epoch + s / n_steps, horizon)
-            x, y = sample_batch(data, order[s * bs:(s + 1) * bs], cfg, gen)
-            loss, _ = refiner.codec.loss(net((x - refiner.mean) / refiner.std), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
+        loss = _refine_epoch(refiner, opt, data, order, bs, epoch, horizon, cfg, gen)
         err = val_error(refiner, data, np.asarray(val_idx), cfg)
-        rec = {"epoch": epoch, "horizon": horizon, "loss": total / n_steps, "val_error": err,
+        rec = {"epoch": epoch, "horizon": horizon, "loss": loss, "val_error": err,
                "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0}
         state.history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", val=f"{err:.5f}")
