@@ -35,6 +35,9 @@ SPINE_CENTRED_MODES = ("strip", "window")
 EXPLAIN_METHODS = ("gradcam", "gradcam++", "attention")
 # A landmark model given as this word (--landmarks with no file, cv.landmarks): the one in spinexr's own bundle.
 BUNDLED = "bundled"
+# Processes decoding films for `predict` while the models run: decoding is a tenth of a film's time on
+# 2 cores, so one keeps the models fed; more only help where decoding is slow (large DICOM files).
+DECODE_WORKERS = 1
 _UNIONS = (Union, types.UnionType)
 
 

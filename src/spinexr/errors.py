@@ -53,3 +53,7 @@ class ImageReadError(SpinexrError, ValueError):
         self.kind = ReadErrorKind(kind)
         self.notes = list(notes or [])
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self) -> tuple:
+        """Rebuilt from its fields (it crosses from the decoding worker processes of ``predict``)."""
+        return (type(self), (self.path, self.reason, self.kind, self.notes))

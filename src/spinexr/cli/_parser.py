@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from spinexr import CLASSES, __version__
-from spinexr.config import BUNDLED, EXPLAIN_METHODS, LandmarkConfig, add_setting_flags
+from spinexr.config import BUNDLED, DECODE_WORKERS, EXPLAIN_METHODS, LandmarkConfig, add_setting_flags
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS
 
 Sub = argparse._SubParsersAction
@@ -100,6 +100,11 @@ def _add_deploy(sub: Sub) -> None:
     p.add_argument("--onnx", help="an ONNX export of the classifier to run on onnxruntime")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file or non-empty folders")
+    p.add_argument("--resume", action="store_true", help="continue an --out file a killed run was writing: films "
+                   "already in it (same path and content) are skipped")
+    p.add_argument("--batch-size", type=int, default=16, help="films per model call (results are written per batch)")
+    p.add_argument("--workers", type=int, default=DECODE_WORKERS,
+                   help="processes decoding films while the models run (0: decode in the main process)")
     p.add_argument("--quiet", action="store_true")
     _handler(p, "deploy:predict")
     e = sub.add_parser("explain", help="Grad-CAM, Grad-CAM++ or the attention map over one image")

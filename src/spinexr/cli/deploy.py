@@ -21,7 +21,7 @@ from spinexr.deploy.export import export_landmark_onnx, export_onnx, quantize_in
 from spinexr.deploy.measure import SpineMeasurer
 from spinexr.deploy.modelfile import load_landmark_model, model_kind, read_metadata
 from spinexr.deploy.pipeline import MODEL_SUFFIXES, Pipeline
-from spinexr.deploy.predict import expand_paths, predict_paths, summarize, write_predictions
+from spinexr.deploy.predict import expand_paths, stream_paths
 from spinexr.errors import SpinexrError
 from spinexr.evaluation.landmark_cv import load_landmark_source
 from spinexr.explain import overlay
@@ -43,18 +43,24 @@ def predict(args: argparse.Namespace) -> int:
     paths = expand_paths(items, recursive=args.recursive)
     if not paths:
         raise SpinexrError("no files to predict: give image files or folders (with --recursive for sub-folders)")
-    out = guard_output(args.out, force=args.force, inputs=paths) if args.out else None
-    heatmaps = guard_output(args.heatmaps, force=args.force, folder=True, what="heatmap folder") if args.heatmaps else None
-    overlays = guard_output(args.overlays, force=args.force, folder=True, what="overlay folder") if args.overlays else None
+    if args.resume and not args.out:
+        raise SpinexrError("--resume continues an --out file: give the output the killed run was writing")
+    out = None
+    if args.out:  # with --resume the output is continued, never replaced
+        out = guard_output(args.out, force=args.force or args.resume, inputs=paths)
+    heatmaps = guard_output(args.heatmaps, force=args.force or args.resume, folder=True,
+                            what="heatmap folder") if args.heatmaps else None
+    overlays = guard_output(args.overlays, force=args.force or args.resume, folder=True,
+                            what="overlay folder") if args.overlays else None
     pipeline = load_pipeline(args, source, backend=args.backend, onnx_path=args.onnx, max_pixels=args.max_pixels)
-    preds = predict_paths(pipeline, paths, explain=args.explain, heatmaps=heatmaps, progress=not args.quiet,
-                          overlays=overlays)
+    tally = stream_paths(pipeline, paths, out, resume=args.resume, batch_size=args.batch_size, workers=args.workers,
+                         explain=args.explain, heatmaps=heatmaps, overlays=overlays, progress=not args.quiet,
+                         max_pixels=args.max_pixels,
+                         on_batch=None if out else lambda docs: say(*(summary_line(d) for d in docs)))
     if out is not None:
-        say(f"wrote {write_predictions(preds, out)}")
-    else:
-        say(*(summary_line(p.to_document()) for p in preds))
-    say(summarize(preds), err=True)
-    return 0 if any(p.status == "ok" for p in preds) else 1
+        say(f"wrote {out}")
+    say(tally.line(), err=True)
+    return 0 if tally.ok else 1
 
 
 def _measurement_line(m: Any) -> str:

@@ -10,6 +10,7 @@ file's result (``ImageMeta.warnings`` or ``ImageReadError.notes``) instead of re
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -67,6 +68,18 @@ class ImageMeta:
         if d["pixel_spacing"] is not None:
             d["pixel_spacing"] = list(d["pixel_spacing"])
         return d
+
+
+def file_digest(path: str | Path) -> str | None:
+    """SHA-256 of a file's bytes (hex), or None where it cannot be opened."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 def is_dicom_file(path: str | Path) -> bool:

@@ -61,6 +61,34 @@ def flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def document_columns(labels: list[str]) -> list[str]:
+    """The CSV columns of a document, in the schema's order, for a classifier with ``labels``: every
+    film's row has the same columns (a streamed CSV fixes its header before the first film)."""
+    sch = schema()
+
+    def walk(node: dict[str, Any], prefix: str) -> list[str]:
+        if "$ref" in node:
+            node = sch["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        alts = [a for a in node.get("oneOf", []) if a.get("type") != "null"]
+        if alts:
+            return walk(alts[0], prefix)
+        if prefix == "probabilities_":
+            return [prefix + c for c in labels]
+        if "properties" not in node:
+            return [prefix[:-1]]
+        return [c for k, v in node["properties"].items() for c in walk(v, f"{prefix}{k}_")]
+
+    return walk(sch, "")
+
+
+def document_labels(docs: list[dict[str, Any]]) -> list[str]:
+    """The class labels the documents' probabilities name (in their order)."""
+    for d in docs:
+        if d.get("probabilities"):
+            return list(d["probabilities"])
+    return []
+
+
 def output_format(path: Path) -> str:
     """``json``, ``jsonl`` or ``csv`` by the output file's suffix (anything else: CSV, as before)."""
     suffix = path.suffix.lower()
@@ -79,13 +107,9 @@ def write_documents(docs: Iterable[dict[str, Any]], out: Path) -> Path:
             for d in docs:
                 f.write(json.dumps(d) + "\n")
         else:
-            rows = [flatten(d) for d in docs]
-            keys: list[str] = []
-            for r in rows:
-                keys += [k for k in r if k not in keys]
-            w = csv.DictWriter(f, fieldnames=keys)
+            w = csv.DictWriter(f, fieldnames=document_columns(document_labels(docs)), restval="", extrasaction="ignore")
             w.writeheader()
-            w.writerows(rows)
+            w.writerows(flatten(d) for d in docs)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(out)
@@ -109,4 +133,5 @@ def summary_line(doc: dict[str, Any]) -> str:
     return "\t".join(parts)
 
 
-__all__ = ["OUTPUT_SUFFIXES", "SCHEMA", "flatten", "output_format", "schema", "summary_line", "write_documents"]
+__all__ = ["OUTPUT_SUFFIXES", "SCHEMA", "document_columns", "document_labels", "flatten", "output_format", "schema",
+           "summary_line", "write_documents"]

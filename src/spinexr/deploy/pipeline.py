@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from spinexr.config import BUNDLED
-from spinexr.data.imread import DEFAULT_MAX_PIXELS, ImageMeta
+from spinexr.data.imread import DEFAULT_MAX_PIXELS, ImageMeta, file_digest
 from spinexr.deploy.bundle import Bundle, is_bundle, load_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir, bundled_path
 from spinexr.deploy.decision import DecisionRule
@@ -138,6 +138,7 @@ class Pipeline:
         The classifier's own :meth:`~spinexr.deploy.predictor.Predictor.predict_file` reads the film and runs
         its file checks; the measurement and the decision follow."""
         pred, img = self.predictor.predict_file(path)
+        pred.sha256 = file_digest(path)
         if img is None:
             pred.model = dict(self.model_info)
             return pred, None

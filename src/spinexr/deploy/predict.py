@@ -7,15 +7,20 @@ A bad file is reported in its document (``status`` error, with the reason) and t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from spinexr.data.imread import list_images
+from spinexr.config import DECODE_WORKERS
+from spinexr.data.imread import DEFAULT_MAX_PIXELS, file_digest, list_images
 from spinexr.deploy.document import write_documents
 from spinexr.deploy.pipeline import Pipeline
 from spinexr.deploy.predictor import Prediction
+from spinexr.deploy.stream import ResultFile, Tally, decoded_batches, predict_batch
 from spinexr.errors import SpinexrError
 from spinexr.explain import overlay
 
@@ -46,6 +51,34 @@ def predict_paths(pipeline: Pipeline, paths: list[Path], explain: str | None = N
     """Every path through the pipeline; one :class:`Prediction` per path (``status`` ok or error). With
     ``heatmaps`` (and ``explain``) the classifier's map, and with ``overlays`` the measurement drawn on
     the film at its original size, are written beside and named in the document's ``files``."""
+    _check_artifacts(pipeline, explain, heatmaps, overlays)
+    preds: list[Prediction] = []
+    for i, p in enumerate(tqdm(paths, desc="predicting", unit="img", disable=not progress)):
+        pred, img = pipeline.predict_file(p)
+        _artifacts(pipeline, pred, img, i, explain, heatmaps, overlays)
+        preds.append(pred)
+    return preds
+
+
+def _artifacts(pipeline: Pipeline, pred: Prediction, img: np.ndarray | None, i: int, explain: str | None,
+               heatmaps: Path | None, overlays: Path | None) -> None:
+    """The heatmap and the measurement overlay of one film, named in its prediction."""
+    path = Path(pred.path)
+    if img is not None and explain and heatmaps is not None:
+        try:
+            heat, _ = pipeline.explain(img, explain)
+            dest = heatmaps / _artifact_name(i, path, explain)
+            Image.fromarray(overlay(img, heat)).save(dest)
+            pred.heatmap = str(dest)
+        except SpinexrError as e:
+            pred.warnings.append(f"no heatmap: {e}")
+    if img is not None and overlays is not None and pred.spine is not None:
+        dest = overlays / _artifact_name(i, path, "cobb")
+        Image.fromarray(pipeline.overlay(img, pred.spine)).save(dest)
+        pred.overlay = str(dest)
+
+
+def _check_artifacts(pipeline: Pipeline, explain: str | None, heatmaps: Path | None, overlays: Path | None) -> None:
     if explain and heatmaps is None:
         raise SpinexrError("--explain needs --heatmaps DIR to write the overlays into")
     if overlays is not None and pipeline.measurer is None:
@@ -53,23 +86,46 @@ def predict_paths(pipeline: Pipeline, paths: list[Path], explain: str | None = N
     for folder in (heatmaps, overlays):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-    preds: list[Prediction] = []
-    for i, p in enumerate(tqdm(paths, desc="predicting", unit="img", disable=not progress)):
-        pred, img = pipeline.predict_file(p)
-        if img is not None and explain and heatmaps is not None:
-            try:
-                heat, _ = pipeline.explain(img, explain)
-                dest = heatmaps / _artifact_name(i, p, explain)
-                Image.fromarray(overlay(img, heat)).save(dest)
-                pred.heatmap = str(dest)
-            except SpinexrError as e:
-                pred.warnings.append(f"no heatmap: {e}")
-        if img is not None and overlays is not None and pred.spine is not None:
-            dest = overlays / _artifact_name(i, p, "cobb")
-            Image.fromarray(pipeline.overlay(img, pred.spine)).save(dest)
-            pred.overlay = str(dest)
-        preds.append(pred)
-    return preds
+
+
+def stream_paths(pipeline: Pipeline, paths: list[Path], out: Path | None = None, *, resume: bool = False,
+                 batch_size: int = 16, workers: int = DECODE_WORKERS, explain: str | None = None, heatmaps: Path | None = None,
+                 overlays: Path | None = None, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 on_batch: Callable[[list[dict[str, Any]]], None] | None = None) -> Tally:
+    """Every path through the pipeline in batches, films decoded in ``workers`` processes, each batch's
+    documents appended to ``out`` (:class:`~spinexr.deploy.stream.ResultFile`) and handed to
+    ``on_batch``; with ``resume`` the films already in ``out`` (same path and content) are skipped.
+    Returns the run's tally (films already in ``out`` included)."""
+    if batch_size < 1:
+        raise SpinexrError(f"--batch-size must be 1 or more, got {batch_size}")
+    _check_artifacts(pipeline, explain, heatmaps, overlays)
+    sink = ResultFile(out, pipeline.labels, pipeline.model_info.get("bundle_digest"), resume) if out else None
+    index = {str(p): i for i, p in enumerate(paths)}
+    todo = paths
+    if sink is not None and sink.done:
+        todo = [p for p in paths if (str(p), file_digest(p) or "") not in sink.done]
+        log.info("resuming: %d of %d films already in %s", len(paths) - len(todo), len(paths), out)
+    tally = sink.tally if sink is not None else Tally()
+    bar = tqdm(total=len(todo), desc="predicting", unit="film", disable=not progress, smoothing=0.1)
+    try:
+        for batch in decoded_batches(todo, batch_size, workers, max_pixels):
+            preds = predict_batch(pipeline, batch)
+            for d, p in zip(batch, preds):
+                _artifacts(pipeline, p, d.img, index[d.path], explain, heatmaps, overlays)
+            docs = [p.to_document() for p in preds]
+            if sink is not None:
+                sink.append(docs)
+            else:
+                for doc in docs:
+                    tally.add(doc)
+            if on_batch is not None:
+                on_batch(docs)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        if sink is not None:
+            sink.close()
+    return tally
 
 
 def write_predictions(preds: list[Prediction], out: Path) -> Path:
@@ -78,14 +134,11 @@ def write_predictions(preds: list[Prediction], out: Path) -> Path:
 
 
 def summarize(preds: list[Prediction]) -> str:
-    ok = [p for p in preds if p.status == "ok"]
-    counts: dict[str, int] = {}
-    for p in ok:
-        counts[p.label] = counts.get(p.label, 0) + 1
-    flagged = sum(1 for p in ok if p.ood)
-    parts = [f"{len(ok)} predicted ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})",
-             f"{len(preds) - len(ok)} unreadable", f"{flagged} flagged out-of-distribution"]
-    return "; ".join(parts)
+    """The end-of-run line: films predicted by label, unreadable, flagged out-of-distribution."""
+    tally = Tally()
+    for p in preds:
+        tally.add(p.to_document())
+    return tally.line()
 
 
-__all__ = ["Prediction", "expand_paths", "predict_paths", "summarize", "write_predictions"]
+__all__ = ["Prediction", "expand_paths", "predict_paths", "stream_paths", "summarize", "write_predictions"]

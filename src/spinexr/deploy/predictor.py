@@ -57,6 +57,12 @@ class Prediction:
     image: tuple[int, int] | None = None  # (width, height) of the decoded film
     model: dict[str, Any] = field(default_factory=dict)  # which bundle made it (Pipeline.model_info)
     timing_ms: dict[str, float] | None = None
+    sha256: str | None = None  # of the file's bytes (None where it could not be read at all)
+
+    @classmethod
+    def unreadable(cls, path: str | Path, e: ImageReadError) -> Prediction:
+        """The result of a file that could not be read: its reason and kind, and the decoders' notes."""
+        return cls(path=str(path), status="error", reason=e.reason, kind=e.kind.value, warnings=list(e.notes))
 
     def decide(self, rule: Any) -> Prediction:
         """Let the measured curve answer the classifier (see :mod:`spinexr.deploy.decision`)."""
@@ -83,7 +89,7 @@ class Prediction:
         if self.spine is not None:
             spine = {**self.spine.to_dict(), "landmarks": np.round(self.spine.landmarks, 2).tolist()}
         return {
-            "schema": SCHEMA, "path": self.path, "status": self.status,
+            "schema": SCHEMA, "path": self.path, "sha256": self.sha256, "status": self.status,
             "error": None if ok else {"reason": self.reason, "kind": self.kind},
             "label": self.label or None, "probabilities": dict(self.probabilities),
             "ood": {"flag": self.ood, "score": self.ood_score, "threshold": self.ood_threshold,
@@ -180,8 +186,7 @@ class Predictor:
         try:
             img, meta = read_image(path, max_pixels=self.max_pixels)
         except ImageReadError as e:
-            return Prediction(path=str(path), status="error", reason=e.reason, kind=e.kind.value,
-                              warnings=e.notes), None
+            return Prediction.unreadable(path, e), None
         return self.predict_image(img, str(path)).with_file_checks(meta), img
 
     def explain(self, img: np.ndarray, method: str = "gradcam", target: int | None = None) -> tuple[np.ndarray, int]:
