@@ -12,6 +12,8 @@ from spinexr import CLASSES, __version__
 from spinexr.config import BUNDLED, DECODE_WORKERS, EXPLAIN_METHODS, LandmarkConfig, add_setting_flags
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS
 
+LOCAL_RAY = "local"  # `--ray` without an address: a Ray cluster started on this machine
+
 Sub = argparse._SubParsersAction
 
 
@@ -105,6 +107,10 @@ def _add_deploy(sub: Sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="films per model call (results are written per batch)")
     p.add_argument("--workers", type=int, default=DECODE_WORKERS,
                    help="processes decoding films while the models run (0: decode in the main process)")
+    p.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+                   help="map the pipeline over a Ray cluster (HOST:6379 or ray://HOST:10001; alone: a local one); "
+                        "needs --out and spinexr[ray]")
+    p.add_argument("--ray-cpus-per-actor", type=int, default=1, help="CPUs (and ONNX Runtime threads) per Ray actor")
     p.add_argument("--quiet", action="store_true")
     _handler(p, "deploy:predict")
     e = sub.add_parser("explain", help="Grad-CAM, Grad-CAM++ or the attention map over one image")

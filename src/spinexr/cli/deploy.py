@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image
 
 from spinexr.cli._common import guard_output, say
+from spinexr.cli._parser import LOCAL_RAY
 from spinexr.data.imread import list_images, read_image
 from spinexr.data.manifest import from_csv
 from spinexr.deploy.bundle import fit_rule as fit_bundle_rule
@@ -53,12 +54,32 @@ def predict(args: argparse.Namespace) -> int:
     overlays = guard_output(args.overlays, force=args.force or args.resume, folder=True,
                             what="overlay folder") if args.overlays else None
     pipeline = load_pipeline(args, source, backend=args.backend, onnx_path=args.onnx, max_pixels=args.max_pixels)
+    if args.ray is not None:
+        return _predict_on_ray(args, source, pipeline, paths, out)
     tally = stream_paths(pipeline, paths, out, resume=args.resume, batch_size=args.batch_size, workers=args.workers,
                          explain=args.explain, heatmaps=heatmaps, overlays=overlays, progress=not args.quiet,
                          max_pixels=args.max_pixels,
                          on_batch=None if out else lambda docs: say(*(summary_line(d) for d in docs)))
     if out is not None:
         say(f"wrote {out}")
+    say(tally.line(), err=True)
+    return 0 if tally.ok else 1
+
+
+def _predict_on_ray(args: argparse.Namespace, source: str | None, pipeline: Any, paths: list[Path],
+                    out: Path | None) -> int:
+    from spinexr.deploy.ray_predict import ray_paths
+
+    if out is None:
+        raise SpinexrError("--ray writes its results to a file: give --out preds.csv (or .jsonl, .json)")
+    if args.explain or args.heatmaps or args.overlays:
+        raise SpinexrError("--ray writes prediction documents only; draw heatmaps and overlays without --ray")
+    tally = ray_paths(paths, out, pipeline.labels, pipeline.model_info.get("bundle_digest"), source=source,
+                      landmarks=args.landmarks, no_landmarks=args.no_landmarks,
+                      address=None if args.ray == LOCAL_RAY else args.ray, resume=args.resume,
+                      batch_size=args.batch_size, cpus_per_actor=args.ray_cpus_per_actor, max_pixels=args.max_pixels,
+                      backend=args.backend or "onnx", progress=not args.quiet)
+    say(f"wrote {out}")
     say(tally.line(), err=True)
     return 0 if tally.ok else 1
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from spinexr.data.imread import read_image
-from spinexr.deploy.modelfile import load_landmark_model
+from spinexr.data.imread import file_digest, read_image
+from spinexr.deploy.modelfile import load_landmark_model, model_kind
 from spinexr.deploy.predictor import Predictor, _ort_session
 from spinexr.errors import SpinexrError
 
@@ -143,6 +144,33 @@ def quantize_int8(onnx_path: str | Path, out: str | Path, calibration_images: li
 
 
 LANDMARK_PARITY_PX = 1e-2  # input pixels
+
+
+def cache_dir() -> Path:
+    """Where exports made on demand are kept: ``$SPINEXR_CACHE``, else ``~/.cache/spinexr``."""
+    return Path(os.environ.get("SPINEXR_CACHE") or Path.home() / ".cache" / "spinexr") / "onnx"
+
+
+def cached_onnx(model_path: str | Path) -> Path:
+    """The ONNX export of a model file (classifier or landmark model), made once and kept in
+    :func:`cache_dir` under the file's SHA-256, so ``--backend onnx`` needs no export step. Several
+    processes exporting at once each write their own file and rename it into place."""
+    model_path = Path(model_path)
+    digest = file_digest(model_path)
+    if digest is None:
+        raise SpinexrError(f"{model_path}: model file not found")
+    out = cache_dir() / f"{model_path.stem}-{digest[:16]}.onnx"
+    if out.is_file():
+        return out
+    log.info("exporting %s to ONNX once (kept in %s)", model_path, out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mine = out.with_name(f"{out.stem}.{os.getpid()}.onnx")
+    if model_kind(model_path) == "landmarks":
+        export_landmark_onnx(model_path, mine)
+    else:
+        export_onnx(model_path, mine)
+    os.replace(mine, out)
+    return out
 
 
 def export_landmark_onnx(model_path: str | Path, out: str | Path, opset: int = 17,

@@ -12,7 +12,8 @@ import torch
 
 from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.modelfile import load_landmark_model
-from spinexr.errors import WeightsError
+from spinexr.deploy.predictor import _ort_session
+from spinexr.errors import SpinexrError, WeightsError
 from spinexr.geometry.cobb import BAND_TEXT, CobbResult, cobb_angles
 from spinexr.geometry.overlay import draw_overlay
 from spinexr.geometry.plausibility import implausibility
@@ -47,9 +48,17 @@ class Measurement:
 class SpineMeasurer:
     """Loads a landmark model file once; measures decoded films."""
 
-    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", backend: str = "torch", onnx_path: str | Path | None = None,
+                 threads: int | None = None) -> None:
         self.device = torch.device(device)
         self.predictor, self.meta = load_landmark_model(path, self.device)
+        if backend not in ("torch", "onnx"):
+            raise SpinexrError(f"unknown backend {backend!r}; choose torch or onnx")
+        if backend == "onnx" and onnx_path is None:
+            raise SpinexrError("the onnx backend needs the landmark model's ONNX export: "
+                               "`spinexr export LANDMARK_MODEL --onnx landmarks.onnx`")
+        self.backend = backend
+        self.session = _ort_session(Path(onnx_path), threads)[0] if backend == "onnx" else None
         self.contract = self.predictor.contract
         self.rule = DecisionRule.from_meta(self.meta)
         # Files written before the centreline reading: each vertebra's own corners alone.
@@ -68,15 +77,31 @@ class SpineMeasurer:
         return cobb_angles(landmarks, image_height, self.centreline_weight)
 
     @torch.no_grad()
+    def corners(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 1, H, W) float32 inputs in [0, 1] -> ((B, 68, 2) input-pixel corners, (B, 68) confidences)."""
+        if self.session is not None:
+            pts, conf = self.session.run(["landmarks", "confidence"], {"image": x})
+            return pts, conf
+        pts, conf = self.predictor(torch.from_numpy(x).to(self.device))
+        return pts.cpu().numpy(), conf.cpu().numpy()
+
+    def measure_batch(self, imgs: list[np.ndarray]) -> list[Measurement]:
+        """Decoded films measured with one model call: corners, angles or refusals, the view check."""
+        inputs = [self.contract.to_input(img) for img in imgs]
+        x = np.stack([x8.astype(np.float32)[None] / 255.0 for x8, _ in inputs])
+        pts, conf = self.corners(x)
+        out = []
+        for img, (_, pl), p, c in zip(imgs, inputs, pts, conf):
+            v = pl.points_to_original(p).reshape(17, 4, 2)
+            refused = implausibility(v)
+            m = Measurement(v, None if refused else self.angles(v, img.shape[0]), refused, float(c.mean()))
+            if self.view_check is not None:
+                m = self.view_check.applied(m, view_features(v, img.shape[0], m.confidence))
+            out.append(m)
+        return out
+
     def measure(self, img: np.ndarray) -> Measurement:
-        x8, pl = self.contract.to_input(img)
-        pts, conf = self.predictor(torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None].to(self.device))
-        v = pl.points_to_original(pts[0].cpu().numpy()).reshape(17, 4, 2)
-        refused = implausibility(v)
-        m = Measurement(v, None if refused else self.angles(v, img.shape[0]), refused, float(conf.mean()))
-        if self.view_check is not None:
-            m = self.view_check.applied(m, view_features(v, img.shape[0], m.confidence))
-        return m
+        return self.measure_batch([img])[0]
 
     def overlay(self, img: np.ndarray, m: Measurement) -> np.ndarray:
         return draw_overlay(img, m.landmarks, m.result, m.refused)

@@ -25,6 +25,7 @@ from spinexr.data.imread import DEFAULT_MAX_PIXELS, ImageMeta, file_digest
 from spinexr.deploy.bundle import Bundle, is_bundle, load_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir, bundled_path
 from spinexr.deploy.decision import DecisionRule
+from spinexr.deploy.export import cached_onnx
 from spinexr.deploy.measure import Measurement, SpineMeasurer
 from spinexr.deploy.modelfile import model_kind
 from spinexr.deploy.predictor import Prediction, Predictor
@@ -83,9 +84,17 @@ class Pipeline:
             lm = None
         if bundle is not None and lm is not None and lm != bundle.landmarks:
             bundle = None  # another landmark model than the bundle's: its own rule runs, not the bundle's
+        lm_onnx = None
+        if backend == "onnx":  # the exports are made once and cached (spinexr.deploy.export.cached_onnx)
+            if onnx_path is None and clf.suffix.lower() != ".onnx":
+                onnx_path = cached_onnx(clf)
+            lm_onnx = cached_onnx(lm) if lm is not None else None
         predictor = Predictor(clf, backend=backend, device=device, onnx_path=onnx_path, threads=threads,
                               max_pixels=max_pixels)
-        measurer = SpineMeasurer(lm, device=device) if lm is not None else None
+        measurer = None
+        if lm is not None:
+            measurer = SpineMeasurer(lm, device=device, backend="onnx" if lm_onnx else "torch", onnx_path=lm_onnx,
+                                     threads=threads)
         return cls(predictor, measurer, bundle)
 
     def _model_info(self) -> dict[str, Any]:
@@ -113,22 +122,32 @@ class Pipeline:
 
     def complete(self, pred: Prediction, img: np.ndarray, meta: ImageMeta | None = None) -> Prediction:
         """The rest of the path for a classified film: its file checks, the measurement and the decision."""
+        return self.complete_batch([pred], [img], [meta])[0]
+
+    def complete_batch(self, preds: list[Prediction], imgs: list[np.ndarray],
+                       metas: list[ImageMeta | None] | None = None) -> list[Prediction]:
+        """:meth:`complete` for classified films, the landmark model run on them in one call (each film's
+        ``timing_ms.landmarks`` is its share of that call)."""
         t0 = time.perf_counter()
-        if meta is not None:
-            pred.with_file_checks(meta)
-        if self.measurer is not None and self.rule is not None:
-            pred.spine = self.measure(img)
-            pred.decide(self.rule)
-        pred.model = dict(self.model_info)
-        pred.timing_ms = {**(pred.timing_ms or {}), "classifier": pred.seconds * 1e3,
-                          "landmarks": (time.perf_counter() - t0) * 1e3}
-        return pred
+        for pred, meta in zip(preds, metas or [None] * len(preds)):
+            if meta is not None:
+                pred.with_file_checks(meta)
+        if self.measurer is not None and self.rule is not None and preds:
+            with self._measure_lock:
+                spines = self.measurer.measure_batch(imgs)
+            for pred, m in zip(preds, spines):
+                pred.spine = m
+                pred.decide(self.rule)
+        share = (time.perf_counter() - t0) * 1e3 / max(1, len(preds))
+        for pred in preds:
+            pred.model = dict(self.model_info)
+            pred.timing_ms = {**(pred.timing_ms or {}), "classifier": pred.seconds * 1e3, "landmarks": share}
+        return preds
 
     def predict_images(self, imgs: list[np.ndarray], paths: list[str] | None = None,
                        metas: list[ImageMeta | None] | None = None) -> list[Prediction]:
-        """Decoded films through the whole pipeline (the classifier in one batch)."""
-        preds = self.classify(imgs, paths)
-        return [self.complete(p, img, metas[i] if metas else None) for i, (p, img) in enumerate(zip(preds, imgs))]
+        """Decoded films through the whole pipeline (the classifier and the landmark model in one batch each)."""
+        return self.complete_batch(self.classify(imgs, paths), imgs, metas)
 
     def predict_image(self, img: np.ndarray, path: str = "", meta: ImageMeta | None = None) -> Prediction:
         return self.predict_images([img], [path], [meta])[0]

@@ -166,11 +166,11 @@ class Predictor:
         return self.predict_images([img], [path])[0]
 
     def predict_images(self, imgs: list[np.ndarray], paths: list[str] | None = None) -> list[Prediction]:
-        """Predict several decoded images in one model call (``seconds`` is the call's time, shared)."""
+        """Predict several decoded images in one model call (``seconds``: each film's share of the call)."""
         t0 = time.perf_counter()
         x = np.concatenate([self.prepare(img)[0] for img in imgs])
         _, pr, sc = self.run(x)
-        dt = time.perf_counter() - t0
+        dt = (time.perf_counter() - t0) / max(1, len(imgs))
         out = []
         for i, p in enumerate(pr):
             score = float(sc[i]) if self.ood_threshold is not None else None

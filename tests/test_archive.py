@@ -1,0 +1,121 @@
+"""Archive scale: the pipeline on ONNX Runtime (both models, batched, exports made once and cached)
+agrees with PyTorch, and ``predict --ray`` on a local Ray cluster writes what one process writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from spinexr.deploy.pipeline import Pipeline
+from spinexr.deploy.predict import expand_paths, stream_paths
+from spinexr.errors import SpinexrError
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_pipeline(cache: Path) -> Pipeline:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SPINEXR_CACHE", str(cache))
+    yield Pipeline.load(backend="onnx")
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def films(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("archive")
+    for p in sorted(synth_dir.rglob("*.jpg"))[:10]:
+        shutil.copy(p, d / f"{p.parent.name}_{p.name}")
+    (d / "broken.png").write_bytes(b"not an image")
+    return d
+
+
+def _docs(path: Path) -> dict[str, dict]:
+    out = {}
+    for line in path.read_text().splitlines():
+        d = json.loads(line)
+        d.pop("timing_ms")
+        out[d["path"]] = d
+    return out
+
+
+def test_onnx_pipeline_agrees_with_pytorch_and_caches_its_exports(onnx_pipeline: Pipeline, films: Path,
+                                                                   cache: Path, tmp_path: Path) -> None:
+    exports = sorted(p.name for p in (cache / "onnx").glob("*.onnx"))
+    assert len(exports) == 2 and exports[0].startswith("classifier-") and exports[1].startswith("landmarks-")
+    assert onnx_pipeline.measurer is not None and onnx_pipeline.measurer.backend == "onnx"
+    assert onnx_pipeline.predictor.backend == "onnx"
+    paths = expand_paths([films])
+    stream_paths(onnx_pipeline, paths, tmp_path / "onnx.jsonl", batch_size=4, workers=0, progress=False)
+    stream_paths(Pipeline.load(), paths, tmp_path / "torch.jsonl", batch_size=4, workers=0, progress=False)
+    a, b = _docs(tmp_path / "onnx.jsonl"), _docs(tmp_path / "torch.jsonl")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k]["label"] == b[k]["label"]
+        if a[k]["status"] != "ok":
+            continue
+        assert max(abs(a[k]["probabilities"][c] - b[k]["probabilities"][c]) for c in a[k]["probabilities"]) < 1e-4
+        sa, sb = a[k]["spine"], b[k]["spine"]
+        assert sa["plausible"] == sb["plausible"]
+        if sa["largest"] is not None:
+            assert abs(sa["largest"] - sb["largest"]) < 0.05
+    # A second load finds the exports: nothing is exported again.
+    stamps = {p: p.stat().st_mtime_ns for p in (cache / "onnx").glob("*.onnx")}
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SPINEXR_CACHE", str(cache))
+    try:
+        Pipeline.load(backend="onnx")
+    finally:
+        mp.undo()
+    assert {p: p.stat().st_mtime_ns for p in (cache / "onnx").glob("*.onnx")} == stamps
+
+
+@pytest.fixture(scope="module")
+def local_ray(cache: Path):
+    ray = pytest.importorskip("ray", reason="Ray is the [ray] extra")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"SPINEXR_CACHE": str(cache)}})
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_writes_what_one_process_writes_and_resumes(local_ray, onnx_pipeline: Pipeline, films: Path,
+                                                        tmp_path: Path) -> None:
+    from spinexr.deploy.ray_predict import ray_paths
+
+    paths = expand_paths([films])
+    one = tmp_path / "one.jsonl"
+    stream_paths(onnx_pipeline, paths, one, batch_size=4, workers=0, progress=False)
+    out = tmp_path / "ray.jsonl"
+    info = (onnx_pipeline.labels, onnx_pipeline.model_info["bundle_digest"])
+    first = ray_paths(paths[:5], out, *info, batch_size=2, progress=False)
+    assert first.ok + first.errors == 5
+    seen: list[str] = []
+    tally = ray_paths(paths, out, *info, resume=True, batch_size=2, progress=False,
+                      on_batch=lambda docs: seen.extend(d["path"] for d in docs))
+    assert sorted(seen) == sorted(str(p) for p in paths[5:])  # the first five are not done again
+    assert tally.ok + tally.errors == len(paths) and tally.errors == 1
+    a, b = _docs(out), _docs(one)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == b[k], k  # the same documents, bit for bit (timing aside)
+
+
+def test_an_unreachable_cluster_gets_a_message_not_a_wait(films: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is the [ray] extra")
+    from spinexr.deploy.ray_predict import ray_paths
+
+    t0 = time.monotonic()
+    with pytest.raises(SpinexrError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
+        ray_paths(expand_paths([films]), tmp_path / "x.csv", ["Normal"], None, address="127.0.0.1:1")
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "x.csv").exists()
+    with pytest.raises(SpinexrError, match="HOST:PORT"):
+        ray_paths(expand_paths([films]), tmp_path / "x.csv", ["Normal"], None, address="nonsense")
