@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from spinexr.data.decoding import decode
 from spinexr.deploy.pipeline import Pipeline
-from spinexr.deploy.stream import ResultFile, Tally, decode, predict_batch
+from spinexr.deploy.stream import ResultFile, Tally, predict_batch
 from spinexr.errors import SpinexrError
 
 log = logging.getLogger(__name__)

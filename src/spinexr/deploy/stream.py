@@ -26,39 +26,16 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from spinexr.data.imread import DEFAULT_MAX_PIXELS, ImageMeta, file_digest, read_image
+from spinexr.data.decoding import Decoded, decode
 from spinexr.deploy.document import document_columns, flatten, output_format
 from spinexr.deploy.pipeline import Pipeline
 from spinexr.deploy.predictor import Prediction
-from spinexr.errors import ImageReadError, SpinexrError
+from spinexr.errors import SpinexrError
 
 log = logging.getLogger(__name__)
 
 JOURNAL_SUFFIX = ".journal"
 MIN_FOLD_BYTES = 1 << 20
-
-
-@dataclass
-class Decoded:
-    """One file as a worker read it: the film and what the file said, or why it could not be read."""
-
-    path: str
-    sha256: str | None
-    img: np.ndarray | None = None
-    meta: ImageMeta | None = None
-    error: ImageReadError | None = None
-
-
-def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Read one film (in a worker process): the read boundary's film or its error, and the file's digest."""
-    digest = file_digest(path)
-    try:
-        img, meta = read_image(path, max_pixels=max_pixels)
-    except ImageReadError as e:
-        return Decoded(path, digest, error=e)
-    return Decoded(path, digest, img, meta)
 
 
 @dataclass

@@ -1,0 +1,143 @@
+"""Archive throughput: films per second and peak memory of ``predict`` over a folder, side by side in one run.
+
+    python benchmarks/archive_predict.py --films 500 --modes today,stream,onnx,ray
+    python benchmarks/archive_predict.py --films 500,5000 --tag two_sizes
+
+Modes (the bundled models each time, a fresh process each, taking turns per size):
+
+* ``today``: the film-at-a-time path every result kept in memory and written at the end
+  (``spinexr.deploy.predict.predict_paths`` + ``write_predictions``, as ``predict`` ran before the stream);
+* ``stream``: ``spinexr predict DIR --out OUT.csv`` (PyTorch, batches of 16, one decoding worker);
+* ``onnx``: the same with ``--backend onnx`` (both models on ONNX Runtime);
+* ``ray``: ``--ray`` (a local Ray cluster with this machine's CPUs, one CPU per actor, ONNX Runtime).
+
+The archive is made of the shared KAUH and AASCE films, linked under new names until it holds N
+films. Wall time includes each process's start-up (the ONNX exports are made before timing). Peak
+memory is the largest resident set of the process tree (Ray's own processes included), sampled
+every 0.2 s from /proc. Writes ``benchmarks/results/archive_predict[_TAG].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _machine import header, write_result  # noqa: E402
+
+SHARED = HERE.parent.parent / "shared" / "data"
+SOURCES = (SHARED / "kauh-spine-xray", SHARED / "aasce-spine-ap" / "images")
+TODAY = """
+import sys
+from pathlib import Path
+from spinexr.deploy.pipeline import Pipeline
+from spinexr.deploy.predict import expand_paths, predict_paths, write_predictions
+preds = predict_paths(Pipeline.load(), expand_paths([sys.argv[1]], recursive=True), progress=False)
+write_predictions(preds, Path(sys.argv[2]))
+"""
+
+
+def make_archive(root: Path, n: int) -> Path:
+    """``n`` films linked from the shared sets under new names (``film_000123.jpg``)."""
+    films = sorted(p for s in SOURCES if s.is_dir() for p in s.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    if not films:
+        raise SystemExit(f"no films under {', '.join(map(str, SOURCES))}")
+    d = root / f"archive_{n}"
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        src = films[i % len(films)]
+        (d / f"film_{i:06d}{src.suffix.lower()}").symlink_to(src)
+    return d
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        todo += children.get(p, [])
+    return total
+
+
+def run_mode(mode: str, archive: Path, out: Path, env: dict[str, str]) -> dict:
+    py = sys.executable
+    cmd = {"today": [py, "-c", TODAY, str(archive), str(out)],
+           "stream": [py, "-m", "spinexr", "predict", str(archive), "--out", str(out), "--quiet"],
+           "onnx": [py, "-m", "spinexr", "predict", str(archive), "--out", str(out), "--backend", "onnx", "--quiet"],
+           "ray": [py, "-m", "spinexr", "predict", str(archive), "--out", str(out), "--ray", "--quiet"]}[mode]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} failed ({proc.returncode}):\n{err[-2000:]}")
+    n_out = sum(1 for _ in open(out)) - 1 if out.suffix == ".csv" else None
+    return {"mode": mode, "seconds": wall, "peak_rss_mb": peak / 2**20, "rows": n_out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--films", default="500", help="archive sizes, comma-separated")
+    ap.add_argument("--modes", default="today,stream,onnx,ray")
+    ap.add_argument("--tag", default=None)
+    args = ap.parse_args(argv)
+    sizes = [int(v) for v in args.films.split(",")]
+    modes = args.modes.split(",")
+    head = header("archive_predict", argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        env = {**os.environ, "SPINEXR_CACHE": str(root / "cache")}
+        from spinexr.deploy.bundle import load_bundle
+        from spinexr.deploy.bundled import bundled_bundle_dir
+        from spinexr.deploy.export import cached_onnx
+
+        os.environ["SPINEXR_CACHE"] = env["SPINEXR_CACHE"]
+        b = load_bundle(bundled_bundle_dir())
+        for model in (b.classifier, b.landmarks):
+            cached_onnx(model)  # exported before timing: a deployment does it once
+        rows = []
+        for n in sizes:
+            archive = make_archive(root, n)
+            for mode in modes:
+                r = {"films": n, **run_mode(mode, archive, root / f"{mode}_{n}.csv", env)}
+                r["films_per_second"] = n / r["seconds"]
+                print(f"{n:>6} films  {mode:<7} {r['films_per_second']:6.2f} films/s  "
+                      f"peak {r['peak_rss_mb']:7.0f} MB  ({r['seconds']:.0f} s)", flush=True)
+                rows.append(r)
+    base = {r["films"]: r["films_per_second"] for r in rows if r["mode"] == "today"}
+    for r in rows:
+        r["speedup_vs_today"] = r["films_per_second"] / base[r["films"]] if r["films"] in base else None
+    write_result(f"archive_predict{'_' + args.tag if args.tag else ''}.json",
+                 {**head, "sizes": sizes, "modes": modes, "results": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
