@@ -28,10 +28,10 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 from _machine import header, write_result  # noqa: E402
 from spinexr.data.splits import case_splits, fit_val_split  # noqa: E402
+from spinexr.deploy.modelfile import save_refiner_model  # noqa: E402
 from spinexr.engine.refine import RefineConfig, fit_refiner, prepare_refine_data  # noqa: E402
 from spinexr.evaluation.landmark_cv import load_landmark_source, tolerance_scores  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                               film_height=cfg.film_height)
     fit = fit_refiner(refiner, data, fit_idx, val_idx, cfg, checkpoint=run_dir / "checkpoint.pt",
                       max_minutes=args.minutes, resume=args.resume)
-    save_file({k: v.contiguous() for k, v in refiner.net.state_dict().items()}, str(run_dir / "refiner.safetensors"),
-              metadata={"spinexr": json.dumps({"refine": cfg.to_dict()})})
+    save_refiner_model(refiner, run_dir / "refiner.safetensors", cfg.to_dict(),
+                       {"source": str(args.data), "n_train": int(len(fit_idx)), "split": "fold 0",
+                        "landmark_run": str(args.landmark_run)})
     weight = float(run_cfg.get("centreline_weight", 0.0))
     first_te = {str(Path(recs[i].path).resolve()): first[str(Path(recs[i].path).resolve())] for i in te}
     results = {"first stage": {"corners alone": _score(recs, te, first_te, 0.0),

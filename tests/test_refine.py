@@ -5,6 +5,7 @@ its corner error."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,68 @@ def test_training_lowers_the_corner_error_on_synthetic_films(tmp_path) -> None:
         out = ref(data.films[0], start)
     assert out.shape == (17, 4, 2)
     assert float((out - data.corners[0]).norm(dim=-1).mean()) < float((start - data.corners[0]).norm(dim=-1).mean())
+
+
+@pytest.fixture(scope="module")
+def refiner_file(tmp_path_factory) -> Path:
+    from spinexr.deploy.modelfile import save_refiner_model
+
+    torch.manual_seed(3)
+    ref = VertebraRefiner(LandmarkNet("resnet18", out_channels=4), crop=32, film_height=256)
+    return save_refiner_model(ref, tmp_path_factory.mktemp("refiner") / "refiner.safetensors",
+                              RefineConfig(crop=32, film_height=256).to_dict(), {"n_train": 0})
+
+
+def test_a_refiner_file_loads_as_it_was_written(refiner_file) -> None:
+    from spinexr.deploy.modelfile import load_refiner_model, model_kind
+
+    ref, meta = load_refiner_model(refiner_file)
+    assert model_kind(refiner_file) == "refiner"
+    assert (ref.crop, ref.film_height, ref.tta_flip, ref.iterations) == (32, 256, True, 1)
+    assert meta["centreline_weight"] == 0.0 and meta["format"] == "spinexr-refiner/1"
+    torch.manual_seed(3)
+    again = VertebraRefiner(LandmarkNet("resnet18", out_channels=4), crop=32, film_height=256).eval()
+    crops = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ref.read_crops(crops), again.read_crops(crops), atol=1e-5)
+
+
+def test_a_malformed_refiner_file_is_refused_with_its_name(tmp_path) -> None:
+    from spinexr.deploy.modelfile import load_refiner_model, write_model_file
+    from spinexr.errors import WeightsError
+
+    bad = write_model_file({"w": torch.zeros(1)}, {"format": "spinexr-refiner/1", "encoder": "resnet18"},
+                           tmp_path / "bad.safetensors")
+    with pytest.raises(WeightsError, match="bad.safetensors"):
+        load_refiner_model(bad)
+
+
+def test_the_measurer_runs_the_refiner_as_the_bundle_names_it(refiner_file, tiny_models, synth_dir, tmp_path) -> None:
+    """A bundle with a refiner: verified like its other files; the pipeline's measurer reads each
+    vertebra again (the corners differ from the first stage's, by exactly what the refiner does)."""
+    from spinexr.data.contract import fit_to_box
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.bundle import load_bundle, write_bundle
+    from spinexr.deploy.measure import SpineMeasurer
+    from spinexr.deploy.pipeline import Pipeline
+    from spinexr.errors import WeightsError
+    from spinexr.models.refine import refiner_box
+
+    b = write_bundle(tmp_path / "b", tiny_models["classifier"], tiny_models["landmarks"], None, name="b",
+                     refiner=refiner_file)
+    assert b.refiner is not None and b.manifest["refiner"]["sha256"]
+    pipe = Pipeline.load(tmp_path / "b")
+    assert pipe.measurer is not None and pipe.measurer.refiner is not None
+    img, _ = read_image(sorted(synth_dir.rglob("*.jpg"))[0])
+    plain = SpineMeasurer(tiny_models["landmarks"]).measure(img).landmarks
+    refined = pipe.measurer.measure(img).landmarks
+    x8, pl = fit_to_box(img, *refiner_box(*img.shape, 256), "stretch")
+    film = torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None]
+    start = torch.as_tensor(pl.points_to_input(plain.reshape(-1, 2)).reshape(17, 4, 2), dtype=torch.float32)
+    with torch.no_grad():
+        by_hand = pl.points_to_original(pipe.measurer.refiner(film, start).numpy().reshape(-1, 2)).reshape(17, 4, 2)
+    assert np.allclose(refined, by_hand, atol=1e-3) and not np.allclose(refined, plain, atol=0.5)
+    assert pipe.measurer.centreline_weight == 0.0  # the refiner's file says how its corners are read
+    (tmp_path / "b" / "refiner.safetensors").write_bytes(refiner_file.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(WeightsError, match="changed since the bundle was made"):
+        load_bundle(tmp_path / "b")

@@ -144,6 +144,7 @@ def _add_bundle(sub: Sub) -> None:
     c.add_argument("out", help="the bundle folder to write (new, or empty)")
     c.add_argument("--classifier", required=True, help="a classifier model file (.safetensors)")
     c.add_argument("--landmarks", help="a landmark model file (.safetensors); without one, a classify-only bundle")
+    c.add_argument("--refiner", help="a vertebra refiner file (the landmark model's second stage; needs --landmarks)")
     c.add_argument("--fit-on", metavar="DATA", help="a labelled class-folder tree or CSV manifest (Normal, Scoliosis "
                    "and Spondylolisthesis films) to fit the rule's curve line and view check on; without it, the "
                    "rule the landmark model file carries")

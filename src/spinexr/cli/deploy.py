@@ -198,10 +198,10 @@ def bundle_create(args: argparse.Namespace) -> int:
     if args.fit_on:
         if not args.landmarks:
             raise SpinexrError("--fit-on fits the rule that joins a landmark model to the classifier: give --landmarks too")
-        rule = fit_bundle_rule(SpineMeasurer(args.landmarks, device=args.device), args.fit_on, max_rate=args.max_rate,
-                               progress=not args.quiet)
+        rule = fit_bundle_rule(SpineMeasurer(args.landmarks, device=args.device, refiner=args.refiner), args.fit_on,
+                               max_rate=args.max_rate, progress=not args.quiet)
     b = write_bundle(out, args.classifier, args.landmarks, rule, name=args.name or out.resolve().name,
-                     description=args.description)
+                     description=args.description, refiner=args.refiner)
     say(*_bundle_lines(b))
     return 0
 
@@ -212,7 +212,8 @@ def _bundle_lines(b: Any) -> list[str]:
              f"  classifier: {m['classifier']['file']} ({m['classifier'].get('architecture')})"]
     if m.get("landmarks"):
         rule = m["rule"]["decision"]
-        lines += [f"  landmarks:  {m['landmarks']['file']} ({m['landmarks'].get('encoder')})",
+        lines += [f"  landmarks:  {m['landmarks']['file']} ({m['landmarks'].get('encoder')})"
+                  + (f", refined by {m['refiner']['file']}" if m.get("refiner") else ""),
                   f"  rule v{m['rule']['version']}: curve line {rule['curve_deg']:g}°, doubted views "
                   f"{rule['doubted_view_deg']:g}°; view check {'yes' if m['rule'].get('view_check') else 'none'}"
                   + (f"; fitted on {rule['fitted_on']}" if rule.get("fitted_on") else "")]

@@ -8,6 +8,7 @@ bundle's ``metadata.json``::
       bundle.json               the manifest (format spinexr-bundle/1)
       classifier.safetensors    a spinexr model file (+ classifier.md, its card, when there is one)
       landmarks.safetensors     a spinexr landmark model file (+ landmarks.md), optional
+      refiner.safetensors       a vertebra refiner (the landmark model's second stage, + refiner.md), optional
 
 The manifest names each file with its SHA-256, so a bundle that was changed after it was made is
 refused, and the bundle's digest (:attr:`Bundle.digest`, the SHA-256 of the manifest) names exactly
@@ -34,14 +35,14 @@ from spinexr import __version__
 from spinexr.data.imread import read_image
 from spinexr.data.manifest import load_manifest
 from spinexr.deploy.decision import RULE_VERSION, DecisionRule, fit_curve_deg
-from spinexr.deploy.modelfile import LANDMARK_FORMAT, raw_metadata, read_metadata
+from spinexr.deploy.modelfile import LANDMARK_FORMAT, REFINER_FORMAT, raw_metadata, read_metadata
 from spinexr.errors import DatasetError, ImageReadError, WeightsError
 from spinexr.geometry.view import ViewCheck, fit_view_check, view_features
 
 FORMAT = "spinexr-bundle/1"
 MANIFEST = "bundle.json"
 log = logging.getLogger(__name__)
-PARTS = {"classifier": "classifier.safetensors", "landmarks": "landmarks.safetensors"}
+PARTS = {"classifier": "classifier.safetensors", "landmarks": "landmarks.safetensors", "refiner": "refiner.safetensors"}
 
 
 def sha256_file(path: Path) -> str:
@@ -76,6 +77,11 @@ class Bundle:
     @property
     def landmarks(self) -> Path | None:
         part = self.manifest.get("landmarks")
+        return None if not part else self.root / part["file"]
+
+    @property
+    def refiner(self) -> Path | None:
+        part = self.manifest.get("refiner")
         return None if not part else self.root / part["file"]
 
     @property
@@ -201,7 +207,8 @@ def _part(src: Path, dest_dir: Path, name: str, card: Path | None) -> dict[str, 
 
 
 def write_bundle(dest: str | Path, classifier: str | Path, landmarks: str | Path | None, rule: dict[str, Any] | None,
-                 name: str, description: str = "", extra: dict[str, Any] | None = None) -> Bundle:
+                 name: str, description: str = "", extra: dict[str, Any] | None = None,
+                 refiner: str | Path | None = None) -> Bundle:
     """Make a bundle folder: the model files (and ``<file>.md`` cards beside them) copied in, the
     manifest written last (atomically), so a folder with a manifest is always complete."""
     dest = Path(dest)
@@ -209,6 +216,9 @@ def write_bundle(dest: str | Path, classifier: str | Path, landmarks: str | Path
     meta = read_metadata(clf)  # refuses a file that is not a classifier model file
     if lm is not None and raw_metadata(lm).get("format") != LANDMARK_FORMAT:
         raise WeightsError(f"{lm}: not a spinexr landmark model file")
+    if refiner is not None and (lm is None or raw_metadata(refiner).get("format") != REFINER_FORMAT):
+        raise WeightsError(f"{refiner}: a vertebra refiner needs a landmark model beside it, and must be a spinexr "
+                           "refiner file")
     dest.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
         "format": FORMAT, "name": name, "description": description,
@@ -223,6 +233,10 @@ def write_bundle(dest: str | Path, classifier: str | Path, landmarks: str | Path
         manifest["landmarks"] = {**_part(lm, dest, "landmarks", lm.with_suffix(".md")),
                                  "encoder": lm_meta.get("encoder"), "data_config": lm_meta.get("data_config")}
         manifest["rule"] = rule if rule is not None else rule_from_landmark_file(dest / PARTS["landmarks"])
+    if refiner is not None:
+        rf = Path(refiner)
+        manifest["refiner"] = {**_part(rf, dest, "refiner", rf.with_suffix(".md")),
+                               "encoder": raw_metadata(rf).get("encoder")}
     tmp = dest / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(dest / MANIFEST)

@@ -105,10 +105,23 @@ def parity(pred: Any, onnx_path: Path, images: list[Path], tol: float = PARITY_T
 
 def quantize_int8(onnx_path: str | Path, out: str | Path, calibration_images: list[Path]) -> dict[str, Any]:
     """Static INT8 quantization (QDQ, per-channel weights) calibrated on ``calibration_images``."""
-
-    q = _need("onnxruntime.quantization")
     pred = Predictor(onnx_path, backend="onnx")
-    x = _inputs(pred, calibration_images)
+    return _quantize_static(Path(onnx_path), Path(out), _inputs(pred, calibration_images), pred.meta)
+
+
+def quantize_landmark_int8(onnx_path: str | Path, out: str | Path, calibration_images: list[Path]) -> dict[str, Any]:
+    """:func:`quantize_int8` for a landmark model's ONNX export, calibrated on films fitted by its contract."""
+    from spinexr.data.contract import DataConfig
+
+    _, meta = _ort_session(Path(onnx_path), None)
+    c = DataConfig.from_meta(meta)
+    x = np.concatenate([c.to_input(read_image(p)[0])[0].astype(np.float32)[None, None] / 255.0
+                        for p in calibration_images])
+    return _quantize_static(Path(onnx_path), Path(out), x, meta)
+
+
+def _quantize_static(onnx_path: Path, out: Path, x: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    q = _need("onnxruntime.quantization")
 
     class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
@@ -117,7 +130,6 @@ def quantize_int8(onnx_path: str | Path, out: str | Path, calibration_images: li
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)
 
-    out = Path(out)
     pre = out.with_name(out.stem + ".pre.onnx")
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -126,7 +138,7 @@ def quantize_int8(onnx_path: str | Path, out: str | Path, calibration_images: li
         src = pre
     except Exception as e:  # pre-processing is an optimisation; quantize the plain graph without it
         log.warning("quantization pre-processing skipped: %s", e)
-        src = Path(onnx_path)
+        src = onnx_path
     q.quantize_static(str(src), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
                       activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                       calibrate_method=q.CalibrationMethod.MinMax,
@@ -135,12 +147,11 @@ def quantize_int8(onnx_path: str | Path, out: str | Path, calibration_images: li
         pre.unlink()
     onnx = _need("onnx")
     m = onnx.load(str(out))
-    meta = {**pred.meta, "quantization": "int8-static-qdq", "calibration_images": len(calibration_images)}
     del m.metadata_props[:]
     e = m.metadata_props.add()
-    e.key, e.value = "spinexr", json.dumps(meta)
+    e.key, e.value = "spinexr", json.dumps({**meta, "quantization": "int8-static-qdq", "calibration_images": len(x)})
     onnx.save(m, str(out))
-    return {"int8_onnx": str(out), "calibration_images": len(calibration_images)}
+    return {"int8_onnx": str(out), "calibration_images": len(x)}
 
 
 LANDMARK_PARITY_PX = 1e-2  # input pixels

@@ -10,14 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from spinexr.data.contract import fit_to_box
 from spinexr.deploy.decision import DecisionRule
-from spinexr.deploy.modelfile import load_landmark_model
+from spinexr.deploy.modelfile import load_landmark_model, load_refiner_model
 from spinexr.deploy.predictor import _ort_session
 from spinexr.errors import SpinexrError, WeightsError
 from spinexr.geometry.cobb import BAND_TEXT, CobbResult, cobb_angles
 from spinexr.geometry.overlay import draw_overlay
 from spinexr.geometry.plausibility import implausibility
 from spinexr.geometry.view import ViewCheck, view_features
+from spinexr.models.refine import refiner_box
 
 
 @dataclass
@@ -49,7 +51,7 @@ class SpineMeasurer:
     """Loads a landmark model file once; measures decoded films."""
 
     def __init__(self, path: str | Path, device: str = "cpu", backend: str = "torch", onnx_path: str | Path | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, refiner: str | Path | None = None) -> None:
         self.device = torch.device(device)
         self.predictor, self.meta = load_landmark_model(path, self.device)
         if backend not in ("torch", "onnx"):
@@ -67,6 +69,10 @@ class SpineMeasurer:
             raise WeightsError(f"{path}: malformed centreline_weight {w!r} in its metadata (a number from 0 to 1); "
                                "use the file as spinexr wrote it, or train again with --centreline-weight")
         self.centreline_weight = float(w)
+        # The second stage: each vertebra read again from its own crop; its file says how to read the angles.
+        self.refiner, self.refiner_meta = load_refiner_model(refiner, self.device) if refiner is not None else (None, {})
+        if self.refiner is not None:
+            self.centreline_weight = float(self.refiner_meta.get("centreline_weight", 0.0))
         try:
             self.view_check = ViewCheck.from_meta(self.meta)
         except (KeyError, TypeError, ValueError) as e:
@@ -93,12 +99,24 @@ class SpineMeasurer:
         out = []
         for img, (_, pl), p, c in zip(imgs, inputs, pts, conf):
             v = pl.points_to_original(p).reshape(17, 4, 2)
+            if self.refiner is not None:
+                v = self.refine(img, v)
             refused = implausibility(v)
             m = Measurement(v, None if refused else self.angles(v, img.shape[0]), refused, float(c.mean()))
             if self.view_check is not None:
                 m = self.view_check.applied(m, view_features(v, img.shape[0], m.confidence))
             out.append(m)
         return out
+
+    @torch.no_grad()
+    def refine(self, img: np.ndarray, corners: np.ndarray) -> np.ndarray:
+        """(17, 4, 2) film-pixel corners read again by the vertebra refiner, on the film resized to its height."""
+        assert self.refiner is not None
+        x8, pl = fit_to_box(img, *refiner_box(*img.shape, self.refiner.film_height), "stretch")
+        film = torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None].to(self.device)
+        start = torch.as_tensor(pl.points_to_input(corners.reshape(-1, 2)).reshape(17, 4, 2), dtype=torch.float32)
+        out = self.refiner(film, start.to(self.device)).cpu().numpy()
+        return pl.points_to_original(out.reshape(-1, 2)).reshape(17, 4, 2)
 
     def measure(self, img: np.ndarray) -> Measurement:
         return self.measure_batch([img])[0]

@@ -191,6 +191,45 @@ def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") ->
                              tta_scales=scales).to(device).eval(), meta
 
 
+REFINER_FORMAT = "spinexr-refiner/1"
+
+
+def save_refiner_model(refiner: Any, path: str | Path, cfg: dict[str, Any],
+                       data_summary: dict[str, Any] | None = None, centreline_weight: float = 0.0) -> Path:
+    """Write a vertebra refiner file (:mod:`spinexr.models.refine`): weights, crop geometry and how the
+    refined corners are read (``centreline_weight``; 0: each vertebra's own corners, the definition)."""
+    meta = {"format": REFINER_FORMAT, "encoder": refiner.net.arch, "crop": refiner.crop, "span": refiner.span,
+            "film_height": refiner.film_height, "mean": refiner.mean, "std": refiner.std,
+            "tta_flip": refiner.tta_flip, "iterations": refiner.iterations,
+            "centreline_weight": float(centreline_weight), "levels": list(LEVELS), "corners": list(CORNERS),
+            "settings": cfg, "spinexr_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "training_data": data_summary or {}}
+    state = {k: v.detach().cpu().contiguous() for k, v in refiner.net.state_dict().items()}
+    return write_model_file(state, meta, path)
+
+
+def load_refiner_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A vertebra refiner file as ``(VertebraRefiner in eval mode, metadata)``."""
+    from spinexr.models.refine import VertebraRefiner
+
+    path = Path(path)
+    meta = raw_metadata(path, "vertebra refiner file not found")
+    if meta.get("format") != REFINER_FORMAT:
+        raise WeightsError(f"{path}: not a spinexr vertebra refiner (format {meta.get('format')!r})")
+    try:
+        net = LandmarkNet(meta["encoder"], out_channels=4)
+        missing, unexpected = net.load_state_dict(load_file(str(path), device="cpu"), strict=False)
+        ref = VertebraRefiner(net, crop=int(meta["crop"]), span=float(meta["span"]),
+                              film_height=int(meta["film_height"]), mean=float(meta["mean"]), std=float(meta["std"]),
+                              tta_flip=bool(meta["tta_flip"]), iterations=int(meta["iterations"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path}: malformed vertebra refiner ({e}); use the file as spinexr wrote it") from e
+    if missing or unexpected:
+        raise WeightsError(f"{path}: weights do not match a {meta['encoder']} vertebra refiner")
+    return ref.to(device).eval(), meta
+
+
 def model_kind(path: str | Path) -> str:
-    """``classifier`` or ``landmarks``, from a spinexr model file's metadata."""
-    return "landmarks" if raw_metadata(path).get("format") == LANDMARK_FORMAT else "classifier"
+    """``classifier``, ``landmarks`` or ``refiner``, from a spinexr model file's metadata."""
+    fmt = raw_metadata(path).get("format")
+    return "landmarks" if fmt == LANDMARK_FORMAT else "refiner" if fmt == REFINER_FORMAT else "classifier"

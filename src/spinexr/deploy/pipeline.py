@@ -69,9 +69,9 @@ class Pipeline:
             bundle = load_bundle(source)
         elif Path(source).suffix.lower() not in MODEL_SUFFIXES:
             raise SpinexrError(f"{source}: not a bundle folder, bundle.json or model file (.safetensors, .onnx)")
-        elif Path(source).suffix.lower() == ".safetensors" and model_kind(source) == "landmarks":
-            raise SpinexrError(f"{source} is a landmark model: give a classifier or a bundle first, and the landmark "
-                               "model with --landmarks")
+        elif Path(source).suffix.lower() == ".safetensors" and model_kind(source) != "classifier":
+            raise SpinexrError(f"{source} is a {model_kind(source)} model: give a classifier or a bundle first, and the "
+                               "landmark model with --landmarks")
         clf = bundle.classifier if bundle is not None else Path(source)  # type: ignore[arg-type]
         lm: Path | None = None
         if landmarks is not None and str(landmarks) == BUNDLED:
@@ -93,8 +93,9 @@ class Pipeline:
                               max_pixels=max_pixels)
         measurer = None
         if lm is not None:
+            refiner = bundle.refiner if bundle is not None else None  # the bundle's second stage, with its model
             measurer = SpineMeasurer(lm, device=device, backend="onnx" if lm_onnx else "torch", onnx_path=lm_onnx,
-                                     threads=threads)
+                                     threads=threads, refiner=refiner)
         return cls(predictor, measurer, bundle)
 
     def _model_info(self) -> dict[str, Any]:
