@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from spinexr.config import DECODE_WORKERS
-from spinexr.data.imread import DEFAULT_MAX_PIXELS, file_digest, list_images
+from spinexr.data.imread import DEFAULT_MAX_PIXELS, list_images
 from spinexr.deploy.document import write_documents
 from spinexr.deploy.pipeline import Pipeline
 from spinexr.deploy.predictor import Prediction
@@ -103,7 +103,7 @@ def stream_paths(pipeline: Pipeline, paths: list[Path], out: Path | None = None,
     index = {str(p): i for i, p in enumerate(paths)}
     todo = paths
     if sink is not None and sink.done:
-        todo = [p for p in paths if (str(p), file_digest(p) or "") not in sink.done]
+        todo = [p for p in paths if not sink.has(p)]
         log.info("resuming: %d of %d films already in %s", len(paths) - len(todo), len(paths), out)
     tally = sink.tally if sink is not None else Tally()
     bar = tqdm(total=len(todo), desc="predicting", unit="film", disable=not progress, smoothing=0.1)

@@ -91,13 +91,13 @@ def ray_paths(paths: list[Path], out: Path, labels: list[str], digest: str | Non
     ``labels`` and ``digest``: the pipeline's labels and bundle digest (the output's columns and the
     check on resume), from the pipeline the driver loaded. Actors get absolute paths; each document
     names its film as it was given. Returns the tally of the whole output."""
-    from spinexr.data.imread import DEFAULT_MAX_PIXELS, file_digest
+    from spinexr.data.imread import DEFAULT_MAX_PIXELS
 
     if batch_size < 1 or cpus_per_actor < 1:
         raise SpinexrError("--batch-size and --ray-cpus-per-actor must be 1 or more")
     ray = _connect(address, num_cpus, progress)
     sink = ResultFile(out, labels, digest, resume)
-    todo = [p for p in paths if not sink.done or (str(p), file_digest(p) or "") not in sink.done]
+    todo = [p for p in paths if not sink.has(p)]
     if len(todo) < len(paths):
         log.info("resuming: %d of %d films already in %s", len(paths) - len(todo), len(paths), out)
     if not todo:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from spinexr.data.decoding import Decoded, decode
+from spinexr.data.imread import file_digest
 from spinexr.deploy.document import document_columns, flatten, output_format
 from spinexr.deploy.pipeline import Pipeline
 from spinexr.deploy.predictor import Prediction
@@ -84,6 +85,7 @@ class ResultFile:
         self.digest = digest
         self.journal = self.out.with_name(self.out.name + JOURNAL_SUFFIX)
         self.done: set[tuple[str, str]] = set()
+        self._paths: set[str] = set()
         self.tally = Tally()
         self.n_out = 0
         if resume and self.out.exists():
@@ -165,8 +167,15 @@ class ResultFile:
                 continue  # the batch a kill cut short: its films are predicted again
         return docs
 
+    def has(self, path: str | Path) -> bool:
+        """True when the output holds this film: the same path, and the same bytes (read only for a path it holds)."""
+        if str(path) not in self._paths:
+            return False
+        return _key(path, file_digest(path)) in self.done
+
     def _remember(self, doc: dict[str, Any]) -> None:
         self.done.add(_key(doc["path"], doc.get("sha256")))
+        self._paths.add(str(doc["path"]))
         self.tally.add(doc)
         self.n_out += 1
 
