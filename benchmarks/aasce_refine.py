@@ -80,9 +80,39 @@ def _score(recs: list, idx: np.ndarray, corners: dict[str, np.ndarray], weight: 
             "implausible": int(sum(bool(implausibility(corners[str(Path(recs[i].path).resolve())])) for i in idx))}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _final(args: argparse.Namespace, head: dict, t0: float) -> int:
+    """The refiner to ship: trained on every film whose labels are plausible; a tenth of the cases choose the epoch."""
+    recs = load_landmark_source(args.data).records
+    groups = np.array([r.group for r in recs])
+    ok = np.array([i for i, r in enumerate(recs) if not implausibility(r.landmarks)])
+    fit_idx, val_idx = fit_val_split(groups, ok, 0.1, 0, 0)
+    cfg = replace(RefineConfig(), epochs=args.epochs, crop=args.crop, encoder=args.encoder)
+    data = prepare_refine_data([recs[i] for i in np.concatenate([fit_idx, val_idx])], cfg.film_height)
+    fit_pos, val_pos = np.arange(len(fit_idx)), np.arange(len(fit_idx), len(fit_idx) + len(val_idx))
+    run_dir = args.run_dir or Path("runs") / "refine_final"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    refiner = VertebraRefiner(LandmarkNet(cfg.encoder, out_channels=4), crop=cfg.crop, span=cfg.span,
+                              film_height=cfg.film_height)
+    fit = fit_refiner(refiner, data, fit_pos, val_pos, cfg, checkpoint=run_dir / "checkpoint.pt",
+                      max_minutes=args.minutes if args.minutes > 0 else None, resume=args.resume)
+    summary = {"source": str(args.data), "n_train": len(fit_idx), "n_val": len(val_idx), "split": "all films",
+               "labels_implausible_left_out": int(len(recs) - len(ok)), "command": head["command"],
+               "machine": head["machine"]["cpu"], "train_seconds": fit["train_seconds"],
+               "epochs_run": len(fit["history"]), "best_epoch": fit["best_epoch"]}
+    save_refiner_model(refiner, run_dir / "refiner.safetensors", cfg.to_dict(), summary)
+    write_result(f"aasce_refine_{args.tag or 'final'}.json",
+                 {**head, "final": True, "refiner_settings": cfg.to_dict(), **summary,
+                  "training": {k: v for k, v in fit.items() if k != "history"}, "history": fit["history"],
+                  "wall_seconds": time.perf_counter() - t0})
+    return 0
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--landmark-run", type=Path, required=True, help="a finished aasce_cobb_cv.py run folder")
+    ap.add_argument("--landmark-run", type=Path, help="a finished aasce_cobb_cv.py run folder")
+    ap.add_argument("--final", action="store_true", help="train the refiner to ship: every film with plausible labels "
+                    "(10%% of the cases choose the epoch), nothing held out")
     ap.add_argument("--data", type=Path, default=AASCE)
     ap.add_argument("--minutes", type=float, default=30.0, help="the refiner's training budget")
     ap.add_argument("--epochs", type=int, default=60)
@@ -93,8 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="use only this many training films (a smoke run)")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
+    if not args.final and args.landmark_run is None:
+        ap.error("give --landmark-run (a finished aasce_cobb_cv.py run) or --final")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
     t0 = time.perf_counter()
     head = header("aasce_refine", argv)
+    if args.final:
+        return _final(args, head, t0)
     run_cfg = json.loads((args.landmark_run / "config.json").read_text())["landmarks"]
     oof = np.load(args.landmark_run / "oof_landmarks.npz", allow_pickle=False)
     first = {str(Path(p).resolve()): v for p, v in zip(oof["paths"], oof["landmarks"])}

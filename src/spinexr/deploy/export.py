@@ -109,18 +109,31 @@ def quantize_int8(onnx_path: str | Path, out: str | Path, calibration_images: li
     return _quantize_static(Path(onnx_path), Path(out), _inputs(pred, calibration_images), pred.meta)
 
 
-def quantize_landmark_int8(onnx_path: str | Path, out: str | Path, calibration_images: list[Path]) -> dict[str, Any]:
-    """:func:`quantize_int8` for a landmark model's ONNX export, calibrated on films fitted by its contract."""
+# The landmark model's decoder (FPN laterals, the fusing conv and the heatmap head) places corners to a
+# fraction of a heatmap cell: keeping it in FP32 keeps the soft-argmax's precision (the encoder is
+# most of the work).
+LANDMARK_DECODER_NODES = ("net.lateral", "net.fuse", "net.head")
+
+
+def quantize_landmark_int8(onnx_path: str | Path, out: str | Path, calibration_images: list[Path],
+                           keep_fp32: tuple[str, ...] = LANDMARK_DECODER_NODES) -> dict[str, Any]:
+    """:func:`quantize_int8` for a landmark model's ONNX export, calibrated on films fitted by its
+    contract; the nodes of the modules named in ``keep_fp32`` stay in FP32."""
     from spinexr.data.contract import DataConfig
 
     _, meta = _ort_session(Path(onnx_path), None)
     c = DataConfig.from_meta(meta)
     x = np.concatenate([c.to_input(read_image(p)[0])[0].astype(np.float32)[None, None] / 255.0
                         for p in calibration_images])
-    return _quantize_static(Path(onnx_path), Path(out), x, meta)
+    onnx = _need("onnx")
+    # The exporter records each node's module path in its ``namespace`` metadata (node names are generic).
+    nodes = [n.name for n in onnx.load(str(onnx_path)).graph.node
+             if any(k in p.value for p in n.metadata_props if p.key == "namespace" for k in keep_fp32)]
+    return _quantize_static(Path(onnx_path), Path(out), x, meta, exclude=nodes)
 
 
-def _quantize_static(onnx_path: Path, out: Path, x: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+def _quantize_static(onnx_path: Path, out: Path, x: np.ndarray, meta: dict[str, Any],
+                     exclude: list[str] | None = None) -> dict[str, Any]:
     q = _need("onnxruntime.quantization")
 
     class Reader(q.CalibrationDataReader):
@@ -142,14 +155,15 @@ def _quantize_static(onnx_path: Path, out: Path, x: np.ndarray, meta: dict[str, 
     q.quantize_static(str(src), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
                       activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                       calibrate_method=q.CalibrationMethod.MinMax,
-                      op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+                      op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=exclude or [])
     if pre.exists():
         pre.unlink()
     onnx = _need("onnx")
     m = onnx.load(str(out))
     del m.metadata_props[:]
     e = m.metadata_props.add()
-    e.key, e.value = "spinexr", json.dumps({**meta, "quantization": "int8-static-qdq", "calibration_images": len(x)})
+    e.key, e.value = "spinexr", json.dumps({**meta, "quantization": "int8-static-qdq", "calibration_images": len(x),
+                                            "kept_fp32": len(exclude or [])})
     onnx.save(m, str(out))
     return {"int8_onnx": str(out), "calibration_images": len(x)}
 
