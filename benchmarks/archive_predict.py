@@ -9,7 +9,8 @@ Modes (the bundled models each time, a fresh process each, taking turns per size
   (``spinexr.deploy.predict.predict_paths`` + ``write_predictions``, as ``predict`` ran before the stream);
 * ``stream``: ``spinexr predict DIR --out OUT.csv`` (PyTorch, batches of 16, one decoding worker);
 * ``onnx``: the same with ``--backend onnx`` (both models on ONNX Runtime);
-* ``ray``: ``--ray`` (a local Ray cluster with this machine's CPUs, one CPU per actor, ONNX Runtime).
+* ``ray``: ``--ray`` (a local Ray cluster with this machine's CPUs, one CPU per actor, ONNX Runtime);
+* ``MODE-wN``: a stream mode with ``--workers N`` decoding processes (``-w0``: decoding in the main process).
 
 The archive is made of the shared KAUH and AASCE films, linked under new names until it holds N
 films. Wall time includes each process's start-up (the ONNX exports are made before timing). Peak
@@ -84,10 +85,12 @@ def _tree_rss(pid: int) -> int:
 
 def run_mode(mode: str, archive: Path, out: Path, env: dict[str, str]) -> dict:
     py = sys.executable
-    cmd = {"today": [py, "-c", TODAY, str(archive), str(out)],
-           "stream": [py, "-m", "spinexr", "predict", str(archive), "--out", str(out), "--quiet"],
-           "onnx": [py, "-m", "spinexr", "predict", str(archive), "--out", str(out), "--backend", "onnx", "--quiet"],
-           "ray": [py, "-m", "spinexr", "predict", str(archive), "--out", str(out), "--ray", "--quiet"]}[mode]
+    base, _, workers = mode.partition("-w")  # e.g. onnx-w0: the ONNX stream decoding in its own process
+    cli = [py, "-m", "spinexr", "predict", str(archive), "--out", str(out), "--quiet"]
+    cmd = {"today": [py, "-c", TODAY, str(archive), str(out)], "stream": cli,
+           "onnx": [*cli, "--backend", "onnx"], "ray": [*cli, "--ray"]}[base]
+    if workers:
+        cmd += ["--workers", workers]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0
