@@ -170,7 +170,7 @@ def test_the_measurer_runs_the_refiner_as_the_bundle_names_it(refiner_file, tiny
     start = torch.as_tensor(pl.points_to_input(plain.reshape(-1, 2)).reshape(17, 4, 2), dtype=torch.float32)
     with torch.no_grad():
         by_hand = pl.points_to_original(pipe.measurer.refiner(film, start).numpy().reshape(-1, 2)).reshape(17, 4, 2)
-    assert np.allclose(refined, by_hand, atol=1e-3) and not np.allclose(refined, plain, atol=0.5)
+    assert np.allclose(refined, by_hand, atol=1e-3) and not np.allclose(refined, plain, atol=1e-3)
     assert pipe.measurer.centreline_weight == 0.0  # the refiner's file says how its corners are read
     (tmp_path / "b" / "refiner.safetensors").write_bytes(refiner_file.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(WeightsError, match="changed since the bundle was made"):
