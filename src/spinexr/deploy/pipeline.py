@@ -70,8 +70,9 @@ class Pipeline:
         elif Path(source).suffix.lower() not in MODEL_SUFFIXES:
             raise SpinexrError(f"{source}: not a bundle folder, bundle.json or model file (.safetensors, .onnx)")
         elif Path(source).suffix.lower() == ".safetensors" and model_kind(source) != "classifier":
-            raise SpinexrError(f"{source} is a {model_kind(source)} model: give a classifier or a bundle first, and the "
-                               "landmark model with --landmarks")
+            what = "a landmark model" if model_kind(source) == "landmarks" else "a vertebra refiner"
+            raise SpinexrError(f"{source} is {what}: give a classifier or a bundle first, and the landmark model with "
+                               "--landmarks")
         clf = bundle.classifier if bundle is not None else Path(source)  # type: ignore[arg-type]
         lm: Path | None = None
         if landmarks is not None and str(landmarks) == BUNDLED:
