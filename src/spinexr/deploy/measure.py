@@ -92,10 +92,13 @@ class SpineMeasurer:
         return pts.cpu().numpy(), conf.cpu().numpy()
 
     def measure_batch(self, imgs: list[np.ndarray]) -> list[Measurement]:
-        """Decoded films measured with one model call: corners, angles or refusals, the view check."""
+        """Decoded films measured: corners, angles or refusals, the view check."""
         inputs = [self.contract.to_input(img) for img in imgs]
         x = np.stack([x8.astype(np.float32)[None] / 255.0 for x8, _ in inputs])
-        pts, conf = self.corners(x)
+        # One film (its test-time views already a batch) per call: on 2 CPU cores a call of 16 films took
+        # 209 ms a film in PyTorch and 69 in ONNX Runtime, against 127 and 62 one film at a time.
+        runs = [self.corners(x[i:i + 1]) for i in range(len(x))]
+        pts, conf = np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
         out = []
         for img, (_, pl), p, c in zip(imgs, inputs, pts, conf):
             v = pl.points_to_original(p).reshape(17, 4, 2)
