@@ -98,7 +98,7 @@ def _final(args: argparse.Namespace, head: dict, t0: float) -> int:
                       max_minutes=args.minutes if args.minutes > 0 else None, resume=args.resume)
     summary = {"source": str(args.data), "n_train": len(fit_idx), "n_val": len(val_idx), "split": "all films",
                "labels_implausible_left_out": int(len(recs) - len(ok)), "command": head["command"],
-               "machine": head["machine"]["cpu"], "train_seconds": fit["train_seconds"],
+               "trained_on": head["machine"]["cpu"], "train_seconds": fit["train_seconds"],
                "epochs_run": len(fit["history"]), "best_epoch": fit["best_epoch"]}
     save_refiner_model(refiner, run_dir / "refiner.safetensors", cfg.to_dict(), summary)
     write_result(f"aasce_refine_{args.tag or 'final'}.json",

@@ -377,7 +377,8 @@ def int8_section(d: dict) -> list[str]:
 def refine_final_section(d: dict) -> list[str]:
     t = d["training"]
     return ["## The vertebra refiner trained on every film", "",
-            f"Command: `{d['command']}`", "", f"Machine: {_machine(d)}. Date: {d['date']}. {d['n_train']} films fit, "
+            f"Command: `{d['command']}`", "", f"Machine: {d['machine'] if isinstance(d['machine'], str) else _machine(d)}. "
+            f"Date: {d['date']}. {d['n_train']} films fit, "
             f"{d['n_val']} (a tenth of the cases) chose the epoch; {d['labels_implausible_left_out']} films with "
             f"implausible labels left out. {t['train_seconds'] / 60:.0f} minutes, {d['epochs_run']} epochs (best "
             f"{t['best_epoch']}, stopped by {t['stopped_by']}); validation corner error "
