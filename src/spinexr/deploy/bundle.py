@@ -19,7 +19,6 @@ carries the rule it was bundled with before (``decision`` and ``view_check`` in 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -32,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spinexr import __version__
-from spinexr.data.imread import read_image
+from spinexr.data.imread import file_digest, read_image
 from spinexr.data.manifest import load_manifest
 from spinexr.deploy.decision import RULE_VERSION, DecisionRule, fit_curve_deg
 from spinexr.deploy.modelfile import LANDMARK_FORMAT, REFINER_FORMAT, raw_metadata, read_metadata
@@ -46,11 +45,11 @@ PARTS = {"classifier": "classifier.safetensors", "landmarks": "landmarks.safeten
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """:func:`~spinexr.data.imread.file_digest` for a file that must be there."""
+    digest = file_digest(path)
+    if digest is None:
+        raise FileNotFoundError(path)
+    return digest
 
 
 def is_bundle(path: str | Path) -> bool:
