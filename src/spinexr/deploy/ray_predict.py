@@ -10,9 +10,12 @@ same ``--resume``, the same summary as a run on one machine. Ray is optional (``
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import socket
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,27 @@ def _connect(address: str | None, num_cpus: int | None, progress: bool = True) -
     return ray
 
 
+# The helper threads Ray Data starts for one run (block prefetching, the streaming executor, metadata
+# fetching, threaded batch formatting). Each holds object references until it ends.
+_RAY_DATA_THREADS = ("Prefetcher", "StreamingExecutor-", "ray-data-metadata-prefetch", "map_tp_", "iter_threaded")
+
+
+def _settle(before: set[threading.Thread], timeout: float = 30.0) -> None:
+    """Wait for the Ray Data threads this run started to end.
+
+    A thread that ends releases the object references it held; one released after the caller has
+    shut Ray down aborts the whole process (the core worker is gone). Returning only once they are
+    gone makes ``ray.shutdown()`` right after a run safe."""
+    gc.collect()
+    deadline = time.monotonic() + timeout
+    for t in threading.enumerate():
+        if t in before or t is threading.current_thread() or not t.name.startswith(_RAY_DATA_THREADS):
+            continue
+        t.join(max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            log.warning("Ray Data's thread %s is still running after %.0f s", t.name, timeout)
+
+
 def ray_paths(paths: list[Path], out: Path, labels: list[str], digest: str | None, *, source: str | None = None,
               landmarks: str | None = None, no_landmarks: bool = False, address: str | None = None,
               resume: bool = False, batch_size: int = 16,
@@ -108,13 +132,15 @@ def ray_paths(paths: list[Path], out: Path, labels: list[str], digest: str | Non
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     given = {str(Path(p).resolve()): str(p) for p in todo}
+    before = set(threading.enumerate())
     ds = ray.data.from_items([{"path": a} for a in given], override_num_blocks=max(1, len(todo) // batch_size))
     ds = ds.map_batches(PredictActor, batch_size=batch_size, concurrency=pool, num_cpus=cpus_per_actor,
                         fn_constructor_kwargs={"source": source, "landmarks": landmarks, "no_landmarks": no_landmarks,
                                                "threads": cpus_per_actor, "backend": backend,
                                                "max_pixels": max_pixels or DEFAULT_MAX_PIXELS})
+    batches = ds.iter_batches(batch_size=batch_size, batch_format="numpy")
     try:
-        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        for batch in batches:
             docs = [json.loads(s) for s in batch["doc"]]
             for d in docs:
                 d["path"] = given.get(d["path"], d["path"])
@@ -123,6 +149,8 @@ def ray_paths(paths: list[Path], out: Path, labels: list[str], digest: str | Non
                 on_batch(docs)
     finally:
         sink.close()
+    del batches, ds
+    _settle(before)
     return sink.tally
 
 
