@@ -45,7 +45,7 @@ from spinexr.data.landmarks import read_aasce  # noqa: E402
 from spinexr.data.splits import holdout  # noqa: E402
 from spinexr.deploy.bundled import bundled_path  # noqa: E402
 from spinexr.deploy.decision import DecisionRule, fit_curve_deg, rule_cv  # noqa: E402
-from spinexr.deploy.measure import Measurement  # noqa: E402
+from spinexr.deploy.measure import Measurement, SpineMeasurer  # noqa: E402
 from spinexr.deploy.pipeline import Pipeline  # noqa: E402
 from spinexr.evaluation.external import external_metrics, wilson  # noqa: E402
 from spinexr.geometry.plausibility import implausibility  # noqa: E402
@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--centreline-weight", type=float, default=None,
                     help="read the angles with this centreline weight instead of the landmark model file's (0: the "
                          "corners alone, the definition)")
+    ap.add_argument("--refiner", default=None,
+                    help="a vertebra refiner trained on the landmark run's own training cases (aasce_refine.py): "
+                         "every film's corners (KAUH's and the out-of-fold AASCE corners) are read again by it, "
+                         "and the angles as its file says")
     ap.add_argument("--tag", default=None, help="write external_aasce_TAG.json (default: external_aasce.json)")
     return ap
 
@@ -211,6 +215,8 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
         f.names.append(Path(r.path).name)
         v = oof_pts.get(str(Path(r.path).resolve()))
         f.has_oof.append(v is not None)
+        if v is not None and measurer.refiner is not None:
+            v = measurer.refine(img, v)
         if v is None:
             f.angle.append(np.nan)
             f.fused.append(pr.label)
@@ -305,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     run = Path(a.landmark_run)
     pipeline = Pipeline.load(a.classifier, landmarks=run / "models" / "landmarks.safetensors")
+    if a.refiner:
+        from refine_variants import refiner_file
+
+        pipeline.measurer = SpineMeasurer(run / "models" / "landmarks.safetensors", refiner=refiner_file(Path(a.refiner)))
     if a.centreline_weight is not None:
         pipeline.measurer.centreline_weight = a.centreline_weight
     classes = list(pipeline.labels)
@@ -319,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {**header("external_aasce", argv), "classifier": str(shown), "classifier_meta": {
         key: pipeline.predictor.meta.get(key) for key in ("architecture", "attention", "data_config", "training_data",
                                                           "created")},
-        "landmark_run": str(run), "centreline_weight": pipeline.measurer.centreline_weight,
+        "landmark_run": str(run), "refiner": a.refiner, "centreline_weight": pipeline.measurer.centreline_weight,
         "kauh": kauh_out, "aasce": aasce_out, "wall_seconds": time.perf_counter() - t0,
         "targets": {"called_scoliosis_ge25": 0.97, "spearman_evidence": 0.6, "kauh_accuracy_drop_max": 0.01},
         "note": NOTE}

@@ -175,3 +175,23 @@ def test_the_measurer_runs_the_refiner_as_the_bundle_names_it(refiner_file, tiny
     (tmp_path / "b" / "refiner.safetensors").write_bytes(refiner_file.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(WeightsError, match="changed since the bundle was made"):
         load_bundle(tmp_path / "b")
+
+
+def test_the_onnx_backend_reads_the_crops_with_the_refiners_export(refiner_file, tiny_models, synth_dir, tmp_path,
+                                                                   monkeypatch) -> None:
+    """``--backend onnx`` with a bundle's refiner: its crop reading is exported once (cached under the
+    file's digest) and gives PyTorch's corners."""
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.bundle import write_bundle
+    from spinexr.deploy.pipeline import Pipeline
+
+    monkeypatch.setenv("SPINEXR_CACHE", str(tmp_path / "cache"))
+    write_bundle(tmp_path / "b", tiny_models["classifier"], tiny_models["landmarks"], None, name="b",
+                 refiner=refiner_file)
+    onnx, torch_ = Pipeline.load(tmp_path / "b", backend="onnx"), Pipeline.load(tmp_path / "b")
+    assert onnx.measurer.refiner_session is not None and torch_.measurer.refiner_session is None
+    assert len(list((tmp_path / "cache" / "onnx").glob("refiner-*.onnx"))) == 1
+    for p in sorted(synth_dir.rglob("*.jpg"))[:3]:
+        img, _ = read_image(p)
+        a, b = onnx.measurer.measure(img).landmarks, torch_.measurer.measure(img).landmarks
+        assert np.abs(a - b).max() < 0.05  # film pixels

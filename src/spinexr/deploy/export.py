@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from spinexr.data.imread import file_digest, read_image
-from spinexr.deploy.modelfile import load_landmark_model, model_kind
+from spinexr.deploy.modelfile import load_landmark_model, load_refiner_model, model_kind
 from spinexr.deploy.predictor import Predictor, _ort_session
 from spinexr.errors import SpinexrError
 
@@ -66,16 +66,16 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = 17, parity
 
 
 def _torch_export(module: torch.nn.Module, dummy: torch.Tensor, path: Path, opset: int,
-                  outputs: tuple[str, ...] = ("logits", "probs", "ood_score")) -> None:
+                  outputs: tuple[str, ...] = ("logits", "probs", "ood_score"), input_name: str = "image") -> None:
     """The torch.export-based exporter (dynamic batch); the TorchScript one if that fails."""
-    names = {"input_names": ["image"], "output_names": list(outputs)}
+    names = {"input_names": [input_name], "output_names": list(outputs)}
     try:
         torch.onnx.export(module, (dummy,), str(path), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
                           opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False, **names)
         return
     except Exception as e:  # noqa: BLE001 - any exporter failure falls back to the older exporter
         log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter", e)
-    axes = {k: {0: "batch"} for k in ("image", *outputs)}
+    axes = {k: {0: "batch"} for k in (input_name, *outputs)}
     torch.onnx.export(module, (dummy,), str(path), dynamic_axes=axes,
                       opset_version=opset, dynamo=False, do_constant_folding=True, **names)
 
@@ -177,7 +177,7 @@ def cache_dir() -> Path:
 
 
 def cached_onnx(model_path: str | Path) -> Path:
-    """The ONNX export of a model file (classifier or landmark model), made once and kept in
+    """The ONNX export of a model file (classifier, landmark model or vertebra refiner), made once and kept in
     :func:`cache_dir` under the file's SHA-256, so ``--backend onnx`` needs no export step. Several
     processes exporting at once each write their own file and rename it into place."""
     model_path = Path(model_path)
@@ -190,8 +190,11 @@ def cached_onnx(model_path: str | Path) -> Path:
     log.info("exporting %s to ONNX once (kept in %s)", model_path, out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     mine = out.with_name(f"{out.stem}.{os.getpid()}.onnx")
-    if model_kind(model_path) == "landmarks":
+    kind = model_kind(model_path)
+    if kind == "landmarks":
         export_landmark_onnx(model_path, mine)
+    elif kind == "refiner":
+        export_refiner_onnx(model_path, mine)
     else:
         export_onnx(model_path, mine)
     os.replace(mine, out)
@@ -232,3 +235,41 @@ def export_landmark_onnx(model_path: str | Path, out: str | Path, opset: int = 1
                                f"(> {tol:g}) on {len(parity_images)} films")
         report.update({"parity_images": len(parity_images), "max_abs_px_diff": diff})
     return report
+
+
+REFINER_PARITY_PX = 1e-2  # crop pixels
+
+
+def export_refiner_onnx(model_path: str | Path, out: str | Path, opset: int = 17,
+                        tol: float = REFINER_PARITY_PX) -> dict[str, Any]:
+    """Export a vertebra refiner's crop reading (:class:`~spinexr.models.refine.CropReader`: crops in,
+    corners out, any number of crops) to ONNX; the crops are still cut by PyTorch (``grid_sample``). A
+    parity check on random crops: onnxruntime within ``tol`` crop pixels of PyTorch, or no file."""
+    from spinexr.models.refine import CropReader
+
+    onnx = _need("onnx")
+    out = Path(out)
+    if out.resolve() == Path(model_path).resolve():
+        raise SpinexrError("the ONNX output would overwrite the model file; choose another --onnx path")
+    ref, meta = load_refiner_model(model_path)
+    reader = CropReader(ref).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    _torch_export(reader, torch.rand(17, 1, ref.crop, ref.crop), tmp, opset, outputs=("corners",), input_name="crops")
+    m = onnx.load(str(tmp))
+    entry = m.metadata_props.add()
+    entry.key, entry.value = "spinexr", json.dumps({**meta, "onnx_opset": int(m.opset_import[0].version)})
+    onnx.checker.check_model(m)
+    onnx.save(m, str(tmp))
+    x = torch.Generator().manual_seed(0)
+    crops = torch.rand(17, 1, ref.crop, ref.crop, generator=x)
+    with torch.no_grad():
+        want = reader(crops).numpy()
+    sess, _ = _ort_session(tmp, None)
+    got = sess.run(["corners"], {"crops": crops.numpy()})[0]
+    diff = float(np.abs(want - got).max())
+    if diff > tol:
+        tmp.unlink()
+        raise SpinexrError(f"vertebra refiner ONNX parity failed: corners differ by up to {diff:.2e} crop pixels (> {tol:g})")
+    tmp.replace(out)
+    return {"onnx": str(out), "checker": "passed", "max_abs_px_diff": diff}

@@ -51,7 +51,8 @@ class SpineMeasurer:
     """Loads a landmark model file once; measures decoded films."""
 
     def __init__(self, path: str | Path, device: str = "cpu", backend: str = "torch", onnx_path: str | Path | None = None,
-                 threads: int | None = None, refiner: str | Path | None = None) -> None:
+                 threads: int | None = None, refiner: str | Path | None = None,
+                 refiner_onnx_path: str | Path | None = None) -> None:
         self.device = torch.device(device)
         self.predictor, self.meta = load_landmark_model(path, self.device)
         if backend not in ("torch", "onnx"):
@@ -73,6 +74,9 @@ class SpineMeasurer:
         self.refiner, self.refiner_meta = load_refiner_model(refiner, self.device) if refiner is not None else (None, {})
         if self.refiner is not None:
             self.centreline_weight = float(self.refiner_meta.get("centreline_weight", 0.0))
+        # With the onnx backend the refiner's crops are read by its export (they are still cut by PyTorch).
+        self.refiner_session = (_ort_session(Path(refiner_onnx_path), threads)[0]
+                                if self.refiner is not None and refiner_onnx_path is not None else None)
         try:
             self.view_check = ViewCheck.from_meta(self.meta)
         except (KeyError, TypeError, ValueError) as e:
@@ -118,8 +122,12 @@ class SpineMeasurer:
         x8, pl = fit_to_box(img, *refiner_box(*img.shape, self.refiner.film_height), "stretch")
         film = torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None].to(self.device)
         start = torch.as_tensor(pl.points_to_input(corners.reshape(-1, 2)).reshape(17, 4, 2), dtype=torch.float32)
-        out = self.refiner(film, start.to(self.device)).cpu().numpy()
+        out = self.refiner(film, start.to(self.device), self._read_crops_onnx if self.refiner_session else None)
+        out = out.cpu().numpy()
         return pl.points_to_original(out.reshape(-1, 2)).reshape(17, 4, 2)
+
+    def _read_crops_onnx(self, crops: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.refiner_session.run(["corners"], {"crops": crops.cpu().numpy()})[0])
 
     def measure(self, img: np.ndarray) -> Measurement:
         return self.measure_batch([img])[0]

@@ -96,7 +96,8 @@ class Pipeline:
         if lm is not None:
             refiner = bundle.refiner if bundle is not None else None  # the bundle's second stage, with its model
             measurer = SpineMeasurer(lm, device=device, backend="onnx" if lm_onnx else "torch", onnx_path=lm_onnx,
-                                     threads=threads, refiner=refiner)
+                                     threads=threads, refiner=refiner,
+                                     refiner_onnx_path=cached_onnx(refiner) if refiner and lm_onnx else None)
         return cls(predictor, measurer, bundle)
 
     def _model_info(self) -> dict[str, Any]:

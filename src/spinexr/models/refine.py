@@ -19,6 +19,8 @@ sits at ``u = (2 i + 1) / S - 1`` (grid_sample's ``align_corners=False``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -113,14 +115,29 @@ class VertebraRefiner(nn.Module):
             pts = (pts[:n] + back) / 2
         return pts
 
-    def forward(self, film: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+    def forward(self, film: torch.Tensor, corners: torch.Tensor,
+                reader: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``reader``: what reads the crops (default :meth:`read_crops`; the deployed ONNX Runtime path
+        passes its export of that method)."""
+        read = reader or self.read_crops
         pts = corners[None]
         for _ in range(self.iterations):
             fr = frames(pts, self.span)[0]
-            q = self.read_crops(cut_crops(film, fr, self.crop))
+            q = read(cut_crops(film, fr, self.crop))
             pts = from_crop(q, fr, self.crop)[None]
         return pts[0]
 
+
+class CropReader(nn.Module):
+    """A refiner's crop reading alone (normalisation, network, mirror reading, soft-argmax): what the
+    ONNX export holds. (N, 1, S, S) crops in [0, 1] -> (N, 4, 2) crop-pixel corners."""
+
+    def __init__(self, refiner: VertebraRefiner) -> None:
+        super().__init__()
+        self.refiner = refiner
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.refiner.read_crops(crops)
 
 
 def refiner_box(height: int, width: int, film_height: int = FILM_HEIGHT) -> tuple[int, int]:
