@@ -122,6 +122,27 @@ def _wait_for(cond, proc: subprocess.Popen, limit: float = 120.0) -> None:
         time.sleep(0.02)
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc), the multiprocessing helpers among them."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def _csv_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
@@ -139,8 +160,15 @@ def test_a_killed_run_leaves_a_whole_file_and_resume_finishes_it(films: Path, tm
     # Killed twice: once while the first batches are in the journal, once in the middle of the work.
     proc = _run(args, ROOT)
     _wait_for(lambda: journal.exists() and journal.stat().st_size > 0, proc)
+    workers = _children(proc.pid) if Path("/proc/self/stat").is_file() else []
+    assert workers or not Path("/proc/self/stat").is_file(), "the run decodes in a worker process"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # Its decoding worker does not outlive it.
+    t0 = time.monotonic()
+    while any(_alive(w) for w in workers):
+        assert time.monotonic() - t0 < 30, "a decoding worker outlived its killed run"
+        time.sleep(0.05)
     first = _csv_rows(out)  # the header at least: complete
     proc = _run([*args, "--resume"], ROOT)
     _wait_for(lambda: journal.exists() and len(journal.read_bytes().splitlines()) >= 4, proc)

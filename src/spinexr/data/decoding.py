@@ -4,6 +4,9 @@ so the worker processes that run it (``predict --workers``) start light."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,4 +36,19 @@ def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     return Decoded(path, digest, img, meta)
 
 
-__all__ = ["Decoded", "decode"]
+def exit_with_parent() -> None:
+    """A worker process's initializer: end this process as soon as the one that started it is gone.
+    A worker blocked on its task queue never notices a parent killed with SIGKILL, and would stay
+    behind after every killed run."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent's end of the start-up pipe closes: when it has died
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+__all__ = ["Decoded", "decode", "exit_with_parent"]

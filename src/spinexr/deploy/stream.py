@@ -26,7 +26,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from spinexr.data.decoding import Decoded, decode
+from spinexr.data.decoding import Decoded, decode, exit_with_parent
 from spinexr.data.imread import file_digest
 from spinexr.deploy.document import document_columns, flatten, output_format
 from spinexr.deploy.pipeline import Pipeline
@@ -239,7 +239,7 @@ def decoded_batches(paths: list[Path], batch_size: int, workers: int, max_pixels
             yield [decode(str(p), max_pixels) for p in paths[s:s + batch_size]]
         return
     ahead = batch_size * (workers + 1)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent) as pool:
         queue: list[Future[Decoded]] = []
         it = iter(paths)
         for p in it:
