@@ -398,6 +398,32 @@ def refine_variants_section(d: dict) -> list[str]:
     return out + [""]
 
 
+def refine_passes_section(d: dict) -> list[str]:
+    out = [f"## How many refiner passes: chosen on validation films ({d['landmark_run']})", "",
+           f"Command: `{d['command']}`", "", f"Machine: {_machine(d)}. Date: {d['date']}. Rule, fixed before looking: "
+           f"the {d['rule']}. {d['n_validation']} validation films (a tenth of the training cases, which chose the "
+           f"refiner's epoch) choose; the {d['n_held_out']} held-out films are shown for the record. Chosen: "
+           f"**{d['chosen_passes']} pass{'es' if d['chosen_passes'] > 1 else ''}**.", "", *TOL_HEAD]
+    for part, rows in d["results"].items():
+        for passes, r in rows.items():
+            out.append(_tol_row(f"{part.replace('_', ' ')}, {passes} pass{'es' if passes != '1' else ''}", r))
+    return out + [""]
+
+
+def refiner_weights_section(d: dict) -> list[str]:
+    g = d["gate"]
+    out = [f"## How the refiner's weights are stored ({d['landmark_run']})", "", f"Command: `{d['command']}`", "",
+           f"Machine: {_machine(d)}. Date: {d['date']}. {d['n_test']} held-out films through the deployed measurer. "
+           f"Gate against float32: SMAPE within {g['smape_points']} points and the largest angle within "
+           f"{g['largest_deg']}° on {g['share']:.0%} of films.", "",
+           "| weights | file MB | SMAPE % | largest angle within 0.5° of float32 | corners differ by up to (px) | gate |",
+           "|---|---|---|---|---|---|"]
+    for name, r in d["results"].items():
+        out.append(f"| {name} | {r['file_mb']:.1f} | {r['smape']:.2f} | {r['largest_within_0_5deg_of_float32']:.0%} | "
+                   f"{r['max_corner_diff_px']:.2f} | {'passed' if r['passes_gate'] else 'failed'} |")
+    return out + [""]
+
+
 def archive_section(d: dict) -> list[str]:
     out = ["## Archive throughput", "", f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}. Date: {d['date']}. Each mode in a fresh process (start-up included), taking turns "
@@ -643,6 +669,10 @@ def _adopted_sections() -> list[str]:
         lines += refine_final_section(d) if d.get("final") else refine_section(d)
     for f in sorted((HERE / "results").glob("refine_variants_*.json")):
         lines += refine_variants_section(json.loads(f.read_text()))
+    for f in sorted((HERE / "results").glob("refine_passes_*.json")):
+        lines += refine_passes_section(json.loads(f.read_text()))
+    for f in sorted((HERE / "results").glob("refiner_weights_*.json")):
+        lines += refiner_weights_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("archive_predict*.json")):
         lines += archive_section(json.loads(f.read_text()))
     for name, section in (("cpu_inference_landmarks.json", landmark_inference_section),

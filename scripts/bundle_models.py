@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--landmark-train-log", help="the final landmark run's metrics.json (epochs, minutes)")
     ap.add_argument("--landmark-command", default="", help="the command that trained the landmark model")
     ap.add_argument("--classifier-command", default="", help="the command that trained the classifier")
+    ap.add_argument("--landmark-cv", default=None,
+                    help="the landmark CV result JSON the card cites (default: the final run's own, else "
+                         "aasce_cobb_cv_cpu_reduced.json)")
+    ap.add_argument("--refiner", default=None, help="a vertebra refiner file to bundle as the landmark model's second "
+                    "stage (benchmarks/aasce_refine.py --final); the rule is then fitted on refined measurements")
     return ap
 
 
@@ -106,7 +111,8 @@ def _pack_both(a: argparse.Namespace, meta: dict, curve_deg: float, speed: dict)
         ext = json.loads((RESULTS / "external_aasce.json").read_text()) if (RESULTS / "external_aasce.json").is_file() else None
         lm_log = json.loads(Path(a.landmark_train_log).read_text()) if a.landmark_train_log else {}
         # The measured figures: the landmark CV run the model came from (its result JSON), else the default one.
-        cv_path = Path(a.landmark_train_log) if "pooled" in lm_log else RESULTS / "aasce_cobb_cv_cpu_reduced.json"
+        cv_path = (Path(a.landmark_cv) if a.landmark_cv else Path(a.landmark_train_log) if lm_log.get("pooled")
+                   else RESULTS / "aasce_cobb_cv_cpu_reduced.json")
         cv_file = cv_path.resolve()
         cv_file = cv_file.relative_to(ROOT).as_posix() if cv_file.is_relative_to(ROOT) else str(cv_path)
         if not a.keep_classifier:
@@ -114,15 +120,23 @@ def _pack_both(a: argparse.Namespace, meta: dict, curve_deg: float, speed: dict)
             pack(a.classifier, "classifier", clf_card, headline=clf_head)
         lm_card, lm_head = landmark_card(a, meta, json.loads(cv_path.read_text()), cv_file, ext, lm_log, curve_deg, speed)
         pack(lm_src, "landmarks", lm_card, headline=lm_head)
+        if a.refiner:
+            rf_card, rf_head = refiner_card(a, raw_metadata(a.refiner))
+            pack(a.refiner, "refiner", rf_card, headline=rf_head)
+        else:
+            for stale in (BUNDLE_DIR / "refiner.safetensors", BUNDLE_DIR / "refiner.md"):
+                stale.unlink(missing_ok=True)
     write_bundle(BUNDLE_DIR, BUNDLE_DIR / "classifier.safetensors", BUNDLE_DIR / "landmarks.safetensors", None,
-                 name="spinexr-bundled", description=BUNDLE_DESCRIPTION)
+                 name="spinexr-bundled", description=BUNDLE_DESCRIPTION,
+                 refiner=BUNDLE_DIR / "refiner.safetensors" if a.refiner else None)
     return clf_facts
 
 
 def _fp16_checks(a: argparse.Namespace, full_c: Predictor, full_lm: SpineMeasurer, imgs: list, clf_facts: dict) -> dict:
     """float16 against float32, and the latency of what ships."""
     half_c = Predictor(BUNDLE_DIR / "classifier.safetensors")
-    half_lm = SpineMeasurer(BUNDLE_DIR / "landmarks.safetensors")
+    half_lm = SpineMeasurer(BUNDLE_DIR / "landmarks.safetensors",
+                            refiner=BUNDLE_DIR / "refiner.safetensors" if a.refiner else None)
     dpx = max(float(np.abs(full_lm.measure(im).landmarks - half_lm.measure(im).landmarks).max()) for im in imgs)
     earlier = json.loads((RESULTS / "bundled_models.json").read_text()) if (RESULTS / "bundled_models.json").is_file() else {}
     since = f"bundled_models.json of {earlier.get('date')}"
@@ -136,6 +150,9 @@ def _fp16_checks(a: argparse.Namespace, full_c: Predictor, full_lm: SpineMeasure
                "max_prob_diff_fp16": dp, "ms_per_film": _latency(half_c.predict_image, imgs), **clf_facts}
     lm_out = {"file_mb": (BUNDLE_DIR / "landmarks.safetensors").stat().st_size / 2**20,
               "max_corner_diff_px_fp16": dpx, "ms_per_film": _latency(half_lm.measure, imgs)}
+    if a.refiner:  # the corner difference above is of both stages as shipped (float16 first stage, int8 refiner)
+        lm_out["refiner"] = {"file_mb": (BUNDLE_DIR / "refiner.safetensors").stat().st_size / 2**20,
+                             "weights": "int8 (weight-only, per output channel)", "source": a.refiner}
     src_w = load_file(a.landmarks)
     if all(torch.equal(v, v.half().to(v.dtype)) for v in src_w.values() if v.is_floating_point()) and earlier:
         # Weights that were float16 already (a fold model measured again from the bundled float16 file):
@@ -155,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     films = [p for c in CLASSES for p in list_images(KAUH / c)[:3]]
     imgs = [read_image(p)[0] for p in films]
-    full_lm = SpineMeasurer(a.landmarks)
+    full_lm = SpineMeasurer(a.landmarks, refiner=a.refiner)
     meta, curve_deg = _landmark_meta_with_rule(a.landmarks, full_lm)
     full_c = Predictor(a.classifier)
     speed = {"classifier_ms": _latency(full_c.predict_image, imgs), "landmarks_ms": _latency(full_lm.measure, imgs)}
@@ -386,7 +403,11 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
         "T1-T3 to L3-L5, span, heatmap confidence), fitted on "
         + (meta.get("view_check") or {}).get("fitted_on", "KAUH films of known view")
         + " (Normal and Scoliosis films full-spine AP, Spondylolisthesis films lumbar), its line keeping 90% of the "
-        "lumbar films out.", "",
+        "lumbar films out.",
+        *(["- Second stage: in the bundle each vertebra's corners are read again by the vertebra refiner "
+            "(`spinexr models --card refiner`), and the angles from the refined corners alone; the curve line and the "
+            "view check above were fitted on those refined measurements. The figures below are this first stage's "
+            "alone; the refiner's card gives the two stages together."] if a.refiner else []), "",
         "## Measured", "",
         f"- The same recipe in a case-grouped 80/20 split of AASCE ({p['n']} held-out films; "
         f"`{cv_file}`): SMAPE "
@@ -413,6 +434,70 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
               "film' (rule v4).",
               "- Trained on one Canadian hospital's AIS films, cropped neck to pelvis; other framings (whole-body, "
               "chest-only) and adult degenerative spines are outside its data."]
+    return "\n".join(lines) + "\n", head
+
+
+def _refined_line(name: str, r: dict) -> str:
+    bias = "n/a" if r["mean_error_ge40"] is None else f"{r['mean_error_ge40']:+.1f}°"
+    return (f"{name}: SMAPE {r['smape']:.2f}%, largest-angle MAE {r['mae_largest']:.2f}°, "
+            f"{r['within_5deg']:.0%} within 5°, mean error on curves of 40° or more {bias} ({r['n_ge40']} films)")
+
+
+def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
+    """The refiner's card, from the committed JSON: the two case-grouped splits, the pass count's
+    choice, the int8 weights' check and the final training run."""
+    splits = {s: json.loads((RESULTS / f"aasce_refine_{s}.json").read_text()) for s in ("seed0", "seed1")
+              if (RESULTS / f"aasce_refine_{s}.json").is_file()}
+    passes = {s: json.loads((RESULTS / f"refine_passes_{s}.json").read_text()) for s in ("seed0", "seed1")
+              if (RESULTS / f"refine_passes_{s}.json").is_file()}
+    weights = {s: json.loads((RESULTS / f"refiner_weights_{s}.json").read_text()) for s in ("seed0", "seed1")
+               if (RESULTS / f"refiner_weights_{s}.json").is_file()}
+    fin = RESULTS / "aasce_refine_final.json"
+    final = json.loads(fin.read_text()) if fin.is_file() else {}
+    one = {s: r["results"]["refined, 1 pass"]["corners alone"] for s, r in splits.items()}
+    head = ("AASCE 80/20 splits, refined: " + "; ".join(f"{s} SMAPE {r['smape']:.1f}%, MAE {r['mae_largest']:.1f}°"
+                                                        for s, r in one.items()))
+    lines = [
+        f"# spinexr bundled vertebra refiner: {meta['encoder']} heatmaps on {meta['crop']} px crops of each vertebra",
+        "", "**Research use only. Not a medical device, not a diagnosis.** The landmark model's second stage: from the "
+        "first stage's corners it cuts one crop per vertebra out of the film resized to "
+        f"{meta['film_height']} px high ({meta['crop']} px, {meta['span']:g} vertebra spacings wide, turned along the "
+        "spine there) and places that vertebra's four corners again, its mirror image read too and averaged; "
+        f"{meta['iterations']} pass. The Cobb angles are then read from the refined corners alone (the dataset's "
+        "definition; `centreline_weight` 0 in the file).", "",
+        "## Training data", "",
+        f"AASCE / SpineWeb Dataset 16 training part. {AASCE_CITE}", "",
+        "Terms: released for research use with citation; no image of it ships with spinexr.", "",
+        "## How it was trained", "",
+        f"- Command: `{final.get('command', 'python benchmarks/aasce_refine.py --final')}`",
+        f"- From scratch on a 2-core CPU ({final.get('trained_on', 'CPU')}): {final.get('epochs_run', 'n/a')} epochs in "
+        f"{(final.get('train_seconds') or 0) / 60:.0f} minutes on crops of {final.get('n_train', 'n/a')} films' labelled "
+        f"vertebrae, their frames jittered (centre, turn, scale); {final.get('n_val', 'n/a')} films of a tenth of the "
+        f"cases chose the epoch; {final.get('labels_implausible_left_out', 0)} films with implausible labels left out.",
+        "- Stored as weight-only int8 (one scale per output channel; float16 biases and norms), so that the three "
+        "bundled files stay within one wheel.", "",
+        "## Measured", ""]
+    for s, r in splits.items():
+        first = r["results"]["first stage"]["corners alone"]
+        lines += [f"- Case-grouped 80/20 split {s} (`benchmarks/results/aasce_refine_{s}.json`, {r['n_test']} held-out "
+                  f"films; the refiner trained on the split's own training cases, starting from the first stage's "
+                  f"out-of-fold corners): " + _refined_line("first stage", first) + "; "
+                  + _refined_line("refined", one[s]) + "."]
+    for s, r in passes.items():
+        v = r["results"]["validation"]
+        lines += [f"- Passes ({s}, `refine_passes_{s}.json`): chosen on {r['n_validation']} validation films by the lower "
+                  f"SMAPE, {v['1']['smape']:.2f}% for one pass against {v['2']['smape']:.2f}% for two: one pass."]
+    for s, r in weights.items():
+        q = r["results"]["int8 weights"]
+        lines += [f"- int8 weights ({s}, `refiner_weights_{s}.json`): SMAPE {q['smape_change']:+.2f} points against "
+                  f"float32, the largest angle within 0.5° of float32's on {q['largest_within_0_5deg_of_float32']:.0%} "
+                  f"of {r['n_test']} films (the gate: 0.3 points and 95%)."]
+    lines += ["", "## Known failure modes", "",
+              "- It reads each vertebra where the first stage put it: a vertebra the first stage missed by more than "
+              "about half a vertebra, or a spine the first stage drew in the wrong place, is not mended.",
+              "- It roughly doubles the time of a measurement (a second network on 17 crops, twice with the mirror "
+              "image).",
+              "- Trained on one Canadian hospital's AIS films; its corners are only as good as those labels."]
     return "\n".join(lines) + "\n", head
 
 

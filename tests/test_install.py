@@ -33,10 +33,13 @@ def test_installed_package_finds_and_uses_its_bundled_models(tmp_path: Path, syn
                             "--target", str(site), str(src)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-2000:]
     shipped = site / "spinexr" / "deploy" / "bundled"
-    for name in ("classifier.safetensors", "classifier.md", "landmarks.safetensors", "landmarks.md"):
+    bundle = json.loads((ROOT / "src" / "spinexr" / "deploy" / "bundled" / "bundle.json").read_text())
+    parts = [bundle[k]["file"] for k in ("classifier", "landmarks", "refiner") if bundle.get(k)]
+    for name in (*parts, *(Path(n).with_suffix(".md").name for n in parts), "bundle.json"):
         assert (shipped / name).is_file(), f"{name} is not in the installed package"
-    total = sum((shipped / n).stat().st_size for n in ("classifier.safetensors", "landmarks.safetensors"))
-    assert total <= 80 * 2**20, f"bundled models take {total / 2**20:.1f} MB (budget 80 MB)"
+    # One wheel must stay under PyPI's 100 MB file limit (safetensors weights hardly compress).
+    total = sum((shipped / n).stat().st_size for n in parts)
+    assert total <= 95 * 2**20, f"bundled models take {total / 2**20:.1f} MB (budget 95 MB)"
     env = {**os.environ, "PYTHONPATH": str(site)}
 
     def run(*args: str) -> subprocess.CompletedProcess:

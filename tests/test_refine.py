@@ -195,3 +195,59 @@ def test_the_onnx_backend_reads_the_crops_with_the_refiners_export(refiner_file,
         img, _ = read_image(p)
         a, b = onnx.measurer.measure(img).landmarks, torch_.measurer.measure(img).landmarks
         assert np.abs(a - b).max() < 0.05  # film pixels
+
+
+def test_int8_weights_decode_to_within_half_a_step_and_load_as_a_refiner(refiner_file, tmp_path) -> None:
+    """The bundled refiner's storage: weight-only int8 with one scale per output channel. Each weight
+    comes back within half a quantisation step; the packed file is about a quarter of float32's; the
+    refiner it loads reads crops as the float32 one does; a scale that does not fit is refused."""
+    from safetensors.torch import load_file
+
+    from spinexr.deploy.bundled import bundled_models, pack
+    from spinexr.deploy.modelfile import INT8_SCALE, dequantized, int8_weights, load_refiner_model, write_model_file
+    from spinexr.errors import WeightsError
+
+    state = load_file(str(refiner_file))
+    q = int8_weights(state)
+    back = dequantized(q)
+    assert set(back) == set(state)
+    for k, v in state.items():
+        if v.is_floating_point() and v.dim() >= 2:
+            assert q[k].dtype == torch.int8
+            step = q[k + INT8_SCALE].view(-1, *[1] * (v.dim() - 1))
+            assert bool(((back[k] - v).abs() <= step / 2 + 1e-7).all()), k
+    dest = pack(refiner_file, "refiner", "# refiner card\n", headline="tiny", root=tmp_path / "bundled")
+    assert dest.stat().st_size < 0.3 * refiner_file.stat().st_size
+    listed = {m.name: m for m in bundled_models(tmp_path / "bundled")}
+    assert listed["refiner"].kind == "refiner" and "vertebra refiner" in listed["refiner"].describe()
+    full, _ = load_refiner_model(refiner_file)
+    small, meta = load_refiner_model(dest)
+    assert meta["bundled"]["weights_dtype"] == "int8"
+    crops = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert float((full.read_crops(crops) - small.read_crops(crops)).abs().max()) < 1.0  # crop pixels
+    k = next(k for k in q if k.endswith(INT8_SCALE))
+    bad = write_model_file({**q, k: q[k][:1]}, meta, tmp_path / "bad.safetensors", sidecar=False)
+    with pytest.raises(WeightsError, match="bad.safetensors"):
+        load_refiner_model(bad)
+
+
+def test_cv_landmarks_takes_a_bundle_and_its_refiner(refiner_file, tiny_models, tmp_path) -> None:
+    """``cv --landmarks BUNDLE`` scores the decision on the bundle's two-stage measurement; the stored
+    folds' evidence digest changes with the refiner, so no fold keeps figures of another measurement."""
+    from spinexr.deploy.bundle import write_bundle
+    from spinexr.errors import SpinexrError
+    from spinexr.evaluation.cv import landmark_stages
+    from spinexr.evaluation.decision_cv import evidence_digest
+
+    write_bundle(tmp_path / "b", tiny_models["classifier"], tiny_models["landmarks"], None, name="b",
+                 refiner=refiner_file)
+    lm, ref = landmark_stages(str(tmp_path / "b"))
+    assert lm.name == "landmarks.safetensors" and ref is not None and ref.name == "refiner.safetensors"
+    assert landmark_stages(str(tiny_models["landmarks"])) == (tiny_models["landmarks"], None)
+    assert evidence_digest(lm, ref) != evidence_digest(lm)
+    write_bundle(tmp_path / "c", tiny_models["classifier"], None, None, name="c")
+    with pytest.raises(SpinexrError, match="has no landmark model"):
+        landmark_stages(str(tmp_path / "c"))
+    with pytest.raises(SpinexrError, match="no such file"):
+        landmark_stages(str(tmp_path / "nothing.safetensors"))

@@ -11,7 +11,7 @@ from typing import Any
 from spinexr.cli._common import run_dir, say
 from spinexr.config import CVConfig, TrainConfig, resolve, resolve_landmarks
 from spinexr.errors import SpinexrError
-from spinexr.evaluation.cv import landmark_model_path, run_cv
+from spinexr.evaluation.cv import landmark_stages, run_cv
 from spinexr.evaluation.external import evaluate_model
 from spinexr.evaluation.holdout import run_train
 from spinexr.evaluation.landmark_cv import LandmarkCVResult, run_landmark_cv
@@ -35,7 +35,7 @@ def cv(args: argparse.Namespace) -> int:
         saved, cvc, tr = _load_resume(args.resume, "cv")
         out = Path(args.resume)
         if args.landmarks:  # the decision added to a run: finished folds are rebuilt from their checkpoints
-            landmark_model_path(args.landmarks)  # a wrong path is refused before the run's config changes
+            landmark_stages(args.landmarks)  # a wrong path is refused before the run's config changes
             cvc = replace(cvc, landmarks=args.landmarks)
             saved["cv"]["landmarks"] = args.landmarks
             (out / "config.json").write_text(json.dumps(saved, indent=2))

@@ -16,17 +16,21 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from spinexr.deploy.modelfile import model_kind, raw_metadata, write_model_file
+from spinexr.deploy.modelfile import int8_weights, model_kind, raw_metadata, write_model_file
 from spinexr.errors import WeightsError
 
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundled"
-KINDS = {"classifier": "classifier.safetensors", "landmarks": "landmarks.safetensors"}
+KINDS = {"classifier": "classifier.safetensors", "landmarks": "landmarks.safetensors",
+         "refiner": "refiner.safetensors"}
+# How each kind's weights are stored: the refiner's as weight-only int8 (``benchmarks/refiner_weights.py``
+# measured what that changes), so that the three files stay within a wheel PyPI accepts.
+WEIGHTS = {"classifier": "float16", "landmarks": "float16", "refiner": "int8"}
 
 
 @dataclass(frozen=True)
 class BundledModel:
     name: str
-    kind: str  # classifier or landmarks
+    kind: str  # classifier, landmarks or refiner
     path: Path
     card: Path | None
     size_bytes: int
@@ -38,6 +42,8 @@ class BundledModel:
         dc = m.get("data_config", {})
         if self.kind == "classifier":
             what = f"{m.get('architecture')} + {m.get('attention')} attention, {dc.get('input_size')} px {dc.get('resize')}"
+        elif self.kind == "refiner":
+            what = f"{m.get('encoder')} vertebra refiner, {m.get('crop')} px crops of the film at {m.get('film_height')} px"
         else:
             size = f"{dc.get('input_size')}x{dc.get('input_width')} px"
             what = f"{m.get('encoder')} heatmaps ({m.get('encoding', 'corners')}), {size}"
@@ -83,16 +89,21 @@ def bundled_path(kind: str, root: Path | None = None) -> Path:
 
 def pack(model_path: str | Path, kind: str, card: str, headline: str = "", root: Path | None = None) -> Path:
     """Write ``model_path`` as the bundled model of ``kind``: float weights in float16 (the OOD
-    statistics stay float32), the metadata kept and marked as bundled, and the model card beside it."""
+    statistics stay float32; a refiner's weights in int8, :data:`WEIGHTS`), the metadata kept and
+    marked as bundled, and the model card beside it."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     src = Path(model_path)
     meta = raw_metadata(src)
     if not meta:
         raise WeightsError(f"{src}: a safetensors file without spinexr metadata; bundle a spinexr model file")
-    meta["bundled"] = {"source_file": src.name, "weights_dtype": "float16", "headline": headline}
+    meta["bundled"] = {"source_file": src.name, "weights_dtype": WEIGHTS[kind], "headline": headline}
     state = load_file(str(src))
-    half = {k: (v.half() if v.is_floating_point() and not k.startswith("ood.") else v).contiguous() for k, v in state.items()}
+    if WEIGHTS[kind] == "int8":
+        half = int8_weights(state)
+    else:
+        half = {k: (v.half() if v.is_floating_point() and not k.startswith("ood.") else v).contiguous()
+                for k, v in state.items()}
     root = root or BUNDLE_DIR
     dest = root / KINDS[kind]
     root.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,6 @@ from spinexr.data.dataset import PreparedData, prepare_dataset
 from spinexr.data.framing import bounded, framing_stress
 from spinexr.data.imread import read_image
 from spinexr.data.splits import carve_validation, group_kfold, leaky_split
-from spinexr.deploy.bundled import bundled_path
 from spinexr.engine.distributed import barrier, is_main, resolve_device, world_size
 from spinexr.engine.inference import run_inference
 from spinexr.errors import SpinexrError
@@ -146,7 +145,8 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
         raise SpinexrError("--landmarks on a resumed run: run `spinexr cv --resume RUN_DIR --landmarks ...` without "
                            "torchrun (finished folds are rebuilt from their checkpoints, not retrained)")
     if cfg.landmarks and cfg.protocol in ("grouped", "both") and is_main():
-        evidence = CurveEvidence(landmark_model_path(cfg.landmarks), data, device=str(device), progress=progress)
+        lm, refiner = landmark_stages(cfg.landmarks)
+        evidence = CurveEvidence(lm, data, device=str(device), progress=progress, refiner=refiner)
     out.mkdir(parents=True, exist_ok=True)  # only once the data and the landmark model are known to be usable
     config = {"cv": asdict(cfg), "train": tcfg.to_dict()}
     if is_main() and not resume:
@@ -327,12 +327,21 @@ def framing_fold(predictor: Any, held_out: FramingFilms, device: Any, decision: 
                           films["Normal"], CLASSES)
 
 
-def landmark_model_path(value: str) -> Path:
-    """``cv.landmarks``: a landmark model file, or ``bundled`` for the one shipped with the package."""
-    if value == BUNDLED:
-        return bundled_path("landmarks")
+def landmark_stages(value: str) -> tuple[Path, Path | None]:
+    """``cv.landmarks``: a landmark model file; a bundle (its folder or ``bundle.json``), whose landmark
+    model and vertebra refiner then measure; or ``bundled`` for the bundle shipped with the package.
+    Returns (landmark model, refiner or None)."""
+    from spinexr.deploy.bundle import is_bundle, load_bundle
+    from spinexr.deploy.bundled import bundled_bundle_dir
+
+    if value == BUNDLED or is_bundle(value):
+        b = load_bundle(bundled_bundle_dir() if value == BUNDLED else value)
+        if b.landmarks is None:
+            raise SpinexrError(f"--landmarks {value}: the bundle {b.name} has no landmark model; give a bundle or "
+                               "landmark model file that measures the spine")
+        return b.landmarks, b.refiner
     p = Path(value)
     if not p.is_file():
         raise SpinexrError(f"--landmarks {value}: no such file; give a landmark model file (from `spinexr landmarks "
-                           "train`) or 'bundled' for the one shipped with spinexr")
-    return p
+                           "train`), a bundle folder, or 'bundled' for the one shipped with spinexr")
+    return p, None

@@ -32,14 +32,18 @@ from spinexr.geometry.view import view_features
 log = logging.getLogger(__name__)
 
 
-def evidence_digest(landmark_model: str | Path) -> str:
-    """Which landmark model file and which version of the rule a stored fold's decision figures came
-    from: a fold stored under another file or rule version is run through the decision again."""
+def evidence_digest(landmark_model: str | Path, refiner: str | Path | None = None) -> str:
+    """Which landmark model file (and vertebra refiner) and which version of the rule a stored fold's
+    decision figures came from: a fold stored under other files or rule version is run through the
+    decision again."""
 
     h = hashlib.sha256(f"rule v{decision_rule.RULE_VERSION}".encode())  # read at call time, never copied
-    with open(landmark_model, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for path in (landmark_model, refiner):
+        if path is None:
+            continue
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:16]
 
 
@@ -49,12 +53,12 @@ class CurveEvidence:
     their pixels, so each is measured once for all the models and folds that see it."""
 
     def __init__(self, landmark_model: str | Path, data: Any, device: str = "cpu", max_rate: float = 0.02,
-                 keep_lumbar_out: float = 0.9, progress: bool = True) -> None:
+                 keep_lumbar_out: float = 0.9, progress: bool = True, refiner: str | Path | None = None) -> None:
 
 
         self.path = Path(landmark_model)
-        self.measurer = SpineMeasurer(self.path, device=device)
-        self.digest = evidence_digest(self.path)
+        self.measurer = SpineMeasurer(self.path, device=device, refiner=refiner)
+        self.digest = evidence_digest(self.path, refiner)
         self.max_rate, self.keep_lumbar_out = max_rate, keep_lumbar_out
         self.truth = [CLASSES[int(i)] for i in data.labels]
         self.measurements: list[Any] = []
