@@ -730,7 +730,7 @@ def headline_table() -> list[str]:
         d = _load(name)
         if d:
             r = d["results"]["refined, 1 pass"]["corners alone"]
-            rows.append(f"| the same with the vertebra refiner, measured, not yet in the bundled models ({label} split, "
+            rows.append(f"| the same with the vertebra refiner (the bundled second stage; {label} split, "
                         f"{r['n']} films) | SMAPE {r['smape']:.1f}%, largest-angle MAE {r['mae_largest']:.1f}°, "
                         f"{r['within_5deg']:.0%} within 5° | `{name}` |")
     d = _load("external_aasce.json")
