@@ -43,8 +43,9 @@ from spinexr.deploy.predictor import Predictor  # noqa: E402
 
 KAUH = ROOT.parent / "shared" / "data" / "kauh-spine-xray"
 RESULTS = ROOT / "benchmarks" / "results"
-BUNDLE_DESCRIPTION = ("The models that ship with spinexr: a KAUH-trained classifier and an AASCE-trained landmark model, "
-                      "joined by the decision rule fitted on KAUH films. Research use only.")
+BUNDLE_DESCRIPTION = ("The models that ship with spinexr: a KAUH-trained classifier and an AASCE-trained landmark model "
+                      "(with its vertebra refiner where the bundle carries one), joined by the decision rule fitted on "
+                      "KAUH films. Research use only.")
 
 KAUH_CITE = ('Fraiwan M, Audat Z, Manasreh T (2022). "A dataset of scoliosis, spondylolisthesis, and normal vertebrae '
              'X-ray images". Mendeley Data, V1, doi:10.17632/xkt857dsxk.1. King Abdullah University Hospital, Jordan.')
@@ -443,6 +444,11 @@ def _refined_line(name: str, r: dict) -> str:
             f"{r['within_5deg']:.0%} within 5°, mean error on curves of 40° or more {bias} ({r['n_ge40']} films)")
 
 
+def _cpu_name(result: dict) -> str:
+    m = result.get("machine")
+    return m if isinstance(m, str) else (m or {}).get("cpu", "CPU")
+
+
 def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
     """The refiner's card, from the committed JSON: the two case-grouped splits, the pass count's
     choice, the int8 weights' check and the final training run."""
@@ -461,7 +467,7 @@ def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
         f"# spinexr bundled vertebra refiner: {meta['encoder']} heatmaps on {meta['crop']} px crops of each vertebra",
         "", "**Research use only. Not a medical device, not a diagnosis.** The landmark model's second stage: from the "
         "first stage's corners it cuts one crop per vertebra out of the film resized to "
-        f"{meta['film_height']} px high ({meta['crop']} px, {meta['span']:g} vertebra spacings wide, turned along the "
+        f"{meta['film_height']} px high ({meta['crop']} px, {2 * meta['span']:g} vertebra spacings wide, turned along the "
         "spine there) and places that vertebra's four corners again, its mirror image read too and averaged; "
         f"{meta['iterations']} pass. The Cobb angles are then read from the refined corners alone (the dataset's "
         "definition; `centreline_weight` 0 in the file).", "",
@@ -470,7 +476,7 @@ def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
         "Terms: released for research use with citation; no image of it ships with spinexr.", "",
         "## How it was trained", "",
         f"- Command: `{final.get('command', 'python benchmarks/aasce_refine.py --final')}`",
-        f"- From scratch on a 2-core CPU ({final.get('trained_on', 'CPU')}): {final.get('epochs_run', 'n/a')} epochs in "
+        f"- From scratch on a 2-core CPU ({_cpu_name(final)}): {final.get('epochs_run', 'n/a')} epochs in "
         f"{(final.get('train_seconds') or 0) / 60:.0f} minutes on crops of {final.get('n_train', 'n/a')} films' labelled "
         f"vertebrae, their frames jittered (centre, turn, scale); {final.get('n_val', 'n/a')} films of a tenth of the "
         f"cases chose the epoch; {final.get('labels_implausible_left_out', 0)} films with implausible labels left out.",
@@ -481,7 +487,7 @@ def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
         first = r["results"]["first stage"]["corners alone"]
         lines += [f"- Case-grouped 80/20 split {s} (`benchmarks/results/aasce_refine_{s}.json`, {r['n_test']} held-out "
                   f"films; the refiner trained on the split's own training cases, starting from the first stage's "
-                  f"out-of-fold corners): " + _refined_line("first stage", first) + "; "
+                  f"out-of-fold corners): " + _refined_line("first stage (corners alone)", first) + "; "
                   + _refined_line("refined", one[s]) + "."]
     for s, r in passes.items():
         v = r["results"]["validation"]
