@@ -215,6 +215,7 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
         f.names.append(Path(r.path).name)
         v = oof_pts.get(str(Path(r.path).resolve()))
         f.has_oof.append(v is not None)
+        first_reasons = implausibility(v) if v is not None else []
         if v is not None and measurer.refiner is not None:
             v = measurer.refine(img, v)
         if v is None:
@@ -226,7 +227,7 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
             continue
         conf = measurer.measure(img).confidence  # the fold model's heatmap confidence, for the view check
         f.conf.append(conf)
-        refused = implausibility(v)
+        refused = measurer.judge_refined(first_reasons, v) if measurer.refiner is not None else implausibility(v)
         m = Measurement(v, None if refused else measurer.angles(v, r.height), refused, conf,
                         *check.judge(view_features(v, r.height, conf)))
         f.views.append(m.view)

@@ -251,3 +251,22 @@ def test_cv_landmarks_takes_a_bundle_and_its_refiner(refiner_file, tiny_models, 
         landmark_stages(str(tmp_path / "c"))
     with pytest.raises(SpinexrError, match="no such file"):
         landmark_stages(str(tmp_path / "nothing.safetensors"))
+
+
+def test_a_refined_spine_is_judged_on_its_order_not_on_crossing_endplates() -> None:
+    """Neighbouring endplates placed one vertebra at a time may cross across a thin disc: the spine is
+    still measured (the whole-spine model's corners judge it); a refined spine out of order is not."""
+    from spinexr.deploy.measure import SpineMeasurer
+    from spinexr.geometry.plausibility import implausibility
+
+    v = _spines(1)[0].numpy().astype(np.float64)
+    assert not implausibility(v)
+    crossed = v.copy()
+    h = float(np.mean(v[:, 2:, 1] - v[:, :2, 1]))
+    crossed[6, :2, 1] -= 0.8 * h  # T7's upper endplate pulled well into T6
+    assert any("overlap" in r for r in implausibility(crossed))
+    assert SpineMeasurer.judge_refined([], crossed) == []
+    assert SpineMeasurer.judge_refined(["gap between T1 and T2"], crossed) == ["gap between T1 and T2"]
+    swapped = v.copy()
+    swapped[[8, 9]] = swapped[[9, 8]]
+    assert any("order broken" in r for r in SpineMeasurer.judge_refined([], swapped))

@@ -13,8 +13,11 @@ import numpy as np
 from spinexr.geometry.cobb import LEVELS, as_vertebrae
 
 
-def implausibility(landmarks: np.ndarray) -> list[str]:
-    """The reasons the landmarks are not a plausible spine (empty when they are)."""
+def implausibility(landmarks: np.ndarray, overlap: bool = True) -> list[str]:
+    """The reasons the landmarks are not a plausible spine (empty when they are). ``overlap=False``
+    leaves out the neighbours' overlap: for corners placed one vertebra at a time (the vertebra
+    refiner), where neighbouring endplates across a thin disc can cross by a few pixels while each
+    vertebra's own tilt is right; such a spine is judged on the whole-spine model's corners instead."""
     v = as_vertebrae(landmarks)
     centres = v.mean(axis=1)
     reasons: list[str] = []
@@ -28,9 +31,9 @@ def implausibility(landmarks: np.ndarray) -> list[str]:
     heights = ((v[:, 2, 1] + v[:, 3, 1]) - (v[:, 0, 1] + v[:, 1, 1])) / 2
     lower = (v[:, 2, 1] + v[:, 3, 1]) / 2
     upper = (v[:, 0, 1] + v[:, 1, 1]) / 2
-    overlap = lower[:-1] - upper[1:]
-    bad = overlap > 0.25 * np.maximum(heights[:-1], 1e-6)
-    if bad.any():
+    overlap_px = lower[:-1] - upper[1:]
+    bad = overlap_px > 0.25 * np.maximum(heights[:-1], 1e-6)
+    if overlap and bad.any():
         i = int(np.argmax(bad))
         reasons.append(f"{LEVELS[i]} and {LEVELS[i + 1]} overlap")
     spacing = np.linalg.norm(np.diff(centres, axis=0), axis=1)
