@@ -517,7 +517,9 @@ def external_section(d: dict) -> list[str]:
     allf = a["classifier_all_films"]
     ge = o["called_scoliosis_ge25"]
     cm = d.get("classifier_meta") or {}
-    out = ["## A KAUH classifier on AASCE films, alone and with the measured curve", "", f"Command: `{d['command']}`", "",
+    title = ("## A KAUH classifier on AASCE films, with the curve measured by the two stages (vertebra refiner)"
+             if d.get("refiner") else "## A KAUH classifier on AASCE films, alone and with the measured curve")
+    out = [title, "", f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}. Date: {d['date']}. Classifier: `{d['classifier']}` ({cm.get('architecture')}, "
            f"{(cm.get('data_config') or {}).get('input_size')} px, trained on KAUH only). Landmark evidence: "
            f"`{d['landmark_run']}`, each AASCE film measured by the fold model that did not train on it "
@@ -639,10 +641,13 @@ def _adopted_sections() -> list[str]:
                                        "model (seed 1, bundled): same folds and seeds",
               "_refactor_window_check": "The window input contract trained again from scratch on the pipeline code "
                                         "(decision rule v4, the bundled float16 seed-1 landmark model): same folds "
-                                        "and seeds"}
+                                        "and seeds",
+              "_refiner_window": "The window input contract through the decision with the bundled landmark model "
+                                 "and vertebra refiner (the folds above, resumed; compare with the run just above)"}
     for f in sorted((HERE / "results").glob("kauh_augment_*.json")):
         if f.name not in NOT_ADOPTED:
-            lines += augment_section(json.loads(f.read_text()), *[t for end, t in titles.items() if f.stem.endswith(end)])
+            ends = sorted((end for end in titles if f.stem.endswith(end)), key=len)[-1:]  # the longest suffix
+            lines += augment_section(json.loads(f.read_text()), *[titles[end] for end in ends])
     d = _load("window_invariance.json")
     if d:
         lines += window_invariance_section(d)
@@ -676,7 +681,9 @@ def _adopted_sections() -> list[str]:
     for f in sorted((HERE / "results").glob("archive_predict*.json")):
         lines += archive_section(json.loads(f.read_text()))
     for name, section in (("cpu_inference_landmarks.json", landmark_inference_section),
-                          ("external_aasce.json", external_section), ("bundled_models.json", bundled_section)):
+                          ("external_aasce.json", external_section),
+                          ("external_aasce_seed1_refined.json", external_section),
+                          ("bundled_models.json", bundled_section)):
         d = _load(name)
         if d:
             lines += section(d)
@@ -740,6 +747,27 @@ def headline_table() -> list[str]:
         rows.append(f"| AASCE films of 25° or more called Scoliosis (a KAUH classifier; development figure) | alone "
                     f"{ge['classifier']:.1%}, with the measured curve {ge['with_rule']:.1%} of {ge['n']}; Spearman of the "
                     f"measured angle {rho:.2f} | `external_aasce.json` |")
+    d = _load("external_aasce_seed1_refined.json")
+    if d:
+        o = d["aasce"]["oof_films"]
+        ge, rho = o["called_scoliosis_ge25"], o["classifier"]["angles"]["spearman_measured_angle"]["rho"]
+        rows.append(f"| the same, the curve measured by the two stages (seed-1 fold models) | with the measured curve "
+                    f"{ge['with_rule']:.1%} of {ge['n']}; Spearman of the measured angle {rho:.2f} | "
+                    "`external_aasce_seed1_refined.json` |")
+    d = _load("kauh_augment_refiner_window.json")
+    if d:
+        w = d["arms"]["window-contract"]
+        fr = w["decision"]["framing"]
+        rows.append(f"| the bundled models now (two-stage measurement), KAUH 5-fold CV through the decision | "
+                    f"{w['accuracy_mean']:.1%} -> {w['decision']['accuracy_with_rule_mean']:.1%}; framing changes "
+                    f"{fr['scoliosis_ap_to_strip']['rate']:.1%} and {fr['normal_strip_to_full']['rate']:.1%} | "
+                    "`kauh_augment_refiner_window.json` |")
+    d = _load("archive_predict_refiner.json")
+    if d:
+        fps = {r["mode"]: r["films_per_second"] for r in d["results"]}
+        rows.append(f"| `predict` over 500 films with the bundled models, 2 CPU cores (with decoding and start-up) | "
+                    f"PyTorch {1000 / fps['stream']:.0f} ms a film, ONNX Runtime {1000 / fps['onnx']:.0f} ms | "
+                    "`archive_predict_refiner.json` |")
     d = _load("cpu_inference_landmarks.json")
     if d:
         lm = d["landmarks"]

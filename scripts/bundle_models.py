@@ -330,8 +330,8 @@ def classifier_card(a: argparse.Namespace, ext: dict | None, speed: dict) -> tup
         "- Why this backbone and size: in the CPU 5-fold CV of the three backbones at 96 px "
         f"(`benchmarks/results/kauh_cv_cpu_reduced.json`) Xception led ({cv['xception']['accuracy_mean']:.1%} vs "
         f"DenseNet121 {cv['densenet121']['accuracy_mean']:.1%}, InceptionV3 {cv['inception_v3']['accuracy_mean']:.1%}); "
-        "DenseNet121 is a third the size for about two points less; within the 80 MB shared with the landmark "
-        "model, Xception fits, and at 96 px it stays fast on a laptop.",
+        "DenseNet121 is a third the size for about two points less; within the 95 MB shared with the landmark "
+        "model and its refiner, Xception fits, and at 96 px it stays fast on a laptop.",
         *_augmentation_lines(aug, dc.get("resize", "letterbox")), "",
         "## Measured", ""]
     lines += _classifier_measured(held, pooled, ci, ext)

@@ -32,12 +32,18 @@ from spinexr.geometry.view import view_features
 log = logging.getLogger(__name__)
 
 
+# Raise when SpineMeasurer.judge_refined changes: stored folds measured with a refiner are then scored again.
+REFINED_JUDGEMENT_VERSION = 2
+
+
 def evidence_digest(landmark_model: str | Path, refiner: str | Path | None = None) -> str:
     """Which landmark model file (and vertebra refiner) and which version of the rule a stored fold's
     decision figures came from: a fold stored under other files or rule version is run through the
     decision again."""
 
     h = hashlib.sha256(f"rule v{decision_rule.RULE_VERSION}".encode())  # read at call time, never copied
+    if refiner is not None:  # how a refined spine is judged (SpineMeasurer.judge_refined) is part of its evidence
+        h.update(f"refined spines judged v{REFINED_JUDGEMENT_VERSION}".encode())
     for path in (landmark_model, refiner):
         if path is None:
             continue
