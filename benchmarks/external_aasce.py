@@ -48,7 +48,6 @@ from spinexr.deploy.decision import DecisionRule, fit_curve_deg, rule_cv  # noqa
 from spinexr.deploy.measure import Measurement, SpineMeasurer  # noqa: E402
 from spinexr.deploy.pipeline import Pipeline  # noqa: E402
 from spinexr.evaluation.external import external_metrics, wilson  # noqa: E402
-from spinexr.geometry.plausibility import implausibility  # noqa: E402
 from spinexr.geometry.view import FEATURES as VIEW_FEATURES  # noqa: E402
 from spinexr.geometry.view import FULL_SPINE, ViewCheck, fit_view_check, view_features  # noqa: E402
 
@@ -215,9 +214,6 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
         f.names.append(Path(r.path).name)
         v = oof_pts.get(str(Path(r.path).resolve()))
         f.has_oof.append(v is not None)
-        first_reasons = implausibility(v) if v is not None else []
-        if v is not None and measurer.refiner is not None:
-            v = measurer.refine(img, v)
         if v is None:
             f.angle.append(np.nan)
             f.fused.append(pr.label)
@@ -225,9 +221,9 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
             f.views.append(None)
             f.agreement.append("")
             continue
-        conf = measurer.measure(img).confidence  # the fold model's heatmap confidence, for the view check
+        conf = measurer.first_stage([img])[0][1]  # the fold model's heatmap confidence, for the view check
         f.conf.append(conf)
-        refused = measurer.judge_refined(first_reasons, v) if measurer.refiner is not None else implausibility(v)
+        v, refused = measurer.second_stage(img, v)  # the out-of-fold corners, refined and judged as deployed
         m = Measurement(v, None if refused else measurer.angles(v, r.height), refused, conf,
                         *check.judge(view_features(v, r.height, conf)))
         f.views.append(m.view)
