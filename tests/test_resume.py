@@ -43,7 +43,24 @@ def _wait_for(cond, timeout: float, proc: subprocess.Popen) -> None:
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail("condition not reached in time")
-        time.sleep(0.02)
+        time.sleep(0.002)
+
+
+class _Writes:
+    """How many distinct versions of a file have been seen (by inode and mtime), polled with ``stat``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, []
+
+    def count(self) -> int:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return len(self.seen)
+        key = (st.st_ino, st.st_mtime_ns)
+        if not self.seen or self.seen[-1] != key:
+            self.seen.append(key)
+        return len(self.seen)
 
 
 def _ck_epoch(path: Path) -> int:
@@ -66,11 +83,16 @@ def test_sigkill_mid_training_then_resume_matches(synth_dir: Path, tmp_path: Pat
     subprocess.run(_cli(*_train_args(synth_dir, ref)), check=True, env=ENV, timeout=600)
     run = tmp_path / "killed"
     proc = subprocess.Popen(_cli(*_train_args(synth_dir, run)), env=ENV)
-    _wait_for(lambda: _ck_epoch(run / "checkpoint.pt") >= 2, 300, proc)
+    # An epoch here takes a few hundred milliseconds: watch the checkpoint's file (rewritten atomically after
+    # each epoch) with a cheap stat, freeze the process the moment the second one lands, then kill it.
+    writes = _Writes(run / "checkpoint.pt")
+    _wait_for(lambda: writes.count() >= 2, 300, proc)
+    proc.send_signal(signal.SIGSTOP)
+    killed_after = _ck_epoch(run / "checkpoint.pt")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "model.safetensors").exists()  # it really died mid-run
-    assert _ck_epoch(run / "checkpoint.pt") < 5
+    assert 1 <= killed_after < 5, killed_after  # epochs were left for the resumed run to train
     subprocess.run(_cli("train", "--resume", str(run), "--quiet"), check=True, env=ENV, timeout=600)
     a = json.loads((ref / "metrics.json").read_text())
     b = json.loads((run / "metrics.json").read_text())
