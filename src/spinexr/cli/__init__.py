@@ -21,6 +21,9 @@ ITEM_VERBS = ("predict", "explain")
 TRAINING_VERBS = ("train", "cv")
 
 
+QUIET_LIBRARIES = ("highdicom", "dicomweb_client")
+
+
 def _run(args: object) -> int:
     module, func = str(args.handler).split(":")  # type: ignore[attr-defined]
     return int(getattr(importlib.import_module(f"spinexr.cli.{module}"), func)(args) or 0)
@@ -36,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # libraries that narrate each step at INFO (highdicom: every module it copies)
+        for name in QUIET_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.WARNING)
     distributed = None
     try:
         if args.cmd in TRAINING_VERBS:  # only these verbs need torch.distributed; the others run without it

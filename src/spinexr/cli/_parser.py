@@ -38,7 +38,8 @@ def _add_data(sub: Sub) -> None:
     s.add_argument("--n", type=int, default=60, help="number of images")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scale", type=float, default=1.0, help="image size factor (1.0: ~1000 px tall AP)")
-    s.add_argument("--format", choices=["jpg", "png"], default="jpg")
+    s.add_argument("--format", choices=["jpg", "png", "dcm"], default="jpg",
+                   help="dcm: DX DICOM files, each of its own made-up patient and study")
     s.add_argument("--force", action="store_true", help="write into a non-empty folder")
     s.add_argument("--contact-sheet", metavar="PNG", help="also tile every image into this PNG")
     _handler(s, "data:synth")
@@ -98,6 +99,9 @@ def _add_deploy(sub: Sub) -> None:
     p.add_argument("--explain", choices=EXPLAIN_METHODS, help="also draw heatmaps")
     p.add_argument("--heatmaps", help="folder for heatmap overlays")
     p.add_argument("--overlays", help="folder for the measurement drawn on each film (needs a landmark model)")
+    p.add_argument("--dicom-out", metavar="DIR",
+                   help="for DICOM films: a TID 1500 SR and a presentation state each, in the film's study "
+                        "(DIR/<StudyInstanceUID>/SR_*.dcm, PR_*.dcm); other files are skipped with a reason")
     p.add_argument("--backend", choices=["torch", "onnx"], help="default: torch, or onnx for an .onnx model")
     p.add_argument("--onnx", help="an ONNX export of the classifier to run on onnxruntime")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
@@ -178,6 +182,35 @@ def _add_serve(sub: Sub) -> None:
     _handler(s, "serve:serve")
 
 
+def _add_pacs(sub: Sub) -> None:
+    p = sub.add_parser("pacs", help="predict the CR/DX studies of a DICOMweb PACS and store the reports back")
+    psub = p.add_subparsers(dest="pacs_cmd", required=True, metavar="{watch,status}")
+    w = psub.add_parser("watch", help="find new CR/DX studies (QIDO-RS), retrieve (WADO-RS), predict, and store "
+                                      "each film's SR and presentation state into its study (STOW-RS)")
+    w.add_argument("url", help="the server's DICOMweb root, e.g. http://localhost:8042/dicom-web")
+    w.add_argument("--model", help="a bundle folder or classifier model file (default: the bundled models)")
+    w.add_argument("--state", default="spinexr-pacs.sqlite",
+                   help="the file that remembers what was done, so a restart repeats and skips nothing")
+    w.add_argument("--once", action="store_true", help="one pass over the server, then stop (default: poll)")
+    w.add_argument("--interval", type=float, default=30.0, help="seconds between passes when polling")
+    w.add_argument("--since", metavar="YYYYMMDD", help="only studies of this date or later")
+    w.add_argument("--modalities", default="CR,DX", help="series modalities read as films")
+    w.add_argument("--auth-file", help="a private file with 'user = ...' and 'password = ...', or 'token = ...' "
+                                       "(or set SPINEXR_PACS_USER and SPINEXR_PACS_PASSWORD, or SPINEXR_PACS_TOKEN)")
+    w.add_argument("--retries", type=int, default=5,
+                   help="with --once: tries before giving up on a server that cannot be reached")
+    w.add_argument("--work", help="folder for films in flight (default: a temporary one)")
+    w.add_argument("--batch-size", type=int, default=8)
+    w.add_argument("--device", default="cpu")
+    w.add_argument("--backend", choices=["torch", "onnx"], default=None)
+    w.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    _handler(w, "pacs:watch")
+    st = psub.add_parser("status", help="what a state file records: studies done, skipped, films reported, failed")
+    st.add_argument("--state", default="spinexr-pacs.sqlite")
+    st.add_argument("--json", action="store_true", help="every study as JSON")
+    _handler(st, "pacs:status")
+
+
 def _add_demo(sub: Sub) -> None:
     p = sub.add_parser("demo", help="the whole path on synthetic data, offline, on a CPU")
     p.add_argument("--out", default="demo", help="demo folder (data, check and run)")
@@ -204,7 +237,7 @@ def _add_landmarks(sub: Sub) -> None:
         _handler(c, "train:landmarks")
 
 
-REGISTRARS = (_add_data, _add_train, _add_deploy, _add_bundle, _add_serve, _add_landmarks, _add_demo)
+REGISTRARS = (_add_data, _add_train, _add_deploy, _add_bundle, _add_serve, _add_pacs, _add_landmarks, _add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

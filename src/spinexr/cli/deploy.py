@@ -17,6 +17,7 @@ from spinexr.data.manifest import from_csv
 from spinexr.deploy.bundle import fit_rule as fit_bundle_rule
 from spinexr.deploy.bundle import is_bundle, load_bundle, write_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir, bundled_models
+from spinexr.deploy.dicom import DicomWriter
 from spinexr.deploy.document import summary_line
 from spinexr.deploy.export import export_landmark_onnx, export_onnx, quantize_int8
 from spinexr.deploy.measure import SpineMeasurer
@@ -53,15 +54,22 @@ def predict(args: argparse.Namespace) -> int:
                             what="heatmap folder") if args.heatmaps else None
     overlays = guard_output(args.overlays, force=args.force or args.resume, folder=True,
                             what="overlay folder") if args.overlays else None
+    dicom_out = guard_output(args.dicom_out, force=args.force or args.resume, folder=True,
+                             what="DICOM output folder") if args.dicom_out else None
+    if dicom_out is not None and args.ray is not None:
+        raise SpinexrError("--ray writes prediction documents only; write DICOM output without --ray")
     pipeline = load_pipeline(args, source, backend=args.backend, onnx_path=args.onnx, max_pixels=args.max_pixels)
     if args.ray is not None:
         return _predict_on_ray(args, source, pipeline, paths, out)
+    dicom = DicomWriter(dicom_out) if dicom_out is not None else None
     tally = stream_paths(pipeline, paths, out, resume=args.resume, batch_size=args.batch_size, workers=args.workers,
                          explain=args.explain, heatmaps=heatmaps, overlays=overlays, progress=not args.quiet,
-                         max_pixels=args.max_pixels,
+                         max_pixels=args.max_pixels, dicom=dicom,
                          on_batch=None if out else lambda docs: say(*(summary_line(d) for d in docs)))
     if out is not None:
         say(f"wrote {out}")
+    if dicom is not None:
+        say(dicom.line(), err=True)
     say(tally.line(), err=True)
     return 0 if tally.ok else 1
 

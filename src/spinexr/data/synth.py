@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm.auto import tqdm
 
+from spinexr.data.dicom_film import FilmIdentity, write_dx
 from spinexr.data.imread import read_image
 from spinexr.data.landmarks import write_landmark_csv
 from spinexr.geometry.cobb import cobb_angles
@@ -392,7 +393,12 @@ def synthesize(
         d.mkdir(parents=True, exist_ok=True)
         name = f"synth_{i:05d}.{fmt}"
         im = Image.fromarray(case.image)
-        if fmt in ("jpg", "jpeg"):
+        if fmt == "dcm":  # a DX file of its own made-up patient and study
+            write_dx(d / name, case.image, FilmIdentity(patient_id=f"SYNTH-{seed}-{i:05d}",
+                                                        patient_name=f"SYNTHETIC^FILM{i:05d}",
+                                                        accession=f"SX{seed % 1000:03d}{i:05d}",
+                                                        view="AP" if case.view == "AP" else "LL"))
+        elif fmt in ("jpg", "jpeg"):
             im.save(d / name, quality=92)
         else:
             im.save(d / name)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from spinexr.config import DECODE_WORKERS
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, list_images
+from spinexr.deploy.dicom import DicomWriter
 from spinexr.deploy.document import write_documents
 from spinexr.deploy.pipeline import Pipeline
 from spinexr.deploy.predictor import Prediction
@@ -91,10 +92,13 @@ def _check_artifacts(pipeline: Pipeline, explain: str | None, heatmaps: Path | N
 def stream_paths(pipeline: Pipeline, paths: list[Path], out: Path | None = None, *, resume: bool = False,
                  batch_size: int = 16, workers: int = DECODE_WORKERS, explain: str | None = None, heatmaps: Path | None = None,
                  overlays: Path | None = None, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 on_batch: Callable[[list[dict[str, Any]]], None] | None = None) -> Tally:
+                 on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
+                 dicom: DicomWriter | None = None) -> Tally:
     """Every path through the pipeline in batches, films decoded in ``workers`` processes, each batch's
     documents appended to ``out`` (:class:`~spinexr.deploy.stream.ResultFile`) and handed to
     ``on_batch``; with ``resume`` the films already in ``out`` (same path and content) are skipped.
+    With ``dicom``, each DICOM film's SR and presentation state are written before its document
+    reaches ``out``, so a resumed run never skips a film whose report is missing.
     Returns the run's tally (films already in ``out`` included)."""
     if batch_size < 1:
         raise SpinexrError(f"--batch-size must be 1 or more, got {batch_size}")
@@ -113,6 +117,9 @@ def stream_paths(pipeline: Pipeline, paths: list[Path], out: Path | None = None,
             for d, p in zip(batch, preds):
                 _artifacts(pipeline, p, d.img, index[d.path], explain, heatmaps, overlays)
             docs = [p.to_document() for p in preds]
+            if dicom is not None:
+                for doc in docs:
+                    dicom.write(doc)
             if sink is not None:
                 sink.append(docs)
             else:

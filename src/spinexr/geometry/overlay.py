@@ -19,9 +19,24 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _line_across(d: ImageDraw.ImageDraw, a: np.ndarray, b: np.ndarray, half: float, colour: tuple, width: int) -> None:
+# An endplate line is drawn across this share of the film's width, centred on the endplate.
+ENDPLATE_LINE_SPAN = 0.44
+
+
+def _across(a: np.ndarray, b: np.ndarray, half: float) -> np.ndarray:
     mid, u = (a + b) / 2, (b - a) / max(float(np.linalg.norm(b - a)), 1e-9)
-    d.line([tuple(mid - u * half), tuple(mid + u * half)], fill=colour, width=width)
+    return np.stack([mid - u * half, mid + u * half])
+
+
+def endplate_lines(landmarks: np.ndarray, result: CobbResult, width: float) -> dict[str, np.ndarray]:
+    """The lines a reader draws to measure each curve: ``{"pt" | "mt" | "tl": (2, 2, 2)}``, the upper
+    endplate of its upper end vertebra and the lower endplate of its lower end vertebra, each a segment
+    (two (x, y) points in film pixels) of :data:`ENDPLATE_LINE_SPAN` times the film's width. The
+    overlay PNG and the DICOM presentation state draw these same lines."""
+    v = as_vertebrae(landmarks)
+    half = width * ENDPLATE_LINE_SPAN / 2
+    return {name: np.stack([_across(v[c.upper][0], v[c.upper][1], half), _across(v[c.lower][2], v[c.lower][3], half)])
+            for name, c in (("pt", result.pt), ("mt", result.mt), ("tl", result.tl))}
 
 
 def draw_overlay(img: np.ndarray, landmarks: np.ndarray, result: CobbResult | None,
@@ -42,12 +57,11 @@ def draw_overlay(img: np.ndarray, landmarks: np.ndarray, result: CobbResult | No
     if refused:
         lines.append(("implausible spine, no angle: " + "; ".join(refused), (255, 60, 60)))
     elif result is not None:
-        half = w * 0.22
+        lines_of = endplate_lines(v, result, w)
         for name, c in (("pt", result.pt), ("mt", result.mt), ("tl", result.tl)):
             col = CURVE_COLOURS[name]
-            up, lo = v[c.upper], v[c.lower]
-            _line_across(d, up[0], up[1], half, col, 2 * lw)  # upper endplate of the upper end vertebra
-            _line_across(d, lo[2], lo[3], half, col, 2 * lw)  # lower endplate of the lower end vertebra
+            for seg in lines_of[name]:
+                d.line([tuple(seg[0]), tuple(seg[1])], fill=col, width=2 * lw)
             u, low, apex = c.levels
             lines.append((f"{name.upper()} {c.angle:.1f}°  {u}-{low}, apex {apex}", col))
         lines.append((f"largest {result.largest:.1f}°: {result.band} ({BAND_TEXT})", (255, 255, 255)))

@@ -1,0 +1,74 @@
+"""``spinexr pacs watch`` and ``spinexr pacs status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+from spinexr.cli._common import say
+from spinexr.deploy.pipeline import Pipeline
+from spinexr.errors import SpinexrError
+from spinexr.pacs import Ledger, PacsWorker, connect, load_credentials
+from spinexr.pacs import watch as watch_loop
+
+log = logging.getLogger(__name__)
+
+
+def watch(args: argparse.Namespace) -> int:
+    url = args.url.rstrip("/")
+    if args.since and not (len(args.since) == 8 and args.since.isdigit()):
+        raise SpinexrError(f"--since {args.since}: give a date as YYYYMMDD, e.g. 20260101")
+    modalities = [m.strip().upper() for m in args.modalities.split(",") if m.strip()]
+    if not modalities:
+        raise SpinexrError("--modalities: give at least one, e.g. CR,DX")
+    client = connect(url, load_credentials(args.auth_file))
+    ledger = Ledger(args.state, url)
+    pipeline = Pipeline.load(args.model, backend=args.backend, device=args.device, max_pixels=args.max_pixels)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping after the study in hand", signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    with tempfile.TemporaryDirectory(prefix="spinexr-pacs-") as tmp:
+        worker = PacsWorker(client, url, pipeline, ledger, Path(args.work) if args.work else Path(tmp),
+                            modalities=modalities, since=args.since, batch_size=args.batch_size,
+                            max_pixels=args.max_pixels)
+        try:
+            watch_loop(worker, once=args.once, interval=args.interval, retries=args.retries, stop=stop,
+                       on_round=lambda r: say(r.line(), err=True))
+        finally:
+            ledger.close()
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    path = Path(args.state)
+    if not path.is_file():
+        raise SpinexrError(f"{path}: no such state file; `spinexr pacs watch --state {path}` makes it")
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        url = db.execute("SELECT value FROM meta WHERE key = 'url'").fetchone()
+        db.close()
+    except sqlite3.DatabaseError as e:
+        raise SpinexrError(f"{path} is not a spinexr pacs state file ({e})") from None
+    ledger = Ledger(path, url[0] if url else "")
+    try:
+        if args.json:
+            say(json.dumps({"url": url[0] if url else None, "studies": ledger.studies(), "films": ledger.films()},
+                           indent=2))
+        else:
+            counts = ledger.counts()
+            say(f"{url[0] if url else '?'}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    finally:
+        ledger.close()
+    return 0

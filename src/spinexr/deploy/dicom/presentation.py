@@ -1,0 +1,136 @@
+"""A prediction document drawn as a Grayscale Softcopy Presentation State (highdicom): a viewer that
+opens it draws the measurement on the original film, as the overlay PNG does.
+
+Three graphic layers: ``CORNERS`` (each vertebra's four corners as a closed polyline), ``ENDPLATES``
+(the endplate lines of each curve's end vertebrae, the same lines as the overlay:
+:func:`spinexr.geometry.overlay.endplate_lines`) and ``TEXT`` (the decision, each angle with its end
+vertebrae and apex, or why the spine was not measured). Film coordinates (pixel centres at whole
+numbers) become DICOM's PIXEL units (the top-left pixel's top-left corner at 0.0) by adding half a
+pixel; lines are clipped to the film.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from spinexr import __version__
+from spinexr.deploy.dicom import _codes as C
+from spinexr.deploy.dicom.report import MANUFACTURER, NOT_FOR_DIAGNOSIS, PR_SERIES_NUMBER, derived_uid, model_key
+from spinexr.geometry.cobb import LEVELS, CobbResult, Curve, as_vertebrae
+from spinexr.geometry.overlay import endplate_lines
+
+
+def cobb_result(spine: dict[str, Any]) -> CobbResult | None:
+    """The :class:`CobbResult` a document's ``spine`` states (None for a refused or missing one)."""
+    if not spine or not spine.get("plausible") or spine.get("largest") is None:
+        return None
+    curves = {n: Curve(float(spine[n]["angle"]), LEVELS.index(spine[n]["upper_end"]),
+                       LEVELS.index(spine[n]["lower_end"]), LEVELS.index(spine[n]["apex"])) for n in C.CURVES}
+    return CobbResult(pt=curves["pt"], mt=curves["mt"], tl=curves["tl"], s_shaped=spine.get("shape") == "S",
+                      centreline_weight=float(spine.get("centreline_weight") or 0.0))
+
+
+def clip_segment(p: np.ndarray, q: np.ndarray, width: float, height: float) -> np.ndarray | None:
+    """The part of segment ``p``-``q`` inside ``[0, width] x [0, height]`` (Liang-Barsky), None if none is."""
+    t0, t1 = 0.0, 1.0
+    d = q - p
+    for num, den in ((p[0], -d[0]), (width - p[0], d[0]), (p[1], -d[1]), (height - p[1], d[1])):
+        if den == 0:
+            if num < 0:
+                return None
+            continue
+        t = num / den
+        if den < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+    if t0 > t1:
+        return None
+    return np.clip(np.stack([p + t0 * d, p + t1 * d]), [0.0, 0.0], [width, height])  # no -1e-16 from rounding
+
+
+def _layers() -> list[Any]:
+    import highdicom as hd
+
+    return [hd.pr.GraphicLayer("CORNERS", order=1, description="vertebra corners"),
+            hd.pr.GraphicLayer("ENDPLATES", order=2, description="endplate lines of each curve's end vertebrae"),
+            hd.pr.GraphicLayer("TEXT", order=3, description="decision and angles")]
+
+
+def decision_text(doc: dict[str, Any]) -> list[str]:
+    """The lines of text drawn at the film's top left."""
+    spine = doc.get("spine")
+    lines = [f"spinexr: {doc['label']} ({NOT_FOR_DIAGNOSIS})"]
+    dec = doc.get("decision") or {}
+    if dec.get("note"):
+        lines.append(str(dec["note"])[:200])
+    if spine and not spine.get("plausible"):
+        lines.append("implausible spine, no angle: " + "; ".join(spine.get("refused") or [])[:200])
+    elif spine and spine.get("largest") is not None:
+        lines.append(f"largest Cobb angle {spine['largest']:.1f} deg: {spine['band']}")
+    return lines
+
+
+def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: int = 1) -> Dataset:
+    """The GSPS of one prediction document over the DICOM film ``source`` (one sample per pixel)."""
+    import highdicom as hd
+
+    h, w = int(source.Rows), int(source.Columns)
+    layers = {layer.GraphicLayer: layer for layer in _layers()}
+    spine = doc.get("spine")
+    annotations = []
+    if spine and spine.get("landmarks"):
+        v = as_vertebrae(np.asarray(spine["landmarks"], dtype=np.float64)) + 0.5
+        quads = [np.clip(q[[0, 1, 3, 2, 0]], [0, 0], [w, h]) for q in v]
+        annotations.append(hd.pr.GraphicAnnotation(
+            referenced_images=[source], graphic_layer=layers["CORNERS"],
+            graphic_objects=[hd.pr.GraphicObject("POLYLINE", q, "PIXEL") for q in quads]))
+    result = cobb_result(spine) if spine else None
+    texts = []
+    if result is not None:
+        segs = endplate_lines(np.asarray(spine["landmarks"], dtype=np.float64), result, w)
+        objects = []
+        for name, title in C.CURVES.items():
+            for seg in segs[name]:
+                part = clip_segment(seg[0] + 0.5, seg[1] + 0.5, w, h)
+                if part is not None:
+                    objects.append(hd.pr.GraphicObject("POLYLINE", part, "PIXEL"))
+            c = spine[name]
+            anchor = np.clip(segs[name][0][1] + 0.5, [0, 0], [w, h])
+            texts.append(hd.pr.TextObject(
+                f"{title} {c['angle']:.1f} deg {c['upper_end']}-{c['lower_end']}, apex {c['apex']}", "PIXEL",
+                anchor_point=(float(anchor[0]), float(anchor[1])), anchor_point_visible=False))
+        if objects:
+            annotations.append(hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=layers["ENDPLATES"],
+                                                       graphic_objects=objects))
+    for i, line in enumerate(decision_text(doc)):
+        top = 1.0 + i * max(h / 40, 12.0)
+        texts.append(hd.pr.TextObject(line, "PIXEL", bounding_box=(1.0, top, max(w - 1.0, 2.0),
+                                                                   min(top + max(h / 40, 12.0), float(h))),
+                                      text_justification="LEFT"))
+    annotations.append(hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=layers["TEXT"],
+                                               text_objects=texts))
+    key = model_key(doc)
+    digest = (doc.get("model") or {}).get("bundle_digest") or "none"
+    pr = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=[source], series_instance_uid=derived_uid(source.StudyInstanceUID, key, "pr-series"),
+        series_number=PR_SERIES_NUMBER, sop_instance_uid=derived_uid(source.SOPInstanceUID, key, "pr"),
+        instance_number=instance_number, manufacturer=MANUFACTURER, manufacturer_model_name="spinexr",
+        software_versions=__version__, device_serial_number=digest[:16], content_label="SPINEXR",
+        content_description=f"spinexr measurement, {NOT_FOR_DIAGNOSIS}"[:64],
+        graphic_annotations=annotations, graphic_layers=list(layers.values()),
+        series_description=f"spinexr drawing, {NOT_FOR_DIAGNOSIS}")
+    # General Series: the body part tells a reader that Laterality (type 2C) is absent because the spine is
+    # unpaired; a film that states a laterality keeps it.
+    for kw in ("BodyPartExamined", "Laterality"):
+        if source.get(kw):
+            setattr(pr, kw, source.get(kw))
+    if not source.get("Laterality") and not source.get("BodyPartExamined"):
+        pr.Laterality = ""  # unknown
+    return pr
+
+
+__all__ = ["clip_segment", "cobb_result", "decision_text", "presentation_state"]

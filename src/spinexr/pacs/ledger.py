@@ -1,0 +1,114 @@
+"""What ``spinexr pacs`` has done, in SQLite: a restart after a kill processes nothing twice and skips nothing.
+
+A study is *finished* once every one of its films has an outcome (reported, or failed with a reason), or
+when it holds no film to read (skipped, with the reason). A study seen but not finished (the run was
+killed in it) is taken up again on the next round; its films already reported are not predicted again,
+and a report stored just before a kill and stored again after it is the same DICOM instance (its UID is
+derived from the film and the model: :func:`spinexr.deploy.dicom.report.derived_uid`), so the PACS keeps
+one. Each change is its own committed transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from spinexr.errors import SpinexrError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    state TEXT NOT NULL,              -- seen | done | skipped
+    reason TEXT NOT NULL DEFAULT '',
+    films INTEGER NOT NULL DEFAULT 0,
+    reported INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    first_seen REAL NOT NULL,
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS films (
+    sop_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    state TEXT NOT NULL,              -- reported | failed
+    reason TEXT NOT NULL DEFAULT '',
+    label TEXT,
+    largest REAL,
+    sr_uid TEXT,
+    pr_uid TEXT,
+    stored REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+FINISHED = ("done", "skipped")
+
+
+class Ledger:
+    """The state file (``--state``): opened, created if missing, refused if it is not a spinexr ledger or
+    was written for another PACS address."""
+
+    def __init__(self, path: str | Path, url: str) -> None:
+        self.path = Path(path)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self.db.executescript(SCHEMA)
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'url'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise SpinexrError(f"{self.path} is not a spinexr pacs state file ({e}); give another --state") from None
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('url', ?)", (url,))
+        elif row[0] != url:
+            raise SpinexrError(f"{self.path} records the work done on {row[0]}, not {url}; give another --state "
+                               "for this server")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def finished(self, study_uid: str) -> bool:
+        row = self.db.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+        return row is not None and row[0] in FINISHED
+
+    def seen(self, study_uid: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO studies (study_uid, state, first_seen) VALUES (?, 'seen', ?)",
+                        (study_uid, time.time()))
+
+    def film_done(self, sop_uid: str) -> bool:
+        return self.db.execute("SELECT 1 FROM films WHERE sop_uid = ?", (sop_uid,)).fetchone() is not None
+
+    def record_film(self, study_uid: str, series_uid: str, sop_uid: str, *, reason: str = "", label: str | None = None,
+                    largest: float | None = None, sr_uid: str | None = None, pr_uid: str | None = None) -> None:
+        state = "reported" if sr_uid else "failed"
+        self.db.execute("INSERT OR REPLACE INTO films VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (sop_uid, study_uid, series_uid, state, reason, label, largest, sr_uid, pr_uid, time.time()))
+
+    def finish(self, study_uid: str, state: str, reason: str = "") -> None:
+        films = self.db.execute("SELECT COUNT(*), SUM(state = 'reported'), SUM(state = 'failed') FROM films "
+                                "WHERE study_uid = ?", (study_uid,)).fetchone()
+        self.db.execute("UPDATE studies SET state = ?, reason = ?, films = ?, reported = ?, failed = ?, finished = ? "
+                        "WHERE study_uid = ?", (state, reason, films[0] or 0, films[1] or 0, films[2] or 0,
+                                                time.time(), study_uid))
+
+    def counts(self) -> dict[str, int]:
+        out = {s: n for s, n in self.db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state")}
+        films = dict(self.db.execute("SELECT state, COUNT(*) FROM films GROUP BY state").fetchall())
+        out["films reported"] = films.get("reported", 0)
+        out["films failed"] = films.get("failed", 0)
+        return out
+
+    def studies(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT * FROM studies ORDER BY first_seen")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def films(self, study_uid: str | None = None) -> list[dict[str, Any]]:
+        q, args = "SELECT * FROM films", ()
+        if study_uid is not None:
+            q, args = q + " WHERE study_uid = ?", (study_uid,)
+        cur = self.db.execute(q + " ORDER BY stored", args)
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+__all__ = ["Ledger"]
