@@ -11,10 +11,10 @@ its code, is in ``docs/dicom.md``.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from spinexr import __version__
 from spinexr.deploy.dicom import _codes as C
@@ -22,6 +22,7 @@ from spinexr.deploy.dicom import _codes as C
 SR_SERIES_NUMBER = 990
 PR_SERIES_NUMBER = 991
 NOT_FOR_DIAGNOSIS = "not for diagnostic use"
+UID_NAMESPACE = uuid.UUID("5b0c6f3e-2d0a-5e51-9a43-7370696e6578")  # spinexr's name-based UUID namespace
 MANUFACTURER = "spinexr"
 
 
@@ -29,7 +30,7 @@ def derived_uid(*parts: Any) -> str:
     """A UID under the ``2.25`` root (ISO/IEC 9834-8) derived from ``parts``: the same source film and model
     give the same UID, so an output stored twice (a run killed after storing, then resumed) is the same
     instance, not a second one."""
-    return str(generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts]))
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, '|'.join(str(p) for p in parts)).int}"
 
 
 def model_key(doc: dict[str, Any]) -> str:

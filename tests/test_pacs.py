@@ -1,0 +1,213 @@
+"""``spinexr pacs`` against a real Orthanc with its DICOMweb plugin: reports read back from the PACS say what
+``predict`` says, dciodvfy accepts them, bad studies are handled per study, a kill and restart leaves
+exactly one report per film, and a server that is down or refuses the credentials gets a clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from spinexr.data.dicom_film import FilmIdentity, dx_dataset
+from spinexr.data.synth import synthesize
+from spinexr.errors import SpinexrError
+from spinexr.pacs import Credentials, Ledger, load_credentials
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _orthanc import PASSWORD, USER, Orthanc, find_orthanc, free_port  # noqa: E402
+from test_dicom_out import assert_report_matches, dciodvfy_errors  # noqa: E402
+
+needs_orthanc = pytest.mark.skipif(find_orthanc() is None, reason="Orthanc and its DICOMweb plugin are not installed "
+                                                                   "(Debian: orthanc orthanc-dicomweb; .ci/run installs them)")
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "SPINEXR_PACS_USER": USER, "SPINEXR_PACS_PASSWORD": PASSWORD}
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+@pytest.fixture(scope="module")
+def dx_films(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pacs_dx")
+    synthesize(d, n=6, seed=21, scale=0.35, fmt="dcm")
+    return d
+
+
+def unreadable_dx(path: Path) -> Path:
+    """A DX film whose pixel data is cut short: the PACS stores it, no reader can decode it."""
+    ds = dx_dataset(np.zeros((120, 60), np.uint8), FilmIdentity(patient_id="BROKEN-1"))
+    ds.PixelData = ds.PixelData[:1000]
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def load(pacs: Orthanc, files: list[Path]) -> None:
+    client = pacs.client()
+    for f in files:
+        client.store_instances([pydicom.dcmread(f, force=True)])
+
+
+def watch(pacs_url: str, state: Path, *extra: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spinexr", "pacs", "watch", pacs_url, "--state", str(state), *extra],
+                          cwd=ROOT, capture_output=True, text=True, env=env or ENV, timeout=600, **kw)
+
+
+def reports(pacs: Orthanc, study: str) -> dict[str, list[pydicom.Dataset]]:
+    """The SR and PR instances of a study, read back from the PACS."""
+    client = pacs.client()
+    out: dict[str, list[pydicom.Dataset]] = {"SR": [], "PR": []}
+    for s in client.search_for_series(study):
+        modality = s["00080060"]["Value"][0]
+        if modality in out:
+            uid = s["0020000E"]["Value"][0]
+            for i in client.search_for_instances(study, uid):
+                out[modality].append(client.retrieve_instance(study, uid, i["00080018"]["Value"][0]))
+    return out
+
+
+@needs_orthanc
+@pytest.mark.slow
+def test_round_trip_reports_match_predict(dx_films: Path, tmp_path: Path) -> None:
+    films = sorted(dx_films.rglob("*.dcm"))
+    broken = unreadable_dx(tmp_path / "broken.dcm")
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        load(pacs, [*films, broken, TEST_FILES / "CT_small.dcm", TEST_FILES / "rtplan.dcm"])
+        state = tmp_path / "state.sqlite"
+        done = watch(pacs.url, state, "--once")
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        assert "skipped: no CR or DX series (modalities: CT)" in done.stderr
+        assert "skipped: no CR or DX series (modalities: RTPLAN)" in done.stderr
+        # predict on the same files: the reports read back from the PACS say the same, to 0.01 deg
+        preds = tmp_path / "preds.jsonl"
+        ran = subprocess.run([sys.executable, "-m", "spinexr", "predict", *map(str, films), "--out", str(preds),
+                              "--quiet"], cwd=ROOT, capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr
+        docs = {json.loads(line)["sha256"]: json.loads(line) for line in preds.read_text().splitlines()}
+        import hashlib
+
+        for f in films:
+            film = pydicom.dcmread(f, stop_before_pixels=True)
+            got = reports(pacs, film.StudyInstanceUID)
+            assert len(got["SR"]) == 1 and len(got["PR"]) == 1
+            assert_report_matches(got["SR"][0], docs[hashlib.sha256(f.read_bytes()).hexdigest()])
+            assert got["SR"][0].PatientID == film.PatientID
+        one = got
+        for kind in ("SR", "PR"):
+            path = tmp_path / f"{kind}.dcm"
+            one[kind][0].save_as(path, enforce_file_format=True)
+            assert dciodvfy_errors(path) == [], kind
+        broken_study = pydicom.dcmread(broken, stop_before_pixels=True).StudyInstanceUID
+        assert reports(pacs, broken_study) == {"SR": [], "PR": []}  # no report for the film no one can read
+        ledger = Ledger(state, pacs.url)
+        counts = ledger.counts()
+        assert counts == {"done": len(films) + 1, "skipped": 2, "films reported": len(films), "films failed": 1}
+        failed = [f for f in ledger.films() if f["state"] == "failed"]
+        assert failed[0]["study_uid"] == broken_study and failed[0]["reason"]
+        ledger.close()
+        again = watch(pacs.url, state, "--once")  # nothing new: nothing done twice
+        assert again.returncode == 0 and "0 new studies" in again.stderr
+        status = subprocess.run([sys.executable, "-m", "spinexr", "pacs", "status", "--state", str(state)], cwd=ROOT,
+                                capture_output=True, text=True)
+        assert f"films reported {len(films)}" in status.stdout
+
+
+@needs_orthanc
+@pytest.mark.slow
+def test_kill_and_restart_leaves_one_report_per_study(tmp_path: Path) -> None:
+    films = tmp_path / "films"
+    synthesize(films, n=9, seed=5, scale=0.35, fmt="dcm")
+    paths = sorted(films.rglob("*.dcm"))
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        load(pacs, paths)
+        state = tmp_path / "state.sqlite"
+        proc = subprocess.Popen([sys.executable, "-m", "spinexr", "pacs", "watch", pacs.url, "--state", str(state),
+                                 "--interval", "0.5", "--batch-size", "1"], cwd=ROOT, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def reported() -> int:
+            try:
+                with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1) as db:
+                    return int(db.execute("SELECT COUNT(*) FROM films WHERE state = 'reported'").fetchone()[0])
+            except sqlite3.Error:
+                return 0
+
+        deadline = time.monotonic() + 300
+        while reported() < 2:
+            assert proc.poll() is None, "the watcher ended early"
+            assert time.monotonic() < deadline, "no report in time"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        first = reported()
+        assert first < len(paths), "killed in the middle of the run"
+        done = watch(pacs.url, state, "--once")
+        assert done.returncode == 0, done.stderr
+        for p in paths:
+            got = reports(pacs, pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID)
+            assert (len(got["SR"]), len(got["PR"])) == (1, 1), p.name
+        assert reported() == len(paths)
+
+
+@needs_orthanc
+def test_refused_credentials_and_a_server_that_is_down(tmp_path: Path) -> None:
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        bad = {**ENV, "SPINEXR_PACS_PASSWORD": "wrong"}
+        done = watch(pacs.url, tmp_path / "s.sqlite", "--once", env=bad)
+        assert done.returncode == 2 and "refused the credentials (HTTP 401)" in done.stderr
+        assert "Traceback" not in done.stderr
+    down = f"http://127.0.0.1:{free_port()}/dicom-web"
+    done = watch(down, tmp_path / "d.sqlite", "--once", "--retries", "2")
+    assert done.returncode == 2
+    assert "cannot be reached" in done.stderr and "gave up after 2 tries" in done.stderr
+    assert "trying again in 1 s" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_credentials_come_from_the_environment_or_a_private_file(tmp_path: Path) -> None:
+    assert load_credentials(env={"SPINEXR_PACS_TOKEN": "t0k"}).token == "t0k"
+    c = load_credentials(env={"SPINEXR_PACS_USER": "u", "SPINEXR_PACS_PASSWORD": "p"})
+    assert (c.user, c.password, c.kind) == ("u", "p", "basic")
+    assert "p" not in repr(Credentials(user="u", password="secret-pw")).replace("(basic)", "")
+    f = tmp_path / "auth"
+    f.write_text("# the PACS\nuser = alice\npassword = s3cret\n")
+    f.chmod(0o644)
+    with pytest.raises(SpinexrError, match="others can read it"):
+        load_credentials(f, env={})
+    f.chmod(0o600)
+    c = load_credentials(f, env={})
+    assert (c.user, c.password) == ("alice", "s3cret")
+    f.write_text("passwd: x\n")
+    with pytest.raises(SpinexrError, match="line 1"):
+        load_credentials(f, env={})
+    import requests
+
+    s = requests.Session()
+    Credentials(token="abc").apply(s)
+    assert s.headers["Authorization"] == "Bearer abc"
+    assert load_credentials(env={}).kind == "none"
+
+
+def test_a_state_file_belongs_to_one_server(tmp_path: Path) -> None:
+    Ledger(tmp_path / "s.sqlite", "http://a/dicom-web").close()
+    with pytest.raises(SpinexrError, match="records the work done on http://a/dicom-web"):
+        Ledger(tmp_path / "s.sqlite", "http://b/dicom-web")
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(SpinexrError, match="not a spinexr pacs state file"):
+        Ledger(tmp_path / "junk.sqlite", "http://a/dicom-web")
+
+
+def test_pacs_cli_rejects_bad_settings(tmp_path: Path) -> None:
+    for args, msg in ((["ftp://x/dicom-web"], "starts with http"), (["http://x", "--since", "2026-01-01"], "YYYYMMDD")):
+        done = subprocess.run([sys.executable, "-m", "spinexr", "pacs", "watch", *args, "--state",
+                               str(tmp_path / "s.sqlite")], cwd=ROOT, capture_output=True, text=True, env=ENV)
+        assert done.returncode == 2 and msg in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, "-m", "spinexr", "pacs", "status", "--state", str(tmp_path / "no")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "no such state file" in done.stderr
