@@ -20,7 +20,7 @@ from spinexr.deploy.dicom import NOT_DICOM, DicomWriter, dicom_results
 from spinexr.deploy.dicom.presentation import clip_segment
 from spinexr.deploy.dicom.report import report_values
 from spinexr.deploy.pipeline import Pipeline
-from spinexr.deploy.predict import expand_paths, stream_paths
+from spinexr.deploy.predict import stream_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVES = {"pt": "PT Cobb angle", "mt": "MT Cobb angle", "tl": "TL/L Cobb angle"}
