@@ -680,7 +680,8 @@ def _adopted_sections() -> list[str]:
         lines += refiner_weights_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("archive_predict*.json")):
         lines += archive_section(json.loads(f.read_text()))
-    for name, section in (("cpu_inference_landmarks.json", landmark_inference_section),
+    for name, section in (("pacs_roundtrip.json", pacs_section),
+                          ("cpu_inference_landmarks.json", landmark_inference_section),
                           ("external_aasce.json", external_section),
                           ("external_aasce_seed1_refined.json", external_section),
                           ("bundled_models.json", bundled_section)):
@@ -691,6 +692,22 @@ def _adopted_sections() -> list[str]:
     if before and now:
         lines += structure_section(before, now)
     return lines
+
+
+def pacs_section(d: dict) -> list[str]:
+    s, tp, lat = d["settings"], d["throughput"], d["latency"]
+    return [f"## PACS round trip ({d['benchmark']})", "", f"Command: `{d['command']}`", "",
+            f"Machine: {_machine(d)}. Date: {d['date']}. Wall time: {d['wall_seconds'] / 60:.1f} min.", "",
+            f"`spinexr pacs watch` against a local Orthanc (DICOMweb plugin), the bundled models, {s['studies']} "
+            f"synthetic one-film DX studies (scale {s['scale']}); each film retrieved (WADO-RS), predicted and its SR "
+            "and presentation state stored back (STOW-RS).", "",
+            "| run | figure |", "|---|---|",
+            f"| `--once` over {tp['studies']} stored studies, whole command (start-up included) | "
+            f"{tp['studies_per_min_wall']:.1f} studies/min ({tp['wall_s']:.0f} s) |",
+            f"| the same, first study seen to last report stored | {tp['studies_per_min_work']:.1f} studies/min |",
+            f"| polling every {lat['poll_interval_s']:.0f} s, studies arriving at {lat['arrival_rate_per_min']:.0f}/min: "
+            f"wait from arrival to SR stored | median {lat['wait_median_s']:.1f} s, p95 {lat['wait_p95_s']:.1f} s, "
+            f"max {lat['wait_max_s']:.1f} s ({lat['reported']} of {lat['studies']} reported) |", ""]
 
 
 def _tried_sections() -> list[str]:
@@ -762,12 +779,24 @@ def headline_table() -> list[str]:
                     f"{w['accuracy_mean']:.1%} -> {w['decision']['accuracy_with_rule_mean']:.1%}; framing changes "
                     f"{fr['scoliosis_ap_to_strip']['rate']:.1%} and {fr['normal_strip_to_full']['rate']:.1%} | "
                     "`kauh_augment_refiner_window.json` |")
+    return rows + _deployment_rows()
+
+
+def _deployment_rows() -> list[str]:
+    """The headline rows about running the bundled models: throughput, the PACS round trip, latency."""
+    rows = []
     d = _load("archive_predict_refiner.json")
     if d:
         fps = {r["mode"]: r["films_per_second"] for r in d["results"]}
         rows.append(f"| `predict` over 500 films with the bundled models, 2 CPU cores (with decoding and start-up) | "
                     f"PyTorch {1000 / fps['stream']:.0f} ms a film, ONNX Runtime {1000 / fps['onnx']:.0f} ms | "
                     "`archive_predict_refiner.json` |")
+    d = _load("pacs_roundtrip.json")
+    if d:
+        tp, lat = d["throughput"], d["latency"]
+        rows.append(f"| PACS round trip through a local Orthanc ({tp['studies']} one-film DX studies, bundled models, "
+                    f"2 CPU cores) | {tp['studies_per_min_wall']:.0f} studies/min; arrival to SR stored, polling: median "
+                    f"{lat['wait_median_s']:.1f} s, p95 {lat['wait_p95_s']:.1f} s | `pacs_roundtrip.json` |")
     d = _load("cpu_inference_landmarks.json")
     if d:
         lm = d["landmarks"]
