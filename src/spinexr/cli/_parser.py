@@ -179,6 +179,10 @@ def _add_serve(sub: Sub) -> None:
     s.add_argument("--max-batch", type=int, default=8, help="most concurrent requests run as one model call")
     s.add_argument("--max-queue", type=int, default=32,
                    help="most images waiting for the model; beyond it a request gets 503 with Retry-After")
+    s.add_argument("--corrections", metavar="DIR", help="save corners corrected in the page here (landmark CSV "
+                                                        "and a JSON record each; new versions, nothing overwritten)")
+    s.add_argument("--token", help="saving corrections needs this bearer token (or set SPINEXR_SERVE_TOKEN); "
+                                   "required to save when --host is not loopback")
     _handler(s, "serve:serve")
 
 

@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from spinexr.data.imread import is_dicom_file, read_image
 from spinexr.errors import DatasetError, ImageReadError
 from spinexr.geometry.cobb import N_VERTEBRAE
+from spinexr.geometry.corners import OUTSIDE_TOLERANCE, outside_film
 
 N_POINTS = N_VERTEBRAE * 4
 XY_COLUMNS = [f"x{i}" for i in range(1, N_POINTS + 1)] + [f"y{i}" for i in range(1, N_POINTS + 1)]
@@ -81,20 +82,8 @@ def film_size(path: Path) -> tuple[int, int]:
     return meta.width, meta.height
 
 
-# Cropped films cut through the lowest vertebrae: a corner a little past the edge is real anatomy
-# (the AASCE labels hold one 2.4% below its film); farther out is a labelling error.
-OUTSIDE_TOLERANCE = 0.05
-
-
 def _check_points(pts: np.ndarray, w: int, h: int, tol: float = OUTSIDE_TOLERANCE) -> str | None:
-    if not np.isfinite(pts).all():
-        return "a landmark is NaN or infinite"
-    x, y = pts[..., 0], pts[..., 1]
-    if (x < -tol * w).any() or (x > (1 + tol) * w).any() or (y < -tol * h).any() or (y > (1 + tol) * h).any():
-        i = int(np.argmax((x < -tol * w) | (x > (1 + tol) * w) | (y < -tol * h) | (y > (1 + tol) * h)))
-        return (f"landmark {i + 1} ({x.flat[i]:.1f}, {y.flat[i]:.1f}) lies outside the {w}x{h} film "
-                f"(by more than {tol:.0%} of its side)")
-    return None
+    return outside_film(pts, w, h, tol)
 
 
 def _raise(problems: list[str], where: str) -> None:

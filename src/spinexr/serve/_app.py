@@ -14,6 +14,7 @@ import torch
 from fastapi import FastAPI
 
 from spinexr import __version__
+from spinexr.data.corrections import CorrectionStore
 from spinexr.data.imread import UPLOAD_MAX_PIXELS
 from spinexr.deploy.batching import MicroBatcher
 from spinexr.deploy.pipeline import Pipeline
@@ -36,12 +37,16 @@ class Service:
     predict_threads: Any
     explain_threads: Any
     page_html: str
+    corrections: CorrectionStore | None = None
+    token: str | None = None
+    remote: bool = False  # bound to an address other machines reach: saving needs a token
 
 
 def create_app(source: str | Path | Pipeline | None = None, onnx_path: str | Path | None = None,
                max_upload_mb: float = 32.0, max_pixels: int = UPLOAD_MAX_PIXELS, threads: int | None = None,
                max_batch: int = 8, max_queue: int = 32, landmarks: str | Path | None = None,
-               no_landmarks: bool = False) -> FastAPI:
+               no_landmarks: bool = False, corrections: str | Path | None = None, token: str | None = None,
+               remote: bool = False) -> FastAPI:
     """Build the FastAPI app over a pipeline (a :class:`~spinexr.deploy.pipeline.Pipeline`, or what
     :meth:`Pipeline.load` takes: a bundle, a classifier file with optional ``landmarks``, or None for the
     bundle that ships with spinexr); it is loaded here, once.
@@ -49,7 +54,16 @@ def create_app(source: str | Path | Pipeline | None = None, onnx_path: str | Pat
     Concurrent ``/v1/predict`` requests share classifier calls through a
     :class:`~spinexr.deploy.batching.MicroBatcher` of up to ``max_batch`` images; with more than
     ``max_queue`` images waiting, a request gets 503 with ``Retry-After`` at once rather than an unbounded wait.
+
+    ``corrections``: a folder where the page's corrected corners are saved
+    (:class:`~spinexr.data.corrections.CorrectionStore`); without one, saving is refused. ``token``: saving
+    then needs it as a bearer token; ``remote`` (bound to an address other machines reach) makes saving
+    without a token a 403.
     """
+    store = CorrectionStore(corrections) if corrections is not None else None
+    if store is not None:
+        for problem in store.scan().problems:
+            log.warning("corrections: %s", problem)
     if threads:
         torch.set_num_threads(threads)
     pipeline = source if isinstance(source, Pipeline) else Pipeline.load(
@@ -76,7 +90,8 @@ def create_app(source: str | Path | Pipeline | None = None, onnx_path: str | Pat
     app.state.service = Service(
         pipeline=pipeline, batcher=batcher, max_bytes=max_bytes, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
         predict_threads=anyio.CapacityLimiter(max_queue + max_batch), explain_threads=anyio.CapacityLimiter(1),
-        page_html=(Path(__file__).parent / "static" / "index.html").read_text())
+        page_html=(Path(__file__).parent / "static" / "index.html").read_text(), corrections=store,
+        token=token or None, remote=remote)
     app.state.predictor = pipeline.predictor
     app.state.batcher = batcher
     app.include_router(router)
@@ -87,7 +102,9 @@ def serve(source: str | Path | None = None, host: str = "127.0.0.1", port: int =
     """Run the app with uvicorn (blocking)."""
     import uvicorn
 
-    app = create_app(source, **kw)
-    if host not in LOOPBACK:
-        log.warning("binding to %s: the service is reachable from other machines; it has no authentication", host)
+    remote = host not in LOOPBACK
+    app = create_app(source, remote=remote, **kw)
+    if remote:
+        log.warning("binding to %s: the service is reachable from other machines; predictions need no "
+                    "authentication, saving corrections needs --token", host)
     uvicorn.run(app, host=host, port=port, log_level="info")

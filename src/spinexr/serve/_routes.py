@@ -2,12 +2,15 @@
 (:mod:`spinexr.deploy.document`), the same one ``spinexr predict`` writes."""
 
 # No `from __future__ import annotations`: FastAPI resolves the endpoint signatures at runtime.
+import hashlib
+import hmac
 import io
+import json
 import time
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 
@@ -17,6 +20,7 @@ from spinexr.deploy.batching import QueueFull
 from spinexr.deploy.document import schema
 from spinexr.errors import SpinexrError
 from spinexr.explain import overlay
+from spinexr.geometry.corners import check_corners, measure_corners
 from spinexr.serve._uploads import decode_upload, read_upload
 
 router = APIRouter()
@@ -73,6 +77,7 @@ async def predict(request: Request, file: UploadFile = File(...)) -> dict[str, A
     except QueueFull as e:
         raise HTTPException(503, f"the server is busy: {e}", headers={"Retry-After": "1"}) from e
     pred.path = "upload"
+    pred.sha256 = hashlib.sha256(data).hexdigest()
     await anyio.to_thread.run_sync(svc.pipeline.complete, pred, img, meta, limiter=svc.explain_threads)
     t3 = time.perf_counter()
     pred.timing_ms = {**(pred.timing_ms or {}), "read": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3,
@@ -113,6 +118,118 @@ async def overlay_png(request: Request, file: UploadFile = File(...)) -> Respons
     img, _ = await _film(svc, file)
     m = await anyio.to_thread.run_sync(svc.pipeline.measure, img, limiter=svc.explain_threads)
     return Response(_png(svc.pipeline.overlay(img, m)), media_type="image/png")
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HTTPException(422, "the body is not JSON; send {\"corners\": [...], \"width\": W, \"height\": H}") from None
+    if not isinstance(body, dict):
+        raise HTTPException(422, "the body must be a JSON object")
+    return body
+
+
+def _measured(body: dict[str, Any]) -> dict[str, Any]:
+    """``measure_corners`` on a request's corners and film size; a bad one is a 422 with the reason."""
+    for key in ("corners", "width", "height"):
+        if key not in body:
+            raise HTTPException(422, f"missing {key!r}: send the 68 corners and the film's width and height")
+    try:
+        w, h = float(body["width"]), float(body["height"])
+        cw = float(body.get("centreline_weight", 0.0))
+        if not 0.0 <= cw <= 1.0:
+            raise ValueError(f"centreline_weight must be between 0 and 1; got {cw}")
+        return measure_corners(body["corners"], w, h, cw)
+    except (TypeError, ValueError) as e:
+        raise HTTPException(422, str(e)) from None
+
+
+@router.post("/v1/measure")
+async def measure(request: Request) -> dict[str, Any]:
+    """Corners in (``corners``: 17 x 4 x (x, y) in film pixels, ``width``, ``height``; optional
+    ``centreline_weight``, default 0: the corners alone), the measurement out: the three Cobb angles with
+    end vertebrae and apex, the largest and its band, the shape and the plausibility verdict. The same
+    code as every other measurement (:func:`spinexr.geometry.corners.measure_corners`)."""
+    return _measured(await _json(request))
+
+
+@router.post("/v1/film", responses={200: {"content": {"image/png": {}}}})
+async def film_png(request: Request, file: UploadFile = File(...)) -> Response:
+    """The film as the pipeline reads it (8-bit gray PNG at its full size): the frame every corner is in."""
+    svc = _service(request)
+    img, _ = await _film(svc, file)
+    return Response(_png((img * 255).round().astype("uint8")), media_type="image/png")
+
+
+def _authorised(svc: Any, request: Request) -> None:
+    if svc.corrections is None:
+        raise HTTPException(409, "this service keeps no corrections: start it with "
+                                 "`spinexr serve --corrections DIR` to save them")
+    if svc.token is None:
+        if svc.remote:
+            raise HTTPException(403, "this service is reachable from other machines, so saving needs a token: "
+                                     "start it with --token (or SPINEXR_SERVE_TOKEN) and send it as a bearer token")
+        return
+    sent = request.headers.get("authorization", "")
+    sent = sent[7:] if sent.lower().startswith("bearer ") else request.headers.get("x-spinexr-token", "")
+    if not hmac.compare_digest(sent.encode(), svc.token.encode()):
+        raise HTTPException(403, "wrong or missing token: send the token the service was started with "
+                                 "(Authorization: Bearer TOKEN)")
+
+
+@router.post("/v1/corrections")
+async def save_correction(request: Request, file: UploadFile = File(...), correction: str = Form(...)) -> dict[str, Any]:
+    """Save corrected corners for the uploaded film (``correction``: JSON with ``corners`` and optional
+    ``name``, ``model_corners``): a new version in the corrections store, never overwriting one."""
+    svc = _service(request)
+    _authorised(svc, request)
+    try:
+        body = json.loads(correction)
+    except json.JSONDecodeError:
+        raise HTTPException(422, "the correction field is not JSON") from None
+    if not isinstance(body, dict) or "corners" not in body:
+        raise HTTPException(422, "the correction must be a JSON object with the 68 corners")
+    data = await read_upload(file, svc.max_bytes, svc.max_upload_mb)
+    img, _ = await anyio.to_thread.run_sync(decode_upload, data, file.filename, svc.max_pixels)
+    h, w = img.shape
+    model_corners = body.get("model_corners")
+    try:
+        if model_corners is not None:
+            check_corners(model_corners, w, h)
+        rec = await anyio.to_thread.run_sync(lambda: svc.corrections.save(
+            data, file.filename or "film", body["corners"], w, h, saved_by=str(body.get("name") or ""),
+            bundle_digest=svc.pipeline.model_info.get("bundle_digest"), model_corners=model_corners,
+            model=dict(svc.pipeline.model_info)))
+    except (TypeError, ValueError) as e:
+        raise HTTPException(422, str(e)) from None
+    return rec
+
+
+@router.get("/v1/corrections/{sha256}")
+def get_correction(request: Request, sha256: str) -> dict[str, Any]:
+    """The latest saved correction of the film with this content hash, and how many versions it has."""
+    svc = _service(request)
+    if svc.corrections is None:
+        raise HTTPException(404, "this service keeps no corrections")
+    try:
+        rec, n = svc.corrections.latest(sha256)
+    except SpinexrError as e:
+        raise HTTPException(422, str(e)) from None
+    if rec is None:
+        raise HTTPException(404, "no correction saved for this film")
+    return {"versions": n, "latest": rec}
+
+
+@router.get("/v1/corrections")
+def corrections_status(request: Request) -> dict[str, Any]:
+    """What the corrections folder holds: films corrected, rows logged, and what could not be read."""
+    svc = _service(request)
+    if svc.corrections is None:
+        return {"enabled": False}
+    scan = svc.corrections.scan()
+    return {"enabled": True, "films": len(scan.latest), "versions": sum(scan.versions.values()),
+            "log_rows": scan.rows, "problems": scan.problems}
 
 
 @router.get("/", response_class=HTMLResponse)
