@@ -227,10 +227,14 @@ def _add_demo(sub: Sub) -> None:
 
 def _add_landmarks(sub: Sub) -> None:
     p = sub.add_parser("landmarks", help="train and cross-validate the vertebra landmark model (Cobb angles)")
-    lsub = p.add_subparsers(dest="landmarks_cmd", required=True, metavar="{train,cv}")
+    lsub = p.add_subparsers(dest="landmarks_cmd", required=True, metavar="{train,cv,evaluate}")
     for name, text in (("train", "one case-grouped held-out split (--test-fraction); writes the model file"),
                        ("cv", "case-grouped k-fold CV (--folds); writes the fold-0 model file")):
         c = lsub.add_parser(name, help=text)
+        if name == "train":
+            c.add_argument("--init", metavar="MODEL", help="fine-tune this landmark model file: its weights and "
+                           "contract, 10 epochs at a tenth of its learning rate unless set (e.g. on saved "
+                           "corrections: --data DIR/latest.csv)")
         c.add_argument("--config", help="YAML file with a landmarks: section (and data:, out:); flags override it")
         c.add_argument("--data", help="an AASCE folder (images/, labels/) or a landmark CSV")
         c.add_argument("--out", help="run folder (default runs/landmarks-<verb>-<time>)")
@@ -239,6 +243,15 @@ def _add_landmarks(sub: Sub) -> None:
         c.add_argument("--quiet", action="store_true")
         add_setting_flags(c, name, [LandmarkConfig])
         _handler(c, "train:landmarks")
+    e = lsub.add_parser("evaluate", help="a bundle's measurement (default: the bundled models) or a landmark model "
+                                         "file on a labelled landmark set: SMAPE, angle MAEs, within 5 deg")
+    e.add_argument("model", nargs="?", help="a bundle folder or a landmark model file (default: the bundled models)")
+    e.add_argument("--data", required=True, help="a landmark CSV (path,x1..x68,y1..y68[,pt,mt,tl]) or an AASCE folder")
+    e.add_argument("--out", help="folder for metrics.json and per_film.csv")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    e.add_argument("--quiet", action="store_true")
+    _handler(e, "train:landmarks_evaluate")
 
 
 REGISTRARS = (_add_data, _add_train, _add_deploy, _add_bundle, _add_serve, _add_pacs, _add_landmarks, _add_demo)

@@ -14,7 +14,8 @@ from spinexr.errors import SpinexrError
 from spinexr.evaluation.cv import landmark_stages, run_cv
 from spinexr.evaluation.external import evaluate_model
 from spinexr.evaluation.holdout import run_train
-from spinexr.evaluation.landmark_cv import LandmarkCVResult, run_landmark_cv
+from spinexr.evaluation.landmark_cv import LandmarkCVResult, init_settings, run_landmark_cv
+from spinexr.evaluation.landmark_eval import evaluate_landmarks, evaluation_lines, measurer_for, write_evaluation
 from spinexr.evaluation.report import external_lines, headline
 from spinexr.evaluation.results import RunResult
 
@@ -134,9 +135,24 @@ def landmark_lines(res: LandmarkCVResult, out: Path, folds: int) -> list[str]:
 
 def landmarks(args: argparse.Namespace) -> int:
     top, cfg = resolve_landmarks(args)
+    init = getattr(args, "init", None)
+    if init:  # fine-tuning: the parent's settings and contract, a short schedule, then what was set here
+        given = {k: v for k, v in vars(args).items() if k in cfg.to_dict() and v is not None}
+        cfg = init_settings(init, given)
     out = run_dir(top["out"], f"landmarks-{args.landmarks_cmd}", args.force)
     folds = cfg.folds if args.landmarks_cmd == "cv" else 1
     res = run_landmark_cv(top["data"], cfg, out, folds=folds, max_minutes_per_fold=args.max_minutes,
-                          progress=not args.quiet)
+                          progress=not args.quiet, init=init)
     say(*landmark_lines(res, out, folds))
+    return 0
+
+
+def landmarks_evaluate(args: argparse.Namespace) -> int:
+    measurer, what = measurer_for(args.model, args.device)
+    metrics, rows = evaluate_landmarks(measurer, args.data, progress=not args.quiet)
+    say(*evaluation_lines(metrics, what))
+    if args.out:
+        out = run_dir(args.out, "landmarks-evaluate", args.force)
+        write_evaluation(out, metrics, rows, what)
+        say(f"wrote {out / 'metrics.json'} and {out / 'per_film.csv'}")
     return 0

@@ -14,7 +14,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from spinexr.data.imread import read_image
 from spinexr.data.label_check import check_labels
 from spinexr.data.landmarks import read_aasce, read_landmark_csv
 from spinexr.data.splits import case_splits, fit_val_split
-from spinexr.deploy.modelfile import load_landmark_model, save_landmark_model
+from spinexr.deploy.modelfile import LANDMARK_FORMAT, load_landmark_model, raw_metadata, save_landmark_model
 from spinexr.engine.distributed import resolve_device
 from spinexr.engine.landmarks import LandmarkFit, fit_landmarks, predict_points, prepare_landmarks
 from spinexr.errors import DatasetError, ImageReadError
@@ -123,11 +123,14 @@ class _Oof:
 
 def _fold_fit(f: int, data: Any, fit_idx: np.ndarray, val_idx: np.ndarray, cfg: LandmarkConfig, contract: DataConfig,
               out: Path, device: Any, trained: dict[int, Path] | None, max_minutes: float | None, progress: bool,
-              resume: bool = False) -> Any:
+              resume: bool = False, init: Path | None = None) -> Any:
     if trained and f in trained:
         return _reused_fit(trained[f], cfg, contract, len(fit_idx), device)
     torch.manual_seed(cfg.seed + f)
-    net = LandmarkNet(cfg.encoder, pretrained=cfg.weights == "imagenet", out_channels=CODECS[cfg.encoding].channels)
+    if init is not None:  # fine-tuning: the parent's weights, its contract kept (checked by init_settings)
+        net = load_landmark_model(init, "cpu")[0].net.train()
+    else:
+        net = LandmarkNet(cfg.encoder, pretrained=cfg.weights == "imagenet", out_channels=CODECS[cfg.encoding].channels)
     return fit_landmarks(net, data, fit_idx, val_idx, cfg, contract, checkpoint=out / "checkpoints" / f"fold{f}.pt",
                          progress=progress, desc=f"landmarks fold {f}", max_minutes=max_minutes, resume=resume)
 
@@ -176,14 +179,17 @@ def _write_oof(out: Path, oof: _Oof, recs: list) -> None:
 
 def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path, folds: int | None = None,
                     max_minutes_per_fold: float | None = None, progress: bool = True, n_boot: int = 1000,
-                    trained: dict[int, Path] | None = None, resume: bool = False) -> LandmarkCVResult:
+                    trained: dict[int, Path] | None = None, resume: bool = False,
+                    init: str | Path | None = None) -> LandmarkCVResult:
     """Train and test the landmark model on case-grouped folds; writes ``metrics.json``,
     ``oof_angles.csv`` and the fold-0 model file into ``out_dir``; returns the result.
 
     ``trained``: model files, by fold, that an earlier run of the same settings trained on that fold's
     films: they are measured again (with this run's test-time augmentation) instead of retrained. A
     file whose training films do not match the fold's is refused. With ``resume``, each fold continues
-    from its checkpoint in ``out_dir/checkpoints`` (a killed background run picks up where it stopped)."""
+    from its checkpoint in ``out_dir/checkpoints`` (a killed background run picks up where it stopped).
+    ``init``: a landmark model file to fine-tune from (``cfg`` from :func:`init_settings`); the model
+    file written records it as its parent."""
     parse_scales(cfg.tta_scales)  # a bad setting is refused before minutes of decoding, not after
     out = Path(out_dir)
     t_start = time.perf_counter()
@@ -218,12 +224,15 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
         tr = tr[label_ok[tr]]
         fit_idx, val_idx = fit_val_split(groups, tr, cfg.val_fraction, cfg.seed, f)
         fit = _fold_fit(f, data, fit_idx, val_idx, cfg, contract, out, device, trained, max_minutes_per_fold, progress,
-                        resume)
+                        resume, None if init is None else Path(init))
         if f == 0:
-            save_landmark_model(fit.predictor, out / "models" / "landmarks.safetensors", asdict(cfg),
-                                {"source": str(source), "n_train": int(len(fit_idx)),
-                                 "split": "all films" if not len(te) else "fold 0",
-                                 **({} if fit.history else {"reused_from": str(trained[f])})})  # type: ignore[index]
+            summary = {"source": str(source), "n_train": int(len(fit_idx)),
+                       "split": "all films" if not len(te) else "fold 0",
+                       **({} if fit.history else {"reused_from": str(trained[f])}),  # type: ignore[index]
+                       **({"parent": parent_record(Path(init))} if init is not None else {})}
+            save_landmark_model(fit.predictor, out / "models" / "landmarks.safetensors", asdict(cfg), summary)
+            if init is not None:
+                write_finetune_card(out / "models" / "landmarks.md", summary, cfg)
         info = _train_info(f, fit, fit_idx, val_idx, te, trained)
         fold_rows.append({**info, **_measure_fold(f, fit, data, te, cfg, device, oof, label_ok)} if len(te) else info)
     res = LandmarkCVResult(str(source), len(recs), data.skipped, int((~label_ok).sum()), fold_rows, asdict(cfg),
@@ -242,6 +251,52 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
         _write_oof(out, oof, recs)
         _report(out, res.to_dict(), oof.rows, recs, oof.points, oof.pred, true)
     return res
+
+
+# The contract of a landmark model: what a fine-tuned model must keep from its parent.
+CONTRACT_SETTINGS = ("encoder", "input_height", "input_width", "encoding")
+FINETUNE_DEFAULTS = {"epochs": 10, "warmup_epochs": 0.0, "lr_factor": 0.1}
+
+
+def init_settings(init: str | Path, given: dict[str, Any]) -> LandmarkConfig:
+    """The settings to fine-tune the landmark model file ``init`` with: its own, then a short schedule (10
+    epochs, a tenth of its learning rate, no warm-up), then ``given`` (what the user set). A setting of
+    its contract (encoder, input size, encoding) that differs from the parent's is refused."""
+    meta = raw_metadata(Path(init), "landmark model file not found")
+    if meta.get("format") != LANDMARK_FORMAT:
+        raise DatasetError(f"{init}: not a spinexr landmark model file")
+    base = {k: v for k, v in (meta.get("settings") or {}).items() if k in {f.name for f in fields(LandmarkConfig)}}
+    parent = LandmarkConfig.from_dict(base)
+    for k in CONTRACT_SETTINGS:
+        if k in given and given[k] != getattr(parent, k):
+            raise DatasetError(f"--{k.replace('_', '-')} {given[k]}: fine-tuning keeps the parent's contract "
+                               f"({k} {getattr(parent, k)}); leave it out")
+    tuned = {**base, "epochs": FINETUNE_DEFAULTS["epochs"], "warmup_epochs": FINETUNE_DEFAULTS["warmup_epochs"],
+             "lr": parent.lr * FINETUNE_DEFAULTS["lr_factor"], "patience": FINETUNE_DEFAULTS["epochs"]}
+    return LandmarkConfig.from_dict({**tuned, **given})
+
+
+def parent_record(init: Path) -> dict[str, Any]:
+    """What a fine-tuned model file says of its parent: the file, its SHA-256 and what it was trained on."""
+    import hashlib
+
+    meta = raw_metadata(init, "landmark model file not found")
+    return {"path": str(init), "sha256": hashlib.sha256(init.read_bytes()).hexdigest(),
+            "training_data": meta.get("training_data") or {}, "created": meta.get("created")}
+
+
+def write_finetune_card(path: Path, summary: dict[str, Any], cfg: LandmarkConfig) -> Path:
+    """A short model card for a fine-tuned landmark model: its parent and its data."""
+    par = summary["parent"]
+    lines = ["# Landmark model (fine-tuned)", "",
+             f"- Parent: `{par['path']}` (SHA-256 `{par['sha256'][:16]}...`), trained on "
+             f"{par['training_data'].get('source', 'unknown data')} ({par['training_data'].get('n_train', '?')} films).",
+             f"- Fine-tuned on: `{summary['source']}`, {summary['n_train']} films ({summary['split']}).",
+             f"- Schedule: {cfg.epochs} epochs, peak learning rate {cfg.lr:g}, input {cfg.input_height}x{cfg.input_width} "
+             f"({cfg.encoder}, {cfg.encoding}), the parent's contract kept.",
+             "- Research use only; measure it on films it was not tuned on (`spinexr landmarks evaluate`)."]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _reused_fit(path: Path, cfg: LandmarkConfig, contract: DataConfig, n_fit: int, device: Any) -> Any:
