@@ -30,7 +30,6 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _machine import header, write_result  # noqa: E402
-
 from spinexr.data.landmarks import ANGLE_COLUMNS, N_POINTS, XY_COLUMNS, read_aasce  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
 from spinexr.evaluation.landmark_eval import evaluate_landmarks  # noqa: E402

@@ -226,13 +226,8 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
         fit = _fold_fit(f, data, fit_idx, val_idx, cfg, contract, out, device, trained, max_minutes_per_fold, progress,
                         resume, None if init is None else Path(init))
         if f == 0:
-            summary = {"source": str(source), "n_train": int(len(fit_idx)),
-                       "split": "all films" if not len(te) else "fold 0",
-                       **({} if fit.history else {"reused_from": str(trained[f])}),  # type: ignore[index]
-                       **({"parent": parent_record(Path(init))} if init is not None else {})}
-            save_landmark_model(fit.predictor, out / "models" / "landmarks.safetensors", asdict(cfg), summary)
-            if init is not None:
-                write_finetune_card(out / "models" / "landmarks.md", summary, cfg)
+            _save_fold0(out, fit, cfg, source, len(fit_idx), len(te), None if fit.history else trained[f],  # type: ignore[index]
+                        init)
         info = _train_info(f, fit, fit_idx, val_idx, te, trained)
         fold_rows.append({**info, **_measure_fold(f, fit, data, te, cfg, device, oof, label_ok)} if len(te) else info)
     res = LandmarkCVResult(str(source), len(recs), data.skipped, int((~label_ok).sum()), fold_rows, asdict(cfg),
@@ -297,6 +292,17 @@ def write_finetune_card(path: Path, summary: dict[str, Any], cfg: LandmarkConfig
              "- Research use only; measure it on films it was not tuned on (`spinexr landmarks evaluate`)."]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _save_fold0(out: Path, fit: Any, cfg: LandmarkConfig, source: str | Path, n_fit: int, n_test: int,
+                reused: Path | None, init: str | Path | None) -> None:
+    """The fold-0 model file (with, for a fine-tuned model, a card naming its parent and data)."""
+    summary = {"source": str(source), "n_train": int(n_fit), "split": "all films" if not n_test else "fold 0",
+               **({"reused_from": str(reused)} if reused is not None else {}),
+               **({"parent": parent_record(Path(init))} if init is not None else {})}
+    save_landmark_model(fit.predictor, out / "models" / "landmarks.safetensors", asdict(cfg), summary)
+    if init is not None:
+        write_finetune_card(out / "models" / "landmarks.md", summary, cfg)
 
 
 def _reused_fit(path: Path, cfg: LandmarkConfig, contract: DataConfig, n_fit: int, device: Any) -> Any:
