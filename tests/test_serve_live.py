@@ -94,7 +94,7 @@ def test_browser_upload_shows_label_and_heatmap(server: str, synth_dir: Path, tm
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(server + "/")
             # Nothing but the drop zone until there is a result: no empty panels, no broken images.
-            before = {sel: page.is_visible(sel) for sel in ("#drop", "#result", "#heatmap-panel", "#overlay-panel")}
+            before = {sel: page.is_visible(sel) for sel in ("#drop", "#result", "#heatmap-panel", "#viewer-panel")}
             page.set_input_files("#file", str(img))
             page.wait_for_function("document.getElementById('label').textContent.length > 0", timeout=60_000)
             page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=60_000)
@@ -105,7 +105,7 @@ def test_browser_upload_shows_label_and_heatmap(server: str, synth_dir: Path, tm
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    assert before == {"#drop": True, "#result": False, "#heatmap-panel": False, "#overlay-panel": False}
+    assert before == {"#drop": True, "#result": False, "#heatmap-panel": False, "#viewer-panel": False}
     assert label in ("Normal", "Scoliosis", "Spondylolisthesis")
     assert bars == 3
     assert all(w >= 0 for w in widths) and sum(widths) > 100  # the bars are drawn, not just labelled

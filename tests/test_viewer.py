@@ -1,0 +1,293 @@
+"""The measurement viewer and the corrections store: in Chromium with real mouse events (Playwright), a dragged
+corner gives the angle ``spinexr.geometry.cobb`` gives, undo restores it, a save lands in the store and a
+reload offers it; ``POST /v1/measure`` equals the Python function; the store keeps versions and survives
+a truncated row; fine-tuning on a few corrections lowers the error on them."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spinexr.data.corrections import CorrectionStore
+from spinexr.data.synth import ap_landmarks, make_case
+from spinexr.geometry.cobb import cobb_angles
+from spinexr.geometry.corners import measure_corners
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+from fastapi.testclient import TestClient  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+TOKEN = "s3cret-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    from spinexr.deploy.pipeline import Pipeline
+
+    return Pipeline.load()
+
+
+def _serve(app):
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline and th.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    return srv, th, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def servers(pipeline, tmp_path_factory: pytest.TempPathFactory):
+    """One service keeping corrections behind a token, one keeping none."""
+    from spinexr.serve import create_app
+
+    store = tmp_path_factory.mktemp("corrections")
+    a = _serve(create_app(pipeline, corrections=store, token=TOKEN))
+    b = _serve(create_app(pipeline))
+    yield a[2], b[2], store
+    for srv, th, _ in (a, b):
+        srv.should_exit = True
+        th.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def film(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    case = make_case("Scoliosis", np.random.default_rng(3), scale=0.6)
+    p = tmp_path_factory.mktemp("film") / "scoliosis_film.png"
+    Image.fromarray(case.image).save(p)
+    return p
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+
+
+def _open(page, url: str, film: Path) -> None:
+    page.goto(url + "/")
+    page.set_input_files("#file", str(film))
+    page.wait_for_selector("#viewer-panel:not([hidden])", timeout=120_000)
+    page.wait_for_function("document.getElementById('viewer').dataset.pending === '0'", timeout=60_000)
+
+
+def _shown(page, key: str) -> float:
+    page.wait_for_function("document.getElementById('viewer').dataset.pending === '0'", timeout=60_000)
+    return float(page.get_attribute(f"#angle-{key}", "data-angle"))
+
+
+def _expected(page, key: str) -> float:
+    corners = np.array(page.evaluate("current.corners"))
+    h, weight = page.evaluate("current.h"), page.evaluate("current.weight")
+    return getattr(cobb_angles(corners, h, weight), key).angle
+
+
+@pytest.mark.slow
+def test_drag_undo_save_reload_in_the_browser(servers, film: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, no_store_url, store = servers
+    with sync_api.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            _open(page, url, film)
+            before = _shown(page, "pt")
+            assert before == pytest.approx(_expected(page, "pt"), abs=0.1)
+            upper = page.evaluate("LEVELS.indexOf(current.measured.pt.upper_end)")
+            page.locator("#viewer").scroll_into_view_if_needed()
+            handle = page.locator(f'#viewer circle.corner[data-v="{upper}"][data-c="1"]')
+            box = handle.bounding_box()
+            assert 0 <= box["y"] < 1000, "the handle is on screen"
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(x, y)
+            page.mouse.down()
+            page.mouse.move(x + 6, y - 14, steps=6)
+            page.mouse.up()
+            after = _shown(page, "pt")
+            moved = np.array(page.evaluate("current.corners")) - np.array(page.evaluate("current.model"))
+            assert np.count_nonzero(np.abs(moved).sum(axis=-1) > 0.5) == 1  # that one corner, nothing else
+            assert abs(after - before) > 0.5  # the end vertebra's tilt changed the angle
+            assert after == pytest.approx(_expected(page, "pt"), abs=0.1)  # as spinexr.geometry.cobb reads it
+            assert page.is_visible("#edited")
+            page.click("#undo")
+            assert _shown(page, "pt") == pytest.approx(before, abs=0.1)
+            assert not page.is_visible("#edited")
+            page.click("#redo")
+            assert _shown(page, "pt") == pytest.approx(after, abs=0.1)
+            # saving: refused with a wrong token, kept with the right one
+            page.fill("#corr-token", "wrong")
+            page.click("#save")
+            page.wait_for_function("document.getElementById('save-status').textContent.startsWith('Not saved')")
+            assert "403" in page.text_content("#save-status")
+            page.fill("#corr-token", TOKEN)
+            page.fill("#corr-name", "Dr Tester")
+            page.click("#save")
+            page.wait_for_function("document.getElementById('save-status').textContent.startsWith('Saved')")
+            saved = np.array(page.evaluate("current.corners"))
+            rows = list(csv.DictReader(open(store / "corrections.csv")))
+            assert len(rows) == 1 and rows[0]["saved_by"] == "Dr Tester" and rows[0]["version"] == "1"
+            xs = np.array([float(rows[0][f"x{i}"]) for i in range(1, 69)])
+            ys = np.array([float(rows[0][f"y{i}"]) for i in range(1, 69)])
+            np.testing.assert_allclose(np.stack([xs, ys], 1), saved.reshape(68, 2), atol=0.01)
+            assert float(rows[0]["pt"]) == pytest.approx(after, abs=0.1)
+            # a reload of the same film offers the saved correction
+            _open(page, url, film)
+            page.wait_for_selector("#saved-offer:not([hidden])", timeout=30_000)
+            assert "by Dr Tester" in page.text_content("#saved-text")
+            page.click("#load-saved")
+            np.testing.assert_allclose(np.array(page.evaluate("current.corners")), saved, atol=0.01)
+            assert _shown(page, "pt") == pytest.approx(after, abs=0.1)
+            # a service without a corrections folder refuses, saying how to start it
+            _open(page, no_store_url, film)
+            page.click("#save")
+            page.wait_for_function("document.getElementById('save-status').textContent.startsWith('Not saved')")
+            assert "409" in page.text_content("#save-status") and "--corrections" in page.text_content("#save-status")
+        finally:
+            browser.close()
+
+
+def _random_spine(rng: np.random.Generator, plausible: bool) -> np.ndarray:
+    case = make_case("Scoliosis", rng, scale=0.5)
+    v = ap_landmarks(case) + rng.normal(0, 1.5, (17, 4, 2))
+    if not plausible:
+        i = int(rng.integers(0, 16))
+        v[[i, i + 1]] = v[[i + 1, i]]  # two vertebrae out of order
+    return v, case.image.shape
+
+
+def test_measure_endpoint_equals_the_python_function(pipeline) -> None:
+    from spinexr.serve import create_app
+
+    client = TestClient(create_app(pipeline))
+    rng = np.random.default_rng(0)
+    verdicts = set()
+    for k in range(40):
+        v, (h, w) = _random_spine(rng, plausible=k % 4 != 0)
+        weight = float(rng.choice([0.0, 0.5]))
+        got = client.post("/v1/measure", json={"corners": v.tolist(), "width": w, "height": h,
+                                                "centreline_weight": weight}).json()
+        want = measure_corners(v, w, h, weight)
+        for key in ("pt", "mt", "tl"):
+            assert got[key]["angle"] == pytest.approx(want[key]["angle"], abs=1e-9)
+            assert (got[key]["upper_end"], got[key]["lower_end"], got[key]["apex"]) == \
+                (want[key]["upper_end"], want[key]["lower_end"], want[key]["apex"])
+        assert (got["largest"], got["band"], got["plausible"], got["refused"]) == \
+            (pytest.approx(want["largest"]), want["band"], want["plausible"], want["refused"])
+        verdicts.add(got["plausible"])
+    assert verdicts == {True, False}  # both kinds of spine were measured
+    v, (h, w) = _random_spine(rng, True)
+    for body, reason in (({"corners": v.tolist()[:16], "width": w, "height": h}, "68 points"),
+                         ({"corners": v.tolist(), "height": h}, "missing 'width'"),
+                         ({"corners": (v + [w * 2, 0]).tolist(), "width": w, "height": h}, "outside"),
+                         ({"corners": [[["a", 1]] * 4] * 17, "width": w, "height": h}, "numbers")):
+        r = client.post("/v1/measure", json=body)
+        assert r.status_code == 422 and reason in r.json()["detail"], (reason, r.json())
+    nan = json.dumps({"corners": v.tolist(), "width": w, "height": h}).replace(str(v[0, 0, 0]), "NaN", 1)
+    r = client.post("/v1/measure", content=nan, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "NaN" in r.json()["detail"]
+
+
+def test_corrections_are_versioned_and_a_truncated_row_loses_nothing_else(pipeline, tmp_path: Path) -> None:
+    from spinexr.serve import create_app
+
+    client = TestClient(create_app(pipeline, corrections=tmp_path / "store"))
+    films = []
+    for seed in (1, 2):
+        case = make_case("Scoliosis", np.random.default_rng(seed), scale=0.4)
+        buf = io.BytesIO()
+        Image.fromarray(case.image).save(buf, format="PNG")
+        films.append((buf.getvalue(), ap_landmarks(case)))
+    (data, v), (data2, v2) = films
+
+    def save(d: bytes, corners: np.ndarray):
+        return client.post("/v1/corrections", files={"file": ("f.png", d, "image/png")},
+                           data={"correction": json.dumps({"corners": corners.tolist()})})
+
+    assert save(data, v).json()["version"] == 1
+    assert save(data, v + 2).json()["version"] == 2  # the same film again: a new version
+    assert save(data2, v2).status_code == 200
+    sha = hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "store" / "records" / sha / "v1.json").is_file()  # version 1 is still there
+    got = client.get(f"/v1/corrections/{sha}").json()
+    assert got["versions"] == 2 and np.allclose(got["latest"]["corners"], v + 2, atol=1e-3)
+    assert client.get("/v1/corrections/" + "0" * 64).status_code == 404
+    bad = save(data, np.full((17, 4, 2), np.nan))
+    assert bad.status_code == 422
+    wrong = client.post("/v1/corrections", files={"file": ("f.png", data, "image/png")},
+                        data={"correction": json.dumps({"corners": v.tolist()[:5]})})
+    assert wrong.status_code == 422 and "68 points" in wrong.json()["detail"]
+    # cut the log's last row short: reported per row, the other corrections kept, saving goes on
+    log = tmp_path / "store" / "corrections.csv"
+    log.write_bytes(log.read_bytes()[:-300])
+    store = CorrectionStore(tmp_path / "store")
+    scan = store.scan()
+    assert scan.rows == 2 and len(scan.problems) == 1 and "row 4" in scan.problems[0]
+    assert save(data2, v2 + 1).json()["version"] == 2
+    scan = store.scan()
+    assert scan.rows == 3 and len(scan.latest) == 2
+    latest = list(csv.DictReader(open(tmp_path / "store" / "latest.csv")))
+    assert len(latest) == 2  # one row a film, its latest version
+    from spinexr.data.landmarks import read_landmark_csv
+
+    assert len(read_landmark_csv(tmp_path / "store" / "latest.csv")) == 2  # what `landmarks train --data` reads
+    status = client.get("/v1/corrections").json()
+    assert status["films"] == 2 and status["versions"] == 4 and len(status["problems"]) == 1
+
+
+def test_saving_needs_a_token_off_loopback(pipeline, tmp_path: Path) -> None:
+    from spinexr.serve import create_app
+
+    client = TestClient(create_app(pipeline, corrections=tmp_path / "s", remote=True))
+    case = make_case("Scoliosis", np.random.default_rng(4), scale=0.4)
+    buf = io.BytesIO()
+    Image.fromarray(case.image).save(buf, format="PNG")
+    r = client.post("/v1/corrections", files={"file": ("f.png", buf.getvalue(), "image/png")},
+                    data={"correction": json.dumps({"corners": ap_landmarks(case).tolist()})})
+    assert r.status_code == 403 and "--token" in r.json()["detail"]
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_a_few_corrections_lowers_their_error(synth_dir: Path, tmp_path: Path) -> None:
+    """The bundled landmark model (trained on AASCE films) fine-tuned on synthetic films' corners measures
+    those films better than before."""
+    from spinexr.cli import main
+    from spinexr.deploy.bundle import load_bundle
+    from spinexr.deploy.bundled import bundled_bundle_dir
+    from spinexr.deploy.measure import SpineMeasurer
+    from spinexr.evaluation.landmark_eval import evaluate_landmarks
+
+    parent = load_bundle(bundled_bundle_dir()).landmarks
+    data = synth_dir / "landmarks.csv"
+    before, _ = evaluate_landmarks(SpineMeasurer(parent), data, progress=False, n_boot=50)
+    out = tmp_path / "ft"
+    assert main(["landmarks", "train", "--init", str(parent), "--data", str(data), "--out", str(out), "--epochs", "4",
+                 "--test-fraction", "0", "--device", "cpu", "--batch-size", "4", "--quiet"]) == 0
+    child = out / "models" / "landmarks.safetensors"
+    after, _ = evaluate_landmarks(SpineMeasurer(child), data, progress=False, n_boot=50)
+    assert after["landmark_error_pct_height"]["mean"] < before["landmark_error_pct_height"]["mean"]
+    card = (out / "models" / "landmarks.md").read_text()
+    assert str(parent) in card and str(data) in card
+    meta = json.loads((out / "models" / "landmarks.json").read_text())
+    assert meta["training_data"]["parent"]["path"] == str(parent)
+    assert meta["data_config"]["height"] == SpineMeasurer(parent).contract.height  # the contract kept
