@@ -680,7 +680,7 @@ def _adopted_sections() -> list[str]:
         lines += refiner_weights_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("archive_predict*.json")):
         lines += archive_section(json.loads(f.read_text()))
-    for name, section in (("pacs_roundtrip.json", pacs_section),
+    for name, section in (("pacs_roundtrip.json", pacs_section), ("finetune_corrections.json", finetune_section),
                           ("cpu_inference_landmarks.json", landmark_inference_section),
                           ("external_aasce.json", external_section),
                           ("external_aasce_seed1_refined.json", external_section),
@@ -708,6 +708,27 @@ def pacs_section(d: dict) -> list[str]:
             f"| polling every {lat['poll_interval_s']:.0f} s, studies arriving at {lat['arrival_rate_per_min']:.0f}/min: "
             f"wait from arrival to SR stored | median {lat['wait_median_s']:.1f} s, p95 {lat['wait_p95_s']:.1f} s, "
             f"max {lat['wait_max_s']:.1f} s ({lat['reported']} of {lat['studies']} reported) |", ""]
+
+
+def finetune_section(d: dict) -> list[str]:
+    st = d["settings"]
+    out = [f"## Learning from corrections ({d['benchmark']})", "", f"Command: `{d['command']}`", "",
+           f"Machine: {_machine(d)}. Date: {d['date']}. Wall time: {d['wall_seconds'] / 60:.1f} min.", "",
+           f"Parent `{st['parent']}` (the landmark model of a case split's training side, which never saw the "
+           f"{st['held_out_films']} held-out films), second stage `{st['refiner']}`. The held-out cases are "
+           "shuffled; the first films up to 50 stand in for a person's corrections (their true corners), the rest "
+           f"of the split is measured, the same films for every count. Fine-tuned with {st['fine_tune']}. "
+           "Each repeat is another shuffle.", "",
+           "| repeat | corrections | evaluation films | SMAPE, two stages | largest angle within 5° | largest-angle MAE | "
+           "SMAPE, landmark model alone | corner error (% height) | fine-tune time |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in d["repeats"]:
+        for row in r["rows"]:
+            a, w = row["alone"], row["with_refiner"]
+            out.append(f"| {r['seed']} | {row['corrections']} | {w['n']} | {w['smape']:.2f}% | {w['within_5deg']:.0%} | "
+                       f"{w['mae_largest']:.2f}° | {a['smape']:.2f}% | {w['corner_error_pct_height']:.2f} | "
+                       f"{row['train_seconds']:.0f} s |")
+    return out + [""]
 
 
 def _tried_sections() -> list[str]:
