@@ -237,6 +237,8 @@ def test_corrections_are_versioned_and_a_truncated_row_loses_nothing_else(pipeli
     wrong = client.post("/v1/corrections", files={"file": ("f.png", data, "image/png")},
                         data={"correction": json.dumps({"corners": v.tolist()[:5]})})
     assert wrong.status_code == 422 and "68 points" in wrong.json()["detail"]
+    no_film = client.post("/v1/corrections", data={"correction": json.dumps({"corners": v.tolist()})})
+    assert no_film.status_code == 422 and no_film.json()["detail"][0]["loc"] == ["body", "file"]
     # cut the log's last row short: reported per row, the other corrections kept, saving goes on
     log = tmp_path / "store" / "corrections.csv"
     log.write_bytes(log.read_bytes()[:-300])
