@@ -2,6 +2,8 @@
 fold model on its held-out AASCE films, side by side.
 
     python benchmarks/landmark_int8.py --landmark-run runs/bench_aasce_cpu_reduced_seed1
+    python benchmarks/landmark_int8.py --landmark-run runs/bench_aasce_cpu_reduced_seed1 \
+        --refiner runs/refine_seed1/refiner_model.safetensors --tag seed1_two_stage
 
 The INT8 graph (static QDQ quantization, per-channel weights; the decoder kept in FP32 unless
 ``--quantize-decoder``) is calibrated on 64 of the run's *training* films. Adopted only if, on the
@@ -28,6 +30,7 @@ from spinexr.data.imread import read_image  # noqa: E402
 from spinexr.deploy.export import (  # noqa: E402
     LANDMARK_DECODER_NODES,
     export_landmark_onnx,
+    export_refiner_onnx,
     quantize_landmark_int8,
 )
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", type=int, default=64)
     ap.add_argument("--quantize-decoder", action="store_true",
                     help="quantize the decoder too (by default it stays FP32: LANDMARK_DECODER_NODES)")
+    ap.add_argument("--refiner", type=Path, default=None,
+                    help="the split's vertebra refiner file: measure through both stages, as deployed (its crop "
+                         "reading on ONNX Runtime in FP32 in both arms), so only the first stage's graph differs")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
     head = header("landmark_int8", argv)
@@ -71,13 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         fp32, int8 = Path(tmp) / "lm.onnx", Path(tmp) / "lm.int8.onnx"
         export_landmark_onnx(model, fp32)
         quantize_landmark_int8(fp32, int8, calib, keep_fp32=() if args.quantize_decoder else LANDMARK_DECODER_NODES)
-        a32, ms32 = _angles(SpineMeasurer(model, backend="onnx", onnx_path=fp32), films)
-        a8, ms8 = _angles(SpineMeasurer(model, backend="onnx", onnx_path=int8), films)
+        ref = {}
+        if args.refiner is not None:
+            ref_onnx = Path(tmp) / "refiner.onnx"
+            export_refiner_onnx(args.refiner, ref_onnx)
+            ref = {"refiner": args.refiner, "refiner_onnx_path": ref_onnx}
+        a32, ms32 = _angles(SpineMeasurer(model, backend="onnx", onnx_path=fp32, **ref), films)
+        a8, ms8 = _angles(SpineMeasurer(model, backend="onnx", onnx_path=int8, **ref), films)
     s32, s8 = smape(a32, true), smape(a8, true)
     d_largest = np.abs(a8.max(axis=1) - a32.max(axis=1))
     share = float(np.mean(d_largest < LARGEST_DEG))
     adopt = abs(s8 - s32) < SMAPE_POINTS and share >= SHARE
     res = {"decoder": "int8" if args.quantize_decoder else "fp32", "n_films": len(held),
+           "second_stage": str(args.refiner) if args.refiner is not None else None,
            "calibration_films": len(calib), "smape_fp32": s32, "smape_int8": s8,
            "smape_change_points": s8 - s32, "largest_abs_change_deg": {"median": float(np.median(d_largest)),
                                                                      "p95": float(np.percentile(d_largest, 95)),
