@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ["SPINEXR_CACHE"] = env["SPINEXR_CACHE"]
         b = load_bundle(bundled_bundle_dir())
-        for model in (b.classifier, b.landmarks):
-            cached_onnx(model)  # exported before timing: a deployment does it once
+        for model in (b.classifier, b.landmarks, b.refiner):
+            if model is not None:
+                cached_onnx(model)  # exported before timing: a deployment does it once
         rows = []
         for n in sizes:
             archive = make_archive(root, n)
@@ -134,11 +135,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n:>6} films  {mode:<7} {r['films_per_second']:6.2f} films/s  "
                       f"peak {r['peak_rss_mb']:7.0f} MB  ({r['seconds']:.0f} s)", flush=True)
                 rows.append(r)
+                # What is done so far, so that a run killed in its last mode keeps the others.
+                write_result(f"archive_predict{'_' + args.tag if args.tag else ''}.json",
+                             {**head, "sizes": sizes, "modes": modes, "results": rows, "complete": False})
     base = {r["films"]: r["films_per_second"] for r in rows if r["mode"] == "today"}
     for r in rows:
         r["speedup_vs_today"] = r["films_per_second"] / base[r["films"]] if r["films"] in base else None
     write_result(f"archive_predict{'_' + args.tag if args.tag else ''}.json",
-                 {**head, "sizes": sizes, "modes": modes, "results": rows})
+                 {**head, "sizes": sizes, "modes": modes, "results": rows, "complete": True})
     return 0
 
 
