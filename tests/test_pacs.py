@@ -18,7 +18,7 @@ import pydicom
 import pytest
 
 from spinexr.data.dicom_film import FilmIdentity, dx_dataset
-from spinexr.data.synth import synthesize
+from spinexr.data.synth import make_case, synthesize
 from spinexr.errors import SpinexrError
 from spinexr.pacs import Credentials, Ledger, load_credentials
 
@@ -114,9 +114,20 @@ def test_round_trip_reports_match_predict(dx_films: Path, tmp_path: Path) -> Non
         ledger.close()
         again = watch(pacs.url, state, "--once")  # nothing new: nothing done twice
         assert again.returncode == 0 and "0 new studies" in again.stderr
+        # a film that arrives later in a finished study: that film is reported, the others are not redone
+        first = pydicom.dcmread(films[0])
+        late = dx_dataset(make_case("Scoliosis", np.random.default_rng(9), scale=0.35).image, FilmIdentity(
+            patient_id=first.PatientID, study_uid=first.StudyInstanceUID, series_uid=first.SeriesInstanceUID,
+            instance_number=2))
+        pacs.client().store_instances([late])
+        later = watch(pacs.url, state, "--once")
+        assert later.returncode == 0 and "1 new studies: 1 finished (1 films reported" in later.stderr, later.stderr
+        got = reports(pacs, first.StudyInstanceUID)
+        assert len(got["SR"]) == 2 and len({sr.SOPInstanceUID for sr in got["SR"]}) == 2
+        assert watch(pacs.url, state, "--once").stderr.count("0 new studies") == 1
         status = subprocess.run([sys.executable, "-m", "spinexr", "pacs", "status", "--state", str(state)], cwd=ROOT,
                                 capture_output=True, text=True)
-        assert f"films reported {len(films)}" in status.stdout
+        assert f"films reported {len(films) + 1}" in status.stdout
 
 
 @needs_orthanc

@@ -55,6 +55,7 @@ def dx_dataset(img: np.ndarray, who: FilmIdentity, pixel_spacing: float = 0.15) 
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
+    ds.preamble = b"\0" * 128  # written as a DICOM file (preamble and 'DICM') even when sent as a dataset
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID, ds.SOPInstanceUID = DX_FOR_PRESENTATION, who.sop_uid
     ds.ImageType = ["ORIGINAL", "PRIMARY"]

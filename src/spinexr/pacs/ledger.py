@@ -1,7 +1,9 @@
 """What ``spinexr pacs`` has done, in SQLite: a restart after a kill processes nothing twice and skips nothing.
 
 A study is *finished* once every one of its films has an outcome (reported, or failed with a reason), or
-when it holds no film to read (skipped, with the reason). A study seen but not finished (the run was
+when it holds no film to read (skipped, with the reason). Its instance count on the server is kept: a
+finished study whose count has grown since (a film that arrived after the pass, a transfer caught
+half-way) is taken up again, and only its new films are predicted. A study seen but not finished (the run was
 killed in it) is taken up again on the next round; its films already reported are not predicted again,
 and a report stored just before a kill and stored again after it is the same DICOM instance (its UID is
 derived from the film and the model: :func:`spinexr.deploy.dicom.report.derived_uid`), so the PACS keeps
@@ -26,7 +28,8 @@ CREATE TABLE IF NOT EXISTS studies (
     reported INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
     first_seen REAL NOT NULL,
-    finished REAL
+    finished REAL,
+    instances INTEGER                 -- the study's instance count when finished, our reports included
 );
 CREATE TABLE IF NOT EXISTS films (
     sop_uid TEXT PRIMARY KEY,
@@ -57,6 +60,9 @@ class Ledger:
             row = self.db.execute("SELECT value FROM meta WHERE key = 'url'").fetchone()
         except sqlite3.DatabaseError as e:
             raise SpinexrError(f"{self.path} is not a spinexr pacs state file ({e}); give another --state") from None
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(studies)")}
+        if "instances" not in cols:  # a state file from before the count was kept
+            self.db.execute("ALTER TABLE studies ADD COLUMN instances INTEGER")
         if row is None:
             self.db.execute("INSERT INTO meta VALUES ('url', ?)", (url,))
         elif row[0] != url:
@@ -66,9 +72,15 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
-    def finished(self, study_uid: str) -> bool:
-        row = self.db.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
-        return row is not None and row[0] in FINISHED
+    def finished(self, study_uid: str, instances: int | None = None) -> bool:
+        """True when the study was finished and, given the server's ``instances`` count for it now, that
+        count is the one recorded (a film that arrived later takes the study up again; so does a count
+        recorded too high, after a report stored twice across a kill: the next pass finds nothing new
+        and records the true count)."""
+        row = self.db.execute("SELECT state, instances FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+        if row is None or row[0] not in FINISHED:
+            return False
+        return instances is None or row[1] is None or instances == row[1]
 
     def seen(self, study_uid: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO studies (study_uid, state, first_seen) VALUES (?, 'seen', ?)",
@@ -83,12 +95,13 @@ class Ledger:
         self.db.execute("INSERT OR REPLACE INTO films VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (sop_uid, study_uid, series_uid, state, reason, label, largest, sr_uid, pr_uid, time.time()))
 
-    def finish(self, study_uid: str, state: str, reason: str = "") -> None:
+    def finish(self, study_uid: str, state: str, reason: str = "", instances: int | None = None) -> None:
         films = self.db.execute("SELECT COUNT(*), SUM(state = 'reported'), SUM(state = 'failed') FROM films "
                                 "WHERE study_uid = ?", (study_uid,)).fetchone()
-        self.db.execute("UPDATE studies SET state = ?, reason = ?, films = ?, reported = ?, failed = ?, finished = ? "
-                        "WHERE study_uid = ?", (state, reason, films[0] or 0, films[1] or 0, films[2] or 0,
-                                                time.time(), study_uid))
+        self.db.execute("UPDATE studies SET state = ?, reason = ?, films = ?, reported = ?, failed = ?, finished = ?, "
+                        "instances = ? WHERE study_uid = ?",
+                        (state, reason, films[0] or 0, films[1] or 0, films[2] or 0, time.time(), instances,
+                         study_uid))
 
     def counts(self) -> dict[str, int]:
         out = {s: n for s, n in self.db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state")}

@@ -29,7 +29,7 @@ from spinexr.pacs.ledger import Ledger
 log = logging.getLogger(__name__)
 
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
-MODALITY, MODALITIES_IN_STUDY = "00080060", "00080061"
+MODALITY, MODALITIES_IN_STUDY, STUDY_INSTANCES = "00080060", "00080061", "00201208"
 FILM_MODALITIES = ("CR", "DX")
 
 
@@ -81,26 +81,31 @@ class PacsWorker:
         except Exception as e:  # noqa: BLE001 - requests and dicomweb-client raise many types
             raise explain(e, self.url) from None
 
-    def find_studies(self) -> list[tuple[str, list[str]]]:
-        """Every study on the server (from ``since``, a StudyDate, on) with its modalities."""
+    def find_studies(self) -> list[tuple[str, list[str], int | None]]:
+        """Every study on the server (from ``since``, a StudyDate, on): its UID, modalities and instance count."""
         filters = {"StudyDate": f"{self.since}-"} if self.since else None
         found = self._call(self.client.search_for_studies, search_filters=filters,
-                           fields=["ModalitiesInStudy"], get_remaining=True)
-        return [(_value(s, STUDY_UID), [str(m) for m in _values(s, MODALITIES_IN_STUDY)]) for s in found
-                if _value(s, STUDY_UID)]
+                           fields=["ModalitiesInStudy", "NumberOfStudyRelatedInstances"], get_remaining=True)
+        out = []
+        for s in found:
+            count = _value(s, STUDY_INSTANCES)
+            if _value(s, STUDY_UID):
+                out.append((_value(s, STUDY_UID), [str(m) for m in _values(s, MODALITIES_IN_STUDY)],
+                            int(count) if count.isdigit() else None))
+        return out
 
     def run_round(self, stop: threading.Event | None = None) -> Round:
         r = Round()
-        for uid, modalities in self.find_studies():
+        for uid, modalities, count in self.find_studies():
             if stop is not None and stop.is_set():
                 break
-            if self.ledger.finished(uid):
+            if self.ledger.finished(uid, count):
                 continue
             r.studies += 1
-            self.process_study(uid, modalities, r)
+            self.process_study(uid, modalities, r, count)
         return r
 
-    def process_study(self, uid: str, modalities: list[str], r: Round) -> None:
+    def process_study(self, uid: str, modalities: list[str], r: Round, count: int | None = None) -> None:
         self.ledger.seen(uid)
         series = self._call(self.client.search_for_series, uid, fields=["Modality"])
         films = [s for s in series if _value(s, MODALITY).upper() in self.modalities]
@@ -108,7 +113,7 @@ class PacsWorker:
             found = sorted({_value(s, MODALITY) for s in series} | set(modalities)) or ["none"]
             reason = f"no {' or '.join(self.modalities)} series (modalities: {', '.join(found)})"
             log.warning("study %s skipped: %s", uid, reason)
-            self.ledger.finish(uid, "skipped", reason)
+            self.ledger.finish(uid, "skipped", reason, count)
             r.skipped += 1
             return
         todo = []
@@ -118,10 +123,12 @@ class PacsWorker:
                 sop = _value(inst, SOP_UID)
                 if sop and not self.ledger.film_done(sop):
                     todo.append((s_uid, sop))
+        stored = 0
         for start in range(0, len(todo), self.batch_size):
-            self._films(uid, todo[start:start + self.batch_size], r)
+            stored += self._films(uid, todo[start:start + self.batch_size], r)
         failures = [f"{f['sop_uid']}: {f['reason']}" for f in self.ledger.films(uid) if f["state"] == "failed"]
-        self.ledger.finish(uid, "done", "; ".join(failures)[:2000])
+        # The count the server will show once this pass's reports are in: a later count above it is new films.
+        self.ledger.finish(uid, "done", "; ".join(failures)[:2000], None if count is None else count + stored)
         r.finished += 1
 
     def _ref(self, study: str, series: str, sop: str) -> str:
@@ -133,8 +140,8 @@ class PacsWorker:
         r.failed += 1
         r.reasons.append(reason)
 
-    def _films(self, study: str, films: list[tuple[str, str]], r: Round) -> None:
-        """Retrieve, predict and report a few films of one study."""
+    def _films(self, study: str, films: list[tuple[str, str]], r: Round) -> int:
+        """Retrieve, predict and report a few films of one study; returns the instances stored back."""
         got: list[tuple[str, str, Any, Path]] = []
         try:
             for series, sop in films:
@@ -153,32 +160,34 @@ class PacsWorker:
                     continue
                 got.append((series, sop, ds, tmp))
             if not got:
-                return
+                return 0
             decoded = [decode(str(tmp), self.max_pixels) for *_, tmp in got]
             preds = predict_batch(self.pipeline, decoded)
+            stored = 0
             for (series, sop, ds, _), pred in zip(got, preds):
                 pred.path = self._ref(study, series, sop)
                 doc = pred.to_document()
                 if doc["status"] != "ok":
                     self._fail(study, series, sop, (doc.get("error") or {}).get("reason") or "unreadable", r)
                     continue
-                self._report(study, series, sop, ds, doc, r)
+                stored += self._report(study, series, sop, ds, doc, r)
+            return stored
         finally:
             for *_, tmp in got:
                 tmp.unlink(missing_ok=True)
 
-    def _report(self, study: str, series: str, sop: str, ds: Any, doc: dict[str, Any], r: Round) -> None:
+    def _report(self, study: str, series: str, sop: str, ds: Any, doc: dict[str, Any], r: Round) -> int:
         try:
             res = dicom_results(doc, checked_source(ds, self._ref(study, series, sop)),
                                 int(ds.get("InstanceNumber") or 1))
         except (SpinexrError, ValueError, TypeError) as e:
             self._fail(study, series, sop, f"no report could be made: {e}", r)
-            return
+            return 0
         answer = self._call(self.client.store_instances, res.datasets, study_instance_uid=study)
         refused = [str(x.get("FailureReason", "?")) for x in answer.get("FailedSOPSequence", [])]
         if refused:
             self._fail(study, series, sop, f"the PACS refused the report (failure reason {', '.join(refused)})", r)
-            return
+            return 0
         spine = doc.get("spine") or {}
         self.ledger.record_film(study, series, sop, label=doc["label"], largest=spine.get("largest"),
                                 sr_uid=str(res.sr.SOPInstanceUID),
@@ -186,6 +195,7 @@ class PacsWorker:
         r.reported += 1
         log.info("study %s, film %s: %s%s, report stored", study, sop, doc["label"],
                  f", largest Cobb angle {spine['largest']:.1f} deg" if spine.get("largest") is not None else "")
+        return len(res.datasets)
 
 
 def watch(worker: PacsWorker, *, once: bool = False, interval: float = 30.0, retries: int = 5,
