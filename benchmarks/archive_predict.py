@@ -102,6 +102,9 @@ def run_mode(mode: str, archive: Path, out: Path, env: dict[str, str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{mode} failed ({proc.returncode}):\n{err[-2000:]}")
     n_out = sum(1 for _ in open(out)) - 1 if out.suffix == ".csv" else None
+    n_in = sum(1 for _ in archive.iterdir())
+    if n_out is not None and n_out != n_in:  # every film its row, or the rate means nothing
+        raise SystemExit(f"{mode} wrote {n_out} rows for {n_in} films")
     return {"mode": mode, "seconds": wall, "peak_rss_mb": peak / 2**20, "rows": n_out}
 
 

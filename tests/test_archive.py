@@ -92,7 +92,13 @@ def test_ray_writes_what_one_process_writes_and_resumes(local_ray, onnx_pipeline
                                                         tmp_path: Path) -> None:
     from spinexr.deploy.ray_predict import _RAY_DATA_THREADS, ray_paths
 
-    paths = expand_paths([films])
+    # Two more names for one film (a link and a copy): each is a film of its own, in every path.
+    extra = tmp_path / "names"
+    extra.mkdir()
+    first_film = next(p for p in expand_paths([films]) if p.suffix == ".jpg")
+    (extra / "link.jpg").symlink_to(first_film.resolve())
+    shutil.copy(first_film, extra / "copy.jpg")
+    paths = expand_paths([films]) + [extra / "link.jpg", extra / "copy.jpg"]
     one = tmp_path / "one.jsonl"
     stream_paths(onnx_pipeline, paths, one, batch_size=4, workers=0, progress=False)
     out = tmp_path / "ray.jsonl"
@@ -108,6 +114,7 @@ def test_ray_writes_what_one_process_writes_and_resumes(local_ray, onnx_pipeline
     # ray.shutdown() would abort the process.
     assert not [t.name for t in threading.enumerate() if t.name.startswith(_RAY_DATA_THREADS)]
     a, b = _docs(out), _docs(one)
+    assert len(a) == len(paths) and {str(extra / "link.jpg"), str(extra / "copy.jpg")} <= a.keys()
     assert a.keys() == b.keys()
     for k in a:
         assert a[k] == b[k], k  # the same documents, bit for bit (timing aside)

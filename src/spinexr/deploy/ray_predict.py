@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -39,10 +40,10 @@ class PredictActor:
                                       max_pixels=max_pixels)
         self.max_pixels = max_pixels
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         decoded = [decode(str(p), self.max_pixels) for p in batch["path"]]
         preds = predict_batch(self.pipeline, decoded)
-        return {"path": [d.path for d in decoded], "doc": [json.dumps(p.to_document()) for p in preds]}
+        return {"index": batch["index"], "doc": [json.dumps(p.to_document()) for p in preds]}
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
@@ -131,9 +132,11 @@ def ray_paths(paths: list[Path], out: Path, labels: list[str], digest: str | Non
     pool = actors or max(1, cpus // cpus_per_actor)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    given = {str(Path(p).resolve()): str(p) for p in todo}
+    # Each film travels with its place in the list: two names for one file (a link, a copy) stay two films,
+    # each document named as it was given. Absolute, not resolved: a link is read through its own name.
     before = set(threading.enumerate())
-    ds = ray.data.from_items([{"path": a} for a in given], override_num_blocks=max(1, len(todo) // batch_size))
+    ds = ray.data.from_items([{"path": os.path.abspath(p), "index": i} for i, p in enumerate(todo)],
+                             override_num_blocks=max(1, len(todo) // batch_size))
     ds = ds.map_batches(PredictActor, batch_size=batch_size, concurrency=pool, num_cpus=cpus_per_actor,
                         fn_constructor_kwargs={"source": source, "landmarks": landmarks, "no_landmarks": no_landmarks,
                                                "threads": cpus_per_actor, "backend": backend,
@@ -142,8 +145,8 @@ def ray_paths(paths: list[Path], out: Path, labels: list[str], digest: str | Non
     try:
         for batch in batches:
             docs = [json.loads(s) for s in batch["doc"]]
-            for d in docs:
-                d["path"] = given.get(d["path"], d["path"])
+            for d, i in zip(docs, batch["index"]):
+                d["path"] = str(todo[int(i)])
             sink.append(docs)
             if on_batch is not None:
                 on_batch(docs)
