@@ -20,7 +20,7 @@ from PIL import Image
 
 from spinexr.data.corrections import CorrectionStore
 from spinexr.data.synth import ap_landmarks, make_case
-from spinexr.geometry.cobb import cobb_angles
+from spinexr.geometry.cobb import LEVELS, cobb_angles
 from spinexr.geometry.corners import measure_corners
 
 pytest.importorskip("fastapi")
@@ -114,7 +114,7 @@ def test_drag_undo_save_reload_in_the_browser(servers, film: Path) -> None:
             _open(page, url, film)
             before = _shown(page, "pt")
             assert before == pytest.approx(_expected(page, "pt"), abs=0.1)
-            upper = page.evaluate("LEVELS.indexOf(current.measured.pt.upper_end)")
+            upper = LEVELS.index(page.evaluate("current.measured.pt.upper_end"))
             page.locator("#viewer").scroll_into_view_if_needed()
             handle = page.locator(f'#viewer circle.corner[data-v="{upper}"][data-c="1"]')
             box = handle.bounding_box()

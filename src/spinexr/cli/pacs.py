@@ -53,22 +53,12 @@ def status(args: argparse.Namespace) -> int:
     path = Path(args.state)
     if not path.is_file():
         raise SpinexrError(f"{path}: no such state file; `spinexr pacs watch --state {path}` makes it")
-    import sqlite3
-
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        url = db.execute("SELECT value FROM meta WHERE key = 'url'").fetchone()
-        db.close()
-    except sqlite3.DatabaseError as e:
-        raise SpinexrError(f"{path} is not a spinexr pacs state file ({e})") from None
-    ledger = Ledger(path, url[0] if url else "")
+    ledger = Ledger(path, None)
     try:
         if args.json:
-            say(json.dumps({"url": url[0] if url else None, "studies": ledger.studies(), "films": ledger.films()},
-                           indent=2))
+            say(json.dumps({"url": ledger.url, "studies": ledger.studies(), "films": ledger.films()}, indent=2))
         else:
-            counts = ledger.counts()
-            say(f"{url[0] if url else '?'}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            say(f"{ledger.url or '?'}: " + ", ".join(f"{k} {v}" for k, v in ledger.counts().items()))
     finally:
         ledger.close()
     return 0

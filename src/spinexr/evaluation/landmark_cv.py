@@ -23,7 +23,7 @@ import torch
 
 from spinexr.config import LandmarkConfig
 from spinexr.data.contract import DataConfig
-from spinexr.data.imread import read_image
+from spinexr.data.imread import file_digest, read_image
 from spinexr.data.label_check import check_labels
 from spinexr.data.landmarks import read_aasce, read_landmark_csv
 from spinexr.data.splits import case_splits, fit_val_split
@@ -273,10 +273,8 @@ def init_settings(init: str | Path, given: dict[str, Any]) -> LandmarkConfig:
 
 def parent_record(init: Path) -> dict[str, Any]:
     """What a fine-tuned model file says of its parent: the file, its SHA-256 and what it was trained on."""
-    import hashlib
-
     meta = raw_metadata(init, "landmark model file not found")
-    return {"path": str(init), "sha256": hashlib.sha256(init.read_bytes()).hexdigest(),
+    return {"path": str(init), "sha256": file_digest(init),
             "training_data": meta.get("training_data") or {}, "created": meta.get("created")}
 
 

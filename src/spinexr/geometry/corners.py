@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from spinexr.geometry.cobb import N_VERTEBRAE, cobb_angles
+from spinexr.geometry.overlay import endplate_lines
 from spinexr.geometry.plausibility import implausibility
 
 # Cropped films cut through the lowest vertebrae: a corner a little past the edge is real anatomy
@@ -57,10 +58,13 @@ def check_corners(corners: Any, width: float, height: float) -> np.ndarray:
 
 def measure_corners(corners: Any, width: float, height: float, centreline_weight: float = 0.0) -> dict[str, Any]:
     """The measurement of checked corners: ``pt``, ``mt``, ``tl`` (angle, end vertebrae, apex), ``largest``,
-    ``band``, ``bands``, ``shape``, ``centreline_weight``, ``plausible`` and ``refused`` (the reasons)."""
+    ``band``, ``bands``, ``shape``, ``centreline_weight``, ``plausible``, ``refused`` (the reasons) and
+    ``endplate_lines`` (per curve, the two lines a reader draws: :func:`spinexr.geometry.overlay.endplate_lines`)."""
     v = check_corners(corners, width, height)
     reasons = implausibility(v, overlap=False)
-    return {**cobb_angles(v, height, centreline_weight).to_dict(), "plausible": not reasons, "refused": reasons}
+    result = cobb_angles(v, height, centreline_weight)
+    return {**result.to_dict(), "plausible": not reasons, "refused": reasons,
+            "endplate_lines": {k: seg.tolist() for k, seg in endplate_lines(v, result, width).items()}}
 
 
 __all__ = ["OUTSIDE_TOLERANCE", "check_corners", "measure_corners", "outside_film"]

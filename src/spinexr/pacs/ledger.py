@@ -24,9 +24,6 @@ CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
     state TEXT NOT NULL,              -- seen | done | skipped
     reason TEXT NOT NULL DEFAULT '',
-    films INTEGER NOT NULL DEFAULT 0,
-    reported INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0,
     first_seen REAL NOT NULL,
     finished REAL,
     instances INTEGER                 -- the study's instance count when finished, our reports included
@@ -50,9 +47,9 @@ FINISHED = ("done", "skipped")
 
 class Ledger:
     """The state file (``--state``): opened, created if missing, refused if it is not a spinexr ledger or
-    was written for another PACS address."""
+    was written for another PACS address (``url`` None: whichever address it records)."""
 
-    def __init__(self, path: str | Path, url: str) -> None:
+    def __init__(self, path: str | Path, url: str | None) -> None:
         self.path = Path(path)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
@@ -63,9 +60,10 @@ class Ledger:
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(studies)")}
         if "instances" not in cols:  # a state file from before the count was kept
             self.db.execute("ALTER TABLE studies ADD COLUMN instances INTEGER")
-        if row is None:
+        self.url = row[0] if row is not None else url
+        if row is None and url is not None:
             self.db.execute("INSERT INTO meta VALUES ('url', ?)", (url,))
-        elif row[0] != url:
+        elif row is not None and url is not None and row[0] != url:
             raise SpinexrError(f"{self.path} records the work done on {row[0]}, not {url}; give another --state "
                                "for this server")
 
@@ -96,12 +94,8 @@ class Ledger:
                         (sop_uid, study_uid, series_uid, state, reason, label, largest, sr_uid, pr_uid, time.time()))
 
     def finish(self, study_uid: str, state: str, reason: str = "", instances: int | None = None) -> None:
-        films = self.db.execute("SELECT COUNT(*), SUM(state = 'reported'), SUM(state = 'failed') FROM films "
-                                "WHERE study_uid = ?", (study_uid,)).fetchone()
-        self.db.execute("UPDATE studies SET state = ?, reason = ?, films = ?, reported = ?, failed = ?, finished = ?, "
-                        "instances = ? WHERE study_uid = ?",
-                        (state, reason, films[0] or 0, films[1] or 0, films[2] or 0, time.time(), instances,
-                         study_uid))
+        self.db.execute("UPDATE studies SET state = ?, reason = ?, finished = ?, instances = ? WHERE study_uid = ?",
+                        (state, reason, time.time(), instances, study_uid))
 
     def counts(self) -> dict[str, int]:
         out = {s: n for s, n in self.db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state")}
@@ -111,7 +105,10 @@ class Ledger:
         return out
 
     def studies(self) -> list[dict[str, Any]]:
-        cur = self.db.execute("SELECT * FROM studies ORDER BY first_seen")
+        # A study's film counts come from its films, never stored twice.
+        cur = self.db.execute("SELECT s.*, COUNT(f.sop_uid) AS films, COALESCE(SUM(f.state = 'reported'), 0) AS reported, "
+                              "COALESCE(SUM(f.state = 'failed'), 0) AS failed FROM studies s LEFT JOIN films f "
+                              "ON f.study_uid = s.study_uid GROUP BY s.study_uid ORDER BY s.first_seen")
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 

@@ -149,23 +149,19 @@ def measurement_report(doc: dict[str, Any], source: Dataset, instance_number: in
 
 
 def _walk(items: Any, group: str, out: dict[str, dict[str, Any]]) -> None:
+    """Numeric and coded items by the tracking identifier of their measurement group."""
     for it in items or []:
         name = it.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in it else ""
         kind = it.get("ValueType")
-        if kind == "TEXT" and name == "Tracking Identifier":
+        if kind == "CONTAINER":  # a measurement group starts a group of its own
+            _walk(it.get("ContentSequence"), "" if name == "Measurement Group" else group, out)
+        elif kind == "TEXT" and name == "Tracking Identifier":
             group = str(it.TextValue)
             out.setdefault(group, {})
-        elif kind == "NUM" and it.get("MeasuredValueSequence"):
-            key = name if name not in out.get(group, {}) else f"{name} (maximum)"
-            out.setdefault(group, {})[key] = float(it.MeasuredValueSequence[0].NumericValue)
+        elif kind == "NUM" and group and it.get("MeasuredValueSequence"):
+            out[group][name] = float(it.MeasuredValueSequence[0].NumericValue)
         elif kind == "CODE" and group:
-            out.setdefault(group, {})[name] = it.ConceptCodeSequence[0].CodeMeaning
-        if kind == "CONTAINER" and name == "Measurement Group":
-            sub: dict[str, dict[str, Any]] = {}
-            _walk(it.get("ContentSequence"), "", sub)
-            out.update(sub)
-        elif kind != "CONTAINER" or name != "Measurement Group":
-            _walk(it.get("ContentSequence") if kind == "CONTAINER" else None, group, out)
+            out[group][name] = it.ConceptCodeSequence[0].CodeMeaning
 
 
 def report_values(sr: Dataset) -> dict[str, dict[str, Any]]:
