@@ -86,7 +86,8 @@ def _final(args: argparse.Namespace, head: dict, t0: float) -> int:
     groups = np.array([r.group for r in recs])
     ok = np.array([i for i, r in enumerate(recs) if not implausibility(r.landmarks)])
     fit_idx, val_idx = fit_val_split(groups, ok, 0.1, 0, 0)
-    cfg = replace(RefineConfig(), epochs=args.epochs, crop=args.crop, encoder=args.encoder)
+    cfg = replace(RefineConfig(), epochs=args.epochs, crop=args.crop, encoder=args.encoder,
+                  jitter_deg=args.jitter_deg, jitter_centre=args.jitter_centre)
     data = prepare_refine_data([recs[i] for i in np.concatenate([fit_idx, val_idx])], cfg.film_height)
     fit_pos, val_pos = np.arange(len(fit_idx)), np.arange(len(fit_idx), len(fit_idx) + len(val_idx))
     run_dir = args.run_dir or Path("runs") / "refine_final"
@@ -118,6 +119,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--jitter-deg", type=float, default=RefineConfig.jitter_deg,
+                    help="standard deviation of the training crops' turn about the labelled vertebra (degrees)")
+    ap.add_argument("--jitter-centre", type=float, default=RefineConfig.jitter_centre,
+                    help="standard deviation of the training crops' shift, as a share of the vertebra's half side")
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--limit", type=int, default=0, help="use only this many training films (a smoke run)")
@@ -142,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     fit_idx, val_idx, te = _split(recs, run_cfg, set(first))
     if args.limit:
         fit_idx, val_idx, te = fit_idx[:args.limit], val_idx[:max(2, args.limit // 8)], te[:max(4, args.limit // 4)]
-    cfg = replace(RefineConfig(), seed=int(run_cfg["seed"]), epochs=args.epochs, crop=args.crop, encoder=args.encoder)
+    cfg = replace(RefineConfig(), seed=int(run_cfg["seed"]), epochs=args.epochs, crop=args.crop, encoder=args.encoder,
+                  jitter_deg=args.jitter_deg, jitter_centre=args.jitter_centre)
     used = np.concatenate([fit_idx, val_idx, te])
     data = prepare_refine_data([recs[i] for i in used], cfg.film_height)
     if len(data.records) != len(used):

@@ -10,7 +10,9 @@ Modes (the bundled models each time, a fresh process each, taking turns per size
 * ``stream``: ``spinexr predict DIR --out OUT.csv`` (PyTorch, batches of 16, one decoding worker);
 * ``onnx``: the same with ``--backend onnx`` (both models on ONNX Runtime);
 * ``ray``: ``--ray`` (a local Ray cluster with this machine's CPUs, one CPU per actor, ONNX Runtime);
-* ``MODE-wN``: a stream mode with ``--workers N`` decoding processes (``-w0``: decoding in the main process).
+* ``MODE-wN``: a stream mode with ``--workers N`` decoding processes (``-w0``: decoding in the main process);
+* ``MODE-jN``: a stream mode with ``--jobs N``: N processes each running the whole pipeline on its own
+  batches with the machine's CPUs shared among them (``onnx-j2``: two one-thread ONNX Runtime pipelines).
 
 The archive is made of the shared KAUH and AASCE films, linked under new names until it holds N
 films. Wall time includes each process's start-up (the ONNX exports are made before timing). Peak
@@ -85,12 +87,15 @@ def _tree_rss(pid: int) -> int:
 
 def run_mode(mode: str, archive: Path, out: Path, env: dict[str, str]) -> dict:
     py = sys.executable
-    base, _, workers = mode.partition("-w")  # e.g. onnx-w0: the ONNX stream decoding in its own process
+    base, _, jobs = mode.partition("-j")  # e.g. onnx-j2: the ONNX stream in two pipeline processes
+    base, _, workers = base.partition("-w")  # e.g. onnx-w0: the ONNX stream decoding in its own process
     cli = [py, "-m", "spinexr", "predict", str(archive), "--out", str(out), "--quiet"]
     cmd = {"today": [py, "-c", TODAY, str(archive), str(out)], "stream": cli,
            "onnx": [*cli, "--backend", "onnx"], "ray": [*cli, "--ray"]}[base]
     if workers:
         cmd += ["--workers", workers]
+    if jobs:
+        cmd += ["--jobs", jobs]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0

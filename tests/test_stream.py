@@ -73,6 +73,34 @@ def test_the_stream_gives_what_the_film_at_a_time_path_gives(bundled: Pipeline, 
     assert not out.with_name(out.name + JOURNAL_SUFFIX).exists()
 
 
+def test_jobs_give_the_same_documents_in_the_same_order(bundled: Pipeline, films: Path, tmp_path: Path) -> None:
+    """Two processes, each its own pipeline, each decoding its own batches: the documents are the
+    one-process stream's, in its order (a film named twice keeps both rows), overlays drawn by the jobs."""
+    paths = expand_paths([films])
+    paths = [*paths, paths[0]]
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    stream_paths(bundled, paths, one, batch_size=3, workers=0, progress=False, overlays=tmp_path / "o1")
+    tally = stream_paths(bundled, paths, two, batch_size=3, jobs=2, progress=False, overlays=tmp_path / "o2")
+    a = [json.loads(line) for line in one.read_text().splitlines()]
+    b = [json.loads(line) for line in two.read_text().splitlines()]
+    assert [d["path"] for d in b] == [str(p) for p in paths]
+    for x, y in zip(a, b):
+        assert _close(_comparable({**x, "files": None}), _comparable({**y, "files": None})), x["path"]
+    drawn = [d["files"]["overlay"] for d in b if d["status"] == "ok"]
+    assert len(drawn) == 15 and all(Path(f).parent == tmp_path / "o2" and Path(f).is_file() for f in drawn)
+    assert sorted(Path(f).name for f in drawn) == sorted(p.name for p in (tmp_path / "o1").iterdir())
+    assert tally.ok == 15 and tally.errors == 2
+
+
+def test_jobs_need_a_loaded_pipeline_and_a_count(bundled: Pipeline, films: Path, tmp_path: Path) -> None:
+    paths = expand_paths([films])[:2]
+    with pytest.raises(SpinexrError, match="--jobs must be 1 or more"):
+        stream_paths(bundled, paths, tmp_path / "a.csv", jobs=0, progress=False)
+    handmade = Pipeline(bundled.predictor, bundled.measurer, bundled.bundle)
+    with pytest.raises(SpinexrError, match="Pipeline.load"):
+        stream_paths(handmade, paths, tmp_path / "b.csv", jobs=2, progress=False)
+
+
 def test_every_row_has_the_schema_columns(bundled: Pipeline, films: Path, tmp_path: Path) -> None:
     out = tmp_path / "preds.csv"
     stream_paths(bundled, expand_paths([films]), out, batch_size=5, workers=0, progress=False)
@@ -152,30 +180,31 @@ def _csv_rows(path: Path) -> list[dict]:
     return [dict(zip(cols, r)) for r in rows[1:]]
 
 
-def test_a_killed_run_leaves_a_whole_file_and_resume_finishes_it(films: Path, tmp_path: Path,
-                                                                 bundled: Pipeline) -> None:
+@pytest.mark.parametrize("processes", [["--workers", "1"], ["--jobs", "2"]], ids=["decoding-worker", "jobs"])
+def test_a_killed_run_leaves_a_whole_file_and_resume_finishes_it(films: Path, tmp_path: Path, bundled: Pipeline,
+                                                                 processes: list[str]) -> None:
     out = tmp_path / "preds.csv"
     journal = out.with_name(out.name + JOURNAL_SUFFIX)
-    args = [str(films), "--out", str(out), "--batch-size", "2", "--workers", "1", "--quiet"]
+    args = [str(films), "--out", str(out), "--batch-size", "2", *processes, "--quiet"]
     # Killed twice: once while the first batches are in the journal, once in the middle of the work.
     proc = _run(args, ROOT)
     _wait_for(lambda: journal.exists() and journal.stat().st_size > 0, proc)
     workers = _children(proc.pid) if Path("/proc/self/stat").is_file() else []
-    assert workers or not Path("/proc/self/stat").is_file(), "the run decodes in a worker process"
+    assert workers or not Path("/proc/self/stat").is_file(), "the run has its worker processes"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # Its decoding worker does not outlive it.
     t0 = time.monotonic()
     while any(_alive(w) for w in workers):
-        assert time.monotonic() - t0 < 30, "a decoding worker outlived its killed run"
+        assert time.monotonic() - t0 < 30, "a worker process outlived its killed run"
         time.sleep(0.05)
     first = _csv_rows(out)  # the header at least: complete
-    proc = _run([*args, "--resume"], ROOT)
-    _wait_for(lambda: journal.exists() and len(journal.read_bytes().splitlines()) >= 4, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    second = _csv_rows(out)
-    assert len(second) >= len(first)
+    if "--jobs" not in processes:  # killed again, in the middle of a resumed run (once is enough for --jobs)
+        proc = _run([*args, "--resume"], ROOT)
+        _wait_for(lambda: journal.exists() and len(journal.read_bytes().splitlines()) >= 4, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert len(_csv_rows(out)) >= len(first)
     done = subprocess.run([sys.executable, "-m", "spinexr", "predict", *args, "--resume"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

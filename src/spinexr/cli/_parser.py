@@ -111,6 +111,10 @@ def _add_deploy(sub: Sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="films per model call (results are written per batch)")
     p.add_argument("--workers", type=int, default=DECODE_WORKERS,
                    help="processes decoding films while the models run (0: decode in the main process)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="processes that each run the whole pipeline on their own batches, this machine's CPUs "
+                        "shared among them (decoding included; --workers is then unused). On a CPU, --jobs 2 "
+                        "--backend onnx is the fastest; each process holds the models (memory x N)")
     p.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
                    help="map the pipeline over a Ray cluster (HOST:6379 or ray://HOST:10001; alone: a local one); "
                         "needs --out and spinexr[ray]")

@@ -56,6 +56,8 @@ def predict(args: argparse.Namespace) -> int:
                             what="overlay folder") if args.overlays else None
     dicom_out = guard_output(args.dicom_out, force=args.force or args.resume, folder=True,
                              what="DICOM output folder") if args.dicom_out else None
+    if args.ray is not None and args.jobs != 1:
+        raise SpinexrError("--jobs is for one machine; on Ray, --ray-cpus-per-actor sets each actor's share")
     if dicom_out is not None and args.ray is not None:
         raise SpinexrError("--ray writes prediction documents only; write DICOM output without --ray")
     pipeline = load_pipeline(args, source, backend=args.backend, onnx_path=args.onnx, max_pixels=args.max_pixels)
@@ -63,7 +65,8 @@ def predict(args: argparse.Namespace) -> int:
         return _predict_on_ray(args, source, pipeline, paths, out)
     dicom = DicomWriter(dicom_out) if dicom_out is not None else None
     tally = stream_paths(pipeline, paths, out, resume=args.resume, batch_size=args.batch_size, workers=args.workers,
-                         explain=args.explain, heatmaps=heatmaps, overlays=overlays, progress=not args.quiet,
+                         jobs=args.jobs, explain=args.explain, heatmaps=heatmaps, overlays=overlays,
+                         progress=not args.quiet,
                          max_pixels=args.max_pixels, dicom=dicom,
                          on_batch=None if out else lambda docs: say(*(summary_line(d) for d in docs)))
     if out is not None:

@@ -54,6 +54,7 @@ class Pipeline:
             if bundle is not None and bundle.manifest.get("rule"):
                 measurer.view_check = bundle.view_check
         self._measure_lock = threading.Lock()  # one film through the landmark model at a time
+        self.spec: dict[str, Any] | None = None  # set by :meth:`load`
         self.model_info = self._model_info()
 
     @classmethod
@@ -98,7 +99,13 @@ class Pipeline:
             measurer = SpineMeasurer(lm, device=device, backend="onnx" if lm_onnx else "torch", onnx_path=lm_onnx,
                                      threads=threads, refiner=refiner,
                                      refiner_onnx_path=cached_onnx(refiner) if refiner and lm_onnx else None)
-        return cls(predictor, measurer, bundle)
+        pipe = cls(predictor, measurer, bundle)
+        # How to load this pipeline again, in another process (``predict --jobs``; ``threads`` set there).
+        pipe.spec = {"source": None if source is None else str(source),
+                     "landmarks": None if landmarks is None else str(landmarks), "no_landmarks": no_landmarks,
+                     "backend": backend, "device": device, "onnx_path": None if onnx_path is None else str(onnx_path),
+                     "max_pixels": max_pixels}
+        return pipe
 
     def _model_info(self) -> dict[str, Any]:
         p = self.predictor

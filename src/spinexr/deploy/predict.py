@@ -7,15 +7,22 @@ A bad file is reported in its document (``status`` error, with the reason) and t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from spinexr.config import DECODE_WORKERS
+from spinexr.data.decoding import Decoded, decode, exit_with_parent
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, list_images
 from spinexr.deploy.dicom import DicomWriter
 from spinexr.deploy.document import write_documents
@@ -89,34 +96,107 @@ def _check_artifacts(pipeline: Pipeline, explain: str | None, heatmaps: Path | N
             folder.mkdir(parents=True, exist_ok=True)
 
 
+def _batch_documents(pipeline: Pipeline, batch: list[tuple[int, Decoded]], explain: str | None,
+                     heatmaps: Path | None, overlays: Path | None) -> list[dict[str, Any]]:
+    """Decoded films (with their places in the run's list) through the pipeline, their heatmaps and
+    overlays drawn: their documents, in order."""
+    preds = predict_batch(pipeline, [d for _, d in batch])
+    for (i, d), p in zip(batch, preds):
+        _artifacts(pipeline, p, d.img, i, explain, heatmaps, overlays)
+    return [p.to_document() for p in preds]
+
+
+def _in_process(pipeline: Pipeline, todo: list[tuple[int, Path]], batch_size: int, workers: int, max_pixels: int,
+                explain: str | None, heatmaps: Path | None, overlays: Path | None) -> Iterator[list[dict[str, Any]]]:
+    """Each batch's documents, the pipeline run here and the films decoded in ``workers`` processes."""
+    places = iter([i for i, _ in todo])
+    for batch in decoded_batches([p for _, p in todo], batch_size, workers, max_pixels):
+        yield _batch_documents(pipeline, [(next(places), d) for d in batch], explain, heatmaps, overlays)
+
+
+_JOB: dict[str, Any] = {}  # in a --jobs process: its pipeline
+
+
+def _start_job(spec: dict[str, Any], threads: int) -> None:
+    exit_with_parent()
+    torch.set_num_threads(threads)
+    _JOB["pipeline"] = Pipeline.load(spec.pop("source"), **spec, threads=threads)
+
+
+def _run_job(batch: list[tuple[int, str]], max_pixels: int, explain: str | None, heatmaps: Path | None,
+             overlays: Path | None) -> list[dict[str, Any]]:
+    films = [(i, decode(p, max_pixels)) for i, p in batch]
+    return _batch_documents(_JOB["pipeline"], films, explain, heatmaps, overlays)
+
+
+def _in_jobs(pipeline: Pipeline, todo: list[tuple[int, Path]], batch_size: int, jobs: int, max_pixels: int,
+             explain: str | None, heatmaps: Path | None, overlays: Path | None) -> Iterator[list[dict[str, Any]]]:
+    """Each batch's documents, in order, from ``jobs`` processes that each load the pipeline once (its
+    threads this machine's CPUs shared among them) and decode and predict whole batches: on a CPU, two
+    one-thread pipelines keep two cores busier than one pipeline with two threads. At most two batches
+    a process are in flight, so memory stays bounded."""
+    if pipeline.spec is None:
+        raise SpinexrError("--jobs needs a pipeline made by Pipeline.load (it is loaded again in each process)")
+    threads = max(1, cpu_count() // jobs)
+    batches = [[(i, str(p)) for i, p in todo[s:s + batch_size]] for s in range(0, len(todo), batch_size)]
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_job,
+                             initargs=(dict(pipeline.spec), threads)) as pool:
+        pending: deque[Future[list[dict[str, Any]]]] = deque()
+        it = iter(batches)
+        try:
+            while True:
+                while len(pending) < 2 * jobs and (b := next(it, None)) is not None:
+                    pending.append(pool.submit(_run_job, b, max_pixels, explain, heatmaps, overlays))
+                if not pending:
+                    return
+                try:
+                    docs = pending.popleft().result()
+                except BrokenProcessPool as e:
+                    raise SpinexrError("a --jobs process ended abruptly (out of memory? killed?); what was written "
+                                       "so far is kept: run again with --resume, with fewer --jobs") from e
+                yield docs
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def stream_paths(pipeline: Pipeline, paths: list[Path], out: Path | None = None, *, resume: bool = False,
-                 batch_size: int = 16, workers: int = DECODE_WORKERS, explain: str | None = None, heatmaps: Path | None = None,
-                 overlays: Path | None = None, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
+                 batch_size: int = 16, workers: int = DECODE_WORKERS, jobs: int = 1, explain: str | None = None,
+                 heatmaps: Path | None = None, overlays: Path | None = None, progress: bool = True,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
                  dicom: DicomWriter | None = None) -> Tally:
     """Every path through the pipeline in batches, films decoded in ``workers`` processes, each batch's
     documents appended to ``out`` (:class:`~spinexr.deploy.stream.ResultFile`) and handed to
     ``on_batch``; with ``resume`` the films already in ``out`` (same path and content) are skipped.
+    With ``jobs`` > 1 the pipeline runs in that many processes instead, each decoding its own batches
+    (``workers`` unused); the documents and the output are the same, in the same order.
     With ``dicom``, each DICOM film's SR and presentation state are written before its document
     reaches ``out``, so a resumed run never skips a film whose report is missing.
     Returns the run's tally (films already in ``out`` included)."""
     if batch_size < 1:
         raise SpinexrError(f"--batch-size must be 1 or more, got {batch_size}")
+    if jobs < 1:
+        raise SpinexrError(f"--jobs must be 1 or more, got {jobs}")
     _check_artifacts(pipeline, explain, heatmaps, overlays)
     sink = ResultFile(out, pipeline.labels, pipeline.model_info.get("bundle_digest"), resume) if out else None
-    index = {str(p): i for i, p in enumerate(paths)}
-    todo = paths
+    todo = list(enumerate(paths))
     if sink is not None and sink.done:
-        todo = [p for p in paths if not sink.has(p)]
+        todo = [(i, p) for i, p in todo if not sink.has(p)]
         log.info("resuming: %d of %d films already in %s", len(paths) - len(todo), len(paths), out)
     tally = sink.tally if sink is not None else Tally()
     bar = tqdm(total=len(todo), desc="predicting", unit="film", disable=not progress, smoothing=0.1)
+    run = _in_jobs if jobs > 1 else _in_process
     try:
-        for batch in decoded_batches(todo, batch_size, workers, max_pixels):
-            preds = predict_batch(pipeline, batch)
-            for d, p in zip(batch, preds):
-                _artifacts(pipeline, p, d.img, index[d.path], explain, heatmaps, overlays)
-            docs = [p.to_document() for p in preds]
+        for docs in run(pipeline, todo, batch_size, jobs if jobs > 1 else workers, max_pixels, explain, heatmaps,
+                        overlays):
             if dicom is not None:
                 for doc in docs:
                     dicom.write(doc)
@@ -127,7 +207,7 @@ def stream_paths(pipeline: Pipeline, paths: list[Path], out: Path | None = None,
                     tally.add(doc)
             if on_batch is not None:
                 on_batch(docs)
-            bar.update(len(batch))
+            bar.update(len(docs))
     finally:
         bar.close()
         if sink is not None:
