@@ -125,20 +125,34 @@ def quantize_landmark_int8(onnx_path: str | Path, out: str | Path, calibration_i
     c = DataConfig.from_meta(meta)
     x = np.concatenate([c.to_input(read_image(p)[0])[0].astype(np.float32)[None, None] / 255.0
                         for p in calibration_images])
+    return _quantize_static(Path(onnx_path), Path(out), x, meta, exclude=_module_nodes(onnx_path, keep_fp32))
+
+
+def _module_nodes(onnx_path: str | Path, modules: tuple[str, ...]) -> list[str]:
+    """The nodes of an export that belong to the named modules. The exporter records each node's module
+    path in its ``namespace`` metadata (node names are generic)."""
     onnx = _need("onnx")
-    # The exporter records each node's module path in its ``namespace`` metadata (node names are generic).
-    nodes = [n.name for n in onnx.load(str(onnx_path)).graph.node
-             if any(k in p.value for p in n.metadata_props if p.key == "namespace" for k in keep_fp32)]
-    return _quantize_static(Path(onnx_path), Path(out), x, meta, exclude=nodes)
+    return [n.name for n in onnx.load(str(onnx_path)).graph.node
+            if any(k in p.value for p in n.metadata_props if p.key == "namespace" for k in modules)]
+
+
+def quantize_refiner_int8(onnx_path: str | Path, out: str | Path, crops: np.ndarray,
+                          keep_fp32: tuple[str, ...] = LANDMARK_DECODER_NODES, batch: int = 34) -> dict[str, Any]:
+    """:func:`quantize_int8` for a vertebra refiner's crop reading (:func:`export_refiner_onnx`),
+    calibrated on ``crops`` ((N, 1, S, S) in [0, 1], cut as deployed: around a first stage's corners),
+    ``batch`` crops a calibration step; the nodes of the modules named in ``keep_fp32`` stay in FP32."""
+    _, meta = _ort_session(Path(onnx_path), None)
+    return _quantize_static(Path(onnx_path), Path(out), crops.astype(np.float32), meta,
+                            exclude=_module_nodes(onnx_path, keep_fp32), input_name="crops", step=batch)
 
 
 def _quantize_static(onnx_path: Path, out: Path, x: np.ndarray, meta: dict[str, Any],
-                     exclude: list[str] | None = None) -> dict[str, Any]:
+                     exclude: list[str] | None = None, input_name: str = "image", step: int = 1) -> dict[str, Any]:
     q = _need("onnxruntime.quantization")
 
     class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{"image": x[i:i + 1]} for i in range(len(x))])
+            self.it = iter([{input_name: x[i:i + step]} for i in range(0, len(x), step)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)
