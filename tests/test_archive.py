@@ -131,3 +131,22 @@ def test_an_unreachable_cluster_gets_a_message_not_a_wait(films: Path, tmp_path:
     assert not (tmp_path / "x.csv").exists()
     with pytest.raises(SpinexrError, match="HOST:PORT"):
         ray_paths(expand_paths([films]), tmp_path / "x.csv", ["Normal"], None, address="nonsense")
+
+
+def test_onnx_jobs_write_what_one_process_writes(onnx_pipeline: Pipeline, films: Path, tmp_path: Path) -> None:
+    """``--backend onnx --jobs 2``: two one-thread ONNX Runtime pipelines, the cached exports loaded in
+    each, write the one-process documents, bit for bit (timing aside), in the films' order."""
+    paths = expand_paths([films])
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    stream_paths(onnx_pipeline, paths, one, batch_size=3, workers=0, progress=False)
+    stream_paths(onnx_pipeline, paths, two, batch_size=3, jobs=2, progress=False)
+    assert [json.loads(line)["path"] for line in two.read_text().splitlines()] == [str(p) for p in paths]
+    assert _docs(two) == _docs(one)
+
+
+def test_jobs_are_for_one_machine(films: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from spinexr.cli import main
+
+    assert main(["predict", str(films), "--out", str(tmp_path / "x.csv"), "--ray", "--jobs", "2"]) != 0
+    assert "--jobs is for one machine" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
