@@ -628,6 +628,18 @@ NOT_ADOPTED = {
     "angles' corners: the refiner does not absorb the change, it follows it (its crops are cut around the first "
     "stage's corners): SMAPE rose 0.26 points and the largest angle moved by 0.5 degrees or more on 22% of films; "
     "the first stage alone got 33 ms a film faster.",
+    "aasce_refine_seed0_jit10.json": "The vertebra refiner trained with its crops turned by 10 degrees (standard "
+    "deviation) instead of 6, so that it learns to mend larger tilts: it took the bias off large curves (seed 0: -2.1 "
+    "-> -0.4 degrees; seed 1: -1.2 -> +0.5) but, read in one pass as the validation films choose, SMAPE rose on "
+    "seed 0 (11.07 -> 11.55%) and the share within 5 degrees fell below 75% on seed 1 (77 -> 74%). In two passes "
+    "it meets the four targets on both splits, as the 6-degree refiner does; the validation films choose one pass "
+    "for both (see below).",
+    "aasce_refine_seed1_jit10.json": "The same recipe on the seed-1 split.",
+    "refine_passes_seed0_jit10.json": "Passes for the 10-degree refiner, seed 0: the validation films choose one pass; "
+    "on the held-out films two passes measure better (SMAPE 9.79%, MAE 2.98 degrees, 85% within 5 degrees, +0.1 "
+    "degrees on curves of 40 or more).",
+    "refine_passes_seed1_jit10.json": "Passes for the 10-degree refiner, seed 1: the validation films choose one pass; "
+    "on the held-out films two passes measure 9.56%, 3.58 degrees, 77%, +1.6 degrees.",
     "landmark_int8_seed1_refiner.json": "The INT8 vertebra refiner (its encoder; the first stage FP32), calibrated on "
     "the crops it is given on training films: SMAPE held (+0.09 points) and the two stages got about a quarter "
     "faster, but the largest angle moved by 0.5 degrees or more on 25% of films (the rule allows 5%).",
@@ -689,12 +701,15 @@ def _adopted_sections() -> list[str]:
     for f in sorted((HERE / "results").glob("angle_reading*.json")):
         lines += angle_reading_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("aasce_refine_*.json")):
+        if f.name in NOT_ADOPTED:
+            continue
         d = json.loads(f.read_text())
         lines += refine_final_section(d) if d.get("final") else refine_section(d)
     for f in sorted((HERE / "results").glob("refine_variants_*.json")):
         lines += refine_variants_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("refine_passes_*.json")):
-        lines += refine_passes_section(json.loads(f.read_text()))
+        if f.name not in NOT_ADOPTED:
+            lines += refine_passes_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("refiner_weights_*.json")):
         lines += refiner_weights_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("archive_predict*.json")):
@@ -754,7 +769,8 @@ def _tried_sections() -> list[str]:
     lines: list[str] = []
     renderers = {"aasce_cobb_cv": aasce_section, "landmark_int8": int8_section, "kauh_augment": augment_section,
                  "landmark_framing": landmark_framing_section,
-                 "angle_correction": angle_correction_section}
+                 "angle_correction": angle_correction_section, "aasce_refine": refine_section,
+                 "refine_passes": refine_passes_section}
     titles = {"kauh_augment_cpu_reduced_contract.json": "The strip input contract: KAUH CV on the same folds and seeds"}
     for name, why in NOT_ADOPTED.items():
         d = _load(name)
