@@ -38,11 +38,11 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from _machine import header, write_result  # noqa: E402
 from spinexr.data.imread import list_images, read_image  # noqa: E402
-from spinexr.data.landmarks import case_group  # noqa: E402
+from spinexr.data.landmarks import case_group, load_landmark_source  # noqa: E402
 from spinexr.data.splits import case_splits, fit_val_split  # noqa: E402
 from spinexr.deploy.decision import fit_curve_deg  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
-from spinexr.evaluation.landmark_cv import load_landmark_source, smape  # noqa: E402
+from spinexr.evaluation.landmark_cv import smape  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
 from spinexr.geometry.plausibility import implausibility  # noqa: E402
 

@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 
 from _machine import header, write_result  # noqa: E402
 from spinexr.data.imread import read_image  # noqa: E402
+from spinexr.data.landmarks import load_landmark_source  # noqa: E402
 from spinexr.deploy.export import (  # noqa: E402
     LANDMARK_DECODER_NODES,
     export_landmark_onnx,
@@ -41,7 +42,7 @@ from spinexr.deploy.export import (  # noqa: E402
     quantize_refiner_int8,
 )
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
-from spinexr.evaluation.landmark_cv import load_landmark_source, smape  # noqa: E402
+from spinexr.evaluation.landmark_cv import smape  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
 
 AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"

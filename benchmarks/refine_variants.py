@@ -28,9 +28,10 @@ import torch  # noqa: E402
 
 from _machine import header, write_result  # noqa: E402
 from spinexr.data.imread import read_image  # noqa: E402
+from spinexr.data.landmarks import load_landmark_source  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
 from spinexr.deploy.modelfile import model_kind, save_refiner_model  # noqa: E402
-from spinexr.evaluation.landmark_cv import load_landmark_source, tolerance_scores  # noqa: E402
+from spinexr.evaluation.landmark_cv import tolerance_scores  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
 from spinexr.models.landmark import LandmarkNet  # noqa: E402
 from spinexr.models.refine import VertebraRefiner  # noqa: E402

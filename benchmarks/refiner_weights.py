@@ -26,9 +26,10 @@ from safetensors.torch import load_file  # noqa: E402
 from _machine import header, write_result  # noqa: E402
 from refine_variants import refiner_file  # noqa: E402
 from spinexr.data.imread import read_image  # noqa: E402
+from spinexr.data.landmarks import load_landmark_source  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
 from spinexr.deploy.modelfile import int8_weights, raw_metadata, write_model_file  # noqa: E402
-from spinexr.evaluation.landmark_cv import load_landmark_source, tolerance_scores  # noqa: E402
+from spinexr.evaluation.landmark_cv import tolerance_scores  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
 
 AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"

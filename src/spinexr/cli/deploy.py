@@ -13,6 +13,7 @@ from PIL import Image
 from spinexr.cli._common import guard_output, say
 from spinexr.cli._parser import LOCAL_RAY
 from spinexr.data.imread import list_images, read_image
+from spinexr.data.landmarks import load_landmark_source
 from spinexr.data.manifest import from_csv
 from spinexr.deploy.bundle import fit_rule as fit_bundle_rule
 from spinexr.deploy.bundle import is_bundle, load_bundle, write_bundle
@@ -25,7 +26,6 @@ from spinexr.deploy.modelfile import load_landmark_model, model_kind, read_metad
 from spinexr.deploy.pipeline import MODEL_SUFFIXES, Pipeline
 from spinexr.deploy.predict import expand_paths, stream_paths
 from spinexr.errors import SpinexrError
-from spinexr.evaluation.landmark_cv import load_landmark_source
 from spinexr.explain import overlay
 
 

@@ -199,3 +199,13 @@ def write_landmark_csv(path: str | Path, rows: list[tuple[str, np.ndarray, tuple
             w.writerow([rel, *[f"{v:.3f}" for v in p[:, 0]], *[f"{v:.3f}" for v in p[:, 1]],
                         *([f"{a:.4f}" for a in angles] if angles is not None else ["", "", ""]), group])
     return path
+
+
+def load_landmark_source(source: str | Path) -> LandmarkSet:
+    """An AASCE folder or a plain landmark CSV."""
+    p = Path(source)
+    if p.is_dir():
+        return read_aasce(p)
+    if p.suffix.lower() == ".csv":
+        return read_landmark_csv(p)
+    raise DatasetError(f"{p}: give an AASCE folder (images/, labels/) or a landmark CSV (path,x1..x68,y1..y68)")

@@ -25,7 +25,7 @@ from spinexr.config import LandmarkConfig
 from spinexr.data.contract import DataConfig
 from spinexr.data.imread import file_digest, read_image
 from spinexr.data.label_check import check_labels
-from spinexr.data.landmarks import read_aasce, read_landmark_csv
+from spinexr.data.landmarks import load_landmark_source
 from spinexr.data.splits import case_splits, fit_val_split
 from spinexr.deploy.modelfile import LANDMARK_FORMAT, load_landmark_model, raw_metadata, save_landmark_model
 from spinexr.engine.distributed import resolve_device
@@ -39,17 +39,6 @@ from spinexr.geometry.plausibility import implausibility
 from spinexr.models.landmark import CODECS, LandmarkNet, parse_scales
 
 log = logging.getLogger(__name__)
-
-
-def load_landmark_source(source: str | Path) -> Any:
-    """An AASCE folder or a plain landmark CSV."""
-
-    p = Path(source)
-    if p.is_dir():
-        return read_aasce(p)
-    if p.suffix.lower() == ".csv":
-        return read_landmark_csv(p)
-    raise DatasetError(f"{p}: give an AASCE folder (images/, labels/) or a landmark CSV (path,x1..x68,y1..y68)")
 
 
 def smape(pred: np.ndarray, true: np.ndarray) -> float:
