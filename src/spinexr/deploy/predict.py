@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
@@ -28,7 +27,7 @@ from spinexr.deploy.dicom import DicomWriter
 from spinexr.deploy.document import write_documents
 from spinexr.deploy.pipeline import Pipeline
 from spinexr.deploy.predictor import Prediction
-from spinexr.deploy.stream import ResultFile, Tally, decoded_batches, predict_batch
+from spinexr.deploy.stream import ResultFile, Tally, decoded_batches, in_order, predict_batch
 from spinexr.errors import SpinexrError
 from spinexr.explain import overlay
 
@@ -137,30 +136,18 @@ def _in_jobs(pipeline: Pipeline, todo: list[tuple[int, Path]], batch_size: int, 
     a process are in flight, so memory stays bounded."""
     if pipeline.spec is None:
         raise SpinexrError("--jobs needs a pipeline made by Pipeline.load (it is loaded again in each process)")
-    threads = max(1, cpu_count() // jobs)
+    threads = max(1, _cpus() // jobs)
     batches = [[(i, str(p)) for i, p in todo[s:s + batch_size]] for s in range(0, len(todo), batch_size)]
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_job,
                              initargs=(dict(pipeline.spec), threads)) as pool:
-        pending: deque[Future[list[dict[str, Any]]]] = deque()
-        it = iter(batches)
         try:
-            while True:
-                while len(pending) < 2 * jobs and (b := next(it, None)) is not None:
-                    pending.append(pool.submit(_run_job, b, max_pixels, explain, heatmaps, overlays))
-                if not pending:
-                    return
-                try:
-                    docs = pending.popleft().result()
-                except BrokenProcessPool as e:
-                    raise SpinexrError("a --jobs process ended abruptly (out of memory? killed?); what was written "
-                                       "so far is kept: run again with --resume, with fewer --jobs") from e
-                yield docs
-        finally:
-            for f in pending:
-                f.cancel()
+            yield from in_order(pool, _run_job, batches, 2 * jobs, max_pixels, explain, heatmaps, overlays)
+        except BrokenProcessPool as e:
+            raise SpinexrError("a --jobs process ended abruptly (out of memory? killed?); what was written "
+                               "so far is kept: run again with --resume, with fewer --jobs") from e
 
 
-def cpu_count() -> int:
+def _cpus() -> int:
     """The CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
@@ -193,10 +180,10 @@ def stream_paths(pipeline: Pipeline, paths: list[Path], out: Path | None = None,
         log.info("resuming: %d of %d films already in %s", len(paths) - len(todo), len(paths), out)
     tally = sink.tally if sink is not None else Tally()
     bar = tqdm(total=len(todo), desc="predicting", unit="film", disable=not progress, smoothing=0.1)
-    run = _in_jobs if jobs > 1 else _in_process
+    batches = (_in_jobs(pipeline, todo, batch_size, jobs, max_pixels, explain, heatmaps, overlays) if jobs > 1 else
+               _in_process(pipeline, todo, batch_size, workers, max_pixels, explain, heatmaps, overlays))
     try:
-        for docs in run(pipeline, todo, batch_size, jobs if jobs > 1 else workers, max_pixels, explain, heatmaps,
-                        overlays):
+        for docs in batches:
             if dicom is not None:
                 for doc in docs:
                     dicom.write(doc)

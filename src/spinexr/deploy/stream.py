@@ -19,12 +19,13 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from spinexr.data.decoding import Decoded, decode, exit_with_parent
 from spinexr.data.imread import file_digest
@@ -35,6 +36,8 @@ from spinexr.errors import SpinexrError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+_END = object()
 JOURNAL_SUFFIX = ".journal"
 MIN_FOLD_BYTES = 1 << 20
 
@@ -231,6 +234,23 @@ class ResultFile:
             self._fold(self._read_journal())
 
 
+def in_order(pool: Executor, fn: Callable[..., T], items: Iterable[Any], ahead: int, *args: Any) -> Iterator[T]:
+    """``fn(item, *args)`` for each item, run in ``pool`` at most ``ahead`` at a time, the results in the
+    items' order (memory stays bounded whatever their number)."""
+    pending: deque[Future[T]] = deque()
+    it = iter(items)
+    try:
+        while True:
+            while len(pending) < ahead and (item := next(it, _END)) is not _END:
+                pending.append(pool.submit(fn, item, *args))
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+
+
 def decoded_batches(paths: list[Path], batch_size: int, workers: int, max_pixels: int) -> Iterator[list[Decoded]]:
     """Decoded films in order, ``batch_size`` at a time; with ``workers`` > 0 read in that many processes,
     at most a few batches ahead of the pipeline (memory stays bounded)."""
@@ -238,20 +258,10 @@ def decoded_batches(paths: list[Path], batch_size: int, workers: int, max_pixels
         for s in range(0, len(paths), batch_size):
             yield [decode(str(p), max_pixels) for p in paths[s:s + batch_size]]
         return
-    ahead = batch_size * (workers + 1)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent) as pool:
-        queue: list[Future[Decoded]] = []
-        it = iter(paths)
-        for p in it:
-            queue.append(pool.submit(decode, str(p), max_pixels))
-            if len(queue) >= ahead:
-                break
         batch: list[Decoded] = []
-        while queue:
-            batch.append(queue.pop(0).result())
-            nxt = next(it, None)
-            if nxt is not None:
-                queue.append(pool.submit(decode, str(nxt), max_pixels))
+        for d in in_order(pool, decode, map(str, paths), batch_size * (workers + 1), max_pixels):
+            batch.append(d)
             if len(batch) == batch_size:
                 yield batch
                 batch = []
@@ -276,4 +286,4 @@ def predict_batch(pipeline: Pipeline, batch: list[Decoded]) -> list[Prediction]:
     return out
 
 
-__all__ = ["Decoded", "ResultFile", "Tally", "decode", "decoded_batches", "predict_batch"]
+__all__ = ["Decoded", "ResultFile", "Tally", "decode", "decoded_batches", "in_order", "predict_batch"]
