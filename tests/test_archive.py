@@ -4,7 +4,10 @@ agrees with PyTorch, and ``predict --ray`` on a local Ray cluster writes what on
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -46,6 +49,25 @@ def _docs(path: Path) -> dict[str, dict]:
         out[d["path"]] = d
     return out
 
+
+def test_the_onnx_pipeline_loads_no_network_until_an_explanation_needs_one(onnx_pipeline: Pipeline, cache: Path,
+                                                                           films: Path) -> None:
+    """With ``--backend onnx`` ONNX Runtime runs every model: loading the pipeline builds no PyTorch network
+    and never imports timm (the start-up of every ``predict --jobs`` process), and an explanation still
+    gets its network, built on first use."""
+    code = ("import sys; from spinexr.deploy.pipeline import Pipeline; p = Pipeline.load(backend='onnx'); "
+            "r = p.measurer.refiner; print('timm' in sys.modules, p.predictor._module is not None, "
+            "p.measurer._predictor is not None, r is not None and r.net is not None)")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SPINEXR_CACHE": str(cache)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False"] * 4
+    from spinexr.data.imread import read_image
+
+    img, _ = read_image(sorted(films.glob("*.jpg"))[0])
+    heat, target = onnx_pipeline.explain(img)
+    assert heat.shape == img.shape[:2] and 0 <= target < len(onnx_pipeline.labels)
+    assert onnx_pipeline.predictor.model is not None
 
 def test_onnx_pipeline_agrees_with_pytorch_and_caches_its_exports(onnx_pipeline: Pipeline, films: Path,
                                                                    cache: Path, tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from spinexr.data.contract import fit_to_box
+from spinexr.data.contract import DataConfig, fit_to_box
 from spinexr.deploy.decision import DecisionRule
-from spinexr.deploy.modelfile import load_landmark_model, load_refiner_model
+from spinexr.deploy.modelfile import landmark_metadata, load_landmark_model, load_refiner_model
 from spinexr.deploy.predictor import _ort_session
 from spinexr.errors import SpinexrError, WeightsError
 from spinexr.geometry.cobb import BAND_TEXT, CobbResult, cobb_angles
@@ -54,7 +54,14 @@ class SpineMeasurer:
                  threads: int | None = None, refiner: str | Path | None = None,
                  refiner_onnx_path: str | Path | None = None) -> None:
         self.device = torch.device(device)
-        self.predictor, self.meta = load_landmark_model(path, self.device)
+        self.path = Path(path)
+        # With the onnx backend the networks are not built (no timm import, no weights in PyTorch): only
+        # the metadata, and the refiner's crop geometry. The PyTorch predictor is built on first use.
+        self._predictor: Any = None
+        if backend == "onnx":
+            self.meta = landmark_metadata(path)
+        else:
+            self._predictor, self.meta = load_landmark_model(path, self.device)
         if backend not in ("torch", "onnx"):
             raise SpinexrError(f"unknown backend {backend!r}; choose torch or onnx")
         if backend == "onnx" and onnx_path is None:
@@ -62,7 +69,7 @@ class SpineMeasurer:
                                "`spinexr export LANDMARK_MODEL --onnx landmarks.onnx`")
         self.backend = backend
         self.session = _ort_session(Path(onnx_path), threads)[0] if backend == "onnx" else None
-        self.contract = self.predictor.contract
+        self.contract = DataConfig.from_meta(self.meta)
         self.rule = DecisionRule.from_meta(self.meta)
         # Files written before the centreline reading: each vertebra's own corners alone.
         w = self.meta.get("centreline_weight", 0.0)
@@ -71,7 +78,8 @@ class SpineMeasurer:
                                "use the file as spinexr wrote it, or train again with --centreline-weight")
         self.centreline_weight = float(w)
         # The second stage: each vertebra read again from its own crop; its file says how to read the angles.
-        self.refiner, self.refiner_meta = load_refiner_model(refiner, self.device) if refiner is not None else (None, {})
+        self.refiner, self.refiner_meta = (load_refiner_model(refiner, self.device, network=refiner_onnx_path is None)
+                                           if refiner is not None else (None, {}))
         if self.refiner is not None:
             self.centreline_weight = float(self.refiner_meta.get("centreline_weight", 0.0))
         # With the onnx backend the refiner's crops are read by its export (they are still cut by PyTorch).
@@ -81,6 +89,13 @@ class SpineMeasurer:
             self.view_check = ViewCheck.from_meta(self.meta)
         except (KeyError, TypeError, ValueError) as e:
             raise WeightsError(f"{path}: malformed view check in its metadata ({e})") from e
+
+    @property
+    def predictor(self) -> Any:
+        """The first stage in PyTorch (:class:`~spinexr.models.landmark.LandmarkPredictor`), built on first use."""
+        if self._predictor is None:
+            self._predictor, _ = load_landmark_model(self.path, self.device)
+        return self._predictor
 
     def angles(self, landmarks: np.ndarray, image_height: float) -> CobbResult:
         """The Cobb angles of corners this model predicted, read as this model file says."""

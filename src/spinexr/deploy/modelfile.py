@@ -165,17 +165,26 @@ def save_landmark_model(predictor: Any, path: str | Path, cfg: dict[str, Any],
     return write_model_file(state, meta, path)
 
 
-def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
-    """A landmark model file as its predictor: ``(LandmarkPredictor in eval mode, metadata)``."""
-
+def landmark_metadata(path: str | Path) -> dict[str, Any]:
+    """A landmark model file's metadata, checked as :func:`load_landmark_model` needs it (no network built)."""
     path = Path(path)
     meta = raw_metadata(path, "landmark model file not found; train one with `spinexr landmarks train`")
     if meta.get("format") != LANDMARK_FORMAT:
         raise WeightsError(f"{path}: not a spinexr landmark model (format {meta.get('format')!r})")
-    contract = DataConfig.from_meta(meta)
+    DataConfig.from_meta(meta)
     encoding = meta.get("encoding", "corners")  # files written before the offsets encoding: corners
     if encoding not in CODECS:
         raise WeightsError(f"{path}: landmark encoding {encoding!r} is not known to spinexr {__version__}; upgrade spinexr")
+    return meta
+
+
+def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A landmark model file as its predictor: ``(LandmarkPredictor in eval mode, metadata)``."""
+
+    path = Path(path)
+    meta = landmark_metadata(path)
+    contract = DataConfig.from_meta(meta)
+    encoding = meta.get("encoding", "corners")
     net = LandmarkNet(meta["encoder"], in_chans=contract.in_chans, out_channels=CODECS[encoding].channels)
     try:
         missing, unexpected = net.load_state_dict(load_file(str(path), device="cpu"), strict=False)
@@ -240,8 +249,10 @@ def save_refiner_model(refiner: Any, path: str | Path, cfg: dict[str, Any],
     return write_model_file(state, meta, path)
 
 
-def load_refiner_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
-    """A vertebra refiner file as ``(VertebraRefiner in eval mode, metadata)``."""
+def load_refiner_model(path: str | Path, device: str | torch.device = "cpu",
+                       network: bool = True) -> tuple[Any, dict[str, Any]]:
+    """A vertebra refiner file as ``(VertebraRefiner in eval mode, metadata)``. With ``network=False``
+    only its geometry (crops cut and placed back) is built, for crops read by its ONNX export."""
     from spinexr.models.refine import VertebraRefiner
 
     path = Path(path)
@@ -249,8 +260,10 @@ def load_refiner_model(path: str | Path, device: str | torch.device = "cpu") -> 
     if meta.get("format") != REFINER_FORMAT:
         raise WeightsError(f"{path}: not a spinexr vertebra refiner (format {meta.get('format')!r})")
     try:
-        net = LandmarkNet(meta["encoder"], out_channels=4)
-        missing, unexpected = net.load_state_dict(dequantized(load_file(str(path), device="cpu")), strict=False)
+        net, missing, unexpected = None, [], []
+        if network:
+            net = LandmarkNet(meta["encoder"], out_channels=4)
+            missing, unexpected = net.load_state_dict(dequantized(load_file(str(path), device="cpu")), strict=False)
         ref = VertebraRefiner(net, crop=int(meta["crop"]), span=float(meta["span"]),
                               film_height=int(meta["film_height"]), mean=float(meta["mean"]), std=float(meta["std"]),
                               tta_flip=bool(meta["tta_flip"]), iterations=int(meta["iterations"]))

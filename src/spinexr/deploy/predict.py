@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,13 +23,15 @@ from tqdm.auto import tqdm
 from spinexr.config import DECODE_WORKERS
 from spinexr.data.decoding import Decoded, decode, exit_with_parent
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, list_images
-from spinexr.deploy.dicom import DicomWriter
 from spinexr.deploy.document import write_documents
 from spinexr.deploy.pipeline import Pipeline
 from spinexr.deploy.predictor import Prediction
 from spinexr.deploy.stream import ResultFile, Tally, decoded_batches, in_order, predict_batch
 from spinexr.errors import SpinexrError
 from spinexr.explain import overlay
+
+if TYPE_CHECKING:  # the DICOM writer (pydicom, highdicom) is imported only by runs that write DICOM
+    from spinexr.deploy.dicom import DicomWriter
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch.nn as nn
 from spinexr.data.contract import DataConfig, Placement
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, read_image
 from spinexr.deploy.document import SCHEMA
-from spinexr.deploy.modelfile import load_inference
+from spinexr.deploy.modelfile import load_inference, read_metadata
 from spinexr.errors import ImageReadError, SpinexrError
 from spinexr.explain import cam_ready, explain_image
 from spinexr.models.inference import InferenceModule
@@ -118,8 +118,8 @@ class Predictor:
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         path = Path(path)
         self.max_pixels = max_pixels
-        self.model: nn.Module | None = None
-        self.module: InferenceModule | None = None
+        self._module: InferenceModule | None = None
+        self._weights: Path | None = None  # the .safetensors file the PyTorch module is built from, when first needed
         self.session: Any = None
         if path.suffix == ".onnx":
             onnx_path, backend = path, "onnx"
@@ -127,14 +127,17 @@ class Predictor:
         self.backend = backend
         self.device = torch.device(device)
         if path.suffix != ".onnx":
-            self.module, self.meta = load_inference(path, self.device)
-            self.model = self.module.model
+            self._weights = path
+            if backend == "onnx":  # ONNX Runtime predicts: the network is built only for explanations
+                self.meta = read_metadata(path)
+            else:
+                self._module, self.meta = load_inference(path, self.device)
         if backend == "onnx":
             if onnx_path is None:
                 raise SpinexrError("the onnx backend needs an .onnx file: export one with "
                                    "`spinexr export MODEL --onnx out.onnx`")
             self.session, onnx_meta = _ort_session(Path(onnx_path), threads)
-            if self.module is None:
+            if self._weights is None:
                 self.meta = onnx_meta
         elif backend != "torch":
             raise SpinexrError(f"unknown backend {backend!r}; choose torch or onnx")
@@ -142,6 +145,20 @@ class Predictor:
         self.contract = DataConfig.from_meta(self.meta)
         self.size = self.contract.input_size
         self.ood_threshold = float(self.meta["ood"]["threshold"]) if self.meta.get("ood") else None
+
+    @property
+    def module(self) -> InferenceModule | None:
+        """The PyTorch module (None with only an ONNX file). With the onnx backend it is built on first use
+        (explanations), so loading a pipeline to predict never imports timm or builds a network."""
+        if self._module is None and self._weights is not None:
+            self._module, _ = load_inference(self._weights, self.device)
+        return self._module
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The classifier network inside :attr:`module`."""
+        m = self.module
+        return None if m is None else m.model
 
     @property
     def name(self) -> str:
@@ -157,9 +174,10 @@ class Predictor:
         if self.session is not None:
             lg, pr, sc = self.session.run(["logits", "probs", "ood_score"], {"image": x.astype(np.float32)})
             return lg, pr, sc
-        assert self.module is not None
+        module = self.module
+        assert module is not None
         with torch.no_grad():
-            lg, pr, sc = self.module(torch.from_numpy(x).to(self.device))
+            lg, pr, sc = module(torch.from_numpy(x).to(self.device))
         return lg.cpu().numpy(), pr.cpu().numpy(), sc.cpu().numpy()
 
     def predict_image(self, img: np.ndarray, path: str = "") -> Prediction:

@@ -90,9 +90,10 @@ def cut_crops(film: torch.Tensor, fr: torch.Tensor, size: int) -> torch.Tensor:
 class VertebraRefiner(nn.Module):
     """(1, 1, H, W) film at ``film_height`` in [0, 1] and (17, 4, 2) corners in its pixels -> refined
     (17, 4, 2) corners. ``iterations`` > 1 cuts the crops again around the refined corners; with
-    ``tta_flip`` each crop's mirror image is read too and the two averaged."""
+    ``tta_flip`` each crop's mirror image is read too and the two averaged. ``net`` None: the geometry
+    alone, for crops read by the refiner's ONNX export (a ``reader`` given to :meth:`forward`)."""
 
-    def __init__(self, net: LandmarkNet, crop: int = CROP, span: float = SPAN, film_height: int = FILM_HEIGHT,
+    def __init__(self, net: LandmarkNet | None, crop: int = CROP, span: float = SPAN, film_height: int = FILM_HEIGHT,
                  mean: float = 0.449, std: float = 0.226, tta_flip: bool = True, iterations: int = 1) -> None:
         super().__init__()
         self.net = net
@@ -104,6 +105,8 @@ class VertebraRefiner(nn.Module):
 
     def read_crops(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, 1, S, S) crops in [0, 1] -> (N, 4, 2) corners in crop pixels."""
+        if self.net is None:
+            raise RuntimeError("this refiner was loaded without its network (network=False): pass a reader")
         x = (crops - self.mean) / self.std
         if self.tta_flip:
             x = torch.cat([x, x.flip(-1)])
