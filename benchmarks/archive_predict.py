@@ -2,6 +2,7 @@
 
     python benchmarks/archive_predict.py --films 500 --modes today,stream,onnx,ray
     python benchmarks/archive_predict.py --films 500,5000 --tag two_sizes
+    python benchmarks/archive_predict.py --films 500 --modes today,onnx-j2 --repeat 3 --tag repeat
 
 Modes (the bundled models each time, a fresh process each, taking turns per size):
 
@@ -14,6 +15,9 @@ Modes (the bundled models each time, a fresh process each, taking turns per size
 * ``MODE-jN``: a stream mode with ``--jobs N``: N processes each running the whole pipeline on its own
   batches with the machine's CPUs shared among them (``onnx-j2``: two one-thread ONNX Runtime pipelines).
 
+With ``--repeat N`` the modes take turns N times (rounds), each ratio taken against today's path of the
+same round, so a slow minute of a shared machine weighs on both sides of one ratio.
+
 The archive is made of the shared KAUH and AASCE films, linked under new names until it holds N
 films. Wall time includes each process's start-up (the ONNX exports are made before timing). Peak
 memory is the largest resident set of the process tree (Ray's own processes included), sampled
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--films", default="500", help="archive sizes, comma-separated")
     ap.add_argument("--modes", default="today,stream,onnx,ray")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of the modes, taking turns")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
     sizes = [int(v) for v in args.films.split(",")]
@@ -137,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for n in sizes:
             archive = make_archive(root, n)
-            for mode in modes:
-                r = {"films": n, **run_mode(mode, archive, root / f"{mode}_{n}.csv", env)}
+            for rnd, mode in ((k, m) for k in range(args.repeat) for m in modes):
+                out = root / f"{mode}_{n}.csv"
+                out.unlink(missing_ok=True)
+                r = {"films": n, "round": rnd, **run_mode(mode, archive, out, env)}
                 r["films_per_second"] = n / r["seconds"]
                 print(f"{n:>6} films  {mode:<7} {r['films_per_second']:6.2f} films/s  "
                       f"peak {r['peak_rss_mb']:7.0f} MB  ({r['seconds']:.0f} s)", flush=True)
@@ -146,11 +154,15 @@ def main(argv: list[str] | None = None) -> int:
                 # What is done so far, so that a run killed in its last mode keeps the others.
                 write_result(f"archive_predict{'_' + args.tag if args.tag else ''}.json",
                              {**head, "sizes": sizes, "modes": modes, "results": rows, "complete": False})
-    base = {r["films"]: r["films_per_second"] for r in rows if r["mode"] == "today"}
+    base = {(r["films"], r["round"]): r["films_per_second"] for r in rows if r["mode"] == "today"}
     for r in rows:
-        r["speedup_vs_today"] = r["films_per_second"] / base[r["films"]] if r["films"] in base else None
+        b = base.get((r["films"], r["round"]))
+        r["speedup_vs_today"] = r["films_per_second"] / b if b else None
+    medians = {f"{n} {m}": statistics.median(r["speedup_vs_today"] for r in rows if r["films"] == n and r["mode"] == m)
+               for n in sizes for m in modes if (n, 0) in base}
     write_result(f"archive_predict{'_' + args.tag if args.tag else ''}.json",
-                 {**head, "sizes": sizes, "modes": modes, "results": rows, "complete": True})
+                 {**head, "sizes": sizes, "modes": modes, "repeat": args.repeat, "results": rows,
+                  "median_speedup_vs_today": medians, "complete": True})
     return 0
 
 
