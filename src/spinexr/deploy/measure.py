@@ -53,6 +53,8 @@ class SpineMeasurer:
     def __init__(self, path: str | Path, device: str = "cpu", backend: str = "torch", onnx_path: str | Path | None = None,
                  threads: int | None = None, refiner: str | Path | None = None,
                  refiner_onnx_path: str | Path | None = None) -> None:
+        if backend not in ("torch", "onnx"):
+            raise SpinexrError(f"unknown backend {backend!r}; choose torch or onnx")
         self.device = torch.device(device)
         self.path = Path(path)
         # With the onnx backend the networks are not built (no timm import, no weights in PyTorch): only
@@ -62,8 +64,6 @@ class SpineMeasurer:
             self.meta = landmark_metadata(path)
         else:
             self._predictor, self.meta = load_landmark_model(path, self.device)
-        if backend not in ("torch", "onnx"):
-            raise SpinexrError(f"unknown backend {backend!r}; choose torch or onnx")
         if backend == "onnx" and onnx_path is None:
             raise SpinexrError("the onnx backend needs the landmark model's ONNX export: "
                                "`spinexr export LANDMARK_MODEL --onnx landmarks.onnx`")
