@@ -95,13 +95,13 @@ def _final(args: argparse.Namespace, head: dict, t0: float) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     refiner = VertebraRefiner(LandmarkNet(cfg.encoder, out_channels=4), crop=cfg.crop, span=cfg.span,
-                              film_height=cfg.film_height)
+                              film_height=cfg.film_height, iterations=args.passes)
     fit = fit_refiner(refiner, data, fit_pos, val_pos, cfg, checkpoint=run_dir / "checkpoint.pt",
                       max_minutes=args.minutes if args.minutes > 0 else None, resume=args.resume)
     summary = {"source": str(args.data), "n_train": len(fit_idx), "n_val": len(val_idx), "split": "all films",
                "labels_implausible_left_out": int(len(recs) - len(ok)), "command": head["command"],
                "trained_on": head["machine"]["cpu"], "train_seconds": fit["train_seconds"],
-               "epochs_run": len(fit["history"]), "best_epoch": fit["best_epoch"]}
+               "epochs_run": len(fit["history"]), "best_epoch": fit["best_epoch"], "passes": args.passes}
     save_refiner_model(refiner, run_dir / "refiner.safetensors", cfg.to_dict(), summary)
     write_result(f"aasce_refine_{args.tag or 'final'}.json",
                  {**head, "final": True, "refiner_settings": cfg.to_dict(), **summary,
@@ -124,6 +124,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                     help="standard deviation of the training crops' turn about the labelled vertebra (degrees)")
     ap.add_argument("--jitter-centre", type=float, default=RefineConfig.jitter_centre,
                     help="standard deviation of the training crops' shift, as a share of the vertebra's half side")
+    ap.add_argument("--passes", type=int, default=1, choices=(1, 2, 3),
+                    help="with --final: how many times the shipped refiner reads its crops (the held-out runs "
+                         "measure one and two passes; their validation films choose)")
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--limit", type=int, default=0, help="use only this many training films (a smoke run)")

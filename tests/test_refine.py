@@ -76,6 +76,35 @@ def test_mirror_reading_maps_back_to_the_same_corners() -> None:
     assert torch.allclose(both, (plain + mirrored) / 2, atol=1e-4)
 
 
+def test_passes_before_the_last_read_the_mirror_only_when_told() -> None:
+    """Two passes with ``flip_every_pass`` False: the first pass reads the 17 crops as they are, the last
+    one the crops and their mirror images (34); with it True both passes read 34. The corners are those of
+    the same two readings done by hand."""
+    torch.manual_seed(1)
+    ref = VertebraRefiner(LandmarkNet("resnet18", out_channels=4), crop=32, film_height=128, iterations=2,
+                          flip_every_pass=False).eval()
+    film = torch.rand(1, 1, 128, 64)
+    case = render_ap(np.random.default_rng(0), 20.0, scale=0.25)
+    start = torch.as_tensor(ap_landmarks(case).reshape(17, 4, 2) * 128 / case.image.shape[0], dtype=torch.float32)
+    seen: list[int] = []
+
+    def reader(crops: torch.Tensor) -> torch.Tensor:
+        seen.append(crops.shape[0])
+        return ref.read_plain(crops)
+
+    with torch.no_grad():
+        got = ref(film, start, reader)
+        fr = frames(start[None], ref.span)[0]
+        once = from_crop(ref.read_crops(cut_crops(film, fr, 32), flip=False), fr, 32)
+        fr = frames(once[None], ref.span)[0]
+        want = from_crop(ref.read_crops(cut_crops(film, fr, 32), flip=True), fr, 32)
+        assert seen == [17, 34] and torch.allclose(got, want, atol=1e-4)
+        ref.flip_every_pass = True
+        seen.clear()
+        both = ref(film, start, reader)
+    assert seen == [34, 34] and not torch.allclose(both, got, atol=1e-3)
+
+
 def _records(tmp_path, n: int, seed: int) -> list[LandmarkRecord]:
     from PIL import Image
 
@@ -195,6 +224,20 @@ def test_the_onnx_backend_reads_the_crops_with_the_refiners_export(refiner_file,
         img, _ = read_image(p)
         a, b = onnx.measurer.measure(img).landmarks, torch_.measurer.measure(img).landmarks
         assert np.abs(a - b).max() < 0.05  # film pixels
+    # Two passes, the mirror read on the last one alone (the setting travels in the file): the export
+    # reads the crops as they are, the mirror reading is done around it, and the corners still agree.
+    from spinexr.deploy.modelfile import load_refiner_model, save_refiner_model
+
+    ref, meta = load_refiner_model(refiner_file)
+    ref.iterations, ref.flip_every_pass = 2, False
+    two = save_refiner_model(ref, tmp_path / "two" / "refiner.safetensors", meta["settings"], meta["training_data"])
+    assert load_refiner_model(two)[0].flip_every_pass is False
+    write_bundle(tmp_path / "b2", tiny_models["classifier"], tiny_models["landmarks"], None, name="b2", refiner=two)
+    onnx, torch_ = Pipeline.load(tmp_path / "b2", backend="onnx"), Pipeline.load(tmp_path / "b2")
+    for p in sorted(synth_dir.rglob("*.jpg"))[:3]:
+        img, _ = read_image(p)
+        a, b = onnx.measurer.measure(img).landmarks, torch_.measurer.measure(img).landmarks
+        assert np.abs(a - b).max() < 0.05
 
 
 def test_int8_weights_decode_to_within_half_a_step_and_load_as_a_refiner(refiner_file, tmp_path) -> None:

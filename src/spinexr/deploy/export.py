@@ -183,6 +183,7 @@ def _quantize_static(onnx_path: Path, out: Path, x: np.ndarray, meta: dict[str, 
 
 
 LANDMARK_PARITY_PX = 1e-2  # input pixels
+REFINER_EXPORT_FORMAT = 2  # the crops read as they are; see cached_onnx
 
 
 def cache_dir() -> Path:
@@ -198,13 +199,16 @@ def cached_onnx(model_path: str | Path) -> Path:
     digest = file_digest(model_path)
     if digest is None:
         raise SpinexrError(f"{model_path}: model file not found")
-    out = cache_dir() / f"{model_path.stem}-{digest[:16]}.onnx"
+    kind = model_kind(model_path)
+    # A refiner's export holds its plain crop reading (the mirror reading is done around it) since
+    # export format 2; an export of format 1 held the mirror reading too and is not reused.
+    version = f"-x{REFINER_EXPORT_FORMAT}" if kind == "refiner" else ""
+    out = cache_dir() / f"{model_path.stem}-{digest[:16]}{version}.onnx"
     if out.is_file():
         return out
     log.info("exporting %s to ONNX once (kept in %s)", model_path, out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     mine = out.with_name(f"{out.stem}.{os.getpid()}.onnx")
-    kind = model_kind(model_path)
     if kind == "landmarks":
         export_landmark_onnx(model_path, mine)
     elif kind == "refiner":
@@ -256,8 +260,9 @@ REFINER_PARITY_PX = 1e-2  # crop pixels
 
 def export_refiner_onnx(model_path: str | Path, out: str | Path, opset: int = 17,
                         tol: float = REFINER_PARITY_PX) -> dict[str, Any]:
-    """Export a vertebra refiner's crop reading (:class:`~spinexr.models.refine.CropReader`: crops in,
-    corners out, any number of crops) to ONNX; the crops are still cut by PyTorch (``grid_sample``). A
+    """Export a vertebra refiner's plain crop reading (:class:`~spinexr.models.refine.CropReader`: crops
+    in, corners out, any number of crops) to ONNX; the crops are still cut, and mirrored for the mirror
+    reading, by PyTorch (``grid_sample``). A
     parity check on random crops: onnxruntime within ``tol`` crop pixels of PyTorch, or no file."""
     from spinexr.models.refine import CropReader
 

@@ -241,7 +241,7 @@ def save_refiner_model(refiner: Any, path: str | Path, cfg: dict[str, Any],
     refined corners are read (``centreline_weight``; 0: each vertebra's own corners, the definition)."""
     meta = {"format": REFINER_FORMAT, "encoder": refiner.net.arch, "crop": refiner.crop, "span": refiner.span,
             "film_height": refiner.film_height, "mean": refiner.mean, "std": refiner.std,
-            "tta_flip": refiner.tta_flip, "iterations": refiner.iterations,
+            "tta_flip": refiner.tta_flip, "iterations": refiner.iterations, "flip_every_pass": refiner.flip_every_pass,
             "centreline_weight": float(centreline_weight), "levels": list(LEVELS), "corners": list(CORNERS),
             "settings": cfg, "spinexr_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "training_data": data_summary or {}}
@@ -266,7 +266,9 @@ def load_refiner_model(path: str | Path, device: str | torch.device = "cpu",
             missing, unexpected = net.load_state_dict(dequantized(load_file(str(path), device="cpu")), strict=False)
         ref = VertebraRefiner(net, crop=int(meta["crop"]), span=float(meta["span"]),
                               film_height=int(meta["film_height"]), mean=float(meta["mean"]), std=float(meta["std"]),
-                              tta_flip=bool(meta["tta_flip"]), iterations=int(meta["iterations"]))
+                              tta_flip=bool(meta["tta_flip"]), iterations=int(meta["iterations"]),
+                              # files written before this setting mirrored every pass
+                              flip_every_pass=bool(meta.get("flip_every_pass", True)))
     except (KeyError, TypeError, ValueError, RuntimeError, WeightsError) as e:
         raise WeightsError(f"{path}: malformed vertebra refiner ({e}); use the file as spinexr wrote it") from e
     if missing or unexpected:

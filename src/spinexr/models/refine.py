@@ -90,11 +90,14 @@ def cut_crops(film: torch.Tensor, fr: torch.Tensor, size: int) -> torch.Tensor:
 class VertebraRefiner(nn.Module):
     """(1, 1, H, W) film at ``film_height`` in [0, 1] and (17, 4, 2) corners in its pixels -> refined
     (17, 4, 2) corners. ``iterations`` > 1 cuts the crops again around the refined corners; with
-    ``tta_flip`` each crop's mirror image is read too and the two averaged. ``net`` None: the geometry
-    alone, for crops read by the refiner's ONNX export (a ``reader`` given to :meth:`forward`)."""
+    ``tta_flip`` each crop's mirror image is read too and the two averaged, on every pass or, with
+    ``flip_every_pass`` False, on the last pass alone (the earlier ones only place the crops again).
+    ``net`` None: the geometry alone, for crops read by the refiner's ONNX export (a ``reader`` given
+    to :meth:`forward`)."""
 
     def __init__(self, net: LandmarkNet | None, crop: int = CROP, span: float = SPAN, film_height: int = FILM_HEIGHT,
-                 mean: float = 0.449, std: float = 0.226, tta_flip: bool = True, iterations: int = 1) -> None:
+                 mean: float = 0.449, std: float = 0.226, tta_flip: bool = True, iterations: int = 1,
+                 flip_every_pass: bool = True) -> None:
         super().__init__()
         self.net = net
         self.crop, self.span, self.film_height = crop, span, film_height
@@ -102,45 +105,53 @@ class VertebraRefiner(nn.Module):
         self.codec = HeatmapCodec(crop, crop)
         self.tta_flip = tta_flip
         self.iterations = iterations
+        self.flip_every_pass = flip_every_pass
 
-    def read_crops(self, crops: torch.Tensor) -> torch.Tensor:
-        """(N, 1, S, S) crops in [0, 1] -> (N, 4, 2) corners in crop pixels."""
+    def read_plain(self, crops: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, S) crops in [0, 1] -> (N, 4, 2) corners in crop pixels, each crop read as it is
+        (normalisation, network, soft-argmax): what the ONNX export holds."""
         if self.net is None:
             raise RuntimeError("this refiner was loaded without its network (network=False): pass a reader")
-        x = (crops - self.mean) / self.std
-        if self.tta_flip:
-            x = torch.cat([x, x.flip(-1)])
-        pts, _ = self.codec.decode(self.net(x))
-        if self.tta_flip:
-            n = crops.shape[0]
-            back = pts[n:][:, MIRROR4]
-            back = torch.stack([(self.crop - 1) - back[..., 0], back[..., 1]], dim=-1)
-            pts = (pts[:n] + back) / 2
+        pts, _ = self.codec.decode(self.net((crops - self.mean) / self.std))
         return pts
+
+    def read_crops(self, crops: torch.Tensor, flip: bool | None = None,
+                   reader: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """(N, 1, S, S) crops in [0, 1] -> (N, 4, 2) corners in crop pixels; with ``flip`` (default
+        ``tta_flip``) each crop and its mirror image are read in one batch and averaged. ``reader``
+        reads the crops as they are (default :meth:`read_plain`)."""
+        read = reader or self.read_plain
+        if not (self.tta_flip if flip is None else flip):
+            return read(crops)
+        n = crops.shape[0]
+        pts = read(torch.cat([crops, crops.flip(-1)]))
+        back = pts[n:][:, MIRROR4]
+        back = torch.stack([(self.crop - 1) - back[..., 0], back[..., 1]], dim=-1)
+        return (pts[:n] + back) / 2
 
     def forward(self, film: torch.Tensor, corners: torch.Tensor,
                 reader: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """``reader``: what reads the crops (default :meth:`read_crops`; the deployed ONNX Runtime path
-        passes its export of that method)."""
-        read = reader or self.read_crops
+        """``reader``: what reads the crops as they are (default :meth:`read_plain`; the deployed ONNX
+        Runtime path passes its export of that method)."""
         pts = corners[None]
-        for _ in range(self.iterations):
+        for i in range(self.iterations):
             fr = frames(pts, self.span)[0]
-            q = read(cut_crops(film, fr, self.crop))
+            flip = self.tta_flip and (self.flip_every_pass or i == self.iterations - 1)
+            q = self.read_crops(cut_crops(film, fr, self.crop), flip, reader)
             pts = from_crop(q, fr, self.crop)[None]
         return pts[0]
 
 
 class CropReader(nn.Module):
-    """A refiner's crop reading alone (normalisation, network, mirror reading, soft-argmax): what the
-    ONNX export holds. (N, 1, S, S) crops in [0, 1] -> (N, 4, 2) crop-pixel corners."""
+    """A refiner's plain crop reading (normalisation, network, soft-argmax; the mirror reading is done
+    around it): what the ONNX export holds. (N, 1, S, S) crops in [0, 1] -> (N, 4, 2) crop-pixel corners."""
 
     def __init__(self, refiner: VertebraRefiner) -> None:
         super().__init__()
         self.refiner = refiner
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        return self.refiner.read_crops(crops)
+        return self.refiner.read_plain(crops)
 
 
 def refiner_box(height: int, width: int, film_height: int = FILM_HEIGHT) -> tuple[int, int]:
