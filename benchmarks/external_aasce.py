@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from _machine import header, write_result  # noqa: E402
+from refine_variants import add_reading_args, apply_reading, reading_text  # noqa: E402
 from spinexr.data.dataset import prepare_dataset  # noqa: E402
 from spinexr.data.framing import framing_stress  # noqa: E402
 from spinexr.data.imread import read_image  # noqa: E402
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                          "every film's corners (KAUH's and the out-of-fold AASCE corners) are read again by it, "
                          "and the angles as its file says")
     ap.add_argument("--tag", default=None, help="write external_aasce_TAG.json (default: external_aasce.json)")
+    add_reading_args(ap)  # with --tta-scales the fold model measures each film again with those views
     return ap
 
 
@@ -200,7 +202,8 @@ class AasceFilms:
     agreement: list = field(default_factory=list)  # the decision's flag ("" where no angle was measured)
 
 
-def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewCheck) -> AasceFilms:
+def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewCheck,
+                 rerun_first: bool = False) -> AasceFilms:
     pred, measurer, classes = pipeline.predictor, pipeline.measurer, list(pipeline.labels)
     oof = np.load(run / "oof_landmarks.npz", allow_pickle=False)
     oof_pts = {str(Path(p).resolve()): v for p, v in zip(oof["paths"], oof["landmarks"])}
@@ -221,7 +224,9 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
             f.views.append(None)
             f.agreement.append("")
             continue
-        conf = measurer.first_stage([img])[0][1]  # the fold model's heatmap confidence, for the view check
+        first, conf = measurer.first_stage([img])[0]  # the fold model's heatmap confidence, for the view check
+        if rerun_first:  # the same out-of-fold model, read with other test-time views than its CV run's
+            v = first
         f.conf.append(conf)
         v, refused = measurer.second_stage(img, v)  # the out-of-fold corners, refined and judged as deployed
         m = Measurement(v, None if refused else measurer.angles(v, r.height), refused, conf,
@@ -312,12 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         from refine_variants import refiner_file
 
         pipeline.measurer = SpineMeasurer(run / "models" / "landmarks.safetensors", refiner=refiner_file(Path(a.refiner)))
+    apply_reading(pipeline.measurer, a)
     if a.centreline_weight is not None:
         pipeline.measurer.centreline_weight = a.centreline_weight
     classes = list(pipeline.labels)
     k = _kauh_side(pipeline, a)
     kauh_out = _kauh_figures(k, pipeline, a)
-    films = _aasce_films(pipeline, run, k.rule, k.check)
+    films = _aasce_films(pipeline, run, k.rule, k.check, rerun_first=a.tta_scales is not None)
     aasce_out = _aasce_figures(films, classes, k.rule.curve_deg)
     kauh_out["view_by_confidence"] = _view_by_confidence(k, films.conf, classes)
     clf_path = pipeline.bundle.classifier if pipeline.bundle is not None else Path(a.classifier or bundled_path("classifier"))
@@ -326,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {**header("external_aasce", argv), "classifier": str(shown), "classifier_meta": {
         key: pipeline.predictor.meta.get(key) for key in ("architecture", "attention", "data_config", "training_data",
                                                           "created")},
-        "landmark_run": str(run), "refiner": a.refiner, "centreline_weight": pipeline.measurer.centreline_weight,
+        "landmark_run": str(run), "refiner": a.refiner, "reading": reading_text(a),
+        "centreline_weight": pipeline.measurer.centreline_weight,
         "kauh": kauh_out, "aasce": aasce_out, "wall_seconds": time.perf_counter() - t0,
         "targets": {"called_scoliosis_ge25": 0.97, "spearman_evidence": 0.6, "kauh_accuracy_drop_max": 0.01},
         "note": NOTE}

@@ -416,6 +416,49 @@ def refine_passes_section(d: dict) -> list[str]:
     return out + [""]
 
 
+def refine_budget_section(d: dict) -> list[str]:
+    """Nine readings of the two stages, chosen on validation films within today's arithmetic."""
+    def show(k: str) -> str:  # "views | passes": the bar would split a table cell
+        return k.replace(" | ", "; ")
+
+    out = ["## Two refiner passes within the same arithmetic: the readings of both stages, chosen on validation films",
+           "", f"Command: `{d['command']}`", "", f"Machine: {_machine(d)}. Date: {d['date']}. Rule, fixed before "
+           f"looking: the {d['rule']} ({show(d['today'])}, the reading it replaces). A reading is the first stage's "
+           "test-time views (zooms 1, 0.85 and 1.1 with the mirror image: 6; the mirror image: 2; the film alone: 1), "
+           "then the refiner's passes and where it reads the mirror images. GFLOPs are counted (forward FLOPs of the "
+           "views and crops), not timed. Chosen: **" + show(d["chosen"]) + "**.", "",
+           "| reading | GFLOPs a film | validation SMAPE % (mean of the splits) | within budget |", "|---|---|---|---|"]
+    for k, g in d["gflops_per_film"].items():
+        name = f"**{show(k)}**" if k == d["chosen"] else show(k)
+        out.append(f"| {name} | {g:.1f} | {d['mean_validation_smape'][k]:.2f} | {'yes' if k in d['within_budget'] else 'no'} |")
+    out.append("")
+    for sp in d["splits"]:
+        out += [f"{sp['landmark_run']} with `{sp['refiner']}`: {sp['n_validation']} validation films (which chose the "
+                f"refiner's epoch and never trained either stage), {sp['n_held_out']} held-out films.", "",
+                "| films | reading | SMAPE % | largest-angle MAE ° | within 5° | mean error on curves >= 40° |",
+                "|---|---|---|---|---|---|"]
+        for part in ("validation", "held_out"):
+            for k, r in sp[part].items():
+                row = _tol_row(f"**{show(k)}**" if k == d["chosen"] else show(k), r)
+                out.append(f"| {part.replace('_', ' ')} " + row)
+        out.append("")
+    return out
+
+
+def predict_speed_section(d: dict) -> list[str]:
+    out = ["## Milliseconds a film of `predict` over a folder, per bundle and backend", "", f"Command: `{d['command']}`",
+           "", f"Machine: {_machine(d)}. Date: {d['date']}. {d['films']} films, the whole command timed (start-up, "
+           f"decoding, the classifier, both landmark stages and the angles) over the films; the configurations take "
+           f"turns, {d['rounds']} rounds. Budget: {d['target_ms']:.0f} ms a film on 2 cores. Bundles: "
+           + ", ".join(f"{k} `{v}`" for k, v in d["bundles"].items()) + ".", "",
+           "| bundle | backend | ms a film (median) | each round |", "|---|---|---|---|"]
+    for key, ms in d["median_ms_per_film"].items():
+        name, be = key.rsplit(" ", 1)
+        each = ", ".join(f"{x['ms_per_film']:.0f}" for x in d["results"] if x["bundle"] == name and x["backend"] == be)
+        out.append(f"| {name} | {be} | {ms:.0f} | {each} |")
+    return out + [""]
+
+
 def refiner_weights_section(d: dict) -> list[str]:
     g = d["gate"]
     out = [f"## How the refiner's weights are stored ({d['landmark_run']})", "", f"Command: `{d['command']}`", "",
@@ -736,6 +779,10 @@ def _adopted_sections() -> list[str]:
     for f in sorted((HERE / "results").glob("refine_passes_*.json")):
         if f.name not in NOT_ADOPTED:
             lines += refine_passes_section(json.loads(f.read_text()))
+    for f in sorted((HERE / "results").glob("refine_budget_*.json")):
+        lines += refine_budget_section(json.loads(f.read_text()))
+    for f in sorted((HERE / "results").glob("predict_speed*.json")):
+        lines += predict_speed_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("refiner_weights_*.json")):
         lines += refiner_weights_section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("archive_predict*.json")):

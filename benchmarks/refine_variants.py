@@ -43,6 +43,31 @@ VARIANTS = {"zooms+flip, refiner flip": ((1.0, 0.85, 1.1), True),
             "flip only, refiner plain": ((1.0,), False)}
 
 
+def add_reading_args(ap: argparse.ArgumentParser) -> None:
+    """Options that read a measurer's models another way than their files say (refine_budget.py chooses)."""
+    ap.add_argument("--tta-scales", default=None, help="the first stage's test-time zooms (e.g. 1: the mirror image alone)")
+    ap.add_argument("--passes", type=int, default=None, choices=(1, 2, 3), help="the refiner's passes")
+    ap.add_argument("--mirror-last", action="store_true", help="the refiner reads mirror images on its last pass only")
+
+
+def apply_reading(m: SpineMeasurer, args: argparse.Namespace) -> SpineMeasurer:
+    """``m`` read as :func:`add_reading_args`' options say (PyTorch backend)."""
+    from spinexr.models.landmark import parse_scales
+
+    if args.tta_scales is not None:
+        m.predictor.tta_scales = parse_scales(args.tta_scales)
+    if m.refiner is not None:
+        if args.passes is not None:
+            m.refiner.iterations = args.passes
+        if args.mirror_last:
+            m.refiner.flip_every_pass = False
+    return m
+
+
+def reading_text(args: argparse.Namespace) -> dict:
+    return {"tta_scales": args.tta_scales, "passes": args.passes, "mirror_last": bool(args.mirror_last)}
+
+
 def refiner_file(path: Path) -> Path:
     """A refiner file as spinexr writes it: an earlier run's bare weights (their recipe in the metadata) are
     written again beside them as ``refiner_model.safetensors``."""

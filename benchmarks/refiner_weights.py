@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from _machine import header, write_result  # noqa: E402
-from refine_variants import refiner_file  # noqa: E402
+from refine_variants import add_reading_args, apply_reading, reading_text, refiner_file  # noqa: E402
 from spinexr.data.imread import read_image  # noqa: E402
 from spinexr.data.landmarks import load_landmark_source  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refiner", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=AASCE)
     ap.add_argument("--tag", default=None)
+    add_reading_args(ap)
     args = ap.parse_args(argv)
     head = header("refiner_weights", argv)
     oof = np.load(args.landmark_run / "oof_landmarks.npz", allow_pickle=False)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                                              meta, Path(d) / "fp16.safetensors", sidecar=False),
                  "int8 weights": write_model_file(int8_weights(state), meta, Path(d) / "int8.safetensors", sidecar=False)}
         for name, f in files.items():
-            m = SpineMeasurer(args.landmark_run / "models" / "landmarks.safetensors", refiner=f)
+            m = apply_reading(SpineMeasurer(args.landmark_run / "models" / "landmarks.safetensors", refiner=f), args)
             spines = [m.measure(img) for img in films]
             # Every film's corners read as angles, refused or not (as aasce_refine.py and refine_variants.py score them).
             pred = np.array([cobb_angles(s.landmarks, img.shape[0], m.centreline_weight).angles
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
               f"  gate {'passed' if r['passes_gate'] else 'failed'}", flush=True)
     tag = args.tag or args.landmark_run.name.replace("bench_aasce_", "")
     write_result(f"refiner_weights_{tag}.json", {**head, "landmark_run": str(args.landmark_run),
-                                                 "refiner": str(args.refiner), "n_test": len(recs), "gate": GATE,
+                                                 "refiner": str(args.refiner), "reading": reading_text(args),
+                                                 "n_test": len(recs), "gate": GATE,
                                                  "results": results})
     return 0
 

@@ -40,6 +40,7 @@ from spinexr.deploy.decision import DOUBTED_VIEW_DEG, DecisionRule  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
 from spinexr.deploy.modelfile import raw_metadata, read_metadata  # noqa: E402
 from spinexr.deploy.predictor import Predictor  # noqa: E402
+from spinexr.models.landmark import parse_scales  # noqa: E402
 
 KAUH = ROOT.parent / "shared" / "data" / "kauh-spine-xray"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -86,7 +87,42 @@ def _parser() -> argparse.ArgumentParser:
                          "aasce_cobb_cv_cpu_reduced.json)")
     ap.add_argument("--refiner", default=None, help="a vertebra refiner file to bundle as the landmark model's second "
                     "stage (benchmarks/aasce_refine.py --final); the rule is then fitted on refined measurements")
+    ap.add_argument("--refiner-result", default="aasce_refine_final.json",
+                    help="the final refiner run's result JSON in benchmarks/results (for its card)")
+    ap.add_argument("--refiner-split-tag", default="",
+                    help="the suffix of the refiner recipe's split results (aasce_refine_seed0TAG.json)")
+    ap.add_argument("--refiner-budget", default=None,
+                    help="the refine_budget.py result that chose the shipped reading (for the card)")
+    ap.add_argument("--refiner-time-note", default="", help="a sentence on the training time, for the card")
+    ap.add_argument("--landmark-tta-scales", default=None,
+                    help="the first stage's test-time zooms to ship (e.g. 1: the mirror image alone), in place of the "
+                         "landmark file's own; the weights are unchanged (benchmarks/refine_budget.py chooses)")
+    ap.add_argument("--refiner-passes", type=int, default=None, choices=(1, 2, 3),
+                    help="how many times the shipped refiner reads its crops, in place of its file's own")
+    ap.add_argument("--refiner-mirror-last", action="store_true",
+                    help="the refiner reads the mirror images on its last pass only")
     return ap
+
+
+def _apply_reading(a: argparse.Namespace, tmp: Path) -> None:
+    """The same weights read as ``--landmark-tta-scales`` / ``--refiner-passes`` / ``--refiner-mirror-last`` say:
+    copies in ``tmp`` under the same names, their metadata changed, which everything after measures and ships."""
+    if a.landmark_tta_scales is not None:
+        meta = raw_metadata(a.landmarks)
+        meta["tta_scales"] = list(parse_scales(a.landmark_tta_scales))
+        dst = tmp / "landmarks" / Path(a.landmarks).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        save_file(load_file(a.landmarks), str(dst), metadata={"spinexr": json.dumps(meta)})
+        a.landmarks = str(dst)
+    if a.refiner and (a.refiner_passes is not None or a.refiner_mirror_last):
+        meta = raw_metadata(a.refiner)
+        if a.refiner_passes is not None:
+            meta["iterations"] = a.refiner_passes
+        meta["flip_every_pass"] = not a.refiner_mirror_last
+        dst = tmp / "refiner" / Path(a.refiner).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        save_file(load_file(a.refiner), str(dst), metadata={"spinexr": json.dumps(meta)})
+        a.refiner = str(dst)
 
 
 def _landmark_meta_with_rule(landmarks: str, measurer: SpineMeasurer) -> tuple[dict, float]:
@@ -153,7 +189,9 @@ def _fp16_checks(a: argparse.Namespace, full_c: Predictor, full_lm: SpineMeasure
               "max_corner_diff_px_fp16": dpx, "ms_per_film": _latency(half_lm.measure, imgs)}
     if a.refiner:  # the corner difference above is of both stages as shipped (float16 first stage, int8 refiner)
         lm_out["refiner"] = {"file_mb": (BUNDLE_DIR / "refiner.safetensors").stat().st_size / 2**20,
-                             "weights": "int8 (weight-only, per output channel)", "source": a.refiner}
+                             "weights": "int8 (weight-only, per output channel)", "source": a.refiner_source,
+                             "passes": raw_metadata(a.refiner).get("iterations"),
+                             "mirror_every_pass": raw_metadata(a.refiner).get("flip_every_pass", True)}
     src_w = load_file(a.landmarks)
     if all(torch.equal(v, v.half().to(v.dtype)) for v in src_w.values() if v.is_floating_point()) and earlier:
         # Weights that were float16 already (a fold model measured again from the bundled float16 file):
@@ -170,6 +208,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give either --classifier FILE or --keep-classifier")
     if a.keep_classifier:
         a.classifier = str(BUNDLE_DIR / "classifier.safetensors")
+    if (a.refiner_passes is not None or a.refiner_mirror_last) and not a.refiner:
+        ap.error("--refiner-passes and --refiner-mirror-last need --refiner")
+    a.refiner_source = a.refiner
+    with tempfile.TemporaryDirectory() as tmp:
+        _apply_reading(a, Path(tmp))
+        return _build(a, argv)
+
+
+def _build(a: argparse.Namespace, argv: list[str] | None) -> int:
     torch.set_num_threads(2)
     films = [p for c in CLASSES for p in list_images(KAUH / c)[:3]]
     imgs = [read_image(p)[0] for p in films]
@@ -388,7 +435,7 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
         f"({f0.get('n_val', 'n/a')} more, 10% of the training cases, chose the epoch"
         + (f"; {f0['n_test']} films of the other 20% of cases were held out and measured below: this is the "
            "benchmark's own fold model" if f0.get("n_test") else "") + "); test-time augmentation in the graph "
-        f"(mirror image and zooms {', '.join(f'{z:g}' for z in meta.get('tta_scales', [1.0]))}); float16 weights here. "
+        + _views_text(meta) + "; float16 weights here. "
         f"{speed['landmarks_ms']:.0f} ms per film on 2 CPU cores (PyTorch, landmarks and angles, decoding excluded).",
         f"- Angle reading: {meta.get('centreline_weight', 0.0):g} of each vertebra's tilt is read from the spine's "
         "centreline (a polynomial through the 17 predicted vertebra centres) and the rest from its own corners "
@@ -449,60 +496,92 @@ def _cpu_name(result: dict) -> str:
     return m if isinstance(m, str) else (m or {}).get("cpu", "CPU")
 
 
+def _views_text(meta: dict) -> str:
+    scales = [float(z) for z in meta.get("tta_scales", [1.0])]
+    if scales != [1.0]:
+        return f"(mirror image and zooms {', '.join(f'{z:g}' for z in scales)})"
+    return ("(the mirror image; the zooms 0.85 and 1.1 it trained with were given up when the refiner's second pass "
+            "came in, within the same arithmetic: `benchmarks/results/refine_budget_e56.json`)")
+
+
+def _reading_text(meta: dict) -> str:
+    n, every = int(meta.get("iterations", 1)), bool(meta.get("flip_every_pass", True))
+    if n == 1:
+        return "its mirror image read too and averaged; one pass"
+    if every:
+        return f"{n} passes (each cuts the crops again around the last one's corners), each crop's mirror image read too"
+    return (f"{n} passes: each cuts the crops again around the last one's corners, and the last also reads each crop's "
+            "mirror image and averages the two")
+
+
 def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
-    """The refiner's card, from the committed JSON: the two case-grouped splits, the pass count's
-    choice, the int8 weights' check and the final training run."""
-    splits = {s: json.loads((RESULTS / f"aasce_refine_{s}.json").read_text()) for s in ("seed0", "seed1")
-              if (RESULTS / f"aasce_refine_{s}.json").is_file()}
-    passes = {s: json.loads((RESULTS / f"refine_passes_{s}.json").read_text()) for s in ("seed0", "seed1")
-              if (RESULTS / f"refine_passes_{s}.json").is_file()}
-    weights = {s: json.loads((RESULTS / f"refiner_weights_{s}.json").read_text()) for s in ("seed0", "seed1")
-               if (RESULTS / f"refiner_weights_{s}.json").is_file()}
-    fin = RESULTS / "aasce_refine_final.json"
+    """The refiner's card, from the committed JSON: the two case-grouped splits of its recipe, the reading
+    chosen on their validation films (``--refiner-budget``), the int8 weights' check and the final run."""
+    tag = a.refiner_split_tag
+    splits = {s: json.loads((RESULTS / f"aasce_refine_{s}{tag}.json").read_text()) for s in ("seed0", "seed1")
+              if (RESULTS / f"aasce_refine_{s}{tag}.json").is_file()}
+    weights = {}  # the int8 check of this recipe's refiners where it was run, else of the earlier recipe's
+    for s in ("seed0", "seed1"):
+        found = [RESULTS / f"refiner_weights_{s}{w}.json" for w in dict.fromkeys((tag, ""))]
+        found = [f for f in found if f.is_file()]
+        if found:
+            weights[s] = {**json.loads(found[0].read_text()), "file": found[0].name}
+    budget = json.loads(Path(a.refiner_budget).read_text()) if a.refiner_budget else None
+    fin = RESULTS / a.refiner_result
     final = json.loads(fin.read_text()) if fin.is_file() else {}
-    one = {s: r["results"]["refined, 1 pass"]["corners alone"] for s, r in splits.items()}
-    head = ("AASCE 80/20 splits, refined: " + "; ".join(f"{s} SMAPE {r['smape']:.1f}%, MAE {r['mae_largest']:.1f}°"
-                                                        for s, r in one.items()))
+    if budget:
+        chosen = budget["chosen"]
+        shipped = {Path(sp["landmark_run"]).name.rsplit("_", 1)[-1]: sp["held_out"][chosen] for sp in budget["splits"]}
+    else:
+        chosen = "1 pass"
+        shipped = {s: r["results"]["refined, 1 pass"]["corners alone"] for s, r in splits.items()}
+    head = ("AASCE 80/20 splits, two stages as shipped: "
+            + "; ".join(f"{s} SMAPE {r['smape']:.1f}%, MAE {r['mae_largest']:.1f}°" for s, r in shipped.items()))
+    minutes = (final.get("train_seconds") or 0) / 60
     lines = [
         f"# spinexr bundled vertebra refiner: {meta['encoder']} heatmaps on {meta['crop']} px crops of each vertebra",
         "", "**Research use only. Not a medical device, not a diagnosis.** The landmark model's second stage: from the "
         "first stage's corners it cuts one crop per vertebra out of the film resized to "
         f"{meta['film_height']} px high ({meta['crop']} px, {2 * meta['span']:g} vertebra spacings wide, turned along the "
-        "spine there) and places that vertebra's four corners again, its mirror image read too and averaged; "
-        f"{meta['iterations']} pass. The Cobb angles are then read from the refined corners alone (the dataset's "
-        "definition; `centreline_weight` 0 in the file).", "",
+        f"spine there) and places that vertebra's four corners again; {_reading_text(meta)}. The Cobb angles are then "
+        "read from the refined corners alone (the dataset's definition; `centreline_weight` 0 in the file).", "",
         "## Training data", "",
         f"AASCE / SpineWeb Dataset 16 training part. {AASCE_CITE}", "",
         "Terms: released for research use with citation; no image of it ships with spinexr.", "",
         "## How it was trained", "",
         f"- Command: `{final.get('command', 'python benchmarks/aasce_refine.py --final')}`",
-        f"- From scratch on a 2-core CPU ({_cpu_name(final)}): {final.get('epochs_run', 'n/a')} epochs in "
-        f"{(final.get('train_seconds') or 0) / 60:.0f} minutes on crops of {final.get('n_train', 'n/a')} films' labelled "
-        f"vertebrae, their frames jittered (centre, turn, scale); {final.get('n_val', 'n/a')} films of a tenth of the "
-        f"cases chose the epoch; {final.get('labels_implausible_left_out', 0)} films with implausible labels left out.",
+        f"- From scratch on a 2-core CPU ({_cpu_name(final)}): {final.get('epochs_run', 'n/a')} epochs (best "
+        f"{final.get('best_epoch', 'n/a')}) in {minutes:.0f} minutes on crops of {final.get('n_train', 'n/a')} films' "
+        f"labelled vertebrae, their frames jittered (centre, turn, scale); {final.get('n_val', 'n/a')} films of a tenth "
+        f"of the cases chose the epoch; {final.get('labels_implausible_left_out', 0)} films with implausible labels "
+        "left out." + (f" {a.refiner_time_note}" if a.refiner_time_note else ""),
         "- Stored as weight-only int8 (one scale per output channel; float16 biases and norms), so that the three "
         "bundled files stay within one wheel.", "",
         "## Measured", ""]
     for s, r in splits.items():
         first = r["results"]["first stage"]["corners alone"]
-        lines += [f"- Case-grouped 80/20 split {s} (`benchmarks/results/aasce_refine_{s}.json`, {r['n_test']} held-out "
-                  f"films; the refiner trained on the split's own training cases, starting from the first stage's "
-                  f"out-of-fold corners): " + _refined_line("first stage (corners alone)", first) + "; "
-                  + _refined_line("refined", one[s]) + "."]
-    for s, r in passes.items():
-        v = r["results"]["validation"]
-        lines += [f"- Passes ({s}, `refine_passes_{s}.json`): chosen on {r['n_validation']} validation films by the lower "
-                  f"SMAPE, {v['1']['smape']:.2f}% for one pass against {v['2']['smape']:.2f}% for two: one pass."]
+        lines += [f"- Case-grouped 80/20 split {s} (`benchmarks/results/aasce_refine_{s}{tag}.json`, {r['n_test']} "
+                  "held-out films; the refiner trained with this recipe on the split's own training cases, starting "
+                  "from the first stage's out-of-fold corners): " + _refined_line("first stage (corners alone)", first)
+                  + "; " + _refined_line("refined, one pass", r["results"]["refined, 1 pass"]["corners alone"]) + "."]
+    if budget:
+        within = ", ".join(k.replace(" | ", "; ") for k in budget["within_budget"])
+        lines += [f"- The reading shipped, {chosen.replace(' | ', '; ')} (first-stage views; refiner passes), "
+                  "chosen by the rule fixed "
+                  f"before looking ({budget['rule']}; `{Path(a.refiner_budget).name}`) among {within}, at "
+                  f"{budget['gflops_per_film'][chosen]:.1f} GFLOPs a film against "
+                  f"{budget['gflops_per_film'][budget['today']]:.1f} "
+                  "for the reading it replaced (six first-stage views, one pass). On the held-out films:"]
+        lines += [f"  - {s}: " + _refined_line("two stages as shipped", r) + "." for s, r in shipped.items()]
     for s, r in weights.items():
         q = r["results"]["int8 weights"]
-        lines += [f"- int8 weights ({s}, `refiner_weights_{s}.json`): SMAPE {q['smape_change']:+.2f} points against "
-                  f"float32, the largest angle within 0.5° of float32's on {q['largest_within_0_5deg_of_float32']:.0%} "
-                  f"of {r['n_test']} films (the gate: 0.3 points and 95%)."]
+        lines += [f"- int8 weights ({s}, `{r['file']}`, refiner `{r.get('refiner')}`): SMAPE {q['smape_change']:+.2f} "
+                  f"points against float32, the largest angle within 0.5° of float32's on "
+                  f"{q['largest_within_0_5deg_of_float32']:.0%} of {r['n_test']} films (the gate: 0.3 points and 95%)."]
     lines += ["", "## Known failure modes", "",
               "- It reads each vertebra where the first stage put it: a vertebra the first stage missed by more than "
               "about half a vertebra, or a spine the first stage drew in the wrong place, is not mended.",
-              "- It roughly doubles the time of a measurement (a second network on 17 crops, twice with the mirror "
-              "image).",
+              "- It is the larger part of a measurement's arithmetic (17 crops a pass, 34 with the mirror images).",
               "- Trained on one Canadian hospital's AIS films; its corners are only as good as those labels."]
     return "\n".join(lines) + "\n", head
 
