@@ -451,11 +451,12 @@ def predict_speed_section(d: dict) -> list[str]:
            f"decoding, the classifier, both landmark stages and the angles) over the films; the configurations take "
            f"turns, {d['rounds']} rounds. Budget: {d['target_ms']:.0f} ms a film on 2 cores. Bundles: "
            + ", ".join(f"{k} `{v}`" for k, v in d["bundles"].items()) + ".", "",
-           "| bundle | backend | ms a film (median) | each round |", "|---|---|---|---|"]
+           "| code | bundle | backend | ms a film (median) | each round |", "|---|---|---|---|---|"]
     for key, ms in d["median_ms_per_film"].items():
-        name, be = key.rsplit(" ", 1)
-        each = ", ".join(f"{x['ms_per_film']:.0f}" for x in d["results"] if x["bundle"] == name and x["backend"] == be)
-        out.append(f"| {name} | {be} | {ms:.0f} | {each} |")
+        code, name, be = key.split(" ") if key.count(" ") == 2 else ("this", *key.rsplit(" ", 1))
+        each = ", ".join(f"{x['ms_per_film']:.0f}" for x in d["results"] if x.get("code", "this") == code
+                         and x["bundle"] == name and x["backend"] == be)
+        out.append(f"| {code} | {name} | {be} | {ms:.0f} | {each} |")
     return out + [""]
 
 

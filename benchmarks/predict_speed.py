@@ -31,7 +31,9 @@ from archive_predict import make_archive  # noqa: E402
 TARGET_MS = 300.0
 
 
-def _run(bundle: Path, backend: str, films: Path, out: Path, env: dict[str, str]) -> float:
+def _run(bundle: Path, backend: str, films: Path, out: Path, env: dict[str, str], src: Path | None = None) -> float:
+    if src is not None:  # another checkout's code (its src/ first on the path), for a before-and-after
+        env = {**env, "PYTHONPATH": str(src / "src")}
     cmd = [sys.executable, "-m", "spinexr", "predict", str(bundle), str(films), "--out", str(out), "--quiet",
            "--force", "--backend", backend]
     t0 = time.perf_counter()
@@ -51,8 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="torch,onnx")
     ap.add_argument("--films", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--code", action="append", default=[], metavar="NAME=CHECKOUT",
+                    help="also run each configuration on another checkout's code (e.g. a git worktree of the "
+                         "commit before a change); this checkout's code is 'this'")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
+    codes: dict[str, Path | None] = {"this": None}
+    for item in args.code:
+        name, sep, path = item.partition("=")
+        if not sep or not (Path(path) / "src" / "spinexr").is_dir():
+            ap.error(f"--code {item!r}: give NAME=PATH of a spinexr checkout")
+        codes[name] = Path(path).resolve()
     bundles = {}
     for item in args.bundle:
         name, sep, path = item.partition("=")
@@ -70,16 +81,20 @@ def main(argv: list[str] | None = None) -> int:
         for b in bundles.values():  # the ONNX exports, made once, outside the timing
             _run(b, "onnx", warm, Path(d) / "warm.csv", env)
         for r in range(args.rounds):
-            for name, b in bundles.items():
-                for be in backends:
-                    wall = _run(b, be, films, Path(d) / "out.csv", env)
-                    rows.append({"round": r, "bundle": name, "backend": be, "seconds": wall,
-                                 "ms_per_film": 1e3 * wall / args.films})
-                    print(f"round {r} {name:<10} {be:<6} {1e3 * wall / args.films:6.1f} ms a film", flush=True)
-    median = {f"{n} {be}": statistics.median(x["ms_per_film"] for x in rows if x["bundle"] == n and x["backend"] == be)
-              for n in bundles for be in backends}
+            for code, src in codes.items():
+                for name, b in bundles.items():
+                    for be in backends:
+                        wall = _run(b, be, films, Path(d) / "out.csv", env, src)
+                        rows.append({"round": r, "code": code, "bundle": name, "backend": be, "seconds": wall,
+                                     "ms_per_film": 1e3 * wall / args.films})
+                        print(f"round {r} {code:<8} {name:<10} {be:<6} {1e3 * wall / args.films:6.1f} ms a film",
+                              flush=True)
+    median = {f"{c} {n} {be}": statistics.median(x["ms_per_film"] for x in rows
+                                                 if x.get("code", "this") == c and x["bundle"] == n and x["backend"] == be)
+              for c in codes for n in bundles for be in backends}
     write_result(f"predict_speed_{args.tag}.json" if args.tag else "predict_speed.json",
                  {**head, "films": args.films, "rounds": args.rounds, "bundles": {k: str(v) for k, v in bundles.items()},
+                  "code": {k: str(v) if v else "this checkout" for k, v in codes.items()},
                   "target_ms": TARGET_MS, "results": rows, "median_ms_per_film": median})
     return 0
 

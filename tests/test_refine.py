@@ -313,3 +313,35 @@ def test_a_refined_spine_is_judged_on_its_order_not_on_crossing_endplates() -> N
     swapped = v.copy()
     swapped[[8, 9]] = swapped[[9, 8]]
     assert any("order broken" in r for r in SpineMeasurer.judge_refined([], swapped))
+
+
+def test_the_measurer_runs_both_networks_folded_with_the_trained_networks_corners(refiner_file, tiny_models,
+                                                                                   synth_dir) -> None:
+    """On PyTorch the measurer runs each network in its inference form (batch norms folded, channels-last):
+    no batch norm is left, and the corners are those of the networks as trained, to float rounding. A
+    network that cannot be traced runs as it is."""
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.measure import SpineMeasurer
+    from spinexr.deploy.modelfile import load_landmark_model, load_refiner_model
+    from spinexr.models.landmark import ChannelsLast, inference_form
+
+    m = SpineMeasurer(tiny_models["landmarks"], refiner=refiner_file)
+    for net in (m.predictor.net, m.refiner.net):
+        assert isinstance(net, ChannelsLast)
+        assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in net.modules())
+    pred, _ = load_landmark_model(tiny_models["landmarks"])
+    ref, _ = load_refiner_model(refiner_file)
+    img, _ = read_image(sorted(synth_dir.rglob("*.jpg"))[0])
+    x8, _ = m.contract.to_input(img)
+    x = torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None]
+    crops = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(m.predictor(x)[0], pred(x)[0], atol=1e-3)
+        assert torch.allclose(m.refiner.read_crops(crops), ref.read_crops(crops), atol=1e-3)
+
+    class Branchy(torch.nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return t if float(t.sum()) > 0 else -t
+
+    branchy = Branchy()
+    assert inference_form(branchy) is branchy

@@ -19,6 +19,7 @@ from spinexr.geometry.cobb import BAND_TEXT, CobbResult, cobb_angles
 from spinexr.geometry.overlay import draw_overlay
 from spinexr.geometry.plausibility import implausibility
 from spinexr.geometry.view import ViewCheck, view_features
+from spinexr.models.landmark import inference_form
 from spinexr.models.refine import refiner_box
 
 
@@ -63,7 +64,7 @@ class SpineMeasurer:
         if backend == "onnx":
             self.meta = landmark_metadata(path)
         else:
-            self._predictor, self.meta = load_landmark_model(path, self.device)
+            self._predictor, self.meta = self._load_predictor()
         if backend == "onnx" and onnx_path is None:
             raise SpinexrError("the onnx backend needs the landmark model's ONNX export: "
                                "`spinexr export LANDMARK_MODEL --onnx landmarks.onnx`")
@@ -80,6 +81,8 @@ class SpineMeasurer:
         # The second stage: each vertebra read again from its own crop; its file says how to read the angles.
         self.refiner, self.refiner_meta = (load_refiner_model(refiner, self.device, network=refiner_onnx_path is None)
                                            if refiner is not None else (None, {}))
+        if self.refiner is not None and self.refiner.net is not None:
+            self.refiner.net = inference_form(self.refiner.net)
         if self.refiner is not None:
             self.centreline_weight = float(self.refiner_meta.get("centreline_weight", 0.0))
         # With the onnx backend the refiner's crops are read by its export (they are still cut by PyTorch).
@@ -94,8 +97,13 @@ class SpineMeasurer:
     def predictor(self) -> Any:
         """The first stage in PyTorch (:class:`~spinexr.models.landmark.LandmarkPredictor`), built on first use."""
         if self._predictor is None:
-            self._predictor, _ = load_landmark_model(self.path, self.device)
+            self._predictor, _ = self._load_predictor()
         return self._predictor
+
+    def _load_predictor(self) -> tuple[Any, dict[str, Any]]:
+        pred, meta = load_landmark_model(self.path, self.device)
+        pred.net = inference_form(pred.net)  # the trained weights, folded for inference
+        return pred, meta
 
     def angles(self, landmarks: np.ndarray, image_height: float) -> CobbResult:
         """The Cobb angles of corners this model predicted, read as this model file says."""

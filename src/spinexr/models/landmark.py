@@ -67,6 +67,34 @@ class LandmarkNet(nn.Module):
         return self.head(self.fuse(y))
 
 
+class ChannelsLast(nn.Module):
+    """A landmark network in its inference form (:func:`inference_form`): batch norms folded into the
+    convolutions and the activations in channels-last layout. The same function as the network it was made
+    from, to float rounding; for inference only (it has no batch norms to train)."""
+
+    def __init__(self, fused: nn.Module, arch: str) -> None:
+        super().__init__()
+        self.fused = fused.to(memory_format=torch.channels_last)
+        self.arch = arch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
+def inference_form(net: LandmarkNet) -> nn.Module:
+    """``net`` as deployed inference runs it on PyTorch: its batch norms folded into the convolutions
+    (``torch.fx``) and channels-last activations, which oneDNN's CPU convolutions run faster (on 2 cores,
+    about 1.6x for the bundled first stage and refiner). Corners move by float rounding only. A network
+    that cannot be traced is returned as it is. The model files keep the trained form."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        fused = fuse(net.eval())
+    except Exception:  # noqa: BLE001 - tracing fails in many ways on other encoders: keep the eager network
+        return net
+    return ChannelsLast(fused, getattr(net, "arch", "")).eval()
+
+
 @dataclass(frozen=True)
 class HeatmapCodec:
     """Heatmaps of stride ``stride`` over an input of ``height`` x ``width`` pixels <-> (x, y) pixels."""
