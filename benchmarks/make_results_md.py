@@ -784,6 +784,10 @@ def structure_section(before: dict, now: dict) -> list[str]:
     return out + [""]
 
 
+def _refine_any_section(d: dict) -> list[str]:
+    return refine_final_section(d) if d.get("final") else refine_section(d)
+
+
 def _adopted_sections() -> list[str]:
     lines: list[str] = []
     for f in sorted((HERE / "results").glob("kauh_cv_*.json")):
@@ -816,32 +820,18 @@ def _adopted_sections() -> list[str]:
         d = _load(name)
         if d:
             lines += section(d)
-    for f in sorted((HERE / "results").glob("ood_corpus*.json")):
-        lines += ood_corpus_section(json.loads(f.read_text()))
-    for f in sorted((HERE / "results").glob("aasce_cobb_cv_*.json")):
-        if f.name not in NOT_ADOPTED:
-            lines += aasce_section(json.loads(f.read_text()))
-    for f in sorted((HERE / "results").glob("angle_reading*.json")):
-        lines += angle_reading_section(json.loads(f.read_text()))
-    for f in sorted((HERE / "results").glob("aasce_refine_*.json")):
-        if f.name in NOT_ADOPTED:
-            continue
-        d = json.loads(f.read_text())
-        lines += refine_final_section(d) if d.get("final") else refine_section(d)
-    for f in sorted((HERE / "results").glob("refine_variants_*.json")):
-        lines += refine_variants_section(json.loads(f.read_text()))
-    for f in sorted((HERE / "results").glob("refine_passes_*.json")):
-        if f.name not in NOT_ADOPTED:
-            lines += refine_passes_section(json.loads(f.read_text()))
-    for f in sorted((HERE / "results").glob("refine_budget_*.json")):
-        if f.name not in NOT_ADOPTED:
-            lines += refine_budget_section(json.loads(f.read_text()))
-    for f in sorted((HERE / "results").glob("refine_curve_line_*.json")):
-        lines += refine_curve_line_section(json.loads(f.read_text()))
-    for f in sorted((HERE / "results").glob("predict_speed*.json")):
-        lines += predict_speed_section(json.loads(f.read_text()))
-    for f in sorted((HERE / "results").glob("refiner_weights_*.json")):
-        lines += refiner_weights_section(json.loads(f.read_text()))
+    # (results files, renderer, whether files on NOT_ADOPTED are left for the "what we tried" page)
+    for pattern, section, adopted_only in (
+            ("ood_corpus*.json", ood_corpus_section, False), ("aasce_cobb_cv_*.json", aasce_section, True),
+            ("angle_reading*.json", angle_reading_section, False), ("aasce_refine_*.json", _refine_any_section, True),
+            ("refine_variants_*.json", refine_variants_section, False),
+            ("refine_passes_*.json", refine_passes_section, True), ("refine_budget_*.json", refine_budget_section, True),
+            ("refine_curve_line_*.json", refine_curve_line_section, False),
+            ("predict_speed*.json", predict_speed_section, False),
+            ("refiner_weights_*.json", refiner_weights_section, False)):
+        for f in sorted((HERE / "results").glob(pattern)):
+            if not (adopted_only and f.name in NOT_ADOPTED):
+                lines += section(json.loads(f.read_text()))
     for f in sorted((HERE / "results").glob("archive_predict*.json")):
         lines += archive_section(json.loads(f.read_text()))
     for name, section in (("pacs_roundtrip.json", pacs_section), ("finetune_corrections.json", finetune_section),
@@ -916,6 +906,12 @@ def _tried_sections() -> list[str]:
     return lines
 
 
+def _external_headline(d: dict) -> tuple[dict, float]:
+    """An external check's films of 25 degrees or more called Scoliosis, and the measured angle's Spearman."""
+    o = d["aasce"]["oof_films"]
+    return o["called_scoliosis_ge25"], o["classifier"]["angles"]["spearman_measured_angle"]["rho"]
+
+
 def headline_table() -> list[str]:
     """The README's table of headline figures, each with the JSON it comes from."""
     rows = ["| what | figure | from |", "|---|---|---|"]
@@ -949,16 +945,14 @@ def headline_table() -> list[str]:
                         f"{r['within_5deg']:.0%} within 5° | `{name}` |")
     d = _load("external_aasce.json")
     if d:
-        o = d["aasce"]["oof_films"]
-        ge, rho = o["called_scoliosis_ge25"], o["classifier"]["angles"]["spearman_measured_angle"]["rho"]
+        ge, rho = _external_headline(d)
         rows.append(f"| AASCE films of 25° or more called Scoliosis (a KAUH classifier; development figure) | alone "
                     f"{ge['classifier']:.1%}, with the measured curve {ge['with_rule']:.1%} of {ge['n']}; Spearman of the "
                     f"measured angle {rho:.2f} | `external_aasce.json` |")
     for name, label in (("external_aasce_seed0_refined.json", "seed-0"), ("external_aasce_seed1_refined.json", "seed-1")):
         d = _load(name)
         if d:
-            o = d["aasce"]["oof_films"]
-            ge, rho = o["called_scoliosis_ge25"], o["classifier"]["angles"]["spearman_measured_angle"]["rho"]
+            ge, rho = _external_headline(d)
             rows.append(f"| the same, the curve measured by the two stages ({label} fold "
                         f"models) | with the measured curve {ge['with_rule']:.1%} of {ge['n']}; Spearman of the "
                         f"measured angle {rho:.2f} | `{name}` |")
