@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spinexr.deploy import stream
@@ -58,6 +59,19 @@ def _close(a: object, b: object, tol: float = 1e-4) -> bool:
     return a == b
 
 
+def _same_but_rounding(a: dict, b: dict) -> bool:
+    """Documents of runs on different thread counts: PyTorch's channels-last convolutions add their sums in
+    another order, so the corners (written to 0.01 px) may round to the next step and the angles move in
+    their fourth decimal; everything else as :func:`_close` says."""
+    a, b = _comparable({**a, "files": None}), _comparable({**b, "files": None})
+    sa, sb = dict(a.get("spine") or {}), dict(b.get("spine") or {})
+    la, lb = sa.pop("landmarks", None), sb.pop("landmarks", None)
+    if (la is None) != (lb is None):
+        return False
+    corners_ok = la is None or (np.shape(la) == np.shape(lb) and np.abs(np.subtract(la, lb)).max() <= 0.011)
+    return corners_ok and _close({**a, "spine": sa}, {**b, "spine": sb}, tol=1e-3)
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_the_stream_gives_what_the_film_at_a_time_path_gives(bundled: Pipeline, films: Path, tmp_path: Path,
                                                              workers: int) -> None:
@@ -85,7 +99,7 @@ def test_jobs_give_the_same_documents_in_the_same_order(bundled: Pipeline, films
     b = [json.loads(line) for line in two.read_text().splitlines()]
     assert [d["path"] for d in b] == [str(p) for p in paths]
     for x, y in zip(a, b):
-        assert _close(_comparable({**x, "files": None}), _comparable({**y, "files": None})), x["path"]
+        assert _same_but_rounding(x, y), x["path"]  # a job runs on one thread, the one-process stream on two
     drawn = [d["files"]["overlay"] for d in b if d["status"] == "ok"]
     assert len(drawn) == 15 and all(Path(f).parent == tmp_path / "o2" and Path(f).is_file() for f in drawn)
     assert sorted(Path(f).name for f in drawn) == sorted(p.name for p in (tmp_path / "o1").iterdir())
