@@ -452,6 +452,8 @@ def predict_speed_section(d: dict) -> list[str]:
            f"turns, {d['rounds']} rounds. Budget: {d['target_ms']:.0f} ms a film on 2 cores. Bundles: "
            + ", ".join(f"{k} `{v}`" for k, v in d["bundles"].items()) + ".", "",
            "| code | bundle | backend | ms a film (median) | each round |", "|---|---|---|---|---|"]
+    codes = d.get("code") or {"this": "the checkout of its date"}
+    out[4] += " Code: " + ", ".join(f"{k} ({v})" for k, v in codes.items()) + "."
     for key, ms in d["median_ms_per_film"].items():
         code, name, be = key.split(" ") if key.count(" ") == 2 else ("this", *key.rsplit(" ", 1))
         each = ", ".join(f"{x['ms_per_film']:.0f}" for x in d["results"] if x.get("code", "this") == code

@@ -47,6 +47,18 @@ def _run(bundle: Path, backend: str, films: Path, out: Path, env: dict[str, str]
     return wall
 
 
+def _commit(checkout: Path) -> str:
+    """The checkout's commit (and whether its tree has changes), for the record."""
+    try:
+        rev = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return rev + (" with changes" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", action="append", required=True, metavar="NAME=PATH", help="a bundle to time")
@@ -94,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
               for c in codes for n in bundles for be in backends}
     write_result(f"predict_speed_{args.tag}.json" if args.tag else "predict_speed.json",
                  {**head, "films": args.films, "rounds": args.rounds, "bundles": {k: str(v) for k, v in bundles.items()},
-                  "code": {k: str(v) if v else "this checkout" for k, v in codes.items()},
+                  "code": {k: f"{v or 'this checkout'} at {_commit(v or HERE.parent)}" for k, v in codes.items()},
                   "target_ms": TARGET_MS, "results": rows, "median_ms_per_film": median})
     return 0
 
