@@ -573,6 +573,15 @@ def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
                   f"{budget['gflops_per_film'][budget['today']]:.1f} "
                   "for the reading it replaced (six first-stage views, one pass). On the held-out films:"]
         lines += [f"  - {s}: " + _refined_line("two stages as shipped", r) + "." for s, r in shipped.items()]
+    if not budget:  # the pass count chosen on the splits' validation films (benchmarks/refine_passes.py)
+        for s in splits:
+            f = RESULTS / f"refine_passes_{s}{tag}.json"
+            if f.is_file():
+                r = json.loads(f.read_text())
+                v = r["results"]["validation"]
+                lines += [f"- Passes ({s}, `{f.name}`): chosen on {r['n_validation']} validation films by the lower "
+                          f"SMAPE, {v['1']['smape']:.2f}% for one pass against {v['2']['smape']:.2f}% for two: "
+                          f"{r['chosen_passes']} pass{'es' if r['chosen_passes'] > 1 else ''}."]
     for s, r in weights.items():
         q = r["results"]["int8 weights"]
         lines += [f"- int8 weights ({s}, `{r['file']}`, refiner `{r.get('refiner')}`): SMAPE {q['smape_change']:+.2f} "
