@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from _machine import header, write_result  # noqa: E402
 from spinexr import CLASSES  # noqa: E402
@@ -38,7 +38,7 @@ from spinexr.deploy.bundle import fit_rule, write_bundle  # noqa: E402
 from spinexr.deploy.bundled import BUNDLE_DIR, pack  # noqa: E402
 from spinexr.deploy.decision import DOUBTED_VIEW_DEG, DecisionRule  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
-from spinexr.deploy.modelfile import raw_metadata, read_metadata  # noqa: E402
+from spinexr.deploy.modelfile import raw_metadata, read_metadata, write_model_file  # noqa: E402
 from spinexr.deploy.predictor import Predictor  # noqa: E402
 from spinexr.models.landmark import parse_scales  # noqa: E402
 
@@ -104,25 +104,24 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _with_meta(src: str, dest: Path, changes: dict) -> str:
+    """``src``'s weights written to ``dest`` (same name) with its metadata changed as ``changes`` say."""
+    out = dest / Path(src).name
+    write_model_file(load_file(src), {**raw_metadata(src), **changes}, out, sidecar=False)
+    return str(out)
+
+
 def _apply_reading(a: argparse.Namespace, tmp: Path) -> None:
     """The same weights read as ``--landmark-tta-scales`` / ``--refiner-passes`` / ``--refiner-mirror-last`` say:
     copies in ``tmp`` under the same names, their metadata changed, which everything after measures and ships."""
     if a.landmark_tta_scales is not None:
-        meta = raw_metadata(a.landmarks)
-        meta["tta_scales"] = list(parse_scales(a.landmark_tta_scales))
-        dst = tmp / "landmarks" / Path(a.landmarks).name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        save_file(load_file(a.landmarks), str(dst), metadata={"spinexr": json.dumps(meta)})
-        a.landmarks = str(dst)
+        a.landmarks = _with_meta(a.landmarks, tmp / "landmarks",
+                                 {"tta_scales": list(parse_scales(a.landmark_tta_scales))})
     if a.refiner and (a.refiner_passes is not None or a.refiner_mirror_last):
-        meta = raw_metadata(a.refiner)
+        changes = {"flip_every_pass": not a.refiner_mirror_last}
         if a.refiner_passes is not None:
-            meta["iterations"] = a.refiner_passes
-        meta["flip_every_pass"] = not a.refiner_mirror_last
-        dst = tmp / "refiner" / Path(a.refiner).name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        save_file(load_file(a.refiner), str(dst), metadata={"spinexr": json.dumps(meta)})
-        a.refiner = str(dst)
+            changes["iterations"] = a.refiner_passes
+        a.refiner = _with_meta(a.refiner, tmp / "refiner", changes)
 
 
 def _landmark_meta_with_rule(landmarks: str, measurer: SpineMeasurer) -> tuple[dict, float]:
@@ -144,7 +143,7 @@ def _pack_both(a: argparse.Namespace, meta: dict, curve_deg: float, speed: dict)
     clf_facts: dict = {}
     with tempfile.TemporaryDirectory() as d:  # the rule goes into the landmark file's metadata
         lm_src = Path(d) / "landmarks.safetensors"
-        save_file(load_file(a.landmarks), str(lm_src), metadata={"spinexr": json.dumps(meta)})
+        write_model_file(load_file(a.landmarks), meta, lm_src, sidecar=False)
         ext = json.loads((RESULTS / "external_aasce.json").read_text()) if (RESULTS / "external_aasce.json").is_file() else None
         lm_log = json.loads(Path(a.landmark_train_log).read_text()) if a.landmark_train_log else {}
         # The measured figures: the landmark CV run the model came from (its result JSON), else the default one.
@@ -189,9 +188,9 @@ def _fp16_checks(a: argparse.Namespace, full_c: Predictor, full_lm: SpineMeasure
               "max_corner_diff_px_fp16": dpx, "ms_per_film": _latency(half_lm.measure, imgs)}
     if a.refiner:  # the corner difference above is of both stages as shipped (float16 first stage, int8 refiner)
         lm_out["refiner"] = {"file_mb": (BUNDLE_DIR / "refiner.safetensors").stat().st_size / 2**20,
-                             "weights": "int8 (weight-only, per output channel)", "source": a.refiner_source,
-                             "passes": raw_metadata(a.refiner).get("iterations"),
-                             "mirror_every_pass": raw_metadata(a.refiner).get("flip_every_pass", True)}
+                             "weights": "int8 (weight-only, per output channel)", "source": a.refiner_source}
+        rmeta = raw_metadata(a.refiner)
+        lm_out["refiner"].update(passes=rmeta.get("iterations"), mirror_every_pass=rmeta.get("flip_every_pass", True))
     src_w = load_file(a.landmarks)
     if all(torch.equal(v, v.half().to(v.dtype)) for v in src_w.values() if v.is_floating_point()) and earlier:
         # Weights that were float16 already (a fold model measured again from the bundled float16 file):
