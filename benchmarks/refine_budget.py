@@ -51,6 +51,17 @@ READINGS = {"1 pass, mirrors": (1, True), "2 passes, mirrors": (2, True), "2 pas
 TODAY = ("zooms+mirror", "1 pass, mirrors")
 
 
+def each_reading(m: SpineMeasurer, films: list):
+    """Sets ``m`` to each reading in turn (first stage measured once per view set) and yields
+    ``(name, views, first-stage corners of the films)``; the refiner is set, the films not yet refined."""
+    for views, (scales, mirror) in VIEWS.items():
+        m.predictor.tta_scales, m.predictor.tta_flip = scales, mirror
+        first = [f for f, _ in m.first_stage(films)]
+        for reading, (passes, every) in READINGS.items():
+            m.refiner.iterations, m.refiner.flip_every_pass = passes, every
+            yield f"{views} | {reading}", views, first
+
+
 def _flops(fn, *args) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -86,18 +97,13 @@ def measure_split(landmark_run: Path, refiner: Path, data: Path) -> dict:
     for part, idx in (("validation", val_idx), ("held_out", te)):
         films = [read_image(recs[i].path)[0] for i in idx]
         true = np.array([recs[i].angles for i in idx])
-        for views, (scales, mirror) in VIEWS.items():
-            m.predictor.tta_scales, m.predictor.tta_flip = scales, mirror
-            first = [f for f, _ in m.first_stage(films)]
-            for reading, (passes, every) in READINGS.items():
-                m.refiner.iterations, m.refiner.flip_every_pass = passes, every
-                pred = [cobb_angles(m.refine(img, f), img.shape[0], m.centreline_weight).angles
-                        for img, f in zip(films, first)]
-                r = tolerance_scores(np.array(pred), true)
-                out[part][f"{views} | {reading}"] = r
-                bias = "n/a" if r["mean_error_ge40"] is None else f"{r['mean_error_ge40']:+.1f}"
-                print(f"{landmark_run.name} {part:<10} {views:<13} {reading:<29} SMAPE {r['smape']:5.2f}%  "
-                      f"MAE {r['mae_largest']:4.2f}  within 5° {r['within_5deg']:.0%}  >=40° {bias}", flush=True)
+        for name, _, first in each_reading(m, films):
+            pred = [cobb_angles(m.refine(img, f), img.shape[0], m.centreline_weight).angles
+                    for img, f in zip(films, first)]
+            r = out[part][name] = tolerance_scores(np.array(pred), true)
+            bias = "n/a" if r["mean_error_ge40"] is None else f"{r['mean_error_ge40']:+.1f}"
+            print(f"{landmark_run.name} {part:<10} {name:<45} SMAPE {r['smape']:5.2f}%  "
+                  f"MAE {r['mae_largest']:4.2f}  within 5° {r['within_5deg']:.0%}  >=40° {bias}", flush=True)
     return out
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 
 from _machine import header, write_result  # noqa: E402
-from refine_budget import READINGS, VIEWS  # noqa: E402
+from refine_budget import each_reading  # noqa: E402
 from refine_variants import refiner_file  # noqa: E402
 from spinexr.data.imread import list_images, read_image  # noqa: E402
 from spinexr.deploy.decision import fit_curve_deg  # noqa: E402
@@ -42,28 +42,25 @@ def _summary(angles: list[float]) -> dict:
             "largest_five": [round(float(x), 2) for x in np.sort(ok)[::-1][:5]], "median": float(np.median(ok))}
 
 
+def _largest(m: SpineMeasurer, films: list, first: list) -> list[float]:
+    """Each film's largest angle from the first stage's corners through ``m``'s refiner (NaN: refused)."""
+    out = []
+    for img, f in zip(films, first):
+        v, refused = m.second_stage(img, f)
+        out.append(np.nan if refused else m.angles(v, img.shape[0]).largest)
+    return out
+
+
 def measure_split(landmark_run: Path, refiner: Path, films: list, old_refiner: Path | None) -> dict:
     m = SpineMeasurer(landmark_run / "models" / "landmarks.safetensors", refiner=refiner_file(refiner))
     out: dict = {"landmark_run": str(landmark_run), "refiner": str(refiner), "readings": {}}
-    for views, (scales, mirror) in VIEWS.items():
-        m.predictor.tta_scales, m.predictor.tta_flip = scales, mirror
-        first = [f for f, _ in m.first_stage(films)]
-        for reading, (passes, every) in READINGS.items():
-            m.refiner.iterations, m.refiner.flip_every_pass = passes, every
-            angles = []
-            for img, f in zip(films, first):
-                v, refused = m.second_stage(img, f)
-                angles.append(np.nan if refused else m.angles(v, img.shape[0]).largest)
-            r = out["readings"][f"{views} | {reading}"] = _summary(angles)
-            print(f"{landmark_run.name} {views:<13} {reading:<29} line {r['curve_deg']:4.1f}  refused {r['refused']}  "
-                  f"largest {r['largest_five']}  median {r['median']:.1f}", flush=True)
-        if old_refiner is not None and views == "zooms+mirror":
+    for name, views, first in each_reading(m, films):
+        r = out["readings"][name] = _summary(_largest(m, films, first))
+        print(f"{landmark_run.name} {name:<45} line {r['curve_deg']:4.1f}  refused {r['refused']}  "
+              f"largest {r['largest_five']}  median {r['median']:.1f}", flush=True)
+        if old_refiner is not None and views == "zooms+mirror" and "old_refiner" not in out:
             old = SpineMeasurer(landmark_run / "models" / "landmarks.safetensors", refiner=refiner_file(old_refiner))
-            angles = []
-            for img, f in zip(films, first):
-                v, refused = old.second_stage(img, f)
-                angles.append(np.nan if refused else old.angles(v, img.shape[0]).largest)
-            r = out["old_refiner"] = {"refiner": str(old_refiner), **_summary(angles)}
+            r = out["old_refiner"] = {"refiner": str(old_refiner), **_summary(_largest(old, films, first))}
             print(f"{landmark_run.name} old refiner, zooms+mirror, 1 pass: line {r['curve_deg']:4.1f}  refused "
                   f"{r['refused']}  largest {r['largest_five']}", flush=True)
     return out
