@@ -446,14 +446,14 @@ def refine_budget_section(d: dict) -> list[str]:
 
 
 def predict_speed_section(d: dict) -> list[str]:
+    codes = d.get("code") or {"this": "the checkout of its date"}
     out = ["## Milliseconds a film of `predict` over a folder, per bundle and backend", "", f"Command: `{d['command']}`",
            "", f"Machine: {_machine(d)}. Date: {d['date']}. {d['films']} films, the whole command timed (start-up, "
            f"decoding, the classifier, both landmark stages and the angles) over the films; the configurations take "
            f"turns, {d['rounds']} rounds. Budget: {d['target_ms']:.0f} ms a film on 2 cores. Bundles: "
-           + ", ".join(f"{k} `{v}`" for k, v in d["bundles"].items()) + ".", "",
+           + ", ".join(f"{k} `{v}`" for k, v in d["bundles"].items()) + ". Code: "
+           + ", ".join(f"{k} ({v})" for k, v in codes.items()) + ".", "",
            "| code | bundle | backend | ms a film (median) | each round |", "|---|---|---|---|---|"]
-    codes = d.get("code") or {"this": "the checkout of its date"}
-    out[4] += " Code: " + ", ".join(f"{k} ({v})" for k, v in codes.items()) + "."
     for key, ms in d["median_ms_per_film"].items():
         code, name, be = key.split(" ") if key.count(" ") == 2 else ("this", *key.rsplit(" ", 1))
         each = ", ".join(f"{x['ms_per_film']:.0f}" for x in d["results"] if x.get("code", "this") == code
