@@ -15,7 +15,7 @@ from spinexr.data.landmarks import LandmarkRecord
 from spinexr.data.synth import ap_landmarks, render_ap
 from spinexr.engine.refine import RefineConfig, fit_refiner, jittered_frames, prepare_refine_data, sample_batch, val_error
 from spinexr.models.landmark import LandmarkNet
-from spinexr.models.refine import MIRROR4, VertebraRefiner, cut_crops, frames, from_crop, to_crop
+from spinexr.models.refine import MIRROR4, VertebraRefiner, cut_crops, frames, from_crop, to_crop, vertebra_turns
 
 
 def _spines(n: int, seed: int = 0) -> torch.Tensor:
@@ -103,6 +103,66 @@ def test_passes_before_the_last_read_the_mirror_only_when_told() -> None:
         seen.clear()
         both = ref(film, start, reader)
     assert seen == [34, 34] and not torch.allclose(both, got, atol=1e-3)
+
+
+def _turned(v: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """(17, 4, 2) corners with vertebra k turned by ``degrees[k]`` about its centre."""
+    t = torch.deg2rad(degrees)[:, None]
+    c = v.mean(dim=1, keepdim=True)
+    w = v - c
+    return c + torch.stack([w[..., 0] * torch.cos(t) - w[..., 1] * torch.sin(t),
+                            w[..., 0] * torch.sin(t) + w[..., 1] * torch.cos(t)], dim=-1)
+
+
+def test_vertebra_turns_are_the_turn_of_each_midline() -> None:
+    v = _spines(1, seed=4)[0]
+    turn = torch.linspace(-30, 30, 17)
+    assert torch.allclose(vertebra_turns(v, _turned(v, turn)), turn.abs(), atol=1e-3)
+    assert torch.allclose(vertebra_turns(v, v), torch.zeros(17), atol=1e-4)
+
+
+def test_a_later_pass_that_turns_a_vertebra_too_far_keeps_the_earlier_pass() -> None:
+    """With ``max_turn``, a second pass that turns vertebra k by k degrees (a hand-made reader) is taken
+    where k is within the limit and refused (the first pass's corners kept) where it is not; without a
+    limit every vertebra takes the second pass."""
+    ref = VertebraRefiner(None, crop=32, film_height=128, tta_flip=False, iterations=2)
+    film = torch.rand(1, 1, 128, 64)
+    case = render_ap(np.random.default_rng(0), 20.0, scale=0.25)
+    start = torch.as_tensor(ap_landmarks(case).reshape(17, 4, 2) * 128 / case.image.shape[0], dtype=torch.float32)
+    box = torch.tensor([[8.0, 10.0], [23.0, 10.0], [8.0, 21.0], [23.0, 21.0]])  # centred in the 32 px crop
+    calls: list[int] = []
+
+    def reader(crops: torch.Tensor) -> torch.Tensor:
+        calls.append(crops.shape[0])
+        level = torch.arange(17, dtype=torch.float32)
+        flat = box.expand(17, 4, 2) - 15.5
+        return _turned(flat, level if len(calls) % 2 == 0 else torch.zeros(17)) + 15.5
+
+    with torch.no_grad():
+        first, free = ref.passes(film, start, reader)
+        assert torch.allclose(vertebra_turns(first, free), torch.arange(17.0), atol=1e-3)
+        ref.max_turn = 8.5
+        first_again, held = ref.passes(film, start, reader)
+        assert torch.allclose(first_again, first)
+        assert torch.allclose(held[:9], free[:9]) and torch.allclose(held[9:], first[9:])
+        assert torch.allclose(ref(film, start, reader), held)
+
+
+def test_the_limit_on_turning_travels_in_the_refiner_file(refiner_file, tmp_path) -> None:
+    from spinexr.deploy.modelfile import load_refiner_model, save_refiner_model, write_model_file
+    from spinexr.errors import WeightsError
+
+    ref, meta = load_refiner_model(refiner_file)
+    assert ref.max_turn is None  # the default, and what files written before it mean
+    ref.iterations, ref.max_turn = 2, 4.0
+    again = save_refiner_model(ref, tmp_path / "guarded.safetensors", meta["settings"], meta["training_data"])
+    assert load_refiner_model(again)[0].max_turn == 4.0
+    from safetensors.torch import load_file
+
+    bad_meta = {**load_refiner_model(again)[1], "max_turn": "four"}
+    bad = write_model_file(load_file(str(again)), bad_meta, tmp_path / "bad_turn.safetensors")
+    with pytest.raises(WeightsError, match="max_turn 'four'"):
+        load_refiner_model(bad)
 
 
 def _records(tmp_path, n: int, seed: int) -> list[LandmarkRecord]:
@@ -224,12 +284,12 @@ def test_the_onnx_backend_reads_the_crops_with_the_refiners_export(refiner_file,
         img, _ = read_image(p)
         a, b = onnx.measurer.measure(img).landmarks, torch_.measurer.measure(img).landmarks
         assert np.abs(a - b).max() < 0.05  # film pixels
-    # Two passes, the mirror read on the last one alone (the setting travels in the file): the export
+    # Two passes, the mirror read on the last one alone, a limit on turning (the settings travel in the file): the export
     # reads the crops as they are, the mirror reading is done around it, and the corners still agree.
     from spinexr.deploy.modelfile import load_refiner_model, save_refiner_model
 
     ref, meta = load_refiner_model(refiner_file)
-    ref.iterations, ref.flip_every_pass = 2, False
+    ref.iterations, ref.flip_every_pass, ref.max_turn = 2, False, 3.0
     two = save_refiner_model(ref, tmp_path / "two" / "refiner.safetensors", meta["settings"], meta["training_data"])
     assert load_refiner_model(two)[0].flip_every_pass is False
     write_bundle(tmp_path / "b2", tiny_models["classifier"], tiny_models["landmarks"], None, name="b2", refiner=two)

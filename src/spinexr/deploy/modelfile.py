@@ -242,11 +242,20 @@ def save_refiner_model(refiner: Any, path: str | Path, cfg: dict[str, Any],
     meta = {"format": REFINER_FORMAT, "encoder": refiner.net.arch, "crop": refiner.crop, "span": refiner.span,
             "film_height": refiner.film_height, "mean": refiner.mean, "std": refiner.std,
             "tta_flip": refiner.tta_flip, "iterations": refiner.iterations, "flip_every_pass": refiner.flip_every_pass,
+            "max_turn": refiner.max_turn,
             "centreline_weight": float(centreline_weight), "levels": list(LEVELS), "corners": list(CORNERS),
             "settings": cfg, "spinexr_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "training_data": data_summary or {}}
     state = {k: v.detach().cpu().contiguous() for k, v in refiner.net.state_dict().items()}
     return write_model_file(state, meta, path)
+
+
+def _max_turn(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 180:
+        raise ValueError(f"max_turn {value!r} is not a number of degrees from 0 to 180, nor null")
+    return float(value)
 
 
 def load_refiner_model(path: str | Path, device: str | torch.device = "cpu",
@@ -268,7 +277,9 @@ def load_refiner_model(path: str | Path, device: str | torch.device = "cpu",
                               film_height=int(meta["film_height"]), mean=float(meta["mean"]), std=float(meta["std"]),
                               tta_flip=bool(meta["tta_flip"]), iterations=int(meta["iterations"]),
                               # files written before this setting mirrored every pass
-                              flip_every_pass=bool(meta.get("flip_every_pass", True)))
+                              flip_every_pass=bool(meta.get("flip_every_pass", True)),
+                              # files written before this setting had no limit
+                              max_turn=_max_turn(meta.get("max_turn")))
     except (KeyError, TypeError, ValueError, RuntimeError, WeightsError) as e:
         raise WeightsError(f"{path}: malformed vertebra refiner ({e}); use the file as spinexr wrote it") from e
     if missing or unexpected:

@@ -87,17 +87,32 @@ def cut_crops(film: torch.Tensor, fr: torch.Tensor, size: int) -> torch.Tensor:
                          align_corners=False)
 
 
+def vertebra_turns(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """(..., 17, 4, 2) corners twice -> (..., 17) degrees each vertebra's midline (the middle of its left
+    side to the middle of its right side, what the Cobb angles are read from) turned between them."""
+
+    def midline(v: torch.Tensor) -> torch.Tensor:
+        return (v[..., 1, :] + v[..., 3, :] - v[..., 0, :] - v[..., 2, :]) / 2
+
+    a, b = midline(before), midline(after)
+    cross = a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+    return torch.rad2deg(torch.atan2(cross, (a * b).sum(-1))).abs()
+
+
 class VertebraRefiner(nn.Module):
     """(1, 1, H, W) film at ``film_height`` in [0, 1] and (17, 4, 2) corners in its pixels -> refined
     (17, 4, 2) corners. ``iterations`` > 1 cuts the crops again around the refined corners; with
     ``tta_flip`` each crop's mirror image is read too and the two averaged, on every pass or, with
     ``flip_every_pass`` False, on the last pass alone (the earlier ones only place the crops again).
+    ``max_turn`` (degrees): a pass after the first that turns a vertebra further than this keeps that
+    vertebra where the pass before placed it (a later pass cut around a vertebra the first stage
+    misplaced can tilt it further each time; None: no limit).
     ``net`` None: the geometry alone, for crops read by the refiner's ONNX export (a ``reader`` given
     to :meth:`forward`)."""
 
     def __init__(self, net: LandmarkNet | None, crop: int = CROP, span: float = SPAN, film_height: int = FILM_HEIGHT,
                  mean: float = 0.449, std: float = 0.226, tta_flip: bool = True, iterations: int = 1,
-                 flip_every_pass: bool = True) -> None:
+                 flip_every_pass: bool = True, max_turn: float | None = None) -> None:
         super().__init__()
         self.net = net
         self.crop, self.span, self.film_height = crop, span, film_height
@@ -106,6 +121,7 @@ class VertebraRefiner(nn.Module):
         self.tta_flip = tta_flip
         self.iterations = iterations
         self.flip_every_pass = flip_every_pass
+        self.max_turn = max_turn
 
     def read_plain(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, 1, S, S) crops in [0, 1] -> (N, 4, 2) corners in crop pixels, each crop read as it is
@@ -129,17 +145,27 @@ class VertebraRefiner(nn.Module):
         back = torch.stack([(self.crop - 1) - back[..., 0], back[..., 1]], dim=-1)
         return (pts[:n] + back) / 2
 
+    def passes(self, film: torch.Tensor, corners: torch.Tensor,
+               reader: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Each pass's (17, 4, 2) corners, in order, the limit on turning (``max_turn``) applied; the
+        last are :meth:`forward`'s."""
+        pts, out = corners, []
+        for i in range(self.iterations):
+            fr = frames(pts[None], self.span)[0]
+            flip = self.tta_flip and (self.flip_every_pass or i == self.iterations - 1)
+            new = from_crop(self.read_crops(cut_crops(film, fr, self.crop), flip, reader), fr, self.crop)
+            if i > 0 and self.max_turn is not None:
+                held = vertebra_turns(pts, new) > self.max_turn
+                new = torch.where(held[:, None, None], pts, new)
+            pts = new
+            out.append(pts)
+        return out
+
     def forward(self, film: torch.Tensor, corners: torch.Tensor,
                 reader: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``reader``: what reads the crops as they are (default :meth:`read_plain`; the deployed ONNX
         Runtime path passes its export of that method)."""
-        pts = corners[None]
-        for i in range(self.iterations):
-            fr = frames(pts, self.span)[0]
-            flip = self.tta_flip and (self.flip_every_pass or i == self.iterations - 1)
-            q = self.read_crops(cut_crops(film, fr, self.crop), flip, reader)
-            pts = from_crop(q, fr, self.crop)[None]
-        return pts[0]
+        return self.passes(film, corners, reader)[-1]
 
 
 class CropReader(nn.Module):
