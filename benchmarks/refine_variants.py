@@ -48,6 +48,8 @@ def add_reading_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--tta-scales", default=None, help="the first stage's test-time zooms (e.g. 1: the mirror image alone)")
     ap.add_argument("--passes", type=int, default=None, choices=(1, 2, 3), help="the refiner's passes")
     ap.add_argument("--mirror-last", action="store_true", help="the refiner reads mirror images on its last pass only")
+    ap.add_argument("--max-turn", type=float, default=None,
+                    help="degrees a pass after the first may turn a vertebra (refine_guard.py chooses)")
 
 
 def apply_reading(m: SpineMeasurer, args: argparse.Namespace) -> SpineMeasurer:
@@ -61,11 +63,14 @@ def apply_reading(m: SpineMeasurer, args: argparse.Namespace) -> SpineMeasurer:
             m.refiner.iterations = args.passes
         if args.mirror_last:
             m.refiner.flip_every_pass = False
+        if args.max_turn is not None:
+            m.refiner.max_turn = args.max_turn
     return m
 
 
 def reading_text(args: argparse.Namespace) -> dict:
-    return {"tta_scales": args.tta_scales, "passes": args.passes, "mirror_last": bool(args.mirror_last)}
+    return {"tta_scales": args.tta_scales, "passes": args.passes, "mirror_last": bool(args.mirror_last),
+            "max_turn": args.max_turn}
 
 
 def refiner_file(path: Path) -> Path:

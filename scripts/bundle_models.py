@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="how many times the shipped refiner reads its crops, in place of its file's own")
     ap.add_argument("--refiner-mirror-last", action="store_true",
                     help="the refiner reads the mirror images on its last pass only")
+    ap.add_argument("--refiner-max-turn", type=float, default=None,
+                    help="degrees a refiner pass after the first may turn a vertebra (benchmarks/refine_guard.py chooses)")
+    ap.add_argument("--refiner-guard", default=None,
+                    help="the refine_guard.py result that chose the limit (for the card)")
     return ap
 
 
@@ -112,13 +116,14 @@ def _with_meta(src: str, dest: Path, changes: dict) -> str:
 
 
 def _apply_reading(a: argparse.Namespace, tmp: Path) -> None:
-    """The same weights read as ``--landmark-tta-scales`` / ``--refiner-passes`` / ``--refiner-mirror-last`` say:
+    """The same weights read as ``--landmark-tta-scales`` / ``--refiner-passes`` / ``--refiner-mirror-last`` /
+    ``--refiner-max-turn`` say:
     copies in ``tmp`` under the same names, their metadata changed, which everything after measures and ships."""
     if a.landmark_tta_scales is not None:
         a.landmarks = _with_meta(a.landmarks, tmp / "landmarks",
                                  {"tta_scales": list(parse_scales(a.landmark_tta_scales))})
-    if a.refiner and (a.refiner_passes is not None or a.refiner_mirror_last):
-        changes = {"flip_every_pass": not a.refiner_mirror_last}
+    if a.refiner and (a.refiner_passes is not None or a.refiner_mirror_last or a.refiner_max_turn is not None):
+        changes = {"flip_every_pass": not a.refiner_mirror_last, "max_turn": a.refiner_max_turn}
         if a.refiner_passes is not None:
             changes["iterations"] = a.refiner_passes
         a.refiner = _with_meta(a.refiner, tmp / "refiner", changes)
@@ -190,7 +195,8 @@ def _fp16_checks(a: argparse.Namespace, full_c: Predictor, full_lm: SpineMeasure
         lm_out["refiner"] = {"file_mb": (BUNDLE_DIR / "refiner.safetensors").stat().st_size / 2**20,
                              "weights": "int8 (weight-only, per output channel)", "source": a.refiner_source}
         rmeta = raw_metadata(a.refiner)
-        lm_out["refiner"].update(passes=rmeta.get("iterations"), mirror_every_pass=rmeta.get("flip_every_pass", True))
+        lm_out["refiner"].update(passes=rmeta.get("iterations"), mirror_every_pass=rmeta.get("flip_every_pass", True),
+                                 max_turn=rmeta.get("max_turn"))
     src_w = load_file(a.landmarks)
     if all(torch.equal(v, v.half().to(v.dtype)) for v in src_w.values() if v.is_floating_point()) and earlier:
         # Weights that were float16 already (a fold model measured again from the bundled float16 file):
@@ -207,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give either --classifier FILE or --keep-classifier")
     if a.keep_classifier:
         a.classifier = str(BUNDLE_DIR / "classifier.safetensors")
-    if (a.refiner_passes is not None or a.refiner_mirror_last) and not a.refiner:
-        ap.error("--refiner-passes and --refiner-mirror-last need --refiner")
+    if (a.refiner_passes is not None or a.refiner_mirror_last or a.refiner_max_turn is not None) and not a.refiner:
+        ap.error("--refiner-passes, --refiner-mirror-last and --refiner-max-turn need --refiner")
     a.refiner_source = a.refiner
     with tempfile.TemporaryDirectory() as tmp:
         _apply_reading(a, Path(tmp))
@@ -507,10 +513,14 @@ def _reading_text(meta: dict) -> str:
     n, every = int(meta.get("iterations", 1)), bool(meta.get("flip_every_pass", True))
     if n == 1:
         return "its mirror image read too and averaged; one pass"
+    limit = meta.get("max_turn")
+    held = ("" if limit is None else f"; a pass after the first that would turn a vertebra by more than {limit:g}° "
+            "leaves it where the pass before put it")
     if every:
-        return f"{n} passes (each cuts the crops again around the last one's corners), each crop's mirror image read too"
+        return (f"{n} passes (each cuts the crops again around the last one's corners), each crop's mirror image read "
+                f"too{held}")
     return (f"{n} passes: each cuts the crops again around the last one's corners, and the last also reads each crop's "
-            "mirror image and averages the two")
+            f"mirror image and averages the two{held}")
 
 
 def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
@@ -572,6 +582,11 @@ def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
                   f"{budget['gflops_per_film'][budget['today']]:.1f} "
                   "for the reading it replaced (six first-stage views, one pass). On the held-out films:"]
         lines += [f"  - {s}: " + _refined_line("two stages as shipped", r) + "." for s, r in shipped.items()]
+    if a.refiner_guard:  # the limit on turning chosen on the splits' validation films (benchmarks/refine_guard.py)
+        guard = json.loads(Path(a.refiner_guard).read_text())
+        limits = "; ".join(f"{k.replace(' | ', '; ')}: {v}°" for k, v in guard["chosen"].items())
+        lines += [f"- The limit on how far the second pass may turn a vertebra, chosen by the rule fixed before looking "
+                  f"({guard['rule']}; `{Path(a.refiner_guard).name}`): {limits}."]
     if not budget:  # the pass count chosen on the splits' validation films (benchmarks/refine_passes.py)
         for s in splits:
             f = RESULTS / f"refine_passes_{s}{tag}.json"
