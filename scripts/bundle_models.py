@@ -523,6 +523,38 @@ def _reading_text(meta: dict) -> str:
             f"mirror image and averages the two{held}")
 
 
+def _reading_choice_lines(a: argparse.Namespace, budget: dict | None, chosen: str, shipped: dict,
+                          splits: dict) -> list[str]:
+    """The refiner card's lines on how the shipped reading was chosen: the readings within the arithmetic
+    (``--refiner-budget``), the limit on turning (``--refiner-guard``), else the pass count per split."""
+    tag = a.refiner_split_tag
+    lines: list[str] = []
+    if budget:
+        within = ", ".join(k.replace(" | ", "; ") for k in budget["within_budget"])
+        lines += [f"- The reading shipped, {chosen.replace(' | ', '; ')} (first-stage views; refiner passes), "
+                  "chosen by the rule fixed "
+                  f"before looking ({budget['rule']}; `{Path(a.refiner_budget).name}`) among {within}, at "
+                  f"{budget['gflops_per_film'][chosen]:.1f} GFLOPs a film against "
+                  f"{budget['gflops_per_film'][budget['today']]:.1f} "
+                  "for the reading it replaced (six first-stage views, one pass). On the held-out films:"]
+        lines += [f"  - {s}: " + _refined_line("two stages as shipped", r) + "." for s, r in shipped.items()]
+    if a.refiner_guard:  # the limit on turning chosen on the splits' validation films (benchmarks/refine_guard.py)
+        guard = json.loads(Path(a.refiner_guard).read_text())
+        limits = "; ".join(f"{k.replace(' | ', '; ')}: {v}°" for k, v in guard["chosen"].items())
+        lines += [f"- The limit on how far the second pass may turn a vertebra, chosen by the rule fixed before looking "
+                  f"({guard['rule']}; `{Path(a.refiner_guard).name}`): {limits}."]
+    if not budget:  # the pass count chosen on the splits' validation films (benchmarks/refine_passes.py)
+        for s in splits:
+            f = RESULTS / f"refine_passes_{s}{tag}.json"
+            if f.is_file():
+                r = json.loads(f.read_text())
+                v = r["results"]["validation"]
+                lines += [f"- Passes ({s}, `{f.name}`): chosen on {r['n_validation']} validation films by the lower "
+                          f"SMAPE, {v['1']['smape']:.2f}% for one pass against {v['2']['smape']:.2f}% for two: "
+                          f"{r['chosen_passes']} pass{'es' if r['chosen_passes'] > 1 else ''}."]
+    return lines
+
+
 def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
     """The refiner's card, from the committed JSON: the two case-grouped splits of its recipe, the reading
     chosen on their validation films (``--refiner-budget``), the int8 weights' check and the final run."""
@@ -573,29 +605,7 @@ def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
                   "held-out films; the refiner trained with this recipe on the split's own training cases, starting "
                   "from the first stage's out-of-fold corners): " + _refined_line("first stage (corners alone)", first)
                   + "; " + _refined_line("refined, one pass", r["results"]["refined, 1 pass"]["corners alone"]) + "."]
-    if budget:
-        within = ", ".join(k.replace(" | ", "; ") for k in budget["within_budget"])
-        lines += [f"- The reading shipped, {chosen.replace(' | ', '; ')} (first-stage views; refiner passes), "
-                  "chosen by the rule fixed "
-                  f"before looking ({budget['rule']}; `{Path(a.refiner_budget).name}`) among {within}, at "
-                  f"{budget['gflops_per_film'][chosen]:.1f} GFLOPs a film against "
-                  f"{budget['gflops_per_film'][budget['today']]:.1f} "
-                  "for the reading it replaced (six first-stage views, one pass). On the held-out films:"]
-        lines += [f"  - {s}: " + _refined_line("two stages as shipped", r) + "." for s, r in shipped.items()]
-    if a.refiner_guard:  # the limit on turning chosen on the splits' validation films (benchmarks/refine_guard.py)
-        guard = json.loads(Path(a.refiner_guard).read_text())
-        limits = "; ".join(f"{k.replace(' | ', '; ')}: {v}°" for k, v in guard["chosen"].items())
-        lines += [f"- The limit on how far the second pass may turn a vertebra, chosen by the rule fixed before looking "
-                  f"({guard['rule']}; `{Path(a.refiner_guard).name}`): {limits}."]
-    if not budget:  # the pass count chosen on the splits' validation films (benchmarks/refine_passes.py)
-        for s in splits:
-            f = RESULTS / f"refine_passes_{s}{tag}.json"
-            if f.is_file():
-                r = json.loads(f.read_text())
-                v = r["results"]["validation"]
-                lines += [f"- Passes ({s}, `{f.name}`): chosen on {r['n_validation']} validation films by the lower "
-                          f"SMAPE, {v['1']['smape']:.2f}% for one pass against {v['2']['smape']:.2f}% for two: "
-                          f"{r['chosen_passes']} pass{'es' if r['chosen_passes'] > 1 else ''}."]
+    lines += _reading_choice_lines(a, budget, chosen, shipped, splits)
     for s, r in weights.items():
         q = r["results"]["int8 weights"]
         lines += [f"- int8 weights ({s}, `{r['file']}`, refiner `{r.get('refiner')}`): SMAPE {q['smape_change']:+.2f} "
