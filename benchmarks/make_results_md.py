@@ -484,6 +484,32 @@ def refine_guard_section(d: dict) -> list[str]:
     return out + [""]
 
 
+def decision_diff_section(d: dict) -> list[str]:
+    """Which KAUH films the decision calls differently under each landmark model (or refiner)."""
+    names = list(d["measurers"])
+    out = ["## Which KAUH films each landmark model's measurement decides differently", "", f"Command: `{d['command']}`",
+           "", f"Machine: {_machine(d)}. Date: {d['date']}. The CV run `{d['cv_run']}`'s out-of-fold classifier calls "
+           f"({d['n_films']} films, repeat 0; the classifier alone {d['accuracy_classifier']:.1%}); each landmark model "
+           "(with its refiner where named) measures every film, and per fold the rule is fitted on the other folds, "
+           "as the KAUH CV does.", "",
+           "| measurer | files | curve line per fold ° | accuracy with the rule (mean of folds) | changed to right | "
+           "changed to wrong |", "|---|---|---|---|---|---|"]
+    for n, r in d["measurers"].items():
+        files = f"`{r['landmarks']}`" + (f" + `{r['refiner']}`" if r["refiner"] else "")
+        out.append(f"| {n} | {files} | {', '.join(f'{x:g}' for x in r['curve_deg'].values())} | "
+                   f"{r['accuracy_with_rule_fold_mean']:.1%} | {r['changed_to_right']} | {r['changed_to_wrong']} |")
+    out += ["", f"The {len(d['films'])} films decided differently (decision, largest angle, view):", "",
+            "| film | truth | classifier | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    def cell(r: dict) -> str:
+        angle = "refused" if r["largest_deg"] is None else f"{r['largest_deg']:.1f}°"
+        return f"{r['decision']} ({angle}, {r['view'] or 'no check'})"
+
+    for f in d["films"]:
+        cells = [cell(f[n]) for n in names]
+        out.append(f"| {f['film']} | {f['truth']} | {f['classifier']} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def predict_speed_section(d: dict) -> list[str]:
     codes = d.get("code") or {"this": "the checkout of its date"}
     out = ["## Milliseconds a film of `predict` over a folder, per bundle and backend", "", f"Command: `{d['command']}`",
@@ -883,6 +909,7 @@ def _adopted_sections() -> list[str]:
             ("refine_passes_*.json", refine_passes_section, True), ("refine_budget_*.json", refine_budget_section, True),
             ("refine_curve_line_*.json", refine_curve_line_section, False),
             ("refine_guard_*.json", refine_guard_section, True),
+            ("decision_diff_*.json", decision_diff_section, False),
             ("predict_speed*.json", predict_speed_section, False),
             ("refiner_weights_*.json", refiner_weights_section, False)):
         for f in sorted((HERE / "results").glob(pattern)):

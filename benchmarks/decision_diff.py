@@ -1,0 +1,110 @@
+"""Which KAUH films the decision calls differently when another landmark model (or refiner) measures them,
+on the same out-of-fold classifier calls.
+
+    python benchmarks/decision_diff.py --cv-run runs/refactor_kauh/window-contract \\
+        --measurer seed1-fold=runs/bench_aasce_cpu_reduced_seed1/models/landmarks.safetensors \\
+        --measurer bundled-first-stage=src/spinexr/deploy/bundled/landmarks.safetensors \\
+        --measurer bundled=src/spinexr/deploy/bundled/landmarks.safetensors+src/spinexr/deploy/bundled/refiner.safetensors
+
+``kauh_augment.py`` scores the decision through a KAUH CV (the window arm, its folds and seeds) once per
+landmark model; when its figure moves between two models, this says why. Each measurer (a landmark model
+file, ``+`` its refiner) measures every film once; per fold the rule is fitted on the other folds
+(:func:`spinexr.deploy.decision.fit_fold_rule`, as ``kauh_augment.py`` does) and decides the fold's films
+from the CV run's out-of-fold classifier calls (repeat 0). Reports per measurer the lines, the accuracy with
+the rule, the decisions it changed (to right, to wrong), and every film on which the measurers' decisions
+differ, with each one's angle and view. Writes ``benchmarks/results/decision_diff_<tag>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+
+from _machine import header, write_result  # noqa: E402
+from spinexr import CLASSES  # noqa: E402
+from spinexr.deploy.decision import fit_fold_rule  # noqa: E402
+from spinexr.evaluation.decision_cv import CurveEvidence  # noqa: E402
+
+
+def oof_calls(cv_run: Path, repeat: int = 0) -> list[dict]:
+    """The CV run's out-of-fold rows of one repeat, one per film (its single model's, not the ensemble's)."""
+    rows = [r for r in csv.DictReader((cv_run / "oof_predictions.csv").open()) if int(r["repeat"]) == repeat]
+    models = sorted({r["model"] for r in rows} - {"ensemble"}) or ["ensemble"]
+    rows = [r for r in rows if r["model"] == models[0]]
+    if len({r["path"] for r in rows}) != len(rows):
+        raise SystemExit(f"{cv_run}: more than one row per film in repeat {repeat} of model {models[0]}")
+    return rows
+
+
+def decide_all(ev: CurveEvidence, rows: list[dict]) -> tuple[list[tuple[str, float, str | None]], dict]:
+    """Per film ``(decision, largest angle, view)``; per fold its curve line."""
+    folds = np.array([int(r["fold"]) for r in rows])
+    out: list = [None] * len(rows)
+    lines = {}
+    for k in sorted(set(folds.tolist())):
+        rule, check = fit_fold_rule(ev.truth, ev.angle, ev.view_features, np.flatnonzero(folds != k))
+        lines[int(k)] = rule.curve_deg
+        for i in np.flatnonzero(folds == k):
+            m = ev.measurements[i]
+            if check is not None:
+                m = check.applied(m, ev.view_features[i])
+            probs = {c: float(rows[i][f"p_{c}"]) for c in CLASSES}
+            out[i] = (rule.decide(rows[i]["pred"], probs, m).label, float(ev.angle[i]), m.view)
+    return out, lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cv-run", type=Path, required=True, help="a KAUH CV arm's run folder (oof_predictions.csv)")
+    ap.add_argument("--measurer", action="append", required=True, metavar="NAME=LANDMARKS[+REFINER]")
+    ap.add_argument("--tag", default=None)
+    args = ap.parse_args(argv)
+    head = header("decision_diff", argv)
+    rows = oof_calls(args.cv_run)
+    truth = [r["label"] for r in rows]
+    data = SimpleNamespace(paths=[r["path"] for r in rows], labels=[CLASSES.index(t) for t in truth])
+    called = [r["pred"] for r in rows]
+    results, decisions = {}, {}
+    for spec in args.measurer:
+        name, _, files = spec.partition("=")
+        landmarks, _, refiner = files.partition("+")
+        ev = CurveEvidence(landmarks, data, refiner=refiner or None, progress=False)
+        dec, lines = decide_all(ev, rows)
+        decisions[name] = dec
+        changed = [i for i, d in enumerate(dec) if d[0] != called[i]]
+        right = np.array([d[0] == t for d, t in zip(dec, truth)])
+        folds = np.array([int(r["fold"]) for r in rows])
+        results[name] = {"landmarks": landmarks, "refiner": refiner or None, "curve_deg": lines,
+                         "accuracy_with_rule": float(right.mean()),
+                         # kauh_augment.py's figure: the mean of the folds' accuracies
+                         "accuracy_with_rule_fold_mean": float(np.mean([right[folds == k].mean() for k in lines])),
+                         "changed_to_right": sum(dec[i][0] == truth[i] for i in changed),
+                         "changed_to_wrong": sum(dec[i][0] != truth[i] for i in changed)}
+        print(f"{name}: lines {lines}, accuracy with the rule {results[name]['accuracy_with_rule']:.1%} "
+              f"(mean of folds {results[name]['accuracy_with_rule_fold_mean']:.1%}), changed "
+              f"{results[name]['changed_to_right']} to right, {results[name]['changed_to_wrong']} to wrong", flush=True)
+    films = []
+    for i, r in enumerate(rows):
+        each = {n: decisions[n][i] for n in decisions}
+        if len({d[0] for d in each.values()}) > 1:
+            films.append({"film": str(Path(r["path"]).relative_to(Path(r["path"]).parents[1])), "truth": truth[i],
+                          "classifier": called[i],
+                          **{n: {"decision": d[0], "largest_deg": None if np.isnan(d[1]) else round(d[1], 1),
+                                 "view": d[2]} for n, d in each.items()}})
+    print(f"{len(films)} films decided differently")
+    write_result(f"decision_diff_{args.tag or 'kauh'}.json",
+                 {**head, "cv_run": str(args.cv_run), "n_films": len(rows), "accuracy_classifier":
+                  float(np.mean([c == t for c, t in zip(called, truth)])), "measurers": results, "films": films})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
