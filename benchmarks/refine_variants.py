@@ -34,7 +34,7 @@ from spinexr.deploy.modelfile import model_kind, save_refiner_model  # noqa: E40
 from spinexr.evaluation.landmark_cv import tolerance_scores  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
 from spinexr.models.landmark import LandmarkNet  # noqa: E402
-from spinexr.models.refine import VertebraRefiner  # noqa: E402
+from spinexr.models.refine import VertebraRefiner, turn_limit  # noqa: E402
 
 AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"
 VARIANTS = {"zooms+flip, refiner flip": ((1.0, 0.85, 1.1), True),
@@ -43,12 +43,19 @@ VARIANTS = {"zooms+flip, refiner flip": ((1.0, 0.85, 1.1), True),
             "flip only, refiner plain": ((1.0,), False)}
 
 
+def _degrees(text: str) -> float | None:
+    try:
+        return turn_limit(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_reading_args(ap: argparse.ArgumentParser) -> None:
     """Options that read a measurer's models another way than their files say (refine_budget.py chooses)."""
     ap.add_argument("--tta-scales", default=None, help="the first stage's test-time zooms (e.g. 1: the mirror image alone)")
     ap.add_argument("--passes", type=int, default=None, choices=(1, 2, 3), help="the refiner's passes")
     ap.add_argument("--mirror-last", action="store_true", help="the refiner reads mirror images on its last pass only")
-    ap.add_argument("--max-turn", type=float, default=None,
+    ap.add_argument("--max-turn", type=_degrees, default=None,
                     help="degrees a pass after the first may turn a vertebra (refine_guard.py chooses)")
 
 

@@ -165,6 +165,15 @@ def test_the_limit_on_turning_travels_in_the_refiner_file(refiner_file, tmp_path
         load_refiner_model(bad)
 
 
+@pytest.mark.parametrize("bad", [0, -3, 181, True, "abc", [4]])
+def test_a_limit_on_turning_that_is_not_degrees_is_refused_with_its_value(bad) -> None:
+    from spinexr.models.refine import turn_limit
+
+    with pytest.raises(ValueError, match="max_turn"):
+        turn_limit(bad)
+    assert turn_limit(None) is None and turn_limit("6") == 6.0 and turn_limit(180) == 180.0
+
+
 def _records(tmp_path, n: int, seed: int) -> list[LandmarkRecord]:
     from PIL import Image
 

@@ -250,19 +250,11 @@ def save_refiner_model(refiner: Any, path: str | Path, cfg: dict[str, Any],
     return write_model_file(state, meta, path)
 
 
-def _max_turn(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 180:
-        raise ValueError(f"max_turn {value!r} is not a number of degrees from 0 to 180, nor null")
-    return float(value)
-
-
 def load_refiner_model(path: str | Path, device: str | torch.device = "cpu",
                        network: bool = True) -> tuple[Any, dict[str, Any]]:
     """A vertebra refiner file as ``(VertebraRefiner in eval mode, metadata)``. With ``network=False``
     only its geometry (crops cut and placed back) is built, for crops read by its ONNX export."""
-    from spinexr.models.refine import VertebraRefiner
+    from spinexr.models.refine import VertebraRefiner, turn_limit
 
     path = Path(path)
     meta = raw_metadata(path, "vertebra refiner file not found")
@@ -279,7 +271,7 @@ def load_refiner_model(path: str | Path, device: str | torch.device = "cpu",
                               # files written before this setting mirrored every pass
                               flip_every_pass=bool(meta.get("flip_every_pass", True)),
                               # files written before this setting had no limit
-                              max_turn=_max_turn(meta.get("max_turn")))
+                              max_turn=turn_limit(meta.get("max_turn")))
     except (KeyError, TypeError, ValueError, RuntimeError, WeightsError) as e:
         raise WeightsError(f"{path}: malformed vertebra refiner ({e}); use the file as spinexr wrote it") from e
     if missing or unexpected:

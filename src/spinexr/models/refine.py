@@ -99,6 +99,21 @@ def vertebra_turns(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.atan2(cross, (a * b).sum(-1))).abs()
 
 
+def turn_limit(value: object) -> float | None:
+    """A limit on turning (:attr:`VertebraRefiner.max_turn`) as a float, or None for no limit; ValueError
+    for anything but a number of degrees more than 0 and at most 180 (a string is read as a number)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"max_turn {value!r} is not a number of degrees") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 180:
+        raise ValueError(f"max_turn {value!r}: a limit in degrees is more than 0 and at most 180 (null: no limit)")
+    return float(value)
+
+
 class VertebraRefiner(nn.Module):
     """(1, 1, H, W) film at ``film_height`` in [0, 1] and (17, 4, 2) corners in its pixels -> refined
     (17, 4, 2) corners. ``iterations`` > 1 cuts the crops again around the refined corners; with
