@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from _machine import header, write_result  # noqa: E402
 from spinexr import CLASSES  # noqa: E402
-from spinexr.deploy.decision import fit_fold_rule  # noqa: E402
+from spinexr.deploy.decision import fold_decisions  # noqa: E402
 from spinexr.evaluation.decision_cv import CurveEvidence  # noqa: E402
 
 
@@ -44,23 +44,6 @@ def oof_calls(cv_run: Path, repeat: int = 0) -> list[dict]:
     return rows
 
 
-def decide_all(ev: CurveEvidence, rows: list[dict]) -> tuple[list[tuple[str, float, str | None]], dict]:
-    """Per film ``(decision, largest angle, view)``; per fold its curve line."""
-    folds = np.array([int(r["fold"]) for r in rows])
-    out: list = [None] * len(rows)
-    lines = {}
-    for k in sorted(set(folds.tolist())):
-        rule, check = fit_fold_rule(ev.truth, ev.angle, ev.view_features, np.flatnonzero(folds != k))
-        lines[int(k)] = rule.curve_deg
-        for i in np.flatnonzero(folds == k):
-            m = ev.measurements[i]
-            if check is not None:
-                m = check.applied(m, ev.view_features[i])
-            probs = {c: float(rows[i][f"p_{c}"]) for c in CLASSES}
-            out[i] = (rule.decide(rows[i]["pred"], probs, m).label, float(ev.angle[i]), m.view)
-    return out, lines
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cv-run", type=Path, required=True, help="a KAUH CV arm's run folder (oof_predictions.csv)")
@@ -72,25 +55,27 @@ def main(argv: list[str] | None = None) -> int:
     truth = [r["label"] for r in rows]
     data = SimpleNamespace(paths=[r["path"] for r in rows], labels=[CLASSES.index(t) for t in truth])
     called = [r["pred"] for r in rows]
+    folds = [int(r["fold"]) for r in rows]
+    probs = [{c: float(r[f"p_{c}"]) for c in CLASSES} for r in rows]
     results, decisions = {}, {}
     for spec in args.measurer:
         name, _, files = spec.partition("=")
         landmarks, _, refiner = files.partition("+")
         ev = CurveEvidence(landmarks, data, refiner=refiner or None, progress=False)
-        dec, lines = decide_all(ev, rows)
-        decisions[name] = dec
-        changed = [i for i, d in enumerate(dec) if d[0] != called[i]]
-        right = np.array([d[0] == t for d, t in zip(dec, truth)])
-        folds = np.array([int(r["fold"]) for r in rows])
-        results[name] = {"landmarks": landmarks, "refiner": refiner or None, "curve_deg": lines,
-                         "accuracy_with_rule": float(right.mean()),
+        scored = ev.score(np.array([[p[c] for c in CLASSES] for p in probs]), np.array(folds))  # as the KAUH CV scores it
+        labels, judged, _ = fold_decisions(ev.truth, called, probs, folds, ev.measurements, ev.max_rate,
+                                           ev.view_features, ev.keep_lumbar_out)
+        decisions[name] = [(lab, float(ev.angle[i]), judged[i].view) for i, lab in enumerate(labels)]
+        results[name] = {"landmarks": landmarks, "refiner": refiner or None,
+                         "curve_deg": {f["fold"]: f["curve_deg"] for f in scored["folds"]},
+                         "accuracy_with_rule": float(np.mean([lab == t for lab, t in zip(labels, truth)])),
                          # kauh_augment.py's figure: the mean of the folds' accuracies
-                         "accuracy_with_rule_fold_mean": float(np.mean([right[folds == k].mean() for k in lines])),
-                         "changed_to_right": sum(dec[i][0] == truth[i] for i in changed),
-                         "changed_to_wrong": sum(dec[i][0] != truth[i] for i in changed)}
-        print(f"{name}: lines {lines}, accuracy with the rule {results[name]['accuracy_with_rule']:.1%} "
-              f"(mean of folds {results[name]['accuracy_with_rule_fold_mean']:.1%}), changed "
-              f"{results[name]['changed_to_right']} to right, {results[name]['changed_to_wrong']} to wrong", flush=True)
+                         "accuracy_with_rule_fold_mean": scored["accuracy_with_rule_mean"],
+                         "changed_to_right": scored["changed_to_right"], "changed_to_wrong": scored["changed_to_wrong"]}
+        r = results[name]
+        print(f"{name}: lines {r['curve_deg']}, accuracy with the rule {r['accuracy_with_rule']:.1%} (mean of folds "
+              f"{r['accuracy_with_rule_fold_mean']:.1%}), changed {r['changed_to_right']} to right, "
+              f"{r['changed_to_wrong']} to wrong", flush=True)
     films = []
     for i, r in enumerate(rows):
         each = {n: decisions[n][i] for n in decisions}

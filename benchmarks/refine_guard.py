@@ -43,13 +43,12 @@ from _machine import header, write_result  # noqa: E402
 from aasce_refine import _split  # noqa: E402
 from refine_curve_line import _summary  # noqa: E402
 from refine_variants import refiner_file  # noqa: E402
-from spinexr.data.contract import fit_to_box  # noqa: E402
 from spinexr.data.imread import list_images, read_image  # noqa: E402
 from spinexr.data.landmarks import load_landmark_source  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
 from spinexr.evaluation.landmark_cv import tolerance_scores  # noqa: E402
 from spinexr.geometry.plausibility import implausibility  # noqa: E402
-from spinexr.models.refine import refiner_box, vertebra_turns  # noqa: E402
+from spinexr.models.refine import vertebra_turns  # noqa: E402
 
 AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"
 KAUH = HERE.parent.parent / "shared" / "data" / "kauh-spine-xray"
@@ -93,8 +92,7 @@ def measure_split(landmark_run: Path, refiner: Path, data: Path, kauh: list, n_c
         for part, imgs in films.items():
             rows = []
             for img, (first, _) in zip(imgs, m.first_stage(imgs)):
-                p1, p2 = m.refine_passes(img, first, space="refiner")
-                _, pl = fit_to_box(img, *refiner_box(*img.shape, m.refiner.film_height), "stretch")
+                (p1, p2), pl = m.refine_passes(img, first)
                 f1, f2 = (pl.points_to_original(p.reshape(-1, 2)).reshape(17, 4, 2) for p in (p1, p2))
                 rows.append((img, first, f1, f2, vertebra_turns(torch.from_numpy(p1), torch.from_numpy(p2)).numpy()))
             turns = np.concatenate([r[4] for r in rows])

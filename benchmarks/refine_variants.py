@@ -43,7 +43,9 @@ VARIANTS = {"zooms+flip, refiner flip": ((1.0, 0.85, 1.1), True),
             "flip only, refiner plain": ((1.0,), False)}
 
 
-def _degrees(text: str) -> float | None:
+def degrees_arg(text: str) -> float | None:
+    """An argparse type for a limit on turning (``--max-turn``, ``bundle_models.py --refiner-max-turn``):
+    :func:`~spinexr.models.refine.turn_limit`'s message on a bad value."""
     try:
         return turn_limit(text)
     except ValueError as e:
@@ -55,7 +57,7 @@ def add_reading_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--tta-scales", default=None, help="the first stage's test-time zooms (e.g. 1: the mirror image alone)")
     ap.add_argument("--passes", type=int, default=None, choices=(1, 2, 3), help="the refiner's passes")
     ap.add_argument("--mirror-last", action="store_true", help="the refiner reads mirror images on its last pass only")
-    ap.add_argument("--max-turn", type=_degrees, default=None,
+    ap.add_argument("--max-turn", type=degrees_arg, default=None,
                     help="degrees a pass after the first may turn a vertebra (refine_guard.py chooses)")
 
 

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from _machine import header, write_result  # noqa: E402
+from refine_variants import degrees_arg  # noqa: E402
 from spinexr import CLASSES  # noqa: E402
 from spinexr.config import SPINE_CENTRED_MODES  # noqa: E402
 from spinexr.data.imread import list_images, read_image  # noqa: E402
@@ -41,7 +42,6 @@ from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
 from spinexr.deploy.modelfile import raw_metadata, read_metadata, write_model_file  # noqa: E402
 from spinexr.deploy.predictor import Predictor  # noqa: E402
 from spinexr.models.landmark import parse_scales  # noqa: E402
-from spinexr.models.refine import turn_limit  # noqa: E402
 
 KAUH = ROOT.parent / "shared" / "data" / "kauh-spine-xray"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -102,19 +102,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="how many times the shipped refiner reads its crops, in place of its file's own")
     ap.add_argument("--refiner-mirror-last", action="store_true",
                     help="the refiner reads the mirror images on its last pass only")
-    ap.add_argument("--refiner-max-turn", type=_degrees, default=None,
+    ap.add_argument("--refiner-max-turn", type=degrees_arg, default=None,
                     help="degrees a refiner pass after the first may turn a vertebra (benchmarks/refine_guard.py chooses)")
     ap.add_argument("--refiner-guard", default=None,
                     help="the refine_guard.py result that chose the limit (for the card)")
     return ap
-
-
-def _degrees(text: str) -> float | None:
-    """``--refiner-max-turn``: a number of degrees more than 0, at most 180."""
-    try:
-        return turn_limit(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _with_meta(src: str, dest: Path, changes: dict) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spinexr.data.contract import DataConfig, fit_to_box
+from spinexr.data.contract import DataConfig, Placement, fit_to_box
 from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.modelfile import landmark_metadata, load_landmark_model, load_refiner_model
 from spinexr.deploy.predictor import _ort_session
@@ -160,22 +160,20 @@ class SpineMeasurer:
 
     def refine(self, img: np.ndarray, corners: np.ndarray) -> np.ndarray:
         """(17, 4, 2) film-pixel corners read again by the vertebra refiner, on the film resized to its height."""
-        return self.refine_passes(img, corners)[-1]
+        passes, pl = self.refine_passes(img, corners)
+        return pl.points_to_original(passes[-1].reshape(-1, 2)).reshape(17, 4, 2)
 
     @torch.no_grad()
-    def refine_passes(self, img: np.ndarray, corners: np.ndarray, space: str = "film") -> list[np.ndarray]:
-        """Each refiner pass's (17, 4, 2) corners (the last are :meth:`refine`'s), in the film's pixels or,
-        with ``space="refiner"``, in those of the film as the refiner reads it (where its limit on turning
-        is measured)."""
+    def refine_passes(self, img: np.ndarray, corners: np.ndarray) -> tuple[list[np.ndarray], Placement]:
+        """Each refiner pass's (17, 4, 2) corners (the last are :meth:`refine`'s) in the pixels of the film as
+        the refiner reads it (where its limit on turning is measured), and that film's placement
+        (``points_to_original`` maps them back to the film's own pixels)."""
         assert self.refiner is not None
         x8, pl = fit_to_box(img, *refiner_box(*img.shape, self.refiner.film_height), "stretch")
         film = torch.from_numpy(x8.astype(np.float32) / 255.0)[None, None].to(self.device)
         start = torch.as_tensor(pl.points_to_input(corners.reshape(-1, 2)).reshape(17, 4, 2), dtype=torch.float32)
         out = self.refiner.passes(film, start.to(self.device), self._read_crops_onnx if self.refiner_session else None)
-        out = [p.cpu().numpy() for p in out]
-        if space == "refiner":
-            return out
-        return [pl.points_to_original(p.reshape(-1, 2)).reshape(17, 4, 2) for p in out]
+        return [p.cpu().numpy() for p in out], pl
 
     def _read_crops_onnx(self, crops: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.refiner_session.run(["corners"], {"crops": crops.cpu().numpy()})[0])

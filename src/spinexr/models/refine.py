@@ -89,7 +89,8 @@ def cut_crops(film: torch.Tensor, fr: torch.Tensor, size: int) -> torch.Tensor:
 
 def vertebra_turns(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """(..., 17, 4, 2) corners twice -> (..., 17) degrees each vertebra's midline (the middle of its left
-    side to the middle of its right side, what the Cobb angles are read from) turned between them."""
+    side to the middle of its right side, what the Cobb angles are read from: the midline of
+    :func:`spinexr.geometry.cobb.midlines`, here on tensors) turned between them."""
 
     def midline(v: torch.Tensor) -> torch.Tensor:
         return (v[..., 1, :] + v[..., 3, :] - v[..., 0, :] - v[..., 2, :]) / 2
