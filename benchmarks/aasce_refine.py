@@ -81,6 +81,11 @@ def _score(recs: list, idx: np.ndarray, corners: dict[str, np.ndarray], weight: 
             "implausible": int(sum(bool(implausibility(corners[str(Path(recs[i].path).resolve())])) for i in idx))}
 
 
+def _budget(args: argparse.Namespace) -> float | None:
+    """``--minutes`` as the trainer takes it: 0 or less is no time budget (the schedule runs ``--epochs``)."""
+    return args.minutes if args.minutes > 0 else None
+
+
 def _final(args: argparse.Namespace, head: dict, t0: float) -> int:
     """The refiner to ship: trained on every film whose labels are plausible; a tenth of the cases choose the epoch."""
     recs = load_landmark_source(args.data).records
@@ -97,7 +102,7 @@ def _final(args: argparse.Namespace, head: dict, t0: float) -> int:
     refiner = VertebraRefiner(LandmarkNet(cfg.encoder, out_channels=4), crop=cfg.crop, span=cfg.span,
                               film_height=cfg.film_height, iterations=args.passes)
     fit = fit_refiner(refiner, data, fit_pos, val_pos, cfg, checkpoint=run_dir / "checkpoint.pt",
-                      max_minutes=args.minutes if args.minutes > 0 else None, resume=args.resume)
+                      max_minutes=_budget(args), resume=args.resume)
     summary = {"source": str(args.data), "n_train": len(fit_idx), "n_val": len(val_idx), "split": "all films",
                "labels_implausible_left_out": int(len(recs) - len(ok)), "command": head["command"],
                "trained_on": head["machine"]["cpu"], "train_seconds": fit["train_seconds"],
@@ -116,7 +121,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--final", action="store_true", help="train the refiner to ship: every film with plausible labels "
                     "(10%% of the cases choose the epoch), nothing held out")
     ap.add_argument("--data", type=Path, default=AASCE)
-    ap.add_argument("--minutes", type=float, default=30.0, help="the refiner's training budget")
+    ap.add_argument("--minutes", type=float, default=30.0,
+                    help="the refiner's training budget (0: none, --epochs alone sets the schedule)")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--encoder", default="resnet18")
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     refiner = VertebraRefiner(LandmarkNet(cfg.encoder, out_channels=4), crop=cfg.crop, span=cfg.span,
                               film_height=cfg.film_height)
     fit = fit_refiner(refiner, data, fit_idx, val_idx, cfg, checkpoint=run_dir / "checkpoint.pt",
-                      max_minutes=args.minutes, resume=args.resume)
+                      max_minutes=_budget(args), resume=args.resume)
     save_refiner_model(refiner, run_dir / "refiner.safetensors", cfg.to_dict(),
                        {"source": str(args.data), "n_train": int(len(fit_idx)), "split": "fold 0",
                         "landmark_run": str(args.landmark_run)})
