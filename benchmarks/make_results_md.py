@@ -326,14 +326,24 @@ def landmark_framing_section(d: dict) -> list[str]:
 
 
 def angle_correction_section(d: dict) -> list[str]:
-    out = [f"## Reading corrections on a finished landmark run ({d['landmark_run']})", "", f"Command: `{d['command']}`", "",
+    two = d.get("refiner")
+    stages = f", the two stages (refiner `{two}`)" if two else ""
+    kauh = "kauh_curve_deg" in next(iter(d["rows"].values()))
+    out = [f"## Reading corrections on a finished landmark run ({d['landmark_run']}{stages})", "",
+           f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}. Date: {d['date']}. Held-out films of the run, angles read with centreline weight "
-           f"{d['centreline_weight']:g}; the recalibration fitted on its {d['n_validation']} validation films, the shape "
-           f"prior on its {d['n_training_shapes']} training films' labels.", "",
-           "| reading | SMAPE % | largest-angle MAE ° | within 5° | mean error on curves >= 40° |", "|---|---|---|---|---|"]
+           f"{d['centreline_weight']:g}; the recalibration"
+           + (" and the gains" if any("gain" in r for r in d["rows"].values()) else "")
+           + f" fitted on its {d['n_validation']} validation films, the shape prior on its {d['n_training_shapes']} "
+           "training films' labels."
+           + (f" The curve line: fitted on the {d['n_kauh_normal']} KAUH Normal films read the same way." if kauh else ""),
+           "", "| reading | SMAPE % | largest-angle MAE ° | within 5° | mean error on curves >= 40° |"
+           + (" KAUH curve line |" if kauh else ""), "|---|---|---|---|---|" + ("---|" if kauh else "")]
     for name, r in d["rows"].items():
         bias = "n/a" if r["mean_error_ge40"] is None else f"{r['mean_error_ge40']:+.1f}° ({r['n_ge40']} films)"
-        out.append(f"| {name} | {r['smape']:.2f} | {r['mae_largest']:.2f} | {r['within_5deg']:.0%} | {bias} |")
+        shown = f"{name} (g = {r['gain']:.3f})" if "gain" in r else name
+        out.append(f"| {shown} | {r['smape']:.2f} | {r['mae_largest']:.2f} | {r['within_5deg']:.0%} | {bias} |"
+                   + (f" {r['kauh_curve_deg']:.1f}° |" if kauh else ""))
     return out + [""]
 
 
