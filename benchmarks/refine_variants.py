@@ -32,7 +32,7 @@ from spinexr.data.landmarks import load_landmark_source  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
 from spinexr.deploy.modelfile import model_kind, save_refiner_model  # noqa: E402
 from spinexr.evaluation.landmark_cv import tolerance_scores  # noqa: E402
-from spinexr.geometry.cobb import cobb_angles  # noqa: E402
+from spinexr.geometry.cobb import cobb_angles, tilt_gain  # noqa: E402
 from spinexr.models.landmark import LandmarkNet  # noqa: E402
 from spinexr.models.refine import VertebraRefiner, turn_limit  # noqa: E402
 
@@ -52,6 +52,15 @@ def degrees_arg(text: str) -> float | None:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def gain_arg(text: str) -> float:
+    """An argparse type for a gain on tilts (``--tilt-gain``): :func:`~spinexr.geometry.cobb.tilt_gain`'s message
+    on a bad value."""
+    try:
+        return tilt_gain(float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e) if "tilt_gain" in str(e) else f"tilt_gain {text!r} is not a number") from None
+
+
 def add_reading_args(ap: argparse.ArgumentParser) -> None:
     """Options that read a measurer's models another way than their files say (refine_budget.py chooses)."""
     ap.add_argument("--tta-scales", default=None, help="the first stage's test-time zooms (e.g. 1: the mirror image alone)")
@@ -59,6 +68,8 @@ def add_reading_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--mirror-last", action="store_true", help="the refiner reads mirror images on its last pass only")
     ap.add_argument("--max-turn", type=degrees_arg, default=None,
                     help="degrees a pass after the first may turn a vertebra (refine_guard.py chooses)")
+    ap.add_argument("--tilt-gain", type=gain_arg, default=None,
+                    help="a gain on the refined tilts (angle_correction.py fits it on validation films)")
 
 
 def apply_reading(m: SpineMeasurer, args: argparse.Namespace) -> SpineMeasurer:
@@ -74,12 +85,14 @@ def apply_reading(m: SpineMeasurer, args: argparse.Namespace) -> SpineMeasurer:
             m.refiner.flip_every_pass = False
         if args.max_turn is not None:
             m.refiner.max_turn = args.max_turn
+        if args.tilt_gain is not None:
+            m.tilt_gain = args.tilt_gain
     return m
 
 
 def reading_text(args: argparse.Namespace) -> dict:
     return {"tta_scales": args.tta_scales, "passes": args.passes, "mirror_last": bool(args.mirror_last),
-            "max_turn": args.max_turn}
+            "max_turn": args.max_turn, "tilt_gain": args.tilt_gain}
 
 
 def refiner_file(path: Path) -> Path:

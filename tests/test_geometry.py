@@ -13,7 +13,7 @@ from PIL import Image
 
 from spinexr.data.landmarks import XY_COLUMNS, read_aasce, read_landmark_csv, write_landmark_csv
 from spinexr.errors import DatasetError
-from spinexr.geometry.cobb import centreline_tilts, cobb_angles, flip_landmarks, severity_band
+from spinexr.geometry.cobb import centreline_tilts, cobb_angles, flip_landmarks, severity_band, tilt_gain, widen_tilts
 
 AASCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aasce-spine-ap"
 
@@ -55,6 +55,31 @@ def test_s_curve_angles_end_vertebrae_and_apex() -> None:
     assert r.band == "severe" and r.largest == pytest.approx(45.0)
     d = r.to_dict()
     assert d["pt"]["upper_end"] == "T3" and d["bands"].startswith("none < 10")
+
+
+def test_widened_tilts_scale_every_angle_and_keep_the_vertebrae_in_place() -> None:
+    tilts = [3, 5, 20, 12, 4, -4, -12, -20, -25, -18, -8, 0, 4, 8, 9, 10, 6]  # a spine turned by 3 degrees at T1
+    v = spine(tilts)
+    before = cobb_angles(v, 600)
+    for gain in (0.8, 1.0, 1.07):
+        w = widen_tilts(v, gain)
+        after = cobb_angles(w, 600)
+        assert after.angles == pytest.approx(tuple(gain * a for a in before.angles), abs=1e-6)
+        assert (after.pt.upper, after.pt.lower) == (before.pt.upper, before.pt.lower)
+        assert np.allclose(w.mean(axis=1), v.mean(axis=1))  # each vertebra turned about its own centre
+        # each vertebra keeps its shape: the same side lengths
+        assert np.allclose(np.linalg.norm(w[:, 1] - w[:, 0], axis=1), np.linalg.norm(v[:, 1] - v[:, 0], axis=1))
+    # the spine's mean tilt is where the departures are measured from: a whole spine turned stays turned
+    turned = widen_tilts(spine([10.0] * 17), 1.5)
+    assert cobb_angles(turned, 600).largest == pytest.approx(0.0, abs=1e-5)
+    assert np.allclose(turned, spine([10.0] * 17))
+
+
+@pytest.mark.parametrize("bad", [0.0, 3.0, -1.0, True, "1.05", None])
+def test_a_gain_on_tilts_out_of_range_is_named(bad: object) -> None:
+    with pytest.raises(ValueError, match="tilt_gain"):
+        tilt_gain(bad)
+    assert tilt_gain(1) == 1.0 and tilt_gain(1.04) == pytest.approx(1.04)
 
 
 def test_severity_bands() -> None:

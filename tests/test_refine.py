@@ -165,6 +165,44 @@ def test_the_limit_on_turning_travels_in_the_refiner_file(refiner_file, tmp_path
         load_refiner_model(bad)
 
 
+def test_a_gain_on_tilts_in_the_refiner_file_widens_what_is_measured_and_drawn(refiner_file, tiny_models, synth_dir,
+                                                                               tmp_path) -> None:
+    """``tilt_gain`` in a refiner file: each refined vertebra is turned away from the spine's mean tilt by
+    that gain, so the corners returned (and drawn) read angles that many times as large; a malformed gain
+    is refused with its value."""
+    from safetensors.torch import load_file
+
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.measure import SpineMeasurer
+    from spinexr.deploy.modelfile import load_refiner_model, save_refiner_model, write_model_file
+    from spinexr.errors import WeightsError
+    from spinexr.geometry.cobb import widen_tilts
+
+    ref, meta = load_refiner_model(refiner_file)
+    assert meta.get("tilt_gain", 1.0) == 1.0
+    widened = save_refiner_model(ref, tmp_path / "gain.safetensors", meta["settings"], meta["training_data"],
+                                 tilt_gain=1.25)
+    plain = SpineMeasurer(tiny_models["landmarks"], refiner=refiner_file)
+    wide = SpineMeasurer(tiny_models["landmarks"], refiner=widened)
+    assert plain.tilt_gain == 1.0 and wide.tilt_gain == 1.25
+    img, _ = read_image(sorted(synth_dir.rglob("*.jpg"))[0])
+    first, _ = plain.first_stage([img])[0]
+    # The tiny refiner places every corner of a vertebra at one point, with no tilt to widen: the refiner's
+    # corners are those of a curved spine here (its own reading is tested above), what follows is the file's.
+    curved = _turned(_spines(1, seed=3)[0], torch.linspace(-12, 15, 17)).double().numpy()
+    for m in (plain, wide):
+        m.refine = lambda img, corners: curved.copy()
+    a, b = plain.second_stage(img, first)[0], wide.second_stage(img, first)[0]
+    assert np.allclose(a, curved) and np.allclose(b, widen_tilts(a, 1.25), atol=1e-6)
+    assert not np.allclose(a, b, atol=1e-3)
+    h = img.shape[0]
+    assert wide.angles(b, h).angles == pytest.approx(tuple(1.25 * x for x in plain.angles(a, h).angles), abs=1e-4)
+    bad = write_model_file(load_file(str(widened)), {**load_refiner_model(widened)[1], "tilt_gain": 7},
+                           tmp_path / "bad_gain.safetensors")
+    with pytest.raises(WeightsError, match="tilt_gain 7"):
+        SpineMeasurer(tiny_models["landmarks"], refiner=bad)
+
+
 @pytest.mark.parametrize("bad", [0, -3, 181, True, "abc", [4]])
 def test_a_limit_on_turning_that_is_not_degrees_is_refused_with_its_value(bad) -> None:
     from spinexr.models.refine import turn_limit

@@ -15,7 +15,7 @@ from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.modelfile import landmark_metadata, load_landmark_model, load_refiner_model
 from spinexr.deploy.predictor import _ort_session
 from spinexr.errors import SpinexrError, WeightsError
-from spinexr.geometry.cobb import BAND_TEXT, CobbResult, cobb_angles
+from spinexr.geometry.cobb import BAND_TEXT, CobbResult, cobb_angles, tilt_gain, widen_tilts
 from spinexr.geometry.overlay import draw_overlay
 from spinexr.geometry.plausibility import implausibility
 from spinexr.geometry.view import ViewCheck, view_features
@@ -85,6 +85,12 @@ class SpineMeasurer:
             self.refiner.net = inference_form(self.refiner.net)
         if self.refiner is not None:
             self.centreline_weight = float(self.refiner_meta.get("centreline_weight", 0.0))
+        # A gain on the refined tilts (files without one: 1, none), calibrated on validation films
+        # (geometry.cobb.widen_tilts): the corners drawn are those the angles are read from.
+        try:
+            self.tilt_gain = tilt_gain(self.refiner_meta.get("tilt_gain", 1.0))
+        except ValueError as e:
+            raise WeightsError(f"{refiner}: malformed vertebra refiner ({e}); use the file as spinexr wrote it") from e
         # With the onnx backend the refiner's crops are read by its export (they are still cut by PyTorch).
         self.refiner_session = (_ort_session(Path(refiner_onnx_path), threads)[0]
                                 if self.refiner is not None and refiner_onnx_path is not None else None)
@@ -136,6 +142,8 @@ class SpineMeasurer:
         if self.refiner is None:
             return first, reasons
         refined = self.refine(img, first)
+        if self.tilt_gain != 1.0:
+            refined = widen_tilts(refined, self.tilt_gain)
         return refined, self.judge_refined(reasons, refined)
 
     def measure_batch(self, imgs: list[np.ndarray]) -> list[Measurement]:

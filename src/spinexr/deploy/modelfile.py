@@ -236,14 +236,17 @@ def dequantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_refiner_model(refiner: Any, path: str | Path, cfg: dict[str, Any],
-                       data_summary: dict[str, Any] | None = None, centreline_weight: float = 0.0) -> Path:
+                       data_summary: dict[str, Any] | None = None, centreline_weight: float = 0.0,
+                       tilt_gain: float = 1.0) -> Path:
     """Write a vertebra refiner file (:mod:`spinexr.models.refine`): weights, crop geometry and how the
-    refined corners are read (``centreline_weight``; 0: each vertebra's own corners, the definition)."""
+    refined corners are read (``centreline_weight``; 0: each vertebra's own corners, the definition;
+    ``tilt_gain``: :func:`spinexr.geometry.cobb.widen_tilts` on the refined corners, 1: none)."""
     meta = {"format": REFINER_FORMAT, "encoder": refiner.net.arch, "crop": refiner.crop, "span": refiner.span,
             "film_height": refiner.film_height, "mean": refiner.mean, "std": refiner.std,
             "tta_flip": refiner.tta_flip, "iterations": refiner.iterations, "flip_every_pass": refiner.flip_every_pass,
             "max_turn": refiner.max_turn,
-            "centreline_weight": float(centreline_weight), "levels": list(LEVELS), "corners": list(CORNERS),
+            "centreline_weight": float(centreline_weight), "tilt_gain": float(tilt_gain),
+            "levels": list(LEVELS), "corners": list(CORNERS),
             "settings": cfg, "spinexr_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "training_data": data_summary or {}}
     state = {k: v.detach().cpu().contiguous() for k, v in refiner.net.state_dict().items()}

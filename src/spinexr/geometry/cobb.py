@@ -109,6 +109,31 @@ def angle_matrix(vec: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(unit @ unit.T, -1.0, 1.0)))
 
 
+def tilt_gain(value: object) -> float:
+    """A gain on tilts (:func:`widen_tilts`) as a float; ValueError naming the value when it is not a number
+    from 0.5 to 2 (a reading that halves or doubles every angle is no calibration)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 <= float(value) <= 2.0:
+        raise ValueError(f"tilt_gain {value!r}: a gain on tilts is a number from 0.5 to 2 (1: none)")
+    return float(value)
+
+
+def widen_tilts(landmarks: np.ndarray, gain: float) -> np.ndarray:
+    """(17, 4, 2) corners with each vertebra turned about its own centre so that its midline's departure
+    from the spine's mean tilt is ``gain`` times what it was. Every angle between two midlines, and so
+    every Cobb angle read from the corners alone (``centreline_weight`` 0), is then ``gain`` times as
+    large; the vertebrae stay where they were, so the drawn corners still show the angles read."""
+    v = as_vertebrae(landmarks).astype(np.float64)
+    m = midlines(v)
+    theta = np.arctan2(m[:, 1], m[:, 0])
+    unit = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    mean = np.arctan2(unit[:, 1].sum(), unit[:, 0].sum())
+    turn = (gain - 1.0) * np.angle(np.exp(1j * (theta - mean)))  # each departure, wrapped to (-pi, pi]
+    c, s = np.cos(turn)[:, None], np.sin(turn)[:, None]
+    centre = v.mean(axis=1, keepdims=True)
+    d = v - centre
+    return centre + np.stack([c * d[..., 0] - s * d[..., 1], s * d[..., 0] + c * d[..., 1]], axis=-1)
+
+
 def endplate_centres(v: np.ndarray) -> np.ndarray:
     """(34, 2): the upper then lower endplate centre of each vertebra, top to bottom."""
     upper = (v[:, 0] + v[:, 1]) / 2
