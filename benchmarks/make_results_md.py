@@ -784,6 +784,12 @@ NOT_ADOPTED = {
     "landmark_framing.json": "A landmark model trained on strips as well: it did not measure framings more alike.",
     "angle_correction_seed1.json": "Corrections of the reading (a linear recalibration, a shape prior): neither took "
                                    "the bias off large curves.",
+    "angle_correction_seed0_e26.json": "A gain on the refined tilts, calibrated on the split's 32 validation films "
+    "(g = 1.016; by calibration, the candidate named before any two-stage film was measured): it took the bias on "
+    "curves of 40 degrees or more from -1.3 to -0.4 degrees, but SMAPE rose (10.53 -> 10.60%), the largest-angle "
+    "MAE too (3.50 -> 3.53 degrees) and fewer films came within 5 degrees (81 -> 78%); the two stages as read already "
+    "meet the four targets on this split. The gain stays a setting of the refiner file (`tilt_gain`, 1 in the "
+    "bundle). Not run on seed 1.",
     "landmark_int8_all.json": "The INT8 landmark graph: SMAPE held, but the largest angle moved by 0.5 degrees or "
                               "more on 11% of films (the rule allows 5%).",
     "landmark_int8.json": "The INT8 landmark encoder with the decoder kept in FP32: the same, 10% of films moved.",
@@ -932,6 +938,8 @@ def _adopted_sections() -> list[str]:
                           ("external_aasce.json", external_section),
                           ("external_aasce_seed0_refined.json", external_section),
                           ("external_aasce_seed1_refined.json", external_section),
+                          ("external_aasce_seed0_e26.json", external_section),
+                          ("external_aasce_seed1_e26.json", external_section),
                           ("bundled_models.json", bundled_section)):
         d = _load(name)
         if d:
@@ -1029,21 +1037,32 @@ def headline_table() -> list[str]:
             p = d["pooled"]
             rows.append(f"| Cobb angles on held-out AASCE films ({label} case split, {p['n']} films) | SMAPE {p['smape']:.1f}%, "
                         f"largest-angle MAE {p['mae_largest']:.1f}° | `{name}` |")
-    for name, label in (("aasce_refine_seed0.json", "seed-0"), ("aasce_refine_seed1.json", "seed-1")):
-        d = _load(name)
+    for split, label in (("seed0", "seed-0"), ("seed1", "seed-1")):
+        # The split's refiner trained as the bundled one was (26 epochs, no time budget) where it has been run,
+        # else the earlier split refiner of the same recipe on a 30-minute budget.
+        name = next((n for n in (f"aasce_refine_{split}_e26.json", f"aasce_refine_{split}.json") if _load(n)), None)
+        d = _load(name) if name else None
         if d:
             r = d["results"]["refined, 1 pass"]["corners alone"]
+            bias = "" if r["mean_error_ge40"] is None else f", {r['mean_error_ge40']:+.1f}° on curves of 40° or more"
+            t = d["training"]
+            final = _load("aasce_refine_final.json") or {}
+            how = (f"trained as the bundled one, {len(d['history'])} epochs"
+                   if t["stopped_by"] == "epochs" and len(d["history"]) == final.get("epochs_run")
+                   else f"{len(d['history'])} epochs, stopped by {t['stopped_by']}")
             rows.append(f"| the same with the vertebra refiner (the bundled second stage; {label} split, "
-                        f"{r['n']} films) | SMAPE {r['smape']:.1f}%, largest-angle MAE {r['mae_largest']:.1f}°, "
-                        f"{r['within_5deg']:.0%} within 5° | `{name}` |")
+                        f"{r['n']} films; refiner {how}) | SMAPE {r['smape']:.1f}%, largest-angle MAE {r['mae_largest']:.1f}°, "
+                        f"{r['within_5deg']:.0%} within 5°{bias} | `{name}` |")
     d = _load("external_aasce.json")
     if d:
         ge, rho = _external_headline(d)
         rows.append(f"| AASCE films of 25° or more called Scoliosis (a KAUH classifier; development figure) | alone "
                     f"{ge['classifier']:.1%}, with the measured curve {ge['with_rule']:.1%} of {ge['n']}; Spearman of the "
                     f"measured angle {rho:.2f} | `external_aasce.json` |")
-    for name, label in (("external_aasce_seed0_refined.json", "seed-0"), ("external_aasce_seed1_refined.json", "seed-1")):
-        d = _load(name)
+    for split, label in (("seed0", "seed-0"), ("seed1", "seed-1")):
+        name = next((n for n in (f"external_aasce_{split}_e26.json", f"external_aasce_{split}_refined.json")
+                     if _load(n)), None)
+        d = _load(name) if name else None
         if d:
             ge, rho = _external_headline(d)
             rows.append(f"| the same, the curve measured by the two stages ({label} fold "
