@@ -16,6 +16,15 @@ def _load(name: str) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def _first(*names: str) -> tuple[str | None, dict | None]:
+    """The first of ``names`` that has a results file, read once: ``(name, its JSON)``, or ``(None, None)``."""
+    for n in names:
+        d = _load(n)
+        if d is not None:
+            return n, d
+    return None, None
+
+
 def _machine(d: dict) -> str:
     m = d["machine"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
@@ -1042,16 +1051,15 @@ def headline_table() -> list[str]:
             p = d["pooled"]
             rows.append(f"| Cobb angles on held-out AASCE films ({label} case split, {p['n']} films) | SMAPE {p['smape']:.1f}%, "
                         f"largest-angle MAE {p['mae_largest']:.1f}° | `{name}` |")
+    final = _load("aasce_refine_final.json") or {}
     for split, label in (("seed0", "seed-0"), ("seed1", "seed-1")):
         # The split's refiner trained as the bundled one was (26 epochs, no time budget) where it has been run,
         # else the earlier split refiner of the same recipe on a 30-minute budget.
-        name = next((n for n in (f"aasce_refine_{split}_e26.json", f"aasce_refine_{split}.json") if _load(n)), None)
-        d = _load(name) if name else None
+        name, d = _first(f"aasce_refine_{split}_e26.json", f"aasce_refine_{split}.json")
         if d:
             r = d["results"]["refined, 1 pass"]["corners alone"]
             bias = "" if r["mean_error_ge40"] is None else f", {r['mean_error_ge40']:+.1f}° on curves of 40° or more"
             t = d["training"]
-            final = _load("aasce_refine_final.json") or {}
             how = (f"trained as the bundled one, {len(d['history'])} epochs"
                    if t["stopped_by"] == "epochs" and len(d["history"]) == final.get("epochs_run")
                    else f"{len(d['history'])} epochs, stopped by {t['stopped_by']}")
@@ -1065,17 +1073,13 @@ def headline_table() -> list[str]:
                     f"{ge['classifier']:.1%}, with the measured curve {ge['with_rule']:.1%} of {ge['n']}; Spearman of the "
                     f"measured angle {rho:.2f} | `external_aasce.json` |")
     for split, label in (("seed0", "seed-0"), ("seed1", "seed-1")):
-        name = next((n for n in (f"external_aasce_{split}_e26.json", f"external_aasce_{split}_refined.json")
-                     if _load(n)), None)
-        d = _load(name) if name else None
+        name, d = _first(f"external_aasce_{split}_e26.json", f"external_aasce_{split}_refined.json")
         if d:
             ge, rho = _external_headline(d)
             rows.append(f"| the same, the curve measured by the two stages ({label} fold "
                         f"models) | with the measured curve {ge['with_rule']:.1%} of {ge['n']}; Spearman of the "
                         f"measured angle {rho:.2f} | `{name}` |")
-    name = next((n for n in ("kauh_augment_refiner_e56_window.json", "kauh_augment_refiner_window.json") if _load(n)),
-                None)
-    d = _load(name) if name else None
+    name, d = _first("kauh_augment_refiner_e56_window.json", "kauh_augment_refiner_window.json")
     if d:
         w = d["arms"]["window-contract"]
         fr = w["decision"]["framing"]
