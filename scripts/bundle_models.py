@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                     "beside it for the card)")
     ap.add_argument("--keep-classifier", action="store_true",
                     help="leave the bundled classifier and its card as they are (rebuild only the landmark model)")
-    ap.add_argument("--landmarks", required=True)
+    ap.add_argument("--landmarks", default=None, help="the landmark model file to bundle (float32)")
     ap.add_argument("--landmark-train-log", help="the final landmark run's metrics.json (epochs, minutes)")
     ap.add_argument("--landmark-command", default="", help="the command that trained the landmark model")
     ap.add_argument("--classifier-command", default="", help="the command that trained the classifier")
@@ -106,7 +106,32 @@ def _parser() -> argparse.ArgumentParser:
                     help="degrees a refiner pass after the first may turn a vertebra (benchmarks/refine_guard.py chooses)")
     ap.add_argument("--refiner-guard", default=None,
                     help="the refine_guard.py result that chose the limit (for the card)")
+    ap.add_argument("--refiner-card-only", action="store_true",
+                    help="rewrite only the bundled refiner's card (and the headline in its file) from the committed "
+                         "JSON, its weights and the other models untouched: for split figures measured after packing")
     return ap
+
+
+def refiner_card_only(a: argparse.Namespace) -> int:
+    """The bundled refiner's card written again from the committed JSON (``refiner_card``) and its file's
+    headline with it; the tensors are written back as they are, and the manifest (SHA-256) follows."""
+    dest = BUNDLE_DIR / "refiner.safetensors"
+    if not dest.is_file():
+        raise SystemExit(f"{dest}: this bundle carries no refiner, so it has no refiner card to rewrite")
+    meta = raw_metadata(dest)
+    card, head = refiner_card(a, meta)
+    before = (dest.with_suffix(".md").read_text(), meta.get("bundled", {}).get("headline", ""))
+    if (card, head) == before:
+        print(f"{dest.with_suffix('.md')}: already says this; nothing written")
+        return 0
+    write_model_file(load_file(str(dest)), {**meta, "bundled": {**meta.get("bundled", {}), "headline": head}}, dest,
+                     sidecar=False)
+    dest.chmod(0o644)
+    dest.with_suffix(".md").write_text(card)
+    write_bundle(BUNDLE_DIR, BUNDLE_DIR / "classifier.safetensors", BUNDLE_DIR / "landmarks.safetensors", None,
+                 name="spinexr-bundled", description=BUNDLE_DESCRIPTION, refiner=dest)
+    print(f"rewrote {dest.with_suffix('.md')} and the headline in {dest.name}: {head}")
+    return 0
 
 
 def _with_meta(src: str, dest: Path, changes: dict) -> str:
@@ -210,6 +235,10 @@ def _fp16_checks(a: argparse.Namespace, full_c: Predictor, full_lm: SpineMeasure
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)
+    if a.refiner_card_only:
+        return refiner_card_only(a)
+    if not a.landmarks:
+        ap.error("--landmarks is required (unless --refiner-card-only)")
     if bool(a.classifier) == a.keep_classifier:
         ap.error("give either --classifier FILE or --keep-classifier")
     if a.keep_classifier:
@@ -525,7 +554,7 @@ def _reading_text(meta: dict) -> str:
 
 
 def _reading_choice_lines(a: argparse.Namespace, budget: dict | None, chosen: str, shipped: dict,
-                          splits: dict) -> list[str]:
+                          splits: dict, shipped_passes: int = 1) -> list[str]:
     """The refiner card's lines on how the shipped reading was chosen: the readings within the arithmetic
     (``--refiner-budget``), the limit on turning (``--refiner-guard``), else the pass count per split."""
     tag = a.refiner_split_tag
@@ -552,8 +581,33 @@ def _reading_choice_lines(a: argparse.Namespace, budget: dict | None, chosen: st
                 v = r["results"]["validation"]
                 lines += [f"- Passes ({s}, `{f.name}`): chosen on {r['n_validation']} validation films by the lower "
                           f"SMAPE, {v['1']['smape']:.2f}% for one pass against {v['2']['smape']:.2f}% for two: "
-                          f"{r['chosen_passes']} pass{'es' if r['chosen_passes'] > 1 else ''}."]
+                          f"{_passes(r['chosen_passes'])}." + _passes_not_shipped(s, tag, r["chosen_passes"], shipped_passes)]
     return lines
+
+
+def _passes(n: int) -> str:
+    return {1: "one pass", 2: "two passes", 3: "three passes"}.get(int(n), f"{n} passes")
+
+
+def _passes_not_shipped(split: str, tag: str, chosen: int, shipped: int) -> str:
+    """Why the bundle reads another pass count than a split's validation films chose: the external check
+    read with the chosen count (``external_aasce_<split><tag>_two_passes.json``), where it was run."""
+    if int(chosen) == int(shipped):
+        return ""
+    f = RESULTS / f"external_aasce_{split}{tag}_{_passes(chosen).split()[0]}_passes.json"
+    if not f.is_file():
+        return f" The bundle reads {_passes(shipped)}, as chosen for the recipe before this split's refiner was trained."
+    two = json.loads(f.read_text())
+    same = RESULTS / f"external_aasce_{split}{tag}.json"
+    one = json.loads(same.read_text()) if same.is_file() else None
+    ge25 = two["aasce"]["oof_films"]["called_scoliosis_ge25"]
+    line = (f" The bundle reads {_passes(shipped)}: read with {_passes(chosen)}, the external check (`{f.name}`) called "
+            f"{ge25['with_rule']:.1%} of {ge25['n']} films of 25° or more Scoliosis (target 97%), with the curve line on "
+            f"KAUH's Normal films at {two['kauh']['curve_deg']:.1f}°")
+    if one is not None:
+        g1 = one["aasce"]["oof_films"]["called_scoliosis_ge25"]["with_rule"]
+        line += f" (with {_passes(shipped)}: {g1:.1%}, line {one['kauh']['curve_deg']:.1f}°, `{same.name}`)"
+    return line + "."
 
 
 def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
@@ -606,7 +660,7 @@ def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
                   "held-out films; the refiner trained with this recipe on the split's own training cases, starting "
                   "from the first stage's out-of-fold corners): " + _refined_line("first stage (corners alone)", first)
                   + "; " + _refined_line("refined, one pass", r["results"]["refined, 1 pass"]["corners alone"]) + "."]
-    lines += _reading_choice_lines(a, budget, chosen, shipped, splits)
+    lines += _reading_choice_lines(a, budget, chosen, shipped, splits, int(meta.get("iterations", 1)))
     for s, r in weights.items():
         q = r["results"]["int8 weights"]
         lines += [f"- int8 weights ({s}, `{r['file']}`, refiner `{r.get('refiner')}`): SMAPE {q['smape_change']:+.2f} "

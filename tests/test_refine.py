@@ -452,3 +452,40 @@ def test_the_measurer_runs_both_networks_folded_with_the_trained_networks_corner
 
     branchy = Branchy()
     assert inference_form(branchy) is branchy
+
+
+def test_refiner_card_only_rewrites_the_card_and_headline_and_nothing_else(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scripts/bundle_models.py --refiner-card-only``: the card and the headline in the file change, the tensors
+    come back as they were, the manifest's SHA-256 follows (the bundle still loads, verified), and a second run
+    with nothing new writes nothing."""
+    import shutil
+    import sys
+
+    from safetensors.torch import load_file
+
+    from spinexr.deploy.bundle import load_bundle
+    from spinexr.deploy.bundled import BUNDLE_DIR
+    from spinexr.deploy.modelfile import raw_metadata
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "scripts"))
+    sys.modules.pop("bundle_models", None)
+    import bundle_models
+
+    copy = tmp_path / "bundled"
+    shutil.copytree(BUNDLE_DIR, copy)
+    monkeypatch.setattr(bundle_models, "BUNDLE_DIR", copy)
+    monkeypatch.setattr(bundle_models, "refiner_card", lambda a, meta: ("# a new card\n", "a new headline"))
+    before = load_file(str(copy / "refiner.safetensors"))
+    others = {f: (copy / f).read_bytes() for f in ("classifier.safetensors", "landmarks.safetensors")}
+    assert bundle_models.main(["--refiner-card-only"]) == 0
+    assert (copy / "refiner.md").read_text() == "# a new card\n"
+    assert raw_metadata(copy / "refiner.safetensors")["bundled"]["headline"] == "a new headline"
+    after = load_file(str(copy / "refiner.safetensors"))
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert all((copy / f).read_bytes() == b for f, b in others.items())
+    load_bundle(copy)  # the manifest's digests match the files
+    stamp = (copy / "refiner.safetensors").stat().st_mtime_ns
+    assert bundle_models.main(["--refiner-card-only"]) == 0
+    assert (copy / "refiner.safetensors").stat().st_mtime_ns == stamp
