@@ -50,7 +50,7 @@ from spinexr.deploy.measure import Measurement, SpineMeasurer  # noqa: E402
 from spinexr.deploy.pipeline import Pipeline  # noqa: E402
 from spinexr.evaluation.external import external_metrics, wilson  # noqa: E402
 from spinexr.geometry.view import FEATURES as VIEW_FEATURES  # noqa: E402
-from spinexr.geometry.view import FULL_SPINE, ViewCheck, fit_view_check, view_features  # noqa: E402
+from spinexr.geometry.view import FULL_SPINE, ViewCheck, fit_view_check, spine_view_features  # noqa: E402
 
 AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"
 KAUH = HERE.parent.parent / "shared" / "data" / "kauh-spine-xray"
@@ -135,7 +135,7 @@ def _kauh_side(pipeline: Pipeline, a: argparse.Namespace) -> KauhSide:
         label.append((pr.label, pr.probabilities))
         m = measurer.measure(img)
         meas.append(m)
-        views.append(view_features(m.landmarks, img.shape[0], m.confidence))
+        views.append(spine_view_features(m.landmarks, img.shape[0], m.confidence, m.first_stage))
     angle = np.array([m.result.largest if m.result is not None else np.nan for m in meas])
     view = np.array(views)
     full = np.array([t != "Spondylolisthesis" for t in truth])
@@ -228,9 +228,11 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
         if rerun_first:  # the same out-of-fold model, read with other test-time views than its CV run's
             v = first
         f.conf.append(conf)
-        v, refused = measurer.second_stage(img, v)  # the out-of-fold corners, refined and judged as deployed
+        u = v
+        v, refused = measurer.second_stage(img, u)  # the out-of-fold corners, refined and judged as deployed
+        feats = check.read(v, r.height, conf, None if v is u else u)
         m = Measurement(v, None if refused else measurer.angles(v, r.height), refused, conf,
-                        *check.judge(view_features(v, r.height, conf)))
+                        *check.judge(feats), first_stage=None if v is u else u)
         f.views.append(m.view)
         f.view_p.append(np.nan if m.view_probability is None else float(m.view_probability))
         f.angle.append(m.result.largest if m.result is not None else np.nan)

@@ -529,6 +529,33 @@ def decision_diff_section(d: dict) -> list[str]:
     return out + [""]
 
 
+def view_check_section(d: dict) -> list[str]:
+    """The view check read from the refined corners, the first stage's, or both (benchmarks/view_check.py)."""
+    out = ["## The view check: which corners it reads", "", f"Command: `{d['command']}`", "",
+           f"Machine: {_machine(d)}. Date: {d['date']}. Every KAUH film ({d['n_films']}) measured by `{d['landmarks']}`"
+           + (f" + `{d['refiner']}`" if d.get("refiner") else "") + f"; on the KAUH CV's case-grouped folds ({d['folds']}, "
+           f"seed {d['seed']}) the check is fitted on the other folds, its line keeping {d['keep_lumbar_out']:.0%} of "
+           "their lumbar (Spondylolisthesis) films out, and judges the fold's films.", "",
+           "| features | what they read | out-of-fold AUC | lumbar films judged full-spine AP | full-spine films judged "
+           "lumbar |" + (" held-out AASCE films judged full-spine AP |" if "aasce" in d else ""),
+           "|---|---|---|---|---|" + ("---|" if "aasce" in d else "")]
+    what = {"refined": "the five features of the refined corners (the check before it read both stages)",
+            "first": "the five features of the whole-spine model's corners",
+            "both": "the first stage's five and the refined vertebrae's proportions and growth (the check now)"}
+    for src, r in d["kauh_cv"].items():
+        row = (f"| {src} | {what.get(src, d['sources'][src])} | {r['auc']:.3f} | {r['lumbar_judged_full_spine']:.1%} | "
+               f"{r['full_spine_judged_lumbar']:.1%} |")
+        if "aasce" in d:
+            row += f" {d['aasce'][src]['judged_full_spine']:.1%} |"
+        out.append(row)
+    if "aasce" in d:
+        a = d["aasce"]
+        out += ["", f"AASCE: the {a['n_films']} held-out films of `{a['landmark_run']}` (all full-spine AP), measured by "
+                f"its fold model" + (f" and `{a['refiner']}`" if a.get("refiner") else "") + ", judged by a check fitted "
+                "on every KAUH film measured by the same models."]
+    return out + [""]
+
+
 def predict_speed_section(d: dict) -> list[str]:
     codes = d.get("code") or {"this": "the checkout of its date"}
     out = ["## Milliseconds a film of `predict` over a folder, per bundle and backend", "", f"Command: `{d['command']}`",
@@ -940,6 +967,7 @@ def _adopted_sections() -> list[str]:
             ("refine_curve_line_*.json", refine_curve_line_section, False),
             ("refine_guard_*.json", refine_guard_section, True),
             ("decision_diff_*.json", decision_diff_section, False),
+            ("view_check_*.json", view_check_section, False),
             ("predict_speed*.json", predict_speed_section, False),
             ("refiner_weights_*.json", refiner_weights_section, False)):
         for f in sorted((HERE / "results").glob(pattern)):

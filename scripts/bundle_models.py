@@ -41,6 +41,7 @@ from spinexr.deploy.decision import DOUBTED_VIEW_DEG, DecisionRule  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
 from spinexr.deploy.modelfile import raw_metadata, read_metadata, write_model_file  # noqa: E402
 from spinexr.deploy.predictor import Predictor  # noqa: E402
+from spinexr.geometry.view import TWO_STAGE_FEATURES  # noqa: E402
 from spinexr.models.landmark import parse_scales  # noqa: E402
 
 KAUH = ROOT.parent / "shared" / "data" / "kauh-spine-xray"
@@ -106,10 +107,34 @@ def _parser() -> argparse.ArgumentParser:
                     help="degrees a refiner pass after the first may turn a vertebra (benchmarks/refine_guard.py chooses)")
     ap.add_argument("--refiner-guard", default=None,
                     help="the refine_guard.py result that chose the limit (for the card)")
+    ap.add_argument("--refit-rule-only", action="store_true",
+                    help="fit the decision rule (curve line and view check) again on KAUH with the bundled landmark "
+                         "model and refiner as they measure now, into the bundled landmark file's metadata; its "
+                         "weights, its card and the other models untouched")
     ap.add_argument("--refiner-card-only", action="store_true",
                     help="rewrite only the bundled refiner's card (and the headline in its file) from the committed "
                          "JSON, its weights and the other models untouched: for split figures measured after packing")
     return ap
+
+
+def refit_rule_only() -> int:
+    """The bundled landmark file's rule fitted again (``_landmark_meta_with_rule``) by the bundled models as
+    this version of spinexr measures, its tensors written back as they are, and the manifest following."""
+    dest = BUNDLE_DIR / "landmarks.safetensors"
+    refiner = BUNDLE_DIR / "refiner.safetensors"
+    measurer = SpineMeasurer(dest, refiner=refiner if refiner.is_file() else None)
+    meta, curve_deg = _landmark_meta_with_rule(str(dest), measurer)
+    before = raw_metadata(dest)
+    if {k: before.get(k) for k in ("decision", "view_check")} == {k: meta.get(k) for k in ("decision", "view_check")}:
+        print(f"{dest}: its rule is already this one; nothing written")
+        return 0
+    write_model_file(load_file(str(dest)), meta, dest, sidecar=False)
+    dest.chmod(0o644)
+    write_bundle(BUNDLE_DIR, BUNDLE_DIR / "classifier.safetensors", dest, None, name="spinexr-bundled",
+                 description=BUNDLE_DESCRIPTION, refiner=refiner if refiner.is_file() else None)
+    print(f"refitted the rule in {dest}: curve line {curve_deg:g}°, view check on "
+          f"{len(meta['view_check']['features'])} features ({meta['view_check']['fitted_on']})")
+    return 0
 
 
 def refiner_card_only(a: argparse.Namespace) -> int:
@@ -235,6 +260,8 @@ def _fp16_checks(a: argparse.Namespace, full_c: Predictor, full_lm: SpineMeasure
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)
+    if a.refit_rule_only:
+        return refit_rule_only()
     if a.refiner_card_only:
         return refiner_card_only(a)
     if not a.landmarks:
@@ -488,8 +515,8 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
         + " (Normal and Scoliosis films full-spine AP, Spondylolisthesis films lumbar), its line keeping 90% of the "
         "lumbar films out.",
         *(["- Second stage: in the bundle each vertebra's corners are read again by the vertebra refiner "
-            "(`spinexr models --card refiner`), and the angles from the refined corners alone; the curve line and the "
-            "view check above were fitted on those refined measurements. The figures below are this first stage's "
+            "(`spinexr models --card refiner`), and the angles from the refined corners alone; "
+            + _second_stage_rule_text(meta) + " The figures below are this first stage's "
             "alone; the refiner's card gives the two stages together."] if a.refiner else []), "",
         "## Measured", "",
         f"- The same recipe in a case-grouped 80/20 split of AASCE ({p['n']} held-out films; "
@@ -518,6 +545,25 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
               "- Trained on one Canadian hospital's AIS films, cropped neck to pelvis; other framings (whole-body, "
               "chest-only) and adult degenerative spines are outside its data."]
     return "\n".join(lines) + "\n", head
+
+
+def _split_training(r: dict) -> str:
+    """How a split's refiner trained, from its result JSON: as the bundled one, or cut short by a time budget."""
+    t, epochs = r.get("training", {}), r.get("refiner_settings", {}).get("epochs")
+    if t.get("stopped_by") == "time budget":
+        return (f"on a time budget: its schedule cut to what fitted, stopped by time, best epoch {t.get('best_epoch')}; "
+                "not yet trained as the bundled one")
+    return f"{epochs} epochs with no time budget, as the bundled one (best epoch {t.get('best_epoch')})"
+
+
+def _second_stage_rule_text(meta: dict) -> str:
+    """What the rule in a landmark file bundled with a refiner was fitted on."""
+    if len((meta.get("view_check") or {}).get("features", [])) == len(TWO_STAGE_FEATURES):
+        return ("the curve line above was fitted on those refined measurements, and the view check reads both stages: "
+                "the spine this model draws (the five features above) and the refined vertebrae's proportions and "
+                "growth (`spinexr.geometry.view.TWO_STAGE_FEATURES`; the refined corners are vertebra-shaped even on a "
+                "lumbar film).")
+    return "the curve line and the view check above were fitted on those refined measurements."
 
 
 def _refined_line(name: str, r: dict) -> str:
@@ -557,7 +603,6 @@ def _reading_choice_lines(a: argparse.Namespace, budget: dict | None, chosen: st
                           splits: dict, shipped_passes: int = 1) -> list[str]:
     """The refiner card's lines on how the shipped reading was chosen: the readings within the arithmetic
     (``--refiner-budget``), the limit on turning (``--refiner-guard``), else the pass count per split."""
-    tag = a.refiner_split_tag
     lines: list[str] = []
     if budget:
         within = ", ".join(k.replace(" | ", "; ") for k in budget["within_budget"])
@@ -575,6 +620,7 @@ def _reading_choice_lines(a: argparse.Namespace, budget: dict | None, chosen: st
                   f"({guard['rule']}; `{Path(a.refiner_guard).name}`): {limits}."]
     if not budget:  # the pass count chosen on the splits' validation films (benchmarks/refine_passes.py)
         for s in splits:
+            tag = getattr(a, "split_suffix", {}).get(s, a.refiner_split_tag)
             f = RESULTS / f"refine_passes_{s}{tag}.json"
             if f.is_file():
                 r = json.loads(f.read_text())
@@ -613,12 +659,16 @@ def _passes_not_shipped(split: str, tag: str, chosen: int, shipped: int) -> str:
 def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
     """The refiner's card, from the committed JSON: the two case-grouped splits of its recipe, the reading
     chosen on their validation films (``--refiner-budget``), the int8 weights' check and the final run."""
-    tag = a.refiner_split_tag
-    splits = {s: json.loads((RESULTS / f"aasce_refine_{s}{tag}.json").read_text()) for s in ("seed0", "seed1")
-              if (RESULTS / f"aasce_refine_{s}{tag}.json").is_file()}
-    weights = {}  # the int8 check of this recipe's refiners where it was run, else of the earlier recipe's
+    # Each split's figures from its refiner trained as --refiner-split-tag says where that was run, else from the
+    # untagged one; the card says how each was trained, and that split's passes and int8 check come with it.
+    sfx = {s: next(t for t in dict.fromkeys((a.refiner_split_tag, "")) if (RESULTS / f"aasce_refine_{s}{t}.json").is_file()
+                   or t == "") for s in ("seed0", "seed1")}
+    splits = {s: json.loads((RESULTS / f"aasce_refine_{s}{t}.json").read_text()) for s, t in sfx.items()
+              if (RESULTS / f"aasce_refine_{s}{t}.json").is_file()}
+    a.split_suffix = sfx
+    weights = {}
     for s in ("seed0", "seed1"):
-        found = [RESULTS / f"refiner_weights_{s}{w}.json" for w in dict.fromkeys((tag, ""))]
+        found = [RESULTS / f"refiner_weights_{s}{w}.json" for w in dict.fromkeys((sfx[s], ""))]
         found = [f for f in found if f.is_file()]
         if found:
             weights[s] = {**json.loads(found[0].read_text()), "file": found[0].name}
@@ -656,9 +706,10 @@ def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
         "## Measured", ""]
     for s, r in splits.items():
         first = r["results"]["first stage"]["corners alone"]
-        lines += [f"- Case-grouped 80/20 split {s} (`benchmarks/results/aasce_refine_{s}{tag}.json`, {r['n_test']} "
+        lines += [f"- Case-grouped 80/20 split {s} (`benchmarks/results/aasce_refine_{s}{sfx[s]}.json`, {r['n_test']} "
                   "held-out films; the refiner trained with this recipe on the split's own training cases, starting "
-                  "from the first stage's out-of-fold corners): " + _refined_line("first stage (corners alone)", first)
+                  f"from the first stage's out-of-fold corners, {_split_training(r)}): "
+                  + _refined_line("first stage (corners alone)", first)
                   + "; " + _refined_line("refined, one pass", r["results"]["refined, 1 pass"]["corners alone"]) + "."]
     lines += _reading_choice_lines(a, budget, chosen, shipped, splits, int(meta.get("iterations", 1)))
     for s, r in weights.items():

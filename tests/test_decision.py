@@ -127,6 +127,45 @@ def test_view_features_and_the_fitted_check() -> None:
         fit_view_check(full, np.ones(80, bool))
 
 
+def test_a_two_stage_check_reads_the_first_stage_and_the_refined_shapes() -> None:
+    """With a refiner the check reads the whole-spine model's five features and the refined vertebrae's three
+    proportions (:data:`TWO_STAGE_FEATURES`); a check says which it reads, reads a film accordingly, and a
+    two-stage check does not judge a film measured by the first stage alone."""
+    from spinexr.deploy.measure import Measurement
+    from spinexr.geometry.view import FEATURES, TWO_STAGE_FEATURES, ViewCheck, fit_view_check, spine_view_features, view_features
+
+    first = _spine(STRAIGHT)
+    refined = first.copy().reshape(17, 4, 2)
+    refined[:, 2:, 1] += 12.0  # each vertebra 36 px tall instead of 24: aspect 60 / 36
+    f = spine_view_features(refined, 600, 0.02, first)
+    assert len(TWO_STAGE_FEATURES) == 8 and f.shape == (8,)
+    assert f[:5] == pytest.approx(view_features(first, 600, 0.02))  # the first stage's five, as before
+    assert f[5:] == pytest.approx([math.log(60 / 36), 0.0, 0.0], abs=1e-6)  # the refined corners' proportions
+    assert spine_view_features(refined, 600, 0.02) == pytest.approx(view_features(refined, 600, 0.02))
+    rng = np.random.default_rng(2)
+    full = rng.normal([0.5, 0.6, 0.4, 0.9, -4.0, 0.5, 0.3, 0.2], 0.1, (80, 8))
+    lumbar = rng.normal([0.8, 0.3, 0.1, 0.85, -4.8, 0.5, 0.1, 0.0], 0.1, (40, 8))
+    check = fit_view_check(np.r_[full, lumbar], np.r_[np.ones(80), np.zeros(40)].astype(bool), 0.9, "test")
+    assert check.features == TWO_STAGE_FEATURES
+    again = ViewCheck.from_meta({"view_check": json.loads(json.dumps(check.to_meta()))})
+    assert again == check and again.features == TWO_STAGE_FEATURES
+    assert check.read(refined, 600, 0.02, first) == pytest.approx(f)
+    assert check.read(refined, 600, 0.02) is None  # one stage only: not judged
+    m = Measurement(refined, None)
+    assert check.applied(m, None) is m
+    # A single-stage check (earlier files, measurers without a refiner) reads the corners the angles come from.
+    five = fit_view_check(np.r_[full[:, :5], lumbar[:, :5]], np.r_[np.ones(80), np.zeros(40)].astype(bool))
+    assert five.features == FEATURES
+    assert five.read(refined, 600, 0.02, first) == pytest.approx(view_features(refined, 600, 0.02))
+    meta = check.to_meta()
+    with pytest.raises(ValueError, match="coefficients"):
+        ViewCheck.from_meta({"view_check": {**meta, "coef": meta["coef"][:5]}})
+    with pytest.raises(ValueError, match="neither"):
+        ViewCheck.from_meta({"view_check": {**meta, "features": ["aspect"] * 8}})
+    with pytest.raises(ValueError, match="films, 5"):
+        fit_view_check(np.zeros((10, 6)), np.r_[np.ones(5), np.zeros(5)].astype(bool))
+
+
 def test_rule_cv_fits_the_view_check_out_of_fold() -> None:
     from spinexr.deploy.decision import rule_cv
 

@@ -489,3 +489,33 @@ def test_refiner_card_only_rewrites_the_card_and_headline_and_nothing_else(tmp_p
     stamp = (copy / "refiner.safetensors").stat().st_mtime_ns
     assert bundle_models.main(["--refiner-card-only"]) == 0
     assert (copy / "refiner.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_a_two_stage_view_check_judges_a_refined_film_from_both_stages(refiner_file, tiny_models, synth_dir, tmp_path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A landmark file whose view check reads both stages: with its refiner each measurement keeps the first
+    stage's corners and is judged from both; without one the films are not judged, and the user is told why."""
+    from safetensors.torch import load_file
+
+    from spinexr.data.imread import read_image
+    from spinexr.deploy.measure import SpineMeasurer
+    from spinexr.deploy.modelfile import raw_metadata, write_model_file
+    from spinexr.geometry.view import TWO_STAGE_FEATURES, fit_view_check, spine_view_features
+
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0.0, 1.0, (30, 8)), rng.normal(1.0, 1.0, (30, 8))]
+    check = fit_view_check(x, np.r_[np.ones(30), np.zeros(30)].astype(bool), 0.9, "test")
+    src = tiny_models["landmarks"]
+    lm = write_model_file(load_file(str(src)), {**raw_metadata(src), "view_check": check.to_meta()},
+                          tmp_path / "landmarks.safetensors")
+    img, _ = read_image(sorted(synth_dir.rglob("*.jpg"))[0])
+    m = SpineMeasurer(lm, refiner=refiner_file).measure(img)
+    assert m.first_stage is not None and m.first_stage.shape == (17, 4, 2)
+    assert m.view is not None and check.features == TWO_STAGE_FEATURES
+    assert m.view_probability == pytest.approx(
+        check.probability(spine_view_features(m.landmarks, img.shape[0], m.confidence, m.first_stage)))
+    assert "first_stage" not in m.to_dict()  # not part of the output
+    with caplog.at_level("WARNING"):
+        alone = SpineMeasurer(lm).measure(img)
+    assert alone.first_stage is None and alone.view is None
+    assert "reads the vertebra refiner's corners too" in caplog.text

@@ -36,7 +36,7 @@ from spinexr.data.manifest import load_manifest
 from spinexr.deploy.decision import RULE_VERSION, DecisionRule, fit_curve_deg
 from spinexr.deploy.modelfile import LANDMARK_FORMAT, REFINER_FORMAT, raw_metadata, read_metadata
 from spinexr.errors import DatasetError, ImageReadError, WeightsError
-from spinexr.geometry.view import ViewCheck, fit_view_check, view_features
+from spinexr.geometry.view import ViewCheck, fit_view_check, spine_view_features
 
 FORMAT = "spinexr-bundle/1"
 MANIFEST = "bundle.json"
@@ -167,7 +167,7 @@ def fit_rule(measurer: Any, source: str | Path, max_rate: float = 0.02, keep_lum
             unreadable += 1
             continue
         m = measurer.measure(img)
-        feats.append(view_features(m.landmarks, img.shape[0], m.confidence))
+        feats.append(spine_view_features(m.landmarks, img.shape[0], m.confidence, m.first_stage))
         full.append(rec.label != "Spondylolisthesis")
         angle = m.result.largest if m.result is not None else float("nan")
         (normal if rec.label == "Normal" else lumbar if rec.label == "Spondylolisthesis" else []).append(angle)

@@ -3,6 +3,7 @@ Cobb angles with end vertebrae and band, or the reasons a predicted spine was re
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,11 @@ from spinexr.errors import SpinexrError, WeightsError
 from spinexr.geometry.cobb import BAND_TEXT, CobbResult, cobb_angles, tilt_gain, widen_tilts
 from spinexr.geometry.overlay import draw_overlay
 from spinexr.geometry.plausibility import implausibility
-from spinexr.geometry.view import ViewCheck, view_features
+from spinexr.geometry.view import FEATURES, ViewCheck
 from spinexr.models.landmark import inference_form
 from spinexr.models.refine import refiner_box
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +37,8 @@ class Measurement:
     # The view check's answer (spinexr.geometry.view), None when the landmark model file has no check.
     view: str | None = None
     view_probability: float | None = None
+    # The first stage's corners where ``landmarks`` are the refiner's (what a two-stage view check reads); not output.
+    first_stage: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The same keys for every film (nulls where a refused spine or a file without a view check has
@@ -98,6 +103,10 @@ class SpineMeasurer:
             self.view_check = ViewCheck.from_meta(self.meta)
         except (KeyError, TypeError, ValueError) as e:
             raise WeightsError(f"{path}: malformed view check in its metadata ({e})") from e
+        if self.view_check is not None and self.view_check.features != FEATURES and self.refiner is None:
+            log.warning("%s: its view check reads the vertebra refiner's corners too, and no refiner was given: "
+                        "films are measured without the view check (a Spondylolisthesis call then stands for a "
+                        "lumbar view); give the refiner it was fitted with (--refiner)", path)
 
     @property
     def predictor(self) -> Any:
@@ -151,9 +160,10 @@ class SpineMeasurer:
         out = []
         for img, (first, conf) in zip(imgs, self.first_stage(imgs)):
             v, refused = self.second_stage(img, first)
-            m = Measurement(v, None if refused else self.angles(v, img.shape[0]), refused, conf)
+            m = Measurement(v, None if refused else self.angles(v, img.shape[0]), refused, conf,
+                            first_stage=None if v is first else first)
             if self.view_check is not None:
-                m = self.view_check.applied(m, view_features(v, img.shape[0], m.confidence))
+                m = self.view_check.applied(m, self.view_check.read(v, img.shape[0], conf, m.first_stage))
             out.append(m)
         return out
 

@@ -27,13 +27,13 @@ from spinexr.data.imread import read_image
 from spinexr.deploy import decision as decision_rule
 from spinexr.deploy.decision import fit_fold_rule, rule_cv
 from spinexr.deploy.measure import SpineMeasurer
-from spinexr.geometry.view import view_features
+from spinexr.geometry.view import spine_view_features
 
 log = logging.getLogger(__name__)
 
 
 # Raise when SpineMeasurer.judge_refined changes: stored folds measured with a refiner are then scored again.
-REFINED_JUDGEMENT_VERSION = 2
+REFINED_JUDGEMENT_VERSION = 3  # 3: the view check reads both stages of a refined spine
 
 
 def evidence_digest(landmark_model: str | Path, refiner: str | Path | None = None) -> str:
@@ -73,7 +73,7 @@ class CurveEvidence:
             img, _ = read_image(p)
             m = self.measurer.measure(img)
             self.measurements.append(m)
-            feats.append(view_features(m.landmarks, img.shape[0], m.confidence))
+            feats.append(spine_view_features(m.landmarks, img.shape[0], m.confidence, m.first_stage))
         self.view_features = np.asarray(feats, dtype=np.float64)
         self.angle = np.array([m.result.largest if m.result is not None else np.nan for m in self.measurements])
         self._cache: dict[bytes, Any] = {}
@@ -118,7 +118,7 @@ class FoldDecision:
         for film, p in zip(films, np.asarray(probs)):
             m = self.evidence.measure(film)
             if self.check is not None:
-                m = self.check.applied(m, view_features(m.landmarks, film.shape[0], m.confidence))
+                m = self.check.applied(m, self.check.read(m.landmarks, film.shape[0], m.confidence, m.first_stage))
             pd = dict(zip(CLASSES, map(float, p)))
             out.append(self.rule.decide(CLASSES[int(np.argmax(p))], pd, m).label)
         return out
