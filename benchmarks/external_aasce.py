@@ -49,7 +49,6 @@ from spinexr.deploy.decision import DecisionRule, fit_curve_deg, rule_cv  # noqa
 from spinexr.deploy.measure import Measurement, SpineMeasurer  # noqa: E402
 from spinexr.deploy.pipeline import Pipeline  # noqa: E402
 from spinexr.evaluation.external import external_metrics, wilson  # noqa: E402
-from spinexr.geometry.view import FEATURES as VIEW_FEATURES  # noqa: E402
 from spinexr.geometry.view import FULL_SPINE, ViewCheck, fit_view_check, spine_view_features  # noqa: E402
 
 AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"
@@ -175,7 +174,7 @@ def _kauh_figures(k: KauhSide, pipeline: Pipeline, a: argparse.Namespace) -> dic
                                 for c in classes},
         "median_measured_angle": {c: float(np.nanmedian(k.angle[[t == c for t in k.truth]])) for c in classes},
         "normal_at_or_over_line": float(np.mean(np.nan_to_num(k.angle[non_sco], nan=-1) >= rule.curve_deg)),
-        "view_check": {"features": list(VIEW_FEATURES), "keep_lumbar_out": a.keep_lumbar_out,
+        "view_check": {"features": list(k.check.features), "keep_lumbar_out": a.keep_lumbar_out,
                        "held_out_full_spine_rate": {c: float(np.mean([k.meas[i].view == FULL_SPINE for i in te
                                                                       if k.truth[i] == c])) for c in classes},
                        "held_out_protocol": "fitted on the classifier's training films, applied to its held-out films"},
