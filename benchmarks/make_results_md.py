@@ -982,6 +982,7 @@ def _adopted_sections() -> list[str]:
                           ("external_aasce_seed1_refined.json", external_section),
                           ("external_aasce_seed0_e26.json", external_section),
                           ("external_aasce_seed1_e26.json", external_section),
+                          ("external_aasce_seed0_e26_two_stage_view.json", external_section),
                           ("bundled_models.json", bundled_section)):
         d = _load(name)
         if d:
@@ -1101,13 +1102,16 @@ def headline_table() -> list[str]:
                     f"{ge['classifier']:.1%}, with the measured curve {ge['with_rule']:.1%} of {ge['n']}; Spearman of the "
                     f"measured angle {rho:.2f} | `external_aasce.json` |")
     for split, label in (("seed0", "seed-0"), ("seed1", "seed-1")):
-        name, d = _first(f"external_aasce_{split}_e26.json", f"external_aasce_{split}_refined.json")
+        name, d = _first(f"external_aasce_{split}_e26_two_stage_view.json", f"external_aasce_{split}_e26.json",
+                         f"external_aasce_{split}_refined.json")
         if d:
             ge, rho = _external_headline(d)
             rows.append(f"| the same, the curve measured by the two stages ({label} fold "
                         f"models) | with the measured curve {ge['with_rule']:.1%} of {ge['n']}; Spearman of the "
                         f"measured angle {rho:.2f} | `{name}` |")
-    name, d = _first("kauh_augment_refiner_e56_window.json", "kauh_augment_refiner_window.json")
+    name, d = _first("kauh_augment_two_stage_view_window.json", "kauh_augment_refiner_window_repeat.json",
+                     "kauh_augment_refiner_e56_window.json",
+                     "kauh_augment_refiner_window.json")
     if d:
         w = d["arms"]["window-contract"]
         fr = w["decision"]["framing"]
@@ -1115,6 +1119,13 @@ def headline_table() -> list[str]:
                     f"{w['accuracy_mean']:.1%} -> {w['decision']['accuracy_with_rule_mean']:.1%}; framing changes "
                     f"{fr['scoliosis_ap_to_strip']['rate']:.1%} and {fr['normal_strip_to_full']['rate']:.1%} | "
                     f"`{name}` |")
+    dname, dd = _first("decision_diff_kauh_two_stage_view.json")
+    if dd:  # the same out-of-fold calls decided with each landmark model's measurements
+        cells = "; ".join(f"{n} {r['accuracy_with_rule_fold_mean']:.1%} ({r['changed_to_right']} to right, "
+                          f"{r['changed_to_wrong']} to wrong)" for n, r in dd["measurers"].items())
+        rows.append(f"| the same out-of-fold calls, decided with the landmark model bundled before the refiner (seed1-fold) "
+                    f"and with the bundled two stages | {cells} | "
+                    f"`{dname}` |")
     return rows + _deployment_rows()
 
 
