@@ -229,9 +229,9 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
         f.conf.append(conf)
         u = v
         v, refused = measurer.second_stage(img, u)  # the out-of-fold corners, refined and judged as deployed
-        feats = check.read(v, r.height, conf, None if v is u else u)
+        first_c = None if v is u else u  # kept where the refiner read them again, as SpineMeasurer keeps them
         m = Measurement(v, None if refused else measurer.angles(v, r.height), refused, conf,
-                        *check.judge(feats), first_stage=None if v is u else u)
+                        *check.judge(check.read(v, r.height, conf, first_c)), first_stage=first_c)
         f.views.append(m.view)
         f.view_p.append(np.nan if m.view_probability is None else float(m.view_probability))
         f.angle.append(m.result.largest if m.result is not None else np.nan)

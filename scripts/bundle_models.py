@@ -117,6 +117,19 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _write_manifest() -> None:
+    """The bundled folder's manifest, written last over the files now in it (their SHA-256 follow)."""
+    refiner = BUNDLE_DIR / "refiner.safetensors"
+    write_bundle(BUNDLE_DIR, BUNDLE_DIR / "classifier.safetensors", BUNDLE_DIR / "landmarks.safetensors", None,
+                 name="spinexr-bundled", description=BUNDLE_DESCRIPTION, refiner=refiner if refiner.is_file() else None)
+
+
+def _rewrite_meta(path: Path, meta: dict) -> None:
+    """A bundled model file written again in place with ``meta``, its tensors as they are."""
+    write_model_file(load_file(str(path)), meta, path, sidecar=False)
+    path.chmod(0o644)
+
+
 def refit_rule_only() -> int:
     """The bundled landmark file's rule fitted again (``_landmark_meta_with_rule``) by the bundled models as
     this version of spinexr measures, its tensors written back as they are, and the manifest following."""
@@ -128,10 +141,8 @@ def refit_rule_only() -> int:
     if {k: before.get(k) for k in ("decision", "view_check")} == {k: meta.get(k) for k in ("decision", "view_check")}:
         print(f"{dest}: its rule is already this one; nothing written")
         return 0
-    write_model_file(load_file(str(dest)), meta, dest, sidecar=False)
-    dest.chmod(0o644)
-    write_bundle(BUNDLE_DIR, BUNDLE_DIR / "classifier.safetensors", dest, None, name="spinexr-bundled",
-                 description=BUNDLE_DESCRIPTION, refiner=refiner if refiner.is_file() else None)
+    _rewrite_meta(dest, meta)
+    _write_manifest()
     print(f"refitted the rule in {dest}: curve line {curve_deg:g}°, view check on "
           f"{len(meta['view_check']['features'])} features ({meta['view_check']['fitted_on']})")
     return 0
@@ -149,12 +160,9 @@ def refiner_card_only(a: argparse.Namespace) -> int:
     if (card, head) == before:
         print(f"{dest.with_suffix('.md')}: already says this; nothing written")
         return 0
-    write_model_file(load_file(str(dest)), {**meta, "bundled": {**meta.get("bundled", {}), "headline": head}}, dest,
-                     sidecar=False)
-    dest.chmod(0o644)
+    _rewrite_meta(dest, {**meta, "bundled": {**meta.get("bundled", {}), "headline": head}})
     dest.with_suffix(".md").write_text(card)
-    write_bundle(BUNDLE_DIR, BUNDLE_DIR / "classifier.safetensors", BUNDLE_DIR / "landmarks.safetensors", None,
-                 name="spinexr-bundled", description=BUNDLE_DESCRIPTION, refiner=dest)
+    _write_manifest()
     print(f"rewrote {dest.with_suffix('.md')} and the headline in {dest.name}: {head}")
     return 0
 
@@ -218,9 +226,7 @@ def _pack_both(a: argparse.Namespace, meta: dict, curve_deg: float, speed: dict)
         else:
             for stale in (BUNDLE_DIR / "refiner.safetensors", BUNDLE_DIR / "refiner.md"):
                 stale.unlink(missing_ok=True)
-    write_bundle(BUNDLE_DIR, BUNDLE_DIR / "classifier.safetensors", BUNDLE_DIR / "landmarks.safetensors", None,
-                 name="spinexr-bundled", description=BUNDLE_DESCRIPTION,
-                 refiner=BUNDLE_DIR / "refiner.safetensors" if a.refiner else None)
+    _write_manifest()
     return clf_facts
 
 
@@ -265,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.refiner_card_only:
         return refiner_card_only(a)
     if not a.landmarks:
-        ap.error("--landmarks is required (unless --refiner-card-only)")
+        ap.error("--landmarks is required (unless --refit-rule-only or --refiner-card-only)")
     if bool(a.classifier) == a.keep_classifier:
         ap.error("give either --classifier FILE or --keep-classifier")
     if a.keep_classifier:
@@ -600,7 +606,7 @@ def _reading_text(meta: dict) -> str:
 
 
 def _reading_choice_lines(a: argparse.Namespace, budget: dict | None, chosen: str, shipped: dict,
-                          splits: dict, shipped_passes: int = 1) -> list[str]:
+                          splits: dict, suffixes: dict[str, str], shipped_passes: int = 1) -> list[str]:
     """The refiner card's lines on how the shipped reading was chosen: the readings within the arithmetic
     (``--refiner-budget``), the limit on turning (``--refiner-guard``), else the pass count per split."""
     lines: list[str] = []
@@ -620,7 +626,7 @@ def _reading_choice_lines(a: argparse.Namespace, budget: dict | None, chosen: st
                   f"({guard['rule']}; `{Path(a.refiner_guard).name}`): {limits}."]
     if not budget:  # the pass count chosen on the splits' validation films (benchmarks/refine_passes.py)
         for s in splits:
-            tag = getattr(a, "split_suffix", {}).get(s, a.refiner_split_tag)
+            tag = suffixes[s]
             f = RESULTS / f"refine_passes_{s}{tag}.json"
             if f.is_file():
                 r = json.loads(f.read_text())
@@ -665,7 +671,6 @@ def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
                    or t == "") for s in ("seed0", "seed1")}
     splits = {s: json.loads((RESULTS / f"aasce_refine_{s}{t}.json").read_text()) for s, t in sfx.items()
               if (RESULTS / f"aasce_refine_{s}{t}.json").is_file()}
-    a.split_suffix = sfx
     weights = {}
     for s in ("seed0", "seed1"):
         found = [RESULTS / f"refiner_weights_{s}{w}.json" for w in dict.fromkeys((sfx[s], ""))]
@@ -711,7 +716,7 @@ def refiner_card(a: argparse.Namespace, meta: dict) -> tuple[str, str]:
                   f"from the first stage's out-of-fold corners, {_split_training(r)}): "
                   + _refined_line("first stage (corners alone)", first)
                   + "; " + _refined_line("refined, one pass", r["results"]["refined, 1 pass"]["corners alone"]) + "."]
-    lines += _reading_choice_lines(a, budget, chosen, shipped, splits, int(meta.get("iterations", 1)))
+    lines += _reading_choice_lines(a, budget, chosen, shipped, splits, sfx, int(meta.get("iterations", 1)))
     for s, r in weights.items():
         q = r["results"]["int8 weights"]
         lines += [f"- int8 weights ({s}, `{r['file']}`, refiner `{r.get('refiner')}`): SMAPE {q['smape_change']:+.2f} "
