@@ -44,6 +44,12 @@ def oof_calls(cv_run: Path, repeat: int = 0) -> list[dict]:
     return rows
 
 
+def _probability(m) -> float | None:
+    """The full-spine probability the fold's view check gave a film (None: no check, or a refused spine)."""
+    p = getattr(m, "view_probability", None)
+    return None if p is None else round(float(p), 3)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cv-run", type=Path, required=True, help="a KAUH CV arm's run folder (oof_predictions.csv)")
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         scored = ev.score(np.array([[p[c] for c in CLASSES] for p in probs]), np.array(folds))  # as the KAUH CV scores it
         labels, judged, _ = fold_decisions(ev.truth, called, probs, folds, ev.measurements, ev.max_rate,
                                            ev.view_features, ev.keep_lumbar_out)
-        decisions[name] = [(lab, float(ev.angle[i]), judged[i].view) for i, lab in enumerate(labels)]
+        decisions[name] = [(lab, float(ev.angle[i]), judged[i].view, _probability(judged[i])) for i, lab in enumerate(labels)]
         results[name] = {"landmarks": landmarks, "refiner": refiner or None,
                          "curve_deg": {f["fold"]: f["curve_deg"] for f in scored["folds"]},
                          "accuracy_with_rule": float(np.mean([lab == t for lab, t in zip(labels, truth)])),
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             films.append({"film": str(Path(r["path"]).relative_to(Path(r["path"]).parents[1])), "truth": truth[i],
                           "classifier": called[i],
                           **{n: {"decision": d[0], "largest_deg": None if np.isnan(d[1]) else round(d[1], 1),
-                                 "view": d[2]} for n, d in each.items()}})
+                                 "view": d[2], "full_spine_probability": d[3]} for n, d in each.items()}})
     print(f"{len(films)} films decided differently")
     write_result(f"decision_diff_{args.tag or 'kauh'}.json",
                  {**head, "cv_run": str(args.cv_run), "n_films": len(rows), "accuracy_classifier":

@@ -45,7 +45,7 @@ from spinexr.data.imread import read_image  # noqa: E402
 from spinexr.data.landmarks import read_aasce  # noqa: E402
 from spinexr.data.splits import holdout  # noqa: E402
 from spinexr.deploy.bundled import bundled_path  # noqa: E402
-from spinexr.deploy.decision import DecisionRule, fit_curve_deg, rule_cv  # noqa: E402
+from spinexr.deploy.decision import RULE_VERSION, DecisionRule, fit_curve_deg, rule_cv  # noqa: E402
 from spinexr.deploy.measure import Measurement, SpineMeasurer  # noqa: E402
 from spinexr.deploy.pipeline import Pipeline  # noqa: E402
 from spinexr.evaluation.external import external_metrics, wilson  # noqa: E402
@@ -230,8 +230,8 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
         u = v
         v, refused = measurer.second_stage(img, u)  # the out-of-fold corners, refined and judged as deployed
         first_c = None if v is u else u  # kept where the refiner read them again, as SpineMeasurer keeps them
-        m = Measurement(v, None if refused else measurer.angles(v, r.height), refused, conf,
-                        *check.judge(check.read(v, r.height, conf, first_c)), first_stage=first_c)
+        m = Measurement(v, None if refused else measurer.angles(v, r.height), refused, conf, first_stage=first_c)
+        m = check.applied(m, check.read(v, r.height, conf, first_c))
         f.views.append(m.view)
         f.view_p.append(np.nan if m.view_probability is None else float(m.view_probability))
         f.angle.append(m.result.largest if m.result is not None else np.nan)
@@ -256,6 +256,7 @@ def _missed_ge25(f: AasceFilms, o: np.ndarray, curve_deg: float) -> dict:
             "other": int((miss & ~under & ~doubted & (lab_a != "Spondylolisthesis")).sum()),
             # Misses whose measured curve is still shown beside the label, flagged (decision rule v4).
             "flagged_check_the_film": int(sum(miss[i] and f.agreement[i] == "check the film" for i in range(len(miss)))),
+            "rule_version": RULE_VERSION,
             "films": [{"film": f.names[i], "true_largest": round(float(true[i]), 2),
                        "measured_largest": None if not np.isfinite(meas_angle[i]) else round(float(meas_angle[i]), 2),
                        "classifier": f.labels[i], "decision": f.fused[i], "agreement": f.agreement[i],

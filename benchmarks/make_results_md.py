@@ -517,11 +517,13 @@ def decision_diff_section(d: dict) -> list[str]:
         files = f"`{r['landmarks']}`" + (f" + `{r['refiner']}`" if r["refiner"] else "")
         out.append(f"| {n} | {files} | {', '.join(f'{x:g}' for x in r['curve_deg'].values())} | "
                    f"{r['accuracy_with_rule_fold_mean']:.1%} | {r['changed_to_right']} | {r['changed_to_wrong']} |")
-    out += ["", f"The {len(d['films'])} films decided differently (decision, largest angle, view):", "",
+    out += ["", f"The {len(d['films'])} films decided differently (decision, largest angle, view, and the full-spine "
+            "probability where recorded):", "",
             "| film | truth | classifier | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     def cell(r: dict) -> str:
         angle = "refused" if r["largest_deg"] is None else f"{r['largest_deg']:.1f}°"
-        return f"{r['decision']} ({angle}, {r['view'] or 'no check'})"
+        p = r.get("full_spine_probability")
+        return f"{r['decision']} ({angle}, {r['view'] or 'no check'}" + ("" if p is None else f", p {p:.2f}") + ")"
 
     for f in d["films"]:
         cells = [cell(f[n]) for n in names]
@@ -668,7 +670,8 @@ def _missed_lines(ms: dict | None, ge: dict) -> list[str]:
                "(under the rule's bar there), " if "normal_call_doubted_view_under_bar" in ms else "")
             + f"{ms['spondylolisthesis_call']} Spondylolisthesis calls, {ms['other']} other."
             + (f" {ms['flagged_check_the_film']} of them keep their label with the measured curve shown beside it, "
-               "flagged 'check the film' (decision rule v4)." if "flagged_check_the_film" in ms else "")]
+               f"flagged 'check the film' (decision rule v{ms.get('rule_version', 4)})." if "flagged_check_the_film" in ms
+               else "")]
     if ms.get("films"):
         def _deg(x: float | None) -> str:
             return "refused" if x is None else f"{x:.1f}°"

@@ -511,7 +511,9 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
         "disagrees with where the vertebrae sit counts half.",
         f"- Decision rule: on a film the view check finds to be a full-spine AP view, a classifier's Normal or "
         f"Spondylolisthesis call measured at {curve_deg:.1f}° or more becomes Scoliosis (the line fitted on the 71 KAUH "
-        "Normal films, which this model never saw: at most 2% of them reach it). On a view the check doubts, only a "
+        "Normal films, which this model never saw: at most 2% of them reach it); a Spondylolisthesis call, the "
+        "classifier's own evidence of a lumbar view, only where the check is surer of a full-spine view than its second "
+        "line. On a view the check doubts, only a "
         f"Normal call answers to the angle, and only to a curve of {bar:g}° or more "
         "(the usual line between mild and moderate scoliosis): the check errs on other hospitals' full AP films, "
         "and lumbar views measure large angles too.",
@@ -519,7 +521,7 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
         "T1-T3 to L3-L5, span, heatmap confidence), fitted on "
         + (meta.get("view_check") or {}).get("fitted_on", "KAUH films of known view")
         + " (Normal and Scoliosis films full-spine AP, Spondylolisthesis films lumbar), its line keeping 90% of the "
-        "lumbar films out.",
+        "lumbar films out, and its second line, for films called Spondylolisthesis, 99% of them.",
         *(["- Second stage: in the bundle each vertebra's corners are read again by the vertebra refiner "
             "(`spinexr models --card refiner`), and the angles from the refined corners alone; "
             + _second_stage_rule_text(meta) + " The figures below are this first stage's "
@@ -547,7 +549,7 @@ def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext
               f"measure {meta['decision']['kauh_lumbar_median_deg']:.0f}° at the median; KAUH holds no healthy lumbar "
               "film to say how often that happens). Wherever the angle is not used (a view the check doubts, a lumbar "
               "view), a curve measured at 40° or more is still shown beside the label that stands, flagged 'check the "
-              "film' (rule v4).",
+              "film' (rule v5).",
               "- Trained on one Canadian hospital's AIS films, cropped neck to pelvis; other framings (whole-body, "
               "chest-only) and adult degenerative spines are outside its data."]
     return "\n".join(lines) + "\n", head

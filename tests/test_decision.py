@@ -16,7 +16,7 @@ from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.measure import Measurement
 from spinexr.geometry.cobb import cobb_angles
 from spinexr.geometry.plausibility import implausibility
-from spinexr.geometry.view import FULL_SPINE, LUMBAR
+from spinexr.geometry.view import FULL_SPINE, LUMBAR, ViewCheck, fit_view_check
 
 PROBS = {"Normal": 0.7, "Scoliosis": 0.2, "Spondylolisthesis": 0.1}
 
@@ -407,16 +407,20 @@ def test_stored_decision_figures_name_the_landmark_model_and_the_rule(tmp_path: 
 
 
 @pytest.mark.parametrize("label", ["Normal", "Scoliosis", "Spondylolisthesis"])
-@pytest.mark.parametrize("view", [None, LUMBAR])
+@pytest.mark.parametrize("view", [None, LUMBAR, "full, below the Spondylolisthesis line"])
 def test_a_large_curve_is_never_buried(label: str, view: str | None) -> None:
     """Wherever the rule does not use the angle (a view the check doubts; a Spondylolisthesis call without a
-    view check), a curve of 40 degrees or more is still shown beside the label that stands, flagged."""
+    view check, or on a film below the check's line for such calls), a curve of 40 degrees or more is still
+    shown beside the label that stands, flagged."""
     rule = DecisionRule(curve_deg=18.0)
     big, moderate = _measure(CURVE_60), _measure(CURVE_30)
-    if view is not None:
+    if view == LUMBAR:
         big, moderate = (replace(m, view=view, view_probability=0.6) for m in (big, moderate))
+    elif view is not None:  # a full-spine AP view, but below the line a Spondylolisthesis call must reach
+        big, moderate = (replace(m, view=FULL_SPINE, view_probability=0.6, spondylolisthesis_view_line=0.8)
+                         for m in (big, moderate))
     d = rule.decide(label, PROBS, big)
-    if view is None and label != "Spondylolisthesis":  # no check: the angle is used as on a full AP view
+    if view != LUMBAR and label != "Spondylolisthesis":  # no check, or a full-spine AP view: the angle is used
         assert d.label == "Scoliosis" and d.agreement in ("agree", "overruled")
         return
     if label == "Normal":  # a Normal call on a doubted view answers to a curve of clinical size
@@ -428,3 +432,35 @@ def test_a_large_curve_is_never_buried(label: str, view: str | None) -> None:
     small = rule.decide(label, PROBS, moderate)  # under 40 degrees on such a view: not used, as before
     assert small.agreement == "no angle" and small.cobb_largest is None and "not used" in small.note
     assert DecisionRule(large_curve_deg=70.0).decide(label, PROBS, big).agreement == "no angle"
+
+
+def test_a_spondylolisthesis_call_is_overruled_only_above_its_own_line() -> None:
+    """The check's second line: a film the classifier calls Spondylolisthesis (its own evidence of a lumbar
+    view) must be surer to be full-spine AP than a Normal call's film before its curve overrules it."""
+    rng = np.random.default_rng(3)
+    full = rng.normal([0.5, 0.6, 0.4, 0.9, -4.0], 0.15, (120, 5))
+    lumbar = rng.normal([0.8, 0.3, 0.1, 0.85, -4.8], 0.15, (80, 5))
+    x, y = np.r_[full, lumbar], np.r_[np.ones(120), np.zeros(80)].astype(bool)
+    check = fit_view_check(x, y, 0.9, "test", keep_lumbar_calls_out=0.99)
+    p_lumbar = np.array([check.probability(f) for f in lumbar])
+    assert check.line == pytest.approx(np.quantile(p_lumbar, 0.9))
+    assert check.spondylolisthesis_line == pytest.approx(np.quantile(p_lumbar, 0.99))
+    assert check.spondylolisthesis_line > check.line  # lumbar films lie between the two lines
+    assert fit_view_check(x, y, 0.9, keep_lumbar_calls_out=0.5).spondylolisthesis_line == pytest.approx(check.line)
+    assert ViewCheck.from_meta({"view_check": json.loads(json.dumps(check.to_meta()))}) == check
+    # A lumbar film between the lines: full-spine AP for the view, but a Spondylolisthesis call on it stands.
+    between = next(f for f, p in zip(lumbar, p_lumbar) if check.line <= p < check.spondylolisthesis_line)
+    m = check.applied(_measure(CURVE_30), between)
+    assert m.view == FULL_SPINE and m.spondylolisthesis_view_line == check.spondylolisthesis_line
+    rule = DecisionRule(curve_deg=20.0)
+    d = rule.decide("Spondylolisthesis", PROBS, m)
+    assert d.label == "Spondylolisthesis" and d.agreement == "no angle" and "below the line" in d.note
+    assert rule.decide("Normal", PROBS, m).label == "Scoliosis"  # a Normal call answers to the curve as before
+    # Above the second line the curve overrules the call; a check without the line (earlier files) as before.
+    sure = replace(m, view_probability=check.spondylolisthesis_line)
+    assert rule.decide("Spondylolisthesis", PROBS, sure).label == "Scoliosis"
+    assert rule.decide("Spondylolisthesis", PROBS, replace(m, spondylolisthesis_view_line=None)).label == "Scoliosis"
+    earlier = {k: v for k, v in check.to_meta().items() if k != "spondylolisthesis_line"}
+    assert ViewCheck.from_meta({"view_check": earlier}).spondylolisthesis_line is None
+    with pytest.raises(ValueError, match="not a probability"):
+        ViewCheck.from_meta({"view_check": {**check.to_meta(), "spondylolisthesis_line": 1.5}})

@@ -15,7 +15,10 @@ call counts as a lumbar view. On a full-spine AP film:
   is flagged as disagreeing: the landmark model's own error is several degrees, so a small measured
   angle is shown beside the label, not put in its place;
 - a **Spondylolisthesis** call is overruled the same way (spondylolisthesis is read on a lateral
-  lumbar view; a full-spine AP film with a curve of that size is a scoliosis film);
+  lumbar view; a full-spine AP film with a curve of that size is a scoliosis film), but only on a
+  film the check is surer of than of nearly all its lumbar films (its ``spondylolisthesis_line``):
+  the call is the classifier's own evidence of a lumbar view, and below that line the label stands,
+  as on a view the check doubts;
 - otherwise the classifier's label stands and the angle is reported beside it.
 
 A refused spine (a photo, a chest film) keeps the classifier's label, with the reason. On a view the
@@ -50,7 +53,7 @@ DOUBTED_VIEW_DEG = 25.0
 LARGE_CURVE_DEG = 40.0
 # Bumped whenever ``DecisionRule.decide`` changes what it decides: stored cross-validation figures
 # made under another version are rebuilt, not reused (:class:`spinexr.evaluation.decision_cv.CurveEvidence`).
-RULE_VERSION = 4
+RULE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,12 @@ class DecisionRule:
                                 f"(full-spine probability {measurement.view_probability:.2f})")
         if label == "Spondylolisthesis" and view is None:
             return self._unused(label, a, band, "a lumbar or lateral view by the classifier")
+        spond_line = getattr(measurement, "spondylolisthesis_view_line", None)
+        if (label == "Spondylolisthesis" and a >= self.curve_deg and spond_line is not None
+                and measurement.view_probability < spond_line):
+            return self._unused(label, a, band, "called Spondylolisthesis (the classifier's evidence of a lumbar view) "
+                                f"on a film whose full-spine probability ({measurement.view_probability:.2f}) is below "
+                                f"the line such a call must reach ({spond_line:.2f})")
         if label == "Spondylolisthesis" and a < self.curve_deg:
             return Decision(label, label, a, "consistent",
                             f"measured largest Cobb angle {a:.1f}° ({band}) on a full-spine AP view; spondylolisthesis "

@@ -37,6 +37,8 @@ class Measurement:
     # The view check's answer (spinexr.geometry.view), None when the landmark model file has no check.
     view: str | None = None
     view_probability: float | None = None
+    # The check's line for a film called Spondylolisthesis (ViewCheck.spondylolisthesis_line); not output.
+    spondylolisthesis_view_line: float | None = None
     # The first stage's corners where ``landmarks`` are the refiner's (what a two-stage view check reads); not output.
     first_stage: np.ndarray | None = None
 

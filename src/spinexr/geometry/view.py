@@ -19,6 +19,13 @@ KAUH's case-grouped folds with the bundled models, that let 10.1% of the lumbar 
 passed 98.0% of held-out AASCE films against 96.9% (``benchmarks/results/view_check_bundled.json``).
 A check records which features it reads; one fitted on a single stage's features (every landmark file
 without a refiner, and earlier files) reads the corners the angles come from, as before.
+
+A check has a second, higher line for films the classifier calls Spondylolisthesis
+(``spondylolisthesis_line``): that call is the classifier's own evidence of a lumbar view, so the
+decision overrules it only where the check is surer than on nearly all the lumbar films it was fitted
+on (``keep_lumbar_calls_out``, 99%). With the one line, a few lumbar films that the refiner measured
+at 25-51° crossed it and were called Scoliosis (:mod:`spinexr.deploy.decision`). A check without
+this line (earlier files) judges every call against ``line``, as before.
 """
 
 from __future__ import annotations
@@ -85,6 +92,8 @@ class ViewCheck:
     line: float
     fitted_on: str = ""
     features: tuple[str, ...] = FEATURES  # what it reads: FEATURES, or TWO_STAGE_FEATURES
+    # The line a film called Spondylolisthesis must reach to count as full-spine AP; None: ``line``, as for any call.
+    spondylolisthesis_line: float | None = None
 
     def read(self, corners: np.ndarray, image_height: float, confidence: float,
              first: np.ndarray | None = None) -> np.ndarray | None:
@@ -114,7 +123,7 @@ class ViewCheck:
         if features is None:
             return measurement
         view, p = self.judge(features)
-        return replace(measurement, view=view, view_probability=p)
+        return replace(measurement, view=view, view_probability=p, spondylolisthesis_view_line=self.spondylolisthesis_line)
 
     def to_meta(self) -> dict[str, Any]:
         return {**asdict(self), "features": list(self.features)}
@@ -130,15 +139,21 @@ class ViewCheck:
             raise ValueError(f"view check features {list(names)} are neither {list(FEATURES)} nor {list(TWO_STAGE_FEATURES)}")
         if not len(d["mean"]) == len(d["std"]) == len(d["coef"]) == len(names):
             raise ValueError(f"view check: {len(names)} features but {len(d['coef'])} coefficients")
+        spond = d.get("spondylolisthesis_line")
+        if spond is not None and not 0.0 <= float(spond) <= 1.0:
+            raise ValueError(f"view check: spondylolisthesis_line {spond} is not a probability")
         return cls(tuple(map(float, d["mean"])), tuple(map(float, d["std"])), tuple(map(float, d["coef"])),
-                   float(d["intercept"]), float(d["line"]), str(d.get("fitted_on", "")), names)
+                   float(d["intercept"]), float(d["line"]), str(d.get("fitted_on", "")), names,
+                   None if spond is None else float(spond))
 
 
 def fit_view_check(features: np.ndarray, full_spine: np.ndarray, keep_lumbar_out: float = 0.9,
-                   fitted_on: str = "") -> ViewCheck:
+                   fitted_on: str = "", keep_lumbar_calls_out: float = 0.99) -> ViewCheck:
     """Fit the logistic model on (n, 5) features of films whose view is known (``full_spine`` True
     for full-spine AP films; (n, 8): :data:`TWO_STAGE_FEATURES`) and put the line where
-    ``keep_lumbar_out`` of the other films fall below it (scored on the fitting films themselves)."""
+    ``keep_lumbar_out`` of the other films fall below it, and the line for Spondylolisthesis calls
+    where ``keep_lumbar_calls_out`` of them do (never below the first; both scored on the fitting
+    films themselves)."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.asarray(features, dtype=np.float64)
@@ -153,4 +168,5 @@ def fit_view_check(features: np.ndarray, full_spine: np.ndarray, keep_lumbar_out
     lr = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / std, y)
     check = ViewCheck(tuple(mean), tuple(std), tuple(lr.coef_[0]), float(lr.intercept_[0]), 0.5, fitted_on, names)
     p_lumbar = np.array([check.probability(f) for f in x[~y]])
-    return replace(check, line=float(np.quantile(p_lumbar, keep_lumbar_out)))
+    line = float(np.quantile(p_lumbar, keep_lumbar_out))
+    return replace(check, line=line, spondylolisthesis_line=max(line, float(np.quantile(p_lumbar, keep_lumbar_calls_out))))
