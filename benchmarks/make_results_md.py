@@ -517,6 +517,8 @@ def decision_diff_section(d: dict) -> list[str]:
         files = f"`{r['landmarks']}`" + (f" + `{r['refiner']}`" if r["refiner"] else "")
         out.append(f"| {n} | {files} | {', '.join(f'{x:g}' for x in r['curve_deg'].values())} | "
                    f"{r['accuracy_with_rule_fold_mean']:.1%} | {r['changed_to_right']} | {r['changed_to_wrong']} |")
+    if len(names) < 2:  # one measurer: nothing to set side by side
+        return out + [""]
     out += ["", f"The {len(d['films'])} films decided differently (decision, largest angle, view, and the full-spine "
             "probability where recorded):", "",
             "| film | truth | classifier | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
@@ -986,6 +988,9 @@ def _adopted_sections() -> list[str]:
                           ("external_aasce_seed0_e26.json", external_section),
                           ("external_aasce_seed1_e26.json", external_section),
                           ("external_aasce_seed0_e26_two_stage_view.json", external_section),
+                          ("external_aasce_seed1_e26_two_stage_view.json", external_section),
+                          ("external_aasce_seed0_e26_spond_line.json", external_section),
+                          ("external_aasce_seed1_e26_spond_line.json", external_section),
                           ("bundled_models.json", bundled_section)):
         d = _load(name)
         if d:
@@ -1105,14 +1110,16 @@ def headline_table() -> list[str]:
                     f"{ge['classifier']:.1%}, with the measured curve {ge['with_rule']:.1%} of {ge['n']}; Spearman of the "
                     f"measured angle {rho:.2f} | `external_aasce.json` |")
     for split, label in (("seed0", "seed-0"), ("seed1", "seed-1")):
-        name, d = _first(f"external_aasce_{split}_e26_two_stage_view.json", f"external_aasce_{split}_e26.json",
+        name, d = _first(f"external_aasce_{split}_e26_spond_line.json", f"external_aasce_{split}_e26_two_stage_view.json",
+                         f"external_aasce_{split}_e26.json",
                          f"external_aasce_{split}_refined.json")
         if d:
             ge, rho = _external_headline(d)
             rows.append(f"| the same, the curve measured by the two stages ({label} fold "
                         f"models) | with the measured curve {ge['with_rule']:.1%} of {ge['n']}; Spearman of the "
                         f"measured angle {rho:.2f} | `{name}` |")
-    name, d = _first("kauh_augment_two_stage_view_window.json", "kauh_augment_refiner_window_repeat.json",
+    name, d = _first("kauh_augment_spond_line_window.json", "kauh_augment_two_stage_view_window.json",
+                     "kauh_augment_refiner_window_repeat.json",
                      "kauh_augment_refiner_e56_window.json",
                      "kauh_augment_refiner_window.json")
     if d:
@@ -1127,8 +1134,14 @@ def headline_table() -> list[str]:
         cells = "; ".join(f"{n} {r['accuracy_with_rule_fold_mean']:.1%} ({r['changed_to_right']} to right, "
                           f"{r['changed_to_wrong']} to wrong)" for n, r in dd["measurers"].items())
         rows.append(f"| the same out-of-fold calls, decided with the landmark model bundled before the refiner (seed1-fold) "
-                    f"and with the bundled two stages | {cells} | "
+                    f"and with the bundled two stages (rule v4) | {cells} | "
                     f"`{dname}` |")
+    dname, dd = _first("decision_diff_kauh_spond_line.json")
+    if dd:  # the same calls, rule v5 (a Spondylolisthesis call overruled only above the check's second line)
+        cells = "; ".join(f"{r['accuracy_with_rule_fold_mean']:.1%} ({r['changed_to_right']} to right, "
+                          f"{r['changed_to_wrong']} to wrong)" for r in dd["measurers"].values())
+        rows.append(f"| the same out-of-fold calls, the bundled two stages with rule v5 (a Spondylolisthesis call "
+                    f"overruled only above the view check's second line) | {cells} | `{dname}` |")
     return rows + _deployment_rows()
 
 
