@@ -45,7 +45,7 @@ def oof_calls(cv_run: Path, repeat: int = 0) -> list[dict]:
 
 
 def _probability(m) -> float | None:
-    """The full-spine probability the fold's view check gave a film (None: no check, or a refused spine)."""
+    """The full-spine probability the fold's view check gave a film (None where no check judged it)."""
     p = getattr(m, "view_probability", None)
     return None if p is None else round(float(p), 3)
 

@@ -254,7 +254,8 @@ def _missed_ge25(f: AasceFilms, o: np.ndarray, curve_deg: float) -> dict:
             "normal_call_doubted_view_under_bar": int(doubted.sum()),
             "spondylolisthesis_call": int((miss & (lab_a == "Spondylolisthesis")).sum()),
             "other": int((miss & ~under & ~doubted & (lab_a != "Spondylolisthesis")).sum()),
-            # Misses whose measured curve is still shown beside the label, flagged (decision rule v4).
+            # Misses whose measured curve is still shown beside the label, flagged (decision rule v4 on), and the
+            # version of the rule that decided them.
             "flagged_check_the_film": int(sum(miss[i] and f.agreement[i] == "check the film" for i in range(len(miss)))),
             "rule_version": RULE_VERSION,
             "films": [{"film": f.names[i], "true_largest": round(float(true[i]), 2),

@@ -1129,19 +1129,18 @@ def headline_table() -> list[str]:
                     f"{w['accuracy_mean']:.1%} -> {w['decision']['accuracy_with_rule_mean']:.1%}; framing changes "
                     f"{fr['scoliosis_ap_to_strip']['rate']:.1%} and {fr['normal_strip_to_full']['rate']:.1%} | "
                     f"`{name}` |")
-    dname, dd = _first("decision_diff_kauh_two_stage_view.json")
-    if dd:  # the same out-of-fold calls decided with each landmark model's measurements
-        cells = "; ".join(f"{n} {r['accuracy_with_rule_fold_mean']:.1%} ({r['changed_to_right']} to right, "
-                          f"{r['changed_to_wrong']} to wrong)" for n, r in dd["measurers"].items())
-        rows.append(f"| the same out-of-fold calls, decided with the landmark model bundled before the refiner (seed1-fold) "
-                    f"and with the bundled two stages (rule v4) | {cells} | "
-                    f"`{dname}` |")
-    dname, dd = _first("decision_diff_kauh_spond_line.json")
-    if dd:  # the same calls, rule v5 (a Spondylolisthesis call overruled only above the check's second line)
-        cells = "; ".join(f"{r['accuracy_with_rule_fold_mean']:.1%} ({r['changed_to_right']} to right, "
-                          f"{r['changed_to_wrong']} to wrong)" for r in dd["measurers"].values())
-        rows.append(f"| the same out-of-fold calls, the bundled two stages with rule v5 (a Spondylolisthesis call "
-                    f"overruled only above the view check's second line) | {cells} | `{dname}` |")
+    # The same out-of-fold calls decided with each landmark model's measurements (decision_diff.py), per rule.
+    for dname, what in (("decision_diff_kauh_two_stage_view.json", "decided with the landmark model bundled before the "
+                         "refiner (seed1-fold) and with the bundled two stages (rule v4)"),
+                        ("decision_diff_kauh_spond_line.json", "the bundled two stages with rule v5 (a "
+                         "Spondylolisthesis call overruled only above the view check's second line)")):
+        dd = _load(dname)
+        if dd:
+            named = len(dd["measurers"]) > 1
+            cells = "; ".join(("" if not named else f"{n} ") + f"{r['accuracy_with_rule_fold_mean']:.1%} "
+                              f"({r['changed_to_right']} to right, {r['changed_to_wrong']} to wrong)"
+                              for n, r in dd["measurers"].items())
+            rows.append(f"| the same out-of-fold calls, {what} | {cells} | `{dname}` |")
     return rows + _deployment_rows()
 
 

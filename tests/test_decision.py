@@ -64,10 +64,6 @@ def test_measured_curve_changes_the_decision() -> None:
 
 
 def _with_view(m: Measurement, full: bool) -> Measurement:
-    from dataclasses import replace
-
-    from spinexr.geometry.view import FULL_SPINE, LUMBAR
-
     return replace(m, view=FULL_SPINE if full else LUMBAR, view_probability=0.9 if full else 0.1)
 
 
@@ -108,7 +104,7 @@ def test_the_view_check_decides_where_the_angle_counts() -> None:
 
 
 def test_view_features_and_the_fitted_check() -> None:
-    from spinexr.geometry.view import FULL_SPINE, LUMBAR, ViewCheck, fit_view_check, view_features
+    from spinexr.geometry.view import view_features
 
     f = view_features(_spine(STRAIGHT), 600, 0.02)
     # Equal boxes 60 wide and 24 tall from y = 28 to 532: no growth, aspect 2.5, span 504 / 600.
@@ -132,7 +128,7 @@ def test_a_two_stage_check_reads_the_first_stage_and_the_refined_shapes() -> Non
     proportions (:data:`TWO_STAGE_FEATURES`); a check says which it reads, reads a film accordingly, and a
     two-stage check does not judge a film measured by the first stage alone."""
     from spinexr.deploy.measure import Measurement
-    from spinexr.geometry.view import FEATURES, TWO_STAGE_FEATURES, ViewCheck, fit_view_check, spine_view_features, view_features
+    from spinexr.geometry.view import FEATURES, TWO_STAGE_FEATURES, spine_view_features, view_features
 
     first = _spine(STRAIGHT)
     refined = first.copy().reshape(17, 4, 2)
