@@ -37,8 +37,27 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def code_version(root: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The checkout a benchmark ran from (``root``, default this repository): its commit, and whether tracked files
+    differed from it (None outside a git checkout). Rates measured on different commits may differ because the code
+    or the bundled models did."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0 or status.returncode != 0:
+        return None
+    return {"commit": commit.stdout.strip(), "modified": bool(status.stdout.strip())}
+
+
 def header(name: str, argv: list[str] | None) -> dict[str, Any]:
-    """The fields every result file starts with: benchmark, command, date, machine."""
+    """The fields every result file starts with: benchmark, command, date, machine, checkout (the git commit)."""
     import shlex
     import time
     from pathlib import Path
@@ -46,7 +65,7 @@ def header(name: str, argv: list[str] | None) -> dict[str, Any]:
     # Quoted as a shell would need it, so the recorded command can be pasted back.
     cmd = shlex.join(["python", Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     return {"benchmark": name, "command": cmd, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": machine_info()}
+            "machine": machine_info(), "checkout": code_version()}
 
 
 def write_result(filename: str, payload: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _machine import header, write_result  # noqa: E402
+from _machine import code_version, header, write_result  # noqa: E402
 from archive_predict import make_archive  # noqa: E402
 
 TARGET_MS = 300.0
@@ -49,14 +49,8 @@ def _run(bundle: Path, backend: str, films: Path, out: Path, env: dict[str, str]
 
 def _commit(checkout: Path) -> str:
     """The checkout's commit (and whether its tree has changes), for the record."""
-    try:
-        rev = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short=10", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "an unknown commit"
-    return rev + (" with changes" if dirty else "")
+    v = code_version(checkout)
+    return "an unknown commit" if v is None else v["commit"][:10] + (" with changes" if v["modified"] else "")
 
 
 def main(argv: list[str] | None = None) -> int:
