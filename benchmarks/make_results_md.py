@@ -28,7 +28,9 @@ def _first(*names: str) -> tuple[str | None, dict | None]:
 def _machine(d: dict) -> str:
     m = d["machine"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
-    return f"{m['cpu']} ({m['cpu_count']} cores{gpu}), torch {m['torch']}"
+    code = d.get("checkout")
+    at = "" if not code else f", code at {code['commit'][:10]}" + (" with local changes" if code["modified"] else "")
+    return f"{m['cpu']} ({m['cpu_count']} cores{gpu}), torch {m['torch']}{at}"
 
 
 def kauh_section(d: dict) -> list[str]:
@@ -614,7 +616,9 @@ def archive_section(d: dict) -> list[str]:
     out = ["## Archive throughput", "", f"Command: `{d['command']}`", "",
            f"Machine: {_machine(d)}. Date: {d['date']}. Each mode in a fresh process (start-up included), taking turns "
            "per archive size; the archive is the shared KAUH and AASCE films linked under new names. Peak memory is "
-           "the whole process tree's (Ray's own processes included).", "",
+           "the whole process tree's (Ray's own processes included). The machine is shared, and its speed moves from one "
+           "run to the next (the code and the bundle also changed between some runs on this page): compare the ratios "
+           "within a run. The rates, and the arithmetic for a million films, are this run's own.", "",
            "| films | mode | films/s | × today's path | peak memory MB |", "|---|---|---|---|---|"]
     rounds = d.get("repeat", 1)
     if rounds > 1:
