@@ -108,7 +108,8 @@ def test_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_small_model_learns_kauh(kauh_dir: Path, tmp_path: Path) -> None:
-    """One fold, 96 px, a dozen epochs on a CPU: well above the 55.6% majority rate."""
+    """One fold, 96 px, eight epochs on a CPU: well above the 55.6% majority rate (twelve epochs reach the same
+    held-out accuracy)."""
     import torch
 
     from spinexr.data.contract import DataConfig
@@ -127,7 +128,7 @@ def test_small_model_learns_kauh(kauh_dir: Path, tmp_path: Path) -> None:
     contract = DataConfig(96)
     # Framing augmentation off: this test is about the OOD detector's mechanism, and framing-invariant
     # features make its feature score weaker (measured on the bundled model: benchmarks/ood_corpus.py).
-    cfg = TrainConfig.from_dict({"epochs": 12, "batch_size": 32, "device": "cpu", "patience": 100,
+    cfg = TrainConfig.from_dict({"epochs": 8, "batch_size": 32, "device": "cpu", "patience": 100,
                                  "aug": {"strip_p": 0.0, "widen_p": 0.0}})
     res = fit(m, d.tensors[96], d.labels, fi, va, cfg, contract, progress=False)
     probs = run_inference(res.predictor, d.tensors[96], te, torch.device("cpu")).probs

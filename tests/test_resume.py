@@ -103,7 +103,7 @@ def test_sigkill_mid_training_then_resume_matches(synth_dir: Path, tmp_path: Pat
 
 @pytest.mark.slow
 def test_cv_resumes_at_first_unfinished_fold(synth_dir: Path, tmp_path: Path) -> None:
-    args = ["cv", "--data", str(synth_dir), "--models", "small", "--folds", "3", "--epochs", "2", "--image-size", "40",
+    args = ["cv", "--data", str(synth_dir), "--models", "small", "--folds", "2", "--epochs", "2", "--image-size", "40",
             "--batch-size", "8", "--device", "cpu", "--bootstrap", "20", "--quiet"]
     ref = tmp_path / "ref"
     subprocess.run(_cli(*args, "--out", str(ref)), check=True, env=ENV, timeout=600)
