@@ -935,6 +935,12 @@ def _refine_any_section(d: dict) -> list[str]:
     return refine_final_section(d) if d.get("final") else refine_section(d)
 
 
+# The external checks the pages render, in this order: the first, then each split's under each later measurement.
+EXTERNAL_ADOPTED = ("external_aasce.json", *(f"external_aasce_{split}_{tag}.json"
+                                             for tag in ("refined", "e26", "e26_two_stage_view", "e26_spond_line")
+                                             for split in ("seed0", "seed1")))
+
+
 def _adopted_sections() -> list[str]:
     lines: list[str] = []
     for f in sorted((HERE / "results").glob("kauh_cv_*.json")):
@@ -986,15 +992,7 @@ def _adopted_sections() -> list[str]:
         lines += archive_section(json.loads(f.read_text()))
     for name, section in (("pacs_roundtrip.json", pacs_section), ("finetune_corrections.json", finetune_section),
                           ("cpu_inference_landmarks.json", landmark_inference_section),
-                          ("external_aasce.json", external_section),
-                          ("external_aasce_seed0_refined.json", external_section),
-                          ("external_aasce_seed1_refined.json", external_section),
-                          ("external_aasce_seed0_e26.json", external_section),
-                          ("external_aasce_seed1_e26.json", external_section),
-                          ("external_aasce_seed0_e26_two_stage_view.json", external_section),
-                          ("external_aasce_seed1_e26_two_stage_view.json", external_section),
-                          ("external_aasce_seed0_e26_spond_line.json", external_section),
-                          ("external_aasce_seed1_e26_spond_line.json", external_section),
+                          *((name, external_section) for name in EXTERNAL_ADOPTED),
                           ("bundled_models.json", bundled_section)):
         d = _load(name)
         if d:
