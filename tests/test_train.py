@@ -143,3 +143,58 @@ def test_strip_mode_cuts_a_wide_film_around_the_spine_and_maps_back() -> None:
     assert np.array_equal(fit_to_square(strip, 64, "strip")[0], out)
     widened = pad_to_aspect(strip, 2.5)
     assert np.abs(fit_to_square(widened, 64, "strip")[0].astype(int) - out).mean() < 8
+
+
+def test_weight_average_is_what_validation_and_the_model_keep(tiny, tmp_path: Path, monkeypatch) -> None:
+    """With ema_decay (and mixup) the early stopping judges the averaged weights and the model leaves
+    with them; a run killed after its second epoch and resumed from its checkpoint ends the same."""
+    import spinexr.engine.train as train_mod
+
+    idx = np.arange(len(tiny.labels))
+    cfg = _cfg(epochs=4, ema_decay=0.9, mixup_alpha=0.4)
+
+    def run(ck: Path | None, resume: bool = False) -> tuple:
+        torch.manual_seed(0)
+        m = create_model("small", attention="none")
+        r = fit(m, tiny.tensors[48], tiny.labels, idx[:20], idx[20:], cfg, C48, checkpoint=ck, progress=False,
+                resume=resume)
+        return r, _logits(m, tiny, None)
+
+    res, logits = run(None)
+    best = res.history[res.best_epoch]["val_loss"]
+    assert _val_loss_of(logits, tiny, idx[20:]) == pytest.approx(best, abs=1e-5)
+
+    real_epoch = train_mod._epoch
+
+    def killed_after_two(run_, state, epoch, *a):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(run_, state, epoch, *a)
+
+    ck = tmp_path / "ck.pt"
+    monkeypatch.setattr(train_mod, "_epoch", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(ck)
+    monkeypatch.setattr(train_mod, "_epoch", real_epoch)
+    state = torch.load(ck, weights_only=True)
+    assert state["epoch"] == 1 and state["ema_steps"] > 0
+    resumed, resumed_logits = run(ck, resume=True)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in res.history]
+    assert np.array_equal(resumed_logits, logits)
+
+
+def _val_loss_of(logits: np.ndarray, data, idx) -> float:
+    lg = torch.from_numpy(logits[idx])
+    return float(torch.nn.functional.cross_entropy(lg, torch.from_numpy(data.labels[idx])).item())
+
+
+def test_resuming_with_an_average_from_a_checkpoint_without_one_is_refused(tiny, tmp_path: Path) -> None:
+    from spinexr.errors import SpinexrError
+
+    idx = np.arange(len(tiny.labels))
+    ck = tmp_path / "ck.pt"
+    fit(create_model("small", attention="none"), tiny.tensors[48], tiny.labels, idx[:20], idx[20:],
+        _cfg(epochs=1), C48, checkpoint=ck, progress=False)
+    with pytest.raises(SpinexrError, match="without a weight average"):
+        fit(create_model("small", attention="none"), tiny.tensors[48], tiny.labels, idx[:20], idx[20:],
+            _cfg(epochs=2, ema_decay=0.9), C48, checkpoint=ck, progress=False, resume=True)

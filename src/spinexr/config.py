@@ -179,6 +179,12 @@ class TrainConfig(Settings):
     schedule: Literal["onecycle", "cosine"] = setting("onecycle", help="learning-rate decay after warm-up")
     warmup_epochs: float = setting(3.0, ge=0, help="linear warm-up length in epochs")
     label_smoothing: float = setting(0.1, ge=0, lt=1, help="label smoothing of the cross-entropy")
+    # Regularisation for a few hundred films from scratch (issue: a label as good as the published
+    # classifiers); both off by default so earlier recipes reproduce.
+    ema_decay: float = setting(0.0, ge=0, lt=1, help="exponential moving average of the weights, per step (0: off); "
+                               "validation, early stopping and the saved model then use the average")
+    mixup_alpha: float = setting(0.0, ge=0, le=10, help="mixup: each batch blended with a shuffled copy of itself by "
+                                 "a Beta(alpha, alpha) weight (0: off)")
     balance: Literal["oversample", "weights", "none"] = setting("oversample", help="how classes are balanced")
     patience: int = setting(15, ge=1, help="early-stopping patience in epochs")
     val_fraction: float = setting(0.15, gt=0, lt=1, help="validation share carved from the training side")

@@ -235,6 +235,12 @@ def rule_cv(truth: list[str], called: list[str], probs: list[dict[str, float]], 
                              "accuracy": before, "accuracy_with_rule": after})
     out["accuracy_mean"] = float(np.mean([f["accuracy"] for f in out["folds"]]))
     out["accuracy_with_rule_mean"] = float(np.mean([f["accuracy_with_rule"] for f in out["folds"]]))
+    scored = [i for k in rules for i in np.flatnonzero(folds_a == k)]
+    for key, calls in (("recall", called), ("recall_with_rule", labels)):
+        out[key] = {c: float(np.mean([calls[i] == c for i in scored if truth[i] == c]))
+                    for c in sorted({truth[i] for i in scored})}
+    seen = set(scored)
+    out["decided"] = [labels[i] if i in seen else None for i in range(len(truth))]
     if kept_full:
         out["view_full_spine_rate"] = {c: float(np.mean(v)) for c, v in sorted(kept_full.items())}
     return out

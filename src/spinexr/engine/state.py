@@ -3,6 +3,7 @@ survives a kill (written to a temporary file, then renamed over the old one, as 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from spinexr.errors import SpinexrError
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -51,6 +54,37 @@ class EarlyStopping:
             model.load_state_dict(self.best_state)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and buffers, updated after every step.
+
+    The decay warms up as ``(1 + step) / (10 + step)`` (timm's ``ModelEmaV3`` habit), so the first steps
+    are not averaged with the random start; integer buffers (BatchNorm's step count) are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.steps = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for avg, cur in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur.detach(), 1.0 - d)
+            else:
+                avg.copy_(cur)
+
+    def state(self) -> dict[str, Any]:
+        return {"ema": self.module.state_dict(), "ema_steps": self.steps}
+
+    def load(self, ck: dict[str, Any]) -> None:
+        self.module.load_state_dict(ck["ema"])
+        self.steps = int(ck["ema_steps"])
+
+
 @dataclass
 class TrainState:
     """The resumable state of :func:`spinexr.engine.train.fit` after ``epoch`` (-1: none yet)."""
@@ -61,21 +95,29 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     done: bool = False
 
+    ema: WeightAverage | None = None
+
     def save(self, path: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict[str, Any]) -> None:
         s = self.stopper
         save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": self.epoch,
                      "history": self.history, "best_epoch": s.best_epoch, "best_val_loss": s.best_loss,
                      "bad_epochs": s.bad_epochs, "best_state": s.best_state or {}, "batch_size": self.batch_size,
-                     "done": self.done, "config": config}, path)
+                     "done": self.done, "config": config, **(self.ema.state() if self.ema else {})}, path)
 
     @classmethod
     def load(cls, path: Path, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device,
-             patience: int) -> TrainState:
-        """Restore model and optimiser from ``path`` (weights only: nothing is unpickled)."""
+             patience: int, ema: WeightAverage | None = None) -> TrainState:
+        """Restore model, optimiser and (when given) the weight average from ``path`` (weights only:
+        nothing is unpickled)."""
         ck = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        if ema is not None:
+            if "ema" not in ck:
+                raise SpinexrError(f"{path}: this checkpoint was written without a weight average (ema_decay 0); "
+                                   "resume it with the settings it started with, or start the run again")
+            ema.load(ck)
         stopper = EarlyStopping(patience, best_loss=float(ck["best_val_loss"]), best_epoch=int(ck["best_epoch"]),
                                 bad_epochs=int(ck["bad_epochs"]), best_state=ck.get("best_state") or None)
         return cls(stopper=stopper, batch_size=int(ck["batch_size"]), epoch=int(ck["epoch"]),
-                   history=list(ck["history"]), done=bool(ck.get("done", False)))
+                   history=list(ck["history"]), done=bool(ck.get("done", False)), ema=ema)

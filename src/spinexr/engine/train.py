@@ -30,7 +30,7 @@ from spinexr.data.splits import oversample
 from spinexr.engine.calibration import fit_temperature
 from spinexr.engine.distributed import is_main, rank, resolve_device, world_size
 from spinexr.engine.inference import run_inference, unit_batches
-from spinexr.engine.state import EarlyStopping, TrainState
+from spinexr.engine.state import EarlyStopping, TrainState, WeightAverage
 from spinexr.errors import SpinexrError
 from spinexr.models.inference import InferenceModule
 
@@ -103,15 +103,59 @@ def _batch(x_dev: torch.Tensor, idx: torch.Tensor, contract: DataConfig, cfg: Tr
     return xb.contiguous(memory_format=torch.channels_last) if channels_last else xb
 
 
-def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x_dev: torch.Tensor, y_dev: torch.Tensor,
-                    local: torch.Tensor, bs: int, epoch: int, cfg: TrainConfig, contract: DataConfig,
-                    class_w: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+@dataclass
+class _Run:
+    """What every epoch of one :func:`fit` uses."""
+
+    train_model: nn.Module  # compiled and/or DDP-wrapped
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    x_dev: torch.Tensor
+    y_dev: torch.Tensor
+    yv: np.ndarray
+    val_idx: np.ndarray
+    cfg: TrainConfig
+    contract: DataConfig
+    class_w: torch.Tensor | None
+    device: torch.device
+    world: int
+    rk: int
+    ema: WeightAverage | None = None  # the weight average that validation and the saved model use
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _mixed_loss(logits: torch.Tensor, y: torch.Tensor, mix: tuple[float, torch.Tensor] | None,
+                cfg: TrainConfig, class_w: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy with label smoothing; under mixup the two labels weighted as their films were."""
+    loss = F.cross_entropy(logits, y, weight=class_w, label_smoothing=cfg.label_smoothing)
+    if mix is None:
+        return loss
+    lam, perm = mix
+    return lam * loss + (1 - lam) * F.cross_entropy(logits, y[perm], weight=class_w, label_smoothing=cfg.label_smoothing)
+
+
+def _mixup(xb: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, tuple[float, torch.Tensor] | None]:
+    """Blend the batch with a shuffled copy of itself (mixup) when ``cfg.mixup_alpha`` is set; the draws
+    come from the epoch's generator, so a resumed run replays them."""
+    if cfg.mixup_alpha <= 0:
+        return xb, None
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device).item())
+    lam = float(np.random.default_rng(seed).beta(cfg.mixup_alpha, cfg.mixup_alpha))
+    perm = torch.randperm(xb.shape[0], generator=gen, device=gen.device).to(xb.device)
+    return xb * lam + xb[perm] * (1 - lam), (lam, perm)
+
+
+def train_one_epoch(run: _Run, local: torch.Tensor, bs: int, epoch: int) -> tuple[torch.Tensor, int]:
     """One pass over this rank's ``local`` sample order in batches of ``bs``.
 
     Returns (summed [loss, correct, images] on the device, the batch size it ended with): on CUDA
-    out-of-memory with ``auto_batch`` the batch is halved and the epoch carries on.
+    out-of-memory with ``auto_batch`` the batch is halved and the epoch carries on. After every step
+    the weight average (``ema_decay``) follows the model.
     """
-    device, world = x_dev.device, world_size()
+    cfg, device, world, model = run.cfg, run.x_dev.device, world_size(), run.train_model
     cuda = device.type == "cuda"
     cl = cfg.channels_last and cuda
     model.train()
@@ -122,18 +166,18 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x_dev: torch.T
     pos = 0
     while pos + bs <= len(local):
         ib = local[pos:pos + bs]
-        for g in opt.param_groups:
+        for g in run.opt.param_groups:
             g["lr"] = scaled_lr(cfg, bs * world) * lr_factor(cfg, epoch + pos / max(1, len(local)))
         try:
-            xb = _batch(x_dev, ib, contract, cfg, gen, cl)
+            xb, mix = _mixup(_batch(run.x_dev, ib, run.contract, cfg, gen, cl), cfg, gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and cuda):
                 logits = model(xb)
-            loss = F.cross_entropy(logits.float(), y_dev[ib], weight=class_w, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
+            loss = _mixed_loss(logits.float(), run.y_dev[ib], mix, cfg, run.class_w)
+            run.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            run.opt.step()
         except torch.OutOfMemoryError as e:
-            opt.zero_grad(set_to_none=True)
+            run.opt.zero_grad(set_to_none=True)
             if not cfg.auto_batch or bs == 1:
                 raise SpinexrError(f"CUDA out of memory at batch size {bs * world}; set --batch-size smaller "
                                    "(or --image-size)") from e
@@ -142,7 +186,9 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x_dev: torch.T
             if cuda:
                 torch.cuda.empty_cache()
             continue
-        stats += torch.stack([loss.detach() * len(ib), (logits.detach().argmax(1) == y_dev[ib]).sum().float(),
+        if run.ema is not None:
+            run.ema.update(run.model)
+        stats += torch.stack([loss.detach() * len(ib), (logits.detach().argmax(1) == run.y_dev[ib]).sum().float(),
                               torch.tensor(float(len(ib)), device=device)])
         pos += bs
     return stats, bs
@@ -165,25 +211,6 @@ def validate(model: nn.Module, x_dev: torch.Tensor, y: np.ndarray, val_idx: np.n
     return float(F.cross_entropy(logits, yt).item()), float((logits.argmax(1) == yt).float().mean().item())
 
 
-@dataclass
-class _Run:
-    """What every epoch of one :func:`fit` uses."""
-
-    train_model: nn.Module  # compiled and/or DDP-wrapped
-    model: nn.Module
-    opt: torch.optim.Optimizer
-    x_dev: torch.Tensor
-    y_dev: torch.Tensor
-    yv: np.ndarray
-    val_idx: np.ndarray
-    cfg: TrainConfig
-    contract: DataConfig
-    class_w: torch.Tensor | None
-    device: torch.device
-    world: int
-    rk: int
-
-
 def _epoch(run: _Run, state: TrainState, epoch: int, fit_idx: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """One epoch: train on this rank's share of the epoch's order, validate on rank 0, record it in the history."""
     cfg, world, device = run.cfg, run.world, run.device
@@ -192,14 +219,13 @@ def _epoch(run: _Run, state: TrainState, epoch: int, fit_idx: np.ndarray, labels
     bs = state.batch_size
     n_use = (len(order) // (bs * world)) * bs * world
     local = torch.as_tensor(order[:n_use][run.rk::world], dtype=torch.long, device=device)
-    stats, state.batch_size = train_one_epoch(run.train_model, run.opt, run.x_dev, run.y_dev, local, bs, epoch, cfg,
-                                              run.contract, run.class_w)
+    stats, state.batch_size = train_one_epoch(run, local, bs, epoch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t_train = time.perf_counter() - t0
     if world > 1:
         torch.distributed.all_reduce(stats)
-    val_loss, val_acc = (validate(run.model, run.x_dev, run.yv, run.val_idx, run.contract, cfg,
+    val_loss, val_acc = (validate(run.eval_model, run.x_dev, run.yv, run.val_idx, run.contract, cfg,
                                   max(state.batch_size, 64)) if is_main() else (0.0, 0.0))
     if world > 1:  # rank 0 decides; every rank follows the same early-stopping path
         vt = torch.tensor([val_loss, val_acc], device=device)
@@ -251,9 +277,10 @@ def fit(
     class_w = class_weights(cfg, labels, fit_idx, n_classes, device)
     epoch_len = len(epoch_order(cfg, fit_idx, labels, 0))
     opt = create_optimizer(model, cfg, fused=cuda)
-    state = TrainState(EarlyStopping(cfg.patience), batch_size=max(1, min(cfg.batch_size, epoch_len) // world))
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    state = TrainState(EarlyStopping(cfg.patience), batch_size=max(1, min(cfg.batch_size, epoch_len) // world), ema=ema)
     if resume and checkpoint is not None and checkpoint.is_file():
-        state = TrainState.load(checkpoint, model, opt, device, cfg.patience)
+        state = TrainState.load(checkpoint, model, opt, device, cfg.patience, ema)
         log.info("%s: resuming after epoch %d of %d", desc, state.epoch + 1, cfg.epochs)
 
     train_model: nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
@@ -264,11 +291,11 @@ def fit(
 
     bar = tqdm(range(state.epoch + 1, cfg.epochs), desc=desc, unit="ep", disable=not progress or not is_main(),
                leave=False)
-    run = _Run(train_model, model, opt, x_dev, y_dev, yv, val_idx, cfg, contract, class_w, device, world, rk)
+    run = _Run(train_model, model, opt, x_dev, y_dev, yv, val_idx, cfg, contract, class_w, device, world, rk, ema)
     for epoch in ([] if state.done else bar):
         rec = _epoch(run, state, epoch, fit_idx, labels)
         bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val_loss=f"{rec['val_loss']:.3f}", val_acc=f"{rec['val_acc']:.3f}")
-        state.stopper.step(epoch, rec["val_loss"], model)
+        state.stopper.step(epoch, rec["val_loss"], run.eval_model)
         state.epoch = epoch
         state.done = state.stopper.should_stop or epoch == cfg.epochs - 1
         if checkpoint is not None and is_main():
