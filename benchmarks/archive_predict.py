@@ -7,7 +7,7 @@
 Modes (the bundled models each time, a fresh process each, taking turns per size):
 
 * ``today``: the film-at-a-time path every result kept in memory and written at the end
-  (``spinexr.deploy.predict.predict_paths`` + ``write_predictions``, as ``predict`` ran before the stream);
+  (``spinexr.pipeline.driver.predict_paths`` + ``write_documents``, as ``predict`` ran before the stream);
 * ``stream``: ``spinexr predict DIR --out OUT.csv`` (PyTorch, batches of 16, one decoding worker);
 * ``onnx``: the same with ``--backend onnx`` (both models on ONNX Runtime);
 * ``ray``: ``--ray`` (a local Ray cluster with this machine's CPUs, one CPU per actor, ONNX Runtime);
@@ -45,10 +45,12 @@ SOURCES = (SHARED / "kauh-spine-xray", SHARED / "aasce-spine-ap" / "images")
 TODAY = """
 import sys
 from pathlib import Path
-from spinexr.deploy.pipeline import Pipeline
-from spinexr.deploy.predict import expand_paths, predict_paths, write_predictions
-preds = predict_paths(Pipeline.load(), expand_paths([sys.argv[1]], recursive=True), progress=False)
-write_predictions(preds, Path(sys.argv[2]))
+from spinexr.deploy.document import write_documents
+from spinexr.pipeline import Pipeline
+from spinexr.pipeline.driver import predict_paths
+from spinexr.pipeline.source import expand_paths
+preds = predict_paths(Pipeline.load(), expand_paths([sys.argv[1]], recursive=True).paths, progress=False)
+write_documents((p.to_document() for p in preds), Path(sys.argv[2]))
 """
 
 

@@ -87,3 +87,27 @@ def tiny_models(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     cfg = LandmarkConfig(input_height=128, input_width=64, epochs=1, batch_size=4, device="cpu")
     run_landmark_cv(synth_dir / "landmarks.csv", cfg, root / "lm", folds=2, progress=False, n_boot=20)
     return {"classifier": root / "clf" / "model.safetensors", "landmarks": root / "lm" / "models" / "landmarks.safetensors"}
+
+
+def stream(pipeline, paths, out=None, *, resume=False, batch_size=16, workers=0, jobs=1, overlays=None,
+           dicom=None, on_batch=None, progress=False):
+    """The driver as ``predict`` runs it: the outputs asked for as sinks (overlays, DICOM, the result file
+    last), the executor by ``jobs``; returns the run's tally."""
+    from spinexr.outputs.dicom import DicomSink
+    from spinexr.outputs.images import OverlaySink
+    from spinexr.outputs.results import ResultFile
+    from spinexr.pipeline.driver import run_films
+    from spinexr.pipeline.executors import InProcess, Jobs
+
+    sinks = [OverlaySink(overlays)] if overlays is not None else []
+    sinks += [DicomSink(dicom)] if dicom is not None else []
+    sinks += [ResultFile(out, resume=resume)] if out is not None else []
+    executor = Jobs(jobs, batch_size) if jobs != 1 else InProcess(batch_size, workers)
+    return run_films(pipeline, list(paths), sinks, executor, progress=progress, on_batch=on_batch).tally
+
+
+def expand(items, recursive=False):
+    """The film paths ``predict`` would read from ``items``."""
+    from spinexr.pipeline.source import expand_paths
+
+    return expand_paths(items, recursive=recursive).paths

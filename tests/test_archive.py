@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from spinexr.deploy.pipeline import Pipeline
-from spinexr.deploy.predict import expand_paths, stream_paths
-from spinexr.errors import SpinexrError
+from conftest import expand, stream
+from spinexr.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def test_the_onnx_pipeline_loads_no_network_until_an_explanation_needs_one(onnx_
     """With ``--backend onnx`` ONNX Runtime runs every model: loading the pipeline builds no PyTorch network
     and never imports timm (the start-up of every ``predict --jobs`` process), and an explanation still
     gets its network, built on first use."""
-    code = ("import sys; from spinexr.deploy.pipeline import Pipeline; p = Pipeline.load(backend='onnx'); "
+    code = ("import sys; from spinexr.pipeline import Pipeline; p = Pipeline.load(backend='onnx'); "
             "r = p.measurer.refiner; print('timm' in sys.modules, p.predictor._module is not None, "
             "p.measurer._predictor is not None, r is not None and r.net is not None)")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SPINEXR_CACHE": str(cache)},
@@ -76,9 +75,9 @@ def test_onnx_pipeline_agrees_with_pytorch_and_caches_its_exports(onnx_pipeline:
     assert exports == ["classifier", "landmarks", *(["refiner"] if refined else [])]
     assert onnx_pipeline.measurer is not None and onnx_pipeline.measurer.backend == "onnx"
     assert onnx_pipeline.predictor.backend == "onnx"
-    paths = expand_paths([films])
-    stream_paths(onnx_pipeline, paths, tmp_path / "onnx.jsonl", batch_size=4, workers=0, progress=False)
-    stream_paths(Pipeline.load(), paths, tmp_path / "torch.jsonl", batch_size=4, workers=0, progress=False)
+    paths = expand([films])
+    stream(onnx_pipeline, paths, tmp_path / "onnx.jsonl", batch_size=4, workers=0, progress=False)
+    stream(Pipeline.load(), paths, tmp_path / "torch.jsonl", batch_size=4, workers=0, progress=False)
     a, b = _docs(tmp_path / "onnx.jsonl"), _docs(tmp_path / "torch.jsonl")
     assert a.keys() == b.keys()
     for k in a:
@@ -112,56 +111,70 @@ def local_ray(cache: Path):
 
 def test_ray_writes_what_one_process_writes_and_resumes(local_ray, onnx_pipeline: Pipeline, films: Path,
                                                         tmp_path: Path) -> None:
-    from spinexr.deploy.ray_predict import _RAY_DATA_THREADS, ray_paths
+    from spinexr.outputs.images import OverlaySink
+    from spinexr.outputs.results import ResultFile
+    from spinexr.pipeline.driver import run_films
+    from spinexr.pipeline.ray import _RAY_DATA_THREADS, RayCluster
 
     # Two more names for one film (a link and a copy): each is a film of its own, in every path.
     extra = tmp_path / "names"
     extra.mkdir()
-    first_film = next(p for p in expand_paths([films]) if p.suffix == ".jpg")
+    first_film = next(p for p in expand([films]) if p.suffix == ".jpg")
     (extra / "link.jpg").symlink_to(first_film.resolve())
     shutil.copy(first_film, extra / "copy.jpg")
-    paths = expand_paths([films]) + [extra / "link.jpg", extra / "copy.jpg"]
+    from spinexr.data.synth import synthesize
+    from spinexr.outputs.dicom import DicomSink
+
+    synthesize(tmp_path / "dx", n=3, seed=11, scale=0.35, fmt="dcm")  # DICOM films: their reports come from the driver
+    paths = expand([films]) + [extra / "link.jpg", extra / "copy.jpg"] + expand([tmp_path / "dx"], recursive=True)
     one = tmp_path / "one.jsonl"
-    stream_paths(onnx_pipeline, paths, one, batch_size=4, workers=0, progress=False)
+    stream(onnx_pipeline, paths, one, batch_size=4, workers=0, progress=False)
     out = tmp_path / "ray.jsonl"
-    info = (onnx_pipeline.labels, onnx_pipeline.model_info["bundle_digest"])
-    first = ray_paths(paths[:5], out, *info, batch_size=2, progress=False)
+    cluster = RayCluster(batch_size=2, progress=False)
+    first = run_films(onnx_pipeline, paths[:5], [ResultFile(out)], cluster, progress=False).tally
     assert first.ok + first.errors == 5
     seen: list[str] = []
-    tally = ray_paths(paths, out, *info, resume=True, batch_size=2, progress=False,
-                      on_batch=lambda docs: seen.extend(d["path"] for d in docs))
+    # The drawing outputs run in the actors (the folder is shared here: one machine).
+    sinks = [OverlaySink(tmp_path / "overlays"), DicomSink(tmp_path / "reports"), ResultFile(out, resume=True)]
+    tally = run_films(onnx_pipeline, paths, sinks, cluster, progress=False,
+                      on_batch=lambda docs: seen.extend(d["path"] for d in docs)).tally
     assert sorted(seen) == sorted(str(p) for p in paths[5:])  # the first five are not done again
+    assert len(list((tmp_path / "reports").rglob("SR_*.dcm"))) == 3  # every DICOM film reported, on Ray too
+    drawn = [json.loads(x)["files"]["overlay"] for x in out.read_text().splitlines()[5:]]
+    assert all(f and Path(f).is_file() and Path(f).parent == tmp_path / "overlays" for f in drawn if f) and any(drawn)
     assert tally.ok + tally.errors == len(paths) and tally.errors == 1
     # Nothing of the run outlives it: a Ray Data thread that released its object references after
     # ray.shutdown() would abort the process.
     assert not [t.name for t in threading.enumerate() if t.name.startswith(_RAY_DATA_THREADS)]
     a, b = _docs(out), _docs(one)
+    for d in a.values():
+        d["files"]["overlay"] = None  # drawn in the second run only
     assert len(a) == len(paths) and {str(extra / "link.jpg"), str(extra / "copy.jpg")} <= a.keys()
     assert a.keys() == b.keys()
     for k in a:
         assert a[k] == b[k], k  # the same documents, bit for bit (timing aside)
 
 
-def test_an_unreachable_cluster_gets_a_message_not_a_wait(films: Path, tmp_path: Path) -> None:
+def test_an_unreachable_cluster_gets_a_message_not_a_wait(films: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("ray", reason="Ray is the [ray] extra")
-    from spinexr.deploy.ray_predict import ray_paths
+    from spinexr.cli import main
 
     t0 = time.monotonic()
-    with pytest.raises(SpinexrError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
-        ray_paths(expand_paths([films]), tmp_path / "x.csv", ["Normal"], None, address="127.0.0.1:1")
+    for address, message in (("127.0.0.1:1", "cannot reach a Ray cluster at 127.0.0.1:1"), ("nonsense", "HOST:PORT")):
+        assert main(["predict", str(films), "--out", str(tmp_path / "x.csv"), "--ray", address, "--quiet"]) == 2
+        assert message in capsys.readouterr().err
     assert time.monotonic() - t0 < 30
     assert not (tmp_path / "x.csv").exists()
-    with pytest.raises(SpinexrError, match="HOST:PORT"):
-        ray_paths(expand_paths([films]), tmp_path / "x.csv", ["Normal"], None, address="nonsense")
 
 
 def test_onnx_jobs_write_what_one_process_writes(onnx_pipeline: Pipeline, films: Path, tmp_path: Path) -> None:
     """``--backend onnx --jobs 2``: two one-thread ONNX Runtime pipelines, the cached exports loaded in
     each, write the one-process documents, bit for bit (timing aside), in the films' order."""
-    paths = expand_paths([films])
+    paths = expand([films])
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    stream_paths(onnx_pipeline, paths, one, batch_size=3, workers=0, progress=False)
-    stream_paths(onnx_pipeline, paths, two, batch_size=3, jobs=2, progress=False)
+    stream(onnx_pipeline, paths, one, batch_size=3, workers=0, progress=False)
+    stream(onnx_pipeline, paths, two, batch_size=3, jobs=2, progress=False)
     assert [json.loads(line)["path"] for line in two.read_text().splitlines()] == [str(p) for p in paths]
     assert _docs(two) == _docs(one)
 

@@ -14,13 +14,14 @@ import pydicom
 import pytest
 from PIL import Image
 
+from conftest import stream
 from spinexr.data.dicom_film import FilmIdentity, dx_dataset
 from spinexr.data.synth import synthesize
-from spinexr.deploy.dicom import NOT_DICOM, DicomWriter, dicom_results
+from spinexr.deploy.dicom import NOT_DICOM, dicom_results
 from spinexr.deploy.dicom.presentation import clip_segment
 from spinexr.deploy.dicom.report import report_values
-from spinexr.deploy.pipeline import Pipeline
-from spinexr.deploy.predict import stream_paths
+from spinexr.outputs.dicom import DicomSink
+from spinexr.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVES = {"pt": "PT Cobb angle", "mt": "MT Cobb angle", "tl": "TL/L Cobb angle"}
@@ -116,7 +117,7 @@ def test_presentation_state_draws_the_overlay_lines(bundled: Pipeline, dx_films:
 
     scoliosis = sorted((dx_films / "Scoliosis").glob("*.dcm"))[0]
     docs: list[dict] = []
-    stream_paths(bundled, [scoliosis], None, workers=0, progress=False, on_batch=docs.extend)
+    stream(bundled, [scoliosis], None, workers=0, progress=False, on_batch=docs.extend)
     doc = docs[0]
     assert doc["spine"]["plausible"], "the synthetic scoliosis film is measured"
     film = pydicom.dcmread(scoliosis, stop_before_pixels=True)
@@ -140,7 +141,7 @@ def test_same_film_same_model_same_uids_and_colour_films_get_no_presentation_sta
     path = tmp_path / "a.dcm"
     film.save_as(path, enforce_file_format=True)
     docs: list[dict] = []
-    stream_paths(bundled, [path], None, workers=0, progress=False, on_batch=docs.extend)
+    stream(bundled, [path], None, workers=0, progress=False, on_batch=docs.extend)
     a, b = dicom_results(docs[0], film), dicom_results(docs[0], film)
     assert a.sr.SOPInstanceUID == b.sr.SOPInstanceUID and a.pr.SOPInstanceUID == b.pr.SOPInstanceUID
     assert a.sr.SOPInstanceUID != a.pr.SOPInstanceUID and a.sr.SOPInstanceUID.startswith("2.25.")
@@ -153,18 +154,18 @@ def test_same_film_same_model_same_uids_and_colour_films_get_no_presentation_sta
 
 
 def test_writer_skips_with_reasons(bundled: Pipeline, tmp_path: Path) -> None:
-    w = DicomWriter(tmp_path / "out")
-    assert w.write({"path": str(tmp_path / "x.jpg"), "status": "ok"}) == []
+    w = DicomSink(tmp_path / "out")
+    assert w.write_one({"path": str(tmp_path / "x.jpg"), "status": "ok"}) == []
     bad = tmp_path / "bad.dcm"
     ds = dx_dataset(np.zeros((64, 32), np.uint8), FilmIdentity(patient_id="P2"))
     del ds.StudyInstanceUID
     ds.save_as(bad, enforce_file_format=True)
-    assert w.write({"path": str(bad), "status": "ok"}) == []
-    assert w.write({"path": str(bad), "status": "error"}) == []  # its error is in its document
+    assert w.write_one({"path": str(bad), "status": "ok"}) == []
+    assert w.write_one({"path": str(bad), "status": "error"}) == []  # its error is in its document
     assert w.written == 0
     assert w.skipped[NOT_DICOM] == 1
     assert any("lacks StudyInstanceUID" in r for r in w.skipped)
-    assert "2 skipped" not in w.line() and "1 skipped" in w.line()
+    assert "2 skipped" not in w.close() and "1 skipped" in w.close()
 
 
 def test_clip_segment() -> None:
@@ -172,13 +173,6 @@ def test_clip_segment() -> None:
     assert clip_segment(np.array([-10.0, -5.0]), np.array([-1.0, -5.0]), 20, 10) is None
     seg = clip_segment(np.array([-5.0, -5.0]), np.array([25.0, 25.0]), 20, 10)
     np.testing.assert_allclose(seg, [[0, 0], [10, 10]])
-
-
-def test_dicom_out_refuses_ray(dx_films: Path, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "spinexr", "predict", str(dx_films), "--recursive", "--out",
-                           str(tmp_path / "p.csv"), "--dicom-out", str(tmp_path / "d"), "--ray"], cwd=ROOT,
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and "without --ray" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_synthetic_dx_film_is_valid_dicom(dx_films: Path) -> None:

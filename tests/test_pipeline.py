@@ -16,9 +16,9 @@ from spinexr.deploy.bundle import MANIFEST, load_bundle, write_bundle
 from spinexr.deploy.decision import RULE_VERSION
 from spinexr.deploy.document import SCHEMA, flatten, schema
 from spinexr.deploy.measure import SpineMeasurer
-from spinexr.deploy.pipeline import Pipeline
 from spinexr.deploy.predictor import Predictor
 from spinexr.errors import SpinexrError, WeightsError
+from spinexr.pipeline import Pipeline
 
 jsonschema = pytest.importorskip("jsonschema")
 pytestmark = pytest.mark.slow

@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def pipeline():
-    from spinexr.deploy.pipeline import Pipeline
+    from spinexr.pipeline import Pipeline
 
     return Pipeline.load()
 

@@ -15,10 +15,12 @@ from spinexr import CLASSES
 from spinexr.config import CVConfig, TrainConfig
 from spinexr.data.check import check_dataset, format_result
 from spinexr.data.synth import synthesize
-from spinexr.deploy.pipeline import Pipeline
-from spinexr.deploy.predict import predict_paths, write_predictions
+from spinexr.deploy.document import write_documents
 from spinexr.errors import WeightsError
 from spinexr.evaluation.cv import run_cv
+from spinexr.outputs.images import OverlaySink
+from spinexr.pipeline import Pipeline
+from spinexr.pipeline.driver import predict_paths
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,8 @@ def bundled_tour(data: Path, out: Path, per_class: int = 2) -> list:
         rows = [r for r in csv.DictReader(f) if r.get("view", "AP") == "AP"]
     films = [data / r["path"] for c in CLASSES for r in [r for r in rows if r["label"] == c][:per_class]]
     out.mkdir(parents=True, exist_ok=True)
-    preds = predict_paths(pipeline, films, progress=False, overlays=out / "overlays")
-    write_predictions(preds, out / "predictions.json")
+    preds = predict_paths(pipeline, films, [OverlaySink(out / "overlays")], progress=False)
+    write_documents((p.to_document() for p in preds), out / "predictions.json")
     print(f"bundled models ({pipeline.model_info['bundle']}: {pipeline.predictor.name} and {pipeline.model_info['landmarks']}; "
           "trained on real radiographs, shown here on synthetic films, so expect them to be unsure):")
     for p, r in zip(preds, films):

@@ -11,6 +11,7 @@ import argparse
 from spinexr import CLASSES, __version__
 from spinexr.config import BUNDLED, DECODE_WORKERS, EXPLAIN_METHODS, LandmarkConfig, add_setting_flags
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS
+from spinexr.outputs import output_kinds
 
 LOCAL_RAY = "local"  # `--ray` without an address: a Ray cluster started on this machine
 
@@ -96,12 +97,9 @@ def _add_deploy(sub: Sub) -> None:
                    "(.safetensors or .onnx); without one, the bundled models run (see `spinexr models`)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--out", help="preds.csv, preds.json or preds.jsonl: prediction documents (default: print a line each)")
-    p.add_argument("--explain", choices=EXPLAIN_METHODS, help="also draw heatmaps")
-    p.add_argument("--heatmaps", help="folder for heatmap overlays")
-    p.add_argument("--overlays", help="folder for the measurement drawn on each film (needs a landmark model)")
-    p.add_argument("--dicom-out", metavar="DIR",
-                   help="for DICOM films: a TID 1500 SR and a presentation state each, in the film's study "
-                        "(DIR/<StudyInstanceUID>/SR_*.dcm, PR_*.dcm); other files are skipped with a reason")
+    p.add_argument("--explain", choices=EXPLAIN_METHODS, help="the method of --heatmaps (default gradcam)")
+    for kind in output_kinds():  # every registered output (spinexr.outputs) is a flag here
+        p.add_argument(kind.flag, dest=kind.dest, metavar=kind.metavar, help=kind.help)
     p.add_argument("--backend", choices=["torch", "onnx"], help="default: torch, or onnx for an .onnx model")
     p.add_argument("--onnx", help="an ONNX export of the classifier to run on onnxruntime")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)

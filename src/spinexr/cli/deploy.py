@@ -18,15 +18,19 @@ from spinexr.data.manifest import from_csv
 from spinexr.deploy.bundle import fit_rule as fit_bundle_rule
 from spinexr.deploy.bundle import is_bundle, load_bundle, write_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir, bundled_models
-from spinexr.deploy.dicom import DicomWriter
 from spinexr.deploy.document import summary_line
 from spinexr.deploy.export import export_landmark_onnx, export_onnx, quantize_int8
 from spinexr.deploy.measure import SpineMeasurer
 from spinexr.deploy.modelfile import load_landmark_model, model_kind, read_metadata
-from spinexr.deploy.pipeline import MODEL_SUFFIXES, Pipeline
-from spinexr.deploy.predict import expand_paths, stream_paths
 from spinexr.errors import SpinexrError
 from spinexr.explain import overlay
+from spinexr.outputs import Sink, output_kinds
+from spinexr.outputs.images import HeatmapSink
+from spinexr.outputs.results import ResultFile
+from spinexr.pipeline import MODEL_SUFFIXES, Pipeline, PipelineSpec
+from spinexr.pipeline.driver import run_films
+from spinexr.pipeline.executors import InProcess, Jobs
+from spinexr.pipeline.source import expand_paths
 
 
 def split_source(items: list[str]) -> tuple[str | None, list[str]]:
@@ -36,63 +40,63 @@ def split_source(items: list[str]) -> tuple[str | None, list[str]]:
     return None, list(items)
 
 
-def load_pipeline(args: argparse.Namespace, source: str | None, **kw: Any) -> Pipeline:
-    return Pipeline.load(source, args.landmarks, no_landmarks=args.no_landmarks, device=args.device, **kw)
+def load_pipeline(args: argparse.Namespace, source: str | None) -> Pipeline:
+    return Pipeline.load(PipelineSpec.from_args(args, source))
+
+
+def _sinks(args: argparse.Namespace, paths: list[Path]) -> list[Sink]:
+    """The outputs the flags ask for, each guarded and checked writable before any model loads; the result
+    file last, so the other outputs of a film exist before the film counts as done."""
+    force = args.force or args.resume
+    sinks: list[Sink] = []
+    for kind in output_kinds():
+        value = getattr(args, kind.dest, None)
+        if value:
+            dest = guard_output(value, force=force, folder=kind.folder, inputs=paths, what=kind.flag.lstrip("-"))
+            sinks.append(kind.make(dest, args))
+    if args.explain and not any(isinstance(s, HeatmapSink) for s in sinks):
+        raise SpinexrError("--explain needs --heatmaps DIR to write the overlays into")
+    if args.out:  # with --resume the output is continued, never replaced
+        sinks.append(ResultFile(guard_output(args.out, force=force, inputs=paths), resume=args.resume))
+    return sinks
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    if args.ray is not None:
+        from spinexr.pipeline.ray import RayCluster
+
+        if args.jobs != 1:
+            raise SpinexrError("--jobs is for one machine; on Ray, --ray-cpus-per-actor sets each actor's share")
+        return RayCluster(address=None if args.ray == LOCAL_RAY else args.ray, cpus_per_actor=args.ray_cpus_per_actor,
+                          batch_size=args.batch_size, progress=not args.quiet)
+    if args.jobs != 1:
+        return Jobs(jobs=args.jobs, batch_size=args.batch_size)
+    return InProcess(batch_size=args.batch_size, workers=args.workers)
 
 
 def predict(args: argparse.Namespace) -> int:
     source, items = split_source(args.items)
-    paths = expand_paths(items, recursive=args.recursive)
-    if not paths:
-        raise SpinexrError("no files to predict: give image files or folders (with --recursive for sub-folders)")
+    films = expand_paths(items, recursive=args.recursive)
+    if not films.paths:
+        raise SpinexrError("no files to predict: give image files or folders (with --recursive for sub-folders)"
+                           + (f"; {films.line()}" if films.line() else ""))
     if args.resume and not args.out:
         raise SpinexrError("--resume continues an --out file: give the output the killed run was writing")
-    out = None
-    if args.out:  # with --resume the output is continued, never replaced
-        out = guard_output(args.out, force=args.force or args.resume, inputs=paths)
-    heatmaps = guard_output(args.heatmaps, force=args.force or args.resume, folder=True,
-                            what="heatmap folder") if args.heatmaps else None
-    overlays = guard_output(args.overlays, force=args.force or args.resume, folder=True,
-                            what="overlay folder") if args.overlays else None
-    dicom_out = guard_output(args.dicom_out, force=args.force or args.resume, folder=True,
-                             what="DICOM output folder") if args.dicom_out else None
-    if args.ray is not None and args.jobs != 1:
-        raise SpinexrError("--jobs is for one machine; on Ray, --ray-cpus-per-actor sets each actor's share")
-    if dicom_out is not None and args.ray is not None:
-        raise SpinexrError("--ray writes prediction documents only; write DICOM output without --ray")
-    pipeline = load_pipeline(args, source, backend=args.backend, onnx_path=args.onnx, max_pixels=args.max_pixels)
-    if args.ray is not None:
-        return _predict_on_ray(args, source, pipeline, paths, out)
-    dicom = DicomWriter(dicom_out) if dicom_out is not None else None
-    tally = stream_paths(pipeline, paths, out, resume=args.resume, batch_size=args.batch_size, workers=args.workers,
-                         jobs=args.jobs, explain=args.explain, heatmaps=heatmaps, overlays=overlays,
-                         progress=not args.quiet,
-                         max_pixels=args.max_pixels, dicom=dicom,
-                         on_batch=None if out else lambda docs: say(*(summary_line(d) for d in docs)))
-    if out is not None:
-        say(f"wrote {out}")
-    if dicom is not None:
-        say(dicom.line(), err=True)
-    say(tally.line(), err=True)
-    return 0 if tally.ok else 1
-
-
-def _predict_on_ray(args: argparse.Namespace, source: str | None, pipeline: Any, paths: list[Path],
-                    out: Path | None) -> int:
-    from spinexr.deploy.ray_predict import ray_paths
-
-    if out is None:
+    if args.ray is not None and not args.out:
         raise SpinexrError("--ray writes its results to a file: give --out preds.csv (or .jsonl, .json)")
-    if args.explain or args.heatmaps or args.overlays:
-        raise SpinexrError("--ray writes prediction documents only; draw heatmaps and overlays without --ray")
-    tally = ray_paths(paths, out, pipeline.labels, pipeline.model_info.get("bundle_digest"), source=source,
-                      landmarks=args.landmarks, no_landmarks=args.no_landmarks,
-                      address=None if args.ray == LOCAL_RAY else args.ray, resume=args.resume,
-                      batch_size=args.batch_size, cpus_per_actor=args.ray_cpus_per_actor, max_pixels=args.max_pixels,
-                      backend=args.backend or "onnx", progress=not args.quiet)
-    say(f"wrote {out}")
-    say(tally.line(), err=True)
-    return 0 if tally.ok else 1
+    executor = _executor(args)
+    if hasattr(executor, "prepare"):  # a Ray cluster is reached before anything is written or loaded
+        executor.prepare()
+    sinks = _sinks(args, films.paths)  # every output checked before the models load
+    pipeline = load_pipeline(args, source)
+    res = run_films(pipeline, films.paths, sinks, executor, progress=not args.quiet,
+                    on_batch=None if args.out else lambda docs: say(*(summary_line(d) for d in docs)))
+    say(*[line for line in res.lines if line.startswith("wrote ")])
+    say(*[line for line in res.lines if not line.startswith("wrote ")], err=True)
+    if films.line():
+        say(films.line(), err=True)  # type: ignore[arg-type]
+    say(res.tally.line(), err=True)
+    return 0 if res.tally.ok else 1
 
 
 def _measurement_line(m: Any) -> str:

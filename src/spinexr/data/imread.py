@@ -10,6 +10,7 @@ file's result (``ImageMeta.warnings`` or ``ImageReadError.notes``) instead of re
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -130,6 +131,13 @@ def read_image(
 
 def _read_any(path: Path, max_pixels: int, min_side: int) -> tuple[np.ndarray, ImageMeta]:
     if not path.exists():
+        if path.is_symlink():  # a link that goes nowhere is not a missing file: say which it is
+            try:
+                os.stat(path)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise ImageReadError(path, "a symbolic link that loops (it leads back to itself)", K.NOT_FOUND) from None
+            raise ImageReadError(path, f"a symbolic link to a file that does not exist ({os.readlink(path)})", K.NOT_FOUND)
         raise ImageReadError(path, "file not found", K.NOT_FOUND)
     if not path.is_file():
         raise ImageReadError(path, "not a regular file", K.NOT_FOUND)
@@ -310,6 +318,9 @@ def _read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on malformed headers
         kind = K.CORRUPT if _has_dicm_magic(path) else K.FORMAT
         raise ImageReadError(path, f"not a readable DICOM file ({_describe(e)})", kind) from e
+    if not has_pixels and not _has_dicm_magic(path) and "SOPClassUID" not in ds:
+        raise ImageReadError(path, "not a DICOM file: it has a DICOM name but no DICOM preamble, elements or image",
+                             K.FORMAT)
     if not has_pixels:
         raise ImageReadError(
             path, "DICOM has no pixel data (a structured report or presentation state?)", K.NO_PIXELS

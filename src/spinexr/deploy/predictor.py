@@ -4,7 +4,7 @@
 on files, in PyTorch or, exported to ONNX, in onnxruntime, fed the same uint8 square from
 :meth:`~spinexr.data.contract.DataConfig.to_input`, scaled to [0, 1], that evaluation feeds it.
 :class:`Prediction` is one film's result; its :meth:`~Prediction.to_document` is the wire format.
-A bundle's classifier, landmark model and decision rule run together in :class:`~spinexr.deploy.pipeline.Pipeline`.
+A bundle's classifier, landmark model and decision rule run together in :class:`~spinexr.pipeline.Pipeline`.
 """
 
 from __future__ import annotations

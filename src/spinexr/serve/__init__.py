@@ -11,6 +11,6 @@ image gets 415, an image that cannot be decoded or is over the pixel limit (a de
 and a full queue answers 503 with ``Retry-After``.
 """
 
-from spinexr.serve._app import create_app, serve
+from spinexr.serve._app import ServiceSettings, create_app, serve
 
-__all__ = ["create_app", "serve"]
+__all__ = ["ServiceSettings", "create_app", "serve"]

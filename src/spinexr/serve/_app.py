@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,9 @@ from spinexr import __version__
 from spinexr.data.corrections import CorrectionStore
 from spinexr.data.imread import UPLOAD_MAX_PIXELS
 from spinexr.deploy.batching import MicroBatcher
-from spinexr.deploy.pipeline import Pipeline
+from spinexr.pipeline import Pipeline, PipelineSpec
 from spinexr.serve._routes import router
-from spinexr.serve._uploads import MULTIPART_OVERHEAD, body_limit
+from spinexr.serve._uploads import MULTIPART_OVERHEAD, BodyLimit
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -42,38 +42,74 @@ class Service:
     remote: bool = False  # bound to an address other machines reach: saving needs a token
 
 
-def create_app(source: str | Path | Pipeline | None = None, onnx_path: str | Path | None = None,
-               max_upload_mb: float = 32.0, max_pixels: int = UPLOAD_MAX_PIXELS, threads: int | None = None,
-               max_batch: int = 8, max_queue: int = 32, landmarks: str | Path | None = None,
-               no_landmarks: bool = False, corrections: str | Path | None = None, token: str | None = None,
-               remote: bool = False) -> FastAPI:
-    """Build the FastAPI app over a pipeline (a :class:`~spinexr.deploy.pipeline.Pipeline`, or what
-    :meth:`Pipeline.load` takes: a bundle, a classifier file with optional ``landmarks``, or None for the
-    bundle that ships with spinexr); it is loaded here, once.
+@dataclass(frozen=True)
+class ServiceSettings:
+    """How the service takes requests.
+
+    Args:
+        max_upload_mb: the largest upload, in MB (a larger one gets 413 naming this limit).
+        max_batch: images per classifier call when requests arrive together.
+        max_queue: images waiting at most; more get 503 with ``Retry-After`` at once.
+        body_timeout_s: an upload whose body has not arrived within this many seconds gets 408.
+        corrections: a folder where the page's corrected corners are saved (None: saving refused).
+        token: saving (and listing) corrections needs it as a bearer token.
+        remote: bound to an address other machines reach: corrections need the token.
+    """
+
+    max_upload_mb: float = 32.0
+    max_batch: int = 8
+    max_queue: int = 32
+    body_timeout_s: float = 30.0
+    corrections: str | Path | None = None
+    token: str | None = None
+    remote: bool = False
+
+
+def _pipeline(source: Pipeline | PipelineSpec | str | Path | None, spec_changes: dict[str, Any]) -> Pipeline:
+    if isinstance(source, Pipeline):
+        return source
+    if isinstance(source, PipelineSpec):
+        return Pipeline.load(source.replace(**spec_changes) if spec_changes else source)
+    return Pipeline.load(PipelineSpec(source=None if source is None else str(source),
+                                      **{"max_pixels": UPLOAD_MAX_PIXELS, **spec_changes}))
+
+
+def create_app(source: Pipeline | PipelineSpec | str | Path | None = None, settings: ServiceSettings | None = None,
+               **changes: Any) -> FastAPI:
+    """Build the FastAPI app over a pipeline: a :class:`~spinexr.pipeline.Pipeline`, a
+    :class:`~spinexr.pipeline.PipelineSpec`, or a bundle or classifier path (None: the bundle that ships
+    with spinexr); it is loaded here, once, with uploads limited to
+    :data:`~spinexr.data.imread.UPLOAD_MAX_PIXELS` pixels unless the spec says otherwise.
+
+    Args:
+        source: the pipeline, or what loads it.
+        settings: how requests are taken (:class:`ServiceSettings`).
+        **changes: fields of :class:`ServiceSettings` or of the spec (``landmarks``, ``max_pixels``, ...)
+            changed from those given.
 
     Concurrent ``/v1/predict`` requests share classifier calls through a
     :class:`~spinexr.deploy.batching.MicroBatcher` of up to ``max_batch`` images; with more than
     ``max_queue`` images waiting, a request gets 503 with ``Retry-After`` at once rather than an unbounded wait.
-
-    ``corrections``: a folder where the page's corrected corners are saved
-    (:class:`~spinexr.data.corrections.CorrectionStore`); without one, saving is refused. ``token``: saving
-    then needs it as a bearer token; ``remote`` (bound to an address other machines reach) makes saving
-    without a token a 403.
     """
+    settings = settings or ServiceSettings()
+    svc_fields = {f for f in ServiceSettings.__dataclass_fields__}
+    settings = replace(settings, **{k: v for k, v in changes.items() if k in svc_fields})
+    pipeline = _pipeline(source, {k: v for k, v in changes.items() if k not in svc_fields})
+    max_pixels = pipeline.spec.max_pixels if pipeline.spec is not None else UPLOAD_MAX_PIXELS
+    corrections, token, remote = settings.corrections, settings.token, settings.remote
+    max_upload_mb, max_batch, max_queue = settings.max_upload_mb, settings.max_batch, settings.max_queue
     store = CorrectionStore(corrections) if corrections is not None else None
     if store is not None:
         for problem in store.scan().problems:
             log.warning("corrections: %s", problem)
-    if threads:
-        torch.set_num_threads(threads)
-    pipeline = source if isinstance(source, Pipeline) else Pipeline.load(
-        source, landmarks, no_landmarks=no_landmarks, onnx_path=onnx_path, threads=threads, max_pixels=max_pixels)
+    if pipeline.spec is not None and pipeline.spec.threads:
+        torch.set_num_threads(pipeline.spec.threads)
     batcher = MicroBatcher(pipeline.predictor, max_batch=max_batch, max_queue=max_queue)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     extra: dict[str, Any] = {}
     if "max_body_size" in inspect.signature(FastAPI.__init__).parameters:
-        # A backstop for chunked uploads without Content-Length; declared sizes meet the JSON 413 first.
-        extra["max_body_size"] = 2 * max_bytes + MULTIPART_OVERHEAD
+        # FastAPI's own limit answers with a bare "Content Too Large": BodyLimit answers first, naming the limit.
+        extra["max_body_size"] = 4 * max_bytes + 4 * MULTIPART_OVERHEAD
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> Any:
@@ -83,7 +119,7 @@ def create_app(source: str | Path | Pipeline | None = None, onnx_path: str | Pat
     app = FastAPI(title="spinexr", version=__version__, lifespan=lifespan,
                   description="Spine radiograph classification (Normal, Scoliosis, Spondylolisthesis) and "
                               "Cobb angles; every prediction is a spinexr-prediction/1 document.", **extra)
-    app.middleware("http")(body_limit(max_bytes, max_upload_mb))
+    app.add_middleware(BodyLimit, max_bytes=max_bytes, max_upload_mb=max_upload_mb, timeout_s=settings.body_timeout_s)
     # Inference runs in worker threads so the event loop (and /healthz) stays responsive. The classifier
     # runs one call at a time (each call already uses every intra-op thread it was given): predictions
     # queue in the batcher, one thread each; measurements and explanations take one thread at a time.
@@ -98,12 +134,13 @@ def create_app(source: str | Path | Pipeline | None = None, onnx_path: str | Pat
     return app
 
 
-def serve(source: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> None:
+def serve(source: PipelineSpec | str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
+          settings: ServiceSettings | None = None) -> None:
     """Run the app with uvicorn (blocking)."""
     import uvicorn
 
     remote = host not in LOOPBACK
-    app = create_app(source, remote=remote, **kw)
+    app = create_app(source, settings, remote=remote)
     if remote:
         log.warning("binding to %s: the service is reachable from other machines; predictions need no "
                     "authentication, saving corrections needs --token", host)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from spinexr import __version__
 from spinexr.config import EXPLAIN_METHODS
+from spinexr.data.corrections import CorrectionContext
 from spinexr.deploy.batching import QueueFull
 from spinexr.deploy.document import schema
 from spinexr.errors import SpinexrError
@@ -197,10 +198,11 @@ async def save_correction(request: Request, file: UploadFile = File(...), correc
     try:
         if model_corners is not None:
             check_corners(model_corners, w, h)
-        rec = await anyio.to_thread.run_sync(lambda: svc.corrections.save(
-            data, file.filename or "film", body["corners"], w, h, saved_by=str(body.get("name") or ""),
-            bundle_digest=svc.pipeline.model_info.get("bundle_digest"), model_corners=model_corners,
-            model=dict(svc.pipeline.model_info)))
+        about = CorrectionContext(saved_by=str(body.get("name") or ""), model_corners=model_corners,
+                                  bundle_digest=svc.pipeline.model_info.get("bundle_digest"),
+                                  model=dict(svc.pipeline.model_info))
+        rec = await anyio.to_thread.run_sync(lambda: svc.corrections.save(data, file.filename or "film",
+                                                                          body["corners"], (w, h), about))
     except (TypeError, ValueError) as e:
         raise HTTPException(422, str(e)) from None
     return rec

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
-from fastapi import HTTPException, Request, UploadFile
+from fastapi import HTTPException, UploadFile
 from fastapi.responses import JSONResponse
 
 from spinexr.data.imread import ImageMeta, read_image
@@ -31,21 +31,71 @@ STATUS_BY_KIND = {ReadErrorKind.FORMAT: 415, ReadErrorKind.NO_PIXELS: 415, ReadE
                   ReadErrorKind.TOO_LARGE: 422, ReadErrorKind.TOO_SMALL: 422, ReadErrorKind.CONSTANT: 422}
 
 
-def body_limit(max_bytes: int, max_upload_mb: float) -> Callable[[Request, Any], Awaitable[Any]]:
-    """Middleware: a declared Content-Length over the limit gets 413 before the body is read."""
+class _BodyRefused(BaseException):  # noqa: N818 - a BaseException, so no handler on the way turns it into a 400
+    """A request body stopped at the limit (size or time): answered by :class:`BodyLimit`."""
 
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        cl = request.headers.get("content-length")
-        if cl is not None:
-            try:
-                too_big = int(cl) > max_bytes + MULTIPART_OVERHEAD
-            except ValueError:
-                return JSONResponse({"detail": "invalid Content-Length header"}, status_code=400)
-            if too_big:
-                return JSONResponse({"detail": f"upload over the {max_upload_mb:g} MB limit"}, status_code=413)
-        return await call_next(request)
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
 
-    return limit_body
+
+class BodyLimit:
+    """ASGI middleware: every request body bounded in size and in time.
+
+    A declared Content-Length over the limit gets 413 before the body is read; a body that passes the
+    limit as it arrives (chunked, or lying about its length) is cut off there with the same 413; a body
+    still arriving ``timeout_s`` seconds after the request began gets 408, so slow partial uploads never
+    hold a connection open for ever. Each answer is JSON naming the limit.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, max_upload_mb: float, timeout_s: float = 30.0) -> None:
+        self.app, self.limit, self.max_upload_mb, self.timeout_s = app, max_bytes + MULTIPART_OVERHEAD, max_upload_mb, timeout_s
+
+    def _too_large(self) -> _BodyRefused:
+        return _BodyRefused(413, f"upload over the {self.max_upload_mb:g} MB limit; send a smaller file (DICOM films "
+                                 "can be sent compressed, or as a PNG of the image)")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cl = dict(scope.get("headers") or []).get(b"content-length")
+        try:
+            if cl is not None and int(cl) > self.limit:
+                raise self._too_large()
+        except ValueError:
+            await JSONResponse({"detail": "invalid Content-Length header"}, status_code=400)(scope, receive, send)
+            return
+        except _BodyRefused as e:
+            await JSONResponse({"detail": e.detail}, status_code=e.status)(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.timeout_s
+        received, started = 0, False
+
+        async def bounded_receive() -> dict[str, Any]:
+            nonlocal received
+            left = deadline - anyio.current_time()
+            with anyio.move_on_after(max(0.0, left)) as scope_:
+                message = await receive()
+            if scope_.cancelled_caught:
+                raise _BodyRefused(408, f"the upload did not arrive within {self.timeout_s:g} s; send it again")
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise self._too_large()
+            return message
+
+        async def watched_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, watched_send)
+        except _BodyRefused as e:
+            if started:
+                raise RuntimeError(str(e)) from None
+            await JSONResponse({"detail": e.detail}, status_code=e.status)(scope, receive, send)
 
 
 async def read_upload(file: UploadFile, max_bytes: int, max_upload_mb: float) -> bytes:

@@ -4,7 +4,7 @@ Comprehensive SR (:mod:`~spinexr.deploy.dicom.report`) and a Grayscale Softcopy 
 
 A film that is not DICOM (JPEG, PNG, TIFF) is skipped with a reason: it has no patient or study to
 file a report under, and a Secondary Capture with made-up identifiers would start a new patient in a
-PACS. ``spinexr predict --dicom-out DIR`` writes ``DIR/<StudyInstanceUID>/SR_<SOPInstanceUID>.dcm``
+PACS. ``spinexr predict --dicom-out DIR`` (:mod:`spinexr.outputs.dicom`) writes ``DIR/<StudyInstanceUID>/SR_<SOPInstanceUID>.dcm``
 and ``PR_<SOPInstanceUID>.dcm`` (the source's SOP Instance UID); ``spinexr pacs`` stores the same
 two instances back over DICOMweb.
 """
@@ -18,7 +18,6 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from spinexr.data.imread import is_dicom_file
 from spinexr.deploy.dicom.presentation import presentation_state
 from spinexr.deploy.dicom.report import measurement_report
 from spinexr.errors import SpinexrError
@@ -30,7 +29,7 @@ NOT_DICOM = ("not a DICOM file: a JPEG, PNG or TIFF has no patient or study to f
 _NEEDED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns")
 
 
-def _require_highdicom() -> None:
+def require_highdicom() -> None:
     try:
         import highdicom  # noqa: F401
     except ImportError:
@@ -72,7 +71,7 @@ class DicomResults:
 def dicom_results(doc: dict[str, Any], source: Dataset, instance_number: int = 1) -> DicomResults:
     """The DICOM outputs of a prediction document (``status`` ok) made from the film whose header is
     ``source``."""
-    _require_highdicom()
+    require_highdicom()
     if doc.get("status") != "ok":
         raise SpinexrError(f"{doc.get('path')}: the film was not predicted ({(doc.get('error') or {}).get('reason')})")
     notes = []
@@ -85,55 +84,4 @@ def dicom_results(doc: dict[str, Any], source: Dataset, instance_number: int = 1
     return DicomResults(sr=sr, pr=pr, notes=notes)
 
 
-class DicomWriter:
-    """``--dicom-out DIR``: the SR and presentation state of each DICOM film, written before the film's
-    document reaches the output (so a resumed run never skips a film whose SR is missing). Counts what it
-    wrote and skipped."""
-
-    def __init__(self, folder: Path) -> None:
-        _require_highdicom()
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.written = 0
-        self.skipped: dict[str, int] = {}
-
-    def _skip(self, path: str, reason: str) -> None:
-        log.warning("%s: no DICOM output: %s", path, reason)
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-
-    def write(self, doc: dict[str, Any]) -> list[Path]:
-        path = str(doc.get("path"))
-        if doc.get("status") != "ok":
-            return []  # the error is in its document
-        if not is_dicom_file(path):
-            self._skip(path, NOT_DICOM)
-            return []
-        try:
-            source = read_header(path)
-            res = dicom_results(doc, source, int(source.get("InstanceNumber") or 1))
-        except SpinexrError as e:
-            self._skip(path, str(e).removeprefix(f"{path}: "))
-            return []
-        for note in res.notes:
-            log.info("%s: %s", path, note)
-        study = self.folder / str(source.StudyInstanceUID)
-        study.mkdir(exist_ok=True)
-        out = []
-        for kind, ds in (("SR", res.sr), ("PR", res.pr)):
-            if ds is None:
-                continue
-            dest = study / f"{kind}_{source.SOPInstanceUID}.dcm"
-            tmp = dest.with_name(dest.name + ".tmp")
-            ds.save_as(tmp, enforce_file_format=True)
-            tmp.replace(dest)
-            out.append(dest)
-        self.written += 1
-        return out
-
-    def line(self) -> str:
-        parts = [f"DICOM: {self.written} films reported to {self.folder}"]
-        parts += [f"{n} skipped ({reason})" for reason, n in self.skipped.items()]
-        return "; ".join(parts)
-
-
-__all__ = ["DicomResults", "DicomWriter", "NOT_DICOM", "checked_source", "dicom_results", "read_header"]
+__all__ = ["DicomResults", "NOT_DICOM", "checked_source", "dicom_results", "read_header", "require_highdicom"]

@@ -1,15 +1,16 @@
-"""``spinexr predict`` over an archive: films decoded in worker processes while the pipeline runs on
-batches, results written as each batch completes, memory bounded whatever the folder's size, and a
-run that was killed picked up where it stopped (``--resume``).
+"""The result file of ``predict --out``: prediction documents to CSV, JSON or JSON Lines, written as
+batches finish and resumable after a kill (:class:`ResultFile`, a :class:`~spinexr.outputs._base.Sink`).
 
-The output file (``.csv``, ``.jsonl`` or ``.json``) is only ever replaced whole, by an atomic rename,
-so it is a complete file at every moment. Each finished batch is first appended to a journal beside
-it (``OUT.journal``, one prediction document a line, written and synced in one go); when the journal
-has grown to a quarter of the output (or 1 MiB), and at the end, its documents are folded into the
-output (a copy, then a rename; the copying stays linear in the output's size because it waits for
-the output to grow by a quarter) and the journal is emptied. A kill at any moment loses at most the
-batch in flight: a torn last journal line is dropped, and ``--resume`` folds in what the journal
-holds, then skips every film already in the output by its path and content digest (SHA-256).
+The output file is only ever replaced whole, by an atomic rename, so it is a complete file at every
+moment. Each finished batch is first appended to a journal beside it (``OUT.journal``, one prediction
+document a line, written and synced in one go); when the journal has grown to a quarter of the output
+(or 1 MiB), when ``fold_seconds`` have passed since the last fold (a person tailing the output sees
+results), and at the end, its documents are folded into the output (a copy, then a rename; the copying
+stays linear in the output's size because it waits for the output to grow by a quarter) and the
+journal is emptied. A kill at any moment loses at most the batch in flight: a torn last journal line is
+dropped, and ``--resume`` folds in what the journal holds, then skips every film already in the output
+by its path and content digest (SHA-256). An output made with other settings (another bundle, backend,
+or with the landmark model switched on or off) is refused on resume, with the difference named.
 """
 
 from __future__ import annotations
@@ -19,27 +20,25 @@ import io
 import json
 import logging
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from spinexr.data.decoding import Decoded, decode, exit_with_parent
 from spinexr.data.imread import file_digest
-from spinexr.deploy.document import document_columns, flatten, output_format
-from spinexr.deploy.pipeline import Pipeline
-from spinexr.deploy.predictor import Prediction
+from spinexr.deploy.document import OUTPUT_SUFFIXES, document_columns, flatten
 from spinexr.errors import SpinexrError
+from spinexr.outputs._base import RunInfo, Sink, writable_folder, write_failed
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-_END = object()
 JOURNAL_SUFFIX = ".journal"
 MIN_FOLD_BYTES = 1 << 20
+FOLD_SECONDS = 10.0
+FORMATS = {suffix: suffix[1:] for suffix in OUTPUT_SUFFIXES}  # .json (an array), .jsonl, .csv
+# What a document's "model" says about the settings that shaped it, compared on resume.
+_SETTINGS = {"bundle_digest": "bundle", "backend": "backend", "landmarks": "landmark model"}
 
 
 @dataclass
@@ -70,38 +69,65 @@ def _key(path: Any, digest: Any) -> tuple[str, str]:
     return str(path), str(digest or "")
 
 
-class ResultFile:
+class ResultFile(Sink):
     """A prediction output that grows batch by batch and is complete at every moment (see the module).
 
     Args:
-        out: the output file; its suffix picks the format.
-        labels: the classifier's labels (the CSV columns).
-        digest: the bundle digest every document must carry (None: a pipeline without a bundle);
-            an existing output made by another bundle is refused on resume.
+        out: the output file; its suffix picks the format (``.csv``, ``.json``, ``.jsonl``; others are refused).
         resume: continue an existing output (else it must not exist, or is replaced).
+        fold_seconds: fold the journal into the output at least this often while films arrive.
     """
 
-    def __init__(self, out: Path, labels: list[str], digest: str | None, resume: bool = False) -> None:
+    def __init__(self, out: Path, resume: bool = False, fold_seconds: float = FOLD_SECONDS) -> None:
         self.out = Path(out)
-        self.fmt = output_format(self.out)
-        self.columns = document_columns(labels)
-        self.digest = digest
+        suffix = self.out.suffix.lower()
+        if suffix not in FORMATS:
+            raise SpinexrError(f"--out {self.out}: unknown output format {suffix or '(no suffix)'!r}; name the file "
+                               f"with one of {', '.join(FORMATS)}")
+        if self.out.is_dir():
+            raise SpinexrError(f"--out {self.out} is a folder; give a file name ending in {', '.join(FORMATS)}")
+        writable_folder(self.out.parent if str(self.out.parent) else Path("."), "the output's folder")
+        if self.out.exists() and not os.access(self.out, os.W_OK):
+            raise SpinexrError(f"--out {self.out}: the file is not writable; choose another path")
+        self.fmt = FORMATS[suffix]
+        self.resume, self.fold_seconds = resume, fold_seconds
         self.journal = self.out.with_name(self.out.name + JOURNAL_SUFFIX)
         self.done: set[tuple[str, str]] = set()
         self._paths: set[str] = set()
         self.tally = Tally()
         self.n_out = 0
-        if resume and self.out.exists():
-            for doc in self._read_output():
-                self._remember(doc)
-            pending = [d for d in self._read_journal() if _key(d["path"], d.get("sha256")) not in self.done]
-            for d in pending:
-                self._remember(d)
-            self._fold(pending)
-        else:
-            self._replace(self._head() + self._tail())
-        self.journal.unlink(missing_ok=True)
+        self.columns: list[str] = []
+        self.expected: dict[str, Any] = {}
         self._pending = 0
+        self._last_fold = time.monotonic()
+
+    def open(self, run: RunInfo) -> None:
+        self.columns = document_columns(run.labels)
+        self.expected = {"bundle_digest": run.digest, **{k: run.settings[k] for k in ("backend", "landmarks")
+                                                          if k in run.settings}}
+        try:
+            if self.resume and self.out.exists():
+                for doc in self._read_output():
+                    self._remember(doc)
+                pending = [d for d in self._read_journal() if _key(d["path"], d.get("sha256")) not in self.done]
+                for d in pending:
+                    self._remember(d)
+                self._fold(pending)
+            else:
+                self._replace(self._head() + self._tail())
+            self.journal.unlink(missing_ok=True)
+        except OSError as e:
+            raise write_failed(self.out, e) from None
+        self._pending = 0
+
+    def holds(self, path: Path) -> bool:
+        return self.has(path)
+
+    def write(self, docs: list[dict[str, Any]]) -> None:
+        try:
+            self.append(docs)
+        except OSError as e:
+            raise write_failed(self.out, e) from None
 
     # -- the file's layout per format ---------------------------------------------------------------
     def _head(self) -> bytes:
@@ -138,7 +164,9 @@ class ResultFile:
                     yield self._checked({"path": row["path"], "sha256": row["sha256"] or None,
                                          "status": row["status"], "label": row["label"],
                                          "ood": {"flag": row["ood_flag"] == "true"},
-                                         "model": {"bundle_digest": row["model_bundle_digest"] or None}})
+                                         "model": {"bundle_digest": row["model_bundle_digest"] or None,
+                                                   "backend": row["model_backend"] or None,
+                                                   "landmarks": row["model_landmarks"] or None}})
                 return
             for n, line in enumerate(f, start=1):
                 text = line.strip().rstrip(",")
@@ -153,10 +181,19 @@ class ResultFile:
     def _checked(self, doc: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(doc, dict) or "path" not in doc or "status" not in doc:
             raise SpinexrError(f"{self.out} holds something other than prediction documents; write to a new file")
-        got = (doc.get("model") or {}).get("bundle_digest")
-        if doc["status"] == "ok" and got != self.digest:
-            raise SpinexrError(f"{self.out} was made by another bundle (digest {str(got)[:12]}, this one "
-                               f"{str(self.digest)[:12]}); resuming would mix two models' results: write to a new file")
+        if doc["status"] != "ok":
+            return doc
+        model = doc.get("model") or {}
+        for key, got_what in _SETTINGS.items():
+            if key not in self.expected or key not in model:
+                continue
+            got, want = model.get(key), self.expected[key]
+            if got != want:
+                if key == "bundle_digest":
+                    got, want = str(got)[:12], str(want)[:12]
+                raise SpinexrError(f"{self.out} was made with another {got_what} ({got or 'none'}; this run: "
+                                   f"{want or 'none'}); resuming would mix two kinds of results in one output: "
+                                   "run with the settings it was made with, or write to a new file")
         return doc
 
     def _read_journal(self) -> list[dict[str, Any]]:
@@ -186,20 +223,24 @@ class ResultFile:
     def _replace(self, data: bytes, keep: int = 0) -> None:
         """The output's first ``keep`` bytes, then ``data``, to a temporary file renamed over the output."""
         tmp = self.out.with_name(self.out.name + ".tmp")
-        with open(tmp, "wb") as dst:
-            if keep:
-                with open(self.out, "rb") as src:
-                    left = keep
-                    while left > 0:
-                        chunk = src.read(min(left, 1 << 22))
-                        if not chunk:
-                            break
-                        dst.write(chunk)
-                        left -= len(chunk)
-            dst.write(data)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, self.out)
+        try:
+            with open(tmp, "wb") as dst:
+                if keep:
+                    with open(self.out, "rb") as src:
+                        left = keep
+                        while left > 0:
+                            chunk = src.read(min(left, 1 << 22))
+                            if not chunk:
+                                break
+                            dst.write(chunk)
+                            left -= len(chunk)
+                dst.write(data)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, self.out)
+        except BaseException:  # a full disk or an interrupt mid-copy: the output stays as it was, no stale copy
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _fold(self, docs: list[dict[str, Any]]) -> None:
         """Fold ``docs`` into the output (after what it holds) and empty the journal."""
@@ -210,6 +251,7 @@ class ResultFile:
             self._replace(self._rows(docs, first) + self._tail(), keep=keep)
         self.journal.unlink(missing_ok=True)
         self._pending = 0
+        self._last_fold = time.monotonic()
 
     def append(self, docs: list[dict[str, Any]]) -> None:
         """One finished batch: to the journal in one synced write, folded in when the journal is large."""
@@ -225,65 +267,18 @@ class ResultFile:
         for d in docs:
             self._remember(d)
         self._pending += len(data)
-        if self._pending >= max(MIN_FOLD_BYTES, self.out.stat().st_size // 4):
-            self.close()
-
-    def close(self) -> None:
-        """Fold everything the journal holds into the output."""
-        if self.journal.exists():
+        if (self._pending >= max(MIN_FOLD_BYTES, self.out.stat().st_size // 4)
+                or time.monotonic() - self._last_fold >= self.fold_seconds):
             self._fold(self._read_journal())
 
-
-def in_order(pool: Executor, fn: Callable[..., T], items: Iterable[Any], ahead: int, *args: Any) -> Iterator[T]:
-    """``fn(item, *args)`` for each item, run in ``pool`` at most ``ahead`` at a time, the results in the
-    items' order (memory stays bounded whatever their number)."""
-    pending: deque[Future[T]] = deque()
-    it = iter(items)
-    try:
-        while True:
-            while len(pending) < ahead and (item := next(it, _END)) is not _END:
-                pending.append(pool.submit(fn, item, *args))
-            if not pending:
-                return
-            yield pending.popleft().result()
-    finally:
-        for f in pending:
-            f.cancel()
+    def close(self) -> str | None:
+        """Fold everything the journal holds into the output."""
+        try:
+            if self.journal.exists():
+                self._fold(self._read_journal())
+        except OSError as e:
+            raise write_failed(self.out, e) from None
+        return f"wrote {self.out}" if self.columns else None
 
 
-def decoded_batches(paths: list[Path], batch_size: int, workers: int, max_pixels: int) -> Iterator[list[Decoded]]:
-    """Decoded films in order, ``batch_size`` at a time; with ``workers`` > 0 read in that many processes,
-    at most a few batches ahead of the pipeline (memory stays bounded)."""
-    if workers <= 0:
-        for s in range(0, len(paths), batch_size):
-            yield [decode(str(p), max_pixels) for p in paths[s:s + batch_size]]
-        return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent) as pool:
-        batch: list[Decoded] = []
-        for d in in_order(pool, decode, map(str, paths), batch_size * (workers + 1), max_pixels):
-            batch.append(d)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-
-def predict_batch(pipeline: Pipeline, batch: list[Decoded]) -> list[Prediction]:
-    """A decoded batch through the pipeline (the classifier in one call); unreadable files get their error."""
-    good = [d for d in batch if d.img is not None]
-    preds = iter(pipeline.predict_images([d.img for d in good], [d.path for d in good], [d.meta for d in good])
-                 if good else [])
-    out = []
-    for d in batch:
-        if d.error is not None:
-            p = Prediction.unreadable(d.path, d.error)
-            p.model = dict(pipeline.model_info)
-        else:
-            p = next(preds)
-        p.sha256 = d.sha256
-        out.append(p)
-    return out
-
-
-__all__ = ["Decoded", "ResultFile", "Tally", "decode", "decoded_batches", "in_order", "predict_batch"]
+__all__ = ["FORMATS", "ResultFile", "Tally"]

@@ -1,8 +1,9 @@
 """The pipeline: a bundle's classifier, landmark model and decision rule, run as one object.
 
-:meth:`Pipeline.load` takes a bundle (its folder or ``bundle.json``), a single classifier model file
-(``.safetensors`` or ``.onnx``, optionally with a landmark model file), or nothing (the bundle that ships
-with spinexr). :meth:`Pipeline.predict_file` and :meth:`Pipeline.predict_images` turn films into
+:meth:`Pipeline.load` takes a :class:`~spinexr.pipeline.spec.PipelineSpec`: a bundle (its folder or
+``bundle.json``), a single classifier model file (``.safetensors`` or ``.onnx``, optionally with a landmark
+model file), or nothing (the bundle that ships with spinexr), and how to run them.
+:meth:`Pipeline.predict_file` and :meth:`Pipeline.predict_images` turn films into
 :class:`~spinexr.deploy.predictor.Prediction` objects, whose :meth:`~spinexr.deploy.predictor.Prediction.to_document`
 is the one wire format. ``predict``, ``serve``, ``explain``, ``evaluate``, the demo and the benchmarks
 all run a film through this object, so what is measured is what is deployed.
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from spinexr.config import BUNDLED
-from spinexr.data.imread import DEFAULT_MAX_PIXELS, ImageMeta, file_digest
+from spinexr.data.imread import ImageMeta, file_digest
 from spinexr.deploy.bundle import Bundle, is_bundle, load_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir, bundled_path
 from spinexr.deploy.decision import DecisionRule
@@ -30,6 +31,7 @@ from spinexr.deploy.measure import Measurement, SpineMeasurer
 from spinexr.deploy.modelfile import model_kind
 from spinexr.deploy.predictor import Prediction, Predictor
 from spinexr.errors import SpinexrError
+from spinexr.pipeline.spec import PipelineSpec
 
 MODEL_SUFFIXES = (".safetensors", ".onnx")
 
@@ -54,57 +56,33 @@ class Pipeline:
             if bundle is not None and bundle.manifest.get("rule"):
                 measurer.view_check = bundle.view_check
         self._measure_lock = threading.Lock()  # one film through the landmark model at a time
-        self.spec: dict[str, Any] | None = None  # set by :meth:`load`
+        self.spec: PipelineSpec | None = None  # set by :meth:`load`
         self.model_info = self._model_info()
 
     @classmethod
-    def load(cls, source: str | Path | None = None, landmarks: str | Path | None = None, *, no_landmarks: bool = False,
-             backend: str | None = None, device: str = "cpu", onnx_path: str | Path | None = None,
-             threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pipeline:
-        """Load a bundle, a classifier file (with ``landmarks``: a landmark model file, or ``"bundled"``),
-        or, with no ``source``, the bundle that ships with spinexr. ``no_landmarks``: classify only."""
-        bundle = None
-        if source is None:
-            bundle = load_bundle(bundled_bundle_dir())
-        elif is_bundle(source):
-            bundle = load_bundle(source)
-        elif Path(source).suffix.lower() not in MODEL_SUFFIXES:
-            raise SpinexrError(f"{source}: not a bundle folder, bundle.json or model file (.safetensors, .onnx)")
-        elif Path(source).suffix.lower() == ".safetensors" and model_kind(source) != "classifier":
-            what = "a landmark model" if model_kind(source) == "landmarks" else "a vertebra refiner"
-            raise SpinexrError(f"{source} is {what}: give a classifier or a bundle first, and the landmark model with "
-                               "--landmarks")
-        clf = bundle.classifier if bundle is not None else Path(source)  # type: ignore[arg-type]
-        lm: Path | None = None
-        if landmarks is not None and str(landmarks) == BUNDLED:
-            lm = bundled_path("landmarks")
-        elif landmarks is not None:
-            lm = Path(landmarks)
-        elif bundle is not None:
-            lm = bundle.landmarks
-        if no_landmarks:
-            lm = None
-        if bundle is not None and lm is not None and lm != bundle.landmarks:
-            bundle = None  # another landmark model than the bundle's: its own rule runs, not the bundle's
-        lm_onnx = None
-        if backend == "onnx":  # the exports are made once and cached (spinexr.deploy.export.cached_onnx)
+    def load(cls, spec: PipelineSpec | str | Path | None = None, **changes: Any) -> Pipeline:
+        """Load the pipeline a :class:`~spinexr.pipeline.spec.PipelineSpec` names; a path (or None: the
+        bundle that ships with spinexr) with ``changes`` is read as the spec ``PipelineSpec(source, **changes)``."""
+        if not isinstance(spec, PipelineSpec):
+            spec = PipelineSpec(source=None if spec is None else str(spec), **changes)
+        elif changes:
+            spec = spec.replace(**changes)
+        bundle, clf, lm = _parts(spec)
+        onnx_path, lm_onnx = spec.onnx_path, None
+        if spec.backend == "onnx":  # the exports are made once and cached (spinexr.deploy.export.cached_onnx)
             if onnx_path is None and clf.suffix.lower() != ".onnx":
-                onnx_path = cached_onnx(clf)
+                onnx_path = str(cached_onnx(clf))
             lm_onnx = cached_onnx(lm) if lm is not None else None
-        predictor = Predictor(clf, backend=backend, device=device, onnx_path=onnx_path, threads=threads,
-                              max_pixels=max_pixels)
+        predictor = Predictor(clf, backend=spec.backend, device=spec.device, onnx_path=onnx_path, threads=spec.threads,
+                              max_pixels=spec.max_pixels)
         measurer = None
         if lm is not None:
             refiner = bundle.refiner if bundle is not None else None  # the bundle's second stage, with its model
-            measurer = SpineMeasurer(lm, device=device, backend="onnx" if lm_onnx else "torch", onnx_path=lm_onnx,
-                                     threads=threads, refiner=refiner,
+            measurer = SpineMeasurer(lm, device=spec.device, backend="onnx" if lm_onnx else "torch", onnx_path=lm_onnx,
+                                     threads=spec.threads, refiner=refiner,
                                      refiner_onnx_path=cached_onnx(refiner) if refiner and lm_onnx else None)
         pipe = cls(predictor, measurer, bundle)
-        # How to load this pipeline again, in another process (``predict --jobs``; ``threads`` set there).
-        pipe.spec = {"source": None if source is None else str(source),
-                     "landmarks": None if landmarks is None else str(landmarks), "no_landmarks": no_landmarks,
-                     "backend": backend, "device": device, "onnx_path": None if onnx_path is None else str(onnx_path),
-                     "max_pixels": max_pixels}
+        pipe.spec = spec  # how to load this pipeline again, in another process (--jobs, Ray)
         return pipe
 
     def _model_info(self) -> dict[str, Any]:
@@ -194,6 +172,34 @@ class Pipeline:
         if self.bundle is not None:
             out["bundle"] = self.bundle.manifest
         return out
+
+
+def _parts(spec: PipelineSpec) -> tuple[Bundle | None, Path, Path | None]:
+    """The bundle (if the pipeline runs one whole), the classifier file and the landmark model file a spec names."""
+    source, bundle = spec.source, None
+    if source is None:
+        bundle = load_bundle(bundled_bundle_dir())
+    elif is_bundle(source):
+        bundle = load_bundle(source)
+    elif Path(source).suffix.lower() not in MODEL_SUFFIXES:
+        raise SpinexrError(f"{source}: not a bundle folder, bundle.json or model file (.safetensors, .onnx)")
+    elif Path(source).suffix.lower() == ".safetensors" and model_kind(source) != "classifier":
+        what = "a landmark model" if model_kind(source) == "landmarks" else "a vertebra refiner"
+        raise SpinexrError(f"{source} is {what}: give a classifier or a bundle first, and the landmark model with "
+                           "--landmarks")
+    clf = bundle.classifier if bundle is not None else Path(str(source))
+    lm: Path | None = None
+    if spec.landmarks is not None and spec.landmarks == BUNDLED:
+        lm = bundled_path("landmarks")
+    elif spec.landmarks is not None:
+        lm = Path(spec.landmarks)
+    elif bundle is not None:
+        lm = bundle.landmarks
+    if spec.no_landmarks:
+        lm = None
+    if bundle is not None and lm is not None and lm != bundle.landmarks:
+        bundle = None  # another landmark model than the bundle's: its own rule runs, not the bundle's
+    return bundle, clf, lm
 
 
 __all__ = ["BUNDLED", "MODEL_SUFFIXES", "Pipeline"]

@@ -1,0 +1,104 @@
+"""``predict --overlays DIR`` and ``--heatmaps DIR``: pictures drawn from each film's pixels.
+
+Both are drawing sinks: they run beside the pipeline, wherever the executor runs it (this process, a
+``--jobs`` process, a Ray actor: there the folder must be on storage every node shares), and name the
+file they wrote in the film's document (``files.overlay``, ``files.heatmap``). File names start with
+the film's place in the run, so two films with one name never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from spinexr.config import EXPLAIN_METHODS
+from spinexr.errors import SpinexrError
+from spinexr.outputs._base import OutputKind, Sink, register_output, writable_folder, write_failed
+
+
+def artifact_name(i: int, path: Path, method: str) -> str:
+    """``00012_<film stem>_<method>.png``: the film's place in the run, its name made safe, what was drawn."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)[:80]
+    return f"{i:05d}_{safe}_{method.replace('+', 'p')}.png"
+
+
+def _save(img: Any, dest: Path) -> None:
+    try:
+        Image.fromarray(img).save(dest)
+    except OSError as e:
+        raise write_failed(dest, e) from None
+
+
+class OverlaySink(Sink):
+    """The measurement (corners, end-vertebra lines, angles) drawn on each film at its original size.
+
+    Args:
+        folder: where the pictures go (made if missing; checked writable before the run).
+    """
+
+    draws = True
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = writable_folder(Path(folder), "overlay folder")
+
+    def check(self, pipeline: Any) -> None:
+        if pipeline.measurer is None:
+            raise SpinexrError("--overlays needs a landmark model to measure the spine with (a bundle with one, "
+                               "or --landmarks)")
+
+    def draw(self, pipeline: Any, pred: Any, img: Any, index: int) -> None:
+        if img is None or pred.spine is None:
+            return
+        dest = self.folder / artifact_name(index, Path(pred.path), "cobb")
+        _save(pipeline.overlay(img, pred.spine), dest)
+        pred.overlay = str(dest)
+
+
+class HeatmapSink(Sink):
+    """The classifier's map (``method``: Grad-CAM, Grad-CAM++ or the attention map) over each film.
+
+    Args:
+        folder: where the pictures go (made if missing; checked writable before the run).
+        method: one of :data:`~spinexr.config.EXPLAIN_METHODS`.
+    """
+
+    draws = True
+
+    def __init__(self, folder: Path, method: str = "gradcam") -> None:
+        if method not in EXPLAIN_METHODS:
+            raise SpinexrError(f"--explain {method!r}: choose one of {', '.join(EXPLAIN_METHODS)}")
+        self.folder = writable_folder(Path(folder), "heatmap folder")
+        self.method = method
+
+    def draw(self, pipeline: Any, pred: Any, img: Any, index: int) -> None:
+        if img is None:
+            return
+        try:
+            heat, _ = pipeline.explain(img, self.method)
+        except SpinexrError as e:
+            pred.warnings.append(f"no heatmap: {e}")
+            return
+        from spinexr.explain import overlay  # torch: imported by runs that draw, not by the command line
+
+        dest = self.folder / artifact_name(index, Path(pred.path), self.method)
+        _save(overlay(img, heat), dest)
+        pred.heatmap = str(dest)
+
+
+def _overlays(value: Path, _args: argparse.Namespace) -> OverlaySink:
+    return OverlaySink(value)
+
+
+def _heatmaps(value: Path, args: argparse.Namespace) -> HeatmapSink:
+    return HeatmapSink(value, getattr(args, "explain", None) or "gradcam")
+
+
+register_output(OutputKind("--overlays", "folder for the measurement drawn on each film (needs a landmark model)",
+                           _overlays))
+register_output(OutputKind("--heatmaps", "folder for the classifier's map over each film (--explain picks the "
+                           "method; default gradcam)", _heatmaps))
+
+__all__ = ["HeatmapSink", "OverlaySink", "artifact_name"]
