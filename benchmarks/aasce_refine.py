@@ -34,6 +34,7 @@ from spinexr.data.landmarks import load_landmark_source  # noqa: E402
 from spinexr.data.splits import case_splits, fit_val_split  # noqa: E402
 from spinexr.deploy.modelfile import save_refiner_model  # noqa: E402
 from spinexr.engine.refine import RefineConfig, fit_refiner, prepare_refine_data  # noqa: E402
+from spinexr.engine.state import FitOptions  # noqa: E402
 from spinexr.evaluation.landmark_cv import tolerance_scores  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
 from spinexr.geometry.plausibility import implausibility  # noqa: E402
@@ -101,8 +102,8 @@ def _final(args: argparse.Namespace, head: dict, t0: float) -> int:
     torch.manual_seed(cfg.seed)
     refiner = VertebraRefiner(LandmarkNet(cfg.encoder, out_channels=4), crop=cfg.crop, span=cfg.span,
                               film_height=cfg.film_height, iterations=args.passes)
-    fit = fit_refiner(refiner, data, fit_pos, val_pos, cfg, checkpoint=run_dir / "checkpoint.pt",
-                      max_minutes=_budget(args), resume=args.resume)
+    fit = fit_refiner(refiner, data, fit_pos, val_pos, cfg,
+                      FitOptions(run_dir / "checkpoint.pt", resume=args.resume, max_minutes=_budget(args)))
     summary = {"source": str(args.data), "n_train": len(fit_idx), "n_val": len(val_idx), "split": "all films",
                "labels_implausible_left_out": int(len(recs) - len(ok)), "command": head["command"],
                "trained_on": head["machine"]["cpu"], "train_seconds": fit["train_seconds"],
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(cfg.seed)
     refiner = VertebraRefiner(LandmarkNet(cfg.encoder, out_channels=4), crop=cfg.crop, span=cfg.span,
                               film_height=cfg.film_height)
-    fit = fit_refiner(refiner, data, fit_idx, val_idx, cfg, checkpoint=run_dir / "checkpoint.pt",
-                      max_minutes=_budget(args), resume=args.resume)
+    fit = fit_refiner(refiner, data, fit_idx, val_idx, cfg,
+                      FitOptions(run_dir / "checkpoint.pt", resume=args.resume, max_minutes=_budget(args)))
     save_refiner_model(refiner, run_dir / "refiner.safetensors", cfg.to_dict(),
                        {"source": str(args.data), "n_train": int(len(fit_idx)), "split": "fold 0",
                         "landmark_run": str(args.landmark_run)})

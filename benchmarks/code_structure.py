@@ -10,7 +10,13 @@ Counts, over ``src/spinexr`` (imports) and ``src``, ``benchmarks`` and ``scripts
   import-linter in ``pyproject.toml`` (``[tool.importlinter]``, read from *this* checkout, so an
   older checkout is judged by today's layers);
 - functions of 80 lines or more, and imports inside functions (all, and of spinexr's own modules);
-- the README's lines.
+- the README's lines;
+- functions in ``src`` that take 8 or more arguments;
+- with ``--trace-predict FILM``: the path of ``spinexr predict FILM`` through the code, traced in a
+  fresh process of the checkout: each step is a call from one of spinexr's modules into another (each
+  caller-callee pair of functions counted once, in the order first seen), with the modules it passes
+  through, how often each is entered, and the climbs (a call into a module of a higher layer than the
+  caller's, by the checkout's own declared layers).
 
 Writes ``benchmarks/results/code_structure_<tag>.json``. No timing: the figures are counts.
 """
@@ -160,6 +166,82 @@ def long_functions(root: Path, min_lines: int = LONG_LINES) -> list[dict[str, ob
     return sorted(out, key=lambda d: -int(d["lines"]))
 
 
+def long_parameter_lists(root: Path, min_args: int = 8) -> list[dict[str, object]]:
+    """Functions in ``src`` taking ``min_args`` or more arguments (``self``/``cls``, ``*args`` and ``**kwargs``
+    not counted, as ruff's PLR0913 counts them)."""
+    out = []
+    for p in sorted((root / "src").rglob("*.py")):
+        for n in ast.walk(ast.parse(p.read_text())):
+            if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = n.args
+            names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+            if len(names) >= min_args:
+                out.append({"function": f"{p.relative_to(root)}:{n.name}", "arguments": len(names)})
+    return sorted(out, key=lambda d: -int(d["arguments"]))
+
+
+TRACER = r"""
+import sys, json
+from pathlib import Path
+SRC = str(Path(sys.argv[1]).resolve()) + "/"
+steps, seen = [], set()
+def mod(f):
+    fn = f.f_code.co_filename
+    if not fn.startswith(SRC):
+        return None
+    return fn[len(SRC):-3].replace("/", ".").removesuffix(".__init__")
+def prof(frame, event, arg):
+    if event != "call":
+        return
+    callee, back = mod(frame), frame.f_back
+    caller = mod(back) if back is not None else None
+    if callee and caller and callee != caller:
+        key = (caller, back.f_code.co_name, callee, frame.f_code.co_name)
+        if key not in seen:
+            seen.add(key)
+            steps.append(key)
+sys.setprofile(prof)
+from spinexr.cli import main
+try:
+    main(["predict", sys.argv[2], "--workers", "0", "--quiet"])
+finally:
+    sys.setprofile(None)
+    Path(sys.argv[3]).write_text(json.dumps(steps))
+"""
+
+
+def trace_predict(root: Path, film: Path, declared: list[list[str]]) -> dict[str, object]:
+    """The path of ``spinexr predict FILM`` through ``root``'s code (see the module)."""
+    import json
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "steps.json"
+        env = {**os.environ, "PYTHONPATH": str(root / "src")}
+        subprocess.run([sys.executable, "-c", TRACER, str(root / "src"), str(film), str(out)], env=env, check=True,
+                       capture_output=True)
+        steps = json.loads(out.read_text())
+
+    def layer(mod: str) -> int | None:
+        for depth, names in enumerate(declared):
+            if any(mod == n.removeprefix("spinexr.") or mod.startswith(n.removeprefix("spinexr.") + ".")
+                   or f"spinexr.{mod}" == n or f"spinexr.{mod}".startswith(n + ".") for n in names):
+                return depth
+        return None
+
+    climbs = [s for s in steps if layer(s[0]) is not None and layer(s[2]) is not None and layer(s[2]) < layer(s[0])]
+    entered: dict[str, int] = defaultdict(int)
+    for s in steps:
+        entered[s[2]] += 1
+    files = sorted({m for s in steps for m in (s[0], s[2])})
+    return {"film": str(film), "steps": len(steps), "files": len(files), "climbs": len(climbs),
+            "entered": dict(sorted(entered.items(), key=lambda kv: -kv[1])), "modules": files,
+            "path": [f"{a}.{fa} -> {b}.{fb}" for a, fa, b, fb in steps],
+            "climbs_list": [f"{a}.{fa} -> {b}.{fb}" for a, fa, b, fb in climbs]}
+
+
 def measure(root: Path, pyproject: Path) -> dict[str, object]:
     graph, inside, inside_own = import_graph(root / "src")
     cyc = cycles(graph)
@@ -170,7 +252,8 @@ def measure(root: Path, pyproject: Path) -> dict[str, object]:
             "functions_80_lines_or_more": longf, "n_functions_80_lines_or_more": len(longf),
             "imports_inside_functions": inside, "own_imports_inside_functions": inside_own,
             "readme_lines": len(readme.read_text().splitlines()) if readme.is_file() else None,
-            "modules": len(graph)}
+            "modules": len(graph), "functions_8_arguments_or_more": long_parameter_lists(root),
+            "n_functions_8_arguments_or_more": len(long_parameter_lists(root))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=str(HERE.parent), help="the checkout to count (default: this one)")
     ap.add_argument("--tag", default="now")
+    ap.add_argument("--trace-predict", metavar="FILM", help="also trace `spinexr predict FILM` through the checkout")
     a = ap.parse_args(argv)
     root = Path(a.root).resolve()
     commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -186,10 +270,17 @@ def main(argv: list[str] | None = None) -> int:
            "command": shlex.join(["python", "benchmarks/code_structure.py", *(argv if argv is not None else sys.argv[1:])]),
            "commit": commit, "layers": layers(HERE.parent / "pyproject.toml"),
            **measure(root, HERE.parent / "pyproject.toml")}
+    if a.trace_predict:
+        own = root / "pyproject.toml"
+        res["predict_path"] = trace_predict(root, Path(a.trace_predict).resolve(),
+                                            layers(own if own.is_file() else HERE.parent / "pyproject.toml"))
+        pp = res["predict_path"]
+        print(f"spinexr predict {a.trace_predict}: {pp['steps']} steps in {pp['files']} modules, {pp['climbs']} climbs")
     write_result(f"code_structure_{a.tag}.json", res)
     print(f"cycles {res['n_cycles']}, upward imports {res['n_upward_imports']}, functions of {LONG_LINES}+ lines "
           f"{res['n_functions_80_lines_or_more']}, imports inside functions {res['imports_inside_functions']} "
-          f"({res['own_imports_inside_functions']} of spinexr's own), README {res['readme_lines']} lines")
+          f"({res['own_imports_inside_functions']} of spinexr's own), README {res['readme_lines']} lines, functions of "
+          f"8+ arguments {res['n_functions_8_arguments_or_more']}")
     return 0
 
 

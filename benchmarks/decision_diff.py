@@ -9,7 +9,7 @@ on the same out-of-fold classifier calls.
 ``kauh_augment.py`` scores the decision through a KAUH CV (the window arm, its folds and seeds) once per
 landmark model; when its figure moves between two models, this says why. Each measurer (a landmark model
 file, ``+`` its refiner) measures every film once; per fold the rule is fitted on the other folds
-(:func:`spinexr.deploy.decision.fit_fold_rule`, as ``kauh_augment.py`` does) and decides the fold's films
+(:func:`spinexr.evaluation.rule_cv.fit_fold_rule`, as ``kauh_augment.py`` does) and decides the fold's films
 from the CV run's out-of-fold classifier calls (repeat 0). Reports per measurer the lines, the accuracy with
 the rule, the decisions it changed (to right, to wrong), and every film on which the measurers' decisions
 differ, with each one's angle and view. Writes ``benchmarks/results/decision_diff_<tag>.json``.
@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 
 from _machine import header, write_result  # noqa: E402
 from spinexr import CLASSES  # noqa: E402
-from spinexr.deploy.decision import fold_decisions  # noqa: E402
 from spinexr.evaluation.decision_cv import CurveEvidence  # noqa: E402
+from spinexr.evaluation.rule_cv import OutOfFoldCalls, RuleFit, fold_decisions  # noqa: E402
 
 
 def oof_calls(cv_run: Path, repeat: int = 0) -> list[dict]:
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         landmarks, _, refiner = files.partition("+")
         ev = CurveEvidence(landmarks, data, refiner=refiner or None, progress=False)
         scored = ev.score(np.array([[p[c] for c in CLASSES] for p in probs]), np.array(folds))  # as the KAUH CV scores it
-        labels, judged, _ = fold_decisions(ev.truth, called, probs, folds, ev.measurements, ev.max_rate,
-                                           ev.view_features, ev.keep_lumbar_out)
+        labels, judged, _ = fold_decisions(OutOfFoldCalls(ev.truth, called, probs, folds), ev.measurements,
+                                           ev.view_features, RuleFit(ev.max_rate, ev.keep_lumbar_out))
         decisions[name] = [(lab, float(ev.angle[i]), judged[i].view, _probability(judged[i])) for i, lab in enumerate(labels)]
         results[name] = {"landmarks": landmarks, "refiner": refiner or None,
                          "curve_deg": {f["fold"]: f["curve_deg"] for f in scored["folds"]},

@@ -45,11 +45,12 @@ from spinexr.data.imread import read_image  # noqa: E402
 from spinexr.data.landmarks import read_aasce  # noqa: E402
 from spinexr.data.splits import holdout  # noqa: E402
 from spinexr.deploy.bundled import bundled_path  # noqa: E402
-from spinexr.deploy.decision import RULE_VERSION, DecisionRule, fit_curve_deg, rule_cv  # noqa: E402
+from spinexr.deploy.decision import RULE_VERSION, DecisionRule, fit_curve_deg  # noqa: E402
 from spinexr.deploy.measure import Measurement, SpineMeasurer  # noqa: E402
-from spinexr.deploy.pipeline import Pipeline  # noqa: E402
 from spinexr.evaluation.external import external_metrics, wilson  # noqa: E402
+from spinexr.evaluation.rule_cv import OutOfFoldCalls, RuleFit, rule_cv  # noqa: E402
 from spinexr.geometry.view import FULL_SPINE, ViewCheck, fit_view_check, spine_view_features  # noqa: E402
+from spinexr.pipeline import Pipeline  # noqa: E402
 
 AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"
 KAUH = HERE.parent.parent / "shared" / "data" / "kauh-spine-xray"
@@ -69,9 +70,9 @@ def _cv_rule(run: Path, paths: list, truth: list[str], meas: list, max_rate: flo
     idx = [i for i, p in enumerate(paths) if str(Path(p).resolve()) in by_path]
     got = [by_path[str(Path(paths[i]).resolve())] for i in idx]
     probs = [{k[2:]: float(v) for k, v in r.items() if k.startswith("p_")} for r in got]
-    out = rule_cv([truth[i] for i in idx], [r["pred"] for r in got], probs, [int(r["fold"]) for r in got],
-                  [meas[i] for i in idx], max_rate=max_rate,
-                  view_features=None if view_features is None else view_features[idx])
+    calls = OutOfFoldCalls([truth[i] for i in idx], [r["pred"] for r in got], probs, [int(r["fold"]) for r in got])
+    out = rule_cv(calls, [meas[i] for i in idx], None if view_features is None else view_features[idx],
+                  RuleFit(max_rate=max_rate))
     return {"model": model, "n": len(idx), **out}
 
 

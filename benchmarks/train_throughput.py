@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from spinexr.data.dataset import prepare_dataset
     from spinexr.data.splits import carve_validation, group_kfold
     from spinexr.engine.distributed import resolve_device
-    from spinexr.engine.train import fit
+    from spinexr.engine.train import FitOptions, FitSplit, fit
     from spinexr.models import create_model, get_model_entry
 
     a = _parser().parse_args(argv)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         model = create_model(m, attention=a.attention)
         cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, device=str(device), patience=10**6,
                           compile=a.compile, tta_flip=False)
-        res = fit(model, data.tensors[s], y, fit_idx, val_idx, cfg, contracts[m], progress=False, desc=m)
+        res = fit(model, FitSplit(data.tensors[s], y, fit_idx, val_idx), cfg, contracts[m], FitOptions(progress=False, desc=m))
         hist = res.history[1:] or res.history
         loop = sum(h["train_images"] for h in hist) / sum(h["train_seconds"] for h in hist)
         epoch_wall = float(np.mean([h["seconds"] for h in hist]))

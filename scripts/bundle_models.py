@@ -218,7 +218,8 @@ def _pack_both(a: argparse.Namespace, meta: dict, curve_deg: float, speed: dict)
         if not a.keep_classifier:
             clf_card, clf_head, clf_facts = classifier_card(a, ext, speed)
             pack(a.classifier, "classifier", clf_card, headline=clf_head)
-        lm_card, lm_head = landmark_card(a, meta, json.loads(cv_path.read_text()), cv_file, ext, lm_log, curve_deg, speed)
+        lm_card, lm_head = landmark_card(a, meta, (json.loads(cv_path.read_text()), cv_file), ext, lm_log, curve_deg,
+                                         speed)
         pack(lm_src, "landmarks", lm_card, headline=lm_head)
         if a.refiner:
             rf_card, rf_head = refiner_card(a, raw_metadata(a.refiner))
@@ -479,8 +480,10 @@ def _landmark_measured(cv: dict, ext: dict | None) -> list[str]:
     return lines
 
 
-def landmark_card(a: argparse.Namespace, meta: dict, cv: dict, cv_file: str, ext: dict | None, lm_log: dict,
+def landmark_card(a: argparse.Namespace, meta: dict, cv_result: tuple[dict, str], ext: dict | None, lm_log: dict,
                   curve_deg: float, speed: dict) -> tuple[str, str]:
+    """The landmark model's card and its one-line headline; ``cv_result``: the landmark CV's JSON and its path."""
+    cv, cv_file = cv_result
     p = cv["pooled"]
     dc = meta["data_config"]
     bar = DecisionRule.from_meta(meta).doubted_view_bar

@@ -116,7 +116,7 @@ def test_small_model_learns_kauh(kauh_dir: Path, tmp_path: Path) -> None:
     from spinexr.data.dataset import prepare_dataset
     from spinexr.data.splits import carve_validation, group_kfold
     from spinexr.engine.inference import extract_features, run_inference
-    from spinexr.engine.train import fit
+    from spinexr.engine.train import FitOptions, FitSplit, fit
     from spinexr.models import create_model
 
     d = prepare_dataset(kauh_dir, [96], progress=False)
@@ -130,7 +130,7 @@ def test_small_model_learns_kauh(kauh_dir: Path, tmp_path: Path) -> None:
     # features make its feature score weaker (measured on the bundled model: benchmarks/ood_corpus.py).
     cfg = TrainConfig.from_dict({"epochs": 8, "batch_size": 32, "device": "cpu", "patience": 100,
                                  "aug": {"strip_p": 0.0, "widen_p": 0.0}})
-    res = fit(m, d.tensors[96], d.labels, fi, va, cfg, contract, progress=False)
+    res = fit(m, FitSplit(d.tensors[96], d.labels, fi, va), cfg, contract, FitOptions(progress=False))
     probs = run_inference(res.predictor, d.tensors[96], te, torch.device("cpu")).probs
     acc = float((probs.argmax(1) == d.labels[te]).mean())
     assert acc > 0.75, acc

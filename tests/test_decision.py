@@ -163,7 +163,7 @@ def test_a_two_stage_check_reads_the_first_stage_and_the_refined_shapes() -> Non
 
 
 def test_rule_cv_fits_the_view_check_out_of_fold() -> None:
-    from spinexr.deploy.decision import rule_cv
+    from spinexr.evaluation.rule_cv import OutOfFoldCalls, rule_cv
 
     curve, straight = _measure(CURVE_40), _measure(STRAIGHT)
     rng = np.random.default_rng(1)
@@ -176,8 +176,11 @@ def test_rule_cv_fits_the_view_check_out_of_fold() -> None:
         meas.append(curve if t == "Scoliosis" else straight)
         feats.append(rng.normal([0.5, 0.6] if t != "Spondylolisthesis" else [0.9, 0.1], 0.05).tolist() + [0.9, 0.0, -4.0])
         folds.append(i % 5)
-    plain = rule_cv(truth, called, [PROBS] * 60, folds, meas)
-    viewed = rule_cv(truth, called, [PROBS] * 60, folds, meas, view_features=np.array(feats))
+    calls = OutOfFoldCalls(truth, called, [PROBS] * 60, folds)
+    plain = rule_cv(calls, meas)
+    viewed = rule_cv(calls, meas, view_features=np.array(feats))
+    assert len(viewed["decided"]) == 60 and viewed["recall_with_rule"]["Scoliosis"] == 1.0
+    assert viewed["recall"]["Scoliosis"] == 0.0  # before the rule: every Scoliosis film called Spondylolisthesis
     assert plain["changed"] == 0  # a Spondylolisthesis call is a lumbar view without the check
     assert viewed["changed"] == 20 and viewed["changed_to_right"] == 20
     assert viewed["accuracy_with_rule_mean"] == pytest.approx(1.0)
@@ -259,10 +262,13 @@ def test_predict_with_no_model_uses_the_bundled_ones(tiny_models: dict[str, Path
     import spinexr.serve as serve_mod
 
     seen: dict = {}
+    from spinexr.data.imread import UPLOAD_MAX_PIXELS
+
     monkeypatch.setattr(serve_mod, "serve", lambda source, **kw: seen.update(source=source, **kw))
     assert main(["serve"]) == 0
-    assert seen["source"] is None and not seen["no_landmarks"]  # None: the bundled pipeline, landmarks and all
-    assert main(["serve", "--no-landmarks"]) == 0 and seen["no_landmarks"]
+    spec = seen["source"]  # source None: the bundled pipeline, landmarks and all; uploads under the upload limit
+    assert spec.source is None and not spec.no_landmarks and spec.max_pixels == UPLOAD_MAX_PIXELS
+    assert main(["serve", "--no-landmarks"]) == 0 and seen["source"].no_landmarks
 
 
 def test_curve_line_is_fitted_on_non_scoliosis_films() -> None:
@@ -276,7 +282,7 @@ def test_curve_line_is_fitted_on_non_scoliosis_films() -> None:
 
 
 def test_rule_cv_fits_each_fold_on_the_other_folds() -> None:
-    from spinexr.deploy.decision import rule_cv
+    from spinexr.evaluation.rule_cv import OutOfFoldCalls, RuleFit, rule_cv
 
     curve = [20.0 - 40.0 * j / 16 for j in range(17)]
     straight, curved = _measure(STRAIGHT), _measure(curve)
@@ -288,7 +294,7 @@ def test_rule_cv_fits_each_fold_on_the_other_folds() -> None:
     probs = [PROBS] * 5
     folds = [0, 0, 1, 1, 1]
     meas = [curved, straight, mild, straight, curved]
-    r = rule_cv(truth, called, probs, folds, meas, max_rate=0.0)
+    r = rule_cv(OutOfFoldCalls(truth, called, probs, folds), meas, fit=RuleFit(max_rate=0.0))
     f0, f1 = r["folds"]
     # fold 0's line is fitted on fold 1's Normals (straight and mild): just above the mild one
     m = mild.result.largest
@@ -302,18 +308,18 @@ def test_rule_cv_fits_each_fold_on_the_other_folds() -> None:
 
 
 def test_fold_rule_is_fitted_on_the_training_side_only() -> None:
-    from spinexr.deploy.decision import fit_fold_rule
+    from spinexr.evaluation.rule_cv import RuleFit, fit_fold_rule
 
     truth = ["Normal"] * 10 + ["Scoliosis"] * 5 + ["Spondylolisthesis"] * 5
     angle = np.array([5.0] * 9 + [80.0] + [40.0] * 5 + [20.0] * 5)
     train = np.arange(9).tolist() + list(range(10, 20))  # film 9 (a Normal film at 80 deg) held out
-    rule, check = fit_fold_rule(truth, angle, None, train, max_rate=0.0)
+    rule, check = fit_fold_rule(truth, angle, None, train, RuleFit(max_rate=0.0))
     assert check is None and rule.curve_deg == 10.0  # the floor: the training Normal films reach 5 deg
-    rule_all, _ = fit_fold_rule(truth, angle, None, list(range(20)), max_rate=0.0)
+    rule_all, _ = fit_fold_rule(truth, angle, None, list(range(20)), RuleFit(max_rate=0.0))
     assert rule_all.curve_deg == 80.5  # had the held-out film taken part, it would have set the line
     rng = np.random.default_rng(0)
     feats = np.vstack([rng.normal(1.0, 0.3, (15, 5)), rng.normal(-1.0, 0.3, (5, 5))])
-    _, check = fit_fold_rule(truth, angle, feats, train, max_rate=0.0)
+    _, check = fit_fold_rule(truth, angle, feats, train, RuleFit(max_rate=0.0))
     assert check is not None and check.judge(feats[0])[0] == FULL_SPINE and check.judge(feats[-1])[0] != FULL_SPINE
 
 

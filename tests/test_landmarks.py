@@ -480,6 +480,7 @@ def test_landmark_training_resumes_to_the_same_state(synth_dir: Path, tmp_path: 
     from spinexr.data.landmarks import read_landmark_csv
     from spinexr.engine import state as state_mod
     from spinexr.engine.landmarks import fit_landmarks, prepare_landmarks
+    from spinexr.engine.state import FitOptions
     from spinexr.models.landmark import CODECS, LandmarkNet
 
     cfg = LandmarkConfig(input_height=96, input_width=48, epochs=4, batch_size=4, device="cpu", tta_flip=False,
@@ -491,7 +492,8 @@ def test_landmark_training_resumes_to_the_same_state(synth_dir: Path, tmp_path: 
     def run(ckpt: Path, resume: bool = False):
         torch.manual_seed(0)
         net = LandmarkNet(cfg.encoder, out_channels=CODECS[cfg.encoding].channels)
-        return fit_landmarks(net, data, fit_idx, val_idx, cfg, contract, checkpoint=ckpt, progress=False, resume=resume)
+        return fit_landmarks(net, data, fit_idx, val_idx, cfg, contract,
+                             FitOptions(checkpoint=ckpt, progress=False, resume=resume))
 
     whole = run(tmp_path / "whole.pt")
     real_save, saves = state_mod.TrainState.save, []

@@ -36,9 +36,10 @@ def _parity(model: Path, films: Path, tmp: Path) -> dict[str, np.ndarray]:
 
     from spinexr.deploy.export import export_onnx
     from spinexr.evaluation.external import evaluate_model
+    from spinexr.pipeline import PipelineSpec
     from spinexr.serve import create_app
 
-    evaluate_model(model, films, tmp / "eval", device="cpu", bootstrap=20, progress=False)
+    evaluate_model(PipelineSpec(source=str(model), device="cpu"), films, tmp / "eval", bootstrap=20, progress=False)
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp / "eval" / "predictions.csv"))}
     names = sorted(rows)
     paths = {p.name: p for p in list_images(films)}

@@ -14,6 +14,7 @@ import torch
 from spinexr.data.landmarks import LandmarkRecord
 from spinexr.data.synth import ap_landmarks, render_ap
 from spinexr.engine.refine import RefineConfig, fit_refiner, jittered_frames, prepare_refine_data, sample_batch, val_error
+from spinexr.engine.state import FitOptions
 from spinexr.models.landmark import LandmarkNet
 from spinexr.models.refine import MIRROR4, VertebraRefiner, cut_crops, frames, from_crop, to_crop, vertebra_turns
 
@@ -236,7 +237,7 @@ def test_training_lowers_the_corner_error_on_synthetic_films(tmp_path) -> None:
     ref = VertebraRefiner(LandmarkNet(cfg.encoder, out_channels=4), crop=cfg.crop, film_height=cfg.film_height)
     fit_idx = np.arange(6)
     before = val_error(ref, data, fit_idx, cfg)
-    fit = fit_refiner(ref, data, fit_idx, np.arange(6, 8), cfg, progress=False)
+    fit = fit_refiner(ref, data, fit_idx, np.arange(6, 8), cfg, FitOptions(progress=False))
     after = val_error(ref, data, fit_idx, cfg)
     assert len(fit["history"]) == cfg.epochs
     assert after < before * 0.8
@@ -289,9 +290,9 @@ def test_the_measurer_runs_the_refiner_as_the_bundle_names_it(refiner_file, tiny
     from spinexr.data.imread import read_image
     from spinexr.deploy.bundle import load_bundle, write_bundle
     from spinexr.deploy.measure import SpineMeasurer
-    from spinexr.deploy.pipeline import Pipeline
     from spinexr.errors import WeightsError
     from spinexr.models.refine import refiner_box
+    from spinexr.pipeline import Pipeline
 
     b = write_bundle(tmp_path / "b", tiny_models["classifier"], tiny_models["landmarks"], None, name="b",
                      refiner=refiner_file)
@@ -319,7 +320,7 @@ def test_the_onnx_backend_reads_the_crops_with_the_refiners_export(refiner_file,
     file's digest) and gives PyTorch's corners."""
     from spinexr.data.imread import read_image
     from spinexr.deploy.bundle import write_bundle
-    from spinexr.deploy.pipeline import Pipeline
+    from spinexr.pipeline import Pipeline
 
     monkeypatch.setenv("SPINEXR_CACHE", str(tmp_path / "cache"))
     write_bundle(tmp_path / "b", tiny_models["classifier"], tiny_models["landmarks"], None, name="b",

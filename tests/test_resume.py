@@ -18,7 +18,7 @@ import torch
 
 from spinexr.config import TrainConfig
 from spinexr.data.contract import DataConfig
-from spinexr.engine.train import fit
+from spinexr.engine.train import FitOptions, FitSplit, fit
 from spinexr.errors import SpinexrError
 from spinexr.models import create_model
 
@@ -102,24 +102,37 @@ def test_sigkill_mid_training_then_resume_matches(synth_dir: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_cv_resumes_at_first_unfinished_fold(synth_dir: Path, tmp_path: Path) -> None:
-    args = ["cv", "--data", str(synth_dir), "--models", "small", "--folds", "2", "--epochs", "2", "--image-size", "40",
+def test_cv_killed_mid_fold_resumes_to_the_same_out_of_fold_predictions(synth_dir: Path, tmp_path: Path) -> None:
+    """Killed in the middle of fold 1 (fold 0 finished, fold 1's first epoch checkpointed): the resumed run
+    reuses fold 0, continues fold 1 from its checkpoint, and ends with the uninterrupted run's out-of-fold
+    predictions."""
+    import csv
+
+    args = ["cv", "--data", str(synth_dir), "--models", "small", "--folds", "2", "--epochs", "3", "--image-size", "40",
             "--batch-size", "8", "--device", "cpu", "--bootstrap", "20", "--quiet"]
     ref = tmp_path / "ref"
     subprocess.run(_cli(*args, "--out", str(ref)), check=True, env=ENV, timeout=600)
     run = tmp_path / "run"
     proc = subprocess.Popen(_cli(*args, "--out", str(run)), env=ENV)
-    _wait_for(lambda: (run / "folds" / "small_r0_f0.json").is_file(), 300, proc)
+    writes = _Writes(run / "checkpoints" / "small_r0_f1.pt")
+    _wait_for(lambda: writes.count() >= 1, 300, proc)
+    proc.send_signal(signal.SIGSTOP)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (run / "metrics.json").exists()
+    assert not (run / "metrics.json").exists() and not (run / "folds" / "small_r0_f1.json").exists()
+    assert _ck_epoch(run / "checkpoints" / "small_r0_f1.pt") < 2  # killed with fold 1's epochs left to train
     f0 = (run / "folds" / "small_r0_f0.json").stat().st_mtime_ns
     subprocess.run(_cli("cv", "--resume", str(run), "--quiet"), check=True, env=ENV, timeout=600)
     assert (run / "folds" / "small_r0_f0.json").stat().st_mtime_ns == f0  # the finished fold was not redone
+
+    def oof(r: Path) -> list[tuple]:
+        return [(row["path"], row["model"], *(round(float(row[k]), 6) for k in row if k.startswith("p_")))
+                for row in csv.DictReader(open(r / "oof_predictions.csv"))]
+
+    assert oof(run) == oof(ref)
     a = json.loads((ref / "metrics.json").read_text())["models"]["small"]
     b = json.loads((run / "metrics.json").read_text())["models"]["small"]
     assert [f["accuracy"] for f in b["folds"]] == [f["accuracy"] for f in a["folds"]]
-    assert b["pooled"]["nll"] == pytest.approx(a["pooled"]["nll"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -169,10 +182,10 @@ def test_oom_halves_batch_and_carries_on(synth_dir: Path) -> None:
     cfg = TrainConfig(epochs=2, batch_size=16, device="cpu", patience=5)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        res = fit(m, d.tensors[32], d.labels, idx[:20], idx[20:], cfg, DataConfig(32), progress=False)
+        res = fit(m, FitSplit(d.tensors[32], d.labels, idx[:20], idx[20:]), cfg, DataConfig(32), FitOptions(progress=False))
     assert res.batch_size == 4 and all(h["batch_size"] == 4 for h in res.history)
     assert any("halved" in str(x.message) for x in w)
     m2 = _OOMOnce(create_model("small", attention="none"), limit=4)
     cfg2 = TrainConfig(epochs=1, batch_size=16, device="cpu", auto_batch=False)
     with pytest.raises(SpinexrError, match="--batch-size"):
-        fit(m2, d.tensors[32], d.labels, idx[:20], idx[20:], cfg2, DataConfig(32), progress=False)
+        fit(m2, FitSplit(d.tensors[32], d.labels, idx[:20], idx[20:]), cfg2, DataConfig(32), FitOptions(progress=False))

@@ -163,3 +163,25 @@ def test_landmarks_take_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert rc == 2 and "landmarks.centreline_weight" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_classifier_recipe_file_is_a_settings_file_validated_like_the_others(tmp_path: Path) -> None:
+    """benchmarks/recipes/kauh_classifier_cpu.yaml is read by `spinexr cv --config` as any settings file;
+    its regularisation settings (the weight average, mixup) are checked like every other."""
+    import argparse
+
+    import yaml
+
+    from spinexr.config import resolve
+
+    recipe = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "kauh_classifier_cpu.yaml"
+    _, cv, tr = resolve(argparse.Namespace(config=str(recipe), data="films", out=None, models=None))
+    assert cv.models == ["xception"] and cv.resize == "window" and tr.ema_decay > 0 and tr.schedule == "cosine"
+    assert tr.aug.strip_p == 0 and tr.aug.widen_p == 0  # the window contract turns the framing augmentation off
+    for bad, message in (({"ema_decay": 1.0}, "train.ema_decay"), ({"mixup_alpha": -1}, "train.mixup_alpha")):
+        text = yaml.safe_load(recipe.read_text())
+        text["train"].update(bad)
+        f = tmp_path / "bad.yaml"
+        f.write_text(yaml.safe_dump(text))
+        with pytest.raises(SettingError, match=message):
+            resolve(argparse.Namespace(config=str(f), data="films", out=None, models=None))

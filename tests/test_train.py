@@ -12,7 +12,7 @@ from spinexr.config import TrainConfig
 from spinexr.data.contract import DataConfig, fit_to_square
 from spinexr.data.dataset import prepare_dataset
 from spinexr.engine.inference import unit_batches
-from spinexr.engine.train import fit
+from spinexr.engine.train import FitOptions, FitSplit, fit
 from spinexr.models import create_model
 
 CPU = torch.device("cpu")
@@ -36,6 +36,10 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def _fit(model, data, fit_idx, val_idx, cfg: TrainConfig, **options):
+    return fit(model, FitSplit(data.tensors[48], data.labels, fit_idx, val_idx), cfg, C48, FitOptions(**options))
+
+
 def _val_loss(model, data, idx) -> float:
     lg = _logits(model, data, idx)
     return float(torch.nn.functional.cross_entropy(torch.from_numpy(lg), torch.from_numpy(data.labels[idx])).item())
@@ -47,8 +51,7 @@ def test_early_stopping_restores_best(tiny) -> None:
     torch.manual_seed(0)
     m = create_model("small", attention="cbam")
     # A high learning rate makes validation loss bounce, so the last epoch is rarely the best.
-    res = fit(m, tiny.tensors[48], tiny.labels, fit_idx, val_idx, _cfg(epochs=6, lr=3e-2, patience=2),
-              C48, progress=False)
+    res = _fit(m, tiny, fit_idx, val_idx, _cfg(epochs=6, lr=3e-2, patience=2), progress=False)
     assert res.best_epoch < len(res.history) - 1, "the test needs a run whose last epoch is not its best"
     best = res.history[res.best_epoch]["val_loss"]
     assert best == min(h["val_loss"] for h in res.history)
@@ -63,7 +66,7 @@ def test_cpu_training_is_reproducible(tiny) -> None:
     for _ in range(2):
         torch.manual_seed(0)
         m = create_model("small", attention="mhsa")
-        r = fit(m, tiny.tensors[48], tiny.labels, idx[:20], idx[20:], _cfg(epochs=2), C48, progress=False)
+        r = _fit(m, tiny, idx[:20], idx[20:], _cfg(epochs=2), progress=False)
         outs.append(([h["train_loss"] for h in r.history], _logits(m, tiny, None)))
     assert outs[0][0] == outs[1][0]
     assert np.array_equal(outs[0][1], outs[1][1])
@@ -73,7 +76,7 @@ def test_checkpoint_written_atomically(tiny, tmp_path: Path) -> None:
     idx = np.arange(len(tiny.labels))
     m = create_model("small", attention="none")
     ck = tmp_path / "ck.pt"
-    fit(m, tiny.tensors[48], tiny.labels, idx[:20], idx[20:], _cfg(epochs=2), C48, checkpoint=ck, progress=False)
+    _fit(m, tiny, idx[:20], idx[20:], _cfg(epochs=2), checkpoint=ck, progress=False)
     state = torch.load(ck, weights_only=True)
     assert state["epoch"] == 1 and len(state["history"]) == 2
     assert not (tmp_path / "ck.pt.tmp").exists()
@@ -156,8 +159,7 @@ def test_weight_average_is_what_validation_and_the_model_keep(tiny, tmp_path: Pa
     def run(ck: Path | None, resume: bool = False) -> tuple:
         torch.manual_seed(0)
         m = create_model("small", attention="none")
-        r = fit(m, tiny.tensors[48], tiny.labels, idx[:20], idx[20:], cfg, C48, checkpoint=ck, progress=False,
-                resume=resume)
+        r = _fit(m, tiny, idx[:20], idx[20:], cfg, checkpoint=ck, progress=False, resume=resume)
         return r, _logits(m, tiny, None)
 
     res, logits = run(None)
@@ -193,8 +195,7 @@ def test_resuming_with_an_average_from_a_checkpoint_without_one_is_refused(tiny,
 
     idx = np.arange(len(tiny.labels))
     ck = tmp_path / "ck.pt"
-    fit(create_model("small", attention="none"), tiny.tensors[48], tiny.labels, idx[:20], idx[20:],
-        _cfg(epochs=1), C48, checkpoint=ck, progress=False)
+    _fit(create_model("small", attention="none"), tiny, idx[:20], idx[20:], _cfg(epochs=1), checkpoint=ck, progress=False)
     with pytest.raises(SpinexrError, match="without a weight average"):
-        fit(create_model("small", attention="none"), tiny.tensors[48], tiny.labels, idx[:20], idx[20:],
-            _cfg(epochs=2, ema_decay=0.9), C48, checkpoint=ck, progress=False, resume=True)
+        _fit(create_model("small", attention="none"), tiny, idx[:20], idx[20:], _cfg(epochs=2, ema_decay=0.9),
+             checkpoint=ck, progress=False, resume=True)

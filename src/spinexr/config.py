@@ -41,12 +41,23 @@ DECODE_WORKERS = 1
 _UNIONS = (Union, types.UnionType)
 
 
-def setting(default: Any = dataclasses.MISSING, *, help: str = "", flag: bool = True,
-            verbs: tuple[str, ...] = ("train", "cv"), ge: float | None = None, gt: float | None = None,
-            le: float | None = None, lt: float | None = None, pattern: str | None = None,
-            default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with its help text, CLI exposure and bounds (checked by :meth:`Settings.validate`)."""
-    meta = {"help": help, "flag": flag, "verbs": verbs, "ge": ge, "gt": gt, "le": le, "lt": lt, "pattern": pattern}
+_META = {"help": "", "flag": True, "verbs": ("train", "cv"), "ge": None, "gt": None, "le": None, "lt": None,
+         "pattern": None}
+
+
+def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **meta: Any) -> Any:
+    """A dataclass field with its help text, CLI exposure and bounds (checked by :meth:`Settings.validate`).
+
+    Args:
+        default: the value when nothing sets it.
+        default_factory: makes the default instead (a nested settings group).
+        **meta: ``help`` (the flag's help text), ``flag`` (exposed on the command line), ``verbs`` (the
+            verbs that take the flag), bounds ``ge``/``gt``/``le``/``lt``, and a regular-expression ``pattern``.
+    """
+    unknown = sorted(set(meta) - set(_META))
+    if unknown:
+        raise TypeError(f"setting() got unknown keyword(s) {unknown}; known: {sorted(_META)}")
+    meta = {**_META, **meta}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)

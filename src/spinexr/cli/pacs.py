@@ -11,10 +11,11 @@ import threading
 from pathlib import Path
 
 from spinexr.cli._common import say
-from spinexr.deploy.pipeline import Pipeline
 from spinexr.errors import SpinexrError
 from spinexr.pacs import Ledger, PacsWorker, connect, load_credentials
 from spinexr.pacs import watch as watch_loop
+from spinexr.pacs.worker import WatchQuery
+from spinexr.pipeline import Pipeline, PipelineSpec
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def watch(args: argparse.Namespace) -> int:
         raise SpinexrError("--modalities: give at least one, e.g. CR,DX")
     client = connect(url, load_credentials(args.auth_file))
     ledger = Ledger(args.state, url)
-    pipeline = Pipeline.load(args.model, backend=args.backend, device=args.device, max_pixels=args.max_pixels)
+    pipeline = Pipeline.load(PipelineSpec.from_args(args, args.model))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -39,8 +40,7 @@ def watch(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     with tempfile.TemporaryDirectory(prefix="spinexr-pacs-") as tmp:
         worker = PacsWorker(client, url, pipeline, ledger, Path(args.work) if args.work else Path(tmp),
-                            modalities=modalities, since=args.since, batch_size=args.batch_size,
-                            max_pixels=args.max_pixels)
+                            WatchQuery(tuple(modalities), args.since, args.batch_size))
         try:
             watch_loop(worker, once=args.once, interval=args.interval, retries=args.retries, stop=stop,
                        on_round=lambda r: say(r.line(), err=True))

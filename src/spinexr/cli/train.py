@@ -18,6 +18,7 @@ from spinexr.evaluation.landmark_cv import LandmarkCVResult, init_settings, run_
 from spinexr.evaluation.landmark_eval import evaluate_landmarks, evaluation_lines, measurer_for, write_evaluation
 from spinexr.evaluation.report import external_lines, headline
 from spinexr.evaluation.results import RunResult
+from spinexr.pipeline import PipelineSpec
 
 
 def _load_resume(folder: str, verb: str) -> tuple[dict, CVConfig, TrainConfig]:
@@ -70,8 +71,9 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     n_boot = CVConfig(bootstrap=args.bootstrap).bootstrap if args.bootstrap is not None else CVConfig().bootstrap
     out = run_dir(args.out, "evaluate", args.force)
-    res = evaluate_model(args.model, args.data, out, device=args.device, bootstrap=n_boot, cache_dir=args.cache_dir,
-                         progress=not args.quiet, angles=args.angles, landmarks=args.landmarks)
+    spec = PipelineSpec(source=args.model, landmarks=args.landmarks, device=args.device)
+    res = evaluate_model(spec, args.data, out, bootstrap=n_boot, cache_dir=args.cache_dir, progress=not args.quiet,
+                         angles=args.angles)
     say(*summary_lines(out, res))
     return 0
 

@@ -69,6 +69,18 @@ def _row(rec: dict[str, Any]) -> list[str]:
             str(rec["version"]), rec["sha256"], rec["saved_at"], rec.get("saved_by") or ""]
 
 
+@dataclass(frozen=True)
+class CorrectionContext:
+    """What a saved correction records beside the corners: who saved it, the bundle whose measurement
+    was corrected, the model's own corners and model information, and the angle reading's centreline weight."""
+
+    saved_by: str = ""
+    bundle_digest: str | None = None
+    model_corners: Any = None
+    model: dict[str, Any] | None = None
+    centreline_weight: float = 0.0
+
+
 class CorrectionStore:
     """A corrections folder (see the module); safe to share between the service's threads."""
 
@@ -137,11 +149,24 @@ class CorrectionStore:
         return best, n
 
     # -- writing ------------------------------------------------------------------------------------
-    def save(self, film: bytes, filename: str, corners: Any, width: int, height: int, *, saved_by: str = "",
-             bundle_digest: str | None = None, model_corners: Any = None, model: dict[str, Any] | None = None,
-             centreline_weight: float = 0.0) -> dict[str, Any]:
+    def save(self, film: bytes, filename: str, corners: Any, size: tuple[int, int],
+             about: CorrectionContext | None = None) -> dict[str, Any]:
         """Keep one correction: the film (once), a new version's record, a row of the log, and ``latest.csv``.
-        The corners are checked against the film's size (ValueError with the reason)."""
+
+        Args:
+            film: the film's bytes as uploaded.
+            filename: its name as the client gave it (kept made safe, never used as a path).
+            corners: the 68 corrected corners, in the film's pixels.
+            size: the film's (width, height); the corners are checked against it (ValueError with the reason).
+            about: who saved it and what the model had measured (:class:`CorrectionContext`).
+
+        Returns:
+            the saved record.
+        """
+        width, height = size
+        a = about or CorrectionContext()
+        saved_by, bundle_digest, model_corners, model = a.saved_by, a.bundle_digest, a.model_corners, a.model
+        centreline_weight = a.centreline_weight
         v = check_corners(corners, width, height)
         sha = hashlib.sha256(film).hexdigest()
         suffix = Path(filename or "").suffix.lower()

@@ -206,7 +206,7 @@ def _part(src: Path, dest_dir: Path, name: str, card: Path | None) -> dict[str, 
 
 
 def write_bundle(dest: str | Path, classifier: str | Path, landmarks: str | Path | None, rule: dict[str, Any] | None,
-                 name: str, description: str = "", extra: dict[str, Any] | None = None,
+                 name: str, description: str = "",
                  refiner: str | Path | None = None) -> Bundle:
     """Make a bundle folder: the model files (and ``<file>.md`` cards beside them) copied in, the
     manifest written last (atomically), so a folder with a manifest is always complete."""
@@ -225,7 +225,7 @@ def write_bundle(dest: str | Path, classifier: str | Path, landmarks: str | Path
         "labels": list(meta["labels"]),
         "classifier": {**_part(clf, dest, "classifier", clf.with_suffix(".md")),
                        "architecture": meta.get("architecture"), "data_config": meta.get("data_config")},
-        "landmarks": None, "rule": None, **(extra or {}),
+        "landmarks": None, "rule": None,
     }
     if lm is not None:
         lm_meta = raw_metadata(lm)

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from spinexr.geometry.view import FULL_SPINE, fit_view_check
+from spinexr.geometry.view import FULL_SPINE
 
 STRAIGHT_DEG = 10.0
 DOUBTED_VIEW_DEG = 25.0
@@ -162,85 +162,3 @@ def fit_curve_deg(measured: Any, max_rate: float = 0.02, floor: float = STRAIGHT
     return float(max(floor, math.floor(top[allowed] * 2) / 2 + 0.5))
 
 
-def fit_fold_rule(truth: list[str], angle: Any, view_features: Any, train: Any, max_rate: float = 0.02,
-                  keep_lumbar_out: float = 0.9) -> tuple[DecisionRule, Any]:
-    """The rule a fold of a cross-validation uses, fitted on its training side ``train`` (indices) only:
-    the curve line on those films' Normal angles (:func:`fit_curve_deg`) and, with ``view_features``
-    ((n, 5), :func:`spinexr.geometry.view.view_features`), the view check on those films
-    (Spondylolisthesis films: lumbar views; the rest: full-spine AP). Returns ``(rule, check or None)``."""
-
-
-    train = np.asarray(train)
-    angle = np.asarray(angle, dtype=np.float64)
-    rule = DecisionRule(curve_deg=fit_curve_deg(angle[[i for i in train if truth[i] == "Normal"]], max_rate=max_rate))
-    if view_features is None:
-        return rule, None
-    vf = np.asarray(view_features, dtype=np.float64)
-    ok = train[np.isfinite(vf[train]).all(axis=1)]
-    full = np.array([truth[i] != "Spondylolisthesis" for i in ok])
-    return rule, fit_view_check(vf[ok], full, keep_lumbar_out, f"{len(ok)} training films of the fold")
-
-
-def fold_decisions(truth: list[str], called: list[str], probs: list[dict[str, float]], folds: list[int],
-                   measurements: list[Any], max_rate: float = 0.02, view_features: Any = None,
-                   keep_lumbar_out: float = 0.9) -> tuple[list[str], list[Any], dict[int, tuple[DecisionRule, Any]]]:
-    """Each film decided out of fold: the rule of the fold holding it out (:func:`fit_fold_rule`, fitted on
-    the other folds) decides it from its out-of-fold classifier call. Returns the decisions, the
-    measurements as that fold's view check judged them (as given where the fold has no check), and each
-    fold's ``(rule, check or None)``."""
-
-    folds_a = np.asarray(folds)
-    angle = np.array([m.result.largest if m is not None and m.result is not None else np.nan for m in measurements])
-    vf = None if view_features is None else np.asarray(view_features)
-    judged, labels = list(measurements), [""] * len(measurements)
-    rules: dict[int, tuple[DecisionRule, Any]] = {}
-    for k in sorted(set(folds_a.tolist())):
-        te = np.flatnonzero(folds_a == k)
-        rule, check = rules[int(k)] = fit_fold_rule(truth, angle, view_features, np.flatnonzero(folds_a != k),
-                                                    max_rate, keep_lumbar_out)
-        for i in te:
-            if check is not None and judged[i] is not None:
-                judged[i] = check.applied(judged[i], vf[i])
-            labels[i] = rule.decide(called[i], probs[i], judged[i]).label
-    return labels, judged, rules
-
-
-def rule_cv(truth: list[str], called: list[str], probs: list[dict[str, float]], folds: list[int],
-            measurements: list[Any], max_rate: float = 0.02, view_features: Any = None,
-            keep_lumbar_out: float = 0.9) -> dict[str, Any]:
-    """The rule scored out of fold on a cross-validation (:func:`fold_decisions`): for each fold, the rule
-    is fitted on the other folds (the curve line on their Normal films, with ``view_features`` the view
-    check too) and decides that fold's held-out films from their out-of-fold classifier calls. Returns
-    the classifier's and the rule's accuracy per fold and their means, the lines used, how many decisions
-    the rule changed (right and wrong), and how the view check sorted the held-out films."""
-
-    folds_a = np.asarray(folds)
-    labels, judged, rules = fold_decisions(truth, called, probs, folds, measurements, max_rate, view_features,
-                                           keep_lumbar_out)
-    out: dict[str, Any] = {"folds": [], "changed": 0, "changed_to_right": 0, "changed_to_wrong": 0}
-    kept_full: dict[str, list[bool]] = {}
-    for k, (rule, check) in rules.items():
-        te = np.flatnonzero(folds_a == k)
-        if check is not None:
-            for i in te:
-                if judged[i] is not None:
-                    kept_full.setdefault(truth[i], []).append(judged[i].view == FULL_SPINE)
-        before = float(np.mean([called[i] == truth[i] for i in te]))
-        after = float(np.mean([labels[i] == truth[i] for i in te]))
-        for i in te:
-            if labels[i] != called[i]:
-                out["changed"] += 1
-                out["changed_to_right" if labels[i] == truth[i] else "changed_to_wrong"] += 1
-        out["folds"].append({"fold": int(k), "n": int(len(te)), "curve_deg": rule.curve_deg,
-                             "accuracy": before, "accuracy_with_rule": after})
-    out["accuracy_mean"] = float(np.mean([f["accuracy"] for f in out["folds"]]))
-    out["accuracy_with_rule_mean"] = float(np.mean([f["accuracy_with_rule"] for f in out["folds"]]))
-    scored = [i for k in rules for i in np.flatnonzero(folds_a == k)]
-    for key, calls in (("recall", called), ("recall_with_rule", labels)):
-        out[key] = {c: float(np.mean([calls[i] == c for i in scored if truth[i] == c]))
-                    for c in sorted({truth[i] for i in scored})}
-    seen = set(scored)
-    out["decided"] = [labels[i] if i in seen else None for i in range(len(truth))]
-    if kept_full:
-        out["view_full_spine_rate"] = {c: float(np.mean(v)) for c, v in sorted(kept_full.items())}
-    return out

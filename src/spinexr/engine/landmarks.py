@@ -8,7 +8,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from spinexr.data.contract import DataConfig, Placement
 from spinexr.data.imread import read_image
 from spinexr.engine.distributed import resolve_device
 from spinexr.engine.inference import unit_batches
-from spinexr.engine.state import EarlyStopping, TrainState
+from spinexr.engine.state import EarlyStopping, FitOptions, TrainState
 from spinexr.errors import ImageReadError, SpinexrError
 from spinexr.models.landmark import LandmarkNet, LandmarkPredictor, make_codec
 
@@ -95,23 +94,51 @@ def predict_points(predictor: LandmarkPredictor, x_u8: torch.Tensor, idx: np.nda
     return torch.cat(pts).numpy(), torch.cat(conf).numpy()
 
 
-def _train_epoch(net: LandmarkNet, opt: torch.optim.Optimizer, codec: Any, x_dev: torch.Tensor, p_dev: torch.Tensor,
-                 order: np.ndarray, bs: int, epoch: int, horizon: float, cfg: LandmarkConfig, contract: DataConfig,
-                 gen: torch.Generator) -> np.ndarray:
+@dataclass
+class _LandmarkRun:
+    """What every epoch of :func:`fit_landmarks` uses."""
+
+    net: LandmarkNet
+    opt: torch.optim.Optimizer
+    codec: Any
+    x_dev: torch.Tensor
+    p_dev: torch.Tensor
+    cfg: LandmarkConfig
+    contract: DataConfig
+    gen: torch.Generator
+
+
+def _train_epoch(run: _LandmarkRun, order: np.ndarray, bs: int, epoch: int, horizon: float) -> np.ndarray:
     """One pass over ``order`` in batches of ``bs``; returns the summed (loss, l1, tilt, js) of its steps."""
     n_steps = max(1, len(order) // bs)
     sums = np.zeros(4)
     for s in range(n_steps):
-        ib = torch.as_tensor(order[s * bs:(s + 1) * bs], device=x_dev.device)
-        for g in opt.param_groups:
-            g["lr"] = _lr(cfg, epoch + s / n_steps, horizon)
-        xb, pb = augment_landmarks(x_dev[ib].float().div_(255.0), p_dev[ib], cfg, gen)
-        loss, parts = codec.loss(net(contract.normalize(xb)), pb)
-        opt.zero_grad(set_to_none=True)
+        ib = torch.as_tensor(order[s * bs:(s + 1) * bs], device=run.x_dev.device)
+        for g in run.opt.param_groups:
+            g["lr"] = _lr(run.cfg, epoch + s / n_steps, horizon)
+        xb, pb = augment_landmarks(run.x_dev[ib].float().div_(255.0), run.p_dev[ib], run.cfg, run.gen)
+        loss, parts = run.codec.loss(run.net(run.contract.normalize(xb)), pb)
+        run.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        run.opt.step()
         sums += [float(loss.detach()), parts["l1"], parts["tilt"], parts["js"]]
     return sums
+
+
+def _landmark_epoch(run: _LandmarkRun, fit_idx: np.ndarray, bs: int, epoch: int, horizon: float) -> dict[str, Any]:
+    """One epoch's training (its order and randomness from (seed, epoch)) and its record, before validation."""
+    cfg = run.cfg
+    t0 = time.perf_counter()
+    run.net.train()
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+    run.gen.manual_seed(cfg.seed * 7_919 + epoch)
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(fit_idx)
+    n_steps = max(1, len(order) // bs)
+    sums = _train_epoch(run, order, bs, epoch, horizon)
+    # Plain floats: the checkpoint is read back with torch.load(weights_only=True), which refuses numpy scalars.
+    mean = [float(x) for x in sums / n_steps]
+    return {"epoch": epoch, "horizon": horizon, "loss": mean[0], "l1": mean[1], "tilt": mean[2], "js": mean[3],
+            "val_error": float("nan"), "lr": float(run.opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0}
 
 
 def _val_error(predictor: LandmarkPredictor, x_dev: torch.Tensor, data: LandmarkData, val_idx: np.ndarray,
@@ -124,13 +151,23 @@ def _val_error(predictor: LandmarkPredictor, x_dev: torch.Tensor, data: Landmark
 
 
 def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val_idx: np.ndarray,
-                  cfg: LandmarkConfig, contract: DataConfig, checkpoint: Path | None = None, progress: bool = True,
-                  desc: str = "landmarks", max_minutes: float | None = None, resume: bool = False) -> LandmarkFit:
+                  cfg: LandmarkConfig, contract: DataConfig, options: FitOptions | None = None) -> LandmarkFit:
     """Train ``net`` on ``fit_idx``; keep the weights with the lowest validation landmark error.
+
+    Args:
+        net: the landmark network.
+        data: the prepared films and their corners.
+        fit_idx: the films trained on.
+        val_idx: the films that judge early stopping.
+        cfg: the landmark settings.
+        contract: the input contract (size, normalisation).
+        options: checkpoint, resume, progress and the time budget (:class:`~spinexr.engine.state.FitOptions`).
 
     Each epoch writes ``checkpoint`` atomically; with ``resume`` a run continues after its last completed
     epoch. Every epoch's randomness derives from (seed, epoch), so a resumed run without a time budget
     ends where an uninterrupted one does; with one, the time already spent counts against it."""
+    o = options or FitOptions(desc="landmarks")
+    checkpoint, progress, desc, max_minutes, resume = o.checkpoint, o.progress, o.desc, o.max_minutes, o.resume
     device = resolve_device(cfg.device)
     net.to(device)
     x_dev, p_dev = data.x.to(device), data.pts.to(device)
@@ -152,23 +189,16 @@ def fit_landmarks(net: LandmarkNet, data: LandmarkData, fit_idx: np.ndarray, val
     # With a time budget the schedule must end when the time does: after the first epochs the
     # horizon becomes the number of epochs that fit, so the learning rate anneals in time.
     horizon = float(cfg.epochs)
+    run = _LandmarkRun(net, opt, codec, x_dev, p_dev, cfg, contract, gen)
     bar = tqdm(range(state.epoch + 1, cfg.epochs), desc=desc, unit="ep", disable=not progress, leave=False)
     for epoch in ([] if state.done else bar):
         if max_minutes is not None and epoch >= 2:
             per_epoch = (time.perf_counter() - t_start) / epoch
             horizon = float(min(cfg.epochs, max(epoch + 1, int(max_minutes * 60 / per_epoch))))
-        t0 = time.perf_counter()
-        net.train()
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        gen.manual_seed(cfg.seed * 7_919 + epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(fit_idx)
-        n_steps = max(1, len(order) // bs)
-        sums = _train_epoch(net, opt, codec, x_dev, p_dev, order, bs, epoch, horizon, cfg, contract, gen)
-        val_err = _val_error(val_predictor, x_dev, data, val_idx, contract.height)
-        # Plain floats: the checkpoint is read back with torch.load(weights_only=True), which refuses numpy scalars.
-        mean = [float(x) for x in sums / n_steps]
-        rec = {"epoch": epoch, "horizon": horizon, "loss": mean[0], "l1": mean[1], "tilt": mean[2], "js": mean[3],
-               "val_error": val_err, "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0}
+        rec = _landmark_epoch(run, fit_idx, bs, epoch, horizon)
+        t_val = time.perf_counter()
+        rec["val_error"] = val_err = _val_error(val_predictor, x_dev, data, val_idx, contract.height)
+        rec["seconds"] += time.perf_counter() - t_val  # an epoch's time includes its validation
         state.history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", val=f"{val_err:.4f}")
         state.stopper.step(epoch, val_err if len(val_idx) else rec["loss"], net)

@@ -10,7 +10,6 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 
 from spinexr.data.contract import fit_to_box
 from spinexr.data.imread import read_image
-from spinexr.engine.state import EarlyStopping, TrainState
+from spinexr.engine.state import EarlyStopping, FitOptions, TrainState
 from spinexr.errors import ImageReadError, SpinexrError
 from spinexr.models.refine import MIRROR4, VertebraRefiner, cut_crops, frames, from_crop, refiner_box, to_crop
 
@@ -147,9 +146,11 @@ def val_error(refiner: VertebraRefiner, data: RefineData, idx: np.ndarray, cfg: 
     return float(np.mean(errs))
 
 
-def _refine_epoch(refiner: VertebraRefiner, opt: torch.optim.Optimizer, data: RefineData, order: np.ndarray, bs: int,
-                  epoch: int, horizon: float, cfg: RefineConfig, gen: torch.Generator) -> float:
-    """One pass over ``order``'s (film, vertebra) pairs in batches of ``bs``; the mean loss."""
+def _refine_epoch(refiner: VertebraRefiner, opt: torch.optim.Optimizer, data: RefineData, order: np.ndarray,
+                  at: tuple[int, float, int], cfg: RefineConfig, gen: torch.Generator) -> float:
+    """One pass over ``order``'s (film, vertebra) pairs; ``at``: (epoch, schedule horizon, batch size);
+    the mean loss."""
+    epoch, horizon, bs = at
     n_steps = max(1, len(order) // bs)
     total = 0.0
     for s in range(n_steps):
@@ -165,10 +166,20 @@ def _refine_epoch(refiner: VertebraRefiner, opt: torch.optim.Optimizer, data: Re
 
 
 def fit_refiner(refiner: VertebraRefiner, data: RefineData, fit_idx: np.ndarray, val_idx: np.ndarray,
-                cfg: RefineConfig, checkpoint: Path | None = None, max_minutes: float | None = None,
-                resume: bool = False, progress: bool = True) -> dict[str, Any]:
+                cfg: RefineConfig, options: FitOptions | None = None) -> dict[str, Any]:
     """Train ``refiner.net`` on the vertebrae of ``fit_idx``; keeps the weights with the lowest
-    validation corner error. Returns the run's record (history, best epoch, how it stopped)."""
+    validation corner error. Returns the run's record (history, best epoch, how it stopped).
+
+    Args:
+        refiner: the refiner whose network trains (its ``cfg`` is ``cfg``).
+        data: the films and their reference corners.
+        fit_idx: the films whose vertebrae train.
+        val_idx: the films that judge early stopping.
+        cfg: the refiner's settings.
+        options: checkpoint, resume, progress and the time budget (:class:`~spinexr.engine.state.FitOptions`).
+    """
+    o = options or FitOptions(desc="refiner")
+    checkpoint, max_minutes, resume, progress = o.checkpoint, o.max_minutes, o.resume, o.progress
     net = refiner.net
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     items = np.array([(i, v) for i in np.asarray(fit_idx) for v in range(17)])
@@ -190,7 +201,7 @@ def fit_refiner(refiner: VertebraRefiner, data: RefineData, fit_idx: np.ndarray,
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         gen.manual_seed(cfg.seed * 7_919 + epoch)
         order = items[np.random.default_rng([cfg.seed, epoch]).permutation(len(items))]
-        loss = _refine_epoch(refiner, opt, data, order, bs, epoch, horizon, cfg, gen)
+        loss = _refine_epoch(refiner, opt, data, order, (epoch, horizon, bs), cfg, gen)
         err = val_error(refiner, data, np.asarray(val_idx), cfg)
         rec = {"epoch": epoch, "horizon": horizon, "loss": loss, "val_error": err,
                "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0}

@@ -54,6 +54,19 @@ class EarlyStopping:
             model.load_state_dict(self.best_state)
 
 
+@dataclass(frozen=True)
+class FitOptions:
+    """How a training run runs, whatever it trains: ``checkpoint`` written every epoch (atomically) and
+    continued with ``resume``; a progress bar named ``desc``; ``max_minutes`` a time budget (None: none)
+    where the trainer takes one."""
+
+    checkpoint: Path | None = None
+    progress: bool = True
+    desc: str = "train"
+    resume: bool = False
+    max_minutes: float | None = None
+
+
 class WeightAverage:
     """An exponential moving average of a model's weights and buffers, updated after every step.
 

@@ -14,7 +14,6 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from spinexr.data.splits import oversample
 from spinexr.engine.calibration import fit_temperature
 from spinexr.engine.distributed import is_main, rank, resolve_device, world_size
 from spinexr.engine.inference import run_inference, unit_batches
-from spinexr.engine.state import EarlyStopping, TrainState, WeightAverage
+from spinexr.engine.state import EarlyStopping, FitOptions, TrainState, WeightAverage
 from spinexr.errors import SpinexrError
 from spinexr.models.inference import InferenceModule
 
@@ -240,37 +239,31 @@ def _epoch(run: _Run, state: TrainState, epoch: int, fit_idx: np.ndarray, labels
     return rec
 
 
-def fit(
-    model: nn.Module,
-    x_u8: torch.Tensor,
-    labels: np.ndarray,
-    fit_idx: np.ndarray,
-    val_idx: np.ndarray,
-    cfg: TrainConfig,
-    contract: DataConfig,
-    checkpoint: Path | None = None,
-    progress: bool = True,
-    desc: str = "train",
-    resume: bool = False,
-) -> FitResult:
-    """Train ``model`` on ``fit_idx`` with early stopping on ``val_idx``, restore the best weights, and
-    return the predictor with its temperature fitted on its own (flip-averaged) validation logits.
+@dataclass(frozen=True)
+class FitSplit:
+    """The films a fit reads: the (N, 1, S, S) uint8 image tensor, every film's label, and which films
+    train (``fit_idx``) and which judge early stopping and the temperature (``val_idx``)."""
 
-    ``x_u8`` is the (N, 1, S, S) uint8 image tensor, moved to the device once and kept there.
-    Each epoch writes ``checkpoint`` atomically; with ``resume`` a run continues after the last
-    completed epoch, and since every epoch's randomness derives from (seed, epoch, rank) a resumed
-    CPU run replays exactly. Under torchrun the sample order is sharded and only rank 0 writes.
-    """
+    x_u8: torch.Tensor
+    labels: np.ndarray
+    fit_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+def _start(model: nn.Module, split: FitSplit, cfg: TrainConfig, contract: DataConfig,
+           o: FitOptions) -> tuple[_Run, TrainState]:
+    """Everything a fit's epochs use, on the device, and the state to start from (resumed from the
+    checkpoint with ``o.resume``)."""
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
     world, rk = world_size(), rank()
     model.to(device)
     if cfg.channels_last and cuda:
         model.to(memory_format=torch.channels_last)
-    x_dev = x_u8.to(device)  # resident for the whole run: no host round trips per batch
+    labels = split.labels
+    x_dev = split.x_u8.to(device)  # resident for the whole run: no host round trips per batch
     y_dev = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
-    fit_idx, val_idx = np.asarray(fit_idx), np.asarray(val_idx)
-    yv = np.asarray(labels)[val_idx]
+    fit_idx, val_idx = np.asarray(split.fit_idx), np.asarray(split.val_idx)
     if len(fit_idx) < 2:
         raise SpinexrError("the training split has fewer than 2 images; use more data or fewer folds")
     n_classes = int(model.classifier.out_features)  # type: ignore[union-attr]
@@ -279,19 +272,44 @@ def fit(
     opt = create_optimizer(model, cfg, fused=cuda)
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     state = TrainState(EarlyStopping(cfg.patience), batch_size=max(1, min(cfg.batch_size, epoch_len) // world), ema=ema)
-    if resume and checkpoint is not None and checkpoint.is_file():
-        state = TrainState.load(checkpoint, model, opt, device, cfg.patience, ema)
-        log.info("%s: resuming after epoch %d of %d", desc, state.epoch + 1, cfg.epochs)
-
+    if o.resume and o.checkpoint is not None and o.checkpoint.is_file():
+        state = TrainState.load(o.checkpoint, model, opt, device, cfg.patience, ema)
+        log.info("%s: resuming after epoch %d of %d", o.desc, state.epoch + 1, cfg.epochs)
     train_model: nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(train_model, device_ids=[device.index] if cuda else None)
+    yv = np.asarray(labels)[val_idx]
+    return _Run(train_model, model, opt, x_dev, y_dev, yv, val_idx, cfg, contract, class_w, device, world, rk, ema), state
 
-    bar = tqdm(range(state.epoch + 1, cfg.epochs), desc=desc, unit="ep", disable=not progress or not is_main(),
+
+def fit(model: nn.Module, split: FitSplit, cfg: TrainConfig, contract: DataConfig,
+        options: FitOptions | None = None) -> FitResult:
+    """Train ``model`` on ``split.fit_idx`` with early stopping on ``split.val_idx``, restore the best
+    weights, and return the predictor with its temperature fitted on its own (flip-averaged) validation logits.
+
+    Args:
+        model: a registered classifier (:func:`spinexr.models.create_model`).
+        split: the films and the split (:class:`FitSplit`); the images move to the device once and stay.
+        cfg: the optimisation settings.
+        contract: the model's data contract (normalisation, input size).
+        options: checkpoint, resume and progress (:class:`FitOptions`).
+
+    Returns:
+        the history, the early-stopping outcome and the fitted predictor (:class:`FitResult`).
+
+    Each epoch writes the checkpoint atomically; with ``resume`` a run continues after the last
+    completed epoch, and since every epoch's randomness derives from (seed, epoch, rank) a resumed
+    CPU run replays exactly. Under torchrun the sample order is sharded and only rank 0 writes.
+    """
+    o = options or FitOptions()
+    run, state = _start(model, split, cfg, contract, o)
+    checkpoint, device, world = o.checkpoint, run.device, run.world
+    fit_idx, val_idx, labels, x_dev, yv = np.asarray(split.fit_idx), run.val_idx, split.labels, run.x_dev, run.yv
+    bar = tqdm(range(state.epoch + 1, cfg.epochs), desc=o.desc, unit="ep", disable=not o.progress or not is_main(),
                leave=False)
-    run = _Run(train_model, model, opt, x_dev, y_dev, yv, val_idx, cfg, contract, class_w, device, world, rk, ema)
+    opt = run.opt
     for epoch in ([] if state.done else bar):
         rec = _epoch(run, state, epoch, fit_idx, labels)
         bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val_loss=f"{rec['val_loss']:.3f}", val_acc=f"{rec['val_acc']:.3f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from spinexr.data.splits import take_in_turns
 from spinexr.deploy.modelfile import build_metadata, save_model
 from spinexr.engine.distributed import is_main, resolve_device
 from spinexr.engine.inference import extract_features
-from spinexr.engine.train import fit
+from spinexr.engine.train import FitOptions, FitSplit, fit
 from spinexr.errors import ImageReadError
 from spinexr.evaluation.report import plot_gallery
 from spinexr.explain import cam_ready, explain_image, faithfulness, overlay
@@ -41,20 +42,47 @@ def new_model(name: str, cfg: CVConfig, seed: int) -> Any:
     return create_model(name, weights=cfg.weights, attention=cfg.attention, drop_rate=cfg.drop_rate)
 
 
-def train_predictor(name: str, cfg: CVConfig, tcfg: TrainConfig, contract: DataConfig, data: PreparedData,
-                    fit_idx: np.ndarray, val_idx: np.ndarray, ood_idx: np.ndarray | None, seed: int,
-                    checkpoint: Path, desc: str, progress: bool, resume: bool) -> Any:
-    """Train ``name`` and return its FitResult, whose predictor carries an OOD detector fitted on the
-    pooled features of ``ood_idx`` (the training side, unaugmented) when that is given."""
+@dataclass(frozen=True)
+class TrainJob:
+    """One model trained on one split of a prepared dataset (:func:`train_predictor`).
 
-    model = new_model(name, cfg, seed)
-    res = fit(model, data.tensors[contract.input_size], data.labels, fit_idx, val_idx,
-              TrainConfig.from_dict({**tcfg.to_dict(), "seed": seed}), contract, checkpoint=checkpoint,
-              progress=progress, desc=desc, resume=resume)
-    if ood_idx is not None and is_main():
-        dev = resolve_device(tcfg.device)
-        feats = extract_features(model, contract, data.tensors[contract.input_size], ood_idx, dev)
-        res.predictor.set_ood(fit_ood(feats, data.labels[ood_idx]))
+    Args:
+        name: the registered model.
+        cfg: the run's settings (attention, weights, drop rate, contract).
+        tcfg: the optimisation settings (its seed replaced by ``seed``).
+        contract: the model's data contract.
+        data: the prepared dataset.
+        fit_idx: the films trained on.
+        val_idx: the films that judge early stopping and fit the temperature.
+        ood_idx: the films the OOD detector is fitted on (None: no detector).
+        seed: the seed of this model's initialisation and training.
+        options: checkpoint, resume and progress.
+    """
+
+    name: str
+    cfg: CVConfig
+    tcfg: TrainConfig
+    contract: DataConfig
+    data: PreparedData
+    fit_idx: np.ndarray
+    val_idx: np.ndarray
+    ood_idx: np.ndarray | None = None
+    seed: int = 0
+    options: FitOptions = field(default_factory=FitOptions)
+
+
+def train_predictor(job: TrainJob) -> Any:
+    """Train ``job.name`` and return its FitResult, whose predictor carries an OOD detector fitted on the
+    pooled features of ``job.ood_idx`` (the training side, unaugmented) when that is given."""
+
+    model = new_model(job.name, job.cfg, job.seed)
+    x = job.data.tensors[job.contract.input_size]
+    res = fit(model, FitSplit(x, job.data.labels, job.fit_idx, job.val_idx),
+              TrainConfig.from_dict({**job.tcfg.to_dict(), "seed": job.seed}), job.contract, job.options)
+    if job.ood_idx is not None and is_main():
+        dev = resolve_device(job.tcfg.device)
+        feats = extract_features(model, job.contract, x, job.ood_idx, dev)
+        res.predictor.set_ood(fit_ood(feats, job.data.labels[job.ood_idx]))
     return res
 
 

@@ -30,8 +30,10 @@ from spinexr.data.imread import read_image
 from spinexr.data.splits import carve_validation, group_kfold, leaky_split
 from spinexr.engine.distributed import barrier, is_main, resolve_device, world_size
 from spinexr.engine.inference import run_inference
+from spinexr.engine.train import FitOptions
 from spinexr.errors import SpinexrError
 from spinexr.evaluation._common import (
+    TrainJob,
     explain_fold,
     model_contract,
     oof_rows,
@@ -77,24 +79,64 @@ class _GroupedCV:
                    fold_info={m: [] for m in cfg.models})
 
 
-def _grouped_fold(acc: _GroupedCV, r: int, k: int, tr: np.ndarray, te: np.ndarray, data: PreparedData, cfg: CVConfig,
-                  tcfg: TrainConfig, contracts: dict[str, DataConfig], out: Path, source: str | Path, progress: bool,
-                  resume: bool, evidence: CurveEvidence | None) -> None:
+@dataclass
+class _CVRun:
+    """What every fold of one run shares: the data, the settings, each model's contract, where it writes."""
+
+    data: PreparedData
+    cfg: CVConfig
+    tcfg: TrainConfig
+    contracts: dict[str, DataConfig]
+    out: Path
+    source: str | Path
+    progress: bool
+    resume: bool
+    evidence: CurveEvidence | None = None
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """One fold of one repeat: its training side ``tr`` (split into ``fit_idx`` and ``val_idx``) and test films ``te``."""
+
+    r: int
+    k: int
+    tr: np.ndarray
+    te: np.ndarray
+    fit_idx: np.ndarray
+    val_idx: np.ndarray
+
+    @property
+    def seed_offset(self) -> int:
+        return 1000 * self.r + 17 * self.k
+
+    def name(self, m: str) -> str:
+        return f"{m}_r{self.r}_f{self.k}"
+
+
+def _job(run: _CVRun, m: str, fold: _Fold, ood_idx: np.ndarray | None, resume: bool, progress: bool) -> TrainJob:
+    return TrainJob(m, run.cfg, run.tcfg, run.contracts[m], run.data, fold.fit_idx, fold.val_idx, ood_idx,
+                    seed=run.tcfg.seed + fold.seed_offset,
+                    options=FitOptions(run.out / "checkpoints" / f"{fold.name(m)}.pt", progress,
+                                       f"{m} r{fold.r} f{fold.k}", resume))
+
+
+def _grouped_fold(run: _CVRun, acc: _GroupedCV, r: int, k: int, tr: np.ndarray, te: np.ndarray) -> None:
     """Every model on one fold (repeat ``r``, fold ``k``), and their ensemble."""
+    data, tcfg = run.data, run.tcfg
     y = data.labels
     assert not set(data.groups[tr]) & set(data.groups[te])
     fit_idx, val_idx = carve_validation(tr, y, data.groups, tcfg.val_fraction, seed=tcfg.seed + 1000 * r + k)
+    fold = _Fold(r, k, tr, te, fit_idx, val_idx)
     acc.fold_of[r, te] = k
     ens = np.zeros((len(te), len(CLASSES)))
     held_out = FramingFilms(data, te)  # read once per fold, shared by the models
-    for m in cfg.models:
-        fr = _run_fold(m, r, k, tr, te, fit_idx, val_idx, data, cfg, tcfg, contracts[m], out, source,
-                       progress, resume, held_out, evidence)
+    for m in run.cfg.models:
+        fr = _run_fold(run, m, fold, held_out)
         if fr is None:  # not rank 0 under torchrun: training only
             continue
         probs = np.asarray(fr.probs)
         acc.oof[m][r, te] = probs
-        ens += probs / len(cfg.models)
+        ens += probs / len(run.cfg.models)
         acc.fold_metrics[m].append(fr.metrics)
         acc.fold_info[m].append(fr.info)
         acc.histories.setdefault(m, []).append(fr.history)
@@ -157,11 +199,12 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     rows: list[dict] = []
     pooled: dict[str, np.ndarray] = {}
 
+    cv_run = _CVRun(data, cfg, tcfg, contracts, out, source, progress, resume, evidence)
     if cfg.protocol in ("grouped", "both"):
         acc = _GroupedCV.start(cfg, len(y))
         for r in range(cfg.repeats):
             for k, (tr, te) in enumerate(group_kfold(y, data.groups, cfg.folds, seed=tcfg.seed + 1000 * r)):
-                _grouped_fold(acc, r, k, tr, te, data, cfg, tcfg, contracts, out, source, progress, resume, evidence)
+                _grouped_fold(cv_run, acc, r, k, tr, te)
         rows += acc.rows
         for m, hs in acc.histories.items():
             histories.setdefault(m, []).extend(hs)
@@ -169,7 +212,7 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
             pooled = _grouped_results(acc, run, y, cfg, tcfg, evidence)
 
     if cfg.protocol in ("seed-leaky", "both"):
-        run.leaky = _run_leaky(data, cfg, tcfg, contracts, device, progress, histories, out, resume)
+        run.leaky = _run_leaky(cv_run, device, histories)
 
     barrier()
     if not is_main():
@@ -181,34 +224,31 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     return run
 
 
-def _run_fold(m: str, r: int, k: int, tr: np.ndarray, te: np.ndarray, fit_idx: np.ndarray, val_idx: np.ndarray,
-              data: PreparedData, cfg: CVConfig, tcfg: TrainConfig, contract: DataConfig, out: Path,
-              source: str | Path, progress: bool, resume: bool, held_out: FramingFilms | None = None,
-              evidence: Any = None) -> FoldResult | None:
+def _run_fold(run: _CVRun, m: str, fold: _Fold, held_out: FramingFilms | None = None) -> FoldResult | None:
     """Train and evaluate one model on one fold, or load the stored result of a finished fold (and,
-    with ``evidence``, add the decision's framing test to a finished fold that lacks it)."""
-    done_file = out / "folds" / f"{m}_r{r}_f{k}.json"
-    if resume and done_file.is_file():
+    with the run's curve evidence, add the decision's framing test to a finished fold that lacks it)."""
+    cfg, data, evidence, out = run.cfg, run.data, run.evidence, run.out
+    r, k, te = fold.r, fold.k, fold.te
+    done_file = out / "folds" / f"{fold.name(m)}.json"
+    if run.resume and done_file.is_file():
         log.info("%s repeat %d fold %d: finished earlier, reusing %s", m, r, k, done_file)
         fr = FoldResult.from_dict(json.loads(done_file.read_text()))
         if evidence is not None and cfg.framing_test and fr.decision_landmarks != evidence.digest:
-            _add_decision_framing(fr, m, r, k, te, fit_idx, val_idx, data, cfg, tcfg, contract, out, held_out,
-                                  evidence, done_file)
+            _add_decision_framing(run, fr, m, fold, held_out, done_file)
         return fr
     y = data.labels
     first = r == 0 and k == 0
-    res = train_predictor(m, cfg, tcfg, contract, data, fit_idx, val_idx, tr if first and cfg.save_models else None,
-                          seed=tcfg.seed + 1000 * r + 17 * k, checkpoint=out / "checkpoints" / f"{m}_r{r}_f{k}.pt",
-                          desc=f"{m} r{r} f{k}", progress=progress, resume=resume)
+    res = train_predictor(_job(run, m, fold, fold.tr if first and cfg.save_models else None, run.resume, run.progress))
     if not is_main():
         return None
-    device = resolve_device(tcfg.device)
+    device = resolve_device(run.tcfg.device)
+    contract = run.contracts[m]
     probs = run_inference(res.predictor, data.tensors[contract.input_size], te, device).probs.astype(np.float64)
     met = compute_metrics(y[te], probs)
     info = FoldInfo(repeat=r, fold=k, best_epoch=res.best_epoch, epochs_run=len(res.history),
-                    temperature=res.temperature, n_train=len(fit_idx), n_val=len(val_idx), n_test=len(te),
-                    accuracy=met["accuracy"], batch_size=res.batch_size, tta_flip=tcfg.tta_flip)
-    write_history(out / "history" / f"{m}_r{r}_f{k}.csv", res.history)
+                    temperature=res.temperature, n_train=len(fold.fit_idx), n_val=len(fold.val_idx), n_test=len(te),
+                    accuracy=met["accuracy"], batch_size=res.batch_size, tta_flip=run.tcfg.tta_flip)
+    write_history(out / "history" / f"{fold.name(m)}.csv", res.history)
     log.info("%s repeat %d fold %d: acc %.3f (best epoch %d, T=%.2f)", m, r, k, met["accuracy"], res.best_epoch,
              res.temperature)
     fr = FoldResult(info=info, metrics=met, probs=probs.tolist(), history=res.history)
@@ -222,7 +262,7 @@ def _run_fold(m: str, r: int, k: int, tr: np.ndarray, te: np.ndarray, fit_idx: n
             fr.decision_landmarks = evidence.digest
     if cfg.save_models and first:
         save_predictor(res.predictor, cfg, out / "models" / f"{m}.safetensors",
-                       {"source": str(source), "counts": data.counts(), "n_train": len(fit_idx),
+                       {"source": str(run.source), "counts": data.counts(), "n_train": len(fold.fit_idx),
                         "split": "cv repeat 0 fold 0"})
     _store_fold(fr, done_file)
     return fr
@@ -235,56 +275,54 @@ def _store_fold(fr: FoldResult, done_file: Path) -> None:
     tmp.replace(done_file)
 
 
-def _add_decision_framing(fr: FoldResult, m: str, r: int, k: int, te: np.ndarray, fit_idx: np.ndarray,
-                          val_idx: np.ndarray, data: PreparedData, cfg: CVConfig, tcfg: TrainConfig,
-                          contract: DataConfig, out: Path, held_out: FramingFilms | None, evidence: Any,
+def _add_decision_framing(run: _CVRun, fr: FoldResult, m: str, fold: _Fold, held_out: FramingFilms | None,
                           done_file: Path) -> None:
     """A fold finished before ``--landmarks`` was given (or with another landmark model): its predictor
     is rebuilt from the fold's final checkpoint (the best weights and the same temperature fit, no
     training), checked against the stored out-of-fold probabilities, and run through the decision's
     framing test."""
-    ck = out / "checkpoints" / f"{m}_r{r}_f{k}.pt"
+    r, k, te, evidence = fold.r, fold.k, fold.te, run.evidence
+    ck = run.out / "checkpoints" / f"{fold.name(m)}.pt"
     fr.framing_decision = fr.decision_landmarks = None  # never another landmark model's figures
-    if not ck.is_file():
+    if not ck.is_file() or evidence is None:
         log.warning("%s repeat %d fold %d: no checkpoint %s to rebuild its model from; the decision's framing "
                     "test leaves this fold out", m, r, k, ck)
         return
-    res = train_predictor(m, cfg, tcfg, contract, data, fit_idx, val_idx, None, seed=tcfg.seed + 1000 * r + 17 * k,
-                          checkpoint=ck, desc=f"{m} r{r} f{k}", progress=False, resume=True)
-    device = resolve_device(tcfg.device)
-    probs = run_inference(res.predictor, data.tensors[contract.input_size], te, device).probs
+    res = train_predictor(_job(run, m, fold, None, resume=True, progress=False))
+    device = resolve_device(run.tcfg.device)
+    probs = run_inference(res.predictor, run.data.tensors[run.contracts[m].input_size], te, device).probs
     gap = float(np.max(np.abs(probs - np.asarray(fr.probs))))
     if gap > 1e-3:
         log.warning("%s repeat %d fold %d: the model rebuilt from %s differs from the stored predictions (by %.3g); "
                     "the decision's framing test leaves this fold out", m, r, k, ck, gap)
         return
-    fr.framing_decision = framing_fold(res.predictor, held_out or FramingFilms(data, te), device, evidence.fold(te))
+    fr.framing_decision = framing_fold(res.predictor, held_out or FramingFilms(run.data, te), device,
+                                       evidence.fold(te))
     fr.decision_landmarks = evidence.digest
     _store_fold(fr, done_file)
 
 
-def _run_leaky(data: PreparedData, cfg: CVConfig, tcfg: TrainConfig, contracts: dict[str, DataConfig], device: object,
-               progress: bool, histories: dict[str, list[list[dict[str, float]]]], run_dir: Path,
-               resume: bool = False) -> LeakyResult:
+def _run_leaky(run: _CVRun, device: object, histories: dict[str, list[list[dict[str, float]]]]) -> LeakyResult:
+    data, tcfg = run.data, run.tcfg
     y = data.labels
     sp = leaky_split(y, seed=tcfg.seed)
     out = LeakyResult(test_leak_fraction=sp["test_leak"], n_train=len(sp["train"]), n_val=len(sp["val"]),
                       n_test=len(sp["test"]))
     # Oversampled rows are copies, so training here must not oversample again.
     lcfg = TrainConfig.from_dict({**tcfg.to_dict(), "balance": "none"})
-    for m in cfg.models:
-        done_file = run_dir / "folds" / f"{m}_leaky.json"
-        if resume and done_file.is_file():
+    for m in run.cfg.models:
+        done_file = run.out / "folds" / f"{m}_leaky.json"
+        if run.resume and done_file.is_file():
             stored = json.loads(done_file.read_text())
             out.models[m] = stored["metrics"]
             histories.setdefault(f"{m} (leaky)", []).append(stored["history"])
             continue
-        res = train_predictor(m, cfg, lcfg, contracts[m], data, sp["train"], sp["val"], None, seed=tcfg.seed,
-                              checkpoint=run_dir / "checkpoints" / f"{m}_leaky.pt", desc=f"{m} leaky",
-                              progress=progress, resume=resume)
+        res = train_predictor(TrainJob(m, run.cfg, lcfg, run.contracts[m], data, sp["train"], sp["val"], seed=tcfg.seed,
+                                       options=FitOptions(run.out / "checkpoints" / f"{m}_leaky.pt", run.progress,
+                                                          f"{m} leaky", run.resume)))
         if not is_main():
             continue
-        probs = run_inference(res.predictor, data.tensors[contracts[m].input_size], sp["test"], device).probs
+        probs = run_inference(res.predictor, data.tensors[run.contracts[m].input_size], sp["test"], device).probs
         out.models[m] = compute_metrics(y[sp["test"]], probs.astype(np.float64))
         histories.setdefault(f"{m} (leaky)", []).append(res.history)
         done_file.parent.mkdir(parents=True, exist_ok=True)

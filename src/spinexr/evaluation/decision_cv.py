@@ -5,7 +5,7 @@ film the measured Cobb angle can overrule the classifier's label (:mod:`spinexr.
 A cross-validation of the classifier alone scores only half of that. With a landmark model given,
 every film is measured once (the landmark model never trains here: it must not have seen these
 films), and each fold's rule is fitted on that fold's training side only (the curve line on its
-Normal films, the view check on its films of known view: :func:`~spinexr.deploy.decision.fit_fold_rule`).
+Normal films, the view check on its films of known view: :func:`~spinexr.evaluation.rule_cv.fit_fold_rule`).
 The run then reports, per model, the accuracy of the classifier and of the decision side by side on
 the same out-of-fold calls, and the framing stress test run through the decision as well as
 through the classifier (the cut or widened film is measured again, as ``predict`` would measure it).
@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from spinexr import CLASSES
 from spinexr.data.imread import read_image
 from spinexr.deploy import decision as decision_rule
-from spinexr.deploy.decision import fit_fold_rule, rule_cv
 from spinexr.deploy.measure import SpineMeasurer
+from spinexr.evaluation.rule_cv import OutOfFoldCalls, RuleFit, fit_fold_rule, rule_cv
 from spinexr.geometry.view import spine_view_features
 
 log = logging.getLogger(__name__)
@@ -90,18 +90,18 @@ class CurveEvidence:
         """The rule of the fold holding out ``te``, fitted on every other film."""
 
         train = np.setdiff1d(np.arange(len(self.truth)), np.asarray(te))
-        rule, check = fit_fold_rule(self.truth, self.angle, self.view_features, train, self.max_rate,
-                                    self.keep_lumbar_out)
+        rule, check = fit_fold_rule(self.truth, self.angle, self.view_features, train,
+                                    RuleFit(self.max_rate, self.keep_lumbar_out))
         return FoldDecision(self, rule, check)
 
     def score(self, probs: np.ndarray, folds: np.ndarray) -> dict[str, Any]:
         """The decision on out-of-fold classifier probabilities ((n, classes); ``folds``: each film's
-        fold), side by side with the classifier: :func:`spinexr.deploy.decision.rule_cv`."""
+        fold), side by side with the classifier: :func:`spinexr.evaluation.rule_cv.rule_cv`."""
 
         called = [CLASSES[int(j)] for j in np.asarray(probs).argmax(axis=1)]
         pd = [dict(zip(CLASSES, map(float, p))) for p in probs]
-        return rule_cv(self.truth, called, pd, list(np.asarray(folds)), self.measurements, self.max_rate,
-                       self.view_features, self.keep_lumbar_out)
+        return rule_cv(OutOfFoldCalls(self.truth, called, pd, list(np.asarray(folds))), self.measurements,
+                       self.view_features, RuleFit(self.max_rate, self.keep_lumbar_out))
 
 
 @dataclass

@@ -27,7 +27,6 @@ from spinexr import CLASSES
 from spinexr.data.dataset import prepare_dataset
 from spinexr.data.imread import read_image
 from spinexr.data.landmarks import read_aasce
-from spinexr.deploy.pipeline import Pipeline
 from spinexr.engine.distributed import resolve_device
 from spinexr.engine.inference import run_inference
 from spinexr.errors import DatasetError, SpinexrError
@@ -36,6 +35,7 @@ from spinexr.evaluation.metrics import _binary_auc, bootstrap, compute_metrics
 from spinexr.evaluation.report import write_report
 from spinexr.evaluation.results import RunResult, model_result
 from spinexr.geometry.cobb import BAND_RANGES, severity_band
+from spinexr.pipeline import Pipeline, PipelineSpec
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
@@ -176,18 +176,25 @@ def angles_for(paths: list[Path], table: dict[str, float]) -> np.ndarray:
     return np.array([table.get(str(Path(p).resolve()), table.get(Path(p).name, math.nan)) for p in paths])
 
 
-def evaluate_model(model_path: str | Path, source: str | Path, out_dir: str | Path, device: str = "auto",
-                   bootstrap: int = 1000, cache_dir: str | None = None, progress: bool = True,
-                   angles: str | Path | None = None, landmarks: str | Path | None = None) -> RunResult:
+def evaluate_model(model: PipelineSpec | str | Path, source: str | Path, out_dir: str | Path, bootstrap: int = 1000,
+                   cache_dir: str | None = None, progress: bool = True, angles: str | Path | None = None) -> RunResult:
     """Predict every readable image of ``source`` and write metrics, predictions and a report.
 
-    ``model_path``: a classifier model file or a bundle (:class:`~spinexr.deploy.pipeline.Pipeline` loads
-    either). ``angles``: true Cobb angles (see :func:`read_angles`); the measured largest angle of the
-    bundle's landmark model, or of ``landmarks`` (a landmark model file), is scored against them too,
-    with the decision that ``predict`` returns.
+    Args:
+        model: the pipeline's spec (a classifier model file or a bundle, its landmark model, the device:
+            ``auto`` picks CUDA when there is one), or the model file or bundle alone.
+        source: a folder or manifest of labelled films (another hospital's, even one class).
+        out_dir: the run folder.
+        bootstrap: resamples of the confidence intervals.
+        cache_dir: keep decoded films here between runs.
+        progress: show progress bars.
+        angles: true Cobb angles (see :func:`read_angles`); the measured largest angle of the bundle's
+            landmark model (or the spec's) is scored against them too, with the decision ``predict`` returns.
     """
-    dev = resolve_device(device)
-    pipeline = Pipeline.load(model_path, landmarks, device=str(dev))
+    spec = model if isinstance(model, PipelineSpec) else PipelineSpec(source=str(model), device="auto")
+    model_path = spec.source
+    dev = resolve_device(spec.device)
+    pipeline = Pipeline.load(spec.replace(device=str(dev)))
     module, meta = pipeline.predictor.module, pipeline.predictor.meta
     if module is None:
         raise SpinexrError(f"{model_path}: evaluate runs the .safetensors model file (the ONNX export has no "

@@ -14,12 +14,8 @@ from spinexr.data.dataset import prepare_dataset
 from spinexr.data.splits import carve_validation, holdout
 from spinexr.engine.distributed import barrier, is_main, resolve_device
 from spinexr.engine.inference import run_inference
-from spinexr.evaluation._common import (
-    model_contract,
-    save_predictor,
-    train_predictor,
-    write_history,
-)
+from spinexr.engine.train import FitOptions
+from spinexr.evaluation._common import TrainJob, model_contract, save_predictor, train_predictor, write_history
 from spinexr.evaluation.metrics import compute_metrics
 from spinexr.evaluation.report import write_report
 from spinexr.evaluation.results import FoldInfo, RunResult, model_result
@@ -50,9 +46,9 @@ def run_train(source: str | Path, model_name: str, cfg: CVConfig, tcfg: TrainCon
         tr, te = np.arange(len(y)), np.array([], dtype=int)
     fit_idx, val_idx = carve_validation(tr, y, data.groups, tcfg.val_fraction, seed=tcfg.seed)
     t0 = time.perf_counter()
-    res = train_predictor(model_name, cfg, tcfg, contract, data, fit_idx, val_idx, np.concatenate([fit_idx, val_idx]),
-                          seed=tcfg.seed, checkpoint=out / "checkpoint.pt", desc=model_name, progress=progress,
-                          resume=resume)
+    res = train_predictor(TrainJob(model_name, cfg, tcfg, contract, data, fit_idx, val_idx,
+                                   np.concatenate([fit_idx, val_idx]), seed=tcfg.seed,
+                                   options=FitOptions(out / "checkpoint.pt", progress, model_name, resume)))
     if not is_main():
         barrier()
         return None

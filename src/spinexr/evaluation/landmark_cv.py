@@ -30,6 +30,7 @@ from spinexr.data.splits import case_splits, fit_val_split
 from spinexr.deploy.modelfile import LANDMARK_FORMAT, load_landmark_model, raw_metadata, save_landmark_model
 from spinexr.engine.distributed import resolve_device
 from spinexr.engine.landmarks import LandmarkFit, fit_landmarks, predict_points, prepare_landmarks
+from spinexr.engine.state import FitOptions
 from spinexr.errors import DatasetError, ImageReadError
 from spinexr.evaluation.landmark_report import write_landmark_report
 from spinexr.evaluation.metrics import bootstrap
@@ -110,23 +111,59 @@ class _Oof:
     points: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def _fold_fit(f: int, data: Any, fit_idx: np.ndarray, val_idx: np.ndarray, cfg: LandmarkConfig, contract: DataConfig,
-              out: Path, device: Any, trained: dict[int, Path] | None, max_minutes: float | None, progress: bool,
-              resume: bool = False, init: Path | None = None) -> Any:
-    if trained and f in trained:
-        return _reused_fit(trained[f], cfg, contract, len(fit_idx), device)
+@dataclass(frozen=True)
+class LandmarkCVOptions:
+    """How :func:`run_landmark_cv` runs.
+
+    Args:
+        max_minutes_per_fold: a time budget per fold (None: none).
+        progress: show progress bars.
+        n_boot: bootstrap resamples of the confidence intervals.
+        trained: model files, by fold, an earlier run of the same settings trained (measured again, not retrained).
+        resume: each fold continues from its checkpoint.
+        init: a landmark model file to fine-tune from.
+    """
+
+    max_minutes_per_fold: float | None = None
+    progress: bool = True
+    n_boot: int = 1000
+    trained: dict[int, Path] | None = None
+    resume: bool = False
+    init: str | Path | None = None
+
+
+@dataclass
+class _LandmarkCV:
+    """What every fold of one landmark CV shares."""
+
+    source: str | Path
+    data: Any
+    cfg: LandmarkConfig
+    contract: DataConfig
+    out: Path
+    device: Any
+    options: LandmarkCVOptions
+    oof: _Oof
+    label_ok: np.ndarray
+
+
+def _fold_fit(run: _LandmarkCV, f: int, fit_idx: np.ndarray, val_idx: np.ndarray) -> Any:
+    o, cfg = run.options, run.cfg
+    if o.trained and f in o.trained:
+        return _reused_fit(o.trained[f], cfg, run.contract, len(fit_idx), run.device)
     torch.manual_seed(cfg.seed + f)
-    if init is not None:  # fine-tuning: the parent's weights, its contract kept (checked by init_settings)
-        net = load_landmark_model(init, "cpu")[0].net.train()
+    if o.init is not None:  # fine-tuning: the parent's weights, its contract kept (checked by init_settings)
+        net = load_landmark_model(Path(o.init), "cpu")[0].net.train()
     else:
         net = LandmarkNet(cfg.encoder, pretrained=cfg.weights == "imagenet", out_channels=CODECS[cfg.encoding].channels)
-    return fit_landmarks(net, data, fit_idx, val_idx, cfg, contract, checkpoint=out / "checkpoints" / f"fold{f}.pt",
-                         progress=progress, desc=f"landmarks fold {f}", max_minutes=max_minutes, resume=resume)
+    return fit_landmarks(net, run.data, fit_idx, val_idx, cfg, run.contract,
+                         FitOptions(run.out / "checkpoints" / f"fold{f}.pt", o.progress, f"landmarks fold {f}",
+                                    o.resume, o.max_minutes_per_fold))
 
 
-def _measure_fold(f: int, fit: Any, data: Any, te: np.ndarray, cfg: LandmarkConfig, device: Any, oof: _Oof,
-                  label_ok: np.ndarray) -> dict[str, Any]:
-    """The fold model on its held-out films: angles, refusals and corner errors into ``oof``."""
+def _measure_fold(run: _LandmarkCV, f: int, fit: Any, te: np.ndarray) -> dict[str, Any]:
+    """The fold model on its held-out films: angles, refusals and corner errors into the run's ``oof``."""
+    data, cfg, device, oof, label_ok = run.data, run.cfg, run.device, run.oof, run.label_ok
     recs = data.records
     pts_in, _ = predict_points(fit.predictor, data.x, te, device)
     for j, i in enumerate(te):
@@ -166,12 +203,31 @@ def _write_oof(out: Path, oof: _Oof, recs: list) -> None:
                         landmarks=np.stack(list(oof.points.values())))
 
 
+def _usable_labels(data: Any, cfg: LandmarkConfig) -> tuple[np.ndarray, Any]:
+    """Which films' labels train (with ``fix_labels``, slips fixed in ``data`` first; what is still
+    implausible is left out), and the label check's report."""
+    checks, label_report = check_labels(data.records)
+    if not cfg.fix_labels:
+        return np.array([not implausibility(r.landmarks) for r in data.records]), label_report
+    for i, c in enumerate(checks):
+        if c.fixes and c.usable:
+            data.pts[i] = torch.as_tensor(data.placements[i].points_to_input(c.landmarks.reshape(-1, 2)),
+                                          dtype=data.pts.dtype)
+    return np.array([c.usable for c in checks]), label_report
+
+
 def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path, folds: int | None = None,
-                    max_minutes_per_fold: float | None = None, progress: bool = True, n_boot: int = 1000,
-                    trained: dict[int, Path] | None = None, resume: bool = False,
-                    init: str | Path | None = None) -> LandmarkCVResult:
+                    **options: Any) -> LandmarkCVResult:
     """Train and test the landmark model on case-grouped folds; writes ``metrics.json``,
     ``oof_angles.csv`` and the fold-0 model file into ``out_dir``; returns the result.
+
+    Args:
+        source: an AASCE folder or a landmark CSV.
+        cfg: the landmark settings.
+        out_dir: the run folder.
+        folds: case-grouped folds (None: ``cfg.folds``; 1: one split by ``cfg.test_fraction``).
+        **options: fields of :class:`LandmarkCVOptions` (``max_minutes_per_fold``, ``progress``, ``n_boot``,
+            ``trained``, ``resume``, ``init``).
 
     ``trained``: model files, by fold, that an earlier run of the same settings trained on that fold's
     films: they are measured again (with this run's test-time augmentation) instead of retrained. A
@@ -179,6 +235,8 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     from its checkpoint in ``out_dir/checkpoints`` (a killed background run picks up where it stopped).
     ``init``: a landmark model file to fine-tune from (``cfg`` from :func:`init_settings`); the model
     file written records it as its parent."""
+    o = LandmarkCVOptions(**options)
+    progress, n_boot, trained = o.progress, o.n_boot, o.trained
     parse_scales(cfg.tta_scales)  # a bad setting is refused before minutes of decoding, not after
     out = Path(out_dir)
     t_start = time.perf_counter()
@@ -196,29 +254,20 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     (out / "config.json").write_text(json.dumps({"verb": "landmarks cv", "source": str(source),
                                                  "landmarks": asdict(cfg), "folds": folds}, indent=2))
     true = np.array([r.angles if r.angles is not None else np.full(3, np.nan) for r in recs])
-    checks, label_report = check_labels(recs)
-    if cfg.fix_labels:  # train on the fixed labels; what is still implausible is left out
-        label_ok = np.array([c.usable for c in checks])
-        for i, c in enumerate(checks):
-            if c.fixes and c.usable:
-                data.pts[i] = torch.as_tensor(data.placements[i].points_to_input(c.landmarks.reshape(-1, 2)),
-                                              dtype=data.pts.dtype)
-    else:
-        label_ok = np.array([not implausibility(r.landmarks) for r in recs])
+    label_ok, label_report = _usable_labels(data, cfg)
     device = resolve_device(cfg.device)
     oof = _Oof(true, np.full_like(true, np.nan), np.full_like(true, np.nan), np.full(len(recs), np.nan),
                np.zeros(len(recs), dtype=bool))
     fold_rows = []
+    run = _LandmarkCV(source, data, cfg, contract, out, device, o, oof, label_ok)
     for f, (tr, te) in enumerate(splits):
         tr = tr[label_ok[tr]]
         fit_idx, val_idx = fit_val_split(groups, tr, cfg.val_fraction, cfg.seed, f)
-        fit = _fold_fit(f, data, fit_idx, val_idx, cfg, contract, out, device, trained, max_minutes_per_fold, progress,
-                        resume, None if init is None else Path(init))
+        fit = _fold_fit(run, f, fit_idx, val_idx)
         if f == 0:
-            _save_fold0(out, fit, cfg, source, len(fit_idx), len(te), None if fit.history else trained[f],  # type: ignore[index]
-                        init)
+            _save_fold0(run, fit, len(fit_idx), len(te), None if fit.history else trained[f])  # type: ignore[index]
         info = _train_info(f, fit, fit_idx, val_idx, te, trained)
-        fold_rows.append({**info, **_measure_fold(f, fit, data, te, cfg, device, oof, label_ok)} if len(te) else info)
+        fold_rows.append({**info, **_measure_fold(run, f, fit, te)} if len(te) else info)
     res = LandmarkCVResult(str(source), len(recs), data.skipped, int((~label_ok).sum()), fold_rows, asdict(cfg),
                            time.perf_counter() - t_start, label_check={k: v for k, v in label_report.to_dict().items()
                                                                        if not k.endswith("_films")})
@@ -233,7 +282,7 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
     (out / "metrics.json").write_text(json.dumps(res.to_dict(), indent=2, default=float))
     if testing:
         _write_oof(out, oof, recs)
-        _report(out, res.to_dict(), oof.rows, recs, oof.points, oof.pred, true)
+        _report(out, res.to_dict(), oof, recs)
     return res
 
 
@@ -281,9 +330,9 @@ def write_finetune_card(path: Path, summary: dict[str, Any], cfg: LandmarkConfig
     return path
 
 
-def _save_fold0(out: Path, fit: Any, cfg: LandmarkConfig, source: str | Path, n_fit: int, n_test: int,
-                reused: Path | None, init: str | Path | None) -> None:
+def _save_fold0(run: _LandmarkCV, fit: Any, n_fit: int, n_test: int, reused: Path | None) -> None:
     """The fold-0 model file (with, for a fine-tuned model, a card naming its parent and data)."""
+    out, cfg, source, init = run.out, run.cfg, run.source, run.options.init
     summary = {"source": str(source), "n_train": int(n_fit), "split": "all films" if not n_test else "fold 0",
                **({"reused_from": str(reused)} if reused is not None else {}),
                **({"parent": parent_record(Path(init))} if init is not None else {})}
@@ -307,10 +356,9 @@ def _reused_fit(path: Path, cfg: LandmarkConfig, contract: DataConfig, n_fit: in
     return LandmarkFit([], -1, float("nan"), predictor.eval(), "reused")
 
 
-def _report(out: Path, res: dict[str, Any], rows: list[dict[str, Any]], recs: list, pred_pts: dict[int, np.ndarray],
-            pred: np.ndarray, true: np.ndarray, n_each: int = 4) -> None:
+def _report(out: Path, res: dict[str, Any], oof: _Oof, recs: list, n_each: int = 4) -> None:
     """report.html with the gallery of the best and worst held-out films by SMAPE."""
-
+    rows, pred_pts, pred, true = oof.rows, oof.points, oof.pred, oof.true
     weight = res["settings"]["centreline_weight"]
     idx = np.array(list(pred_pts))
     per = np.abs(pred[idx] - true[idx]).sum(1) / np.maximum((pred[idx] + true[idx]).sum(1), 1e-9) * 100

@@ -20,6 +20,8 @@ sits at ``u = (2 i + 1) / S - 1`` (grid_sample's ``align_corners=False``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -115,6 +117,33 @@ def turn_limit(value: object) -> float | None:
     return float(value)
 
 
+@dataclass(frozen=True)
+class RefinerSettings:
+    """A :class:`VertebraRefiner`'s geometry and reading (the keywords it takes).
+
+    Args:
+        crop: the crop's side in pixels.
+        span: the crop's side as a multiple of the vertebra's size.
+        film_height: the film's height, in pixels, the crops are cut from.
+        mean: the crops' normalisation mean.
+        std: the crops' normalisation standard deviation.
+        tta_flip: read each crop's mirror image too and average.
+        iterations: passes (each cuts the crops again around the last pass's corners).
+        flip_every_pass: the mirror reading on every pass (False: the last alone).
+        max_turn: the most a later pass may turn a vertebra, in degrees (None: no limit).
+    """
+
+    crop: int = CROP
+    span: float = SPAN
+    film_height: int = FILM_HEIGHT
+    mean: float = 0.449
+    std: float = 0.226
+    tta_flip: bool = True
+    iterations: int = 1
+    flip_every_pass: bool = True
+    max_turn: float | None = None
+
+
 class VertebraRefiner(nn.Module):
     """(1, 1, H, W) film at ``film_height`` in [0, 1] and (17, 4, 2) corners in its pixels -> refined
     (17, 4, 2) corners. ``iterations`` > 1 cuts the crops again around the refined corners; with
@@ -126,18 +155,17 @@ class VertebraRefiner(nn.Module):
     ``net`` None: the geometry alone, for crops read by the refiner's ONNX export (a ``reader`` given
     to :meth:`forward`)."""
 
-    def __init__(self, net: LandmarkNet | None, crop: int = CROP, span: float = SPAN, film_height: int = FILM_HEIGHT,
-                 mean: float = 0.449, std: float = 0.226, tta_flip: bool = True, iterations: int = 1,
-                 flip_every_pass: bool = True, max_turn: float | None = None) -> None:
+    def __init__(self, net: LandmarkNet | None, **settings: Any) -> None:
         super().__init__()
+        s = RefinerSettings(**settings)
         self.net = net
-        self.crop, self.span, self.film_height = crop, span, film_height
-        self.mean, self.std = mean, std
-        self.codec = HeatmapCodec(crop, crop)
-        self.tta_flip = tta_flip
-        self.iterations = iterations
-        self.flip_every_pass = flip_every_pass
-        self.max_turn = max_turn
+        self.crop, self.span, self.film_height = s.crop, s.span, s.film_height
+        self.mean, self.std = s.mean, s.std
+        self.codec = HeatmapCodec(s.crop, s.crop)
+        self.tta_flip = s.tta_flip
+        self.iterations = s.iterations
+        self.flip_every_pass = s.flip_every_pass
+        self.max_turn = s.max_turn
 
     def read_plain(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, 1, S, S) crops in [0, 1] -> (N, 4, 2) corners in crop pixels, each crop read as it is

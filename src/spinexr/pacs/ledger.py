@@ -87,8 +87,12 @@ class Ledger:
     def film_done(self, sop_uid: str) -> bool:
         return self.db.execute("SELECT 1 FROM films WHERE sop_uid = ?", (sop_uid,)).fetchone() is not None
 
-    def record_film(self, study_uid: str, series_uid: str, sop_uid: str, *, reason: str = "", label: str | None = None,
-                    largest: float | None = None, sr_uid: str | None = None, pr_uid: str | None = None) -> None:
+    def record_film(self, ref: tuple[str, str, str], *, reason: str = "", label: str | None = None,
+                    largest: float | None = None, reports: tuple[str, str | None] | None = None) -> None:
+        """One film's outcome: ``ref`` (study, series, SOP instance UIDs); reported with ``reports`` (the SR's
+        and the presentation state's UIDs), or failed with ``reason``."""
+        study_uid, series_uid, sop_uid = ref
+        sr_uid, pr_uid = reports or (None, None)
         state = "reported" if sr_uid else "failed"
         self.db.execute("INSERT OR REPLACE INTO films VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (sop_uid, study_uid, series_uid, state, reason, label, largest, sr_uid, pr_uid, time.time()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,11 @@ from typing import Any
 from spinexr.data.decoding import decode
 from spinexr.data.imread import DEFAULT_MAX_PIXELS
 from spinexr.deploy.dicom import checked_source, dicom_results
-from spinexr.deploy.pipeline import Pipeline
-from spinexr.deploy.stream import predict_batch
 from spinexr.errors import SpinexrError
 from spinexr.pacs.client import Unreachable, explain
 from spinexr.pacs.ledger import Ledger
+from spinexr.pipeline import Pipeline
+from spinexr.pipeline.executors import predict_batch
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,29 @@ class Round:
                 f"{self.failed} failed), {self.skipped} skipped")
 
 
+@dataclass(frozen=True)
+class WatchQuery:
+    """Which studies a worker takes: those with one of ``modalities``, from ``since`` (a StudyDate,
+    YYYYMMDD) on; their films predicted ``batch_size`` at a time."""
+
+    modalities: tuple[str, ...] = FILM_MODALITIES
+    since: str | None = None
+    batch_size: int = 8
+
+
 class PacsWorker:
     """One server, one pipeline, one ledger; :meth:`run_round` does one pass."""
 
-    def __init__(self, client: Any, url: str, pipeline: Pipeline, ledger: Ledger, work_dir: Path, *,
-                 modalities: Iterable[str] = FILM_MODALITIES, since: str | None = None, batch_size: int = 8,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, client: Any, url: str, pipeline: Pipeline, ledger: Ledger, work_dir: Path,
+                 query: WatchQuery | None = None) -> None:
         self.client, self.url, self.pipeline, self.ledger = client, url, pipeline, ledger
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.modalities = tuple(m.upper() for m in modalities)
-        self.since = since
-        self.batch_size = max(1, batch_size)
-        self.max_pixels = max_pixels
+        q = query or WatchQuery()
+        self.modalities = tuple(m.upper() for m in q.modalities)
+        self.since = q.since
+        self.batch_size = max(1, q.batch_size)
+        self.max_pixels = pipeline.spec.max_pixels if pipeline.spec is not None else DEFAULT_MAX_PIXELS
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """A DICOMweb call; a failure becomes :class:`Unreachable` (the round ends) or :class:`SpinexrError`."""
@@ -136,7 +146,7 @@ class PacsWorker:
 
     def _fail(self, study: str, series: str, sop: str, reason: str, r: Round) -> None:
         log.warning("study %s, film %s: no report: %s", study, sop, reason)
-        self.ledger.record_film(study, series, sop, reason=reason)
+        self.ledger.record_film((study, series, sop), reason=reason)
         r.failed += 1
         r.reasons.append(reason)
 
@@ -189,9 +199,9 @@ class PacsWorker:
             self._fail(study, series, sop, f"the PACS refused the report (failure reason {', '.join(refused)})", r)
             return 0
         spine = doc.get("spine") or {}
-        self.ledger.record_film(study, series, sop, label=doc["label"], largest=spine.get("largest"),
-                                sr_uid=str(res.sr.SOPInstanceUID),
-                                pr_uid=str(res.pr.SOPInstanceUID) if res.pr is not None else None)
+        self.ledger.record_film((study, series, sop), label=doc["label"], largest=spine.get("largest"),
+                                reports=(str(res.sr.SOPInstanceUID),
+                                         str(res.pr.SOPInstanceUID) if res.pr is not None else None))
         r.reported += 1
         log.info("study %s, film %s: %s%s, report stored", study, sop, doc["label"],
                  f", largest Cobb angle {spine['largest']:.1f} deg" if spine.get("largest") is not None else "")
@@ -227,4 +237,4 @@ def watch(worker: PacsWorker, *, once: bool = False, interval: float = 30.0, ret
     return rounds
 
 
-__all__ = ["FILM_MODALITIES", "PacsWorker", "Round", "watch"]
+__all__ = ["FILM_MODALITIES", "PacsWorker", "Round", "WatchQuery", "watch"]
