@@ -69,7 +69,7 @@ def test_explain_returns_png_at_original_size(client: TestClient, spine_bytes: b
 
 def test_upload_too_large_413(client: TestClient) -> None:
     r = client.post("/v1/predict", files={"file": ("big.png", b"\0" * (2 * 1024 * 1024), "image/png")})
-    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    assert r.status_code == 413 and "1 MB limit" in r.json()["detail"]  # the declared length, before the body
 
 
 def test_not_an_image_415(client: TestClient) -> None:
@@ -104,3 +104,45 @@ def test_hostile_filename_never_reaches_disk(client: TestClient, spine_bytes: by
     assert set(os.listdir(".")) == cwd_before
     leftovers = [d for d in set(os.listdir(tempfile.gettempdir())) - before_tmp if d.startswith("spinexr-")]
     assert not leftovers
+
+
+def test_a_streamed_body_over_the_limit_gets_the_413_that_names_it(client: TestClient) -> None:
+    """A body sent without Content-Length (chunked) is cut off where it passes the limit, and answered with
+    the same JSON that names the limit, not a bare 'Content Too Large'."""
+    body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n\r\n" + b"\0" * (3 << 20)
+
+    def chunks():
+        for i in range(0, len(body), 1 << 16):
+            yield body[i:i + (1 << 16)]
+
+    r = client.post("/v1/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "1 MB limit" in r.json()["detail"]
+
+
+def test_a_slow_partial_upload_is_answered_and_closed(trained_model: Path) -> None:
+    """An upload whose body stops arriving is answered 408 when the body timeout passes, on a real socket."""
+    import socket
+    import threading
+    import time
+
+    uvicorn = pytest.importorskip("uvicorn")
+    app = create_app(trained_model, body_timeout_s=1.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 60
+    while not srv.started:
+        assert time.monotonic() < deadline and th.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            c.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                      b"Content-Length: 100000\r\n\r\n--b\r\n")  # then nothing more
+            answer = c.recv(65536).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in answer
+    finally:
+        srv.should_exit = True
+        th.join(timeout=10)
