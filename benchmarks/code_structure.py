@@ -226,8 +226,7 @@ def trace_predict(root: Path, film: Path, declared: list[list[str]]) -> dict[str
 
     def layer(mod: str) -> int | None:
         for depth, names in enumerate(declared):
-            if any(mod == n.removeprefix("spinexr.") or mod.startswith(n.removeprefix("spinexr.") + ".")
-                   or f"spinexr.{mod}" == n or f"spinexr.{mod}".startswith(n + ".") for n in names):
+            if any(mod == n or mod.startswith(n + ".") for n in names):
                 return depth
         return None
 
@@ -236,7 +235,9 @@ def trace_predict(root: Path, film: Path, declared: list[list[str]]) -> dict[str
     for s in steps:
         entered[s[2]] += 1
     files = sorted({m for s in steps for m in (s[0], s[2])})
-    return {"film": str(film), "steps": len(steps), "files": len(files), "climbs": len(climbs),
+    module_steps = list(dict.fromkeys((s[0], s[2]) for s in steps))
+    return {"film": str(film), "steps": len(steps), "module_steps": len(module_steps), "files": len(files),
+            "climbs": len(climbs),
             "entered": dict(sorted(entered.items(), key=lambda kv: -kv[1])), "modules": files,
             "path": [f"{a}.{fa} -> {b}.{fb}" for a, fa, b, fb in steps],
             "climbs_list": [f"{a}.{fa} -> {b}.{fb}" for a, fa, b, fb in climbs]}

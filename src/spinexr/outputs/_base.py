@@ -7,8 +7,11 @@ pixels (overlays, heatmaps) sets ``draws``: its :meth:`Sink.draw` runs beside th
 the executor runs it (this process, a ``--jobs`` process, a Ray actor), and names the file it wrote
 in the prediction; every other sink receives the finished document in the driver, in the films' order.
 
-A new output format is one module in :mod:`spinexr.outputs` with one :func:`register_output` line:
-``predict`` then offers its flag, builds it from the flag's value, and runs it with every executor.
+A new output format is one module in :mod:`spinexr.outputs` (its sink class, with a ``from_flag``
+constructor) and one :func:`register_output` line in the package's ``__init__``: ``predict`` then offers
+its flag, builds the sink from the flag's value, and runs it with every executor. The registry names
+the class as ``"module:Class"``, imported only when the flag is used (as the command line names its
+verbs' handlers), so ``spinexr --help`` never imports what an output needs (pydicom, matplotlib).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,19 +72,20 @@ class Sink:
 
 @dataclass(frozen=True)
 class OutputKind:
-    """An output ``predict`` offers: its flag and how a sink is built from the flag's value.
+    """An output ``predict`` offers: its flag and the sink it builds from the flag's value.
 
     Args:
         flag: the command-line flag (``--dicom-out``).
         help: the flag's help text.
-        make: ``make(value, args)`` -> the sink (``args``: the verb's parsed flags, for settings it shares).
+        sink: the sink class as ``"module:Class"`` (its ``from_flag(value, args)`` builds it; ``args``: the
+            verb's parsed flags, for settings it shares), or a callable ``(value, args) -> Sink``.
         metavar: the flag's placeholder.
         folder: the value names a folder (guarded against overwriting like one, made if missing).
     """
 
     flag: str
     help: str
-    make: Callable[[Path, argparse.Namespace], Sink]
+    sink: str | Callable[[Path, argparse.Namespace], Sink]
     metavar: str = "DIR"
     folder: bool = True
 
@@ -90,24 +93,25 @@ class OutputKind:
     def dest(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
 
+    def make(self, value: Path, args: argparse.Namespace) -> Sink:
+        """The sink for the flag's ``value``."""
+        if callable(self.sink):
+            return self.sink(value, args)
+        module, _, name = self.sink.partition(":")
+        return getattr(importlib.import_module(module), name).from_flag(value, args)
+
 
 OUTPUTS: dict[str, OutputKind] = {}
 
 
 def register_output(kind: OutputKind) -> OutputKind:
-    """Offer ``kind`` as a ``predict`` output (one line at the end of the output's module)."""
+    """Offer ``kind`` as a ``predict`` output (one line in :mod:`spinexr.outputs`)."""
     OUTPUTS[kind.flag] = kind
     return kind
 
 
 def output_kinds() -> list[OutputKind]:
-    """Every registered output: the modules of :mod:`spinexr.outputs` are imported first, so a module
-    added there registers itself."""
-    import spinexr.outputs as pkg
-
-    for m in pkgutil.iter_modules(pkg.__path__):
-        if not m.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{m.name}")
+    """Every registered output, in the order registered."""
     return list(OUTPUTS.values())
 
 

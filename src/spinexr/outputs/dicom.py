@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from spinexr.data.imread import is_dicom_file
+from spinexr.deploy import dicom
+from spinexr.deploy.dicom import NOT_DICOM, read_header, require_highdicom
 from spinexr.errors import SpinexrError
-from spinexr.outputs._base import OutputKind, Sink, register_output, writable_folder, write_failed
+from spinexr.outputs._base import Sink, writable_folder, write_failed
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,14 @@ class DicomSink(Sink):
     """
 
     def __init__(self, folder: Path) -> None:
-        from spinexr.deploy.dicom import require_highdicom  # pydicom and highdicom: only for runs that write DICOM
-
         require_highdicom()
         self.folder = writable_folder(Path(folder), "DICOM output folder")
         self.written = 0
         self.skipped: dict[str, int] = {}
+
+    @classmethod
+    def from_flag(cls, value: Path, _args: argparse.Namespace) -> DicomSink:
+        return cls(value)
 
     def _skip(self, path: str, reason: str) -> None:
         log.warning("%s: no DICOM output: %s", path, reason)
@@ -45,8 +49,6 @@ class DicomSink(Sink):
 
     def write_one(self, doc: dict[str, Any]) -> list[Path]:
         """The SR and presentation state of one document (none for a failed film or a non-DICOM file)."""
-        from spinexr.deploy.dicom import NOT_DICOM, dicom_results, read_header
-
         path = str(doc.get("path"))
         if doc.get("status") != "ok":
             return []  # the error is in its document
@@ -55,7 +57,7 @@ class DicomSink(Sink):
             return []
         try:
             source = read_header(path)
-            res = dicom_results(doc, source, int(source.get("InstanceNumber") or 1))
+            res = dicom.dicom_results(doc, source, int(source.get("InstanceNumber") or 1))
         except SpinexrError as e:
             self._skip(path, str(e).removeprefix(f"{path}: "))
             return []
@@ -89,13 +91,5 @@ class DicomSink(Sink):
         parts += [f"{n} skipped ({reason})" for reason, n in self.skipped.items()]
         return "; ".join(parts)
 
-
-def _make(value: Path, _args: argparse.Namespace) -> DicomSink:
-    return DicomSink(value)
-
-
-register_output(OutputKind(
-    "--dicom-out", "for DICOM films: a TID 1500 SR and a presentation state each, in the film's study "
-    "(DIR/<StudyInstanceUID>/SR_*.dcm, PR_*.dcm); other files are skipped with a reason", _make))
 
 __all__ = ["DicomSink"]

@@ -16,7 +16,8 @@ from PIL import Image
 
 from spinexr.config import EXPLAIN_METHODS
 from spinexr.errors import SpinexrError
-from spinexr.outputs._base import OutputKind, Sink, register_output, writable_folder, write_failed
+from spinexr.explain import overlay
+from spinexr.outputs._base import Sink, writable_folder, write_failed
 
 
 def artifact_name(i: int, path: Path, method: str) -> str:
@@ -43,6 +44,10 @@ class OverlaySink(Sink):
 
     def __init__(self, folder: Path) -> None:
         self.folder = writable_folder(Path(folder), "overlay folder")
+
+    @classmethod
+    def from_flag(cls, value: Path, _args: argparse.Namespace) -> OverlaySink:
+        return cls(value)
 
     def check(self, pipeline: Any) -> None:
         if pipeline.measurer is None:
@@ -73,6 +78,10 @@ class HeatmapSink(Sink):
         self.folder = writable_folder(Path(folder), "heatmap folder")
         self.method = method
 
+    @classmethod
+    def from_flag(cls, value: Path, args: argparse.Namespace) -> HeatmapSink:
+        return cls(value, getattr(args, "explain", None) or "gradcam")
+
     def draw(self, pipeline: Any, pred: Any, img: Any, index: int) -> None:
         if img is None:
             return
@@ -81,24 +90,9 @@ class HeatmapSink(Sink):
         except SpinexrError as e:
             pred.warnings.append(f"no heatmap: {e}")
             return
-        from spinexr.explain import overlay  # torch: imported by runs that draw, not by the command line
-
         dest = self.folder / artifact_name(index, Path(pred.path), self.method)
         _save(overlay(img, heat), dest)
         pred.heatmap = str(dest)
 
-
-def _overlays(value: Path, _args: argparse.Namespace) -> OverlaySink:
-    return OverlaySink(value)
-
-
-def _heatmaps(value: Path, args: argparse.Namespace) -> HeatmapSink:
-    return HeatmapSink(value, getattr(args, "explain", None) or "gradcam")
-
-
-register_output(OutputKind("--overlays", "folder for the measurement drawn on each film (needs a landmark model)",
-                           _overlays))
-register_output(OutputKind("--heatmaps", "folder for the classifier's map over each film (--explain picks the "
-                           "method; default gradcam)", _heatmaps))
 
 __all__ = ["HeatmapSink", "OverlaySink", "artifact_name"]
