@@ -26,7 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(out: Path, seed: int = 0, epochs: int = 12, n: int = 150, image_size: int = 128) -> Path:
-    """Run the demo into ``out``; returns the report path. Existing demo data is reused."""
+    """Run the demo into ``out``; returns the report path. Existing demo data is reused.
+
+    Args:
+        out: the demo folder.
+        seed: the seed of the synthetic films and the training.
+        epochs: training epochs of the small model.
+        n: synthetic films.
+        image_size: the model's input size.
+    """
     data = out / "data"
     if not (data / "labels.csv").exists():
         synthesize(data, n=n, seed=seed, scale=0.5, progress=True)

@@ -220,6 +220,16 @@ def check_dataset(
     """Check a class-folder tree or CSV manifest; writes ``manifest.csv`` and ``data_report.json``.
 
     Unreadable files are reported and left out of the manifest; the check goes on past them.
+
+    Args:
+        source: a class-folder tree or CSV manifest.
+        out_dir: where the manifest and the report go (None: nothing written).
+        max_pixels: films larger than this are reported as too large, never decoded.
+        near_dup_threshold: the thumbnail correlation above which two films are near-duplicates.
+        progress: show a progress bar.
+
+    Returns:
+        the counts, unreadable files, duplicates and the framing shortcut's baseline.
     """
     manifest = load_manifest(source)
     records = manifest.records

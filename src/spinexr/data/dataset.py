@@ -164,6 +164,17 @@ def prepare_dataset(
 
     Unreadable files are skipped and listed in ``skipped``; near-duplicates (thumbnail correlation
     above ``near_dup_threshold``) share a group so they land on one side of every split.
+
+    Args:
+        source: a class-folder tree or CSV manifest.
+        sizes: the square input sizes to fit every film to.
+        mode: how a film is fitted to the square (:data:`~spinexr.config.RESIZE_MODES`).
+        cache_dir: keep the decoded tensors here between runs (keyed by the files' contents).
+        near_dup_threshold: the thumbnail correlation above which two films share a group.
+        progress: show a progress bar.
+
+    Returns:
+        the labels, groups, paths and uint8 tensors of every readable film.
     """
 
     man = load_manifest(source)

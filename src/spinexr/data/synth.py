@@ -376,6 +376,17 @@ def synthesize(
     lateral. Deterministic for a given ``seed``: image ``i`` draws from ``default_rng([seed, i])``.
     The AP films' vertebra corners go to ``landmarks.csv`` in the plain landmark format (pixels, with
     the Cobb angles measured on them), so the spine-geometry path runs without real data.
+
+    Args:
+        out_dir: the folder to write into.
+        n: how many films.
+        seed: the seed every film derives from.
+        scale: the films' size factor (1.0: about 1000 px tall for an AP film).
+        fmt: ``jpg``, ``png`` or ``dcm`` (DX DICOM files, each of its own made-up patient and study).
+        progress: show a progress bar.
+
+    Returns:
+        the path of ``labels.csv``.
     """
 
     out = Path(out_dir)

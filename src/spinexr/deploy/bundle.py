@@ -209,7 +209,20 @@ def write_bundle(dest: str | Path, classifier: str | Path, landmarks: str | Path
                  name: str, description: str = "",
                  refiner: str | Path | None = None) -> Bundle:
     """Make a bundle folder: the model files (and ``<file>.md`` cards beside them) copied in, the
-    manifest written last (atomically), so a folder with a manifest is always complete."""
+    manifest written last (atomically), so a folder with a manifest is always complete.
+
+    Args:
+        dest: the bundle folder.
+        classifier: the classifier model file.
+        landmarks: the landmark model file (None: the bundle classifies only).
+        rule: the decision rule fitted for this pair (:func:`fit_rule`; None: the landmark model's own).
+        name: the bundle's name.
+        description: one line on what it is for.
+        refiner: the vertebra refiner, the landmark model's second stage (None: none).
+
+    Returns:
+        the bundle as loaded back from its manifest.
+    """
     dest = Path(dest)
     clf, lm = Path(classifier), (Path(landmarks) if landmarks else None)
     meta = read_metadata(clf)  # refuses a file that is not a classifier model file

@@ -90,7 +90,18 @@ def bundled_path(kind: str, root: Path | None = None) -> Path:
 def pack(model_path: str | Path, kind: str, card: str, headline: str = "", root: Path | None = None) -> Path:
     """Write ``model_path`` as the bundled model of ``kind``: float weights in float16 (the OOD
     statistics stay float32; a refiner's weights in int8, :data:`WEIGHTS`), the metadata kept and
-    marked as bundled, and the model card beside it."""
+    marked as bundled, and the model card beside it.
+
+    Args:
+        model_path: the trained model file.
+        kind: which bundled model it becomes (:data:`KINDS`).
+        card: the model card's Markdown.
+        headline: the one-line summary ``spinexr models`` prints.
+        root: the bundled folder (None: the package's).
+
+    Returns:
+        the packed file.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     src = Path(model_path)

@@ -37,6 +37,16 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = 17, parity
 
     Raises :class:`SpinexrError` when parity is worse than ``tol`` (max abs difference of the
     calibrated probabilities).
+
+    Args:
+        model_path: a classifier model file.
+        out: the ``.onnx`` file to write (never the model file itself).
+        opset: the ONNX opset.
+        parity_images: films run through both (None: no parity check).
+        tol: the largest difference of a calibrated probability allowed.
+
+    Returns:
+        the checker's verdict and the parity figures.
     """
 
     onnx = _need("onnx")
@@ -222,7 +232,18 @@ def cached_onnx(model_path: str | Path) -> Path:
 def export_landmark_onnx(model_path: str | Path, out: str | Path, opset: int = 17,
                          parity_images: list[Path] | None = None, tol: float = LANDMARK_PARITY_PX) -> dict[str, Any]:
     """Export a landmark model file (contract normalisation, network and soft-argmax decoding) to ONNX;
-    given films, check that onnxruntime puts every corner within ``tol`` input pixels of PyTorch."""
+    given films, check that onnxruntime puts every corner within ``tol`` input pixels of PyTorch.
+
+    Args:
+        model_path: a landmark model file.
+        out: the ``.onnx`` file to write (never the model file itself).
+        opset: the ONNX opset.
+        parity_images: films run through both (None: no parity check).
+        tol: the largest corner difference allowed, in input pixels.
+
+    Returns:
+        the checker's verdict and the parity figures.
+    """
 
     onnx = _need("onnx")
     out = Path(out)

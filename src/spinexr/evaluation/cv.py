@@ -173,6 +173,18 @@ def run_cv(source: str | Path, cfg: CVConfig, tcfg: TrainConfig, out_dir: str | 
     Each finished fold is stored in ``folds/``; with ``resume`` those are reused and the first
     unfinished fold continues from its last epoch checkpoint. Under torchrun every rank trains and
     rank 0 alone evaluates and writes (the other ranks return None).
+
+    Args:
+        source: a class-folder tree or CSV manifest.
+        cfg: what to train and how it is split (models, folds, input, landmarks for the decision).
+        tcfg: the optimisation settings.
+        out_dir: the run folder.
+        progress: show progress bars.
+        data: the dataset already prepared at the models' input sizes (None: prepared here).
+        resume: reuse finished folds and continue the first unfinished one from its checkpoint.
+
+    Returns:
+        what ``metrics.json`` holds (None on ranks other than 0).
     """
     out = Path(out_dir)
     t_start = time.perf_counter()

@@ -28,6 +28,18 @@ def run_train(source: str | Path, model_name: str, cfg: CVConfig, tcfg: TrainCon
 
     With ``resume`` training continues from ``checkpoint.pt`` after its last completed epoch. Under
     torchrun the ranks other than 0 return None.
+
+    Args:
+        source: a class-folder tree or CSV manifest.
+        model_name: the registered model to train.
+        cfg: the split (``test_fraction``) and the model's input settings.
+        tcfg: the optimisation settings.
+        out_dir: the run folder.
+        progress: show progress bars.
+        resume: continue from the run folder's checkpoint.
+
+    Returns:
+        what ``metrics.json`` holds, with the model file's path (None on ranks other than 0).
     """
 
     out = Path(out_dir)

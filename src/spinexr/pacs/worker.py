@@ -213,7 +213,20 @@ def watch(worker: PacsWorker, *, once: bool = False, interval: float = 30.0, ret
           on_round: Callable[[Round], None] | None = None) -> int:
     """Rounds until ``stop`` is set (or one round with ``once``). A server that cannot be reached is tried
     again after 1, 2, 4 ... seconds (at most ``max_wait``); with ``once`` it gives up after ``retries``
-    tries. Returns the number of rounds done."""
+    tries.
+
+    Args:
+        worker: the server, pipeline and ledger.
+        once: one round, then return.
+        interval: seconds between rounds.
+        retries: tries of an unreachable server before ``once`` gives up.
+        max_wait: the longest wait between tries, in seconds.
+        stop: set to end after the study in hand.
+        on_round: called with each round's counts.
+
+    Returns:
+        the number of rounds done.
+    """
     stop = stop or threading.Event()
     tries, rounds = 0, 0
     while not stop.is_set():
