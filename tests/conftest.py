@@ -57,6 +57,36 @@ def trained_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out / "model.safetensors"
 
 
+@pytest.fixture(scope="session")
+def bundled():
+    """The bundled models as one pipeline, loaded once for every test that reads it (never changed by one)."""
+    from spinexr.pipeline import Pipeline
+
+    return Pipeline.load()
+
+
+def serve_in_thread(app, timeout: float = 60.0):
+    """``app`` on a free loopback port in a uvicorn thread: (server, thread, base URL). Set
+    ``server.should_exit`` and join the thread to stop it."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + timeout
+    while not srv.started:
+        assert time.monotonic() < deadline and th.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    return srv, th, f"http://127.0.0.1:{port}"
+
+
 def non_spine_images(root: Path) -> list[Path]:
     """Photos, chest radiographs, a near-blank film and a document: things a spine model must flag."""
     from spinexr.data.synth import write_negative_controls

@@ -34,11 +34,6 @@ def dx_films(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def bundled() -> Pipeline:
-    return Pipeline.load()
-
-
 def assert_report_matches(sr: pydicom.Dataset, doc: dict) -> None:
     """The SR says what the prediction document says: label, probabilities, each angle within 0.01 deg,
     end vertebrae and apex, the view, the OOD flag and whether the classifier was overruled."""

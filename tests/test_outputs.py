@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,6 @@ from spinexr.pipeline.source import expand_paths
 
 
 @pytest.fixture(scope="module")
-def bundled() -> Pipeline:
-    return Pipeline.load()
-
-
-@pytest.fixture(scope="module")
 def films(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("films")
     for p in sorted(synth_dir.rglob("*.jpg"))[:6]:
@@ -36,28 +32,30 @@ def films(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _mount_tmpfs(where: Path, options: str) -> None:
+@contextmanager
+def _tmpfs(where: Path, options: str):
+    """A tmpfs mounted at ``where`` for the test (skipped where mounting is not allowed)."""
     where.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root in a machine that allows it): {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 48 kB file system: a few prediction documents fill it."""
-    where = tmp_path / "small"
-    _mount_tmpfs(where, "size=48k")
-    yield where
-    subprocess.run(["umount", str(where)], check=False)
+    with _tmpfs(tmp_path / "small", "size=48k") as where:
+        yield where
 
 
 @pytest.fixture
 def read_only(tmp_path: Path):
-    where = tmp_path / "ro"
-    _mount_tmpfs(where, "ro,size=16k")
-    yield where
-    subprocess.run(["umount", str(where)], check=False)
+    with _tmpfs(tmp_path / "ro", "ro,size=16k") as where:
+        yield where
 
 
 def test_a_read_only_folder_is_refused_before_any_model_loads(films: Path, read_only: Path,

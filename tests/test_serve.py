@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import gradient_image
+from conftest import gradient_image, serve_in_thread
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -122,21 +122,10 @@ def test_a_streamed_body_over_the_limit_gets_the_413_that_names_it(client: TestC
 def test_a_slow_partial_upload_is_answered_and_closed(trained_model: Path) -> None:
     """An upload whose body stops arriving is answered 408 when the body timeout passes, on a real socket."""
     import socket
-    import threading
-    import time
 
-    uvicorn = pytest.importorskip("uvicorn")
-    app = create_app(trained_model, body_timeout_s=1.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        assert time.monotonic() < deadline and th.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
+    pytest.importorskip("uvicorn")
+    srv, th, url = serve_in_thread(create_app(trained_model, body_timeout_s=1.0))
+    port = int(url.rsplit(":", 1)[1])
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
             c.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"

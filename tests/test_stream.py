@@ -29,11 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bundled() -> Pipeline:
-    return Pipeline.load()
-
-
-@pytest.fixture(scope="module")
 def films(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic films, plus two that cannot be read (the batch goes on past them)."""
     d = tmp_path_factory.mktemp("archive")

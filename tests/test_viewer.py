@@ -9,15 +9,13 @@ import csv
 import hashlib
 import io
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import serve_in_thread
 from spinexr.data.corrections import CorrectionStore
 from spinexr.data.synth import ap_landmarks, make_case
 from spinexr.geometry.cobb import LEVELS, cobb_angles
@@ -31,29 +29,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "s3cret-token"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def pipeline():
-    from spinexr.pipeline import Pipeline
-
-    return Pipeline.load()
+def pipeline(bundled):
+    return bundled
 
 
 def _serve(app):
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and th.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    return srv, th, f"http://127.0.0.1:{port}"
+    return serve_in_thread(app, timeout=30)
 
 
 @pytest.fixture(scope="module")
