@@ -36,6 +36,7 @@ from spinexr.deploy.modelfile import save_refiner_model  # noqa: E402
 from spinexr.engine.refine import RefineConfig, fit_refiner, prepare_refine_data  # noqa: E402
 from spinexr.engine.state import FitOptions  # noqa: E402
 from spinexr.evaluation.landmark_cv import tolerance_scores  # noqa: E402
+from spinexr.evaluation.refiner_train import train_refiner  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
 from spinexr.geometry.plausibility import implausibility  # noqa: E402
 from spinexr.models.landmark import LandmarkNet  # noqa: E402
@@ -88,30 +89,16 @@ def _budget(args: argparse.Namespace) -> float | None:
 
 
 def _final(args: argparse.Namespace, head: dict, t0: float) -> int:
-    """The refiner to ship: trained on every film whose labels are plausible; a tenth of the cases choose the epoch."""
-    recs = load_landmark_source(args.data).records
-    groups = np.array([r.group for r in recs])
-    ok = np.array([i for i, r in enumerate(recs) if not implausibility(r.landmarks)])
-    fit_idx, val_idx = fit_val_split(groups, ok, 0.1, 0, 0)
+    """The refiner to ship, as ``spinexr landmarks train --stage refiner`` trains it (every film with plausible
+    labels; a tenth of the cases choose the epoch), with this script's recipe flags."""
     cfg = replace(RefineConfig(), epochs=args.epochs, crop=args.crop, encoder=args.encoder,
                   jitter_deg=args.jitter_deg, jitter_centre=args.jitter_centre)
-    data = prepare_refine_data([recs[i] for i in np.concatenate([fit_idx, val_idx])], cfg.film_height)
-    fit_pos, val_pos = np.arange(len(fit_idx)), np.arange(len(fit_idx), len(fit_idx) + len(val_idx))
     run_dir = args.run_dir or Path("runs") / "refine_final"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    refiner = VertebraRefiner(LandmarkNet(cfg.encoder, out_channels=4), crop=cfg.crop, span=cfg.span,
-                              film_height=cfg.film_height, iterations=args.passes)
-    fit = fit_refiner(refiner, data, fit_pos, val_pos, cfg,
-                      FitOptions(run_dir / "checkpoint.pt", resume=args.resume, max_minutes=_budget(args)))
-    summary = {"source": str(args.data), "n_train": len(fit_idx), "n_val": len(val_idx), "split": "all films",
-               "labels_implausible_left_out": int(len(recs) - len(ok)), "command": head["command"],
-               "trained_on": head["machine"]["cpu"], "train_seconds": fit["train_seconds"],
-               "epochs_run": len(fit["history"]), "best_epoch": fit["best_epoch"], "passes": args.passes}
-    save_refiner_model(refiner, run_dir / "refiner.safetensors", cfg.to_dict(), summary)
+    rec = train_refiner(args.data, cfg, run_dir, FitOptions(resume=args.resume, max_minutes=_budget(args)),
+                        passes=args.passes)
+    rec.pop("verb")
     write_result(f"aasce_refine_{args.tag or 'final'}.json",
-                 {**head, "final": True, "refiner_settings": cfg.to_dict(), **summary,
-                  "training": {k: v for k, v in fit.items() if k != "history"}, "history": fit["history"],
+                 {**head, "final": True, **rec, "command": head["command"], "trained_on": head["machine"]["cpu"],
                   "wall_seconds": time.perf_counter() - t0})
     return 0
 

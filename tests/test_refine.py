@@ -4,6 +4,7 @@ its corner error."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -520,3 +521,23 @@ def test_a_two_stage_view_check_judges_a_refined_film_from_both_stages(refiner_f
         alone = SpineMeasurer(lm).measure(img)
     assert alone.first_stage is None and alone.view is None
     assert "reads the vertebra refiner's corners too" in caplog.text
+
+
+def test_the_refiner_has_a_verb(synth_dir: Path, tmp_path: Path, capsys) -> None:
+    """`spinexr landmarks train --stage refiner` trains the shipped kind of refiner on a landmark set and writes a
+    file a bundle takes; flags that are not a refiner's setting are refused by name."""
+    from spinexr.cli import main
+    from spinexr.deploy.modelfile import model_kind, raw_metadata
+
+    out = tmp_path / "ref"
+    assert main(["landmarks", "train", "--stage", "refiner", "--data", str(synth_dir / "landmarks.csv"), "--out",
+                 str(out), "--epochs", "1", "--batch-size", "64", "--quiet"]) == 0
+    said = capsys.readouterr().out
+    f = out / "models" / "refiner.safetensors"
+    assert model_kind(f) == "refiner" and "refiner.safetensors" in said
+    meta = raw_metadata(f)
+    rec = json.loads((out / "metrics.json").read_text())
+    assert meta["settings"]["epochs"] == 1 and rec["epochs_run"] == 1 and rec["n_train"] + rec["n_val"] > 1
+    assert main(["landmarks", "train", "--stage", "refiner", "--data", str(synth_dir / "landmarks.csv"), "--out",
+                 str(tmp_path / "bad"), "--input-height", "256", "--quiet"]) == 2
+    assert "--input-height: not a setting of the vertebra refiner" in capsys.readouterr().err

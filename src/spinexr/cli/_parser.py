@@ -237,6 +237,12 @@ def _add_landmarks(sub: Sub) -> None:
             c.add_argument("--init", metavar="MODEL", help="fine-tune this landmark model file: its weights and "
                            "contract, 10 epochs at a tenth of its learning rate unless set (e.g. on saved "
                            "corrections: --data DIR/latest.csv)")
+            c.add_argument("--stage", choices=["landmarks", "refiner"], default="landmarks",
+                           help="landmarks: the whole-spine landmark model; refiner: the vertebra refiner, its second "
+                                "stage, trained on every film with plausible corners (--encoder, --epochs, --seed, "
+                                "--batch-size, --lr, --weight-decay, --warmup-epochs, --patience apply)")
+            c.add_argument("--passes", type=int, default=1, help="with --stage refiner: how many times the refiner "
+                           "reads its crops when it measures")
         c.add_argument("--config", help="YAML file with a landmarks: section (and data:, out:); flags override it")
         c.add_argument("--data", help="an AASCE folder (images/, labels/) or a landmark CSV")
         c.add_argument("--out", help="run folder (default runs/landmarks-<verb>-<time>)")

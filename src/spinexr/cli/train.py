@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from spinexr.cli._common import run_dir, say
-from spinexr.config import CVConfig, TrainConfig, resolve, resolve_landmarks
+from spinexr.config import CVConfig, LandmarkConfig, TrainConfig, resolve, resolve_landmarks
+from spinexr.engine.refine import RefineConfig
+from spinexr.engine.state import FitOptions
 from spinexr.errors import SpinexrError
 from spinexr.evaluation.cv import landmark_stages, run_cv
 from spinexr.evaluation.external import evaluate_model
 from spinexr.evaluation.holdout import run_train
 from spinexr.evaluation.landmark_cv import LandmarkCVResult, init_settings, run_landmark_cv
 from spinexr.evaluation.landmark_eval import evaluate_landmarks, evaluation_lines, measurer_for, write_evaluation
+from spinexr.evaluation.refiner_train import train_refiner
 from spinexr.evaluation.report import external_lines, headline
 from spinexr.evaluation.results import RunResult
 from spinexr.pipeline import PipelineSpec
@@ -135,7 +138,32 @@ def landmark_lines(res: LandmarkCVResult, out: Path, folds: int) -> list[str]:
             f"height; {res.implausible_predictions} predicted spine(s) refused as implausible", model]
 
 
+def _refiner(args: argparse.Namespace, top: dict[str, Any]) -> int:
+    """``landmarks train --stage refiner``: the recipe from the flags that apply to a refiner."""
+    given = {k: v for k, v in vars(args).items() if k in LandmarkConfig.__dataclass_fields__ and v is not None}
+    known = set(RefineConfig.__dataclass_fields__)
+    wrong = sorted(k for k in given if k not in known)
+    if wrong or getattr(args, "init", None):
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in wrong) or "--init"
+        raise SpinexrError(f"{flags}: not a setting of the vertebra refiner; --stage refiner takes --encoder, --epochs, "
+                           "--seed, --batch-size, --lr, --weight-decay, --warmup-epochs and --patience")
+    if args.passes < 1:
+        raise SpinexrError(f"--passes {args.passes}: give 1 or more")
+    cfg = replace(RefineConfig(), **given)
+    out = run_dir(top["out"], "landmarks-refiner", args.force)
+    rec = train_refiner(top["data"], cfg, out, FitOptions(progress=not args.quiet, desc="refiner",
+                                                           max_minutes=args.max_minutes), passes=args.passes)
+    say(f"trained on {rec['n_train']} films, {rec['n_val']} choosing the epoch ({rec['epochs_run']} epochs, best "
+        f"{rec['best_epoch']}, {rec['train_seconds'] / 60:.1f} min); {rec['labels_implausible_left_out']} films left out "
+        "for implausible labelled corners",
+        f"model file: {out / 'models' / 'refiner.safetensors'} (add it to a bundle with `spinexr bundle create ... "
+        "--refiner`)")
+    return 0
+
+
 def landmarks(args: argparse.Namespace) -> int:
+    if getattr(args, "stage", "landmarks") == "refiner":
+        return _refiner(args, resolve_landmarks(args)[0])
     top, cfg = resolve_landmarks(args)
     init = getattr(args, "init", None)
     if init:  # fine-tuning: the parent's settings and contract, a short schedule, then what was set here
