@@ -108,7 +108,7 @@ def test_cv_killed_mid_fold_resumes_to_the_same_out_of_fold_predictions(synth_di
     predictions."""
     import csv
 
-    args = ["cv", "--data", str(synth_dir), "--models", "small", "--folds", "2", "--epochs", "3", "--image-size", "40",
+    args = ["cv", "--data", str(synth_dir), "--models", "small", "--folds", "2", "--epochs", "2", "--image-size", "40",
             "--batch-size", "8", "--device", "cpu", "--bootstrap", "20", "--quiet"]
     ref = tmp_path / "ref"
     subprocess.run(_cli(*args, "--out", str(ref)), check=True, env=ENV, timeout=600)
@@ -120,7 +120,7 @@ def test_cv_killed_mid_fold_resumes_to_the_same_out_of_fold_predictions(synth_di
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "metrics.json").exists() and not (run / "folds" / "small_r0_f1.json").exists()
-    assert _ck_epoch(run / "checkpoints" / "small_r0_f1.pt") < 2  # killed with fold 1's epochs left to train
+    assert _ck_epoch(run / "checkpoints" / "small_r0_f1.pt") == 0  # killed with fold 1's last epoch left to train
     f0 = (run / "folds" / "small_r0_f0.json").stat().st_mtime_ns
     subprocess.run(_cli("cv", "--resume", str(run), "--quiet"), check=True, env=ENV, timeout=600)
     assert (run / "folds" / "small_r0_f0.json").stat().st_mtime_ns == f0  # the finished fold was not redone

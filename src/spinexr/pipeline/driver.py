@@ -74,7 +74,7 @@ def run_films(pipeline: Pipeline, paths: list[Path], sinks: list[Sink], executor
     writers = [s for s in sinks if not s.draws]
     opened: list[Sink] = []
     summary = RunSummary(Tally())
-    bar = None
+    bar, failed = None, False
     try:
         for s in sinks:
             s.open(info)
@@ -96,14 +96,31 @@ def run_films(pipeline: Pipeline, paths: list[Path], sinks: list[Sink], executor
             if on_batch is not None:
                 on_batch(docs)
             bar.update(len(docs))
+    except BaseException:
+        failed = True
+        raise
     finally:
         if bar is not None:
             bar.close()
-        for s in opened:
-            line = s.close()
-            if line:
-                summary.lines.append(line)
+        _close(opened, summary, failed)
     return summary
+
+
+def _close(opened: list[Sink], summary: RunSummary, failed: bool) -> None:
+    """Close every opened sink, each whatever the others do; a sink that fails to close is raised only when
+    the run itself did not fail (the run's own error says more), and logged otherwise."""
+    errors: list[BaseException] = []
+    for s in opened:
+        try:
+            line = s.close()
+        except Exception as e:  # noqa: BLE001 - every other sink still closes; the first error is raised below
+            errors.append(e)
+            log.warning("closing %s: %s", type(s).__name__, e)
+            continue
+        if line:
+            summary.lines.append(line)
+    if errors and not failed:
+        raise errors[0]
 
 
 def predict_paths(pipeline: Pipeline, paths: list[Path], sinks: list[Sink] | None = None,
