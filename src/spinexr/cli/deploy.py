@@ -91,8 +91,9 @@ def predict(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args, source)
     res = run_films(pipeline, films.paths, sinks, executor, progress=not args.quiet,
                     on_batch=None if args.out else lambda docs: say(*(summary_line(d) for d in docs)))
-    say(*[line for line in res.lines if line.startswith("wrote ")])
-    say(*[line for line in res.lines if not line.startswith("wrote ")], err=True)
+    if args.out:
+        say(f"wrote {args.out}")
+    say(*res.lines, err=True)
     if films.line():
         say(films.line(), err=True)  # type: ignore[arg-type]
     say(res.tally.line(), err=True)

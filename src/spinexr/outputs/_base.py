@@ -34,14 +34,13 @@ class RunInfo:
     Args:
         labels: the classifier's labels (CSV columns).
         digest: the bundle's digest (None: a pipeline without a bundle).
-        settings: the settings that shape a document (:meth:`~spinexr.pipeline.spec.PipelineSpec.document_settings`).
-        resume: continue what an interrupted run wrote.
+        settings: what the pipeline says of the settings that shape a document (its ``backend`` and
+            ``landmarks``, as each document's ``model`` records them).
     """
 
     labels: list[str]
     digest: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
-    resume: bool = False
 
 
 class Sink:

@@ -272,13 +272,13 @@ class ResultFile(Sink):
             self._fold(self._read_journal())
 
     def close(self) -> str | None:
-        """Fold everything the journal holds into the output."""
+        """Fold everything the journal holds into the output (``predict`` says where it wrote)."""
         try:
             if self.journal.exists():
                 self._fold(self._read_journal())
         except OSError as e:
             raise write_failed(self.out, e) from None
-        return f"wrote {self.out}" if self.columns else None
+        return None
 
 
 __all__ = ["FORMATS", "ResultFile", "Tally"]

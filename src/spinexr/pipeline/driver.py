@@ -37,14 +37,13 @@ class RunSummary:
 
     tally: Tally
     lines: list[str] = field(default_factory=list)
-    skipped_resume: int = 0
 
 
-def run_info(pipeline: Pipeline, resume: bool = False) -> RunInfo:
+def run_info(pipeline: Pipeline) -> RunInfo:
     """What the sinks learn of this pipeline: labels, bundle digest, and the settings that shape a document."""
     info = pipeline.model_info
     return RunInfo(labels=list(pipeline.labels), digest=info.get("bundle_digest"),
-                   settings={"backend": info.get("backend"), "landmarks": info.get("landmarks")}, resume=resume)
+                   settings={"backend": info.get("backend"), "landmarks": info.get("landmarks")})
 
 
 def run_films(pipeline: Pipeline, paths: list[Path], sinks: list[Sink], executor: Executor | None = None, *,
@@ -68,8 +67,7 @@ def run_films(pipeline: Pipeline, paths: list[Path], sinks: list[Sink], executor
         s.check(pipeline)
     if hasattr(executor, "prepare"):  # e.g. reach a Ray cluster before any output is opened
         executor.prepare()
-    resume = any(getattr(s, "resume", False) for s in sinks)
-    info = run_info(pipeline, resume)
+    info = run_info(pipeline)
     drawers = [s for s in sinks if s.draws]
     writers = [s for s in sinks if not s.draws]
     opened: list[Sink] = []
@@ -79,12 +77,11 @@ def run_films(pipeline: Pipeline, paths: list[Path], sinks: list[Sink], executor
         for s in sinks:
             s.open(info)
             opened.append(s)
-        todo = list(enumerate(paths))
-        result = next((s for s in sinks if isinstance(s, ResultFile)), None)  # the run's resume state
-        if result is not None and result.done:
-            todo = [(i, p) for i, p in todo if not result.holds(p)]
-            summary.skipped_resume = len(paths) - len(todo)
-            log.info("resuming: %d of %d films already in %s", summary.skipped_resume, len(paths), result.out)
+        # The resume state: films an output already holds (the result file: the same path and content) are left out.
+        todo = [(i, p) for i, p in enumerate(paths) if not any(s.holds(p) for s in sinks)]
+        if len(todo) < len(paths):
+            log.info("resuming: %d of %d films already in the output", len(paths) - len(todo), len(paths))
+        result = next((s for s in sinks if isinstance(s, ResultFile)), None)  # counts the films of earlier runs too
         summary.tally = result.tally if result is not None else summary.tally
         bar = tqdm(total=len(todo), desc="predicting", unit="film", disable=not progress, smoothing=0.1)
         for docs in executor.documents(pipeline, todo, drawers):

@@ -86,11 +86,5 @@ class PipelineSpec:
             d["onnx_path"] = args.onnx
         return cls(source=source, **d)
 
-    def document_settings(self) -> dict[str, Any]:
-        """The settings that change what a prediction document says (a resumed output refuses others)."""
-        return {"landmarks": None if self.no_landmarks else self.landmarks, "no_landmarks": self.no_landmarks,
-                "backend": self.backend or ("onnx" if self.onnx_path or str(self.source or "").endswith(".onnx")
-                                            else "torch")}
-
 
 __all__ = ["BACKENDS", "PipelineSpec"]
