@@ -296,8 +296,7 @@ def landmark_timing(model: Path, films: list[Path], threads: int, work: Path) ->
 
     from spinexr.data.imread import read_image
     from spinexr.deploy.export import export_landmark_onnx
-    from spinexr.deploy.modelfile import load_landmark_model
-    from spinexr.deploy.predictor import _ort_session
+    from spinexr.deploy.modelfile import load_landmark_model, onnx_session
     from spinexr.geometry.cobb import cobb_angles
     from spinexr.geometry.plausibility import implausibility
 
@@ -305,7 +304,7 @@ def landmark_timing(model: Path, films: list[Path], threads: int, work: Path) ->
     weight = float(meta.get("centreline_weight", 0.0))  # read as the model file says
     onnx = work / "landmarks.onnx"
     rep = export_landmark_onnx(model, onnx, parity_images=films[:4])
-    sess, _ = _ort_session(onnx, threads)
+    sess, _ = onnx_session(onnx, threads)
     c = pred.contract
 
     def eager(x: np.ndarray) -> np.ndarray:

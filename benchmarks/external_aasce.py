@@ -131,7 +131,7 @@ def _kauh_side(pipeline: Pipeline, a: argparse.Namespace) -> KauhSide:
     label, meas, views = [], [], []
     for p in tqdm(kauh.paths, desc="KAUH", unit="film"):
         img, _ = read_image(p)
-        pr = pred.predict_image(img, str(p))
+        pr = pred.predict_image(img)
         label.append((pr.label, pr.probabilities))
         m = measurer.measure(img)
         meas.append(m)
@@ -210,7 +210,7 @@ def _aasce_films(pipeline: Pipeline, run: Path, rule: DecisionRule, check: ViewC
     f = AasceFilms()
     for r in tqdm(read_aasce(AASCE).records, desc="AASCE", unit="film"):
         img, _ = read_image(r.path)
-        pr = pred.predict_image(img, str(r.path))
+        pr = pred.predict_image(img)
         f.probs.append([pr.probabilities[c] for c in classes])
         f.labels.append(pr.label)
         f.true.append(float(np.max(r.angles)))

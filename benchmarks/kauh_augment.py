@@ -64,7 +64,7 @@ def aasce_check(model_file: Path, aasce: Path) -> dict:
     probs, true = [], []
     for r in ds.records:
         img, _ = read_image(r.path)
-        p = pred.predict_image(img, str(r.path))
+        p = pred.predict_image(img)
         probs.append([p.probabilities[c] for c in classes])
         true.append(float(np.max(r.angles)))
     y = np.full(len(true), classes.index("Scoliosis"))

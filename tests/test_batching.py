@@ -12,6 +12,7 @@ import pytest
 
 from spinexr.data.imread import read_image
 from spinexr.deploy.batching import MicroBatcher, QueueFull
+from spinexr.deploy.prediction import Classification
 from spinexr.deploy.predictor import Predictor
 from spinexr.errors import SpinexrError
 
@@ -22,6 +23,12 @@ def _wait_for(cond, what: str, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+
+def _answered(c: Classification) -> bool:
+    """A caller got its own classification: a label and probabilities that sum to one."""
+    return isinstance(c, Classification) and c.label in c.probabilities and abs(sum(c.probabilities.values()) - 1) < 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,7 @@ def test_batches_never_exceed_max_batch_and_keep_order(trained_model: Path, imag
         with b.model_lock:
             futs = [ex.submit(b.predict, img) for img in images]
             _wait_for(lambda: len(b._pending) == 8, "eight queued callers")
-        assert all(f.result(timeout=60).status == "ok" for f in futs)
+        assert all(_answered(f.result(timeout=60)) for f in futs)
     assert max(b.batch_sizes) <= 3 and sum(k * v for k, v in b.batch_sizes.items()) == 8
 
 
@@ -63,7 +70,7 @@ def test_a_full_queue_refuses_at_once(trained_model: Path, images) -> None:
             _wait_for(lambda: len(b._pending) == 2, "two queued callers")
             with pytest.raises(QueueFull, match="limit 2"):
                 b.predict(images[2])
-        assert all(f.result(timeout=60).status == "ok" for f in futs)
+        assert all(_answered(f.result(timeout=60)) for f in futs)
 
 
 def test_one_bad_image_does_not_fail_the_others_in_its_batch(trained_model: Path, images) -> None:
@@ -73,7 +80,7 @@ def test_one_bad_image_does_not_fail_the_others_in_its_batch(trained_model: Path
         with b.model_lock:
             futs = [ex.submit(b.predict, x) for x in (images[0], bad, images[1])]
             _wait_for(lambda: len(b._pending) == 3, "three queued callers")
-        assert futs[0].result(timeout=60).status == "ok" and futs[2].result(timeout=60).status == "ok"
+        assert _answered(futs[0].result(timeout=60)) and _answered(futs[2].result(timeout=60))
         with pytest.raises(ValueError):  # the caller with the bad image gets its own error
             futs[1].result(timeout=60)
     assert b.batch_sizes[3] == 1 and b.batch_sizes[1] == 3  # the failed batch, then one by one
@@ -106,12 +113,12 @@ def test_service_answers_503_with_retry_after_when_the_queue_is_full(trained_mod
 def test_the_worker_ends_when_idle_and_a_new_one_serves_the_next_call(trained_model: Path, images) -> None:
     b = MicroBatcher(Predictor(trained_model), max_batch=2, max_queue=4)
     b.idle_seconds = 0.05
-    assert b.predict(images[0]).status == "ok"
+    assert _answered(b.predict(images[0]))
     first = b._worker
     assert first is not None
     first.join(timeout=30)
     assert not first.is_alive() and b._worker is None
-    assert b.predict(images[1]).status == "ok"
+    assert _answered(b.predict(images[1]))
     second = b._worker
     assert second is not None and second is not first
     b.close()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from spinexr.cli import main
+from spinexr.data.decoding import Decoded
 from spinexr.data.imread import list_images, read_image
 from spinexr.deploy.bundle import MANIFEST, load_bundle, write_bundle
 from spinexr.deploy.decision import RULE_VERSION
@@ -127,14 +128,37 @@ def test_the_pipeline_is_its_parts(bundle_dir: Path, synth_dir: Path) -> None:
     b = load_bundle(bundle_dir)
     p = Pipeline.load(bundle_dir)
     img, meta = read_image(sorted(list_images(synth_dir / "Normal"))[0])
-    whole = p.predict_image(img, "f", meta)
-    alone = Predictor(b.classifier).predict_image(img, "f").with_file_checks(meta)
+    whole = p.predict_decoded([Decoded("f", None, img, meta)])[0]
+    alone = Predictor(b.classifier).predict_image(img)
     measurer = SpineMeasurer(b.landmarks)
     measurer.view_check = b.view_check
     m = measurer.measure(img)
     assert whole.probabilities == alone.probabilities
     assert np.array_equal(whole.spine.landmarks, m.landmarks) and whole.spine.view == m.view
     assert whole.decision == b.rule.decide(alone.label, alone.probabilities, m)
+
+
+def test_a_prediction_is_built_once_and_never_changed(bundle_dir: Path, synth_dir: Path, tmp_path: Path) -> None:
+    """A film's Prediction is frozen through and through (its measurement, probabilities, timings); an output
+    that draws returns a changed copy, and the document of the original is what it was."""
+    import pickle
+
+    from spinexr.outputs.images import OverlaySink
+
+    p = Pipeline.load(bundle_dir)
+    pred, img = p.predict_file(sorted(list_images(synth_dir / "Scoliosis"))[0])
+    before = json.dumps(pred.to_document())
+    for change in (lambda: setattr(pred, "label", "Normal"), lambda: setattr(pred.spine, "view", "x"),
+                   lambda: pred.probabilities.__setitem__("Normal", 1.0), lambda: pred.model.__setitem__("bundle", "x"),
+                   lambda: pred.timing_ms.__setitem__("landmarks", 0.0)):
+        with pytest.raises((AttributeError, TypeError)):
+            change()
+    drawn = OverlaySink(tmp_path / "overlays").draw(p, pred, img, 0)
+    assert drawn is not pred and Path(drawn.overlay).is_file() and drawn.to_document()["files"]["overlay"] == drawn.overlay
+    assert json.dumps(pred.to_document()) == before and pred.overlay == ""
+    assert pickle.loads(pickle.dumps(drawn)).to_document() == drawn.to_document()  # --jobs and Ray carry it
+    with pytest.raises(ValueError, match="unknown drawn file kinds"):
+        pred.with_file("thumbnail", tmp_path / "t.png")
 
 
 def test_a_changed_or_foreign_bundle_is_refused(bundle_dir: Path, tmp_path: Path, tiny_models: dict[str, Path]) -> None:

@@ -119,7 +119,7 @@ def explain(args: argparse.Namespace) -> int:
         args.no_landmarks = True  # the bundled classifier alone, unless --landmarks asks for the measurement
     pipeline = load_pipeline(args, source)
     img, _ = read_image(image)
-    p = pipeline.predictor.predict_image(img, image)
+    p = pipeline.predictor.predict_image(img)
     target = pipeline.labels.index(args.target) if args.target else None
     heat, t = pipeline.explain(img, args.method, target)
     Image.fromarray(overlay(img, heat)).save(out)

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from spinexr.deploy.predictor import Prediction, Predictor
+from spinexr.deploy.prediction import Classification
+from spinexr.deploy.predictor import Predictor
 from spinexr.errors import SpinexrError
 
 
@@ -56,7 +57,7 @@ class MicroBatcher:
         self._stop = False
         _LIVE_BATCHERS.add(self)
 
-    def predict(self, img: np.ndarray) -> Prediction:
+    def predict(self, img: np.ndarray) -> Classification:
         slot: dict[str, Any] = {"img": img, "event": threading.Event()}
         with self._cv:
             if len(self._pending) >= self.max_queue:

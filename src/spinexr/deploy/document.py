@@ -1,6 +1,6 @@
 """The prediction document: the one wire format of a prediction, versioned, with a committed JSON Schema.
 
-Every output is made from :meth:`~spinexr.deploy.predictor.Prediction.to_document`: ``predict``'s JSON,
+Every output is made from :meth:`~spinexr.deploy.prediction.Prediction.to_document`: ``predict``'s JSON,
 JSON Lines and CSV (:func:`flatten`, the same fields one level deep), the service's ``POST /v1/predict``,
 the page and the demo. The schema (``prediction.schema.json`` beside this module, :func:`schema`) is the
 contract for programs that read it; a change that removes or renames a field bumps :data:`SCHEMA`.

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from spinexr.data.imread import file_digest, read_image
-from spinexr.deploy.modelfile import load_landmark_model, load_refiner_model, model_kind
-from spinexr.deploy.predictor import Predictor, _ort_session
+from spinexr.deploy.modelfile import load_landmark_model, load_refiner_model, model_kind, onnx_session
+from spinexr.deploy.predictor import Predictor
 from spinexr.errors import SpinexrError
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def quantize_landmark_int8(onnx_path: str | Path, out: str | Path, calibration_i
     contract; the nodes of the modules named in ``keep_fp32`` stay in FP32."""
     from spinexr.data.contract import DataConfig
 
-    _, meta = _ort_session(Path(onnx_path), None)
+    _, meta = onnx_session(Path(onnx_path), None)
     c = DataConfig.from_meta(meta)
     x = np.concatenate([c.to_input(read_image(p)[0])[0].astype(np.float32)[None, None] / 255.0
                         for p in calibration_images])
@@ -151,7 +151,7 @@ def quantize_refiner_int8(onnx_path: str | Path, out: str | Path, crops: np.ndar
     """:func:`quantize_int8` for a vertebra refiner's crop reading (:func:`export_refiner_onnx`),
     calibrated on ``crops`` ((N, 1, S, S) in [0, 1], cut as deployed: around a first stage's corners),
     ``batch`` crops a calibration step; the nodes of the modules named in ``keep_fp32`` stay in FP32."""
-    _, meta = _ort_session(Path(onnx_path), None)
+    _, meta = onnx_session(Path(onnx_path), None)
     return _quantize_static(Path(onnx_path), Path(out), crops.astype(np.float32), meta,
                             exclude=_module_nodes(onnx_path, keep_fp32), input_name="crops", step=batch)
 
@@ -266,7 +266,7 @@ def export_landmark_onnx(model_path: str | Path, out: str | Path, opset: int = 1
                             for p in parity_images])
         with torch.no_grad():
             pt_torch = pred(torch.from_numpy(x))[0].numpy()
-        sess, _ = _ort_session(out, None)
+        sess, _ = onnx_session(out, None)
         pt_ort = sess.run(["landmarks"], {"image": x})[0]
         diff = float(np.abs(pt_torch - pt_ort).max())
         if diff > tol:
@@ -305,7 +305,7 @@ def export_refiner_onnx(model_path: str | Path, out: str | Path, opset: int = 17
     crops = torch.rand(17, 1, ref.crop, ref.crop, generator=x)
     with torch.no_grad():
         want = reader(crops).numpy()
-    sess, _ = _ort_session(tmp, None)
+    sess, _ = onnx_session(tmp, None)
     got = sess.run(["corners"], {"crops": crops.numpy()})[0]
     diff = float(np.abs(want - got).max())
     if diff > tol:

@@ -4,7 +4,7 @@ Cobb angles with end vertebrae and band, or the reasons a predicted spine was re
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,7 @@ import torch
 
 from spinexr.data.contract import DataConfig, Placement, fit_to_box
 from spinexr.deploy.decision import DecisionRule
-from spinexr.deploy.modelfile import landmark_metadata, load_landmark_model, load_refiner_model
-from spinexr.deploy.predictor import _ort_session
+from spinexr.deploy.modelfile import landmark_metadata, load_landmark_model, load_refiner_model, onnx_session
 from spinexr.errors import SpinexrError, WeightsError
 from spinexr.geometry.cobb import BAND_TEXT, CobbResult, cobb_angles, tilt_gain, widen_tilts
 from spinexr.geometry.overlay import draw_overlay
@@ -26,13 +25,14 @@ from spinexr.models.refine import refiner_box
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Measurement:
-    """One film's measurement. ``result`` is None when the predicted spine is implausible (``refused``)."""
+    """One film's measurement (immutable). ``result`` is None when the predicted spine is implausible
+    (``refused`` says why)."""
 
     landmarks: np.ndarray  # (17, 4, 2) film pixels
     result: CobbResult | None
-    refused: list[str] = field(default_factory=list)
+    refused: tuple[str, ...] = ()
     confidence: float = 0.0  # mean heatmap peak (0..1)
     # The view check's answer (spinexr.geometry.view), None when the landmark model file has no check.
     view: str | None = None
@@ -42,11 +42,14 @@ class Measurement:
     # The first stage's corners where ``landmarks`` are the refiner's (what a two-stage view check reads); not output.
     first_stage: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "refused", tuple(self.refused))
+
     def to_dict(self) -> dict[str, Any]:
         """The same keys for every film (nulls where a refused spine or a file without a view check has
         none), so a CSV flattening has the same columns whatever the films."""
         curve = {"angle": None, "upper_end": None, "lower_end": None, "apex": None}
-        d: dict[str, Any] = {"plausible": self.result is not None, "refused": self.refused, "confidence": self.confidence,
+        d: dict[str, Any] = {"plausible": self.result is not None, "refused": list(self.refused), "confidence": self.confidence,
                              "view": self.view, "full_spine_probability": self.view_probability,
                              "largest": None, "band": None, "bands": BAND_TEXT, "shape": None, "centreline_weight": None,
                              "pt": curve, "mt": dict(curve), "tl": dict(curve)}
@@ -76,7 +79,7 @@ class SpineMeasurer:
             raise SpinexrError("the onnx backend needs the landmark model's ONNX export: "
                                "`spinexr export LANDMARK_MODEL --onnx landmarks.onnx`")
         self.backend = backend
-        self.session = _ort_session(Path(onnx_path), threads)[0] if backend == "onnx" else None
+        self.session = onnx_session(Path(onnx_path), threads)[0] if backend == "onnx" else None
         self.contract = DataConfig.from_meta(self.meta)
         self.rule = DecisionRule.from_meta(self.meta)
         # Files written before the centreline reading: each vertebra's own corners alone.
@@ -99,7 +102,7 @@ class SpineMeasurer:
         except ValueError as e:
             raise WeightsError(f"{refiner}: malformed vertebra refiner ({e}); use the file as spinexr wrote it") from e
         # With the onnx backend the refiner's crops are read by its export (they are still cut by PyTorch).
-        self.refiner_session = (_ort_session(Path(refiner_onnx_path), threads)[0]
+        self.refiner_session = (onnx_session(Path(refiner_onnx_path), threads)[0]
                                 if self.refiner is not None and refiner_onnx_path is not None else None)
         try:
             self.view_check = ViewCheck.from_meta(self.meta)

@@ -282,6 +282,37 @@ def load_refiner_model(path: str | Path, device: str | torch.device = "cpu",
     return ref.to(device).eval(), meta
 
 
+def onnx_session(path: str | Path, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """An onnxruntime session on an exported model file, and the spinexr metadata the export carries.
+
+    Args:
+        path: the ``.onnx`` file (made by ``spinexr export``).
+        threads: intra-op threads (None: onnxruntime's default).
+
+    Returns:
+        the session and the metadata.
+    """
+    path = Path(path)
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise SpinexrError("the onnx backend needs onnxruntime: pip install 'spinexr[export]'") from e
+    if not path.is_file():
+        raise SpinexrError(f"{path}: ONNX file not found; export one with `spinexr export MODEL --onnx {path}`")
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise SpinexrError(f"{path}: onnxruntime cannot load it ({e})") from e
+    md = sess.get_modelmeta().custom_metadata_map
+    if "spinexr" not in md:
+        raise SpinexrError(f"{path}: an ONNX file without spinexr metadata; export it with `spinexr export`")
+    return sess, json.loads(md["spinexr"])
+
+
 def model_kind(path: str | Path) -> str:
     """``classifier``, ``landmarks`` or ``refiner``, from a spinexr model file's metadata."""
     fmt = raw_metadata(path).get("format")

@@ -3,15 +3,15 @@
 :class:`Predictor` runs a model file's inference graph (:class:`~spinexr.models.inference.InferenceModule`)
 on files, in PyTorch or, exported to ONNX, in onnxruntime, fed the same uint8 square from
 :meth:`~spinexr.data.contract.DataConfig.to_input`, scaled to [0, 1], that evaluation feeds it.
-:class:`Prediction` is one film's result; its :meth:`~Prediction.to_document` is the wire format.
+:class:`~spinexr.deploy.prediction.Classification` is its answer for one film; a film's whole result is a
+:class:`~spinexr.deploy.prediction.Prediction`, whose :meth:`~spinexr.deploy.prediction.Prediction.to_document`
+is the wire format.
 A bundle's classifier, landmark model and decision rule run together in :class:`~spinexr.pipeline.Pipeline`.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,85 +21,11 @@ import torch.nn as nn
 
 from spinexr.data.contract import DataConfig, Placement
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, read_image
-from spinexr.deploy.document import SCHEMA
-from spinexr.deploy.modelfile import load_inference, read_metadata
+from spinexr.deploy.modelfile import load_inference, onnx_session, read_metadata
+from spinexr.deploy.prediction import Classification, Prediction
 from spinexr.errors import ImageReadError, SpinexrError
 from spinexr.explain import cam_ready, explain_image
 from spinexr.models.inference import InferenceModule
-from spinexr.models.ood import input_checks
-
-
-@dataclass
-class Prediction:
-    """One file's result; ``status`` is ``ok`` or ``error`` (then ``reason`` says why, and ``kind`` is
-    the :class:`~spinexr.errors.ReadErrorKind`). :meth:`to_document` is its one wire format.
-
-    ``ood`` is True when the feature score is over the threshold or the file itself says it is not a
-    spine radiograph (``ood_reasons``); ``warnings`` hold what the decoders said about the file.
-    """
-
-    path: str
-    status: str
-    reason: str = ""
-    kind: str = ""
-    label: str = ""
-    probabilities: dict[str, float] = field(default_factory=dict)
-    ood_score: float | None = None
-    ood: bool | None = None
-    ood_reasons: list[str] = field(default_factory=list)
-    ood_threshold: float | None = None
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    heatmap: str = ""
-    spine: Any = None  # a spinexr.deploy.measure.Measurement when a landmark model measured the film
-    overlay: str = ""
-    decision: Any = None  # a spinexr.deploy.decision.Decision: ``label`` is then its label
-    image: tuple[int, int] | None = None  # (width, height) of the decoded film
-    model: dict[str, Any] = field(default_factory=dict)  # which bundle made it (Pipeline.model_info)
-    timing_ms: dict[str, float] | None = None
-    sha256: str | None = None  # of the file's bytes (None where it could not be read at all)
-
-    @classmethod
-    def unreadable(cls, path: str | Path, e: ImageReadError) -> Prediction:
-        """The result of a file that could not be read: its reason and kind, and the decoders' notes."""
-        return cls(path=str(path), status="error", reason=e.reason, kind=e.kind.value, warnings=list(e.notes))
-
-    def decide(self, rule: Any) -> Prediction:
-        """Let the measured curve answer the classifier (see :mod:`spinexr.deploy.decision`)."""
-        if self.status == "ok":
-            self.decision = rule.decide(self.label, self.probabilities, self.spine)
-            self.label = self.decision.label
-        return self
-
-    def with_file_checks(self, meta: Any) -> Prediction:
-        """Add what the file says about itself (:func:`spinexr.ood.input_checks`) and its read warnings."""
-        reasons = input_checks(meta)
-        if self.ood_score is not None and self.ood:
-            reasons = [f"feature score {self.ood_score:.1f} over the threshold"] + reasons
-        self.ood_reasons = reasons
-        self.ood = bool(reasons) if (self.ood is not None or reasons) else None
-        self.warnings = list(getattr(meta, "warnings", []) or [])
-        return self
-
-    def to_document(self) -> dict[str, Any]:
-        """The prediction document (:mod:`spinexr.deploy.document`): numbers as numbers, the OOD flag a
-        boolean (null without a detector), the corners in film pixels to 0.01 px."""
-        ok = self.status == "ok"
-        spine = None
-        if self.spine is not None:
-            spine = {**self.spine.to_dict(), "landmarks": np.round(self.spine.landmarks, 2).tolist()}
-        return {
-            "schema": SCHEMA, "path": self.path, "sha256": self.sha256, "status": self.status,
-            "error": None if ok else {"reason": self.reason, "kind": self.kind},
-            "label": self.label or None, "probabilities": dict(self.probabilities),
-            "ood": {"flag": self.ood, "score": self.ood_score, "threshold": self.ood_threshold,
-                    "reasons": list(self.ood_reasons)},
-            "warnings": list(self.warnings),
-            "image": None if self.image is None else {"width": int(self.image[0]), "height": int(self.image[1])},
-            "spine": spine, "decision": None if self.decision is None else self.decision.to_dict(),
-            "files": {"heatmap": self.heatmap or None, "overlay": self.overlay or None},
-            "model": dict(self.model), "timing_ms": self.timing_ms,
-        }
 
 
 class Predictor:
@@ -136,7 +62,7 @@ class Predictor:
             if onnx_path is None:
                 raise SpinexrError("the onnx backend needs an .onnx file: export one with "
                                    "`spinexr export MODEL --onnx out.onnx`")
-            self.session, onnx_meta = _ort_session(Path(onnx_path), threads)
+            self.session, onnx_meta = onnx_session(Path(onnx_path), threads)
             if self._weights is None:
                 self.meta = onnx_meta
         elif backend != "torch":
@@ -180,32 +106,30 @@ class Predictor:
             lg, pr, sc = module(torch.from_numpy(x).to(self.device))
         return lg.cpu().numpy(), pr.cpu().numpy(), sc.cpu().numpy()
 
-    def predict_image(self, img: np.ndarray, path: str = "") -> Prediction:
-        return self.predict_images([img], [path])[0]
+    def predict_image(self, img: np.ndarray) -> Classification:
+        """The classifier's answer for one decoded film."""
+        return self.predict_images([img])[0]
 
-    def predict_images(self, imgs: list[np.ndarray], paths: list[str] | None = None) -> list[Prediction]:
-        """Predict several decoded images in one model call (``seconds``: each film's share of the call)."""
+    def predict_images(self, imgs: list[np.ndarray]) -> list[Classification]:
+        """The classifier's answers for decoded films, in one model call (``seconds``: each film's share)."""
         t0 = time.perf_counter()
         x = np.concatenate([self.prepare(img)[0] for img in imgs])
         _, pr, sc = self.run(x)
         dt = (time.perf_counter() - t0) / max(1, len(imgs))
-        out = []
-        for i, p in enumerate(pr):
-            score = float(sc[i]) if self.ood_threshold is not None else None
-            out.append(Prediction(path=paths[i] if paths else "", status="ok", label=self.labels[int(p.argmax())],
-                                  probabilities={c: float(v) for c, v in zip(self.labels, p)}, ood_score=score,
-                                  ood=None if score is None else bool(score > self.ood_threshold),
-                                  ood_threshold=self.ood_threshold, seconds=dt,
-                                  image=(int(imgs[i].shape[1]), int(imgs[i].shape[0]))))
-        return out
+        return [Classification(label=self.labels[int(p.argmax())], probabilities={c: float(v) for c, v in zip(self.labels, p)},
+                               ood_score=float(sc[i]) if self.ood_threshold is not None else None,
+                               ood_threshold=self.ood_threshold, seconds=dt,
+                               image=(int(imgs[i].shape[1]), int(imgs[i].shape[0])))
+                for i, p in enumerate(pr)]
 
     def predict_file(self, path: str | Path) -> tuple[Prediction, np.ndarray | None]:
-        """Predict one file; a bad file gives ``status='error'`` with the reason, never an exception."""
+        """The classifier alone on one file, with the file's own checks; a bad file gives ``status='error'``
+        with the reason, never an exception."""
         try:
             img, meta = read_image(path, max_pixels=self.max_pixels)
         except ImageReadError as e:
             return Prediction.unreadable(path, e), None
-        return self.predict_image(img, str(path)).with_file_checks(meta), img
+        return Prediction.of(self.predict_image(img), path, meta=meta), img
 
     def explain(self, img: np.ndarray, method: str = "gradcam", target: int | None = None) -> tuple[np.ndarray, int]:
         """A heatmap in the original image's frame (the letterbox undone)."""
@@ -221,25 +145,4 @@ class Predictor:
         return explain_image(m, self.contract, img, method, target, device=self.device)
 
 
-def _ort_session(path: Path, threads: int | None) -> tuple[Any, dict[str, Any]]:
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise SpinexrError("the onnx backend needs onnxruntime: pip install 'spinexr[export]'") from e
-    if not path.is_file():
-        raise SpinexrError(f"{path}: ONNX file not found; export one with `spinexr export MODEL --onnx {path}`")
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise SpinexrError(f"{path}: onnxruntime cannot load it ({e})") from e
-    md = sess.get_modelmeta().custom_metadata_map
-    if "spinexr" not in md:
-        raise SpinexrError(f"{path}: an ONNX file without spinexr metadata; export it with `spinexr export`")
-    return sess, json.loads(md["spinexr"])
-
-
-__all__ = ["InferenceModule", "Prediction", "Predictor"]
+__all__ = ["InferenceModule", "Predictor"]

@@ -4,6 +4,8 @@ a spine the plausibility check refused, the reason and no angle)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -40,7 +42,7 @@ def endplate_lines(landmarks: np.ndarray, result: CobbResult, width: float) -> d
 
 
 def draw_overlay(img: np.ndarray, landmarks: np.ndarray, result: CobbResult | None,
-                 refused: list[str] | None = None) -> np.ndarray:
+                 refused: Sequence[str] | None = None) -> np.ndarray:
     """An RGB uint8 copy of ``img`` (float [0, 1], H x W) with the measurement drawn on it."""
     h, w = img.shape
     im = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).convert("RGB")

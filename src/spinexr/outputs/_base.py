@@ -4,8 +4,9 @@ A sink is opened once the pipeline is loaded (it learns the labels, the bundle a
 shape a document), may say which films it already holds (the resume state), receives every film's
 prediction, and closes with its line for the end-of-run summary. A sink that draws from the film's
 pixels (overlays, heatmaps) sets ``draws``: its :meth:`Sink.draw` runs beside the pipeline, wherever
-the executor runs it (this process, a ``--jobs`` process, a Ray actor), and names the file it wrote
-in the prediction; every other sink receives the finished document in the driver, in the films' order.
+the executor runs it (this process, a ``--jobs`` process, a Ray actor), and returns the prediction
+naming the file it wrote (a changed copy: a prediction is never changed in place); every other sink
+receives the finished document in the driver, in the films' order.
 
 A new output format is one module in :mod:`spinexr.outputs` (its sink class, with a ``from_flag``
 constructor) and one :func:`register_output` line in the package's ``__init__``: ``predict`` then offers
@@ -58,8 +59,17 @@ class Sink:
         """True when this output already holds the film (the same path and content): a resumed run skips it."""
         return False
 
-    def draw(self, pipeline: Any, pred: Any, img: Any, index: int) -> None:
-        """Draw from the film's pixels (``draws`` sinks only) and name the file in ``pred``."""
+    def draw(self, pipeline: Any, pred: Any, img: Any, index: int) -> Any:
+        """Draw from the film's pixels (``draws`` sinks only); returns ``pred`` naming the file drawn
+        (:meth:`~spinexr.deploy.prediction.Prediction.with_file`), or as it was when nothing was drawn.
+
+        Args:
+            pipeline: the loaded pipeline (its models draw: the overlay, the heatmap).
+            pred: the film's :class:`~spinexr.deploy.prediction.Prediction`.
+            img: the decoded film (None when it could not be read).
+            index: the film's place in the run (names the file drawn).
+        """
+        return pred
 
     def write(self, docs: list[dict[str, Any]]) -> None:
         """One finished batch of documents, in the films' order."""

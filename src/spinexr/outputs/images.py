@@ -54,12 +54,12 @@ class OverlaySink(Sink):
             raise SpinexrError("--overlays needs a landmark model to measure the spine with (a bundle with one, "
                                "or --landmarks)")
 
-    def draw(self, pipeline: Any, pred: Any, img: Any, index: int) -> None:
+    def draw(self, pipeline: Any, pred: Any, img: Any, index: int) -> Any:
         if img is None or pred.spine is None:
-            return
+            return pred
         dest = self.folder / artifact_name(index, Path(pred.path), "cobb")
         _save(pipeline.overlay(img, pred.spine), dest)
-        pred.overlay = str(dest)
+        return pred.with_file("overlay", dest)
 
 
 class HeatmapSink(Sink):
@@ -82,17 +82,16 @@ class HeatmapSink(Sink):
     def from_flag(cls, value: Path, args: argparse.Namespace) -> HeatmapSink:
         return cls(value, getattr(args, "explain", None) or "gradcam")
 
-    def draw(self, pipeline: Any, pred: Any, img: Any, index: int) -> None:
+    def draw(self, pipeline: Any, pred: Any, img: Any, index: int) -> Any:
         if img is None:
-            return
+            return pred
         try:
             heat, _ = pipeline.explain(img, self.method)
         except SpinexrError as e:
-            pred.warnings.append(f"no heatmap: {e}")
-            return
+            return pred.with_warning(f"no heatmap: {e}")
         dest = self.folder / artifact_name(index, Path(pred.path), self.method)
         _save(overlay(img, heat), dest)
-        pred.heatmap = str(dest)
+        return pred.with_file("heatmap", dest)
 
 
 __all__ = ["HeatmapSink", "OverlaySink", "artifact_name"]

@@ -175,8 +175,7 @@ class PacsWorker:
             preds = predict_batch(self.pipeline, decoded)
             stored = 0
             for (series, sop, ds, _), pred in zip(got, preds):
-                pred.path = self._ref(study, series, sop)
-                doc = pred.to_document()
+                doc = pred.named(self._ref(study, series, sop)).to_document()
                 if doc["status"] != "ok":
                     self._fail(study, series, sop, (doc.get("error") or {}).get("reason") or "unreadable", r)
                     continue

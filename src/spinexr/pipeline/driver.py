@@ -122,7 +122,7 @@ def _close(opened: list[Sink], summary: RunSummary, failed: bool) -> None:
 
 def predict_paths(pipeline: Pipeline, paths: list[Path], sinks: list[Sink] | None = None,
                   progress: bool = True) -> list[Any]:
-    """Every path through the pipeline one film at a time, as :class:`~spinexr.deploy.predictor.Prediction`
+    """Every path through the pipeline one film at a time, as :class:`~spinexr.deploy.prediction.Prediction`
     objects (``status`` ok or error), the drawing ``sinks`` drawing on each (the demo and small scripts)."""
     drawers = [s for s in (sinks or []) if s.draws]
     for s in drawers:
@@ -131,7 +131,7 @@ def predict_paths(pipeline: Pipeline, paths: list[Path], sinks: list[Sink] | Non
     for i, p in enumerate(tqdm(paths, desc="predicting", unit="img", disable=not progress)):
         pred, img = pipeline.predict_file(p)
         for s in drawers:
-            s.draw(pipeline, pred, img, i)
+            pred = s.draw(pipeline, pred, img, i)
         preds.append(pred)
     return preds
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from spinexr.config import DECODE_WORKERS
 from spinexr.data.decoding import Decoded, decode, exit_with_parent
-from spinexr.deploy.predictor import Prediction
+from spinexr.deploy.prediction import Prediction
 from spinexr.errors import SpinexrError
 from spinexr.outputs import Sink
 from spinexr.pipeline.runtime import Pipeline
@@ -76,29 +76,19 @@ def decoded_batches(paths: list[Path], batch_size: int, workers: int, max_pixels
 
 def predict_batch(pipeline: Pipeline, batch: list[Decoded]) -> list[Prediction]:
     """A decoded batch through the pipeline (the classifier in one call); unreadable files get their error."""
-    good = [d for d in batch if d.img is not None]
-    preds = iter(pipeline.predict_images([d.img for d in good], [d.path for d in good], [d.meta for d in good])
-                 if good else [])
-    out = []
-    for d in batch:
-        if d.error is not None:
-            p = Prediction.unreadable(d.path, d.error)
-            p.model = dict(pipeline.model_info)
-        else:
-            p = next(preds)
-        p.sha256 = d.sha256
-        out.append(p)
-    return out
+    return pipeline.predict_decoded(batch)
 
 
 def batch_documents(pipeline: Pipeline, batch: list[tuple[int, Decoded]], drawers: list[Sink]) -> list[dict[str, Any]]:
     """Decoded films (with their places in the run) through the pipeline, each drawing sink drawing on
     them: their documents, in order."""
-    preds = predict_batch(pipeline, [d for _, d in batch])
+    preds = pipeline.predict_decoded([d for _, d in batch])
+    docs = []
     for (i, d), p in zip(batch, preds):
         for sink in drawers:
-            sink.draw(pipeline, p, d.img, i)
-    return [p.to_document() for p in preds]
+            p = sink.draw(pipeline, p, d.img, i)
+        docs.append(p.to_document())
+    return docs
 
 
 def cpus() -> int:

@@ -4,9 +4,10 @@
 ``bundle.json``), a single classifier model file (``.safetensors`` or ``.onnx``, optionally with a landmark
 model file), or nothing (the bundle that ships with spinexr), and how to run them.
 :meth:`Pipeline.predict_file` and :meth:`Pipeline.predict_images` turn films into
-:class:`~spinexr.deploy.predictor.Prediction` objects, whose :meth:`~spinexr.deploy.predictor.Prediction.to_document`
-is the one wire format. ``predict``, ``serve``, ``explain``, ``evaluate``, the demo and the benchmarks
-all run a film through this object, so what is measured is what is deployed.
+:class:`~spinexr.deploy.prediction.Prediction` objects, built once per film, whose
+:meth:`~spinexr.deploy.prediction.Prediction.to_document` is the one wire format. ``predict``,
+``serve``, ``explain``, ``evaluate``, the demo and the benchmarks all run a film through this object,
+so what is measured is what is deployed.
 
 For one film: decode -> classifier (calibrated probabilities, OOD score) -> the file's own checks ->
 landmark model (corners, Cobb angles, plausibility, view check) -> the decision rule.
@@ -22,15 +23,16 @@ from typing import Any
 import numpy as np
 
 from spinexr.config import BUNDLED
-from spinexr.data.imread import ImageMeta, file_digest
+from spinexr.data.decoding import Decoded, decode
 from spinexr.deploy.bundle import Bundle, is_bundle, load_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir, bundled_path
 from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.export import cached_onnx
 from spinexr.deploy.measure import Measurement, SpineMeasurer
 from spinexr.deploy.modelfile import model_kind
-from spinexr.deploy.predictor import Prediction, Predictor
-from spinexr.errors import SpinexrError
+from spinexr.deploy.prediction import Classification, Prediction
+from spinexr.deploy.predictor import Predictor
+from spinexr.errors import ImageReadError, SpinexrError
 from spinexr.pipeline.spec import PipelineSpec
 
 MODEL_SUFFIXES = (".safetensors", ".onnx")
@@ -98,9 +100,9 @@ class Pipeline:
     def labels(self) -> list[str]:
         return self.predictor.labels
 
-    def classify(self, imgs: list[np.ndarray], paths: list[str] | None = None) -> list[Prediction]:
+    def classify(self, imgs: list[np.ndarray]) -> list[Classification]:
         """The classifier alone on decoded films, in one model call (the service micro-batches this)."""
-        return self.predictor.predict_images(imgs, paths)
+        return self.predictor.predict_images(imgs)
 
     def measure(self, img: np.ndarray) -> Measurement:
         if self.measurer is None:
@@ -108,48 +110,51 @@ class Pipeline:
         with self._measure_lock:
             return self.measurer.measure(img)
 
-    def complete(self, pred: Prediction, img: np.ndarray, meta: ImageMeta | None = None) -> Prediction:
+    def complete(self, c: Classification, film: Decoded) -> Prediction:
         """The rest of the path for a classified film: its file checks, the measurement and the decision."""
-        return self.complete_batch([pred], [img], [meta])[0]
+        return self.complete_batch([c], [film])[0]
 
-    def complete_batch(self, preds: list[Prediction], imgs: list[np.ndarray],
-                       metas: list[ImageMeta | None] | None = None) -> list[Prediction]:
-        """:meth:`complete` for classified films, the landmark model run on them in one call (each film's
-        ``timing_ms.landmarks`` is its share of that call)."""
+    def complete_batch(self, classified: list[Classification], films: list[Decoded]) -> list[Prediction]:
+        """Classified films made whole: each film's :class:`~spinexr.deploy.prediction.Prediction`, built
+        once from its classification, its file's checks (where ``meta`` is known), the landmark model's
+        measurement (run on the films in one call; each film's ``timing_ms.landmarks`` is its share of
+        that call) and the decision.
+
+        Args:
+            classified: the classifier's answers, one a film.
+            films: the decoded films (:class:`~spinexr.data.decoding.Decoded`: path, digest, pixels, metadata).
+        """
         t0 = time.perf_counter()
-        for pred, meta in zip(preds, metas or [None] * len(preds)):
-            if meta is not None:
-                pred.with_file_checks(meta)
-        if self.measurer is not None and self.rule is not None and preds:
+        spines: list[Measurement | None] = [None] * len(classified)
+        if self.measurer is not None and self.rule is not None and classified:
             with self._measure_lock:
-                spines = self.measurer.measure_batch(imgs)
-            for pred, m in zip(preds, spines):
-                pred.spine = m
-                pred.decide(self.rule)
-        share = (time.perf_counter() - t0) * 1e3 / max(1, len(preds))
-        for pred in preds:
-            pred.model = dict(self.model_info)
-            pred.timing_ms = {**(pred.timing_ms or {}), "classifier": pred.seconds * 1e3, "landmarks": share}
-        return preds
+                spines = list(self.measurer.measure_batch([f.img for f in films]))
+        share = (time.perf_counter() - t0) * 1e3 / max(1, len(classified))
+        return [Prediction.of(c, f.path, meta=f.meta, spine=m, rule=self.rule, model=self.model_info,
+                              timing_ms={"classifier": c.seconds * 1e3, "landmarks": share}, sha256=f.sha256)
+                for c, m, f in zip(classified, spines, films)]
 
-    def predict_images(self, imgs: list[np.ndarray], paths: list[str] | None = None,
-                       metas: list[ImageMeta | None] | None = None) -> list[Prediction]:
-        """Decoded films through the whole pipeline (the classifier and the landmark model in one batch each)."""
-        return self.complete_batch(self.classify(imgs, paths), imgs, metas)
+    def predict_decoded(self, films: list[Decoded]) -> list[Prediction]:
+        """Decoded films through the whole pipeline (the classifier and the landmark model in one call each);
+        a file that could not be read gets its error."""
+        good = [f for f in films if f.error is None and f.img is not None]
+        done = iter(self.complete_batch(self.classify([f.img for f in good]), good) if good else [])
+        return [next(done) if f.error is None and f.img is not None else
+                Prediction.unreadable(f.path, f.error or ImageReadError(f.path, "no pixels"), model=self.model_info,
+                                      sha256=f.sha256)
+                for f in films]
 
-    def predict_image(self, img: np.ndarray, path: str = "", meta: ImageMeta | None = None) -> Prediction:
-        return self.predict_images([img], [path], [meta])[0]
+    def predict_images(self, imgs: list[np.ndarray], paths: list[str] | None = None) -> list[Prediction]:
+        """Films already decoded (arrays, no file checks) through the whole pipeline."""
+        return self.predict_decoded([Decoded(p, None, img) for p, img in zip(paths or [""] * len(imgs), imgs)])
+
+    def predict_image(self, img: np.ndarray, path: str = "") -> Prediction:
+        return self.predict_images([img], [path])[0]
 
     def predict_file(self, path: str | Path) -> tuple[Prediction, np.ndarray | None]:
-        """One file through the pipeline; a bad file gives ``status='error'`` with the reason, never an exception.
-        The classifier's own :meth:`~spinexr.deploy.predictor.Predictor.predict_file` reads the film and runs
-        its file checks; the measurement and the decision follow."""
-        pred, img = self.predictor.predict_file(path)
-        pred.sha256 = file_digest(path)
-        if img is None:
-            pred.model = dict(self.model_info)
-            return pred, None
-        return self.complete(pred, img), img
+        """One file through the pipeline; a bad file gives ``status='error'`` with the reason, never an exception."""
+        film = decode(str(path), self.predictor.max_pixels)
+        return self.predict_decoded([film])[0], film.img
 
     def overlay(self, img: np.ndarray, m: Measurement) -> np.ndarray:
         """The measurement drawn on the film at its original size."""

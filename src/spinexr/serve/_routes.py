@@ -17,6 +17,7 @@ from PIL import Image
 from spinexr import __version__
 from spinexr.config import EXPLAIN_METHODS
 from spinexr.data.corrections import CorrectionContext
+from spinexr.data.decoding import Decoded
 from spinexr.deploy.batching import QueueFull
 from spinexr.deploy.document import schema
 from spinexr.errors import SpinexrError
@@ -74,16 +75,14 @@ async def predict(request: Request, file: UploadFile = File(...)) -> dict[str, A
     img, meta = await anyio.to_thread.run_sync(decode_upload, data, file.filename, svc.max_pixels)
     t2 = time.perf_counter()
     try:
-        pred = await anyio.to_thread.run_sync(svc.batcher.predict, img, limiter=svc.predict_threads)
+        classified = await anyio.to_thread.run_sync(svc.batcher.predict, img, limiter=svc.predict_threads)
     except QueueFull as e:
         raise HTTPException(503, f"the server is busy: {e}", headers={"Retry-After": "1"}) from e
-    pred.path = "upload"
-    pred.sha256 = hashlib.sha256(data).hexdigest()
-    await anyio.to_thread.run_sync(svc.pipeline.complete, pred, img, meta, limiter=svc.explain_threads)
+    film = Decoded("upload", hashlib.sha256(data).hexdigest(), img, meta)
+    pred = await anyio.to_thread.run_sync(svc.pipeline.complete, classified, film, limiter=svc.explain_threads)
     t3 = time.perf_counter()
-    pred.timing_ms = {**(pred.timing_ms or {}), "read": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3,
-                      "inference": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
-    return pred.to_document()
+    return pred.with_timing(read=(t1 - t0) * 1e3, decode=(t2 - t1) * 1e3, inference=(t3 - t2) * 1e3,
+                            total=(t3 - t0) * 1e3).to_document()
 
 
 @router.post("/v1/explain", responses={200: {"content": {"image/png": {}}}})
