@@ -32,13 +32,13 @@ import torch  # noqa: E402
 from _machine import header, write_result  # noqa: E402
 from spinexr.data.landmarks import load_landmark_source  # noqa: E402
 from spinexr.data.splits import case_splits, fit_val_split  # noqa: E402
-from spinexr.deploy.modelfile import save_refiner_model  # noqa: E402
 from spinexr.engine.refine import RefineConfig, fit_refiner, prepare_refine_data  # noqa: E402
 from spinexr.engine.state import FitOptions  # noqa: E402
 from spinexr.evaluation.landmark_cv import tolerance_scores  # noqa: E402
 from spinexr.evaluation.refiner_train import train_refiner  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
 from spinexr.geometry.plausibility import implausibility  # noqa: E402
+from spinexr.models.files import save_refiner_model  # noqa: E402
 from spinexr.models.landmark import LandmarkNet  # noqa: E402
 from spinexr.models.refine import VertebraRefiner  # noqa: E402
 

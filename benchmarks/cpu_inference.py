@@ -124,9 +124,9 @@ def build(name: str, work: Path, data, calib_paths, parity_paths) -> tuple[Path,
     import torch
 
     from spinexr.deploy.export import export_onnx, quantize_int8
-    from spinexr.deploy.modelfile import build_metadata, save_model
     from spinexr.engine.inference import extract_features
     from spinexr.models import create_model, get_model_entry
+    from spinexr.models.files import build_metadata, save_model
     from spinexr.models.ood import fit_ood
 
     torch.manual_seed(0)
@@ -296,9 +296,9 @@ def landmark_timing(model: Path, films: list[Path], threads: int, work: Path) ->
 
     from spinexr.data.imread import read_image
     from spinexr.deploy.export import export_landmark_onnx
-    from spinexr.deploy.modelfile import load_landmark_model, onnx_session
     from spinexr.geometry.cobb import cobb_angles
     from spinexr.geometry.plausibility import implausibility
+    from spinexr.models.files import load_landmark_model, onnx_session
 
     pred, meta = load_landmark_model(model)
     weight = float(meta.get("centreline_weight", 0.0))  # read as the model file says

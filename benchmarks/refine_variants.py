@@ -30,9 +30,9 @@ from _machine import header, write_result  # noqa: E402
 from spinexr.data.imread import read_image  # noqa: E402
 from spinexr.data.landmarks import load_landmark_source  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
-from spinexr.deploy.modelfile import model_kind, save_refiner_model  # noqa: E402
 from spinexr.evaluation.landmark_cv import tolerance_scores  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles, tilt_gain  # noqa: E402
+from spinexr.models.files import model_kind, save_refiner_model  # noqa: E402
 from spinexr.models.landmark import LandmarkNet  # noqa: E402
 from spinexr.models.refine import VertebraRefiner, turn_limit  # noqa: E402
 

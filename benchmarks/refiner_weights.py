@@ -28,9 +28,9 @@ from refine_variants import add_reading_args, apply_reading, reading_text, refin
 from spinexr.data.imread import read_image  # noqa: E402
 from spinexr.data.landmarks import load_landmark_source  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
-from spinexr.deploy.modelfile import int8_weights, raw_metadata, write_model_file  # noqa: E402
 from spinexr.evaluation.landmark_cv import tolerance_scores  # noqa: E402
 from spinexr.geometry.cobb import cobb_angles  # noqa: E402
+from spinexr.models.files import int8_weights, raw_metadata, write_model_file  # noqa: E402
 
 AASCE = HERE.parent.parent / "shared" / "data" / "aasce-spine-ap"
 GATE = {"smape_points": 0.3, "largest_deg": 0.5, "share": 0.95}

@@ -39,9 +39,9 @@ from spinexr.deploy.bundle import fit_rule, write_bundle  # noqa: E402
 from spinexr.deploy.bundled import BUNDLE_DIR, pack  # noqa: E402
 from spinexr.deploy.decision import DOUBTED_VIEW_DEG, DecisionRule  # noqa: E402
 from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
-from spinexr.deploy.modelfile import raw_metadata, read_metadata, write_model_file  # noqa: E402
 from spinexr.deploy.predictor import Predictor  # noqa: E402
 from spinexr.geometry.view import TWO_STAGE_FEATURES  # noqa: E402
+from spinexr.models.files import raw_metadata, read_metadata, write_model_file  # noqa: E402
 from spinexr.models.landmark import parse_scales  # noqa: E402
 
 KAUH = ROOT.parent / "shared" / "data" / "kauh-spine-xray"

@@ -115,9 +115,9 @@ def test_net_shapes_and_gradients() -> None:
 @pytest.mark.slow
 def test_tiny_train_and_predict_on_synthetic_films(synth_dir: Path, tmp_path: Path) -> None:
     from spinexr.data.imread import read_image
-    from spinexr.deploy.modelfile import load_landmark_model
     from spinexr.evaluation.landmark_cv import run_landmark_cv
     from spinexr.geometry.cobb import cobb_angles
+    from spinexr.models.files import load_landmark_model
 
     cfg = LandmarkConfig(input_height=128, input_width=64, epochs=2, batch_size=4, device="cpu")
     res = run_landmark_cv(synth_dir / "landmarks.csv", cfg, tmp_path / "run", folds=2, progress=False, n_boot=50)
@@ -360,7 +360,7 @@ def test_bad_test_time_zooms_are_refused_with_the_accepted_range(bad: str) -> No
 def test_landmark_file_without_zooms_loads_with_the_film_as_it_is(landmark_model: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from spinexr.deploy.modelfile import load_landmark_model, raw_metadata
+    from spinexr.models.files import load_landmark_model, raw_metadata
 
     meta = raw_metadata(landmark_model)
     meta.pop("tta_scales")
@@ -383,9 +383,9 @@ def test_measurer_reads_angles_as_its_model_file_says(landmark_model: Path, synt
     import spinexr.deploy.measure as measure
     from spinexr.data.imread import read_image
     from spinexr.deploy.measure import SpineMeasurer
-    from spinexr.deploy.modelfile import raw_metadata
     from spinexr.errors import WeightsError
     from spinexr.geometry.cobb import cobb_angles
+    from spinexr.models.files import raw_metadata
 
     img, _ = read_image(next(iter(sorted((synth_dir / "Scoliosis").glob("*.jpg")))))
     # The tiny test model's spines are refused as implausible; let them through to see how they are read.
@@ -416,9 +416,9 @@ def test_measurer_reports_the_view_its_model_file_carries(landmark_model: Path, 
 
     from spinexr.data.imread import read_image
     from spinexr.deploy.measure import SpineMeasurer
-    from spinexr.deploy.modelfile import raw_metadata
     from spinexr.errors import WeightsError
     from spinexr.geometry.view import FULL_SPINE, LUMBAR, ViewCheck
+    from spinexr.models.files import raw_metadata
 
     img, _ = read_image(next(iter(sorted((synth_dir / "Scoliosis").glob("*.jpg")))))
     assert SpineMeasurer(landmark_model).measure(img).view is None  # no check in the file: no view

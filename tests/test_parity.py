@@ -78,7 +78,7 @@ def test_parity_on_kauh_films(trained_model: Path, kauh_dir: Path, tmp_path: Pat
 
 
 def test_flip_tta_is_in_the_model_file_and_the_graph(trained_model: Path, synth_dir: Path) -> None:
-    from spinexr.deploy.modelfile import load_inference
+    from spinexr.models.files import load_inference
 
     module, meta = load_inference(trained_model)
     assert meta["tta_flip"] is True and module.tta_flip
@@ -95,8 +95,8 @@ def test_flip_tta_is_in_the_model_file_and_the_graph(trained_model: Path, synth_
 
 
 def test_torch_ood_score_equals_numpy(trained_model: Path, synth_dir: Path) -> None:
-    from spinexr.deploy.modelfile import load_inference
     from spinexr.engine.inference import extract_features
+    from spinexr.models.files import load_inference
 
     module, _ = load_inference(trained_model)
     assert module.ood is not None

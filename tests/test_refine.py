@@ -151,8 +151,8 @@ def test_a_later_pass_that_turns_a_vertebra_too_far_keeps_the_earlier_pass() -> 
 
 
 def test_the_limit_on_turning_travels_in_the_refiner_file(refiner_file, tmp_path) -> None:
-    from spinexr.deploy.modelfile import load_refiner_model, save_refiner_model, write_model_file
     from spinexr.errors import WeightsError
+    from spinexr.models.files import load_refiner_model, save_refiner_model, write_model_file
 
     ref, meta = load_refiner_model(refiner_file)
     assert ref.max_turn is None  # the default, and what files written before it mean
@@ -176,9 +176,9 @@ def test_a_gain_on_tilts_in_the_refiner_file_widens_what_is_measured_and_drawn(r
 
     from spinexr.data.imread import read_image
     from spinexr.deploy.measure import SpineMeasurer
-    from spinexr.deploy.modelfile import load_refiner_model, save_refiner_model, write_model_file
     from spinexr.errors import WeightsError
     from spinexr.geometry.cobb import widen_tilts
+    from spinexr.models.files import load_refiner_model, save_refiner_model, write_model_file
 
     ref, meta = load_refiner_model(refiner_file)
     assert meta.get("tilt_gain", 1.0) == 1.0
@@ -252,7 +252,7 @@ def test_training_lowers_the_corner_error_on_synthetic_films(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def refiner_file(tmp_path_factory) -> Path:
-    from spinexr.deploy.modelfile import save_refiner_model
+    from spinexr.models.files import save_refiner_model
 
     torch.manual_seed(3)
     ref = VertebraRefiner(LandmarkNet("resnet18", out_channels=4), crop=32, film_height=256)
@@ -261,7 +261,7 @@ def refiner_file(tmp_path_factory) -> Path:
 
 
 def test_a_refiner_file_loads_as_it_was_written(refiner_file) -> None:
-    from spinexr.deploy.modelfile import load_refiner_model, model_kind
+    from spinexr.models.files import load_refiner_model, model_kind
 
     ref, meta = load_refiner_model(refiner_file)
     assert model_kind(refiner_file) == "refiner"
@@ -275,8 +275,8 @@ def test_a_refiner_file_loads_as_it_was_written(refiner_file) -> None:
 
 
 def test_a_malformed_refiner_file_is_refused_with_its_name(tmp_path) -> None:
-    from spinexr.deploy.modelfile import load_refiner_model, write_model_file
     from spinexr.errors import WeightsError
+    from spinexr.models.files import load_refiner_model, write_model_file
 
     bad = write_model_file({"w": torch.zeros(1)}, {"format": "spinexr-refiner/1", "encoder": "resnet18"},
                            tmp_path / "bad.safetensors")
@@ -335,7 +335,7 @@ def test_the_onnx_backend_reads_the_crops_with_the_refiners_export(refiner_file,
         assert np.abs(a - b).max() < 0.05  # film pixels
     # Two passes, the mirror read on the last one alone, a limit on turning (the settings travel in the file): the export
     # reads the crops as they are, the mirror reading is done around it, and the corners still agree.
-    from spinexr.deploy.modelfile import load_refiner_model, save_refiner_model
+    from spinexr.models.files import load_refiner_model, save_refiner_model
 
     ref, meta = load_refiner_model(refiner_file)
     ref.iterations, ref.flip_every_pass, ref.max_turn = 2, False, 3.0
@@ -356,8 +356,8 @@ def test_int8_weights_decode_to_within_half_a_step_and_load_as_a_refiner(refiner
     from safetensors.torch import load_file
 
     from spinexr.deploy.bundled import bundled_models, pack
-    from spinexr.deploy.modelfile import INT8_SCALE, dequantized, int8_weights, load_refiner_model, write_model_file
     from spinexr.errors import WeightsError
+    from spinexr.models.files import INT8_SCALE, dequantized, int8_weights, load_refiner_model, write_model_file
 
     state = load_file(str(refiner_file))
     q = int8_weights(state)
@@ -431,7 +431,7 @@ def test_the_measurer_runs_both_networks_folded_with_the_trained_networks_corner
     network that cannot be traced runs as it is."""
     from spinexr.data.imread import read_image
     from spinexr.deploy.measure import SpineMeasurer
-    from spinexr.deploy.modelfile import load_landmark_model, load_refiner_model
+    from spinexr.models.files import load_landmark_model, load_refiner_model
     from spinexr.models.landmark import ChannelsLast, inference_form
 
     m = SpineMeasurer(tiny_models["landmarks"], refiner=refiner_file)
@@ -468,7 +468,7 @@ def test_refiner_card_only_rewrites_the_card_and_headline_and_nothing_else(tmp_p
 
     from spinexr.deploy.bundle import load_bundle
     from spinexr.deploy.bundled import BUNDLE_DIR
-    from spinexr.deploy.modelfile import raw_metadata
+    from spinexr.models.files import raw_metadata
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.syspath_prepend(str(root / "scripts"))
@@ -501,8 +501,8 @@ def test_a_two_stage_view_check_judges_a_refined_film_from_both_stages(refiner_f
 
     from spinexr.data.imread import read_image
     from spinexr.deploy.measure import SpineMeasurer
-    from spinexr.deploy.modelfile import raw_metadata, write_model_file
     from spinexr.geometry.view import TWO_STAGE_FEATURES, fit_view_check, spine_view_features
+    from spinexr.models.files import raw_metadata, write_model_file
 
     rng = np.random.default_rng(0)
     x = np.r_[rng.normal(0.0, 1.0, (30, 8)), rng.normal(1.0, 1.0, (30, 8))]
@@ -527,7 +527,7 @@ def test_the_refiner_has_a_verb(synth_dir: Path, tmp_path: Path, capsys) -> None
     """`spinexr landmarks train --stage refiner` trains the shipped kind of refiner on a landmark set and writes a
     file a bundle takes; flags that are not a refiner's setting are refused by name."""
     from spinexr.cli import main
-    from spinexr.deploy.modelfile import model_kind, raw_metadata
+    from spinexr.models.files import model_kind, raw_metadata
 
     out = tmp_path / "ref"
     assert main(["landmarks", "train", "--stage", "refiner", "--data", str(synth_dir / "landmarks.csv"), "--out",
@@ -541,3 +541,26 @@ def test_the_refiner_has_a_verb(synth_dir: Path, tmp_path: Path, capsys) -> None
     assert main(["landmarks", "train", "--stage", "refiner", "--data", str(synth_dir / "landmarks.csv"), "--out",
                  str(tmp_path / "bad"), "--input-height", "256", "--quiet"]) == 2
     assert "--input-height: not a setting of the vertebra refiner" in capsys.readouterr().err
+
+
+def test_every_kind_of_model_file_has_one_registry_entry_and_an_exporter(refiner_file, tiny_models, tmp_path,
+                                                                         capsys) -> None:
+    """The registry tells each file's kind from its metadata, loads it, names its bundle part; every kind
+    has an exporter, and ``spinexr export`` takes each kind (a refiner's crop reading included)."""
+    import onnx as onnx_lib
+
+    from spinexr.cli import main
+    from spinexr.deploy.bundle import PARTS
+    from spinexr.deploy.export import EXPORTERS
+    from spinexr.models.files import KINDS, file_kind
+
+    assert set(KINDS) == set(EXPORTERS) == set(PARTS) == {"classifier", "landmarks", "refiner"}
+    for name, path in (("classifier", tiny_models["classifier"]), ("landmarks", tiny_models["landmarks"]),
+                       ("refiner", refiner_file)):
+        kind = file_kind(path)
+        assert kind.name == name and kind.metadata(path)["format"] in kind.formats
+        assert kind.load(path, "cpu")[1]["format"] in kind.formats
+    out = tmp_path / "refiner.onnx"
+    assert main(["export", str(refiner_file), "--onnx", str(out)]) == 0
+    onnx_lib.checker.check_model(str(out))
+    assert "crop pixels of PyTorch" in capsys.readouterr().out

@@ -84,7 +84,7 @@ def test_checkpoint_written_atomically(tiny, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("attention", ["mhsa", "cbam", "none"])
 def test_model_file_round_trip(tmp_path: Path, attention: str) -> None:
-    from spinexr.deploy.modelfile import (
+    from spinexr.models.files import (
         build_metadata,
         load_model,
         read_metadata,

@@ -19,11 +19,11 @@ from spinexr.deploy.bundle import fit_rule as fit_bundle_rule
 from spinexr.deploy.bundle import is_bundle, load_bundle, write_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir, bundled_models
 from spinexr.deploy.document import summary_line
-from spinexr.deploy.export import export_landmark_onnx, export_onnx, quantize_int8
+from spinexr.deploy.export import EXPORTERS, export_landmark_onnx, export_onnx, quantize_int8
 from spinexr.deploy.measure import SpineMeasurer
-from spinexr.deploy.modelfile import load_landmark_model, model_kind, read_metadata
 from spinexr.errors import SpinexrError
 from spinexr.explain import overlay
+from spinexr.models.files import load_landmark_model, model_kind, read_metadata
 from spinexr.outputs import Sink, output_kinds
 from spinexr.outputs.images import HeatmapSink
 from spinexr.outputs.results import ResultFile
@@ -168,8 +168,14 @@ def _export_landmarks(args: argparse.Namespace, out: Path) -> int:
 
 def export(args: argparse.Namespace) -> int:
     out = guard_output(args.onnx, force=args.force, inputs=[args.model])
-    if model_kind(args.model) == "landmarks":
+    kind = model_kind(args.model)
+    if kind == "landmarks":
         return _export_landmarks(args, out)
+    if kind == "refiner":  # its crop reading, checked on random crops (the crops are cut in PyTorch)
+        rep = EXPORTERS[kind].export(args.model, out, opset=args.opset)
+        say(f"wrote {out}: checker {rep['checker']}; corners within {rep['max_abs_px_diff']:.2e} crop pixels "
+            "of PyTorch on random crops")
+        return 0
     meta = read_metadata(args.model)
     rep = export_onnx(args.model, out, opset=args.opset, parity_images=_parity_images(args.parity_data, meta,
                                                                                        args.parity_count))

@@ -34,14 +34,14 @@ from spinexr import __version__
 from spinexr.data.imread import file_digest, read_image
 from spinexr.data.manifest import load_manifest
 from spinexr.deploy.decision import RULE_VERSION, DecisionRule, fit_curve_deg
-from spinexr.deploy.modelfile import LANDMARK_FORMAT, REFINER_FORMAT, raw_metadata, read_metadata
 from spinexr.errors import DatasetError, ImageReadError, WeightsError
 from spinexr.geometry.view import ViewCheck, fit_view_check, spine_view_features
+from spinexr.models.files import KINDS, LANDMARK_FORMAT, REFINER_FORMAT, raw_metadata, read_metadata
 
 FORMAT = "spinexr-bundle/1"
 MANIFEST = "bundle.json"
 log = logging.getLogger(__name__)
-PARTS = {"classifier": "classifier.safetensors", "landmarks": "landmarks.safetensors", "refiner": "refiner.safetensors"}
+PARTS = {k.name: k.bundle_file for k in KINDS.values()}  # each part's file name in a bundle folder
 
 
 def sha256_file(path: Path) -> str:

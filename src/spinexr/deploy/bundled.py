@@ -16,15 +16,14 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from spinexr.deploy.modelfile import int8_weights, model_kind, raw_metadata, write_model_file
 from spinexr.errors import WeightsError
+from spinexr.models.files import KINDS as MODEL_FILE_KINDS
+from spinexr.models.files import int8_weights, model_kind, raw_metadata, write_model_file
 
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundled"
-KINDS = {"classifier": "classifier.safetensors", "landmarks": "landmarks.safetensors",
-         "refiner": "refiner.safetensors"}
-# How each kind's weights are stored: the refiner's as weight-only int8 (``benchmarks/refiner_weights.py``
-# measured what that changes), so that the three files stay within a wheel PyPI accepts.
-WEIGHTS = {"classifier": "float16", "landmarks": "float16", "refiner": "int8"}
+# The file each kind ships as, and how its weights are stored (the registry of model file kinds says).
+KINDS = {k.name: k.bundle_file for k in MODEL_FILE_KINDS.values()}
+WEIGHTS = {k.name: k.shipped_weights for k in MODEL_FILE_KINDS.values()}
 
 
 @dataclass(frozen=True)

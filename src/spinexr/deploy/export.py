@@ -8,6 +8,8 @@ import importlib
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,9 @@ import numpy as np
 import torch
 
 from spinexr.data.imread import file_digest, read_image
-from spinexr.deploy.modelfile import load_landmark_model, load_refiner_model, model_kind, onnx_session
 from spinexr.deploy.predictor import Predictor
 from spinexr.errors import SpinexrError
+from spinexr.models.files import load_landmark_model, load_refiner_model, model_kind, onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -209,22 +211,15 @@ def cached_onnx(model_path: str | Path) -> Path:
     digest = file_digest(model_path)
     if digest is None:
         raise SpinexrError(f"{model_path}: model file not found")
-    kind = model_kind(model_path)
-    # A refiner's export holds its plain crop reading (the mirror reading is done around it) since
-    # export format 2; an export of format 1 held the mirror reading too and is not reused.
-    version = f"-x{REFINER_EXPORT_FORMAT}" if kind == "refiner" else ""
+    exporter = EXPORTERS[model_kind(model_path)]
+    version = f"-x{exporter.version}" if exporter.version > 1 else ""
     out = cache_dir() / f"{model_path.stem}-{digest[:16]}{version}.onnx"
     if out.is_file():
         return out
     log.info("exporting %s to ONNX once (kept in %s)", model_path, out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     mine = out.with_name(f"{out.stem}.{os.getpid()}.onnx")
-    if kind == "landmarks":
-        export_landmark_onnx(model_path, mine)
-    elif kind == "refiner":
-        export_refiner_onnx(model_path, mine)
-    else:
-        export_onnx(model_path, mine)
+    exporter.export(model_path, mine)
     os.replace(mine, out)
     return out
 
@@ -313,3 +308,26 @@ def export_refiner_onnx(model_path: str | Path, out: str | Path, opset: int = 17
         raise SpinexrError(f"vertebra refiner ONNX parity failed: corners differ by up to {diff:.2e} crop pixels (> {tol:g})")
     tmp.replace(out)
     return {"onnx": str(out), "checker": "passed", "max_abs_px_diff": diff}
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """How one kind of model file (:data:`spinexr.models.files.KINDS`, by name) is exported to ONNX.
+
+    Args:
+        export: ``(model file, out.onnx) -> facts``; it checks parity with PyTorch before it returns.
+        version: the export's own format: cached exports of an older one are made again.
+    """
+
+    export: Callable[..., dict[str, Any]]
+    version: int = 1
+
+
+# Every kind of model file has its exporter here, under the kind's name. A refiner's export holds its
+# plain crop reading (the mirror reading is done around it) since export format 2; an export of format 1
+# held the mirror reading too and is not reused.
+EXPORTERS: dict[str, Exporter] = {
+    "classifier": Exporter(export_onnx),
+    "landmarks": Exporter(export_landmark_onnx),
+    "refiner": Exporter(export_refiner_onnx, version=REFINER_EXPORT_FORMAT),
+}

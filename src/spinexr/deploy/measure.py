@@ -13,12 +13,12 @@ import torch
 
 from spinexr.data.contract import DataConfig, Placement, fit_to_box
 from spinexr.deploy.decision import DecisionRule
-from spinexr.deploy.modelfile import landmark_metadata, load_landmark_model, load_refiner_model, onnx_session
 from spinexr.errors import SpinexrError, WeightsError
 from spinexr.geometry.cobb import BAND_TEXT, CobbResult, cobb_angles, tilt_gain, widen_tilts
 from spinexr.geometry.overlay import draw_overlay
 from spinexr.geometry.plausibility import implausibility
 from spinexr.geometry.view import FEATURES, ViewCheck
+from spinexr.models.files import landmark_metadata, load_landmark_model, load_refiner_model, onnx_session
 from spinexr.models.landmark import inference_form
 from spinexr.models.refine import refiner_box
 

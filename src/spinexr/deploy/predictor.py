@@ -21,10 +21,10 @@ import torch.nn as nn
 
 from spinexr.data.contract import DataConfig, Placement
 from spinexr.data.imread import DEFAULT_MAX_PIXELS, read_image
-from spinexr.deploy.modelfile import load_inference, onnx_session, read_metadata
 from spinexr.deploy.prediction import Classification, Prediction
 from spinexr.errors import ImageReadError, SpinexrError
 from spinexr.explain import cam_ready, explain_image
+from spinexr.models.files import load_inference, onnx_session, read_metadata
 from spinexr.models.inference import InferenceModule
 
 

@@ -18,7 +18,6 @@ from spinexr.data.contract import DataConfig
 from spinexr.data.dataset import PreparedData
 from spinexr.data.imread import read_image
 from spinexr.data.splits import take_in_turns
-from spinexr.deploy.modelfile import build_metadata, save_model
 from spinexr.engine.distributed import is_main, resolve_device
 from spinexr.engine.inference import extract_features
 from spinexr.engine.train import FitOptions, FitSplit, fit
@@ -26,6 +25,7 @@ from spinexr.errors import ImageReadError
 from spinexr.evaluation.report import plot_gallery
 from spinexr.explain import cam_ready, explain_image, faithfulness, overlay
 from spinexr.models import create_model, get_model_entry
+from spinexr.models.files import build_metadata, save_model
 from spinexr.models.ood import fit_ood
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,6 @@ from spinexr.data.imread import file_digest, read_image
 from spinexr.data.label_check import check_labels
 from spinexr.data.landmarks import load_landmark_source
 from spinexr.data.splits import case_splits, fit_val_split
-from spinexr.deploy.modelfile import LANDMARK_FORMAT, load_landmark_model, raw_metadata, save_landmark_model
 from spinexr.engine.distributed import resolve_device
 from spinexr.engine.landmarks import LandmarkFit, fit_landmarks, predict_points, prepare_landmarks
 from spinexr.engine.state import FitOptions
@@ -37,6 +36,7 @@ from spinexr.evaluation.metrics import bootstrap
 from spinexr.geometry.cobb import cobb_angles
 from spinexr.geometry.overlay import draw_overlay
 from spinexr.geometry.plausibility import implausibility
+from spinexr.models.files import LANDMARK_FORMAT, load_landmark_model, raw_metadata, save_landmark_model
 from spinexr.models.landmark import CODECS, LandmarkNet, parse_scales
 
 log = logging.getLogger(__name__)

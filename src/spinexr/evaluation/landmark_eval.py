@@ -25,10 +25,10 @@ from spinexr.data.landmarks import load_landmark_source
 from spinexr.deploy.bundle import is_bundle, load_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir
 from spinexr.deploy.measure import SpineMeasurer
-from spinexr.deploy.modelfile import model_kind
 from spinexr.errors import ImageReadError, SpinexrError
 from spinexr.evaluation.landmark_cv import angle_metrics, tolerance_scores
 from spinexr.geometry.cobb import cobb_angles
+from spinexr.models.files import model_kind
 
 
 def measurer_for(model: str | Path | None, device: str = "cpu") -> tuple[SpineMeasurer, str]:

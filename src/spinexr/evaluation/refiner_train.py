@@ -20,11 +20,11 @@ import torch
 
 from spinexr.data.landmarks import load_landmark_source
 from spinexr.data.splits import fit_val_split
-from spinexr.deploy.modelfile import save_refiner_model
 from spinexr.engine.refine import RefineConfig, fit_refiner, prepare_refine_data
 from spinexr.engine.state import FitOptions
 from spinexr.errors import DatasetError
 from spinexr.geometry.plausibility import implausibility
+from spinexr.models.files import save_refiner_model
 from spinexr.models.landmark import LandmarkNet
 from spinexr.models.refine import VertebraRefiner
 

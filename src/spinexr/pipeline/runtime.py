@@ -29,10 +29,10 @@ from spinexr.deploy.bundled import bundled_bundle_dir, bundled_path
 from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.export import cached_onnx
 from spinexr.deploy.measure import Measurement, SpineMeasurer
-from spinexr.deploy.modelfile import model_kind
 from spinexr.deploy.prediction import Classification, Prediction
 from spinexr.deploy.predictor import Predictor
 from spinexr.errors import ImageReadError, SpinexrError
+from spinexr.models.files import model_kind
 from spinexr.pipeline.spec import PipelineSpec
 
 MODEL_SUFFIXES = (".safetensors", ".onnx")

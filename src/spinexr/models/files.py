@@ -1,4 +1,6 @@
-"""The deployable model file: weights as safetensors, with everything needed to use them in its metadata.
+"""The deployable model files: weights as safetensors, with everything needed to use them in their
+metadata, and the registry of the kinds spinexr writes (:data:`KINDS`: classifier, landmark model,
+vertebra refiner), each with how it is told apart, checked, loaded, named in a bundle and shipped.
 
 One ``.safetensors`` file carries the weights and a JSON ``spinexr`` metadata entry: labels, the data
 contract (``data_config``: input size, normalisation, resize mode, channels), whether the predictor
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +257,15 @@ def save_refiner_model(refiner: Any, path: str | Path, cfg: dict[str, Any],
     return write_model_file(state, meta, path)
 
 
+def refiner_metadata(path: str | Path) -> dict[str, Any]:
+    """A vertebra refiner file's metadata, checked for its format (no network built)."""
+    path = Path(path)
+    meta = raw_metadata(path, "vertebra refiner file not found")
+    if meta.get("format") != REFINER_FORMAT:
+        raise WeightsError(f"{path}: not a spinexr vertebra refiner (format {meta.get('format')!r})")
+    return meta
+
+
 def load_refiner_model(path: str | Path, device: str | torch.device = "cpu",
                        network: bool = True) -> tuple[Any, dict[str, Any]]:
     """A vertebra refiner file as ``(VertebraRefiner in eval mode, metadata)``. With ``network=False``
@@ -260,9 +273,7 @@ def load_refiner_model(path: str | Path, device: str | torch.device = "cpu",
     from spinexr.models.refine import VertebraRefiner, turn_limit
 
     path = Path(path)
-    meta = raw_metadata(path, "vertebra refiner file not found")
-    if meta.get("format") != REFINER_FORMAT:
-        raise WeightsError(f"{path}: not a spinexr vertebra refiner (format {meta.get('format')!r})")
+    meta = refiner_metadata(path)
     try:
         net, missing, unexpected = None, [], []
         if network:
@@ -313,7 +324,56 @@ def onnx_session(path: str | Path, threads: int | None = None) -> tuple[Any, dic
     return sess, json.loads(md["spinexr"])
 
 
+@dataclass(frozen=True)
+class ModelFileKind:
+    """A kind of model file: how it is told apart, checked, loaded, named in a bundle and shipped.
+
+    Its ONNX exporter is registered beside the other exporters
+    (:data:`spinexr.deploy.export.EXPORTERS`, under the same name).
+
+    Args:
+        name: ``classifier``, ``landmarks`` or ``refiner`` (the bundle's part and ``spinexr models``' word).
+        formats: the metadata ``format`` values of this kind (the first is the one written now).
+        metadata: reads and checks a file's metadata without building a network.
+        load: ``(path, device) -> (model, metadata)``.
+        bundle_file: the file's name in a bundle folder.
+        shipped_weights: how the bundled copy stores its weights (``float16``, ``int8``).
+    """
+
+    name: str
+    formats: tuple[str, ...]
+    metadata: Callable[[str | Path], dict[str, Any]]
+    load: Callable[..., tuple[Any, dict[str, Any]]]
+    bundle_file: str
+    shipped_weights: str = "float16"
+
+
+KINDS: dict[str, ModelFileKind] = {}
+
+
+def register_model_file(kind: ModelFileKind) -> ModelFileKind:
+    """Add a kind of model file to :data:`KINDS` (its exporter goes in ``spinexr.deploy.export.EXPORTERS``)."""
+    KINDS[kind.name] = kind
+    return kind
+
+
+register_model_file(ModelFileKind("classifier", READABLE_FORMATS[::-1], read_metadata, load_inference,
+                                  "classifier.safetensors"))
+register_model_file(ModelFileKind("landmarks", (LANDMARK_FORMAT,), landmark_metadata, load_landmark_model,
+                                  "landmarks.safetensors"))
+# The refiner's weights ship as weight-only int8 (``benchmarks/refiner_weights.py`` measured what that
+# changes), so that the three files stay within a wheel PyPI accepts.
+register_model_file(ModelFileKind("refiner", (REFINER_FORMAT,), refiner_metadata, load_refiner_model,
+                                  "refiner.safetensors", shipped_weights="int8"))
+
+
+def file_kind(path: str | Path) -> ModelFileKind:
+    """The kind of a spinexr model file, from its metadata's ``format`` (a file of none of them: the
+    classifier, whose own check then says what is wrong)."""
+    fmt = raw_metadata(path).get("format")
+    return next((k for k in KINDS.values() if fmt in k.formats), KINDS["classifier"])
+
+
 def model_kind(path: str | Path) -> str:
     """``classifier``, ``landmarks`` or ``refiner``, from a spinexr model file's metadata."""
-    fmt = raw_metadata(path).get("format")
-    return "landmarks" if fmt == LANDMARK_FORMAT else "refiner" if fmt == REFINER_FORMAT else "classifier"
+    return file_kind(path).name
