@@ -18,31 +18,37 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from spinexr import CLASSES
+from spinexr.config import SPINE_CENTRED_MODES
+from spinexr.data.imread import list_images, read_image
+from spinexr.deploy.bundle import fit_rule, write_bundle
+from spinexr.deploy.bundled import BUNDLE_DIR, pack
+from spinexr.deploy.decision import DOUBTED_VIEW_DEG, DecisionRule
+from spinexr.deploy.measure import SpineMeasurer
+from spinexr.deploy.predictor import Predictor
+from spinexr.evaluation.provenance import header
+from spinexr.geometry.view import TWO_STAGE_FEATURES
+from spinexr.models.files import raw_metadata, read_metadata, write_model_file
+from spinexr.models.landmark import parse_scales
+from spinexr.models.refine import turn_limit
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+def _degrees(text: str) -> float | None:
+    """An argparse type for a limit on turning: turn_limit's message on a bad value."""
+    try:
+        return turn_limit(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
-from _machine import header, write_result  # noqa: E402
-from refine_variants import degrees_arg  # noqa: E402
-from spinexr import CLASSES  # noqa: E402
-from spinexr.config import SPINE_CENTRED_MODES  # noqa: E402
-from spinexr.data.imread import list_images, read_image  # noqa: E402
-from spinexr.deploy.bundle import fit_rule, write_bundle  # noqa: E402
-from spinexr.deploy.bundled import BUNDLE_DIR, pack  # noqa: E402
-from spinexr.deploy.decision import DOUBTED_VIEW_DEG, DecisionRule  # noqa: E402
-from spinexr.deploy.measure import SpineMeasurer  # noqa: E402
-from spinexr.deploy.predictor import Predictor  # noqa: E402
-from spinexr.geometry.view import TWO_STAGE_FEATURES  # noqa: E402
-from spinexr.models.files import raw_metadata, read_metadata, write_model_file  # noqa: E402
-from spinexr.models.landmark import parse_scales  # noqa: E402
 
 KAUH = ROOT.parent / "shared" / "data" / "kauh-spine-xray"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -103,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="how many times the shipped refiner reads its crops, in place of its file's own")
     ap.add_argument("--refiner-mirror-last", action="store_true",
                     help="the refiner reads the mirror images on its last pass only")
-    ap.add_argument("--refiner-max-turn", type=degrees_arg, default=None,
+    ap.add_argument("--refiner-max-turn", type=_degrees, default=None,
                     help="degrees a refiner pass after the first may turn a vertebra (benchmarks/refine_guard.py chooses)")
     ap.add_argument("--refiner-guard", default=None,
                     help="the refine_guard.py result that chose the limit (for the card)")
@@ -294,9 +300,11 @@ def _build(a: argparse.Namespace, argv: list[str] | None) -> int:
     full_c = Predictor(a.classifier)
     speed = {"classifier_ms": _latency(full_c.predict_image, imgs), "landmarks_ms": _latency(full_lm.measure, imgs)}
     clf_facts = _pack_both(a, meta, curve_deg, speed)
-    out = {**header("bundled_models", argv), "curve_deg": curve_deg, "doubted_view_deg": DOUBTED_VIEW_DEG,
+    out = {**header("bundled_models", argv, ROOT), "curve_deg": curve_deg, "doubted_view_deg": DOUBTED_VIEW_DEG,
            **_fp16_checks(a, full_c, full_lm, imgs, clf_facts), "kauh_parity_films": len(imgs)}
-    write_result("bundled_models.json", out)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bundled_models.json").write_text(json.dumps(out, indent=2, default=float))
+    print(f"wrote {RESULTS / 'bundled_models.json'}")
     print(json.dumps({k: out[k] for k in ("curve_deg", "classifier", "landmarks")}, indent=2))
     return 0
 

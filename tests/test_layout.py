@@ -39,3 +39,16 @@ def test_import_linter_contract_holds() -> None:
         pytest.skip("import-linter is not installed (pip install import-linter)")
     r = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_scripts_import_only_spinexr_and_installed_packages() -> None:
+    """``scripts/`` are thin over the library: no path hacks, no imports from ``benchmarks/``."""
+    import ast
+
+    local = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+    for script in sorted((ROOT / "scripts").glob("*.py")):
+        tree = ast.parse(script.read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not names & local, f"{script.name} imports {sorted(names & local)} from benchmarks/"
+        assert "sys.path" not in script.read_text(), f"{script.name} changes sys.path"
