@@ -77,16 +77,34 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = 17, parity
     return report
 
 
+# Which of torch's ONNX exporters writes spinexr's exports: "dynamo" (torch.export, opset 18+) or
+# "torchscript" (the tracing exporter, deprecated by torch). benchmarks/onnx_exporters.py measured both
+# on the bundled models: the same parity with PyTorch and the same onnxruntime latency, graphs half the
+# nodes with torch.export, exports 2-7x faster with TorchScript; torch.export is kept (exports are made
+# once a model file and cached by digest), TorchScript is its fallback.
+EXPORTER = "dynamo"
+EXPORTER_NAMES = ("dynamo", "torchscript")
+
+
+def exporter_name() -> str:
+    """The exporter in use (:data:`EXPORTER`)."""
+    if EXPORTER not in EXPORTER_NAMES:
+        raise SpinexrError(f"unknown ONNX exporter {EXPORTER!r}: choose one of {', '.join(EXPORTER_NAMES)}")
+    return EXPORTER
+
+
 def _torch_export(module: torch.nn.Module, dummy: torch.Tensor, path: Path, opset: int,
                   outputs: tuple[str, ...] = ("logits", "probs", "ood_score"), input_name: str = "image") -> None:
-    """The torch.export-based exporter (dynamic batch); the TorchScript one if that fails."""
+    """Export with :func:`exporter_name`'s exporter (dynamic batch); the torch.export-based one falls back
+    to the TorchScript one if it fails."""
     names = {"input_names": [input_name], "output_names": list(outputs)}
-    try:
-        torch.onnx.export(module, (dummy,), str(path), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-                          opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False, **names)
-        return
-    except Exception as e:  # noqa: BLE001 - any exporter failure falls back to the older exporter
-        log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter", e)
+    if exporter_name() == "dynamo":
+        try:
+            torch.onnx.export(module, (dummy,), str(path), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                              opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False, **names)
+            return
+        except Exception as e:  # noqa: BLE001 - any exporter failure falls back to the older exporter
+            log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter", e)
     axes = {k: {0: "batch"} for k in (input_name, *outputs)}
     torch.onnx.export(module, (dummy,), str(path), dynamic_axes=axes,
                       opset_version=opset, dynamo=False, do_constant_folding=True, **names)
@@ -213,6 +231,7 @@ def cached_onnx(model_path: str | Path) -> Path:
         raise SpinexrError(f"{model_path}: model file not found")
     exporter = EXPORTERS[model_kind(model_path)]
     version = f"-x{exporter.version}" if exporter.version > 1 else ""
+    version += "" if exporter_name() == "dynamo" else f"-{exporter_name()}"
     out = cache_dir() / f"{model_path.stem}-{digest[:16]}{version}.onnx"
     if out.is_file():
         return out

@@ -224,7 +224,7 @@ def zoom(x: torch.Tensor, s: float) -> tuple[torch.Tensor, tuple[float, float, f
     """``x`` (B, C, H, W) in [0, 1] zoomed about its centre by ``s`` at the same size (below 1: zoomed
     out, black around it, as the training zoom-out pads; above 1: the overhang cut off), and the map
     ``(sx, sy, ox, oy)`` from a zoomed pixel position back: ``x = (x' + 0.5 - ox) / sx - 0.5``."""
-    h, w = x.shape[-2:]
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # fixed by the contract (an export traces them as constants)
     if s == 1.0:
         return x, (1.0, 1.0, 0.0, 0.0)
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
