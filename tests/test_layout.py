@@ -3,6 +3,7 @@ tests/test_settings.py checks that data check needs no torch)."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -52,3 +53,38 @@ def test_scripts_import_only_spinexr_and_installed_packages() -> None:
         names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not names & local, f"{script.name} imports {sorted(names & local)} from benchmarks/"
         assert "sys.path" not in script.read_text(), f"{script.name} changes sys.path"
+
+
+def _api_functions() -> list[tuple[str, ast.FunctionDef]]:
+    """Every public function and method of the modules the API reference renders (docs/api/*.md)."""
+    import re
+
+    mods = [m for md in sorted((ROOT / "docs" / "api").glob("*.md"))
+            for m in re.findall(r"^::: (spinexr[\w.]*)", md.read_text(), re.M)]
+    out = []
+    for mod in mods:
+        path = ROOT / "src" / (mod.replace(".", "/") + ".py")
+        path = path if path.is_file() else ROOT / "src" / mod.replace(".", "/") / "__init__.py"
+        tree = ast.parse(path.read_text())
+        exported = next(({e.value for e in n.value.elts} for n in tree.body if isinstance(n, ast.Assign)
+                         and any(getattr(t, "id", None) == "__all__" for t in n.targets)), None)
+        for n in tree.body:
+            if not isinstance(n, (ast.FunctionDef, ast.ClassDef)):
+                continue
+            public = n.name in exported if exported is not None else not n.name.startswith("_")
+            if isinstance(n, ast.FunctionDef) and public:
+                out.append((f"{mod}.{n.name}", n))
+            elif isinstance(n, ast.ClassDef) and public:
+                out += [(f"{mod}.{n.name}.{f.name}", f) for f in n.body
+                        if isinstance(f, ast.FunctionDef) and not f.name.startswith("_")]
+    return out
+
+
+def test_public_functions_with_four_or_more_parameters_document_them() -> None:
+    """The API reference's parameter tables: every public function or method of 4+ parameters has ``Args:``."""
+    def n_params(f: ast.FunctionDef) -> int:
+        a = f.args
+        return len([x for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")])
+
+    bare = [name for name, f in _api_functions() if n_params(f) >= 4 and "Args:" not in (ast.get_docstring(f) or "")]
+    assert bare == []

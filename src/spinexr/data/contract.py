@@ -145,6 +145,15 @@ def fit_to_box(img: np.ndarray, height: int, width: int, mode: str = "letterbox"
     ``window`` does the same to every film, widening a narrower one to the strip's proportions by
     mirroring its edges (:func:`~spinexr.data.framing.spine_window`), so the framing a hospital chose
     around the spine does not reach the model.
+
+    Args:
+        img: the decoded film, float in [0, 1], H x W.
+        height: the model input's height.
+        width: its width.
+        mode: ``letterbox``, ``stretch``, ``crop``, ``strip`` or ``window``.
+
+    Returns:
+        the uint8 input and its :class:`Placement` (maps points between the film and the input).
     """
     if mode not in RESIZE_MODES:
         raise SpinexrError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")

@@ -109,7 +109,14 @@ def _dx_modules(ds: Dataset, who: FilmIdentity, pixel_spacing: float) -> None:
 
 
 def write_dx(path: str | Path, img: np.ndarray, who: FilmIdentity, pixel_spacing: float = 0.15) -> Path:
-    """Write ``img`` as a DX file at ``path`` (see :func:`dx_dataset`)."""
+    """Write ``img`` as a DX file at ``path`` (see :func:`dx_dataset`).
+
+    Args:
+        path: the file to write.
+        img: the film, float in [0, 1].
+        who: the patient and study it belongs to.
+        pixel_spacing: millimetres a pixel (Imager Pixel Spacing).
+    """
     ds = dx_dataset(img, who, pixel_spacing)
     ds.save_as(path, enforce_file_format=True)
     return Path(path)

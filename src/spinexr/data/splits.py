@@ -32,7 +32,14 @@ def _k_for(labels: np.ndarray, groups: np.ndarray, k: int) -> int:
 
 
 def group_kfold(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified group k-fold: ``[(train_idx, test_idx), ...]``; a group never straddles a split."""
+    """Stratified group k-fold: ``[(train_idx, test_idx), ...]``; a group never straddles a split.
+
+    Args:
+        labels: each film's class.
+        groups: each film's group (its case or patient).
+        k: the number of folds.
+        seed: the shuffle's seed.
+    """
     labels, groups = np.asarray(labels), np.asarray(groups)
     k_eff = _k_for(labels, groups, k)
     if k_eff < k:
@@ -46,7 +53,15 @@ def group_kfold(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> li
 def carve_validation(
     train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split a training fold into (fit, validation), stratified and group-aware."""
+    """Split a training fold into (fit, validation), stratified and group-aware.
+
+    Args:
+        train_idx: the training fold's film indices.
+        labels: every film's class.
+        groups: every film's group.
+        fraction: about this share of the fold's groups validates.
+        seed: the shuffle's seed.
+    """
     train_idx = np.asarray(train_idx)
     n_splits = max(2, int(round(1.0 / fraction)))
     sub_labels, sub_groups = np.asarray(labels)[train_idx], np.asarray(groups)[train_idx]
@@ -57,7 +72,14 @@ def carve_validation(
 
 
 def holdout(labels: np.ndarray, groups: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One stratified group split into (train, test)."""
+    """One stratified group split into (train, test).
+
+    Args:
+        labels: every film's class.
+        groups: every film's group.
+        test_fraction: about this share of the groups is held out.
+        seed: the shuffle's seed.
+    """
     idx = np.arange(len(labels))
     return carve_validation(idx, labels, groups, test_fraction, seed)
 
@@ -97,7 +119,14 @@ def leaky_split(labels: np.ndarray, seed: int,
 
 def case_splits(groups: np.ndarray, folds: int, seed: int, test_fraction: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Case-grouped folds, or with ``folds`` < 2 one split holding out ``test_fraction`` of the cases
-    (0: no test part, every film trains: the final model)."""
+    (0: no test part, every film trains: the final model).
+
+    Args:
+        groups: every film's case.
+        folds: the number of folds (below 2: one split).
+        seed: the shuffle's seed.
+        test_fraction: the share of cases held out when ``folds`` < 2.
+    """
     cases = np.unique(groups)
     rng = np.random.default_rng(seed)
     order = rng.permutation(cases)
@@ -115,7 +144,15 @@ def case_splits(groups: np.ndarray, folds: int, seed: int, test_fraction: float)
 def fit_val_split(groups: np.ndarray, tr: np.ndarray, val_fraction: float, seed: int, fold: int
                   ) -> tuple[np.ndarray, np.ndarray]:
     """A fold's training side ``tr`` split by case into the films that fit and the validation films
-    that choose the epoch (``val_fraction`` of its cases), as every landmark CV run draws them."""
+    that choose the epoch (``val_fraction`` of its cases), as every landmark CV run draws them.
+
+    Args:
+        groups: every film's case.
+        tr: the fold's training indices.
+        val_fraction: the share of its cases that validates.
+        seed: the run's seed.
+        fold: the fold's number (each fold draws its own split).
+    """
     n_val = max(1, int(round(val_fraction * len(np.unique(groups[tr])))))
     val_cases = np.random.default_rng(seed + 1 + fold).permutation(np.unique(groups[tr]))[:n_val]
     return tr[~np.isin(groups[tr], val_cases)], tr[np.isin(groups[tr], val_cases)]

@@ -206,7 +206,14 @@ def render_ap(
     curve: str = "C",
     scale: float = 1.0,
 ) -> SynthCase:
-    """An AP full-spine view; ``cobb_deg`` 0 draws a straight (Normal) spine."""
+    """An AP full-spine view; ``cobb_deg`` 0 draws a straight (Normal) spine.
+
+    Args:
+        rng: the random generator every drawn detail comes from.
+        cobb_deg: the curve's Cobb angle in degrees.
+        curve: ``C`` (one curve) or ``S`` (two).
+        scale: the film's size relative to about 1000 px high.
+    """
     h = int(round(rng.uniform(900, 1000) * scale))
     w = int(round(rng.uniform(330, 430) * scale))
     cv = _Canvas(w, h)
@@ -252,7 +259,14 @@ def render_lateral(
     slip_level: str = "L5",
     scale: float = 1.0,
 ) -> SynthCase:
-    """A lateral lumbar view (anterior to the left); ``slip_pct`` > 0 slides ``slip_level`` forward."""
+    """A lateral lumbar view (anterior to the left); ``slip_pct`` > 0 slides ``slip_level`` forward.
+
+    Args:
+        rng: the random generator every drawn detail comes from.
+        slip_pct: the slip as a percentage of the vertebra below's depth.
+        slip_level: the vertebra that slips (``L4`` or ``L5``).
+        scale: the film's size relative to about 700 px high.
+    """
     h = int(round(rng.uniform(620, 720) * scale))
     w = int(round(rng.uniform(520, 620) * scale))
     cv = _Canvas(w, h)
@@ -350,7 +364,14 @@ def write_negative_controls(out_dir: str | Path) -> list[Path]:
 
 
 def make_case(label: str, rng: np.random.Generator, scale: float = 1.0, view: str | None = None) -> SynthCase:
-    """One case of ``label`` with severities drawn from ``rng``."""
+    """One case of ``label`` with severities drawn from ``rng``.
+
+    Args:
+        label: ``Normal``, ``Scoliosis`` or ``Spondylolisthesis``.
+        rng: the random generator.
+        scale: the film's size (see :func:`render_ap`).
+        view: for a Normal case, ``AP`` or ``lateral`` (None: drawn at random).
+    """
     if label == "Scoliosis":
         return render_ap(rng, cobb_deg=float(rng.uniform(10, 60)), curve=str(rng.choice(["C", "S"])), scale=scale)
     if label == "Spondylolisthesis":
@@ -441,7 +462,15 @@ def ap_landmarks(case: SynthCase) -> np.ndarray:
 
 def contact_sheet(paths: list[Path], out: str | Path, captions: list[str] | None = None,
                   cols: int = 6, cell: int = 220) -> Path:
-    """Tile images (letterboxed into square cells) with captions into one PNG."""
+    """Tile images (letterboxed into square cells) with captions into one PNG.
+
+    Args:
+        paths: the images, in order.
+        out: the PNG to write.
+        captions: one caption an image (None: their file names).
+        cols: images a row.
+        cell: each cell's side in pixels.
+    """
 
     rows = max(1, math.ceil(len(paths) / cols))
     sheet = Image.new("L", (cols * cell, rows * (cell + 18)), 0)

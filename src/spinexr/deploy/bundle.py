@@ -157,7 +157,18 @@ def fit_rule(measurer: Any, source: str | Path, max_rate: float = 0.02, keep_lum
     Normal films' measured angles (:func:`~spinexr.deploy.decision.fit_curve_deg`, at most ``max_rate``
     of them reach it) and the view check on every film's view features (Spondylolisthesis films:
     lumbar views; Normal and Scoliosis films: full-spine AP), its line keeping ``keep_lumbar_out`` of
-    the lumbar films out. An unreadable film is left out and counted. Returns the manifest's ``rule``."""
+    the lumbar films out. An unreadable film is left out and counted. Returns the manifest's ``rule``.
+
+    Args:
+        measurer: the :class:`~spinexr.deploy.measure.SpineMeasurer` whose measurements the rule reads.
+        source: a labelled folder (one subfolder a class) or a manifest.
+        max_rate: the largest share of the Normal films allowed to reach the curve line.
+        keep_lumbar_out: the share of lumbar views the view check's line keeps out.
+        progress: show a progress bar.
+
+    Returns:
+        the manifest's ``rule`` section (curve line, view check, what they were fitted on).
+    """
     man = load_manifest(source)
     feats, full, normal, lumbar, unreadable = [], [], [], [], 0
     for rec in tqdm(man.records, desc="fitting the rule", unit="film", disable=not progress):

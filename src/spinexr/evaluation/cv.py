@@ -365,7 +365,14 @@ def framing_fold(predictor: Any, held_out: FramingFilms, device: Any, decision: 
     """The framing stress test on a fold's held-out Scoliosis and Normal films, run through the fold's
     predictor exactly as ``predict`` would; with ``decision`` (a
     :class:`~spinexr.evaluation.decision_cv.FoldDecision`), through the decision that answers to the
-    measured curve, each film measured as it is shown."""
+    measured curve, each film measured as it is shown.
+
+    Args:
+        predictor: the fold's classifier predictor.
+        held_out: the fold's held-out films, shown as they are and reframed.
+        device: the torch device.
+        decision: the fold's decision (None: the classifier alone).
+    """
     contract = predictor.contract
 
     def predict(films: list[np.ndarray]) -> np.ndarray:

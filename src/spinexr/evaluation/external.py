@@ -73,6 +73,15 @@ def external_metrics(y: np.ndarray, probs: np.ndarray, true_angle: np.ndarray | 
     """What a set that may hold only some classes can show (see the module docstring).
 
     ``true_angle`` / ``measured_angle``: the largest Cobb angle per film, NaN where unknown.
+
+    Args:
+        y: each film's true class index.
+        probs: (n, classes) predicted probabilities.
+        true_angle: the largest true Cobb angle of each film (NaN where unknown).
+        measured_angle: the largest measured angle of each film (NaN where unknown).
+        n_boot: bootstrap resamples for the intervals.
+        seed: the bootstrap's seed.
+        classes: the class names, in the probabilities' order.
     """
 
     y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)

@@ -61,7 +61,15 @@ def tolerance_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
 
 def angle_metrics(pred: np.ndarray, true: np.ndarray, err_pct: np.ndarray, n_boot: int = 1000,
                   seed: int = 0) -> dict[str, Any]:
-    """SMAPE, MAE of each angle and of the largest (with 95% bootstrap CIs), and the landmark error."""
+    """SMAPE, MAE of each angle and of the largest (with 95% bootstrap CIs), and the landmark error.
+
+    Args:
+        pred: (n, 3) measured angles (PT, MT, TL/L).
+        true: (n, 3) true angles.
+        err_pct: each film's mean landmark error as a percentage of the film's height.
+        n_boot: bootstrap resamples for the intervals.
+        seed: the bootstrap's seed.
+    """
     n = len(true)
     big_p, big_t = pred.max(axis=1), true.max(axis=1)
     out: dict[str, Any] = {"n": int(n), "smape": smape(pred, true),

@@ -46,7 +46,14 @@ def measurer_for(model: str | Path | None, device: str = "cpu") -> tuple[SpineMe
 
 def evaluate_landmarks(measurer: SpineMeasurer, source: str | Path, progress: bool = True,
                        n_boot: int = 1000) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``measurer`` on every film of the landmark set ``source``: (metrics, one row per film)."""
+    """``measurer`` on every film of the landmark set ``source``: (metrics, one row per film).
+
+    Args:
+        measurer: the landmark model (and refiner) to evaluate.
+        source: an AASCE-layout folder or a landmark CSV.
+        progress: show a progress bar.
+        n_boot: bootstrap resamples for the intervals.
+    """
     t0 = time.perf_counter()
     ds = load_landmark_source(source)
     true, pred, err, refused, rows = [], [], [], [], []
@@ -80,6 +87,14 @@ def evaluate_landmarks(measurer: SpineMeasurer, source: str | Path, progress: bo
 
 
 def write_evaluation(out: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], what: str) -> None:
+    """Write ``metrics.json`` and ``per_film.csv`` into ``out``.
+
+    Args:
+        out: the folder (made if missing).
+        metrics: what :func:`evaluate_landmarks` measured.
+        rows: its rows, one a film.
+        what: the model evaluated, as the metrics name it.
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"model": what, **metrics}, indent=2, default=float))
     with open(out / "per_film.csv", "w", newline="") as fh:

@@ -131,7 +131,18 @@ def percentile_ci(values: Iterable[float], alpha: float = 0.05) -> list[float] |
 
 def bootstrap(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0,
               alpha: float = 0.05) -> list[float] | None:
-    """Percentile bootstrap interval of ``stat`` (a function of resampled indices) over ``n`` items."""
+    """Percentile bootstrap interval of ``stat`` (a function of resampled indices) over ``n`` items.
+
+    Args:
+        stat: the statistic, a function of an array of resampled indices.
+        n: the number of items.
+        n_boot: the resamples.
+        seed: their seed.
+        alpha: 0.05 for a 95% interval.
+
+    Returns:
+        ``[low, high]``, or None where no resample gave a value.
+    """
     return percentile_ci((stat(i) for i in resample_indices(n, n_boot, seed)), alpha)
 
 
@@ -142,6 +153,14 @@ def bootstrap_ci(y: np.ndarray, probs: np.ndarray, n_boot: int = 1000, seed: int
 
     A resample where a rate is undefined (say, no film of that class drawn) does not count for that
     rate; a rate undefined in every resample has no interval.
+
+    Args:
+        y: each film's true class index.
+        probs: (n, classes) predicted probabilities.
+        n_boot: the resamples.
+        seed: their seed.
+        alpha: 0.05 for 95% intervals.
+        classes: the class names, in the probabilities' order.
     """
     y, probs = np.asarray(y), np.asarray(probs)
     k_cls = probs.shape[1]

@@ -25,7 +25,14 @@ OUTSIDE_TOLERANCE = 0.05
 
 def outside_film(pts: np.ndarray, width: float, height: float, tol: float = OUTSIDE_TOLERANCE) -> str | None:
     """Why the (..., 2) points cannot be landmarks of a ``width`` x ``height`` film (NaN, or outside it by
-    more than ``tol`` of its side), or None."""
+    more than ``tol`` of its side), or None.
+
+    Args:
+        pts: (..., 2) points in film pixels.
+        width: the film's width.
+        height: its height.
+        tol: how far outside, as a share of the side, still counts as on the film.
+    """
     if not np.isfinite(pts).all():
         return "a landmark is NaN or infinite"
     x, y = pts[..., 0], pts[..., 1]
@@ -59,7 +66,14 @@ def check_corners(corners: Any, width: float, height: float) -> np.ndarray:
 def measure_corners(corners: Any, width: float, height: float, centreline_weight: float = 0.0) -> dict[str, Any]:
     """The measurement of checked corners: ``pt``, ``mt``, ``tl`` (angle, end vertebrae, apex), ``largest``,
     ``band``, ``bands``, ``shape``, ``centreline_weight``, ``plausible``, ``refused`` (the reasons) and
-    ``endplate_lines`` (per curve, the two lines a reader draws: :func:`spinexr.geometry.overlay.endplate_lines`)."""
+    ``endplate_lines`` (per curve, the two lines a reader draws: :func:`spinexr.geometry.overlay.endplate_lines`).
+
+    Args:
+        corners: (17, 4, 2) corners (or 68 points) in film pixels, checked.
+        width: the film's width.
+        height: its height.
+        centreline_weight: how the tilts are read (0: each vertebra's own corners, the definition).
+    """
     v = check_corners(corners, width, height)
     reasons = implausibility(v, overlap=False)
     result = cobb_angles(v, height, centreline_weight)

@@ -64,7 +64,14 @@ def view_features(landmarks: np.ndarray, image_height: float, confidence: float,
     taller and wider L3-L5 are than T1-T3, the span from T1 to L5 as a share of the film height (all
     from the (17, 4, 2) corners in film pixels), and the mean heatmap peak (logs of the ratios). With
     ``refined`` (the second stage's corners of the same film; ``landmarks`` then the first stage's),
-    the refined vertebrae's three proportions follow (:data:`TWO_STAGE_FEATURES`)."""
+    the refined vertebrae's three proportions follow (:data:`TWO_STAGE_FEATURES`).
+
+    Args:
+        landmarks: (17, 4, 2) corners in film pixels (the first stage's where ``refined`` is given).
+        image_height: the film's height in pixels.
+        confidence: the mean heatmap peak.
+        refined: the second stage's corners of the same film, or None.
+    """
     v = as_vertebrae(landmarks)
     extent = (v[16, 2:, 1].mean() - v[0, :2, 1].mean()) / max(float(image_height), 1e-6)
     five = [*_proportions(landmarks), float(extent), float(np.log(max(float(confidence), 1e-6)))]
@@ -74,7 +81,14 @@ def view_features(landmarks: np.ndarray, image_height: float, confidence: float,
 def spine_view_features(corners: np.ndarray, image_height: float, confidence: float,
                         first: np.ndarray | None = None) -> np.ndarray:
     """A measurement's features as a check is fitted on them: with ``first`` (the first stage's corners of
-    a film whose ``corners`` were refined) :data:`TWO_STAGE_FEATURES`, else the five of ``corners``."""
+    a film whose ``corners`` were refined) :data:`TWO_STAGE_FEATURES`, else the five of ``corners``.
+
+    Args:
+        corners: (17, 4, 2) corners the angles are read from, in film pixels.
+        image_height: the film's height in pixels.
+        confidence: the mean heatmap peak.
+        first: the first stage's corners where ``corners`` were refined, or None.
+    """
     if first is None:
         return view_features(corners, image_height, confidence)
     return view_features(first, image_height, confidence, refined=corners)
@@ -99,7 +113,14 @@ class ViewCheck:
              first: np.ndarray | None = None) -> np.ndarray | None:
         """A measured film's features as this check reads them (``corners``: those the angles are read
         from; ``first``: the first stage's, where they were refined). None where a two-stage check meets a
-        film measured by the first stage alone: the check does not judge it."""
+        film measured by the first stage alone: the check does not judge it.
+
+        Args:
+            corners: (17, 4, 2) corners the angles are read from, in film pixels.
+            image_height: the film's height in pixels.
+            confidence: the mean heatmap peak.
+            first: the first stage's corners where ``corners`` were refined, or None.
+        """
         if tuple(self.features) == FEATURES:
             return view_features(corners, image_height, confidence)
         return None if first is None else spine_view_features(corners, image_height, confidence, first)
@@ -153,7 +174,15 @@ def fit_view_check(features: np.ndarray, full_spine: np.ndarray, keep_lumbar_out
     for full-spine AP films; (n, 8): :data:`TWO_STAGE_FEATURES`) and put the line where
     ``keep_lumbar_out`` of the other films fall below it, and the line for Spondylolisthesis calls
     where ``keep_lumbar_calls_out`` of them do (never below the first; both scored on the fitting
-    films themselves)."""
+    films themselves).
+
+    Args:
+        features: (n, 5) or (n, 8) features of films whose view is known.
+        full_spine: True for the full-spine AP films.
+        keep_lumbar_out: the share of the other films the line keeps below it.
+        fitted_on: what the films were, for the manifest.
+        keep_lumbar_calls_out: the same share for the line that judges Spondylolisthesis calls.
+    """
     from sklearn.linear_model import LogisticRegression
 
     x = np.asarray(features, dtype=np.float64)

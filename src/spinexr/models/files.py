@@ -41,7 +41,14 @@ READABLE_FORMATS = ("spinexr-model/1", FORMAT)
 def write_model_file(state: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path,
                      sidecar: bool = True) -> Path:
     """The one safetensors writer: tensors and the ``spinexr`` metadata to ``path`` atomically (a
-    temporary file, then a rename), and with ``sidecar`` a ``.json`` copy of the metadata for people."""
+    temporary file, then a rename), and with ``sidecar`` a ``.json`` copy of the metadata for people.
+
+    Args:
+        state: the tensors.
+        meta: the metadata, stored as JSON under ``spinexr``.
+        path: the ``.safetensors`` file.
+        sidecar: also write ``path`` with a ``.json`` suffix.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -54,6 +61,18 @@ def write_model_file(state: dict[str, torch.Tensor], meta: dict[str, Any], path:
 
 def build_metadata(model: nn.Module, *, contract: DataConfig, tta_flip: bool, temperature: float, weights: str,
                    data_summary: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A classifier model file's metadata (format 2): labels, data contract, flip, temperature,
+    architecture, version, training data.
+
+    Args:
+        model: the trained classifier (its ``arch`` and ``attention_kind`` are recorded).
+        contract: the data contract it was trained with.
+        tta_flip: whether the predictor averages with a mirrored copy.
+        temperature: the calibration temperature.
+        weights: the initial weights it was trained from (``imagenet``, ``none``, a file).
+        data_summary: what it was trained on.
+        extra: further entries.
+    """
     meta = {
         "format": FORMAT,
         "labels": list(CLASSES),
@@ -78,6 +97,12 @@ def save_model(model: nn.Module, meta: dict[str, Any], path: str | Path, ood: An
     """Write ``path`` (.safetensors) and ``path.json``; the write is atomic.
 
     ``ood`` (an :class:`~spinexr.ood.OODDetector`) is stored as ``ood.*`` tensors beside the weights.
+
+    Args:
+        model: the classifier.
+        meta: its metadata (:func:`build_metadata`).
+        path: the ``.safetensors`` file.
+        ood: the detector, or None.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +179,14 @@ LANDMARK_FORMAT = "spinexr-landmarks/1"
 
 def save_landmark_model(predictor: Any, path: str | Path, cfg: dict[str, Any],
                         data_summary: dict[str, Any] | None = None) -> Path:
-    """Write a landmark model file (.safetensors with its contract and codec in the metadata, plus .json)."""
+    """Write a landmark model file (.safetensors with its contract and codec in the metadata, plus .json).
+
+    Args:
+        predictor: the :class:`~spinexr.models.landmark.LandmarkPredictor`.
+        path: the ``.safetensors`` file.
+        cfg: the settings it was trained with.
+        data_summary: what it was trained on.
+    """
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +276,16 @@ def save_refiner_model(refiner: Any, path: str | Path, cfg: dict[str, Any],
                        tilt_gain: float = 1.0) -> Path:
     """Write a vertebra refiner file (:mod:`spinexr.models.refine`): weights, crop geometry and how the
     refined corners are read (``centreline_weight``; 0: each vertebra's own corners, the definition;
-    ``tilt_gain``: :func:`spinexr.geometry.cobb.widen_tilts` on the refined corners, 1: none)."""
+    ``tilt_gain``: :func:`spinexr.geometry.cobb.widen_tilts` on the refined corners, 1: none).
+
+    Args:
+        refiner: the :class:`~spinexr.models.refine.VertebraRefiner`.
+        path: the ``.safetensors`` file.
+        cfg: the settings it was trained with.
+        data_summary: what it was trained on.
+        centreline_weight: how its corners' tilts are read.
+        tilt_gain: the gain on its tilts.
+    """
     meta = {"format": REFINER_FORMAT, "encoder": refiner.net.arch, "crop": refiner.crop, "span": refiner.span,
             "film_height": refiner.film_height, "mean": refiner.mean, "std": refiner.std,
             "tta_flip": refiner.tta_flip, "iterations": refiner.iterations, "flip_every_pass": refiner.flip_every_pass,

@@ -50,7 +50,14 @@ class OODDetector:
 
 
 def fit_ood(features: np.ndarray, labels: np.ndarray, percentile: float = 95.0, max_components: int = 64) -> OODDetector:
-    """Fit on training features (N, C) and labels; the threshold is the ``percentile`` of training scores."""
+    """Fit on training features (N, C) and labels; the threshold is the ``percentile`` of training scores.
+
+    Args:
+        features: (N, C) training features.
+        labels: their classes.
+        percentile: the training scores' percentile the threshold is put at.
+        max_components: the principal components kept.
+    """
     from sklearn.covariance import LedoitWolf
 
     x = np.asarray(features, dtype=np.float64)

@@ -55,6 +55,14 @@ class OverlaySink(Sink):
                                "or --landmarks)")
 
     def draw(self, pipeline: Any, pred: Any, img: Any, index: int) -> Any:
+        """The measurement drawn on the film, named in a copy of ``pred`` (see :meth:`Sink.draw`).
+
+        Args:
+            pipeline: the pipeline (its landmark model draws).
+            pred: the film's prediction.
+            img: the decoded film (None: not read).
+            index: the film's place in the run.
+        """
         if img is None or pred.spine is None:
             return pred
         dest = self.folder / artifact_name(index, Path(pred.path), "cobb")
@@ -83,6 +91,14 @@ class HeatmapSink(Sink):
         return cls(value, getattr(args, "explain", None) or "gradcam")
 
     def draw(self, pipeline: Any, pred: Any, img: Any, index: int) -> Any:
+        """The classifier's map over the film, named in a copy of ``pred`` (see :meth:`Sink.draw`).
+
+        Args:
+            pipeline: the pipeline (its classifier explains).
+            pred: the film's prediction.
+            img: the decoded film (None: not read).
+            index: the film's place in the run.
+        """
         if img is None:
             return pred
         try:

@@ -90,7 +90,15 @@ class Ledger:
     def record_film(self, ref: tuple[str, str, str], *, reason: str = "", label: str | None = None,
                     largest: float | None = None, reports: tuple[str, str | None] | None = None) -> None:
         """One film's outcome: ``ref`` (study, series, SOP instance UIDs); reported with ``reports`` (the SR's
-        and the presentation state's UIDs), or failed with ``reason``."""
+        and the presentation state's UIDs), or failed with ``reason``.
+
+        Args:
+            ref: (study, series, SOP instance) UIDs.
+            reason: why the film failed ("" when it was reported).
+            label: the decision's label.
+            largest: the largest Cobb angle.
+            reports: the structured report's and the presentation state's SOP instance UIDs.
+        """
         study_uid, series_uid, sop_uid = ref
         sr_uid, pr_uid = reports or (None, None)
         state = "reported" if sr_uid else "failed"
@@ -98,6 +106,14 @@ class Ledger:
                         (sop_uid, study_uid, series_uid, state, reason, label, largest, sr_uid, pr_uid, time.time()))
 
     def finish(self, study_uid: str, state: str, reason: str = "", instances: int | None = None) -> None:
+        """A study's outcome: ``done``, ``skipped`` or ``failed``, with the reason.
+
+        Args:
+            study_uid: the Study Instance UID.
+            state: its outcome.
+            reason: why, where it was not done.
+            instances: its number of instances, when known (a study that grows is looked at again).
+        """
         self.db.execute("UPDATE studies SET state = ?, reason = ?, finished = ?, instances = ? WHERE study_uid = ?",
                         (state, reason, time.time(), instances, study_uid))
 

@@ -116,6 +116,15 @@ class PacsWorker:
         return r
 
     def process_study(self, uid: str, modalities: list[str], r: Round, count: int | None = None) -> None:
+        """One study: its DX/CR series found, each new film retrieved, analysed and reported; the study's
+        outcome recorded in the ledger.
+
+        Args:
+            uid: the Study Instance UID.
+            modalities: the modalities the study listed (named when none is analysed).
+            r: the round's counts, updated.
+            count: the study's number of instances, when the server said.
+        """
         self.ledger.seen(uid)
         series = self._call(self.client.search_for_series, uid, fields=["Modality"])
         films = [s for s in series if _value(s, MODALITY).upper() in self.modalities]

@@ -123,7 +123,14 @@ def _close(opened: list[Sink], summary: RunSummary, failed: bool) -> None:
 def predict_paths(pipeline: Pipeline, paths: list[Path], sinks: list[Sink] | None = None,
                   progress: bool = True) -> list[Any]:
     """Every path through the pipeline one film at a time, as :class:`~spinexr.deploy.prediction.Prediction`
-    objects (``status`` ok or error), the drawing ``sinks`` drawing on each (the demo and small scripts)."""
+    objects (``status`` ok or error), the drawing ``sinks`` drawing on each (the demo and small scripts).
+
+    Args:
+        pipeline: the loaded pipeline.
+        paths: the films, in order.
+        sinks: outputs; the drawing ones draw on each film.
+        progress: show a progress bar.
+    """
     drawers = [s for s in (sinks or []) if s.draws]
     for s in drawers:
         s.check(pipeline)

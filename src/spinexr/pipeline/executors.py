@@ -41,7 +41,15 @@ JOB_BYTES = 1_500_000_000
 
 def in_order(pool: PoolExecutor, fn: Callable[..., T], items: Iterable[Any], ahead: int, *args: Any) -> Iterator[T]:
     """``fn(item, *args)`` for each item, run in ``pool`` at most ``ahead`` at a time, the results in the
-    items' order (memory stays bounded whatever their number)."""
+    items' order (memory stays bounded whatever their number).
+
+    Args:
+        pool: a process or thread pool.
+        fn: the function.
+        items: its first arguments.
+        ahead: the most items in flight.
+        *args: its further arguments, the same for every item.
+    """
     pending: deque[Future[T]] = deque()
     it = iter(items)
     try:
@@ -58,7 +66,14 @@ def in_order(pool: PoolExecutor, fn: Callable[..., T], items: Iterable[Any], ahe
 
 def decoded_batches(paths: list[Path], batch_size: int, workers: int, max_pixels: int) -> Iterator[list[Decoded]]:
     """Decoded films in order, ``batch_size`` at a time; with ``workers`` > 0 read in that many processes,
-    at most a few batches ahead of the pipeline (memory stays bounded)."""
+    at most a few batches ahead of the pipeline (memory stays bounded).
+
+    Args:
+        paths: the films, in order.
+        batch_size: films a batch.
+        workers: decoding processes (0: in this one).
+        max_pixels: the largest film decoded.
+    """
     if workers <= 0:
         for s in range(0, len(paths), batch_size):
             yield [decode(str(p), max_pixels) for p in paths[s:s + batch_size]]

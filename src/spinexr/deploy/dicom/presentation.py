@@ -34,7 +34,17 @@ def cobb_result(spine: dict[str, Any]) -> CobbResult | None:
 
 
 def clip_segment(p: np.ndarray, q: np.ndarray, width: float, height: float) -> np.ndarray | None:
-    """The part of segment ``p``-``q`` inside ``[0, width] x [0, height]`` (Liang-Barsky), None if none is."""
+    """The part of segment ``p``-``q`` inside ``[0, width] x [0, height]`` (Liang-Barsky), None if none is.
+
+    Args:
+        p: the segment's start, (x, y) film pixels.
+        q: its end.
+        width: the film's width in pixels.
+        height: its height.
+
+    Returns:
+        the clipped segment as a (2, 2) array, or None.
+    """
     t0, t1 = 0.0, 1.0
     d = q - p
     for num, den in ((p[0], -d[0]), (width - p[0], d[0]), (p[1], -d[1]), (height - p[1], d[1])):
