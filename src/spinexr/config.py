@@ -258,7 +258,13 @@ SECTIONS: dict[str, type[Settings]] = {"cv": CVConfig, "train": TrainConfig}
 
 def add_setting_flags(p: argparse.ArgumentParser, verb: str, classes: Any = None) -> None:
     """One flag per exposed field of ``classes`` (default :class:`CVConfig` and :class:`TrainConfig`)
-    for ``verb``. Flags default to None, so only the flags a user gives override the defaults."""
+    for ``verb``. Flags default to None, so only the flags a user gives override the defaults.
+
+    Args:
+        p: the verb's parser.
+        verb: the verb (a field names the verbs it is a flag of).
+        classes: the settings dataclasses (default: CVConfig and TrainConfig).
+    """
     for cls in classes or SECTIONS.values():
         hints = get_type_hints(cls)
         for f in fields(cls):  # type: ignore[arg-type]

@@ -130,7 +130,13 @@ class Placement:
 
 
 def fit_to_square(img: np.ndarray, size: int, mode: str = "letterbox") -> tuple[np.ndarray, Placement]:
-    """:func:`fit_to_box` into a ``size`` x ``size`` square."""
+    """:func:`fit_to_box` into a ``size`` x ``size`` square.
+
+    Args:
+        img: the decoded film, float in [0, 1].
+        size: the square's side.
+        mode: the resize mode (see :func:`fit_to_box`).
+    """
     return fit_to_box(img, size, size, mode)
 
 

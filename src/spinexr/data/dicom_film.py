@@ -42,7 +42,13 @@ class FilmIdentity:
 
 
 def dx_dataset(img: np.ndarray, who: FilmIdentity, pixel_spacing: float = 0.15) -> Dataset:
-    """``img`` (uint8, or float in [0, 1]; H x W) as a 12-bit MONOCHROME2 DX dataset."""
+    """``img`` (uint8, or float in [0, 1]; H x W) as a 12-bit MONOCHROME2 DX dataset.
+
+    Args:
+        img: the film, uint8 or float in [0, 1], H x W.
+        who: the patient and study it belongs to.
+        pixel_spacing: millimetres a pixel (Imager Pixel Spacing).
+    """
     a = np.asarray(img)
     if a.dtype != np.uint8:
         a = np.clip(np.rint(np.asarray(a, dtype=np.float64) * 255), 0, 255).astype(np.uint8)

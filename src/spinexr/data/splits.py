@@ -85,7 +85,13 @@ def holdout(labels: np.ndarray, groups: np.ndarray, test_fraction: float, seed: 
 
 
 def oversample(train_idx: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Indices drawn **from ``train_idx`` only** so each class appears as often as the largest one."""
+    """Indices drawn **from ``train_idx`` only** so each class appears as often as the largest one.
+
+    Args:
+        train_idx: the training fold's indices.
+        labels: every film's class.
+        rng: the random generator.
+    """
     train_idx = np.asarray(train_idx)
     y = np.asarray(labels)[train_idx]
     classes, counts = np.unique(y, return_counts=True)
@@ -106,6 +112,11 @@ def leaky_split(labels: np.ndarray, seed: int,
 
     Returns source indices (with repeats) for train/val/test and ``test_leak``, the fraction of test
     rows whose source image also appears in train.
+
+    Args:
+        labels: every film's class.
+        seed: the shuffle's seed.
+        fractions: train, validation and test shares.
     """
     rng = np.random.default_rng(seed)
     pool = oversample(np.arange(len(labels)), labels, rng)

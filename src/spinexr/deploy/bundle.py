@@ -134,7 +134,13 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
 
 
 def rule_section(rule: DecisionRule, view_check: ViewCheck | None, fitted: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest's ``rule``: the decision rule's lines (``decision``), its view check and how they were fitted."""
+    """The manifest's ``rule``: the decision rule's lines (``decision``), its view check and how they were fitted.
+
+    Args:
+        rule: the decision rule.
+        view_check: the view check, or None.
+        fitted: how the lines were fitted (films, rates), merged into ``decision``.
+    """
     return {"version": RULE_VERSION,
             "decision": {"curve_deg": rule.curve_deg, "straight_deg": rule.straight_deg,
                          "doubted_view_deg": rule.doubted_view_deg, "large_curve_deg": rule.large_curve_deg,

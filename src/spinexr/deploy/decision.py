@@ -100,7 +100,13 @@ class DecisionRule:
 
     def decide(self, label: str, probabilities: dict[str, float], measurement: Any) -> Decision:
         """``label``/``probabilities``: the classifier's; ``measurement``: a
-        :class:`~spinexr.deploy.measure.Measurement` or None (no landmark model ran)."""
+        :class:`~spinexr.deploy.measure.Measurement` or None (no landmark model ran).
+
+        Args:
+            label: the classifier's label.
+            probabilities: its probabilities by class.
+            measurement: the film's measurement, or None.
+        """
         p = probabilities.get(label, 0.0)
         if measurement is None:
             return Decision(label, label, None, "no angle", "no landmark model: the classifier's label")
@@ -151,7 +157,13 @@ class DecisionRule:
 def fit_curve_deg(measured: Any, max_rate: float = 0.02, floor: float = STRAIGHT_DEG) -> float:
     """The rule's curve line, chosen on films known not to be scoliosis (KAUH Normal; NaN: the landmark model
     refused the film): the smallest angle, on a half-degree step and at least ``floor``, that at most
-    ``max_rate`` of those films reach, so the rule overrides at most that share of them."""
+    ``max_rate`` of those films reach, so the rule overrides at most that share of them.
+
+    Args:
+        measured: the films' largest measured angles (NaN: refused).
+        max_rate: the largest share of them allowed to reach the line.
+        floor: the lowest line.
+    """
 
 
     a = np.asarray(measured, dtype=np.float64)

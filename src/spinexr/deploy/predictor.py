@@ -132,7 +132,16 @@ class Predictor:
         return Prediction.of(self.predict_image(img), path, meta=meta), img
 
     def explain(self, img: np.ndarray, method: str = "gradcam", target: int | None = None) -> tuple[np.ndarray, int]:
-        """A heatmap in the original image's frame (the letterbox undone)."""
+        """A heatmap in the original image's frame (the letterbox undone).
+
+        Args:
+            img: the decoded film, float in [0, 1].
+            method: ``gradcam``, ``gradcam++`` or ``attention``.
+            target: the class index explained (None: the predicted class).
+
+        Returns:
+            the heatmap (H x W in [0, 1]) and the class explained.
+        """
 
         if self.model is None:
             raise SpinexrError("explanations need the .safetensors model file, not only the ONNX export")

@@ -39,7 +39,13 @@ from spinexr.pipeline import Pipeline, PipelineSpec
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
-    """Wilson score interval of a proportion k/n (sound at 0% and 100%, unlike the bootstrap)."""
+    """Wilson score interval of a proportion k/n (sound at 0% and 100%, unlike the bootstrap).
+
+    Args:
+        k: the successes.
+        n: the trials.
+        z: the normal quantile (1.96: 95%).
+    """
     if n == 0:
         return None
     p = k / n

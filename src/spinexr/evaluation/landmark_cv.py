@@ -325,7 +325,13 @@ def parent_record(init: Path) -> dict[str, Any]:
 
 
 def write_finetune_card(path: Path, summary: dict[str, Any], cfg: LandmarkConfig) -> Path:
-    """A short model card for a fine-tuned landmark model: its parent and its data."""
+    """A short model card for a fine-tuned landmark model: its parent and its data.
+
+    Args:
+        path: the card to write.
+        summary: the fine-tuning's summary (parent, source, films).
+        cfg: its settings.
+    """
     par = summary["parent"]
     lines = ["# Landmark model (fine-tuned)", "",
              f"- Parent: `{par['path']}` (SHA-256 `{par['sha256'][:16]}...`), trained on "

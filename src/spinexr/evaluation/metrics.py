@@ -16,7 +16,13 @@ from spinexr.engine.calibration import fit_temperature, nll, softmax
 
 
 def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
-    """Top-label confidence vs accuracy per equal-width bin."""
+    """Top-label confidence vs accuracy per equal-width bin.
+
+    Args:
+        probs: (n, classes) probabilities.
+        y: the true class indices.
+        bins: equal-width confidence bins.
+    """
     conf = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y).astype(float)
     edges = np.linspace(0, 1, bins + 1)
@@ -32,7 +38,13 @@ def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, l
 
 
 def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error of the top label."""
+    """Expected calibration error of the top label.
+
+    Args:
+        probs: (n, classes) probabilities.
+        y: the true class indices.
+        bins: equal-width confidence bins.
+    """
     r = reliability(probs, y, bins)
     n = max(1, len(y))
     return float(sum(c / n * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"]) if c > 0))
@@ -76,6 +88,11 @@ def compute_metrics(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...] =
 
     A per-class rate whose denominator is empty (no films of the class, or none predicted as it) is
     ``None`` rather than a made-up 0. The macro-F1 counts an undefined F1 as 0, as sklearn does.
+
+    Args:
+        y: the true class indices.
+        probs: (n, classes) probabilities.
+        classes: the class names, in the probabilities' order.
     """
     y = np.asarray(y)
     probs = np.asarray(probs, dtype=np.float64)
@@ -114,7 +131,13 @@ def _binary_auc(pos: np.ndarray, score: np.ndarray) -> float:
 
 
 def resample_indices(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
-    """The one bootstrap: ``n_boot`` resamples of ``range(n)`` with replacement, from one seeded stream."""
+    """The one bootstrap: ``n_boot`` resamples of ``range(n)`` with replacement, from one seeded stream.
+
+    Args:
+        n: the number of items.
+        n_boot: the resamples.
+        seed: their seed.
+    """
     rng = np.random.default_rng(seed)
     for _ in range(n_boot if n else 0):
         yield rng.integers(0, n, n)

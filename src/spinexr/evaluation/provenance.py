@@ -60,7 +60,13 @@ def code_version(root: str | os.PathLike | None = None) -> dict[str, Any] | None
 
 def header(name: str, argv: list[str] | None, root: str | os.PathLike | None = None) -> dict[str, Any]:
     """The fields every result file starts with: benchmark, command, date, machine, checkout (the git commit
-    of ``root``, default the working folder)."""
+    of ``root``, default the working folder).
+
+    Args:
+        name: the benchmark's name.
+        argv: its arguments (None: this process's).
+        root: the checkout (default: the working folder).
+    """
     import shlex
     import time
     from pathlib import Path

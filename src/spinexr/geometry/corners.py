@@ -46,7 +46,13 @@ def outside_film(pts: np.ndarray, width: float, height: float, tol: float = OUTS
 
 def check_corners(corners: Any, width: float, height: float) -> np.ndarray:
     """``corners`` ((17, 4, 2) or (68, 2) numbers, x and y in film pixels) as a float64 (17, 4, 2) array,
-    or a ValueError saying what is wrong with them."""
+    or a ValueError saying what is wrong with them.
+
+    Args:
+        corners: the corners as numbers (a JSON body's list, an array).
+        width: the film's width in pixels.
+        height: its height.
+    """
     if not (np.isfinite(width) and np.isfinite(height)) or width <= 0 or height <= 0:
         raise ValueError(f"the film's width and height must be positive numbers; got {width} x {height}")
     try:

@@ -310,7 +310,13 @@ def refiner_metadata(path: str | Path) -> dict[str, Any]:
 def load_refiner_model(path: str | Path, device: str | torch.device = "cpu",
                        network: bool = True) -> tuple[Any, dict[str, Any]]:
     """A vertebra refiner file as ``(VertebraRefiner in eval mode, metadata)``. With ``network=False``
-    only its geometry (crops cut and placed back) is built, for crops read by its ONNX export."""
+    only its geometry (crops cut and placed back) is built, for crops read by its ONNX export.
+
+    Args:
+        path: the refiner file.
+        device: the torch device.
+        network: build the network (False: its geometry alone).
+    """
     from spinexr.models.refine import VertebraRefiner, turn_limit
 
     path = Path(path)

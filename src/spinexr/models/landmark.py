@@ -186,7 +186,14 @@ CODECS = {"corners": HeatmapCodec, "offsets": OffsetCodec}
 
 
 def make_codec(name: str, height: int, width: int, **kw: float) -> HeatmapCodec:
-    """The codec called ``name`` (``corners`` or ``offsets``) for an input of ``height`` x ``width``."""
+    """The codec called ``name`` (``corners`` or ``offsets``) for an input of ``height`` x ``width``.
+
+    Args:
+        name: ``corners`` or ``offsets``.
+        height: the input's height.
+        width: its width.
+        **kw: the codec's own settings (its stride, sigma).
+    """
     if name not in CODECS:
         raise ValueError(f"unknown landmark encoding {name!r}; accepted: {', '.join(CODECS)}")
     return CODECS[name](height, width, **kw)

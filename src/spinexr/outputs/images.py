@@ -21,7 +21,13 @@ from spinexr.outputs._base import Sink, writable_folder, write_failed
 
 
 def artifact_name(i: int, path: Path, method: str) -> str:
-    """``00012_<film stem>_<method>.png``: the film's place in the run, its name made safe, what was drawn."""
+    """``00012_<film stem>_<method>.png``: the film's place in the run, its name made safe, what was drawn.
+
+    Args:
+        i: the film's place in the run.
+        path: the film's path.
+        method: what was drawn (``cobb``, ``gradcam``).
+    """
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)[:80]
     return f"{i:05d}_{safe}_{method.replace('+', 'p')}.png"
 

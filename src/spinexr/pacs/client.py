@@ -83,7 +83,13 @@ class Unreachable(SpinexrError):
 
 
 def connect(url: str, credentials: Credentials | None = None, timeout: float = TIMEOUT_S) -> Any:
-    """A dicomweb-client :class:`DICOMwebClient` for the server at ``url`` (its DICOMweb root)."""
+    """A dicomweb-client :class:`DICOMwebClient` for the server at ``url`` (its DICOMweb root).
+
+    Args:
+        url: the server's DICOMweb root (``http://host:8042/dicom-web``).
+        credentials: its credentials, or None.
+        timeout: seconds a request may take.
+    """
     try:
         import requests
         from dicomweb_client.api import DICOMwebClient

@@ -28,7 +28,18 @@ log = logging.getLogger(__name__)
 class Executor(Protocol):
     """Runs the pipeline over films: each batch's documents, in the films' order."""
 
-    def documents(self, pipeline: Pipeline, todo: Todo, drawers: list[Sink]) -> Any: ...
+    def documents(self, pipeline: Pipeline, todo: Todo, drawers: list[Sink]) -> Any:
+        """Run the pipeline over the films.
+
+        Args:
+            pipeline: the loaded pipeline (loaded again where the films run elsewhere).
+            todo: the films, each with its place in the run.
+            drawers: the drawing outputs, run beside the pipeline.
+
+        Returns:
+            each batch's documents, in the films' order.
+        """
+        ...
 
 
 @dataclass

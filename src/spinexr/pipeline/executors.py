@@ -96,7 +96,13 @@ def predict_batch(pipeline: Pipeline, batch: list[Decoded]) -> list[Prediction]:
 
 def batch_documents(pipeline: Pipeline, batch: list[tuple[int, Decoded]], drawers: list[Sink]) -> list[dict[str, Any]]:
     """Decoded films (with their places in the run) through the pipeline, each drawing sink drawing on
-    them: their documents, in order."""
+    them: their documents, in order.
+
+    Args:
+        pipeline: the loaded pipeline.
+        batch: the decoded films, each with its place in the run.
+        drawers: the drawing outputs.
+    """
     preds = pipeline.predict_decoded([d for _, d in batch])
     docs = []
     for (i, d), p in zip(batch, preds):
@@ -139,6 +145,16 @@ class InProcess:
             raise SpinexrError(f"--workers must be 0 or more, got {self.workers}")
 
     def documents(self, pipeline: Pipeline, todo: Todo, drawers: list[Sink]) -> Iterator[list[dict[str, Any]]]:
+        """The films through the pipeline here, decoded beside it (see :class:`~spinexr.pipeline.driver.Executor`).
+
+        Args:
+            pipeline: the loaded pipeline (loaded again where the films run elsewhere).
+            todo: the films, each with its place in the run.
+            drawers: the drawing outputs, run beside the pipeline.
+
+        Returns:
+            each batch's documents, in the films' order.
+        """
         places = iter([i for i, _ in todo])
         max_pixels = pipeline.spec.max_pixels if pipeline.spec is not None else PipelineSpec().max_pixels
         for batch in decoded_batches([p for _, p in todo], self.batch_size, self.workers, max_pixels):
@@ -191,6 +207,17 @@ class Jobs:
         return n
 
     def documents(self, pipeline: Pipeline, todo: Todo, drawers: list[Sink]) -> Iterator[list[dict[str, Any]]]:
+        """The films' batches through the pipeline in ``--jobs`` processes, in order (see
+        :class:`~spinexr.pipeline.driver.Executor`).
+
+        Args:
+            pipeline: the loaded pipeline (loaded again where the films run elsewhere).
+            todo: the films, each with its place in the run.
+            drawers: the drawing outputs, run beside the pipeline.
+
+        Returns:
+            each batch's documents, in the films' order.
+        """
         if pipeline.spec is None:
             raise SpinexrError("--jobs needs a pipeline made by Pipeline.load (it is loaded again in each process)")
         jobs = self.bounded()

@@ -163,7 +163,16 @@ class Pipeline:
         return self.measurer.overlay(img, m)
 
     def explain(self, img: np.ndarray, method: str = "gradcam", target: int | None = None) -> tuple[np.ndarray, int]:
-        """The classifier's heatmap in the film's frame (see :meth:`~spinexr.deploy.predictor.Predictor.explain`)."""
+        """The classifier's heatmap in the film's frame (see :meth:`~spinexr.deploy.predictor.Predictor.explain`).
+
+        Args:
+            img: the decoded film, float in [0, 1].
+            method: ``gradcam``, ``gradcam++`` or ``attention``.
+            target: the class index explained (None: the predicted class).
+
+        Returns:
+            the heatmap (H x W in [0, 1]) and the class explained.
+        """
         return self.predictor.explain(img, method, target)
 
     def describe(self) -> dict[str, Any]:

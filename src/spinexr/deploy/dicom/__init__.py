@@ -70,7 +70,13 @@ class DicomResults:
 
 def dicom_results(doc: dict[str, Any], source: Dataset, instance_number: int = 1) -> DicomResults:
     """The DICOM outputs of a prediction document (``status`` ok) made from the film whose header is
-    ``source``."""
+    ``source``.
+
+    Args:
+        doc: the film's prediction document (``status`` ok).
+        source: the DICOM film's dataset (its header is enough).
+        instance_number: the output's Instance Number in its series.
+    """
     require_highdicom()
     if doc.get("status") != "ok":
         raise SpinexrError(f"{doc.get('path')}: the film was not predicted ({(doc.get('error') or {}).get('reason')})")

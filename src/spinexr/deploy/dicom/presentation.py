@@ -85,7 +85,13 @@ def decision_text(doc: dict[str, Any]) -> list[str]:
 
 
 def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: int = 1) -> Dataset:
-    """The GSPS of one prediction document over the DICOM film ``source`` (one sample per pixel)."""
+    """The GSPS of one prediction document over the DICOM film ``source`` (one sample per pixel).
+
+    Args:
+        doc: the film's prediction document (``status`` ok).
+        source: the DICOM film's dataset (its header is enough).
+        instance_number: the output's Instance Number in its series.
+    """
     import highdicom as hd
 
     h, w = int(source.Rows), int(source.Columns)

@@ -124,7 +124,13 @@ def _curve_groups(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> l
 
 def measurement_report(doc: dict[str, Any], source: Dataset, instance_number: int = 1) -> Dataset:
     """The SR of one prediction document (``status`` ok) made from the DICOM film ``source`` (its header is
-    enough): in the source's study, in a series of its own, with the source's patient and study attributes."""
+    enough): in the source's study, in a series of its own, with the source's patient and study attributes.
+
+    Args:
+        doc: the film's prediction document (``status`` ok).
+        source: the DICOM film's dataset (its header is enough).
+        instance_number: the output's Instance Number in its series.
+    """
     import highdicom as hd
 
     key = model_key(doc)
