@@ -88,3 +88,30 @@ def test_public_functions_with_three_or_more_parameters_document_them() -> None:
 
     bare = [name for name, f in _api_functions() if n_params(f) >= 3 and "Args:" not in (ast.get_docstring(f) or "")]
     assert bare == []
+
+
+def test_public_classes_document_what_they_are_built_from() -> None:
+    """Every public class of the API reference that takes parameters (an ``__init__`` or dataclass fields)
+    names each of them under ``Args:`` (the settings classes too, field by field)."""
+    import dataclasses
+    import importlib
+    import re
+
+    bare = []
+    for md in sorted((ROOT / "docs" / "api").glob("*.md")):
+        for mod in re.findall(r"^::: (spinexr[\w.]*)", md.read_text(), re.M):
+            m = importlib.import_module(mod)
+            names = getattr(m, "__all__", [n for n in vars(m) if not n.startswith("_")])
+            for n in names:
+                cls = getattr(m, n, None)
+                if not isinstance(cls, type) or cls.__module__ != mod or issubclass(cls, BaseException):
+                    continue
+                params = ([f.name for f in dataclasses.fields(cls) if f.init] if dataclasses.is_dataclass(cls) else
+                          [p for p in cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount]]
+                          if "__init__" in vars(cls) else [])
+                doc = cls.__doc__ or ""
+                args = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+                missing = [p for p in params if f"{p}:" not in args]
+                if missing:
+                    bare.append(f"{mod}.{n}: {missing}")
+    assert bare == []

@@ -152,7 +152,24 @@ class Settings:
 
 @dataclass
 class AugConfig(Settings):
-    """Radiograph-safe augmentation: small geometry changes and exposure changes."""
+    """Radiograph-safe augmentation: small geometry changes and exposure changes.
+
+    Each field is a setting: its flag (where the command line offers one), its YAML key under
+    ``train.aug``, its bounds checked by :meth:`Settings.validate`.
+
+    Args:
+        rotate_deg: largest rotation, degrees.
+        scale: largest zoom change (fraction).
+        translate: largest shift (fraction of the side).
+        flip: random horizontal flips.
+        brightness: largest brightness change (fraction).
+        contrast: largest contrast change (fraction).
+        gamma: largest gamma change.
+        blur: largest Gaussian blur sigma, input pixels (0: off).
+        noise: largest Gaussian noise std, on [0, 1] pixels (0: off).
+        strip_p: probability of cutting a wide film down to a strip 1/4 as wide as tall.
+        widen_p: probability of widening a narrow strip to full-film proportions (mirrored edges).
+    """
 
     SECTION = "train.aug"
     rotate_deg: float = setting(7.0, flag=False, ge=0, le=180, help="largest rotation, degrees")
@@ -180,7 +197,37 @@ DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 
 @dataclass
 class TrainConfig(Settings):
-    """Optimisation settings for one model (saved with every run)."""
+    """Optimisation settings for one model (saved with every run).
+
+    Each field is a setting: its flag (where the command line offers one), its YAML key under
+    ``train``, its bounds checked by :meth:`Settings.validate`.
+
+    Args:
+        epochs: training epochs.
+        batch_size: images per step (summed over ranks under torchrun).
+        lr: peak learning rate, given for lr_ref_batch images per step.
+        weight_decay: AdamW weight decay.
+        schedule: learning-rate decay after warm-up.
+        warmup_epochs: linear warm-up length in epochs.
+        label_smoothing: label smoothing of the cross-entropy.
+        ema_decay: exponential moving average of the weights, per step (0: off); validation, early stopping and
+            the saved model then use the average.
+        mixup_alpha: mixup: each batch blended with a shuffled copy of itself by a Beta(alpha, alpha) weight (0:
+            off).
+        balance: how classes are balanced.
+        patience: early-stopping patience in epochs.
+        val_fraction: validation share carved from the training side.
+        tta_flip: average each prediction with its mirror image (recorded in the model file).
+        amp: bf16 autocast on CUDA.
+        channels_last: channels_last memory format on CUDA.
+        seed: the seed every random choice derives from.
+        device: auto, cpu, cuda or cuda:N.
+        lr_scaling: how lr follows the batch size.
+        lr_ref_batch: the batch size lr is given for.
+        compile: torch.compile the model (first epoch slower, later ones faster on GPU).
+        auto_batch: on CUDA out-of-memory, halve the batch and carry on.
+        aug: the augmentation (:class:`AugConfig`).
+    """
 
     SECTION = "train"
     epochs: int = setting(60, ge=1, help="training epochs")
@@ -226,7 +273,31 @@ class TrainConfig(Settings):
 
 @dataclass
 class CVConfig(Settings):
-    """What to train and evaluate and how it is split (saved with every run)."""
+    """What to train and evaluate and how it is split (saved with every run).
+
+    Each field is a setting: its flag (where the command line offers one), its YAML key under
+    ``cv``, its bounds checked by :meth:`Settings.validate`.
+
+    Args:
+        models: registered model names.
+        folds: folds of the grouped k-fold.
+        repeats: repeats of the k-fold with new splits.
+        attention: the attention head.
+        weights: none (from scratch), imagenet (through timm, needs the network) or a file.
+        image_size: input size (default: each model's own).
+        resize: how a film is fitted to the square (strip: cut to a strip around the spine, then letterboxed;
+            window: every film made a strip around the spine, narrower ones widened by mirroring their edges).
+        protocol: grouped (honest), seed-leaky (oversample, then split), or both side by side.
+        bootstrap: bootstrap resamples for the confidence intervals.
+        save_models: keep each fold's model file.
+        cache_dir: keep decoded images here between runs.
+        drop_rate: dropout before the classifier head.
+        explain: Grad-CAM gallery and faithfulness of fold 0 in the report.
+        framing_test: framing stress test on each fold's held-out films.
+        landmarks: a landmark model file, or 'bundled': also score the decision that answers to the measured
+            curve, each fold's rule fitted on its training side.
+        test_fraction: held-out test share (0: none).
+    """
 
     SECTION = "cv"
     models: list[str] = setting(flag=False, default_factory=lambda: ["xception", "inception_v3", "densenet121"],
@@ -362,7 +433,45 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], CVConfig, TrainCo
 
 @dataclass
 class LandmarkConfig(Settings):
-    """Training and augmentation of a landmark model (saved with every run)."""
+    """Training and augmentation of a landmark model (saved with every run).
+
+    Each field is a setting: its flag (where the command line offers one), its YAML key under
+    ``landmarks``, its bounds checked by :meth:`Settings.validate`.
+
+    Args:
+        encoder: timm encoder (features_only).
+        weights: none (from scratch) or imagenet (timm, needs the network).
+        input_height: input height (a tall box: films keep their aspect).
+        input_width: input width.
+        epochs: training epochs.
+        batch_size: films per step.
+        lr: peak learning rate (AdamW, cosine after warm-up).
+        weight_decay: AdamW weight decay.
+        warmup_epochs: linear warm-up length in epochs.
+        patience: early-stopping patience in epochs (on the validation landmark error).
+        val_fraction: validation share carved from the training side (by case).
+        seed: random seed of the splits and the training.
+        device: auto, cpu, cuda or cuda:N.
+        encoding: corners: 68 corner heatmaps; offsets: 17 vertebra heatmaps + shared corner offsets.
+        tta_flip: average each prediction with its mirror image's (in the deployed graph).
+        tta_scales: test-time zooms averaged in the deployed graph, e.g. 1,0.85,1.1 (1: none).
+        centreline_weight: share of each vertebra's tilt read from the spine's centreline instead of its own
+            corners when measuring Cobb angles (0: the corners alone, the dataset's definition).
+        angle_weight: weight of the vertebra midline error in the loss.
+        js_weight: weight of the heatmap shape (Jensen-Shannon) term in the loss.
+        rotate_deg: largest augmentation rotation, degrees.
+        scale_min: smallest zoom (below 1: zoom out, padding around the film).
+        scale_max: largest zoom.
+        translate: largest shift (fraction of the side).
+        flip: random horizontal flips (left and right corners swap).
+        intensity: brightness, contrast and gamma jitter.
+        strip_p: share of training films cut to a strip around the spine (a KAUH-like Normal framing), half of
+            them widened again by mirroring the strip's edges.
+        fix_labels: train on labels with slips fixed (corners swapped, neighbours in each other's place) instead
+            of leaving every implausible label out.
+        folds: case-grouped folds.
+        test_fraction: held-out share of cases (0: none).
+    """
 
     SECTION = "landmarks"
     encoder: str = setting("resnet18", help="timm encoder (features_only)")

@@ -32,7 +32,23 @@ SHORTCUT_MARGIN = 0.05
 
 @dataclass
 class CheckResult:
-    """Everything ``data check`` found; ``to_dict`` is what ``--json`` prints."""
+    """Everything ``data check`` found; ``to_dict`` is what ``--json`` prints.
+
+    Args:
+        source: the folder or manifest checked.
+        n_files: files found.
+        counts: films by class.
+        formats: files by format.
+        unreadable: the files that could not be read, with why.
+        exact_duplicates: groups of byte-identical files.
+        near_duplicates: pairs of near-identical films.
+        size_summary: width, height and aspect by class.
+        shortcut: what size alone predicts (:func:`shortcut_baseline`).
+        warnings: what a user should act on.
+        read_warnings: readable files the decoders warned about.
+        manifest_path: the manifest written, if any.
+        report_path: the report written, if any.
+    """
 
     source: str
     n_files: int

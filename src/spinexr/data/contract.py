@@ -34,7 +34,16 @@ GRAY_STD = 0.226
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Input size (square side), normalisation, resize mode and channels of a model."""
+    """Input size (square side), normalisation, resize mode and channels of a model.
+
+    Args:
+        input_size: the input's height (and width, unless ``input_width``).
+        mean: the normalisation mean.
+        std: the normalisation standard deviation.
+        resize: how a film is fitted (see :func:`fit_to_box`).
+        in_chans: input channels.
+        input_width: the input's width, for a tall input.
+    """
 
     input_size: int  # the input's height; its width too, unless input_width is set
     mean: float = GRAY_MEAN
@@ -88,7 +97,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the original image lies inside the model input (to undo a letterbox)."""
+    """Where the original image lies inside the model input (to undo a letterbox).
+
+    Args:
+        width: the input's width.
+        height: the input's height.
+        scale_x: input pixels a film pixel, across.
+        scale_y: input pixels a film pixel, down.
+        offset_x: where the film's left edge lies in the input.
+        offset_y: where its top edge lies.
+        orig_w: the film's width.
+        orig_h: the film's height.
+    """
 
     width: int
     height: int

@@ -53,7 +53,14 @@ def valid_sha(sha: str) -> str:
 
 @dataclass
 class Scan:
-    """What the folder holds: the latest record of each film, and what could not be read (by place)."""
+    """What the folder holds: the latest record of each film, and what could not be read (by place).
+
+    Args:
+        latest: the latest record of each film.
+        versions: each film's number of versions.
+        problems: what could not be read, by place.
+        rows: records read.
+    """
 
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
@@ -82,7 +89,11 @@ class CorrectionContext:
 
 
 class CorrectionStore:
-    """A corrections folder (see the module); safe to share between the service's threads."""
+    """A corrections folder (see the module); safe to share between the service's threads.
+
+    Args:
+        root: the corrections folder (made if missing).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)

@@ -25,7 +25,22 @@ VIEW_CODES = {v: (c.value, c.scheme_designator, c.meaning) for v, c in
 
 @dataclass
 class FilmIdentity:
-    """Who and which study a film belongs to; the UIDs are made when not given."""
+    """Who and which study a film belongs to; the UIDs are made when not given.
+
+    Args:
+        patient_id: Patient ID.
+        patient_name: Patient's Name.
+        patient_sex: Patient's Sex.
+        patient_birth_date: Patient's Birth Date (YYYYMMDD).
+        accession: Accession Number.
+        study_uid: Study Instance UID.
+        series_uid: Series Instance UID.
+        sop_uid: SOP Instance UID.
+        study_datetime: Study Date and Time.
+        study_description: Study Description.
+        view: View Position.
+        instance_number: Instance Number.
+    """
 
     patient_id: str
     patient_name: str = "SYNTHETIC^PATIENT"

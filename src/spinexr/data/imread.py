@@ -49,7 +49,22 @@ K = ReadErrorKind
 
 @dataclass
 class ImageMeta:
-    """What was learned about a file while reading it."""
+    """What was learned about a file while reading it.
+
+    Args:
+        path: the file.
+        format: the decoder's format name (``DICOM``, ``PNG``, ...).
+        width: the film's width in pixels.
+        height: its height.
+        bit_depth: bits a sample as stored.
+        mode: the decoder's pixel mode.
+        photometric: DICOM Photometric Interpretation, where given.
+        pixel_spacing: millimetres a pixel (row, column), where given.
+        n_frames: frames in the file (the first is read).
+        extra: further header facts.
+        modality: DICOM Modality (CR, DX, CT, ...).
+        warnings: what the decoders logged or warned for this file.
+    """
 
     path: str
     format: str

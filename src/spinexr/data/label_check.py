@@ -29,7 +29,13 @@ FIX_KINDS = ("vertebrae reordered", "left and right corners swapped", "upper and
 @dataclass(frozen=True)
 class LabelCheck:
     """One film's label: the landmarks with their names put right (``landmarks``, (17, 4, 2)), what was
-    fixed, and what is still wrong (``problems``; empty: the label can train)."""
+    fixed, and what is still wrong (``problems``; empty: the label can train).
+
+    Args:
+        landmarks: the corners with their names put right.
+        fixes: what was fixed.
+        problems: what is still wrong.
+    """
 
     landmarks: np.ndarray
     fixes: tuple[str, ...] = ()
@@ -77,7 +83,13 @@ def check_label(landmarks: np.ndarray) -> LabelCheck:
 
 @dataclass
 class LabelReport:
-    """What the check did to a landmark set: counts by kind, and every film it fixed or left out."""
+    """What the check did to a landmark set: counts by kind, and every film it fixed or left out.
+
+    Args:
+        n: films checked.
+        fixed: fixes by film.
+        excluded: problems by film left out.
+    """
 
     n: int = 0
     fixed: dict[str, list[str]] = field(default_factory=dict)  # film -> fixes

@@ -39,6 +39,17 @@ MAX_LISTED = 12
 
 @dataclass
 class LandmarkRecord:
+    """One film of a landmark set.
+
+    Args:
+        path: the film.
+        landmarks: (17, 4, 2) corners in pixels, y down.
+        width: the film's width.
+        height: its height.
+        group: its case (splits keep a case together).
+        angles: its three Cobb angles (PT, MT, TL/L), where given.
+    """
+
     path: Path
     landmarks: np.ndarray  # (17, 4, 2) pixels, y down
     width: int
@@ -49,6 +60,14 @@ class LandmarkRecord:
 
 @dataclass
 class LandmarkSet:
+    """The films of a landmark source, and the ones passed over.
+
+    Args:
+        records: the films.
+        source: the folder or CSV.
+        skipped: films passed over, with why.
+    """
+
     records: list[LandmarkRecord]
     source: str
     skipped: dict[str, str] = field(default_factory=dict)

@@ -38,7 +38,14 @@ def canonical_label(name: str) -> str | None:
 
 @dataclass
 class Record:
-    """One radiograph of a dataset."""
+    """One radiograph of a dataset.
+
+    Args:
+        path: the film.
+        label: its class.
+        group: its patient or case (splits keep a group together).
+        view: its view, where known.
+    """
 
     path: Path
     label: str
@@ -52,7 +59,12 @@ class Record:
 
 @dataclass
 class Manifest:
-    """A list of records plus where they came from."""
+    """A list of records plus where they came from.
+
+    Args:
+        records: the films.
+        source: the folder or CSV they were read from.
+    """
 
     records: list[Record]
     source: str

@@ -40,7 +40,16 @@ LAT_LEVELS = ["L1", "L2", "L3", "L4", "L5", "S1"]
 
 @dataclass
 class Vertebra:
-    """A vertebral body as drawn: level name, centre, half sizes, tilt and four corners (x, y)."""
+    """A vertebral body as drawn: level name, centre, half sizes, tilt and four corners (x, y).
+
+    Args:
+        level: its name (T1 .. L5).
+        center: (x, y) pixels.
+        half_w: half its width.
+        half_h: half its height.
+        tilt_deg: its tilt.
+        corners: its four corners by name.
+    """
 
     level: str
     center: tuple[float, float]
@@ -52,7 +61,19 @@ class Vertebra:
 
 @dataclass
 class SynthCase:
-    """One synthetic radiograph and what it shows."""
+    """One synthetic radiograph and what it shows.
+
+    Args:
+        image: the film, uint8 H x W.
+        label: its class.
+        view: ``AP`` or ``lateral``.
+        vertebrae: the vertebrae drawn.
+        cobb_deg: the curve drawn.
+        curve: ``C`` or ``S``.
+        slip_pct: the slip drawn.
+        grade: its Meyerding grade.
+        slip_level: the vertebra that slips.
+    """
 
     image: np.ndarray  # uint8 H x W
     label: str

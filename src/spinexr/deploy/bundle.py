@@ -60,7 +60,12 @@ def is_bundle(path: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded, verified bundle manifest. ``landmarks`` is None for a classifier-only bundle."""
+    """A loaded, verified bundle manifest. ``landmarks`` is None for a classifier-only bundle.
+
+    Args:
+        root: the bundle's folder.
+        manifest: its ``bundle.json``, checked.
+    """
 
     root: Path
     manifest: dict[str, Any]

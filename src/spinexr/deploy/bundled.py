@@ -28,6 +28,17 @@ WEIGHTS = {k.name: k.shipped_weights for k in MODEL_FILE_KINDS.values()}
 
 @dataclass(frozen=True)
 class BundledModel:
+    """A model file that ships with spinexr.
+
+    Args:
+        name: its name (``classifier``, ``landmarks``, ``refiner``).
+        kind: its kind of model file.
+        path: the file.
+        card: its model card, or None.
+        size_bytes: the file's size.
+        meta: its metadata.
+    """
+
     name: str
     kind: str  # classifier, landmarks or refiner
     path: Path

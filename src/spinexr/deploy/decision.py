@@ -58,6 +58,16 @@ RULE_VERSION = 5
 
 @dataclass(frozen=True)
 class Decision:
+    """The classifier's label checked against the measured curve.
+
+    Args:
+        label: the decision.
+        classifier_label: what the classifier said.
+        cobb_largest: the largest measured angle on a plausible AP spine, or None.
+        agreement: ``agree``, ``consistent``, ``disagree``, ``overruled``, ``no angle`` or ``check the film``.
+        note: one sentence a reader sees.
+    """
+
     label: str  # the decision
     classifier_label: str
     cobb_largest: float | None  # measured, on a plausible AP spine
@@ -73,6 +83,15 @@ class Decision:
 
 @dataclass(frozen=True)
 class DecisionRule:
+    """How the measured curve answers the classifier: its lines, in degrees.
+
+    Args:
+        curve_deg: a curve of at least this is scoliosis (a Normal call is overruled).
+        straight_deg: below this the spine is straight (a Scoliosis call is disputed).
+        doubted_view_deg: the bar for a curve on a view the view check doubts.
+        large_curve_deg: a curve this large is flagged wherever the angle is not used.
+    """
+
     curve_deg: float = 25.0
     straight_deg: float = STRAIGHT_DEG
     doubted_view_deg: float = DOUBTED_VIEW_DEG  # a Normal call on a view the check doubts: the bar for a curve

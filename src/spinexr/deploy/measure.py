@@ -28,7 +28,18 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, eq=False)
 class Measurement:
     """One film's measurement (immutable). ``result`` is None when the predicted spine is implausible
-    (``refused`` says why)."""
+    (``refused`` says why).
+
+    Args:
+        landmarks: (17, 4, 2) corners in film pixels.
+        result: the Cobb angles, or None for a refused spine.
+        refused: why the spine was refused.
+        confidence: the mean heatmap peak (0 to 1).
+        view: the view check's answer (None without a check).
+        view_probability: its probability of a full-spine AP view.
+        spondylolisthesis_view_line: the check's line for a film called Spondylolisthesis (not output).
+        first_stage: the first stage's corners where ``landmarks`` are the refiner's (not output).
+    """
 
     landmarks: np.ndarray  # (17, 4, 2) film pixels
     result: CobbResult | None
@@ -59,7 +70,17 @@ class Measurement:
 
 
 class SpineMeasurer:
-    """Loads a landmark model file once; measures decoded films."""
+    """Loads a landmark model file once; measures decoded films.
+
+    Args:
+        path: the landmark model file.
+        device: the torch device.
+        backend: ``torch`` or ``onnx``.
+        onnx_path: the landmark model's ONNX export (the onnx backend).
+        threads: onnxruntime's intra-op threads.
+        refiner: the vertebra refiner file, or None.
+        refiner_onnx_path: the refiner's ONNX export (its crops then read by onnxruntime).
+    """
 
     def __init__(self, path: str | Path, device: str = "cpu", backend: str = "torch", onnx_path: str | Path | None = None,
                  threads: int | None = None, refiner: str | Path | None = None,

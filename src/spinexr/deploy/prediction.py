@@ -30,7 +30,11 @@ FILE_KINDS = ("heatmap", "overlay")
 
 
 class Frozen(Mapping[str, Any]):
-    """A read-only mapping (probabilities, model facts, timings) that pickles, unlike ``MappingProxyType``."""
+    """A read-only mapping (probabilities, model facts, timings) that pickles, unlike ``MappingProxyType``.
+
+    Args:
+        items: the entries (copied).
+    """
 
     __slots__ = ("_d",)
 
@@ -94,6 +98,27 @@ class Prediction:
 
     ``ood`` is True when the feature score is over the threshold or the file itself says it is not a spine
     radiograph (``ood_reasons``); ``warnings`` hold what the decoders said about the file.
+
+    Args:
+        path: the film's path (or name) as the document gives it.
+        status: ``ok`` or ``error``.
+        reason: why the file could not be read.
+        kind: the read error's kind.
+        label: the decision's label (the classifier's where nothing measured the film).
+        probabilities: the classifier's calibrated probabilities by class.
+        ood_score: the detector's feature score.
+        ood: the out-of-distribution flag (None without a detector and without file checks).
+        ood_reasons: why the film is flagged.
+        ood_threshold: the detector's threshold.
+        warnings: what the decoders said about the file (and outputs that could not draw).
+        seconds: the film's share of the classifier's call.
+        spine: the measurement, or None.
+        decision: the decision, or None.
+        image: (width, height) of the decoded film.
+        files: what outputs drew beside the film, by kind (:data:`FILE_KINDS`).
+        model: which bundle made it.
+        timing_ms: milliseconds by step.
+        sha256: the digest of the file's bytes.
     """
 
     path: str

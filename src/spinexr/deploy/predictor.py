@@ -37,6 +37,7 @@ class Predictor:
         device: torch device for the torch backend.
         onnx_path: an ONNX export of the same model, to run on onnxruntime.
         threads: intra-op threads for onnxruntime (None: its default).
+        max_pixels: the largest film :meth:`predict_file` decodes.
     """
 
     def __init__(self, path: str | Path, backend: str | None = None, device: str = "cpu",

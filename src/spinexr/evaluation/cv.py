@@ -345,7 +345,13 @@ def _run_leaky(run: _CVRun, device: object, histories: dict[str, list[list[dict[
 class FramingFilms:
     """A fold's held-out Scoliosis and Normal films for the framing stress test, read again from disk
     on first use (the dataset keeps only model-sized inputs), capped at ``max_side`` pixels (every
-    model input is far smaller), and kept for the fold's other models."""
+    model input is far smaller), and kept for the fold's other models.
+
+    Args:
+        data: the prepared dataset.
+        te: the fold's held-out indices.
+        max_side: the largest side a film is kept at.
+    """
 
     def __init__(self, data: PreparedData, te: np.ndarray, max_side: int = 1024) -> None:
         self.data, self.te, self.max_side = data, te, max_side

@@ -87,7 +87,21 @@ def angle_metrics(pred: np.ndarray, true: np.ndarray, err_pct: np.ndarray, n_boo
 @dataclass
 class LandmarkCVResult:
     """A ``spinexr landmarks`` run: what its ``metrics.json`` holds. ``pooled`` (and
-    ``pooled_corners_only``) are None for a final model trained on every film, with nothing held out."""
+    ``pooled_corners_only``) are None for a final model trained on every film, with nothing held out.
+
+    Args:
+        source: the landmark set.
+        n_films: films used.
+        skipped: films passed over, with why.
+        labels_implausible: labels the plausibility check refused.
+        folds: each fold's record.
+        settings: the run's settings.
+        wall_seconds: how long it ran.
+        pooled: the metrics over every held-out film.
+        implausible_predictions: held-out spines refused.
+        pooled_corners_only: the metrics read from the corners alone.
+        label_check: the label check's counts.
+    """
 
     source: str
     n_films: int

@@ -161,7 +161,14 @@ def is_s_shaped(centres: np.ndarray) -> bool:
 @dataclass(frozen=True)
 class Curve:
     """One measured angle: its value, the two vertebrae (0 = T1 .. 16 = L5) it is measured between,
-    and the apex (the vertebra between them farthest from the line joining their centres)."""
+    and the apex (the vertebra between them farthest from the line joining their centres).
+
+    Args:
+        angle: degrees.
+        upper: the upper end vertebra's index.
+        lower: the lower end vertebra's index.
+        apex: the apex's index.
+    """
 
     angle: float
     upper: int
@@ -175,7 +182,15 @@ class Curve:
 
 @dataclass(frozen=True)
 class CobbResult:
-    """The three angles of the dataset's definition (PT, MT, TL/L columns), the shape, and the band."""
+    """The three angles of the dataset's definition (PT, MT, TL/L columns), the shape, and the band.
+
+    Args:
+        pt: the largest angle anywhere (the PT column).
+        mt: the MT column's angle.
+        tl: the TL/L column's angle.
+        s_shaped: whether the spine bends both ways.
+        centreline_weight: how the tilts were read.
+    """
 
     pt: Curve
     mt: Curve

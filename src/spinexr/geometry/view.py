@@ -97,7 +97,18 @@ def spine_view_features(corners: np.ndarray, image_height: float, confidence: fl
 @dataclass(frozen=True)
 class ViewCheck:
     """A logistic model on standardised :func:`view_features`; a film is a full-spine AP view when
-    its probability is at least ``line``."""
+    its probability is at least ``line``.
+
+    Args:
+        mean: the features' means.
+        std: their standard deviations.
+        coef: the logistic coefficients.
+        intercept: its intercept.
+        line: the probability a full-spine AP view reaches.
+        fitted_on: what it was fitted on.
+        features: what it reads (FEATURES or TWO_STAGE_FEATURES).
+        spondylolisthesis_line: the line for a film called Spondylolisthesis.
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]

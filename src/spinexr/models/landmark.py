@@ -38,7 +38,16 @@ DEFAULT_CONTRACT = DataConfig(512, input_width=256)
 
 class LandmarkNet(nn.Module):
     """(B, 1, H, W) normalised film -> (B, C, H/4, W/4): the codec's channels (68 corner heatmaps, or
-    17 vertebra heatmaps and 8 offset maps)."""
+    17 vertebra heatmaps and 8 offset maps).
+
+    Args:
+        encoder: the timm backbone.
+        pretrained: load its ImageNet weights (needs the network).
+        in_chans: input channels.
+        width: the decoder's channels.
+        num_points: the landmarks (68 corners).
+        out_channels: the head's channels (default ``num_points``).
+    """
 
     def __init__(self, encoder: str = "resnet18", pretrained: bool = False, in_chans: int = 1, width: int = 64,
                  num_points: int = N_POINTS, out_channels: int | None = None) -> None:
@@ -70,7 +79,12 @@ class LandmarkNet(nn.Module):
 class ChannelsLast(nn.Module):
     """A landmark network in its inference form (:func:`inference_form`): batch norms folded into the
     convolutions and the activations in channels-last layout. The same function as the network it was made
-    from, to float rounding; for inference only (it has no batch norms to train)."""
+    from, to float rounding; for inference only (it has no batch norms to train).
+
+    Args:
+        fused: the network, batch norms folded.
+        arch: its encoder's name.
+    """
 
     def __init__(self, fused: nn.Module, arch: str) -> None:
         super().__init__()
@@ -97,7 +111,16 @@ def inference_form(net: LandmarkNet) -> nn.Module:
 
 @dataclass(frozen=True)
 class HeatmapCodec:
-    """Heatmaps of stride ``stride`` over an input of ``height`` x ``width`` pixels <-> (x, y) pixels."""
+    """Heatmaps of stride ``stride`` over an input of ``height`` x ``width`` pixels <-> (x, y) pixels.
+
+    Args:
+        height: the input's height.
+        width: its width.
+        stride: input pixels a heatmap cell.
+        sigma: the target Gaussian's sigma, in cells.
+        angle_weight: the weight of the endplate-angle loss.
+        js_weight: the weight of the Jensen-Shannon heatmap loss.
+    """
 
     height: int
     width: int
@@ -156,7 +179,17 @@ class HeatmapCodec:
 @dataclass(frozen=True)
 class OffsetCodec(HeatmapCodec):
     """17 vertebra heatmaps + 8 offset maps (dx, dy of the 4 corners, in units of ``offset_scale`` of
-    the input height) -> corners: ``corner_kc = sum_p softmax_k(p) * (p + offset_c(p))``."""
+    the input height) -> corners: ``corner_kc = sum_p softmax_k(p) * (p + offset_c(p))``.
+
+    Args:
+        height: the input's height.
+        width: its width.
+        stride: input pixels a heatmap cell.
+        sigma: the target Gaussian's sigma, in cells.
+        angle_weight: the weight of the endplate-angle loss.
+        js_weight: the weight of the Jensen-Shannon heatmap loss.
+        offset_scale: the offsets' unit, as a share of the input height.
+    """
 
     offset_scale: float = 1 / 16
     name = "offsets"
@@ -255,6 +288,13 @@ class LandmarkPredictor(nn.Module):
     angles, averages down. On the AASCE films the landmark CV trained on (its fit and validation
     films, not its test films), zooms 1, 0.85 and 1.1 with the flip brought the SMAPE from 19.2%
     to 17.4% on 150 fit films and from 13.2% to 12.9% on 32 validation films, against the flip alone.
+
+    Args:
+        net: the landmark network.
+        contract: its data contract.
+        encoding: ``corners`` or ``offsets``.
+        tta_flip: average with the mirror image.
+        tta_scales: the test-time zooms.
     """
 
     def __init__(self, net: LandmarkNet, contract: DataConfig, encoding: str = "corners", tta_flip: bool = False,

@@ -19,6 +19,17 @@ import numpy as np
 
 @dataclass
 class OODDetector:
+    """Out-of-distribution score: the smallest Mahalanobis distance of a film's features to a class mean.
+
+    Args:
+        mean: (C,) feature mean.
+        components: (k, C) principal axes.
+        class_means: (classes, k) class means on them.
+        precision: (k, k) shared precision.
+        threshold: the score a film is flagged over.
+        percentile: the training scores' percentile the threshold is.
+    """
+
     mean: np.ndarray  # (C,) feature mean
     components: np.ndarray  # (k, C) principal axes
     class_means: np.ndarray  # (n_classes, k)
@@ -99,6 +110,7 @@ def input_checks(meta: Any) -> list[str]:
     record, and colour is no rule for them: KAUH's own films hold coloured measurement lines and phone
     photos of monitors (colourfulness up to 58, where ultrasound captures score 50).
     """
+
     reasons: list[str] = []
     if getattr(meta, "format", "") == "DICOM":
         mod = (getattr(meta, "modality", None) or "").upper()

@@ -43,7 +43,13 @@ _SETTINGS = {"bundle_digest": "bundle", "backend": "backend", "landmarks": "land
 
 @dataclass
 class Tally:
-    """The end-of-run summary, counted as results pass (nothing else is kept)."""
+    """The end-of-run summary, counted as results pass (nothing else is kept).
+
+    Args:
+        labels: films by label.
+        errors: films that could not be read.
+        flagged: films flagged out of distribution.
+    """
 
     labels: dict[str, int] = field(default_factory=dict)
     errors: int = 0

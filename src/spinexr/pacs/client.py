@@ -23,7 +23,13 @@ TIMEOUT_S = 60
 
 @dataclass(frozen=True)
 class Credentials:
-    """Basic (user and password) or bearer (token) authentication; neither is shown by ``repr``."""
+    """Basic (user and password) or bearer (token) authentication; neither is shown by ``repr``.
+
+    Args:
+        user: the user name (basic).
+        password: its password.
+        token: a bearer token.
+    """
 
     user: str | None = None
     password: str | None = None

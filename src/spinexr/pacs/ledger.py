@@ -47,7 +47,12 @@ FINISHED = ("done", "skipped")
 
 class Ledger:
     """The state file (``--state``): opened, created if missing, refused if it is not a spinexr ledger or
-    was written for another PACS address (``url`` None: whichever address it records)."""
+    was written for another PACS address (``url`` None: whichever address it records).
+
+    Args:
+        path: the state file.
+        url: the server's address, or None.
+    """
 
     def __init__(self, path: str | Path, url: str | None) -> None:
         self.path = Path(path)

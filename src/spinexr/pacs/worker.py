@@ -44,7 +44,16 @@ def _value(item: dict[str, Any], tag: str) -> str:
 
 @dataclass
 class Round:
-    """What one pass over the server did."""
+    """What one pass over the server did.
+
+    Args:
+        studies: new studies seen.
+        finished: studies finished.
+        skipped: studies with no film to analyse.
+        reported: films reported.
+        failed: films failed.
+        reasons: why, for each failure.
+    """
 
     studies: int = 0
     finished: int = 0
@@ -61,7 +70,13 @@ class Round:
 @dataclass(frozen=True)
 class WatchQuery:
     """Which studies a worker takes: those with one of ``modalities``, from ``since`` (a StudyDate,
-    YYYYMMDD) on; their films predicted ``batch_size`` at a time."""
+    YYYYMMDD) on; their films predicted ``batch_size`` at a time.
+
+    Args:
+        modalities: the modalities taken (DX, CR).
+        since: the first StudyDate taken, or None.
+        batch_size: films predicted together.
+    """
 
     modalities: tuple[str, ...] = FILM_MODALITIES
     since: str | None = None
@@ -69,7 +84,16 @@ class WatchQuery:
 
 
 class PacsWorker:
-    """One server, one pipeline, one ledger; :meth:`run_round` does one pass."""
+    """One server, one pipeline, one ledger; :meth:`run_round` does one pass.
+
+    Args:
+        client: the DICOMweb client.
+        url: the server's DICOMweb root.
+        pipeline: the loaded pipeline.
+        ledger: the state file.
+        work_dir: where films are kept while analysed.
+        query: which studies it takes.
+    """
 
     def __init__(self, client: Any, url: str, pipeline: Pipeline, ledger: Ledger, work_dir: Path,
                  query: WatchQuery | None = None) -> None:

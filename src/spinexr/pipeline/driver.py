@@ -44,7 +44,12 @@ class Executor(Protocol):
 
 @dataclass
 class RunSummary:
-    """What a run did: the films' tally (those already held by a resumed output included) and each sink's line."""
+    """What a run did: the films' tally (those already held by a resumed output included) and each sink's line.
+
+    Args:
+        tally: the films' counts.
+        lines: each output's summary line.
+    """
 
     tally: Tally
     lines: list[str] = field(default_factory=list)

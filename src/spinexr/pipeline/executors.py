@@ -133,7 +133,12 @@ def _available_memory() -> int | None:
 
 @dataclass(frozen=True)
 class InProcess:
-    """The pipeline in this process, films decoded in ``workers`` processes beside it (0: here)."""
+    """The pipeline in this process, films decoded in ``workers`` processes beside it (0: here).
+
+    Args:
+        batch_size: films a model call.
+        workers: decoding processes (0: here).
+    """
 
     batch_size: int = 16
     workers: int = DECODE_WORKERS
@@ -184,7 +189,12 @@ class Jobs:
     """``jobs`` processes that each load the pipeline once (this machine's CPUs shared among them) and
     decode and predict whole batches: on a CPU, two one-thread pipelines keep two cores busier than one
     pipeline with two threads. At most two batches a process are in flight, so memory stays bounded;
-    ``jobs`` itself is bounded by the CPUs and by the memory available (:data:`JOB_BYTES` a process)."""
+    ``jobs`` itself is bounded by the CPUs and by the memory available (:data:`JOB_BYTES` a process).
+
+    Args:
+        jobs: processes asked for (bounded as above).
+        batch_size: films a batch.
+    """
 
     jobs: int = 2
     batch_size: int = 16

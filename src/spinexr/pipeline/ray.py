@@ -36,7 +36,12 @@ log = logging.getLogger(__name__)
 
 
 class PredictActor:
-    """One Ray actor: the pipeline loaded once from ``spec``, films in, documents out (drawing as it goes)."""
+    """One Ray actor: the pipeline loaded once from ``spec``, films in, documents out (drawing as it goes).
+
+    Args:
+        spec: what the actor loads.
+        drawers: the drawing outputs it runs.
+    """
 
     def __init__(self, spec: PipelineSpec, drawers: list[Sink]) -> None:
         self.pipeline = Pipeline.load(spec)
@@ -112,7 +117,16 @@ def _settle(before: set[threading.Thread], timeout: float = 30.0) -> None:
 class RayCluster:
     """Run the pipeline on a Ray cluster: ``address`` (None: a local one with ``num_cpus`` CPUs), one
     actor per ``cpus_per_actor`` CPUs (or ``actors``), ``batch_size`` films a call, ONNX Runtime unless
-    the spec names a backend."""
+    the spec names a backend.
+
+    Args:
+        address: the cluster (None: a local one).
+        cpus_per_actor: CPUs each actor takes.
+        batch_size: films a call.
+        actors: actors asked for (None: by the CPUs).
+        num_cpus: CPUs of a local cluster.
+        progress: show Ray's progress.
+    """
 
     address: str | None = None
     cpus_per_actor: int = 1

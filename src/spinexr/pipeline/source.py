@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Films:
-    """The films of a run, in order, and the entries passed over by reason."""
+    """The films of a run, in order, and the entries passed over by reason.
+
+    Args:
+        paths: the films.
+        skipped: entries passed over, counted by reason.
+    """
 
     paths: list[Path] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)

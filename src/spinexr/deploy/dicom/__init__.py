@@ -57,7 +57,13 @@ def checked_source(ds: Dataset, where: str) -> Dataset:
 
 @dataclass
 class DicomResults:
-    """The SR and, for a one-sample (grayscale) film, the presentation state of one document."""
+    """The SR and, for a one-sample (grayscale) film, the presentation state of one document.
+
+    Args:
+        sr: the structured report.
+        pr: the presentation state, or None.
+        notes: what was left out, and why.
+    """
 
     sr: Dataset
     pr: Dataset | None
