@@ -82,7 +82,7 @@ def test_round_trip_reports_match_predict(dx_films: Path, tmp_path: Path) -> Non
         state = tmp_path / "state.sqlite"
         done = watch(pacs.url, state, "--once")
         assert done.returncode == 0, done.stderr
-        assert "Traceback" not in done.stderr
+        assert "Traceback" not in done.stderr and "loading the models" in done.stderr
         assert "skipped: no CR or DX series (modalities: CT)" in done.stderr
         assert "skipped: no CR or DX series (modalities: RTPLAN)" in done.stderr
         # predict on the same files: the reports read back from the PACS say the same, to 0.01 deg
@@ -114,6 +114,7 @@ def test_round_trip_reports_match_predict(dx_films: Path, tmp_path: Path) -> Non
         ledger.close()
         again = watch(pacs.url, state, "--once")  # nothing new: nothing done twice
         assert again.returncode == 0 and "0 new studies" in again.stderr
+        assert "loading the models" not in again.stderr  # nothing new: no model loaded
         # a film that arrives later in a finished study: that film is reported, the others are not redone
         first = pydicom.dcmread(films[0])
         late = dx_dataset(make_case("Scoliosis", np.random.default_rng(9), scale=0.35).image, FilmIdentity(

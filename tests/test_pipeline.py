@@ -233,3 +233,16 @@ def test_a_refused_spine_has_the_same_fields() -> None:
     refused = Measurement(v, None, ["order broken"], 0.5).to_dict()
     assert set(ok) == set(refused) and set(flatten(ok)) == set(flatten(refused))
     assert refused["largest"] is None and refused["pt"]["angle"] is None and ok["largest"] is not None
+
+
+def test_a_pipeline_is_checked_without_being_built(bundle_dir: Path, tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """``Pipeline.check`` refuses what ``load`` would (a missing or wrong file), and passes a good bundle."""
+    from spinexr.pipeline import PipelineSpec
+
+    Pipeline.check(PipelineSpec(source=str(bundle_dir)))
+    with pytest.raises(SpinexrError, match="not found"):
+        Pipeline.check(PipelineSpec(source=str(tmp_path / "missing.safetensors")))
+    with pytest.raises(SpinexrError, match="landmark model"):
+        Pipeline.check(PipelineSpec(source=str(tiny_models["landmarks"])))
+    with pytest.raises(SpinexrError, match="not found"):
+        Pipeline.check(PipelineSpec(source=str(tiny_models["classifier"]), landmarks=str(tmp_path / "no.safetensors")))

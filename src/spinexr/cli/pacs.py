@@ -29,7 +29,8 @@ def watch(args: argparse.Namespace) -> int:
         raise SpinexrError("--modalities: give at least one, e.g. CR,DX")
     client = connect(url, load_credentials(args.auth_file))
     ledger = Ledger(args.state, url)
-    pipeline = Pipeline.load(PipelineSpec.from_args(args, args.model))
+    spec = PipelineSpec.from_args(args, args.model)
+    Pipeline.check(spec)  # the models load when the first new film arrives; a wrong one is said now
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -39,7 +40,7 @@ def watch(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     with tempfile.TemporaryDirectory(prefix="spinexr-pacs-") as tmp:
-        worker = PacsWorker(client, url, pipeline, ledger, Path(args.work) if args.work else Path(tmp),
+        worker = PacsWorker(client, url, spec, ledger, Path(args.work) if args.work else Path(tmp),
                             WatchQuery(tuple(modalities), args.since, args.batch_size))
         try:
             watch_loop(worker, once=args.once, interval=args.interval, retries=args.retries, stop=stop,

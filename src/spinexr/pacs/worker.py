@@ -23,7 +23,7 @@ from spinexr.deploy.dicom import checked_source, dicom_results
 from spinexr.errors import SpinexrError
 from spinexr.pacs.client import Unreachable, explain
 from spinexr.pacs.ledger import Ledger
-from spinexr.pipeline import Pipeline
+from spinexr.pipeline import Pipeline, PipelineSpec
 from spinexr.pipeline.executors import predict_batch
 
 log = logging.getLogger(__name__)
@@ -89,22 +89,35 @@ class PacsWorker:
     Args:
         client: the DICOMweb client.
         url: the server's DICOMweb root.
-        pipeline: the loaded pipeline.
+        pipeline: the pipeline, or the spec it is loaded from when the first new film arrives (a pass that
+            finds nothing new loads no model).
         ledger: the state file.
         work_dir: where films are kept while analysed.
         query: which studies it takes.
     """
 
-    def __init__(self, client: Any, url: str, pipeline: Pipeline, ledger: Ledger, work_dir: Path,
+    def __init__(self, client: Any, url: str, pipeline: Pipeline | PipelineSpec, ledger: Ledger, work_dir: Path,
                  query: WatchQuery | None = None) -> None:
-        self.client, self.url, self.pipeline, self.ledger = client, url, pipeline, ledger
+        self.client, self.url, self.ledger = client, url, ledger
+        self._pipeline = pipeline if isinstance(pipeline, Pipeline) else None
+        spec = pipeline if isinstance(pipeline, PipelineSpec) else pipeline.spec
+        self._spec = spec
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         q = query or WatchQuery()
         self.modalities = tuple(m.upper() for m in q.modalities)
         self.since = q.since
         self.batch_size = max(1, q.batch_size)
-        self.max_pixels = pipeline.spec.max_pixels if pipeline.spec is not None else DEFAULT_MAX_PIXELS
+        self.max_pixels = spec.max_pixels if spec is not None else DEFAULT_MAX_PIXELS
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline, loaded from its spec on first use."""
+        if self._pipeline is None:
+            assert self._spec is not None
+            log.info("new films: loading the models")
+            self._pipeline = Pipeline.load(self._spec)
+        return self._pipeline
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """A DICOMweb call; a failure becomes :class:`Unreachable` (the round ends) or :class:`SpinexrError`."""

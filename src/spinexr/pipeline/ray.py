@@ -169,8 +169,8 @@ class RayCluster:
         given = dict(todo)
         ds = ray.data.from_items([{"path": os.path.abspath(p), "index": i} for i, p in todo],
                                  override_num_blocks=max(1, len(todo) // self.batch_size))
-        ds = ds.map_batches(PredictActor, batch_size=self.batch_size,
-                            concurrency=self.actors or max(1, cpus // self.cpus_per_actor), num_cpus=self.cpus_per_actor,
+        pool = ray.data.ActorPoolStrategy(size=self.actors or max(1, cpus // self.cpus_per_actor))
+        ds = ds.map_batches(PredictActor, batch_size=self.batch_size, compute=pool, num_cpus=self.cpus_per_actor,
                             fn_constructor_kwargs={"spec": spec, "drawers": drawers})
         batches = ds.iter_batches(batch_size=self.batch_size, batch_format="numpy")
         try:

@@ -32,7 +32,7 @@ from spinexr.deploy.measure import Measurement, SpineMeasurer
 from spinexr.deploy.prediction import Classification, Prediction
 from spinexr.deploy.predictor import Predictor
 from spinexr.errors import ImageReadError, SpinexrError
-from spinexr.models.files import model_kind
+from spinexr.models.files import landmark_metadata, model_kind, read_metadata
 from spinexr.pipeline.spec import PipelineSpec
 
 MODEL_SUFFIXES = (".safetensors", ".onnx")
@@ -86,6 +86,18 @@ class Pipeline:
         pipe = cls(predictor, measurer, bundle)
         pipe.spec = spec  # how to load this pipeline again, in another process (--jobs, Ray)
         return pipe
+
+    @staticmethod
+    def check(spec: PipelineSpec) -> None:
+        """Refuse what :meth:`load` would refuse without building a network: the bundle verified, each model
+        file found and its metadata read (a service that loads its models later says what is wrong now)."""
+        _, clf, lm = _parts(spec)
+        if clf.suffix.lower() == ".safetensors":
+            read_metadata(clf)
+        elif not clf.is_file():
+            raise SpinexrError(f"{clf}: model file not found")
+        if lm is not None:
+            landmark_metadata(lm)
 
     def _model_info(self) -> dict[str, Any]:
         p = self.predictor
