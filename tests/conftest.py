@@ -65,6 +65,27 @@ def bundled():
     return Pipeline.load()
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_models: dict[str, Path], synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the tiny models with its rule fitted on the synthetic films: for tests of behaviour
+    (outputs, resume, executors), where the bundled models would only cost time."""
+    from spinexr.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "mine"
+    assert main(["bundle", "create", str(out), "--classifier", str(tiny_models["classifier"]),
+                 "--landmarks", str(tiny_models["landmarks"]), "--fit-on", str(synth_dir), "--name", "mine",
+                 "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_bundle: Path):
+    """The tiny bundle as one pipeline, loaded once (never changed by a test)."""
+    from spinexr.pipeline import Pipeline
+
+    return Pipeline.load(tiny_bundle)
+
+
 def serve_in_thread(app, timeout: float = 60.0):
     """``app`` on a free loopback port in a uvicorn thread: (server, thread, base URL). Set
     ``server.should_exit`` and join the thread to stop it."""

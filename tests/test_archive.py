@@ -68,8 +68,8 @@ def test_the_onnx_pipeline_loads_no_network_until_an_explanation_needs_one(onnx_
     assert heat.shape == img.shape[:2] and 0 <= target < len(onnx_pipeline.labels)
     assert onnx_pipeline.predictor.model is not None
 
-def test_onnx_pipeline_agrees_with_pytorch_and_caches_its_exports(onnx_pipeline: Pipeline, films: Path,
-                                                                   cache: Path, tmp_path: Path) -> None:
+def test_onnx_pipeline_agrees_with_pytorch_and_caches_its_exports(onnx_pipeline: Pipeline, bundled: Pipeline,
+                                                                   films: Path, cache: Path, tmp_path: Path) -> None:
     exports = sorted(p.name.split("-")[0] for p in (cache / "onnx").glob("*.onnx"))
     refined = onnx_pipeline.measurer is not None and onnx_pipeline.measurer.refiner is not None
     assert exports == ["classifier", "landmarks", *(["refiner"] if refined else [])]
@@ -77,7 +77,7 @@ def test_onnx_pipeline_agrees_with_pytorch_and_caches_its_exports(onnx_pipeline:
     assert onnx_pipeline.predictor.backend == "onnx"
     paths = expand([films])
     stream(onnx_pipeline, paths, tmp_path / "onnx.jsonl", batch_size=4, workers=0, progress=False)
-    stream(Pipeline.load(), paths, tmp_path / "torch.jsonl", batch_size=4, workers=0, progress=False)
+    stream(bundled, paths, tmp_path / "torch.jsonl", batch_size=4, workers=0, progress=False)
     a, b = _docs(tmp_path / "onnx.jsonl"), _docs(tmp_path / "torch.jsonl")
     assert a.keys() == b.keys()
     for k in a:

@@ -74,20 +74,22 @@ def reports(pacs: Orthanc, study: str) -> dict[str, list[pydicom.Dataset]]:
 
 @needs_orthanc
 @pytest.mark.slow
-def test_round_trip_reports_match_predict(dx_films: Path, tmp_path: Path) -> None:
+def test_round_trip_reports_match_predict(dx_films: Path, tmp_path: Path, tiny_bundle: Path) -> None:
+    """The tiny bundle: what the reports hold is checked against predict's documents, whatever the models."""
     films = sorted(dx_films.rglob("*.dcm"))
     broken = unreadable_dx(tmp_path / "broken.dcm")
+    model = ("--model", str(tiny_bundle))
     with Orthanc(tmp_path / "orthanc") as pacs:
         load(pacs, [*films, broken, TEST_FILES / "CT_small.dcm", TEST_FILES / "rtplan.dcm"])
         state = tmp_path / "state.sqlite"
-        done = watch(pacs.url, state, "--once")
+        done = watch(pacs.url, state, "--once", *model)
         assert done.returncode == 0, done.stderr
         assert "Traceback" not in done.stderr and "loading the models" in done.stderr
         assert "skipped: no CR or DX series (modalities: CT)" in done.stderr
         assert "skipped: no CR or DX series (modalities: RTPLAN)" in done.stderr
         # predict on the same files: the reports read back from the PACS say the same, to 0.01 deg
         preds = tmp_path / "preds.jsonl"
-        ran = subprocess.run([sys.executable, "-m", "spinexr", "predict", *map(str, films), "--out", str(preds),
+        ran = subprocess.run([sys.executable, "-m", "spinexr", "predict", str(tiny_bundle), *map(str, films), "--out", str(preds),
                               "--quiet"], cwd=ROOT, capture_output=True, text=True)
         assert ran.returncode == 0, ran.stderr
         docs = {json.loads(line)["sha256"]: json.loads(line) for line in preds.read_text().splitlines()}
@@ -112,7 +114,7 @@ def test_round_trip_reports_match_predict(dx_films: Path, tmp_path: Path) -> Non
         failed = [f for f in ledger.films() if f["state"] == "failed"]
         assert failed[0]["study_uid"] == broken_study and failed[0]["reason"]
         ledger.close()
-        again = watch(pacs.url, state, "--once")  # nothing new: nothing done twice
+        again = watch(pacs.url, state, "--once", *model)  # nothing new: nothing done twice
         assert again.returncode == 0 and "0 new studies" in again.stderr
         assert "loading the models" not in again.stderr  # nothing new: no model loaded
         # a film that arrives later in a finished study: that film is reported, the others are not redone
@@ -121,11 +123,11 @@ def test_round_trip_reports_match_predict(dx_films: Path, tmp_path: Path) -> Non
             patient_id=first.PatientID, study_uid=first.StudyInstanceUID, series_uid=first.SeriesInstanceUID,
             instance_number=2))
         pacs.client().store_instances([late])
-        later = watch(pacs.url, state, "--once")
+        later = watch(pacs.url, state, "--once", *model)
         assert later.returncode == 0 and "1 new studies: 1 finished (1 films reported" in later.stderr, later.stderr
         got = reports(pacs, first.StudyInstanceUID)
         assert len(got["SR"]) == 2 and len({sr.SOPInstanceUID for sr in got["SR"]}) == 2
-        assert watch(pacs.url, state, "--once").stderr.count("0 new studies") == 1
+        assert watch(pacs.url, state, "--once", *model).stderr.count("0 new studies") == 1
         status = subprocess.run([sys.executable, "-m", "spinexr", "pacs", "status", "--state", str(state)], cwd=ROOT,
                                 capture_output=True, text=True)
         assert f"films reported {len(films) + 1}" in status.stdout

@@ -35,12 +35,8 @@ def films(synth_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tiny_models: dict[str, Path], synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "mine"
-    assert main(["bundle", "create", str(out), "--classifier", str(tiny_models["classifier"]),
-                 "--landmarks", str(tiny_models["landmarks"]), "--fit-on", str(synth_dir), "--name", "mine",
-                 "--quiet"]) == 0
-    return out
+def bundle_dir(tiny_bundle: Path) -> Path:
+    return tiny_bundle
 
 
 def test_the_schema_is_a_valid_json_schema() -> None:

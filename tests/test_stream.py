@@ -69,12 +69,12 @@ def _same_but_rounding(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_the_stream_gives_what_the_film_at_a_time_path_gives(bundled: Pipeline, films: Path, tmp_path: Path,
+def test_the_stream_gives_what_the_film_at_a_time_path_gives(tiny: Pipeline, films: Path, tmp_path: Path,
                                                              workers: int) -> None:
     paths = expand([films])
-    today = [p.to_document() for p in predict_paths(bundled, paths, progress=False)]
+    today = [p.to_document() for p in predict_paths(tiny, paths, progress=False)]
     out = tmp_path / "preds.jsonl"
-    tally = stream(bundled, paths, out, batch_size=4, workers=workers, progress=False)
+    tally = stream(tiny, paths, out, batch_size=4, workers=workers, progress=False)
     docs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [d["path"] for d in docs] == [d["path"] for d in today]
     for a, b in zip(docs, today):
@@ -83,14 +83,14 @@ def test_the_stream_gives_what_the_film_at_a_time_path_gives(bundled: Pipeline, 
     assert not out.with_name(out.name + JOURNAL_SUFFIX).exists()
 
 
-def test_jobs_give_the_same_documents_in_the_same_order(bundled: Pipeline, films: Path, tmp_path: Path) -> None:
+def test_jobs_give_the_same_documents_in_the_same_order(tiny: Pipeline, films: Path, tmp_path: Path) -> None:
     """Two processes, each its own pipeline, each decoding its own batches: the documents are the
     one-process stream's, in its order (a film named twice keeps both rows), overlays drawn by the jobs."""
     paths = expand([films])
     paths = [*paths, paths[0]]
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    stream(bundled, paths, one, batch_size=3, workers=0, progress=False, overlays=tmp_path / "o1")
-    tally = stream(bundled, paths, two, batch_size=3, jobs=2, progress=False, overlays=tmp_path / "o2")
+    stream(tiny, paths, one, batch_size=3, workers=0, progress=False, overlays=tmp_path / "o1")
+    tally = stream(tiny, paths, two, batch_size=3, jobs=2, progress=False, overlays=tmp_path / "o2")
     a = [json.loads(line) for line in one.read_text().splitlines()]
     b = [json.loads(line) for line in two.read_text().splitlines()]
     assert [d["path"] for d in b] == [str(p) for p in paths]
@@ -102,21 +102,21 @@ def test_jobs_give_the_same_documents_in_the_same_order(bundled: Pipeline, films
     assert tally.ok == 15 and tally.errors == 2
 
 
-def test_jobs_need_a_loaded_pipeline_and_a_count(bundled: Pipeline, films: Path, tmp_path: Path) -> None:
+def test_jobs_need_a_loaded_pipeline_and_a_count(tiny: Pipeline, films: Path, tmp_path: Path) -> None:
     paths = expand([films])[:2]
     with pytest.raises(SpinexrError, match="--jobs must be 1 or more"):
-        stream(bundled, paths, tmp_path / "a.csv", jobs=0, progress=False)
-    handmade = Pipeline(bundled.predictor, bundled.measurer, bundled.bundle)
+        stream(tiny, paths, tmp_path / "a.csv", jobs=0, progress=False)
+    handmade = Pipeline(tiny.predictor, tiny.measurer, tiny.bundle)
     with pytest.raises(SpinexrError, match="Pipeline.load"):
         stream(handmade, paths, tmp_path / "b.csv", jobs=2, progress=False)
 
 
-def test_every_row_has_the_schema_columns(bundled: Pipeline, films: Path, tmp_path: Path) -> None:
+def test_every_row_has_the_schema_columns(tiny: Pipeline, films: Path, tmp_path: Path) -> None:
     out = tmp_path / "preds.csv"
-    stream(bundled, expand([films]), out, batch_size=5, workers=0, progress=False)
+    stream(tiny, expand([films]), out, batch_size=5, workers=0, progress=False)
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
-    cols = document_columns(bundled.labels)
+    cols = document_columns(tiny.labels)
     assert rows[0] == cols
     assert all(len(r) == len(cols) for r in rows[1:]) and len(rows) == 17
     ok = [dict(zip(cols, r)) for r in rows[1:] if r[cols.index("status")] == "ok"]
@@ -124,7 +124,7 @@ def test_every_row_has_the_schema_columns(bundled: Pipeline, films: Path, tmp_pa
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])
-def test_folding_batches_keeps_the_output_a_whole_file(bundled: Pipeline, films: Path, tmp_path: Path, fmt: str,
+def test_folding_batches_keeps_the_output_a_whole_file(tiny: Pipeline, films: Path, tmp_path: Path, fmt: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Folded in as the journal grows, the output reads whole after every batch, and ends with every film."""
     monkeypatch.setattr(result_file, "MIN_FOLD_BYTES", 1)
@@ -139,7 +139,7 @@ def test_folding_batches_keeps_the_output_a_whole_file(bundled: Pipeline, films:
             return len([json.loads(line) for line in text.splitlines()])
         return len(_csv_rows(out))
 
-    stream(bundled, expand([films]), out, batch_size=3, workers=0, progress=False,
+    stream(tiny, expand([films]), out, batch_size=3, workers=0, progress=False,
                  on_batch=lambda _docs: seen.append(count()))
     assert seen[0] == 3 and seen == sorted(seen) and len(set(seen)) > 2  # folded more than once, never shrinking
     assert count() == 16
@@ -228,53 +228,53 @@ def test_a_killed_run_leaves_a_whole_file_and_resume_finishes_it(films: Path, tm
     assert not journal.exists()
 
 
-def test_resume_skips_what_is_there_and_redoes_a_changed_film(bundled: Pipeline, films: Path, tmp_path: Path) -> None:
+def test_resume_skips_what_is_there_and_redoes_a_changed_film(tiny: Pipeline, films: Path, tmp_path: Path) -> None:
     src = tmp_path / "films"
     shutil.copytree(films, src)
     out = tmp_path / "preds.jsonl"
     paths = expand([src])
-    stream(bundled, paths[:6], out, workers=0, progress=False)
+    stream(tiny, paths[:6], out, workers=0, progress=False)
     changed = paths[0]
     changed.write_bytes(changed.read_bytes() + b"\0")  # same path, other content: predicted again
     done = []
-    stream(bundled, paths, out, resume=True, workers=0, progress=False,
+    stream(tiny, paths, out, resume=True, workers=0, progress=False,
                  on_batch=lambda docs: done.extend(d["path"] for d in docs))
     assert done == [str(p) for p in [paths[0], *paths[6:]]]
     docs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(docs) == len(paths) + 1  # the old result of the changed film stays: nothing is deleted
 
 
-def test_a_torn_journal_line_is_predicted_again(bundled: Pipeline, films: Path, tmp_path: Path) -> None:
+def test_a_torn_journal_line_is_predicted_again(tiny: Pipeline, films: Path, tmp_path: Path) -> None:
     paths = expand([films])[:4]
     out = tmp_path / "preds.jsonl"
     ref = tmp_path / "ref.jsonl"
-    stream(bundled, paths, ref, workers=0, progress=False)
+    stream(tiny, paths, ref, workers=0, progress=False)
     lines = ref.read_text().splitlines()
     out.write_text("")
     journal = out.with_name(out.name + JOURNAL_SUFFIX)
     journal.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][: len(lines[2]) // 2])  # cut mid-line by a kill
     redone = []
-    stream(bundled, paths, out, resume=True, workers=0, progress=False,
+    stream(tiny, paths, out, resume=True, workers=0, progress=False,
                  on_batch=lambda docs: redone.extend(d["path"] for d in docs))
     assert redone == [str(p) for p in paths[2:]]
     assert [json.loads(x)["path"] for x in out.read_text().splitlines()] == [str(p) for p in paths]
 
 
-def test_resume_refuses_another_bundles_output_and_leaves_it_alone(bundled: Pipeline, films: Path,
+def test_resume_refuses_another_bundles_output_and_leaves_it_alone(tiny: Pipeline, films: Path,
                                                                    tmp_path: Path) -> None:
     paths = expand([films])[:3]
     out = tmp_path / "preds.csv"
-    stream(bundled, paths, out, workers=0, progress=False)
+    stream(tiny, paths, out, workers=0, progress=False)
     text = out.read_text()
-    foreign = text.replace(bundled.model_info["bundle_digest"], "0" * 64)
+    foreign = text.replace(tiny.model_info["bundle_digest"], "0" * 64)
     out.write_text(foreign)
     with pytest.raises(SpinexrError, match="another bundle"):
-        stream(bundled, paths, out, resume=True, workers=0, progress=False)
+        stream(tiny, paths, out, resume=True, workers=0, progress=False)
     assert out.read_text() == foreign
     other = tmp_path / "other.csv"
     other.write_text("path,label\nfilm.png,Normal\n")
     with pytest.raises(SpinexrError, match="columns"):
-        stream(bundled, paths, other, resume=True, workers=0, progress=False)
+        stream(tiny, paths, other, resume=True, workers=0, progress=False)
     assert other.read_text() == "path,label\nfilm.png,Normal\n"
 
 
@@ -284,14 +284,14 @@ def test_resume_on_the_command_line_needs_an_output(films: Path) -> None:
     assert main(["predict", str(films), "--resume"]) != 0
 
 
-def test_a_bad_batch_size_is_refused(bundled: Pipeline, films: Path, tmp_path: Path) -> None:
+def test_a_bad_batch_size_is_refused(tiny: Pipeline, films: Path, tmp_path: Path) -> None:
     with pytest.raises(SpinexrError, match="batch-size"):
-        stream(bundled, expand([films]), tmp_path / "p.csv", batch_size=0, progress=False)
+        stream(tiny, expand([films]), tmp_path / "p.csv", batch_size=0, progress=False)
 
 
-def test_flattened_documents_fit_the_columns(bundled: Pipeline, films: Path) -> None:
-    cols = set(document_columns(bundled.labels))
-    for p in predict_paths(bundled, expand([films])[:3] + [films / "broken.png"], progress=False):
+def test_flattened_documents_fit_the_columns(tiny: Pipeline, films: Path) -> None:
+    cols = set(document_columns(tiny.labels))
+    for p in predict_paths(tiny, expand([films])[:3] + [films / "broken.png"], progress=False):
         d = p.to_document()
         extra = {k for k, v in flatten(d).items() if k not in cols}
         assert extra <= {k for k in ("error", "image", "spine", "decision", "timing_ms") if d.get(k) is None}
