@@ -75,7 +75,7 @@ def test_a_read_only_folder_is_refused_before_any_model_loads(films: Path, read_
     assert not list(read_only.iterdir())
 
 
-def test_a_full_disk_ends_with_a_message_and_resume_continues(bundled: Pipeline, films: Path, small_disk: Path,
+def test_a_full_disk_ends_with_a_message_and_resume_continues(tiny: Pipeline, films: Path, small_disk: Path,
                                                                tmp_path: Path) -> None:
     many = tmp_path / "many"
     many.mkdir()
@@ -85,7 +85,7 @@ def test_a_full_disk_ends_with_a_message_and_resume_continues(bundled: Pipeline,
     paths = expand([many])
     out = small_disk / "preds.jsonl"
     with pytest.raises(SpinexrError, match=r"writing .* failed \(No space left on device\).*--resume"):
-        stream(bundled, paths, out, batch_size=2)
+        stream(tiny, paths, out, batch_size=2)
     assert not [p for p in small_disk.iterdir() if p.name.endswith(".tmp")], "a stale temporary copy was left"
     kept = [json.loads(line) for line in out.read_text().splitlines()]  # whole documents only
     journal = out.with_name(out.name + JOURNAL_SUFFIX)
@@ -100,25 +100,25 @@ def test_a_full_disk_ends_with_a_message_and_resume_continues(bundled: Pipeline,
     if out.with_name(out.name + JOURNAL_SUFFIX).exists():
         shutil.copy(out.with_name(out.name + JOURNAL_SUFFIX), moved.with_name(moved.name + JOURNAL_SUFFIX))
     redone: list[str] = []
-    stream(bundled, paths, moved, resume=True, batch_size=2, on_batch=lambda docs: redone.extend(d["path"] for d in docs))
+    stream(tiny, paths, moved, resume=True, batch_size=2, on_batch=lambda docs: redone.extend(d["path"] for d in docs))
     docs = [json.loads(line) for line in moved.read_text().splitlines()]
     assert sorted(d["path"] for d in docs) == sorted(str(p) for p in paths)  # every film once
     assert kept and not {d["path"] for d in kept} & set(redone)  # what was written is not done again
 
 
-def test_resume_with_other_settings_is_refused_with_the_difference_named(bundled: Pipeline, films: Path,
-                                                                         tmp_path: Path) -> None:
+def test_resume_with_other_settings_is_refused_with_the_difference_named(tiny: Pipeline, tiny_bundle: Path,
+                                                                         films: Path, tmp_path: Path) -> None:
     paths = expand([films])[:3]
     out = tmp_path / "preds.jsonl"
-    stream(bundled, paths, out)
+    stream(tiny, paths, out)
     text = out.read_text()
-    unmeasured = Pipeline.load(no_landmarks=True)
+    unmeasured = Pipeline.load(tiny_bundle, no_landmarks=True)
     with pytest.raises(SpinexrError, match="another landmark model \\(resnet18; this run: none\\)"):
         stream(unmeasured, paths, out, resume=True)
     other_backend = text.replace('"backend": "torch"', '"backend": "onnx"')
     out.write_text(other_backend)
     with pytest.raises(SpinexrError, match="another backend \\(onnx; this run: torch\\)"):
-        stream(bundled, paths, out, resume=True)
+        stream(tiny, paths, out, resume=True)
     assert out.read_text() == other_backend  # refused, and left alone
 
 
@@ -135,12 +135,12 @@ def test_jobs_are_bounded_by_cpus_and_memory(monkeypatch: pytest.MonkeyPatch, ca
         Jobs(0)
 
 
-def test_the_output_shows_results_while_the_run_goes_on(bundled: Pipeline, films: Path, tmp_path: Path) -> None:
+def test_the_output_shows_results_while_the_run_goes_on(tiny: Pipeline, films: Path, tmp_path: Path) -> None:
     """Folded on a time interval too, not only past 1 MiB: after each batch the output holds it."""
     out = tmp_path / "preds.csv"
     seen: list[int] = []
     sink = ResultFile(out, fold_seconds=0.0)
-    run_films(bundled, expand([films]), [sink], InProcess(batch_size=2, workers=0), progress=False,
+    run_films(tiny, expand([films]), [sink], InProcess(batch_size=2, workers=0), progress=False,
               on_batch=lambda _docs: seen.append(len(out.read_text().splitlines()) - 1))
     assert seen == [2, 4, 6]
 
@@ -221,7 +221,7 @@ def test_a_new_output_is_one_sink_and_one_registration_line(films: Path, tmp_pat
         OUTPUTS.pop("--names-out")
 
 
-def test_a_film_whose_report_cannot_be_made_does_not_stop_the_others(bundled: Pipeline, tmp_path: Path,
+def test_a_film_whose_report_cannot_be_made_does_not_stop_the_others(tiny: Pipeline, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from spinexr.data.synth import synthesize
     from spinexr.deploy import dicom as dicom_mod
@@ -238,7 +238,7 @@ def test_a_film_whose_report_cannot_be_made_does_not_stop_the_others(bundled: Pi
 
     monkeypatch.setattr(dicom_mod, "dicom_results", fails_on_the_first)
     sink = DicomSink(tmp_path / "reports")
-    res = run_films(bundled, paths, [sink, ResultFile(tmp_path / "p.jsonl")], InProcess(workers=0), progress=False)
+    res = run_films(tiny, paths, [sink, ResultFile(tmp_path / "p.jsonl")], InProcess(workers=0), progress=False)
     assert sink.written == 2 and len(list((tmp_path / "reports").rglob("SR_*.dcm"))) == 2
     assert any("SpecificCharacterSetValues" in line and "1 skipped" in line for line in res.lines)
     assert res.tally.ok == 3  # every film's document is in the output
