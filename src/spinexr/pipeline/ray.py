@@ -67,12 +67,22 @@ def _probe(address: str, timeout: float = 5.0) -> None:
                            "one with `ray start --head` (or use --ray alone for a cluster on this machine)") from None
 
 
+class _QuietNotices(logging.Filter):
+    """Leaves out Ray's notice that token authentication is on (printed on every start of a cluster)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
 def _connect(address: str | None, num_cpus: int | None, progress: bool = True) -> Any:
     try:
         import ray
     except ImportError as e:
         raise SpinexrError("--ray needs Ray: pip install 'spinexr[ray]'") from e
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    for handler in logging.getLogger("ray").handlers:  # a notice on every start, not a problem of this run
+        if not any(isinstance(f, _QuietNotices) for f in handler.filters):
+            handler.addFilter(_QuietNotices())
     ray.data.DataContext.get_current().enable_progress_bars = progress
     if address and address != "auto":
         _probe(address)
@@ -167,9 +177,11 @@ class RayCluster:
         # each document named as it was given. Absolute, not resolved: a link is read through its own name.
         before = set(threading.enumerate())
         given = dict(todo)
+        blocks = max(1, len(todo) // self.batch_size)
         ds = ray.data.from_items([{"path": os.path.abspath(p), "index": i} for i, p in todo],
-                                 override_num_blocks=max(1, len(todo) // self.batch_size))
-        pool = ray.data.ActorPoolStrategy(size=self.actors or max(1, cpus // self.cpus_per_actor))
+                                 override_num_blocks=blocks)
+        # No more actors than blocks of films: an actor without a block would only load models for nothing.
+        pool = ray.data.ActorPoolStrategy(size=min(blocks, self.actors or max(1, cpus // self.cpus_per_actor)))
         ds = ds.map_batches(PredictActor, batch_size=self.batch_size, compute=pool, num_cpus=self.cpus_per_actor,
                             fn_constructor_kwargs={"spec": spec, "drawers": drawers})
         batches = ds.iter_batches(batch_size=self.batch_size, batch_format="numpy")
