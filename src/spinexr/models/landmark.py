@@ -182,13 +182,8 @@ class OffsetCodec(HeatmapCodec):
     the input height) -> corners: ``corner_kc = sum_p softmax_k(p) * (p + offset_c(p))``.
 
     Args:
-        height: the input's height.
-        width: its width.
-        stride: input pixels a heatmap cell.
-        sigma: the target Gaussian's sigma, in cells.
-        angle_weight: the weight of the endplate-angle loss.
-        js_weight: the weight of the Jensen-Shannon heatmap loss.
-        offset_scale: the offsets' unit, as a share of the input height.
+        offset_scale: the offsets' unit, as a share of the input height (the other fields:
+            :class:`HeatmapCodec`).
     """
 
     offset_scale: float = 1 / 16

@@ -152,13 +152,7 @@ class InProcess:
     def documents(self, pipeline: Pipeline, todo: Todo, drawers: list[Sink]) -> Iterator[list[dict[str, Any]]]:
         """The films through the pipeline here, decoded beside it (see :class:`~spinexr.pipeline.driver.Executor`).
 
-        Args:
-            pipeline: the loaded pipeline (loaded again where the films run elsewhere).
-            todo: the films, each with its place in the run.
-            drawers: the drawing outputs, run beside the pipeline.
-
-        Returns:
-            each batch's documents, in the films' order.
+        The arguments and what it yields: :meth:`~spinexr.pipeline.driver.Executor.documents`.
         """
         places = iter([i for i, _ in todo])
         max_pixels = pipeline.spec.max_pixels if pipeline.spec is not None else PipelineSpec().max_pixels
@@ -220,13 +214,7 @@ class Jobs:
         """The films' batches through the pipeline in ``--jobs`` processes, in order (see
         :class:`~spinexr.pipeline.driver.Executor`).
 
-        Args:
-            pipeline: the loaded pipeline (loaded again where the films run elsewhere).
-            todo: the films, each with its place in the run.
-            drawers: the drawing outputs, run beside the pipeline.
-
-        Returns:
-            each batch's documents, in the films' order.
+        The arguments and what it yields: :meth:`~spinexr.pipeline.driver.Executor.documents`.
         """
         if pipeline.spec is None:
             raise SpinexrError("--jobs needs a pipeline made by Pipeline.load (it is loaded again in each process)")

@@ -156,13 +156,7 @@ class RayCluster:
     def documents(self, pipeline: Pipeline, todo: Todo, drawers: list[Sink]) -> Iterator[list[dict[str, Any]]]:
         """The films' batches through pipelines on Ray actors, in order (see :class:`~spinexr.pipeline.driver.Executor`).
 
-        Args:
-            pipeline: the loaded pipeline (loaded again where the films run elsewhere).
-            todo: the films, each with its place in the run.
-            drawers: the drawing outputs, run beside the pipeline.
-
-        Returns:
-            each batch's documents, in the films' order.
+        The arguments and what it yields: :meth:`~spinexr.pipeline.driver.Executor.documents`.
         """
         if pipeline.spec is None:
             raise SpinexrError("--ray needs a pipeline made by Pipeline.load (each actor loads it again)")

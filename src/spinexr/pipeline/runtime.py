@@ -175,16 +175,8 @@ class Pipeline:
         return self.measurer.overlay(img, m)
 
     def explain(self, img: np.ndarray, method: str = "gradcam", target: int | None = None) -> tuple[np.ndarray, int]:
-        """The classifier's heatmap in the film's frame (see :meth:`~spinexr.deploy.predictor.Predictor.explain`).
-
-        Args:
-            img: the decoded film, float in [0, 1].
-            method: ``gradcam``, ``gradcam++`` or ``attention``.
-            target: the class index explained (None: the predicted class).
-
-        Returns:
-            the heatmap (H x W in [0, 1]) and the class explained.
-        """
+        """The classifier's heatmap in the film's frame; the arguments and what it returns:
+        :meth:`~spinexr.deploy.predictor.Predictor.explain`."""
         return self.predictor.explain(img, method, target)
 
     def describe(self) -> dict[str, Any]:
