@@ -193,11 +193,17 @@ def save_landmark_model(predictor: Any, path: str | Path, cfg: dict[str, Any],
     meta = {"format": LANDMARK_FORMAT, "encoder": predictor.net.arch, "data_config": predictor.contract.to_dict(),
             "stride": predictor.codec.stride, "encoding": predictor.codec.name, "tta_flip": predictor.tta_flip,
             "tta_scales": list(predictor.tta_scales),
-            "centreline_weight": float(cfg.get("centreline_weight", 0.0)),
-            "levels": list(LEVELS), "corners": list(CORNERS),
-            "settings": cfg, "spinexr_version": __version__,
+            "centreline_weight": float(cfg.get("centreline_weight", 0.0))}
+    return _network_file(predictor.net, meta, cfg, data_summary, path)
+
+
+def _network_file(net: nn.Module, meta: dict[str, Any], cfg: dict[str, Any], data_summary: dict[str, Any] | None,
+                  path: Path) -> Path:
+    """A landmark network's file (the landmark model, the refiner): its own ``meta``, then what every such
+    file records (the vertebra levels and corners, the settings, version, date and training data)."""
+    meta = {**meta, "levels": list(LEVELS), "corners": list(CORNERS), "settings": cfg, "spinexr_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "training_data": data_summary or {}}
-    state = {k: v.detach().cpu().contiguous() for k, v in predictor.net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     return write_model_file(state, meta, path)
 
 
@@ -290,12 +296,8 @@ def save_refiner_model(refiner: Any, path: str | Path, cfg: dict[str, Any],
             "film_height": refiner.film_height, "mean": refiner.mean, "std": refiner.std,
             "tta_flip": refiner.tta_flip, "iterations": refiner.iterations, "flip_every_pass": refiner.flip_every_pass,
             "max_turn": refiner.max_turn,
-            "centreline_weight": float(centreline_weight), "tilt_gain": float(tilt_gain),
-            "levels": list(LEVELS), "corners": list(CORNERS),
-            "settings": cfg, "spinexr_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "training_data": data_summary or {}}
-    state = {k: v.detach().cpu().contiguous() for k, v in refiner.net.state_dict().items()}
-    return write_model_file(state, meta, path)
+            "centreline_weight": float(centreline_weight), "tilt_gain": float(tilt_gain)}
+    return _network_file(refiner.net, meta, cfg, data_summary, Path(path))
 
 
 def refiner_metadata(path: str | Path) -> dict[str, Any]:
