@@ -212,6 +212,13 @@ def test_a_state_file_belongs_to_one_server(tmp_path: Path) -> None:
     Ledger(tmp_path / "s.sqlite", "http://a/dicom-web").close()
     with pytest.raises(SpinexrError, match="records the work done on http://a/dicom-web"):
         Ledger(tmp_path / "s.sqlite", "http://b/dicom-web")
+    # The same server written another way is the same server: host resolution, default port, trailing slash.
+    Ledger(tmp_path / "l.sqlite", "http://127.0.0.1:80/dicom-web").close()
+    for same in ("http://localhost/dicom-web/", "HTTP://LOCALHOST:80/dicom-web", "http://[::1]/dicom-web"):
+        Ledger(tmp_path / "l.sqlite", same).close()
+    for other in ("http://127.0.0.1:8042/dicom-web", "https://127.0.0.1/dicom-web", "http://127.0.0.1/other"):
+        with pytest.raises(SpinexrError, match="records the work done on"):
+            Ledger(tmp_path / "l.sqlite", other)
     (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
     with pytest.raises(SpinexrError, match="not a spinexr pacs state file"):
         Ledger(tmp_path / "junk.sqlite", "http://a/dicom-web")

@@ -45,6 +45,30 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 FINISHED = ("done", "skipped")
 
 
+def same_server(url: str) -> tuple[str, tuple[str, ...], int, str]:
+    """What identifies a server behind an address: the scheme, the addresses its host resolves to (so
+    ``localhost`` and ``127.0.0.1`` are one server), the port (the scheme's default when none is given)
+    and the path without its trailing slash; a host that does not resolve stands for itself, lower-cased."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url.strip())
+    scheme = (u.scheme or "http").lower()
+    host = (u.hostname or "").lower()
+    try:
+        port = u.port or (443 if scheme == "https" else 80)
+    except ValueError:  # a port that is not a number: the address as it is written
+        return scheme, (host,), 0, url.strip()
+    try:
+        found = tuple(sorted({a[4][0] for a in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}))
+    except (OSError, UnicodeError):
+        found = (host,)
+    loopback = {"127.0.0.1", "::1"}
+    if found and set(found) <= loopback:  # localhost resolves to one or both loopbacks
+        found = ("loopback",)
+    return scheme, found, port, u.path.rstrip("/")
+
+
 class Ledger:
     """The state file (``--state``): opened, created if missing, refused if it is not a spinexr ledger or
     was written for another PACS address (``url`` None: whichever address it records).
@@ -68,7 +92,7 @@ class Ledger:
         self.url = row[0] if row is not None else url
         if row is None and url is not None:
             self.db.execute("INSERT INTO meta VALUES ('url', ?)", (url,))
-        elif row is not None and url is not None and row[0] != url:
+        elif row is not None and url is not None and same_server(row[0]) != same_server(url):
             raise SpinexrError(f"{self.path} records the work done on {row[0]}, not {url}; give another --state "
                                "for this server")
 
@@ -146,4 +170,4 @@ class Ledger:
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "same_server"]
