@@ -31,7 +31,7 @@ from spinexr.deploy.export import cached_onnx
 from spinexr.deploy.measure import Measurement, SpineMeasurer
 from spinexr.deploy.prediction import Classification, Prediction
 from spinexr.deploy.predictor import Predictor
-from spinexr.errors import ImageReadError, SpinexrError
+from spinexr.errors import SpinexrError
 from spinexr.models.files import landmark_metadata, model_kind, read_metadata
 from spinexr.pipeline.spec import PipelineSpec
 
@@ -149,12 +149,10 @@ class Pipeline:
     def predict_decoded(self, films: list[Decoded]) -> list[Prediction]:
         """Decoded films through the whole pipeline (the classifier and the landmark model in one call each);
         a file that could not be read gets its error."""
-        good = [f for f in films if f.error is None and f.img is not None]
+        good = [f for f in films if f.error is None]  # a decoded film holds its pixels or its error
         done = iter(self.complete_batch(self.classify([f.img for f in good]), good) if good else [])
-        return [next(done) if f.error is None and f.img is not None else
-                Prediction.unreadable(f.path, f.error or ImageReadError(f.path, "no pixels"), model=self.model_info,
-                                      sha256=f.sha256)
-                for f in films]
+        return [next(done) if f.error is None else
+                Prediction.unreadable(f.path, f.error, model=self.model_info, sha256=f.sha256) for f in films]
 
     def predict_images(self, imgs: list[np.ndarray], paths: list[str] | None = None) -> list[Prediction]:
         """Films already decoded (arrays, no file checks) through the whole pipeline."""
