@@ -54,9 +54,10 @@ def load(pacs: Orthanc, files: list[Path]) -> None:
         client.store_instances([pydicom.dcmread(f, force=True)])
 
 
-def watch(pacs_url: str, state: Path, *extra: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+def watch(pacs_url: str, state: Path, *extra: str, env: dict | None = None, timeout: float = 600,
+          **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "spinexr", "pacs", "watch", pacs_url, "--state", str(state), *extra],
-                          cwd=ROOT, capture_output=True, text=True, env=env or ENV, timeout=600, **kw)
+                          cwd=ROOT, capture_output=True, text=True, env=env or ENV, timeout=timeout, **kw)
 
 
 def reports(pacs: Orthanc, study: str) -> dict[str, list[pydicom.Dataset]]:
@@ -78,9 +79,12 @@ def test_round_trip_reports_match_predict(dx_films: Path, tmp_path: Path, tiny_b
     """The tiny bundle: what the reports hold is checked against predict's documents, whatever the models."""
     films = sorted(dx_films.rglob("*.dcm"))
     broken = unreadable_dx(tmp_path / "broken.dcm")
+    chest = dx_dataset(make_case("Normal", np.random.default_rng(3), scale=0.35).image, FilmIdentity(patient_id="C1"))
+    chest.BodyPartExamined = "CHEST"  # a DX film outside the intended use: analysed by no one, reported nowhere
+    chest.save_as(tmp_path / "chest.dcm", enforce_file_format=True)
     model = ("--model", str(tiny_bundle))
     with Orthanc(tmp_path / "orthanc") as pacs:
-        load(pacs, [*films, broken, TEST_FILES / "CT_small.dcm", TEST_FILES / "rtplan.dcm"])
+        load(pacs, [*films, broken, tmp_path / "chest.dcm", TEST_FILES / "CT_small.dcm", TEST_FILES / "rtplan.dcm"])
         state = tmp_path / "state.sqlite"
         done = watch(pacs.url, state, "--once", *model)
         assert done.returncode == 0, done.stderr
@@ -108,11 +112,15 @@ def test_round_trip_reports_match_predict(dx_films: Path, tmp_path: Path, tiny_b
             assert dciodvfy_errors(path) == [], kind
         broken_study = pydicom.dcmread(broken, stop_before_pixels=True).StudyInstanceUID
         assert reports(pacs, broken_study) == {"SR": [], "PR": []}  # no report for the film no one can read
+        assert reports(pacs, chest.StudyInstanceUID) == {"SR": [], "PR": []}  # nor for the chest film
         ledger = Ledger(state, pacs.url)
         counts = ledger.counts()
-        assert counts == {"done": len(films) + 1, "skipped": 2, "films reported": len(films), "films failed": 1}
+        assert counts == {"done": len(films) + 1, "skipped": 2, "retry": 1, "films reported": len(films),
+                          "films failed": 1, "films not analysed": 1, "films waiting to be tried again": 1}
         failed = [f for f in ledger.films() if f["state"] == "failed"]
-        assert failed[0]["study_uid"] == broken_study and failed[0]["reason"]
+        assert failed[0]["study_uid"] == broken_study and failed[0]["reason"] and failed[0]["next_try"] > time.time()
+        outside = [f for f in ledger.films() if f["state"] == "not_analysed"]
+        assert outside[0]["study_uid"] == chest.StudyInstanceUID and "Body Part Examined CHEST" in outside[0]["reason"]
         ledger.close()
         again = watch(pacs.url, state, "--once", *model)  # nothing new: nothing done twice
         assert again.returncode == 0 and "0 new studies" in again.stderr
@@ -127,6 +135,7 @@ def test_round_trip_reports_match_predict(dx_films: Path, tmp_path: Path, tiny_b
         assert later.returncode == 0 and "1 new studies: 1 finished (1 films reported" in later.stderr, later.stderr
         got = reports(pacs, first.StudyInstanceUID)
         assert len(got["SR"]) == 2 and len({sr.SOPInstanceUID for sr in got["SR"]}) == 2
+        assert sorted(int(sr.InstanceNumber) for sr in got["SR"]) == [1, 2]  # numbered within the output series
         assert watch(pacs.url, state, "--once", *model).stderr.count("0 new studies") == 1
         status = subprocess.run([sys.executable, "-m", "spinexr", "pacs", "status", "--state", str(state)], cwd=ROOT,
                                 capture_output=True, text=True)
@@ -177,6 +186,12 @@ def test_refused_credentials_and_a_server_that_is_down(tmp_path: Path) -> None:
         done = watch(pacs.url, tmp_path / "s.sqlite", "--once", env=bad)
         assert done.returncode == 2 and "refused the credentials (HTTP 401)" in done.stderr
         assert "Traceback" not in done.stderr
+        load(pacs, [TEST_FILES / "CT_small.dcm"])  # Orthanc's REST root lists this study's ID, not DICOM JSON
+        t0 = time.monotonic()
+        wrong = watch(pacs.root, tmp_path / "r.sqlite", "--once", timeout=30)  # the REST root, not /dicom-web
+        assert time.monotonic() - t0 < 30 and wrong.returncode == 2, wrong.stderr
+        assert "not a DICOMweb root" in wrong.stderr and "http://HOST:8042/dicom-web" in wrong.stderr
+        assert "Traceback" not in wrong.stderr
     down = f"http://127.0.0.1:{free_port()}/dicom-web"
     done = watch(down, tmp_path / "d.sqlite", "--once", "--retries", "2")
     assert done.returncode == 2
@@ -232,3 +247,80 @@ def test_pacs_cli_rejects_bad_settings(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "spinexr", "pacs", "status", "--state", str(tmp_path / "no")],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "no such state file" in done.stderr
+
+
+def test_a_failed_film_is_tried_again_a_bounded_number_of_times_with_a_growing_wait(tmp_path: Path) -> None:
+    from spinexr.pacs.ledger import RETRIES, RETRY_WAIT_S
+
+    ledger = Ledger(tmp_path / "s.sqlite", "http://a/dicom-web")
+    ref = ("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    ledger.seen(ref[0])
+    waits = []
+    for attempt in range(1, RETRIES + 1):
+        t0 = time.time()
+        ledger.record_film(ref, reason="cannot be retrieved")
+        row = ledger.films()[0]
+        assert row["attempts"] == attempt
+        if attempt < RETRIES:
+            waits.append(row["next_try"] - t0)
+            assert ledger.film_done(ref[2]) and not ledger.film_done(ref[2], now=row["next_try"] + 1)
+            assert ledger.due(now=row["next_try"] + 1) == [ref[0]] and ledger.due(now=t0) == []
+        else:  # out of tries: failed for good, never due again
+            assert row["next_try"] is None and ledger.film_done(ref[2], now=t0 + 1e9) and ledger.due(now=t0 + 1e9) == []
+    assert waits[0] == pytest.approx(RETRY_WAIT_S, abs=5) and waits[1] == pytest.approx(2 * RETRY_WAIT_S, abs=5)
+    ledger.record_film(("1.2.3", "1.2.3.4", "9.9"), reason="modality CT", analysed=False)
+    assert ledger.film_done("9.9", now=time.time() + 1e9)  # not analysed: never retried
+    assert ledger.counts()["films not analysed"] == 1
+    ledger.close()
+
+
+def test_a_pass_asks_for_recent_studies_and_sweeps_all_once_a_day(tmp_path: Path) -> None:
+    from spinexr.pacs.worker import PacsWorker, WatchQuery
+    from spinexr.pipeline import PipelineSpec
+
+    ledger = Ledger(tmp_path / "s.sqlite", "http://a/dicom-web")
+    worker = PacsWorker(None, "http://a/dicom-web", PipelineSpec(), ledger, tmp_path / "work",
+                        WatchQuery(since="20200101", full_sweep_s=3600))
+    now = time.mktime(time.strptime("2026-12-07 10:00", "%Y-%m-%d %H:%M"))
+    assert worker.window(now) == ("20200101", True)  # the first pass: everything from --since
+    ledger.put("last_pass", str(now))
+    ledger.put("last_full_sweep", str(now))
+    assert worker.window(now + 600) == ("20261206", False)  # from the day before the last pass
+    assert worker.window(now + 3600) == ("20200101", True)  # a full sweep once an hour here
+    ledger.close()
+
+
+def test_an_answer_that_is_not_dicom_json_names_the_root_to_use() -> None:
+    from spinexr.pacs.worker import _dicom_json
+
+    ok = [{"0020000D": {"vr": "UI", "Value": ["1.2"]}}]
+    assert _dicom_json(ok, "http://a") == ok
+    for bad in (["5f2d1c7e-6b0e1a2c"], {"Studies": []}, [{"ID": "x"}]):
+        with pytest.raises(SpinexrError, match="http://a is not a DICOMweb root.*dicom-web"):
+            _dicom_json(bad, "http://a")
+
+
+def test_a_server_that_ignores_paging_is_read_once_and_a_stop_ends_the_listing(tmp_path: Path) -> None:
+    """A server answering every offset with the same full page (the way a wrong root pages forever) is
+    read once; a stop set between pages ends the listing."""
+    import threading
+
+    from spinexr.pacs.worker import PAGE, PacsWorker
+    from spinexr.pipeline import PipelineSpec
+
+    page = [{"0020000D": {"vr": "UI", "Value": [f"1.2.{i}"]}} for i in range(PAGE)]
+
+    class SamePage:  # stands in for the HTTP answers of such a server; the paging logic is what is tested
+        calls = 0
+
+        def search_for_studies(self, **kw):
+            SamePage.calls += 1
+            return page
+
+    ledger = Ledger(tmp_path / "s.sqlite", "http://a/dicom-web")
+    worker = PacsWorker(SamePage(), "http://a/dicom-web", PipelineSpec(), ledger, tmp_path / "work")
+    assert len(worker.find_studies()) == PAGE and SamePage.calls == 2
+    stop = threading.Event()
+    stop.set()
+    assert worker.find_studies(stop=stop) == [] and SamePage.calls == 2
+    ledger.close()

@@ -74,7 +74,7 @@ def bundled_tour(data: Path, out: Path, per_class: int = 2) -> list:
           "trained on real radiographs, shown here on synthetic films, so expect them to be unsure):")
     for p, r in zip(preds, films):
         if p.status != "ok":
-            print(f"  {r.parent.name}/{r.name}: ERROR {p.reason}")
+            print(f"  {r.parent.name}/{r.name}: {'ERROR' if p.status == 'error' else 'NOT ANALYSED'} {p.reason}")
             continue
         said = p.decision.classifier_label if p.decision is not None else p.label
         note = p.decision.note if p.decision is not None else ""

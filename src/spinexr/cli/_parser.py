@@ -200,6 +200,9 @@ def _add_pacs(sub: Sub) -> None:
     w.add_argument("--once", action="store_true", help="one pass over the server, then stop (default: poll)")
     w.add_argument("--interval", type=float, default=30.0, help="seconds between passes when polling")
     w.add_argument("--since", metavar="YYYYMMDD", help="only studies of this date or later")
+    w.add_argument("--full-sweep", type=float, default=24.0, metavar="HOURS",
+                   help="hours between passes that ask for every study (from --since on); the passes between ask "
+                        "only for studies from the day before the last pass on (default 24)")
     w.add_argument("--modalities", default="CR,DX", help="series modalities read as films")
     w.add_argument("--auth-file", help="a private file with 'user = ...' and 'password = ...', or 'token = ...' "
                                        "(or set SPINEXR_PACS_USER and SPINEXR_PACS_PASSWORD, or SPINEXR_PACS_TOKEN)")

@@ -97,7 +97,7 @@ def predict(args: argparse.Namespace) -> int:
     if films.line():
         say(films.line(), err=True)  # type: ignore[arg-type]
     say(res.tally.line(), err=True)
-    return 0 if res.tally.ok else 1
+    return 0 if res.tally.ok or res.tally.not_analysed else 1
 
 
 def _measurement_line(m: Any) -> str:

@@ -27,6 +27,8 @@ def watch(args: argparse.Namespace) -> int:
     modalities = [m.strip().upper() for m in args.modalities.split(",") if m.strip()]
     if not modalities:
         raise SpinexrError("--modalities: give at least one, e.g. CR,DX")
+    if not args.full_sweep > 0:
+        raise SpinexrError(f"--full-sweep {args.full_sweep}: give hours above 0, e.g. 24")
     client = connect(url, load_credentials(args.auth_file))
     ledger = Ledger(args.state, url)
     spec = PipelineSpec.from_args(args, args.model)
@@ -34,14 +36,17 @@ def watch(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping after the study in hand", signum)
+        if stop.is_set():  # a second signal: stop now (the ledger keeps what was done; films in hand are redone)
+            log.warning("signal %d again: stopping now", signum)
+            raise KeyboardInterrupt
+        log.info("signal %d: stopping after the films in hand (send it again to stop now)", signum)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     with tempfile.TemporaryDirectory(prefix="spinexr-pacs-") as tmp:
         worker = PacsWorker(client, url, spec, ledger, Path(args.work) if args.work else Path(tmp),
-                            WatchQuery(tuple(modalities), args.since, args.batch_size))
+                            WatchQuery(tuple(modalities), args.since, args.batch_size, args.full_sweep * 3600))
         try:
             watch_loop(worker, once=args.once, interval=args.interval, retries=args.retries, stop=stop,
                        on_round=lambda r: say(r.line(), err=True))

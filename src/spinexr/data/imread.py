@@ -377,10 +377,25 @@ def _read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
         path=str(path), format="DICOM", width=int(img.shape[1]), height=int(img.shape[0]),
         bit_depth=int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8),
         mode=photometric, photometric=photometric, pixel_spacing=pixel_spacing, n_frames=n_frames,
-        extra={"transfer_syntax": str(tsyntax) if tsyntax else None, "samples_per_pixel": spp},
+        extra={"transfer_syntax": str(tsyntax) if tsyntax else None, "samples_per_pixel": spp,
+               **_header_facts(ds)},
         modality=str(ds.get("Modality", "") or "") or None,
     )
     return img.astype(np.float32), meta
+
+
+def _header_facts(ds: Any) -> dict[str, str]:
+    """What a DICOM header says about the film's use (the intended-use check reads them)."""
+    out = {}
+    for key, kw in (("sop_class", "SOPClassUID"), ("presentation_intent", "PresentationIntentType"),
+                    ("body_part", "BodyPartExamined"), ("view_position", "ViewPosition")):
+        try:
+            value = str(ds.get(kw, "") or "").strip()
+        except Exception:  # noqa: BLE001 - a malformed value is as good as an absent one here
+            value = ""
+        if value:
+            out[key] = value
+    return out
 
 
 def _lacks_codecs(tsyntax: Any) -> bool:

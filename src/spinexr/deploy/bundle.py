@@ -34,7 +34,8 @@ from spinexr import __version__
 from spinexr.data.imread import file_digest, read_image
 from spinexr.data.manifest import load_manifest
 from spinexr.deploy.decision import RULE_VERSION, DecisionRule, fit_curve_deg
-from spinexr.errors import DatasetError, ImageReadError, WeightsError
+from spinexr.deploy.intended_use import IntendedUse
+from spinexr.errors import DatasetError, ImageReadError, SpinexrError, WeightsError
 from spinexr.geometry.view import ViewCheck, fit_view_check, spine_view_features
 from spinexr.models.files import KINDS, LANDMARK_FORMAT, REFINER_FORMAT, raw_metadata, read_metadata
 
@@ -98,6 +99,11 @@ class Bundle:
         return DecisionRule.from_meta(self.manifest.get("rule"))
 
     @property
+    def intended_use(self) -> IntendedUse:
+        """The films this bundle analyses (its manifest's ``intended_use``, the defaults without one)."""
+        return IntendedUse.from_manifest(self.manifest.get("intended_use"))
+
+    @property
     def view_check(self) -> ViewCheck | None:
         return ViewCheck.from_meta(self.manifest.get("rule"))
 
@@ -135,7 +141,12 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         if verify and sha256_file(f) != entry.get("sha256"):
             raise WeightsError(f"{f}: changed since the bundle was made (SHA-256 differs from {MANIFEST}); "
                                "make the bundle again with `spinexr bundle create`")
-    return Bundle(root, manifest)
+    bundle = Bundle(root, manifest)
+    try:
+        bundle.intended_use  # noqa: B018 - checked now, not at the first film
+    except SpinexrError as e:
+        raise WeightsError(f"{mf}: {e}") from None
+    return bundle
 
 
 def rule_section(rule: DecisionRule, view_check: ViewCheck | None, fitted: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -261,6 +272,8 @@ def write_bundle(dest: str | Path, classifier: str | Path, landmarks: str | Path
         "classifier": {**_part(clf, dest, "classifier", clf.with_suffix(".md")),
                        "architecture": meta.get("architecture"), "data_config": meta.get("data_config")},
         "landmarks": None, "rule": None,
+        # The films it analyses (spinexr.deploy.intended_use); a site may edit this section of bundle.json.
+        "intended_use": IntendedUse().to_manifest(),
     }
     if lm is not None:
         lm_meta = raw_metadata(lm)

@@ -5,11 +5,12 @@ JSON Lines and CSV (:func:`flatten`, the same fields one level deep), the servic
 the page and the demo. The schema (``prediction.schema.json`` beside this module, :func:`schema`) is the
 contract for programs that read it; a change that removes or renames a field bumps :data:`SCHEMA`.
 
-Top-level fields: ``schema``, ``path``, ``status`` (``ok`` or ``error``), ``error`` (reason and
-:class:`~spinexr.errors.ReadErrorKind`), ``label`` (the decision), ``probabilities`` (the classifier's,
-calibrated), ``ood``, ``warnings``, ``image``, ``spine`` (the measurement: Cobb angles, end vertebrae,
-band, view, the 68 corners), ``decision`` (the classifier's label checked against the measured curve),
-``files`` (heatmap and overlay written beside), ``model`` (which bundle made it) and ``timing_ms``.
+Top-level fields: ``schema``, ``path``, ``status`` (``ok``, ``error`` or ``not_analysed``: outside the
+bundle's intended use), ``error`` (reason and :class:`~spinexr.errors.ReadErrorKind`, or
+``outside_intended_use``), ``label`` (the decision), ``probabilities`` (the classifier's, calibrated),
+``ood``, ``warnings``, ``image``, ``spine`` (the measurement: Cobb angles, end vertebrae, band, view, the 68
+corners), ``decision`` (the classifier's label checked against the measured curve), ``files`` (heatmap and
+overlay written beside), ``model`` (which bundle made it) and ``timing_ms``.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ def write_documents(docs: Iterable[dict[str, Any]], out: Path) -> Path:
 
 def summary_line(doc: dict[str, Any]) -> str:
     """One tab-separated line for a terminal: path, label, probabilities, flags, angle, decision note."""
+    if doc["status"] == "not_analysed":
+        return f"{doc['path']}\tNOT ANALYSED\t{doc['error']['reason']}"
     if doc["status"] != "ok":
         return f"{doc['path']}\tERROR\t[{doc['error']['kind']}] {doc['error']['reason']}"
     parts = [doc["path"], doc["label"], *(f"{c}={v:.6f}" for c, v in doc["probabilities"].items())]

@@ -25,6 +25,8 @@ from spinexr.deploy.measure import Measurement
 from spinexr.errors import ImageReadError
 from spinexr.models.ood import input_checks
 
+NOT_ANALYSED = "not_analysed"
+OUTSIDE = "outside_intended_use"
 # The files an output may draw beside a film, as the document's ``files`` names them.
 FILE_KINDS = ("heatmap", "overlay")
 
@@ -93,17 +95,19 @@ class Classification:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One file's result; ``status`` is ``ok`` or ``error`` (then ``reason`` says why, and ``kind`` is the
-    :class:`~spinexr.errors.ReadErrorKind`). Build it with :meth:`of` or :meth:`unreadable`.
+    """One file's result; ``status`` is ``ok``, ``error`` (then ``reason`` says why, and ``kind`` is the
+    :class:`~spinexr.errors.ReadErrorKind`) or ``not_analysed`` (outside the bundle's intended use: ``reason``
+    says why, ``kind`` is ``outside_intended_use``, and there is no label). Build it with :meth:`of`,
+    :meth:`unreadable` or :meth:`outside`.
 
     ``ood`` is True when the feature score is over the threshold or the file itself says it is not a spine
     radiograph (``ood_reasons``); ``warnings`` hold what the decoders said about the file.
 
     Args:
         path: the film's path (or name) as the document gives it.
-        status: ``ok`` or ``error``.
-        reason: why the file could not be read.
-        kind: the read error's kind.
+        status: ``ok``, ``error`` or ``not_analysed``.
+        reason: why the file could not be read, or why it was not analysed.
+        kind: the read error's kind, or ``outside_intended_use``.
         label: the decision's label (the classifier's where nothing measured the film).
         probabilities: the classifier's calibrated probabilities by class.
         ood_score: the detector's feature score.
@@ -185,6 +189,29 @@ class Prediction:
         (``facts``: ``model``, ``sha256``)."""
         return cls(path=str(path), status="error", reason=e.reason, kind=e.kind.value, warnings=tuple(e.notes), **facts)
 
+    @classmethod
+    def outside(cls, path: str | Path, reasons: list[str], *, meta: Any = None, **facts: Any) -> Prediction:
+        """The result of a film outside the bundle's intended use (:mod:`spinexr.deploy.intended_use`),
+        known from its header before any model ran: every reason, the file's own checks and notes, no finding.
+
+        Args:
+            path: the film's path (or name) as the document gives it.
+            reasons: why it is outside.
+            meta: the decoder's :class:`~spinexr.data.imread.ImageMeta` (None: not known).
+            **facts: ``model``, ``sha256``.
+        """
+        checks = tuple(input_checks(meta)) if meta is not None else ()
+        image = None if meta is None else (int(meta.width), int(meta.height))
+        return cls(path=str(path), status=NOT_ANALYSED, reason="; ".join(reasons), kind=OUTSIDE,
+                   ood=True if checks else None, ood_reasons=checks,
+                   warnings=tuple(getattr(meta, "warnings", ()) or ()), image=image, **facts)
+
+    def not_analysed(self, reasons: list[str]) -> Prediction:
+        """A copy outside the intended use, found after the models ran: the reasons and the OOD facts kept,
+        the label, probabilities, measurement and decision withheld."""
+        return replace(self, status=NOT_ANALYSED, reason="; ".join(reasons), kind=OUTSIDE, label="",
+                       probabilities={}, spine=None, decision=None)
+
     @property
     def ok(self) -> bool:
         return self.status == "ok"
@@ -235,4 +262,4 @@ class Prediction:
         }
 
 
-__all__ = ["FILE_KINDS", "Classification", "Frozen", "Prediction"]
+__all__ = ["FILE_KINDS", "NOT_ANALYSED", "OUTSIDE", "Classification", "Frozen", "Prediction"]

@@ -1,7 +1,8 @@
 """``predict --dicom-out DIR``: each DICOM film's TID 1500 SR and presentation state, in its own study.
 
 The datasets are made from the film's prediction document by :mod:`spinexr.deploy.dicom`; this sink
-writes them to ``DIR/<StudyInstanceUID>/SR_<SOPInstanceUID>.dcm`` and ``PR_<SOPInstanceUID>.dcm``. It runs
+writes them to ``DIR/<StudyInstanceUID>/SR_<SOPInstanceUID>.dcm`` and ``PR_<SOPInstanceUID>.dcm``, numbered
+1, 2, ... within the study's output series (a film reported again keeps its number). It runs
 in the driver, before the result file in the sink list, so a resumed run never skips a film whose report
 is missing; it reads each source's header from its path, so it works with every executor.
 """
@@ -12,6 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 from typing import Any
+
+import pydicom
 
 from spinexr.data.imread import is_dicom_file
 from spinexr.deploy import dicom
@@ -50,6 +53,9 @@ class DicomSink(Sink):
     def write_one(self, doc: dict[str, Any]) -> list[Path]:
         """The SR and presentation state of one document (none for a failed film or a non-DICOM file)."""
         path = str(doc.get("path"))
+        if doc.get("status") == "not_analysed":  # no finding leaves for a film outside the intended use
+            self._skip(path, "not analysed (outside the intended use; the reason is in its document)")
+            return []
         if doc.get("status") != "ok":
             return []  # the error is in its document
         if not is_dicom_file(path):
@@ -57,7 +63,7 @@ class DicomSink(Sink):
             return []
         try:
             source = read_header(path)
-            res = dicom.dicom_results(doc, source, int(source.get("InstanceNumber") or 1))
+            res = dicom.dicom_results(doc, source, self._number(source))
         except SpinexrError as e:
             self._skip(path, str(e).removeprefix(f"{path}: "))
             return []
@@ -85,6 +91,18 @@ class DicomSink(Sink):
             raise write_failed(study, e) from None
         self.written += 1
         return out
+
+    def _number(self, source: Any) -> int:
+        """The report's Instance Number in its study's output series: the one it had if it was written
+        before, else one more than the reports there."""
+        study = self.folder / str(source.StudyInstanceUID)
+        mine = study / f"SR_{source.SOPInstanceUID}.dcm"
+        if mine.is_file():
+            try:
+                return int(pydicom.dcmread(mine, stop_before_pixels=True).InstanceNumber)
+            except Exception:  # noqa: BLE001 - a damaged earlier report is written again with a new number
+                pass
+        return 1 + sum(1 for p in study.glob("SR_*.dcm") if p != mine) if study.is_dir() else 1
 
     def close(self) -> str:
         parts = [f"DICOM: {self.written} films reported to {self.folder}"]

@@ -105,7 +105,7 @@ class HeatmapSink(Sink):
             img: the decoded film (None: not read).
             index: the film's place in the run.
         """
-        if img is None:
+        if img is None or not pred.ok:  # no map of a label withheld (a film outside the intended use)
             return pred
         try:
             heat, _ = pipeline.explain(img, self.method)

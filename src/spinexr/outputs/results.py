@@ -49,13 +49,18 @@ class Tally:
         labels: films by label.
         errors: films that could not be read.
         flagged: films flagged out of distribution.
+        not_analysed: films outside the bundle's intended use.
     """
 
     labels: dict[str, int] = field(default_factory=dict)
     errors: int = 0
     flagged: int = 0
+    not_analysed: int = 0
 
     def add(self, doc: dict[str, Any]) -> None:
+        if doc["status"] == "not_analysed":
+            self.not_analysed += 1
+            return
         if doc["status"] != "ok":
             self.errors += 1
             return
@@ -68,7 +73,9 @@ class Tally:
 
     def line(self) -> str:
         return "; ".join([f"{self.ok} predicted ({', '.join(f'{k} {v}' for k, v in sorted(self.labels.items()))})",
-                          f"{self.errors} unreadable", f"{self.flagged} flagged out-of-distribution"])
+                          f"{self.errors} unreadable", f"{self.flagged} flagged out-of-distribution",
+                          *([f"{self.not_analysed} not analysed (outside the intended use)"] if self.not_analysed
+                            else [])])
 
 
 def _key(path: Any, digest: Any) -> tuple[str, str]:

@@ -19,6 +19,8 @@ from spinexr.errors import SpinexrError
 
 ENV_TOKEN, ENV_USER, ENV_PASSWORD = "SPINEXR_PACS_TOKEN", "SPINEXR_PACS_USER", "SPINEXR_PACS_PASSWORD"
 TIMEOUT_S = 60
+ROOT_HINT = ("if {url} is not a DICOMweb root, give the server's DICOMweb root (Orthanc: http://HOST:8042/dicom-web; "
+             "dcm4chee: http://HOST:8080/dcm4chee-arc/aets/DCM4CHEE/rs)")
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,11 @@ def explain(e: BaseException, url: str) -> SpinexrError:
                                 f"{ENV_PASSWORD}, or {ENV_TOKEN}, or give --auth-file")
         if code >= 500 or code in (408, 429):
             return Unreachable(f"the PACS at {url} answered HTTP {code} ({e.response.reason})")
+        hint = ""
+        if code in (400, 404, 405) and e.request.method == "GET":  # a QIDO-RS query the server does not know
+            hint = f"; {ROOT_HINT.format(url=url)}"
         return SpinexrError(f"the PACS at {url} answered HTTP {code} ({e.response.reason}) to {e.request.method} "
-                            f"{e.response.url}")
+                            f"{e.response.url}{hint}")
     return SpinexrError(f"the PACS at {url}: {type(e).__name__}: {e}")
 
 

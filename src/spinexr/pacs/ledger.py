@@ -22,7 +22,7 @@ from spinexr.errors import SpinexrError
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
-    state TEXT NOT NULL,              -- seen | done | skipped
+    state TEXT NOT NULL,              -- seen | done | skipped | retry (a failed film waits for another try)
     reason TEXT NOT NULL DEFAULT '',
     first_seen REAL NOT NULL,
     finished REAL,
@@ -32,17 +32,22 @@ CREATE TABLE IF NOT EXISTS films (
     sop_uid TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL,
     series_uid TEXT NOT NULL,
-    state TEXT NOT NULL,              -- reported | failed
+    state TEXT NOT NULL,              -- reported | failed | not_analysed
     reason TEXT NOT NULL DEFAULT '',
     label TEXT,
     largest REAL,
     sr_uid TEXT,
     pr_uid TEXT,
-    stored REAL NOT NULL
+    stored REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,  -- tries so far (a failed film is tried again, at most RETRIES times)
+    next_try REAL                     -- when a failed film may be tried again (NULL: never)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-FINISHED = ("done", "skipped")
+FINISHED = ("done", "skipped", "retry")  # a study to retry is taken up by its due films (Ledger.due), or if it grows
+RETRIES = 3  # tries of a failed film in all, across passes
+RETRY_WAIT_S = 60.0  # the wait after the first failure; doubled after each next one
+RETRY_MAX_WAIT_S = 3600.0
 
 
 def same_server(url: str) -> tuple[str, tuple[str, ...], int, str]:
@@ -89,6 +94,10 @@ class Ledger:
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(studies)")}
         if "instances" not in cols:  # a state file from before the count was kept
             self.db.execute("ALTER TABLE studies ADD COLUMN instances INTEGER")
+        film_cols = {r[1] for r in self.db.execute("PRAGMA table_info(films)")}
+        if "attempts" not in film_cols:  # a state file from before failed films were retried
+            self.db.execute("ALTER TABLE films ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1")
+            self.db.execute("ALTER TABLE films ADD COLUMN next_try REAL")
         self.url = row[0] if row is not None else url
         if row is None and url is not None:
             self.db.execute("INSERT INTO meta VALUES ('url', ?)", (url,))
@@ -98,6 +107,14 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()
+
+    def get(self, key: str) -> str | None:
+        """A value the worker keeps between passes (the last pass, the last full sweep)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def finished(self, study_uid: str, instances: int | None = None) -> bool:
         """True when the study was finished and, given the server's ``instances`` count for it now, that
@@ -113,13 +130,32 @@ class Ledger:
         self.db.execute("INSERT OR IGNORE INTO studies (study_uid, state, first_seen) VALUES (?, 'seen', ?)",
                         (study_uid, time.time()))
 
-    def film_done(self, sop_uid: str) -> bool:
-        return self.db.execute("SELECT 1 FROM films WHERE sop_uid = ?", (sop_uid,)).fetchone() is not None
+    def film_done(self, sop_uid: str, now: float | None = None) -> bool:
+        """True when a film needs nothing now: reported, not analysed, or failed and not yet due for
+        another try (or out of tries)."""
+        row = self.db.execute("SELECT state, next_try FROM films WHERE sop_uid = ?", (sop_uid,)).fetchone()
+        if row is None:
+            return False
+        state, next_try = row
+        return state != "failed" or next_try is None or next_try > (time.time() if now is None else now)
+
+    def due(self, now: float | None = None) -> list[str]:
+        """Studies with a failed film due for another try now."""
+        now = time.time() if now is None else now
+        return [r[0] for r in self.db.execute("SELECT DISTINCT study_uid FROM films WHERE state = 'failed' AND "
+                                              "next_try IS NOT NULL AND next_try <= ?", (now,))]
+
+    def retries_pending(self, study_uid: str) -> int:
+        """Failed films of a study that will be tried again."""
+        return int(self.db.execute("SELECT COUNT(*) FROM films WHERE study_uid = ? AND state = 'failed' AND "
+                                   "next_try IS NOT NULL", (study_uid,)).fetchone()[0])
 
     def record_film(self, ref: tuple[str, str, str], *, reason: str = "", label: str | None = None,
-                    largest: float | None = None, reports: tuple[str, str | None] | None = None) -> None:
+                    largest: float | None = None, reports: tuple[str, str | None] | None = None,
+                    analysed: bool = True) -> None:
         """One film's outcome: ``ref`` (study, series, SOP instance UIDs); reported with ``reports`` (the SR's
-        and the presentation state's UIDs), or failed with ``reason``.
+        and the presentation state's UIDs), failed with ``reason``, or not analysed (``analysed`` False:
+        outside the bundle's intended use, with ``reason``; nothing is stored for it, and it is not retried).
 
         Args:
             ref: (study, series, SOP instance) UIDs.
@@ -127,12 +163,20 @@ class Ledger:
             label: the decision's label.
             largest: the largest Cobb angle.
             reports: the structured report's and the presentation state's SOP instance UIDs.
+            analysed: False for a film outside the intended use.
         """
         study_uid, series_uid, sop_uid = ref
         sr_uid, pr_uid = reports or (None, None)
-        state = "reported" if sr_uid else "failed"
-        self.db.execute("INSERT OR REPLACE INTO films VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (sop_uid, study_uid, series_uid, state, reason, label, largest, sr_uid, pr_uid, time.time()))
+        state = "reported" if sr_uid else "failed" if analysed else "not_analysed"
+        row = self.db.execute("SELECT attempts FROM films WHERE sop_uid = ?", (sop_uid,)).fetchone()
+        attempts = 1 + (row[0] if row is not None else 0)
+        now = time.time()
+        next_try = None  # a failed film waits 1, 2, 4 ... minutes (at most an hour) for each next try
+        if state == "failed" and attempts < RETRIES:
+            next_try = now + min(RETRY_MAX_WAIT_S, RETRY_WAIT_S * 2 ** (attempts - 1))
+        self.db.execute("INSERT OR REPLACE INTO films VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (sop_uid, study_uid, series_uid, state, reason, label, largest, sr_uid, pr_uid, now,
+                         attempts, next_try))
 
     def finish(self, study_uid: str, state: str, reason: str = "", instances: int | None = None) -> None:
         """A study's outcome: ``done``, ``skipped`` or ``failed``, with the reason.
@@ -141,9 +185,11 @@ class Ledger:
             study_uid: the Study Instance UID.
             state: its outcome.
             reason: why, where it was not done.
-            instances: its number of instances, when known (a study that grows is looked at again).
+            instances: its number of instances, when known (a study that grows is looked at again; None keeps
+                the count recorded before).
         """
-        self.db.execute("UPDATE studies SET state = ?, reason = ?, finished = ?, instances = ? WHERE study_uid = ?",
+        self.db.execute("UPDATE studies SET state = ?, reason = ?, finished = ?, instances = COALESCE(?, instances) "
+                        "WHERE study_uid = ?",
                         (state, reason, time.time(), instances, study_uid))
 
     def counts(self) -> dict[str, int]:
@@ -151,12 +197,21 @@ class Ledger:
         films = dict(self.db.execute("SELECT state, COUNT(*) FROM films GROUP BY state").fetchall())
         out["films reported"] = films.get("reported", 0)
         out["films failed"] = films.get("failed", 0)
+        out["films not analysed"] = films.get("not_analysed", 0)
+        out["films waiting to be tried again"] = int(self.db.execute(
+            "SELECT COUNT(*) FROM films WHERE state = 'failed' AND next_try IS NOT NULL").fetchone()[0])
         return out
+
+    def reported_in(self, study_uid: str) -> int:
+        """How many films of a study have their reports stored (the next report's Instance Number is one more)."""
+        return int(self.db.execute("SELECT COUNT(*) FROM films WHERE study_uid = ? AND state = 'reported'",
+                                   (study_uid,)).fetchone()[0])
 
     def studies(self) -> list[dict[str, Any]]:
         # A study's film counts come from its films, never stored twice.
         cur = self.db.execute("SELECT s.*, COUNT(f.sop_uid) AS films, COALESCE(SUM(f.state = 'reported'), 0) AS reported, "
-                              "COALESCE(SUM(f.state = 'failed'), 0) AS failed FROM studies s LEFT JOIN films f "
+                              "COALESCE(SUM(f.state = 'failed'), 0) AS failed, "
+                              "COALESCE(SUM(f.state = 'not_analysed'), 0) AS not_analysed FROM studies s LEFT JOIN films f "
                               "ON f.study_uid = s.study_uid GROUP BY s.study_uid ORDER BY s.first_seen")
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]

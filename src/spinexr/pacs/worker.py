@@ -5,13 +5,22 @@ into its study (STOW-RS). What was done is kept in a :class:`~spinexr.pacs.ledge
 Errors are handled per study: a study with no CR/DX series (a CT, an RT plan) is skipped with its
 reason; a film that cannot be retrieved or read, or has no pixels, is recorded as failed with its reason
 and gets no report; the round goes on. A server that cannot be reached (or answers 5xx) ends the round
-and is tried again with a growing wait; refused credentials end the run with what to set.
+and is tried again with a growing wait; refused credentials end the run with what to set. A failed film
+is tried again in a later pass, after 1, 2 ... minutes, three times in all (:mod:`spinexr.pacs.ledger`).
+
+A pass asks only for studies from the day before the last pass on (Study Date), and once every
+``full_sweep_s`` (a day by default) for every study from ``since`` on, so a study filed late under an old
+date is found within a day. The study list is read in pages of :data:`PAGE`, at most :data:`MAX_PAGES` a
+pass; an answer that is not DICOM JSON (the address is not the server's DICOMweb root) ends the run with
+the path to use, and a server that answers every page with the same studies is read once.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +30,7 @@ from spinexr.data.decoding import decode
 from spinexr.data.imread import DEFAULT_MAX_PIXELS
 from spinexr.deploy.dicom import checked_source, dicom_results
 from spinexr.errors import SpinexrError
-from spinexr.pacs.client import Unreachable, explain
+from spinexr.pacs.client import ROOT_HINT, Unreachable, explain
 from spinexr.pacs.ledger import Ledger
 from spinexr.pipeline import Pipeline, PipelineSpec
 from spinexr.pipeline.executors import predict_batch
@@ -31,6 +40,21 @@ log = logging.getLogger(__name__)
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 MODALITY, MODALITIES_IN_STUDY, STUDY_INSTANCES = "00080060", "00080061", "00201208"
 FILM_MODALITIES = ("CR", "DX")
+PAGE = 200  # studies a QIDO-RS request asks for
+MAX_PAGES = 500  # pages a pass reads at most (100,000 studies); the rest waits for the next pass
+FULL_SWEEP_S = 86400.0
+NOT_A_ROOT = "{url} is not a DICOMweb root: its /studies answered {what}, not DICOM JSON; " + ROOT_HINT
+
+
+def _dicom_json(found: Any, url: str) -> list[dict[str, Any]]:
+    """A QIDO-RS answer checked: a list of DICOM JSON objects (tags of 8 hex digits, each with a VR)."""
+    def is_item(x: Any) -> bool:
+        return isinstance(x, dict) and all(isinstance(k, str) and len(k) == 8 and isinstance(v, dict) and "vr" in v
+                                           for k, v in x.items())
+    if not isinstance(found, list) or not all(is_item(x) for x in found):
+        sample = found[:2] if isinstance(found, list) else found
+        raise SpinexrError(NOT_A_ROOT.format(url=url, what=f"{type(found).__name__} {str(sample)[:80]}"))
+    return found
 
 
 def _values(item: dict[str, Any], tag: str) -> list[Any]:
@@ -53,6 +77,7 @@ class Round:
         reported: films reported.
         failed: films failed.
         reasons: why, for each failure.
+        not_analysed: films outside the bundle's intended use (nothing stored for them).
     """
 
     studies: int = 0
@@ -61,10 +86,11 @@ class Round:
     reported: int = 0
     failed: int = 0
     reasons: list[str] = field(default_factory=list)
+    not_analysed: int = 0
 
     def line(self) -> str:
         return (f"{self.studies} new studies: {self.finished} finished ({self.reported} films reported, "
-                f"{self.failed} failed), {self.skipped} skipped")
+                f"{self.failed} failed, {self.not_analysed} not analysed), {self.skipped} skipped")
 
 
 @dataclass(frozen=True)
@@ -76,11 +102,14 @@ class WatchQuery:
         modalities: the modalities taken (DX, CR).
         since: the first StudyDate taken, or None.
         batch_size: films predicted together.
+        full_sweep_s: seconds between passes that ask for every study from ``since`` on (the others ask
+            from the day before the last pass).
     """
 
     modalities: tuple[str, ...] = FILM_MODALITIES
     since: str | None = None
     batch_size: int = 8
+    full_sweep_s: float = FULL_SWEEP_S
 
 
 class PacsWorker:
@@ -108,6 +137,8 @@ class PacsWorker:
         self.modalities = tuple(m.upper() for m in q.modalities)
         self.since = q.since
         self.batch_size = max(1, q.batch_size)
+        self.full_sweep_s = q.full_sweep_s
+        self._stop: threading.Event | None = None  # the pass's stop event (films are done a batch at a time)
         self.max_pixels = spec.max_pixels if spec is not None else DEFAULT_MAX_PIXELS
 
     @property
@@ -128,28 +159,73 @@ class PacsWorker:
         except Exception as e:  # noqa: BLE001 - requests and dicomweb-client raise many types
             raise explain(e, self.url) from None
 
-    def find_studies(self) -> list[tuple[str, list[str], int | None]]:
-        """Every study on the server (from ``since``, a StudyDate, on): its UID, modalities and instance count."""
-        filters = {"StudyDate": f"{self.since}-"} if self.since else None
-        found = self._call(self.client.search_for_studies, search_filters=filters,
-                           fields=["ModalitiesInStudy", "NumberOfStudyRelatedInstances"], get_remaining=True)
-        out = []
-        for s in found:
-            count = _value(s, STUDY_INSTANCES)
-            if _value(s, STUDY_UID):
-                out.append((_value(s, STUDY_UID), [str(m) for m in _values(s, MODALITIES_IN_STUDY)],
-                            int(count) if count.isdigit() else None))
+    def window(self, now: float) -> tuple[str | None, bool]:
+        """The first Study Date this pass asks for (None: all), and whether it is a full sweep."""
+        last_sweep, last_pass = self.ledger.get("last_full_sweep"), self.ledger.get("last_pass")
+        if last_sweep is None or last_pass is None or now - float(last_sweep) >= self.full_sweep_s:
+            return self.since, True
+        day = (dt.datetime.fromtimestamp(float(last_pass)) - dt.timedelta(days=1)).strftime("%Y%m%d")
+        return max(day, self.since or ""), False
+
+    def find_studies(self, since: str | None = None,
+                     stop: threading.Event | None = None) -> list[tuple[str, list[str], int | None]]:
+        """The studies on the server from ``since`` (a Study Date) on, page by page (see the module): each
+        one's UID, modalities and instance count.
+
+        Args:
+            since: the first Study Date asked for (None: every study).
+            stop: set to stop between pages.
+        """
+        filters = {"StudyDate": f"{since}-"} if since else None
+        out, pages = [], set()
+        for page in range(MAX_PAGES):
+            if stop is not None and stop.is_set():
+                break
+            found = _dicom_json(self._call(self.client.search_for_studies, search_filters=filters,
+                                           fields=["ModalitiesInStudy", "NumberOfStudyRelatedInstances"],
+                                           limit=PAGE, offset=page * PAGE, get_remaining=False), self.url)
+            uids = tuple(_value(s, STUDY_UID) for s in found)
+            if uids and uids in pages:
+                log.warning("%s answers every page with the same %d studies (it ignores 'offset'): read once",
+                            self.url, len(uids))
+                break
+            pages.add(uids)
+            for s in found:
+                count = _value(s, STUDY_INSTANCES)
+                if _value(s, STUDY_UID):
+                    out.append((_value(s, STUDY_UID), [str(m) for m in _values(s, MODALITIES_IN_STUDY)],
+                                int(count) if count.isdigit() else None))
+            if len(found) < PAGE:
+                break
+        else:
+            log.warning("listed %d pages of studies (%d); the rest in the next pass", MAX_PAGES, len(out))
         return out
 
     def run_round(self, stop: threading.Event | None = None) -> Round:
+        """One pass: the studies in this pass's window (see the module), each new or grown one processed."""
         r = Round()
-        for uid, modalities, count in self.find_studies():
+        self._stop = stop
+        started = time.time()
+        since, full = self.window(started)
+        done = set()
+        for uid, modalities, count in self.find_studies(since, stop):
             if stop is not None and stop.is_set():
-                break
+                return r
             if self.ledger.finished(uid, count):
                 continue
             r.studies += 1
             self.process_study(uid, modalities, r, count)
+            done.add(uid)
+        for uid in self.ledger.due(started):  # a failed film's next try, whatever the window
+            if stop is not None and stop.is_set():
+                return r
+            if uid not in done:
+                self.process_study(uid, [], r)
+        if stop is not None and stop.is_set():
+            return r
+        self.ledger.put("last_pass", str(started))
+        if full:
+            self.ledger.put("last_full_sweep", str(started))
         return r
 
     def process_study(self, uid: str, modalities: list[str], r: Round, count: int | None = None) -> None:
@@ -181,10 +257,13 @@ class PacsWorker:
                     todo.append((s_uid, sop))
         stored = 0
         for start in range(0, len(todo), self.batch_size):
+            if self._stop is not None and self._stop.is_set():
+                return  # the study stays unfinished; its films not done are taken up by the next run
             stored += self._films(uid, todo[start:start + self.batch_size], r)
         failures = [f"{f['sop_uid']}: {f['reason']}" for f in self.ledger.films(uid) if f["state"] == "failed"]
         # The count the server will show once this pass's reports are in: a later count above it is new films.
-        self.ledger.finish(uid, "done", "; ".join(failures)[:2000], None if count is None else count + stored)
+        state = "retry" if self.ledger.retries_pending(uid) else "done"
+        self.ledger.finish(uid, state, "; ".join(failures)[:2000], None if count is None else count + stored)
         r.finished += 1
 
     def _ref(self, study: str, series: str, sop: str) -> str:
@@ -222,6 +301,11 @@ class PacsWorker:
             stored = 0
             for (series, sop, ds, _), pred in zip(got, preds):
                 doc = pred.named(self._ref(study, series, sop)).to_document()
+                if doc["status"] == "not_analysed":  # outside the intended use: nothing goes back to the PACS
+                    log.info("study %s, film %s: not analysed: %s", study, sop, doc["error"]["reason"])
+                    self.ledger.record_film((study, series, sop), reason=doc["error"]["reason"], analysed=False)
+                    r.not_analysed += 1
+                    continue
                 if doc["status"] != "ok":
                     self._fail(study, series, sop, (doc.get("error") or {}).get("reason") or "unreadable", r)
                     continue
@@ -234,7 +318,7 @@ class PacsWorker:
     def _report(self, study: str, series: str, sop: str, ds: Any, doc: dict[str, Any], r: Round) -> int:
         try:
             res = dicom_results(doc, checked_source(ds, self._ref(study, series, sop)),
-                                int(ds.get("InstanceNumber") or 1))
+                                self.ledger.reported_in(study) + 1)
         except (SpinexrError, ValueError, TypeError) as e:
             self._fail(study, series, sop, f"no report could be made: {e}", r)
             return 0

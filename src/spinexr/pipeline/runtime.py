@@ -28,6 +28,7 @@ from spinexr.deploy.bundle import Bundle, is_bundle, load_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir, bundled_path
 from spinexr.deploy.decision import DecisionRule
 from spinexr.deploy.export import cached_onnx
+from spinexr.deploy.intended_use import IntendedUse
 from spinexr.deploy.measure import Measurement, SpineMeasurer
 from spinexr.deploy.prediction import Classification, Prediction
 from spinexr.deploy.predictor import Predictor
@@ -57,6 +58,8 @@ class Pipeline:
             self.rule = bundle.rule if bundle is not None and bundle.manifest.get("rule") else measurer.rule
             if bundle is not None and bundle.manifest.get("rule"):
                 measurer.view_check = bundle.view_check
+        # The films it analyses: the bundle's setting (spinexr.deploy.intended_use), the defaults without a bundle.
+        self.intended_use = bundle.intended_use if bundle is not None else IntendedUse()
         self._measure_lock = threading.Lock()  # one film through the landmark model at a time
         self.spec: PipelineSpec | None = None  # set by :meth:`load`
         self.model_info = self._model_info()
@@ -130,21 +133,33 @@ class Pipeline:
         """Classified films made whole: each film's :class:`~spinexr.deploy.prediction.Prediction`, built
         once from its classification, its file's checks (where ``meta`` is known), the landmark model's
         measurement (run on the films in one call; each film's ``timing_ms.landmarks`` is its share of
-        that call) and the decision.
+        that call) and the decision. A film outside the intended use (:attr:`intended_use`: its header, or
+        the out-of-distribution flag) is ``not_analysed`` instead, with its reasons; it is not measured.
 
         Args:
             classified: the classifier's answers, one a film.
             films: the decoded films (:class:`~spinexr.data.decoding.Decoded`: path, digest, pixels, metadata).
         """
+        use = self.intended_use
+        outside = [use.before(f.meta) for f in films]
         t0 = time.perf_counter()
         spines: list[Measurement | None] = [None] * len(classified)
-        if self.measurer is not None and self.rule is not None and classified:
+        inside = [i for i, why in enumerate(outside) if not why]
+        if self.measurer is not None and self.rule is not None and inside:
             with self._measure_lock:
-                spines = list(self.measurer.measure_batch([f.img for f in films]))
-        share = (time.perf_counter() - t0) * 1e3 / max(1, len(classified))
-        return [Prediction.of(c, f.path, meta=f.meta, spine=m, rule=self.rule, model=self.model_info,
+                for i, m in zip(inside, self.measurer.measure_batch([films[i].img for i in inside])):
+                    spines[i] = m
+        share = (time.perf_counter() - t0) * 1e3 / max(1, len(inside))
+        out = []
+        for c, m, f, why in zip(classified, spines, films, outside):
+            if why:
+                out.append(Prediction.outside(f.path, why, meta=f.meta, model=self.model_info, sha256=f.sha256))
+                continue
+            p = Prediction.of(c, f.path, meta=f.meta, spine=m, rule=self.rule, model=self.model_info,
                               timing_ms={"classifier": c.seconds * 1e3, "landmarks": share}, sha256=f.sha256)
-                for c, m, f in zip(classified, spines, films)]
+            why = use.after(p.ood, p.ood_reasons)
+            out.append(p.not_analysed(why) if why else p)
+        return out
 
     def predict_decoded(self, films: list[Decoded]) -> list[Prediction]:
         """Decoded films through the whole pipeline (the classifier and the landmark model in one call each);

@@ -7,6 +7,10 @@ Three graphic layers: ``CORNERS`` (each vertebra's four corners as a closed poly
 vertebrae and apex, or why the spine was not measured). Film coordinates (pixel centres at whole
 numbers) become DICOM's PIXEL units (the top-left pixel's top-left corner at 0.0) by adding half a
 pixel; lines are clipped to the film.
+
+A MONOCHROME1 film (low values white) gets the presentation LUT shape INVERSE, so a viewer that applies
+the state shows it as the modality meant; a multi-frame film's drawing names its first frame, the one
+analysed. No endplate line or angle is drawn on a view the check took for a lumbar or lateral one.
 """
 
 from __future__ import annotations
@@ -18,14 +22,23 @@ from pydicom.dataset import Dataset
 
 from spinexr import __version__
 from spinexr.deploy.dicom import _codes as C
-from spinexr.deploy.dicom.report import MANUFACTURER, NOT_FOR_DIAGNOSIS, PR_SERIES_NUMBER, derived_uid, model_key
+from spinexr.deploy.dicom._charset import UTF8
+from spinexr.deploy.dicom.report import (
+    MANUFACTURER,
+    NOT_FOR_DIAGNOSIS,
+    PR_SERIES_NUMBER,
+    angles_reported,
+    derived_uid,
+    frames,
+    model_key,
+)
 from spinexr.geometry.cobb import LEVELS, CobbResult, Curve, as_vertebrae
 from spinexr.geometry.overlay import endplate_lines
 
 
 def cobb_result(spine: dict[str, Any]) -> CobbResult | None:
     """The :class:`CobbResult` a document's ``spine`` states (None for a refused or missing one)."""
-    if not spine or not spine.get("plausible") or spine.get("largest") is None:
+    if not angles_reported(spine):
         return None
     curves = {n: Curve(float(spine[n]["angle"]), LEVELS.index(spine[n]["upper_end"]),
                        LEVELS.index(spine[n]["lower_end"]), LEVELS.index(spine[n]["apex"])) for n in C.CURVES}
@@ -79,6 +92,8 @@ def decision_text(doc: dict[str, Any]) -> list[str]:
         lines.append(str(dec["note"])[:200])
     if spine and not spine.get("plausible"):
         lines.append("implausible spine, no angle: " + "; ".join(spine.get("refused") or [])[:200])
+    elif spine and spine.get("largest") is not None and not angles_reported(spine):
+        lines.append(f"{spine.get('view')} view: no Cobb angle")
     elif spine and spine.get("largest") is not None:
         lines.append(f"largest Cobb angle {spine['largest']:.1f} deg: {spine['band']}")
     return lines
@@ -95,6 +110,7 @@ def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: in
     import highdicom as hd
 
     h, w = int(source.Rows), int(source.Columns)
+    frame = (frames(source) or [None])[0]
     layers = {layer.GraphicLayer: layer for layer in _layers()}
     spine = doc.get("spine")
     annotations = []
@@ -102,7 +118,7 @@ def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: in
         v = as_vertebrae(np.asarray(spine["landmarks"], dtype=np.float64)) + 0.5
         quads = [np.clip(q[[0, 1, 3, 2, 0]], [0, 0], [w, h]) for q in v]
         annotations.append(hd.pr.GraphicAnnotation(
-            referenced_images=[source], graphic_layer=layers["CORNERS"],
+            referenced_images=[source], graphic_layer=layers["CORNERS"], referenced_frame_number=frame,
             graphic_objects=[hd.pr.GraphicObject("POLYLINE", q, "PIXEL") for q in quads]))
     result = cobb_result(spine) if spine else None
     texts = []
@@ -121,14 +137,14 @@ def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: in
                 anchor_point=(float(anchor[0]), float(anchor[1])), anchor_point_visible=False))
         if objects:
             annotations.append(hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=layers["ENDPLATES"],
-                                                       graphic_objects=objects))
+                                                       graphic_objects=objects, referenced_frame_number=frame))
     for i, line in enumerate(decision_text(doc)):
         top = 1.0 + i * max(h / 40, 12.0)
         texts.append(hd.pr.TextObject(line, "PIXEL", bounding_box=(1.0, top, max(w - 1.0, 2.0),
                                                                    min(top + max(h / 40, 12.0), float(h))),
                                       text_justification="LEFT"))
     annotations.append(hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=layers["TEXT"],
-                                               text_objects=texts))
+                                               text_objects=texts, referenced_frame_number=frame))
     key = model_key(doc)
     digest = (doc.get("model") or {}).get("bundle_digest") or "none"
     pr = hd.pr.GrayscaleSoftcopyPresentationState(
@@ -138,7 +154,14 @@ def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: in
         software_versions=__version__, device_serial_number=digest[:16], content_label="SPINEXR",
         content_description=f"spinexr measurement, {NOT_FOR_DIAGNOSIS}"[:64],
         graphic_annotations=annotations, graphic_layers=list(layers.values()),
-        series_description=f"spinexr drawing, {NOT_FOR_DIAGNOSIS}")
+        series_description=f"spinexr drawing, {NOT_FOR_DIAGNOSIS}", specific_character_set=UTF8,
+        presentation_lut_transformation=hd.PresentationLUTTransformation(
+            presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE
+            if source.get("PhotometricInterpretation") == "MONOCHROME1" else hd.PresentationLUTShapeValues.IDENTITY))
+    if frame is not None:  # the film's reference names the frame analysed
+        for series in pr.ReferencedSeriesSequence:
+            for image in series.ReferencedImageSequence:
+                image.ReferencedFrameNumber = frame
     # General Series: the body part tells a reader that Laterality (type 2C) is absent because the spine is
     # unpaired; a film that states a laterality keeps it.
     for kw in ("BodyPartExamined", "Laterality"):

@@ -18,6 +18,8 @@ from pydicom.dataset import Dataset
 
 from spinexr import __version__
 from spinexr.deploy.dicom import _codes as C
+from spinexr.deploy.dicom._charset import UTF8
+from spinexr.geometry.view import LUMBAR
 
 SR_SERIES_NUMBER = 990
 PR_SERIES_NUMBER = 991
@@ -55,6 +57,35 @@ def coding_schemes() -> list[Any]:
                                                              responsible_organization="spinexr project")]
 
 
+def frames(source: Dataset) -> list[int] | None:
+    """The frames the findings refer to: the first (the one analysed) for a film of a multi-frame IOD (an
+    Enhanced DX, say), None for a single-frame IOD. Films of more than one frame are outside the intended use
+    (:class:`~spinexr.deploy.intended_use.IntendedUse`), so the first frame is the film."""
+    from highdicom._standard_utils import is_multiframe_image
+
+    return [1] if is_multiframe_image(source) else None
+
+
+def angles_reported(spine: dict[str, Any] | None) -> bool:
+    """True when a document's Cobb angles go into the SR and the drawing: a plausible spine, measured, on a
+    view the check did not take for a lumbar or lateral one (an angle there is no evidence of a curve)."""
+    return bool(spine and spine.get("plausible") and spine.get("largest") is not None
+                and spine.get("view") != LUMBAR)
+
+
+def _library(source: Dataset, notes: list[str]) -> list[Dataset] | None:
+    """The film for the report's image library, or None (and a note) where its header lacks what the
+    library's descriptors hold (a radiograph's Patient Orientation and Imager Pixel Spacing)."""
+    import highdicom as hd
+
+    try:
+        hd.sr.ImageLibraryEntryDescriptors(source)
+    except (AttributeError, IndexError, TypeError, ValueError) as e:
+        notes.append(f"no image library in the SR: the film's header lacks what it describes ({e})")
+        return None
+    return [source]
+
+
 def _qe(name: Any, value: Any) -> Any:
     import highdicom as hd
 
@@ -66,7 +97,7 @@ def _film_group(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> Any
 
     spine = doc.get("spine")
     dec = doc.get("decision") or {}
-    measured = bool(spine and spine.get("plausible") and spine.get("largest") is not None)
+    measured = angles_reported(spine)
     evals = [_qe(C.FINDING, C.LABELS[doc["label"]])]
     clf = dec.get("classifier_label") or doc["label"]
     evals.append(_qe(C.CLASSIFIER_FINDING, C.LABELS[clf]))
@@ -88,20 +119,20 @@ def _film_group(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> Any
         measurements.append(hd.sr.Measurement(
             name=C.COBB_ANGLE, value=float(spine["largest"]), unit=C.DEGREES, derivation=C.MAXIMUM, algorithm_id=alg,
             finding_sites=[hd.sr.FindingSite(C.SPINE)],
-            referenced_images=[hd.sr.SourceImageForMeasurement.from_source_image(source)]))
+            referenced_images=[hd.sr.SourceImageForMeasurement.from_source_image(source, frames(source))]))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid(source.SOPInstanceUID, key, "film"),
                                                      identifier="spinexr decision"),
         algorithm_id=alg, finding_sites=[hd.sr.FindingSite(C.SPINE)], measurements=measurements,
         qualitative_evaluations=evals,
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)])
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source, frames(source))])
 
 
 def _curve_groups(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> list[Any]:
     import highdicom as hd
 
     spine = doc.get("spine")
-    if not spine or not spine.get("plausible"):
+    if not angles_reported(spine):
         return []
     groups = []
     for name, title in C.CURVES.items():
@@ -110,7 +141,8 @@ def _curve_groups(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> l
             continue
         m = hd.sr.Measurement(name=C.COBB_ANGLE, value=float(c["angle"]), unit=C.DEGREES, algorithm_id=alg,
                               finding_sites=[hd.sr.FindingSite(C.SPINE)],
-                              referenced_images=[hd.sr.SourceImageForMeasurement.from_source_image(source)])
+                              referenced_images=[hd.sr.SourceImageForMeasurement.from_source_image(source,
+                                                                                                   frames(source))])
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid(source.SOPInstanceUID, key, name),
                                                          identifier=f"{title} Cobb angle"),
@@ -118,21 +150,25 @@ def _curve_groups(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> l
             qualitative_evaluations=[_qe(C.UPPER_END, C.VERTEBRAE[c["upper_end"]]),
                                      _qe(C.LOWER_END, C.VERTEBRAE[c["lower_end"]]),
                                      _qe(C.APEX, C.VERTEBRAE[c["apex"]])],
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)]))
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source, frames(source))]))
     return groups
 
 
-def measurement_report(doc: dict[str, Any], source: Dataset, instance_number: int = 1) -> Dataset:
+def measurement_report(doc: dict[str, Any], source: Dataset, instance_number: int = 1,
+                       notes: list[str] | None = None) -> Dataset:
     """The SR of one prediction document (``status`` ok) made from the DICOM film ``source`` (its header is
     enough): in the source's study, in a series of its own, with the source's patient and study attributes.
+    Its Specific Character Set is UTF-8 until :func:`spinexr.deploy.dicom.dicom_results` settles it.
 
     Args:
         doc: the film's prediction document (``status`` ok).
-        source: the DICOM film's dataset (its header is enough).
+        source: the DICOM film's header as :func:`~spinexr.deploy.dicom.writer_source` makes it.
         instance_number: the output's Instance Number in its series.
+        notes: what was left out is added here.
     """
     import highdicom as hd
 
+    notes = notes if notes is not None else []
     key = model_key(doc)
     digest = (doc.get("model") or {}).get("bundle_digest") or "none"
     alg = algorithm(doc)
@@ -144,14 +180,15 @@ def measurement_report(doc: dict[str, Any], source: Dataset, instance_number: in
     content = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=C.PLAIN_RADIOGRAPHY,
         imaging_measurements=[_film_group(doc, source, alg, key), *_curve_groups(doc, source, alg, key)],
-        referenced_images=[source])
+        referenced_images=_library(source, notes))
     return hd.sr.ComprehensiveSR(
         evidence=[source], content=content[0],
         series_instance_uid=derived_uid(source.StudyInstanceUID, key, "sr-series"), series_number=SR_SERIES_NUMBER,
         sop_instance_uid=derived_uid(source.SOPInstanceUID, key, "sr"), instance_number=instance_number,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         series_description=f"spinexr measurement, {NOT_FOR_DIAGNOSIS}", manufacturer_model_name="spinexr",
-        software_versions=__version__, device_serial_number=digest[:16], coding_schemes=coding_schemes())
+        software_versions=__version__, device_serial_number=digest[:16], coding_schemes=coding_schemes(),
+        specific_character_set=UTF8)
 
 
 def _walk(items: Any, group: str, out: dict[str, dict[str, Any]]) -> None:
@@ -179,4 +216,5 @@ def report_values(sr: Dataset) -> dict[str, dict[str, Any]]:
     return out
 
 
-__all__ = ["PR_SERIES_NUMBER", "SR_SERIES_NUMBER", "derived_uid", "measurement_report", "model_key", "report_values"]
+__all__ = ["PR_SERIES_NUMBER", "SR_SERIES_NUMBER", "angles_reported", "derived_uid", "frames", "measurement_report",
+           "model_key", "report_values"]
