@@ -32,7 +32,9 @@ class Orthanc:
     """``with Orthanc(folder) as pacs:`` ... ``pacs.url`` is the DICOMweb root; stopped (and its
     process reaped) on exit."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, modalities: dict[str, tuple[str, str, int]] | None = None) -> None:
+        """``modalities``: DICOM nodes Orthanc may C-STORE to, by name: (AE title, host, port); with them,
+        Orthanc's own DICOM server listens on ``dicom_port`` as AE ``ORTHANC``."""
         found = find_orthanc()
         if found is None:
             raise RuntimeError("Orthanc with its DICOMweb plugin is not installed (Debian: orthanc orthanc-dicomweb)")
@@ -43,6 +45,9 @@ class Orthanc:
         self.url = f"{self.root}/dicom-web"
         self.auth = (USER, PASSWORD)
         self.proc: subprocess.Popen | None = None
+        self.modalities = modalities or {}
+        self.dicom_port = free_port() if self.modalities else None
+        self.ae_title = "ORTHANC"
 
     def __enter__(self) -> Orthanc:
         store = self.folder / "storage"
@@ -52,6 +57,10 @@ class Orthanc:
                   "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
                   "Plugins": [self.plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
                   "HttpThreadsCount": 8, "SaveJobs": False}
+        if self.modalities:
+            config.update({"DicomServerEnabled": True, "DicomAet": self.ae_title, "DicomPort": self.dicom_port,
+                           "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
+                           "DicomCheckCalledAet": True, "DicomAlwaysAllowStore": False})
         cfg = self.folder / "orthanc.json"
         cfg.write_text(json.dumps(config, indent=1))
         self.log = open(self.folder / "orthanc.log", "wb")
@@ -82,6 +91,22 @@ class Orthanc:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+    def upload(self, path: Path) -> str:
+        """Store a file through the REST API; returns Orthanc's ID of the instance."""
+        import requests
+
+        r = requests.post(f"{self.root}/instances", data=Path(path).read_bytes(), auth=self.auth, timeout=60)
+        r.raise_for_status()
+        return str(r.json()["ID"])
+
+    def send(self, modality: str, ids: list[str], timeout: float = 120) -> None:
+        """C-STORE the instances ``ids`` to the DICOM node ``modality`` (Orthanc as the SCU), waiting for it."""
+        import requests
+
+        r = requests.post(f"{self.root}/modalities/{modality}/store", auth=self.auth, timeout=timeout,
+                          json={"Resources": ids, "Synchronous": True})
+        r.raise_for_status()
 
     def client(self):  # noqa: ANN201 - a dicomweb_client.api.DICOMwebClient
         import requests

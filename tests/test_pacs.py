@@ -324,3 +324,85 @@ def test_a_server_that_ignores_paging_is_read_once_and_a_stop_ends_the_listing(t
     stop.set()
     assert worker.find_studies(stop=stop) == [] and SamePage.calls == 2
     ledger.close()
+
+
+def _listen(tiny_bundle: Path, state: Path, port: int, dest_port: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "spinexr", "pacs", "listen", "--model", str(tiny_bundle),
+                             "--state", str(state), "--port", str(port), "--destination",
+                             f"ORTHANC@127.0.0.1:{dest_port}", "--allow", "ORTHANC", *extra],
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _films_in(state: Path, which: str = "reported") -> int:
+    try:
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1) as db:
+            return int(db.execute("SELECT COUNT(*) FROM films WHERE state = ?", (which,)).fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def _echo(port: int, calling: str) -> bool:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SPINEXR")
+    if not assoc.is_established:
+        return False
+    ok = bool(assoc.send_c_echo())
+    assoc.release()
+    return ok
+
+
+@needs_orthanc
+@pytest.mark.slow
+def test_dimse_node_round_trip_with_a_kill(tmp_path: Path, tiny_bundle: Path) -> None:
+    """Orthanc C-STOREs films to ``spinexr pacs listen``, which C-STOREs each film's SR and presentation state
+    back; killed in the middle and started again, every film ends with exactly one SR and one PR in Orthanc.
+    A caller not allowed is refused at association; C-ECHO answers; a chest film gets nothing back."""
+    pytest.importorskip("pynetdicom")
+    films = tmp_path / "films"
+    synthesize(films, n=6, seed=5, scale=0.35, fmt="dcm")
+    paths = sorted(films.rglob("*.dcm"))
+    chest = dx_dataset(make_case("Normal", np.random.default_rng(4), scale=0.35).image, FilmIdentity(patient_id="C2"))
+    chest.BodyPartExamined = "CHEST"
+    chest.save_as(tmp_path / "chest.dcm", enforce_file_format=True)
+    port, state = free_port(), tmp_path / "state.sqlite"
+    with Orthanc(tmp_path / "orthanc", modalities={"spinexr": ("SPINEXR", "127.0.0.1", port)}) as pacs:
+        ids = [pacs.upload(p) for p in [*paths, tmp_path / "chest.dcm"]]
+        proc = _listen(tiny_bundle, state, port, pacs.dicom_port, "--batch-size", "1")
+        try:
+            deadline = time.monotonic() + 60
+            while not _echo(port, "ORTHANC"):
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the node did not answer C-ECHO"
+                time.sleep(0.2)
+            assert not _echo(port, "INTRUDER")  # an AE title not allowed: association refused
+            pacs.send("spinexr", ids)  # Orthanc as the router: every film to spinexr
+            deadline = time.monotonic() + 300
+            while _films_in(state) < 2:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "no report in time"
+                time.sleep(0.01)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert _films_in(state) < len(paths), "killed in the middle of the run"
+        again = _listen(tiny_bundle, state, port, pacs.dicom_port)
+        try:
+            deadline = time.monotonic() + 300
+            while _films_in(state) + _films_in(state, "not_analysed") < len(paths) + 1:
+                assert again.poll() is None, again.stderr.read()
+                assert time.monotonic() < deadline, "the restarted node did not finish the inbox"
+                time.sleep(0.1)
+        finally:
+            again.send_signal(signal.SIGTERM)  # a stop: ends within seconds, with no traceback
+            _, err = again.communicate(timeout=60)
+        assert again.returncode == 0 and "Traceback" not in err, err
+        for p in paths:
+            got = reports(pacs, pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID)
+            assert (len(got["SR"]), len(got["PR"])) == (1, 1), p.name
+        assert reports(pacs, chest.StudyInstanceUID) == {"SR": [], "PR": []}
+        assert _films_in(state, "not_analysed") == 1
+        assert not list(Path(str(state) + ".inbox").glob("*.dcm"))  # the inbox is empty once all is done

@@ -189,8 +189,8 @@ def _add_serve(sub: Sub) -> None:
 
 
 def _add_pacs(sub: Sub) -> None:
-    p = sub.add_parser("pacs", help="predict the CR/DX studies of a DICOMweb PACS and store the reports back")
-    psub = p.add_subparsers(dest="pacs_cmd", required=True, metavar="{watch,status}")
+    p = sub.add_parser("pacs", help="predict the CR/DX films of a PACS (DICOMweb or DIMSE) and store the reports back")
+    psub = p.add_subparsers(dest="pacs_cmd", required=True, metavar="{watch,listen,status}")
     w = psub.add_parser("watch", help="find new CR/DX studies (QIDO-RS), retrieve (WADO-RS), predict, and store "
                                       "each film's SR and presentation state into its study (STOW-RS)")
     w.add_argument("url", help="the server's DICOMweb root, e.g. http://localhost:8042/dicom-web")
@@ -214,6 +214,25 @@ def _add_pacs(sub: Sub) -> None:
     w.add_argument("--backend", choices=["torch", "onnx"], default=None)
     w.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     _handler(w, "pacs:watch")
+    n = psub.add_parser("listen", help="a DICOM node: receive films by C-STORE (from a router or a modality), "
+                                       "predict, and C-STORE each film's SR and presentation state to a destination")
+    n.add_argument("--destination", required=True, metavar="AE@HOST:PORT",
+                   help="where the reports go, e.g. ORTHANC@pacs.example.org:4242")
+    n.add_argument("--allow", required=True, metavar="AE[,AE...]",
+                   help="the calling AE titles accepted (a router's, a modality's); '*' accepts any caller")
+    n.add_argument("--ae-title", default="SPINEXR", help="spinexr's AE title (default SPINEXR)")
+    n.add_argument("--port", type=int, default=11112, help="the DICOM port to listen on (default 11112)")
+    n.add_argument("--bind", default="127.0.0.1", help="the address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    n.add_argument("--model", help="a bundle folder or classifier model file (default: the bundled models)")
+    n.add_argument("--state", default="spinexr-pacs.sqlite",
+                   help="the file that remembers what was done, so a restart repeats and skips nothing")
+    n.add_argument("--inbox", help="where received films wait until reported (default: the state file's name "
+                                   "with .inbox); films left there by a killed run are taken up at start")
+    n.add_argument("--batch-size", type=int, default=8)
+    n.add_argument("--device", default="cpu")
+    n.add_argument("--backend", choices=["torch", "onnx"], default=None)
+    n.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    _handler(n, "pacs:listen")
     st = psub.add_parser("status", help="what a state file records: studies done, skipped, films reported, failed")
     st.add_argument("--state", default="spinexr-pacs.sqlite")
     st.add_argument("--json", action="store_true", help="every study as JSON")

@@ -1,4 +1,4 @@
-"""``spinexr pacs watch`` and ``spinexr pacs status``."""
+"""``spinexr pacs watch``, ``spinexr pacs listen`` and ``spinexr pacs status``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,20 @@ def watch(args: argparse.Namespace) -> int:
     ledger = Ledger(args.state, url)
     spec = PipelineSpec.from_args(args, args.model)
     Pipeline.check(spec)  # the models load when the first new film arrives; a wrong one is said now
+    stop = _stop_on_signals()
+    with tempfile.TemporaryDirectory(prefix="spinexr-pacs-") as tmp:
+        worker = PacsWorker(client, url, spec, ledger, Path(args.work) if args.work else Path(tmp),
+                            WatchQuery(tuple(modalities), args.since, args.batch_size, args.full_sweep * 3600))
+        try:
+            watch_loop(worker, once=args.once, interval=args.interval, retries=args.retries, stop=stop,
+                       on_round=lambda r: say(r.line(), err=True))
+        finally:
+            ledger.close()
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by the first SIGINT or SIGTERM; a second one stops at once."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -44,14 +58,35 @@ def watch(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    with tempfile.TemporaryDirectory(prefix="spinexr-pacs-") as tmp:
-        worker = PacsWorker(client, url, spec, ledger, Path(args.work) if args.work else Path(tmp),
-                            WatchQuery(tuple(modalities), args.since, args.batch_size, args.full_sweep * 3600))
-        try:
-            watch_loop(worker, once=args.once, interval=args.interval, retries=args.retries, stop=stop,
-                       on_round=lambda r: say(r.line(), err=True))
-        finally:
-            ledger.close()
+    return stop
+
+
+def listen(args: argparse.Namespace) -> int:
+    from spinexr.pacs.dimse import Inbox, Listener, NodeSettings, Peer
+
+    dest = Peer.parse(args.destination)
+    allowed = tuple(a.strip() for a in args.allow.split(",") if a.strip())
+    node = NodeSettings(args.ae_title, dest, allowed, max(1, args.batch_size))
+    if not 0 < args.port < 65536:
+        raise SpinexrError(f"--port {args.port}: give a port between 1 and 65535")
+    try:
+        import pynetdicom  # noqa: F401
+    except ImportError:
+        raise SpinexrError("spinexr pacs listen needs pynetdicom: pip install 'spinexr[dicom]'") from None
+    ledger = Ledger(args.state, dest.url)
+    spec = PipelineSpec.from_args(args, args.model)
+    Pipeline.check(spec)  # the models load when the first film arrives; a wrong one is said now
+    inbox = Inbox(Path(args.inbox) if args.inbox else Path(str(args.state) + ".inbox"))
+    stop = _stop_on_signals()
+    listener = Listener(spec, ledger, inbox, node)
+    try:
+        listener.serve((args.bind, args.port), stop, on_drain=lambda r: say(
+            f"{r.reported} films reported, {r.failed} failed, {r.not_analysed} not analysed", err=True))
+    except OSError as e:
+        raise SpinexrError(f"cannot listen on {args.bind}:{args.port} ({e.strerror or e}); give another --port "
+                           "or --bind") from None
+    finally:
+        ledger.close()
     return 0
 
 

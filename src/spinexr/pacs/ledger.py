@@ -139,6 +139,17 @@ class Ledger:
         state, next_try = row
         return state != "failed" or next_try is None or next_try > (time.time() if now is None else now)
 
+    def retrying(self, sop_uid: str) -> bool:
+        """True when a film failed and will be tried again."""
+        return self.db.execute("SELECT 1 FROM films WHERE sop_uid = ? AND state = 'failed' AND next_try IS NOT NULL",
+                               (sop_uid,)).fetchone() is not None
+
+    def due_films(self, now: float | None = None) -> list[str]:
+        """Failed films (SOP Instance UIDs) due for another try now."""
+        now = time.time() if now is None else now
+        return [r[0] for r in self.db.execute("SELECT sop_uid FROM films WHERE state = 'failed' AND "
+                                              "next_try IS NOT NULL AND next_try <= ?", (now,))]
+
     def due(self, now: float | None = None) -> list[str]:
         """Studies with a failed film due for another try now."""
         now = time.time() if now is None else now

@@ -22,18 +22,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spinexr.data.decoding import decode
 from spinexr.data.imread import DEFAULT_MAX_PIXELS
-from spinexr.deploy.dicom import checked_source, dicom_results
 from spinexr.errors import SpinexrError
 from spinexr.pacs.client import ROOT_HINT, Unreachable, explain
 from spinexr.pacs.ledger import Ledger
+from spinexr.pacs.reporting import Film, Round, fail, report_films
 from spinexr.pipeline import Pipeline, PipelineSpec
-from spinexr.pipeline.executors import predict_batch
 
 log = logging.getLogger(__name__)
 
@@ -64,33 +62,6 @@ def _values(item: dict[str, Any], tag: str) -> list[Any]:
 def _value(item: dict[str, Any], tag: str) -> str:
     v = _values(item, tag)
     return str(v[0]) if v else ""
-
-
-@dataclass
-class Round:
-    """What one pass over the server did.
-
-    Args:
-        studies: new studies seen.
-        finished: studies finished.
-        skipped: studies with no film to analyse.
-        reported: films reported.
-        failed: films failed.
-        reasons: why, for each failure.
-        not_analysed: films outside the bundle's intended use (nothing stored for them).
-    """
-
-    studies: int = 0
-    finished: int = 0
-    skipped: int = 0
-    reported: int = 0
-    failed: int = 0
-    reasons: list[str] = field(default_factory=list)
-    not_analysed: int = 0
-
-    def line(self) -> str:
-        return (f"{self.studies} new studies: {self.finished} finished ({self.reported} films reported, "
-                f"{self.failed} failed, {self.not_analysed} not analysed), {self.skipped} skipped")
 
 
 @dataclass(frozen=True)
@@ -269,15 +240,9 @@ class PacsWorker:
     def _ref(self, study: str, series: str, sop: str) -> str:
         return f"{self.url}/studies/{study}/series/{series}/instances/{sop}"
 
-    def _fail(self, study: str, series: str, sop: str, reason: str, r: Round) -> None:
-        log.warning("study %s, film %s: no report: %s", study, sop, reason)
-        self.ledger.record_film((study, series, sop), reason=reason)
-        r.failed += 1
-        r.reasons.append(reason)
-
     def _films(self, study: str, films: list[tuple[str, str]], r: Round) -> int:
         """Retrieve, predict and report a few films of one study; returns the instances stored back."""
-        got: list[tuple[str, str, Any, Path]] = []
+        got: list[Film] = []
         try:
             for series, sop in films:
                 try:
@@ -285,56 +250,26 @@ class PacsWorker:
                 except Unreachable:
                     raise
                 except SpinexrError as e:
-                    self._fail(study, series, sop, f"cannot be retrieved: {e}", r)
+                    fail(self.ledger, (study, series, sop), f"cannot be retrieved: {e}", r)
                     continue
                 tmp = self.work_dir / f"{sop}.dcm"
                 try:
                     ds.save_as(tmp, enforce_file_format=True)
                 except Exception as e:  # noqa: BLE001 - pydicom raises many types on a dataset it cannot write
-                    self._fail(study, series, sop, f"unreadable instance ({type(e).__name__}: {e})", r)
+                    tmp.unlink(missing_ok=True)
+                    fail(self.ledger, (study, series, sop), f"unreadable instance ({type(e).__name__}: {e})", r)
                     continue
-                got.append((series, sop, ds, tmp))
-            if not got:
-                return 0
-            decoded = [decode(str(tmp), self.max_pixels) for *_, tmp in got]
-            preds = predict_batch(self.pipeline, decoded)
-            stored = 0
-            for (series, sop, ds, _), pred in zip(got, preds):
-                doc = pred.named(self._ref(study, series, sop)).to_document()
-                if doc["status"] == "not_analysed":  # outside the intended use: nothing goes back to the PACS
-                    log.info("study %s, film %s: not analysed: %s", study, sop, doc["error"]["reason"])
-                    self.ledger.record_film((study, series, sop), reason=doc["error"]["reason"], analysed=False)
-                    r.not_analysed += 1
-                    continue
-                if doc["status"] != "ok":
-                    self._fail(study, series, sop, (doc.get("error") or {}).get("reason") or "unreadable", r)
-                    continue
-                stored += self._report(study, series, sop, ds, doc, r)
-            return stored
+                got.append(Film(study, series, sop, ds, tmp, self._ref(study, series, sop)))
+            return report_films(self.pipeline, self.ledger, got, self._store, r) if got else 0
         finally:
-            for *_, tmp in got:
-                tmp.unlink(missing_ok=True)
+            for f in got:
+                f.path.unlink(missing_ok=True)
 
-    def _report(self, study: str, series: str, sop: str, ds: Any, doc: dict[str, Any], r: Round) -> int:
-        try:
-            res = dicom_results(doc, checked_source(ds, self._ref(study, series, sop)),
-                                self.ledger.reported_in(study) + 1)
-        except (SpinexrError, ValueError, TypeError) as e:
-            self._fail(study, series, sop, f"no report could be made: {e}", r)
-            return 0
-        answer = self._call(self.client.store_instances, res.datasets, study_instance_uid=study)
+    def _store(self, datasets: list[Any], study: str) -> str | None:
+        """STOW-RS of one film's reports into its study; None when stored, else the PACS's failure reasons."""
+        answer = self._call(self.client.store_instances, datasets, study_instance_uid=study)
         refused = [str(x.get("FailureReason", "?")) for x in answer.get("FailedSOPSequence", [])]
-        if refused:
-            self._fail(study, series, sop, f"the PACS refused the report (failure reason {', '.join(refused)})", r)
-            return 0
-        spine = doc.get("spine") or {}
-        self.ledger.record_film((study, series, sop), label=doc["label"], largest=spine.get("largest"),
-                                reports=(str(res.sr.SOPInstanceUID),
-                                         str(res.pr.SOPInstanceUID) if res.pr is not None else None))
-        r.reported += 1
-        log.info("study %s, film %s: %s%s, report stored", study, sop, doc["label"],
-                 f", largest Cobb angle {spine['largest']:.1f} deg" if spine.get("largest") is not None else "")
-        return len(res.datasets)
+        return f"failure reason {', '.join(refused)}" if refused else None
 
 
 def watch(worker: PacsWorker, *, once: bool = False, interval: float = 30.0, retries: int = 5,
