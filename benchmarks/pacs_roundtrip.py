@@ -1,5 +1,7 @@
-"""PACS round trip: studies per minute through ``spinexr pacs watch`` against a local Orthanc (DICOMweb), and how
-long a study waits between arriving in the PACS and its SR being stored back, in polling mode.
+"""PACS round trip: studies per minute through spinexr against a local Orthanc, and how long a study waits
+between arriving and its SR being stored back, over DICOMweb (``spinexr pacs watch``, polling) and over DIMSE
+(``spinexr pacs listen``, Orthanc C-STOREing each film to spinexr as a router would, spinexr C-STOREing the
+reports back).
 
     python benchmarks/pacs_roundtrip.py --studies 200
 
@@ -11,6 +13,10 @@ Two runs, each on a fresh Orthanc (``benchmarks/_orthanc.py``) and the bundled m
 * **latency**: ``spinexr pacs watch --interval S`` running, the same N studies arriving one at a time at a
   steady rate (a share of the measured throughput, so the queue stays short); per study, the time from its
   STOW to Orthanc to its SR stored back (the ledger's time), median and p95.
+
+The DIMSE runs do the same with ``spinexr pacs listen``: throughput with every film sent at once (Orthanc's
+C-STORE of all of them), latency with each film sent as it arrives (its C-STORE to spinexr started at
+arrival, as a routing rule does).
 
 Writes ``benchmarks/results/pacs_roundtrip.json``.
 """
@@ -66,7 +72,7 @@ def throughput(films: list[Path], work: Path) -> dict:
             "work_s": last - first, "studies_per_min_work": len(reported) / (last - first) * 60}
 
 
-def latency(films: list[Path], work: Path, rate_per_s: float, interval: float) -> dict:
+def latency(films: list[Path], work: Path, warm: Path, rate_per_s: float, interval: float) -> dict:
     with Orthanc(work / "orthanc_lat") as pacs:
         client = pacs.client()
         state = work / "lat.sqlite"
@@ -74,7 +80,8 @@ def latency(films: list[Path], work: Path, rate_per_s: float, interval: float) -
         proc = subprocess.Popen([sys.executable, "-m", "spinexr", "pacs", "watch", pacs.url, "--state", str(state),
                                  "--interval", str(interval)], cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
         try:
-            while "new studies" not in (work / "watch.log").read_text():  # its first (empty) round is done
+            client.store_instances([pydicom.dcmread(warm)])  # the models load on the first film: not timed
+            while len(_reported(state)) < 1:
                 if proc.poll() is not None:
                     raise SystemExit((work / "watch.log").read_text()[-3000:])
                 time.sleep(0.2)
@@ -90,7 +97,7 @@ def latency(films: list[Path], work: Path, rate_per_s: float, interval: float) -
             deadline = time.time() + 1800
             while True:
                 reported, _ = _ledger(state)
-                if len(reported) >= len(films) or time.time() > deadline:
+                if len(reported) >= len(films) + 1 or time.time() > deadline:
                     break
                 time.sleep(1.0)
         finally:
@@ -103,12 +110,96 @@ def latency(films: list[Path], work: Path, rate_per_s: float, interval: float) -
             "wait_p95_s": float(np.percentile(waits, 95)), "wait_max_s": float(waits.max())}
 
 
+def _listening(work: Path, name: str, pacs: Orthanc, port: int) -> tuple[subprocess.Popen, Path]:
+    """``spinexr pacs listen`` with the bundled models, reports to ``pacs``; returns once it answers C-ECHO
+    and its models are loaded (one film sent and reported first)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    state = work / f"{name}.sqlite"
+    log = open(work / f"{name}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "spinexr", "pacs", "listen", "--state", str(state), "--port",
+                             str(port), "--destination", f"ORTHANC@127.0.0.1:{pacs.dicom_port}", "--allow", "ORTHANC"],
+                            cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    ae = AE(ae_title="ORTHANC")
+    ae.add_requested_context(Verification)
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit((work / f"{name}.log").read_text()[-3000:])
+        assoc = ae.associate("127.0.0.1", port, ae_title="SPINEXR")
+        if assoc.is_established:
+            assoc.release()
+            return proc, state
+        time.sleep(0.2)
+
+
+def _reported(state: Path) -> list[tuple[str, float]]:
+    try:
+        return _ledger(state)[0]
+    except sqlite3.Error:
+        return []
+
+
+def dimse(films: list[Path], work: Path, warm: Path, rate_per_s: float | None) -> dict:
+    """Throughput (``rate_per_s`` None: every film sent at once) or latency (films sent as they arrive)."""
+    import threading
+
+    port = _free_port()
+    name = "dimse_tp" if rate_per_s is None else "dimse_lat"
+    with Orthanc(work / f"orthanc_{name}", modalities={"spinexr": ("SPINEXR", "127.0.0.1", port)}) as pacs:
+        proc, state = _listening(work, name, pacs, port)
+        try:
+            pacs.send("spinexr", [pacs.upload(warm)])  # the models load on the first film: not timed
+            while len(_reported(state)) < 1:
+                time.sleep(0.2)
+            ids = [(pacs.upload(f), str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID)) for f in films]
+            arrived: dict[str, float] = {}
+            t0 = time.time()
+            if rate_per_s is None:
+                pacs.send("spinexr", [i for i, _ in ids])
+                arrived = {s: t0 for _, s in ids}
+            else:
+                senders = []
+                for k, (i, s) in enumerate(ids):
+                    wait = t0 + k / rate_per_s - time.time()
+                    if wait > 0:
+                        time.sleep(wait)
+                    arrived[s] = time.time()
+                    th = threading.Thread(target=pacs.send, args=("spinexr", [i]))
+                    th.start()
+                    senders.append(th)
+                for th in senders:
+                    th.join()
+            deadline = time.time() + 1800
+            while len(_reported(state)) < len(films) + 1 and time.time() < deadline:
+                time.sleep(0.5)
+            reported = [(s, t) for s, t in _reported(state) if s in arrived]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    waits = np.array([t - arrived[s] for s, t in reported])
+    if rate_per_s is None:
+        work_s = max(t for _, t in reported) - t0
+        return {"studies": len(films), "reported": len(reported), "work_s": work_s,
+                "studies_per_min_work": len(reported) / work_s * 60}
+    return {"studies": len(films), "reported": int(len(waits)), "arrival_rate_per_min": rate_per_s * 60,
+            "wait_median_s": float(np.median(waits)), "wait_p95_s": float(np.percentile(waits, 95)),
+            "wait_max_s": float(waits.max())}
+
+
+def _free_port() -> int:
+    from _orthanc import free_port
+
+    return free_port()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--studies", type=int, default=200)
     ap.add_argument("--scale", type=float, default=1.0, help="synthetic film size (1.0: ~1000 px tall AP)")
     ap.add_argument("--interval", type=float, default=5.0, help="polling interval of the latency run")
     ap.add_argument("--load", type=float, default=0.7, help="arrival rate as a share of the measured throughput")
+    ap.add_argument("--out", default="pacs_roundtrip.json", help="result file name under benchmarks/results")
     args = ap.parse_args(argv)
     res = header("pacs_roundtrip", argv)
     t0 = time.time()
@@ -122,12 +213,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"throughput: {tp['studies_per_min_wall']:.1f} studies/min (wall), "
               f"{tp['studies_per_min_work']:.1f} (work)")
         rate = tp["studies_per_min_work"] / 60 * args.load
-        lat = latency(films, work, rate, args.interval)
+        warm, timed = films[0], films[1:]  # one film loads the models before the timed ones arrive
+        lat = latency(timed, work, warm, rate, args.interval)
         print(f"latency: median {lat['wait_median_s']:.1f} s, p95 {lat['wait_p95_s']:.1f} s")
+        dtp = dimse(timed, work, warm, None)
+        print(f"DIMSE throughput: {dtp['studies_per_min_work']:.1f} studies/min (work)")
+        dlat = dimse(timed, work, warm, dtp["studies_per_min_work"] / 60 * args.load)
+        print(f"DIMSE latency: median {dlat['wait_median_s']:.1f} s, p95 {dlat['wait_p95_s']:.1f} s")
     res.update({"settings": {"studies": args.studies, "scale": args.scale, "films_per_study": 1,
                              "models": "bundled", "poll_interval_s": args.interval, "load": args.load},
-                "throughput": tp, "latency": lat, "wall_seconds": time.time() - t0})
-    write_result("pacs_roundtrip.json", res)
+                "throughput": tp, "latency": lat, "dimse": {"throughput": dtp, "latency": dlat},
+                "wall_seconds": time.time() - t0})
+    write_result(args.out, res)
     return 0
 
 

@@ -275,14 +275,15 @@ class PacsWorker:
 def watch(worker: PacsWorker, *, once: bool = False, interval: float = 30.0, retries: int = 5,
           max_wait: float = 300.0, stop: threading.Event | None = None,
           on_round: Callable[[Round], None] | None = None) -> int:
-    """Rounds until ``stop`` is set (or one round with ``once``). A server that cannot be reached is tried
-    again after 1, 2, 4 ... seconds (at most ``max_wait``); with ``once`` it gives up after ``retries``
-    tries.
+    """Rounds until ``stop`` is set (or one round with ``once``); ``interval`` seconds after a round that
+    found nothing to do, none after one that did (films that arrived meanwhile are taken at once). A server
+    that cannot be reached is tried again after 1, 2, 4 ... seconds (at most ``max_wait``); with ``once`` it
+    gives up after ``retries`` tries.
 
     Args:
         worker: the server, pipeline and ledger.
         once: one round, then return.
-        interval: seconds between rounds.
+        interval: seconds to wait after a round that found nothing to do.
         retries: tries of an unreachable server before ``once`` gives up.
         max_wait: the longest wait between tries, in seconds.
         stop: set to end after the study in hand.
@@ -310,7 +311,8 @@ def watch(worker: PacsWorker, *, once: bool = False, interval: float = 30.0, ret
             on_round(r)
         if once:
             break
-        stop.wait(interval)
+        if not (r.studies or r.reported or r.failed or r.not_analysed):
+            stop.wait(interval)  # idle: wait; a pass that found work is followed at once by the next
     return rounds
 
 
