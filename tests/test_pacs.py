@@ -177,6 +177,19 @@ def test_kill_and_restart_leaves_one_report_per_study(tmp_path: Path) -> None:
             got = reports(pacs, pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID)
             assert (len(got["SR"]), len(got["PR"])) == (1, 1), p.name
         assert reported() == len(paths)
+        # SIGTERM while the watcher waits between passes: it ends at once, cleanly
+        log = tmp_path / "idle.log"
+        with open(log, "w") as err:
+            idle = subprocess.Popen([sys.executable, "-m", "spinexr", "pacs", "watch", pacs.url, "--state", str(state),
+                                     "--interval", "600"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
+            deadline = time.monotonic() + 120
+            while "0 new studies" not in log.read_text():
+                assert idle.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            t0 = time.monotonic()
+            idle.send_signal(signal.SIGTERM)
+            idle.wait(timeout=30)
+        assert idle.returncode == 0 and time.monotonic() - t0 < 10 and "Traceback" not in log.read_text()
 
 
 @needs_orthanc
