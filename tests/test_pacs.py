@@ -401,7 +401,18 @@ def test_dimse_node_round_trip_with_a_kill(tmp_path: Path, tiny_bundle: Path) ->
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        assert _films_in(state) < len(paths), "killed in the middle of the run"
+        killed_at = _films_in(state)
+        assert killed_at < len(paths) - 1, "killed in the middle of the run"
+        # SIGTERM while films are being reported: it finishes the film in hand and ends, cleanly
+        stopped = _listen(tiny_bundle, state, port, pacs.dicom_port, "--batch-size", "1")
+        deadline = time.monotonic() + 300
+        while _films_in(state) <= killed_at:
+            assert stopped.poll() is None and time.monotonic() < deadline, "no report after the restart"
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        stopped.send_signal(signal.SIGTERM)
+        _, err = stopped.communicate(timeout=60)
+        assert stopped.returncode == 0 and "Traceback" not in err and time.monotonic() - t0 < 30, err
         again = _listen(tiny_bundle, state, port, pacs.dicom_port)
         try:
             deadline = time.monotonic() + 300
