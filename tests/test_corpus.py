@@ -196,10 +196,13 @@ def test_predict_over_the_corpus_finishes(trained_model: Path, tmp_path: Path) -
     assert {r["path"] for r in rows} >= {str(p) for p in DCM if p.parent == CORPUS}
     assert len(rows) == len({r["path"] for r in rows})
     by = {Path(r["path"]).name: r for r in rows}
-    assert by["examples_jpeg2k.dcm"]["status"] == ("ok" if HAVE_CODECS else by["examples_jpeg2k.dcm"]["status"])
+    if HAVE_CODECS:  # decoded (its modality keeps it out of the analysis, but its pixels were read)
+        assert by["examples_jpeg2k.dcm"]["status"] != "error" and by["examples_jpeg2k.dcm"]["image_width"]
     assert by["rtplan.dcm"]["status"] == "error" and by["rtplan.dcm"]["error_kind"] == "no_pixels"
-    # Files that say they are not radiographs are flagged, with the reason.
+    # Files that say they are not radiographs are not analysed, and flagged, with the reasons.
     for name in ("CT_small.dcm", "MR_small.dcm", "examples_rgb_color.dcm"):
+        assert by[name]["status"] == "not_analysed" and by[name]["error_kind"] == "outside_intended_use", name
+        assert by[name]["label"] == "" and "modality" in by[name]["error_reason"], name
         assert by[name]["ood_flag"] == "true" and by[name]["ood_reasons"], name
     assert "padding" in by["MR_small_padded.dcm"]["warnings"]
     assert len(listed) >= 0

@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "3-fold CV on 30 synthetic radiographs" in text
     assert (out / "cv" / "report.html").is_file() and (out / "cv" / "models" / "small.safetensors").is_file()
     # The tour ends with the bundled models on synthetic AP films: label, angle, decision, overlays.
-    assert "bundled models (spinexr-bundled: xception and resnet18" in text and "spinexr-prediction/1" in text
+    assert "bundled models (spinexr-bundled: xception and resnet18" in text and "spinexr-prediction/2" in text
     import json
 
     preds = json.loads((out / "bundled" / "predictions.json").read_text())

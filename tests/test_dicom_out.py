@@ -24,7 +24,6 @@ from spinexr.outputs.dicom import DicomSink
 from spinexr.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-CURVES = {"pt": "PT Cobb angle", "mt": "MT Cobb angle", "tl": "TL/L Cobb angle"}
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +51,16 @@ def assert_report_matches(sr: pydicom.Dataset, doc: dict) -> None:
         assert film["View check"] == spine["view"]
     if spine and spine["plausible"] and spine.get("view") != "lumbar or lateral":  # no angle on a lumbar view
         assert film["Cobb angle"] == pytest.approx(spine["largest"], abs=0.01)
-        for key, group in CURVES.items():
-            assert got[group]["Cobb angle"] == pytest.approx(spine[key]["angle"], abs=0.01)
-            assert got[group]["Upper end vertebra"] == f"{spine[key]['upper_end']} vertebra"
-            assert got[group]["Lower end vertebra"] == f"{spine[key]['lower_end']} vertebra"
-            assert got[group]["Apical vertebra"] == f"{spine[key]['apex']} vertebra"
+        for i, c in enumerate(spine["curves"], start=1):
+            group = got[f"curve {i}: {c['side']} {c['region']}"]
+            assert group["Cobb angle"] == pytest.approx(c["angle"], abs=0.01)
+            assert group["Curve region"] == c["region"]
+            assert group["Upper end vertebra"] == f"{c['upper_end']} vertebra"
+            assert group["Lower end vertebra"] == f"{c['lower_end']} vertebra"
+            assert group["Major curve"] == ("Yes" if c["major"] else "No")
+        assert sum(g.startswith("curve ") for g in got) == len(spine["curves"])
     else:
-        assert film["Spine measured"] == "No" and not any(g in got for g in CURVES.values())
+        assert film["Spine measured"] == "No" and not any(g.startswith("curve ") for g in got)
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -108,27 +110,27 @@ def test_predict_dicom_out_reports_each_film_in_its_study(dx_films: Path, tmp_pa
 
 
 def test_presentation_state_draws_the_overlay_lines(bundled: Pipeline, dx_films: Path, tmp_path: Path) -> None:
-    """The endplate lines in the presentation state are the overlay's, in DICOM pixel units (+0.5)."""
-    from spinexr.deploy.dicom.presentation import cobb_result
+    """The endplate lines in the presentation state are the overlay's, in DICOM pixel units (+0.5), one pair
+    per curve; each curve is labelled by its side and region at its upper line."""
     from spinexr.geometry.overlay import endplate_lines
 
     scoliosis = sorted((dx_films / "Scoliosis").glob("*.dcm"))[0]
     docs: list[dict] = []
     stream(bundled, [scoliosis], None, workers=0, progress=False, on_batch=docs.extend)
     doc = docs[0]
-    assert doc["spine"]["plausible"], "the synthetic scoliosis film is measured"
+    assert doc["spine"]["plausible"] and doc["spine"]["curves"], "the synthetic scoliosis film is measured"
     film = pydicom.dcmread(scoliosis, stop_before_pixels=True)
     pr = dicom_results(doc, film).pr
     lines = [np.asarray(o.GraphicData).reshape(-1, 2) for a in pr.GraphicAnnotationSequence if
              a.GraphicLayer == "ENDPLATES" for o in a.GraphicObjectSequence]
-    want = endplate_lines(np.asarray(doc["spine"]["landmarks"]), cobb_result(doc["spine"]), film.Columns)
-    expected = [clip_segment(s[0] + 0.5, s[1] + 0.5, film.Columns, film.Rows) for k in ("pt", "mt", "tl")
-                for s in want[k]]
-    assert len(lines) == len([e for e in expected if e is not None]) == 6
+    want = endplate_lines(np.asarray(doc["spine"]["landmarks"]), doc["spine"]["curves"], film.Columns)
+    expected = [clip_segment(s[0] + 0.5, s[1] + 0.5, film.Columns, film.Rows) for pair in want for s in pair]
+    assert len(lines) == len([e for e in expected if e is not None]) == 2 * len(doc["spine"]["curves"])
     for got, exp in zip(lines, [e for e in expected if e is not None]):
         np.testing.assert_allclose(got, exp, atol=1e-3)
     texts = [t.UnformattedTextValue for a in pr.GraphicAnnotationSequence for t in a.get("TextObjectSequence", [])]
-    assert any(t.startswith("PT ") and f"{doc['spine']['pt']['angle']:.1f} deg" in t for t in texts)
+    for c in doc["spine"]["curves"]:
+        assert any(t.startswith(f"{c['side']} {c['region']} {c['angle']:.1f}") for t in texts), (c, texts)
 
 
 def test_same_film_same_model_same_uids_and_colour_films_get_no_presentation_state(bundled: Pipeline,

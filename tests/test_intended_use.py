@@ -54,11 +54,13 @@ def test_the_bundle_setting_is_checked_and_round_trips() -> None:
 
 
 def test_a_flagged_film_is_not_analysed_and_the_document_says_why(tiny: Pipeline, synth_dir: Path) -> None:
-    """With the threshold below every score, every film is flagged: refused by default, kept with ``flag``."""
+    """With the threshold below every score, every film is flagged: refused by the default setting, kept with
+    ``flag`` (the setting of a model file given alone, and of the tests' tiny bundle)."""
     import jsonschema
 
     film = sorted((synth_dir / "Scoliosis").glob("*.jpg"))[0]
     refusing = Pipeline(tiny.predictor, tiny.measurer, tiny.bundle)
+    refusing.intended_use = IntendedUse()  # the default setting: a flagged film is not analysed
     refusing.predictor = replace_threshold(tiny.predictor)
     pred, _ = refusing.predict_file(film)
     doc = pred.to_document()
@@ -192,3 +194,13 @@ def test_a_monochrome1_film_displays_as_its_modality_meant(corpus: tuple[Path, l
     plain_pr = dicom_results(doc, plain).pr
     assert plain_pr.PresentationLUTShape == "IDENTITY"
     assert np.corrcoef(_render(plain, plain_pr).ravel(), shown.ravel())[0, 1] > 0.99
+
+
+def test_the_shipped_bundle_refuses_flagged_films_and_a_model_file_alone_flags_them(tiny_models) -> None:
+    from spinexr.deploy.bundle import load_bundle
+    from spinexr.deploy.bundled import bundled_bundle_dir
+
+    assert load_bundle(bundled_bundle_dir()).intended_use == IntendedUse()
+    assert IntendedUse().out_of_distribution == "refuse"
+    alone = Pipeline.load(tiny_models["classifier"], landmarks=str(tiny_models["landmarks"]))
+    assert alone.intended_use.out_of_distribution == "flag" and alone.intended_use.modalities == ("CR", "DX")

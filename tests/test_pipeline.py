@@ -1,4 +1,4 @@
-"""The pipeline, its bundles and the one prediction document (spinexr-prediction/1)."""
+"""The pipeline, its bundles and the one prediction document (spinexr-prediction/2)."""
 
 from __future__ import annotations
 
@@ -228,7 +228,8 @@ def test_a_refused_spine_has_the_same_fields() -> None:
     ok = Measurement(v, cobb_angles(v, 800), [], 0.5).to_dict()
     refused = Measurement(v, None, ["order broken"], 0.5).to_dict()
     assert set(ok) == set(refused) and set(flatten(ok)) == set(flatten(refused))
-    assert refused["largest"] is None and refused["pt"]["angle"] is None and ok["largest"] is not None
+    assert refused["largest"] is None and refused["curves"] == [] and ok["largest"] is not None
+    assert refused["aasce_angles"]["first"]["angle"] is None
 
 
 def test_a_pipeline_is_checked_without_being_built(bundle_dir: Path, tmp_path: Path, tiny_models: dict[str, Path]) -> None:

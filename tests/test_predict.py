@@ -44,7 +44,7 @@ def test_predict_mix_of_good_and_bad(trained_model: Path, synth_dir: Path, tmp_p
         assert r["status"] == "ok" and r["label"] in ("Normal", "Scoliosis", "Spondylolisthesis")
         p = [float(r[f"probabilities_{c}"]) for c in ("Normal", "Scoliosis", "Spondylolisthesis")]
         assert abs(sum(p) - 1) < 1e-4
-        assert r["ood_flag"] in ("true", "false") and r["schema"] == "spinexr-prediction/1"
+        assert r["ood_flag"] in ("true", "false") and r["schema"] == "spinexr-prediction/2"
         assert Path(r["files_heatmap"]).is_file()
     assert by["notes.jpg"]["status"] == "error" and "not a recognised image" in by["notes.jpg"]["error_reason"]
     assert by["empty.png"]["status"] == "error" and "empty" in by["empty.png"]["error_reason"]

@@ -79,6 +79,6 @@ def bundled_tour(data: Path, out: Path, per_class: int = 2) -> list:
         said = p.decision.classifier_label if p.decision is not None else p.label
         note = p.decision.note if p.decision is not None else ""
         print(f"  {r.parent.name}/{r.name}: {p.label} (classifier: {said}, P={p.probabilities[said]:.2f}); {note}")
-    print(f"predictions: {(out / 'predictions.json').resolve()} (spinexr-prediction/1 documents)")
+    print(f"predictions: {(out / 'predictions.json').resolve()} (spinexr-prediction/2 documents)")
     print(f"overlays: {(out / 'overlays').resolve()}")
     return preds

@@ -23,6 +23,7 @@ from spinexr.deploy.export import EXPORTERS, export_landmark_onnx, export_onnx, 
 from spinexr.deploy.measure import SpineMeasurer
 from spinexr.errors import SpinexrError
 from spinexr.explain import overlay
+from spinexr.geometry.curves import find_curves, pattern
 from spinexr.models.files import load_landmark_model, model_kind, read_metadata
 from spinexr.outputs import Sink, output_kinds
 from spinexr.outputs.images import HeatmapSink
@@ -104,9 +105,9 @@ def _measurement_line(m: Any) -> str:
     if m.result is None:
         return f"no Cobb angle: the predicted spine is implausible ({'; '.join(m.refused)})"
     r = m.result
-    u, lo, apex = r.pt.levels
-    return (f"Cobb: largest {r.largest:.1f}° ({r.band}); PT {r.pt.angle:.1f}° {u}-{lo} apex {apex}, "
-            f"MT {r.mt.angle:.1f}°, TL/L {r.tl.angle:.1f}°")
+    curves = find_curves(m.landmarks, r.centreline_weight)
+    each = "; ".join(f"{c.name} {c.angle:.1f}° {c.upper_end}-{c.lower_end}, apex {c.apex}" for c in curves)
+    return f"Cobb: largest {r.largest:.1f}° ({r.band}); {pattern(curves)}{': ' + each if each else ''}"
 
 
 def explain(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 from spinexr.data.landmarks import ANGLE_COLUMNS, N_POINTS, XY_COLUMNS
 from spinexr.errors import SpinexrError
 from spinexr.geometry.corners import check_corners, measure_corners
+from spinexr.geometry.curves import AASCE_KEYS
 
 SCHEMA = "spinexr-correction/1"
 EXTRA_COLUMNS = ("version", "sha256", "saved_at", "saved_by")
@@ -68,11 +69,19 @@ class Scan:
     rows: int = 0
 
 
+def _aasce(m: dict[str, Any], i: int) -> float:
+    """The AASCE triple's ``i``-th angle of a measurement (the landmark CSV's pt, mt, tl columns), in the
+    document's form (``aasce_angles``) or as records saved before it (``pt``, ``mt``, ``tl``)."""
+    if "aasce_angles" in m:
+        return float(m["aasce_angles"][AASCE_KEYS[i]]["angle"])
+    return float(m[ANGLE_COLUMNS[i]]["angle"])
+
+
 def _row(rec: dict[str, Any]) -> list[str]:
     p = np.asarray(rec["corners"], dtype=np.float64).reshape(N_POINTS, 2)
     m = rec["measurement"]
     return [rec["film"], *[f"{v:.3f}" for v in p[:, 0]], *[f"{v:.3f}" for v in p[:, 1]],
-            *[f"{m[k]['angle']:.4f}" for k in ANGLE_COLUMNS], rec["sha256"][:16],
+            *[f"{_aasce(m, i):.4f}" for i in range(len(ANGLE_COLUMNS))], rec["sha256"][:16],
             str(rec["version"]), rec["sha256"], rec["saved_at"], rec.get("saved_by") or ""]
 
 

@@ -388,9 +388,11 @@ def _header_facts(ds: Any) -> dict[str, str]:
     """What a DICOM header says about the film's use (the intended-use check reads them)."""
     out = {}
     for key, kw in (("sop_class", "SOPClassUID"), ("presentation_intent", "PresentationIntentType"),
-                    ("body_part", "BodyPartExamined"), ("view_position", "ViewPosition")):
+                    ("body_part", "BodyPartExamined"), ("view_position", "ViewPosition"),
+                    ("patient_orientation", "PatientOrientation")):
         try:
-            value = str(ds.get(kw, "") or "").strip()
+            raw = ds.get(kw, "") or ""
+            value = "\\".join(str(v) for v in raw) if not isinstance(raw, str) else raw.strip()
         except Exception:  # noqa: BLE001 - a malformed value is as good as an absent one here
             value = ""
         if value:

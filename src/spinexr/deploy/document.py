@@ -23,10 +23,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "spinexr-prediction/1"
+SCHEMA = "spinexr-prediction/2"
 SCHEMA_FILE = "prediction.schema.json"
 # Output formats by file suffix: a JSON array, JSON Lines (one document a line), or CSV (flattened).
 OUTPUT_SUFFIXES = (".json", ".jsonl", ".csv")
+# Lists of objects a CSV row holds as numbered columns: the curves, largest first, at most three
+# (``spine_curves_1_region``, ``spine_curves_1_angle``, ...), so every row has the same columns.
+CSV_LISTS = {"spine_curves": 3}
 
 
 def schema() -> dict[str, Any]:
@@ -50,13 +53,18 @@ def _cell(v: Any) -> str:
 
 def flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """The document one level deep, as CSV cells: nested keys joined by ``_`` (``ood_flag``,
-    ``spine_pt_angle``, ``probabilities_Normal``), lists of values joined by ``; ``, the corners as
-    compact JSON, numbers to six decimals, flags as true/false and nulls as empty cells."""
+    ``spine_aasce_angles_first_angle``, ``probabilities_Normal``), the curves as numbered columns
+    (:data:`CSV_LISTS`), lists of values joined by ``; ``, the corners as compact JSON, numbers to six
+    decimals, flags as true/false and nulls as empty cells."""
     out: dict[str, str] = {}
     for k, v in doc.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "_"))
+        elif key in CSV_LISTS and isinstance(v, list):
+            items = sorted(v, key=lambda c: -float(c.get("angle") or 0))[:CSV_LISTS[key]]
+            for i, item in enumerate(items, start=1):
+                out.update(flatten(item, f"{key}_{i}_"))
         else:
             out[key] = _cell(v)
     return out
@@ -75,6 +83,8 @@ def document_columns(labels: list[str]) -> list[str]:
             return walk(alts[0], prefix)
         if prefix == "probabilities_":
             return [prefix + c for c in labels]
+        if prefix[:-1] in CSV_LISTS:
+            return [c for i in range(1, CSV_LISTS[prefix[:-1]] + 1) for c in walk(node["items"], f"{prefix}{i}_")]
         if "properties" not in node:
             return [prefix[:-1]]
         return [c for k, v in node["properties"].items() for c in walk(v, f"{prefix}{k}_")]
@@ -128,8 +138,10 @@ def summary_line(doc: dict[str, Any]) -> str:
         parts.append(f"OOD ({'; '.join(doc['ood']['reasons'])})")
     s = doc["spine"]
     if s is not None:
-        parts.append(f"Cobb {s['largest']:.1f} ({s['band']}; PT {s['pt']['angle']:.1f} MT {s['mt']['angle']:.1f} "
-                     f"TL {s['tl']['angle']:.1f})" if s["plausible"] else f"Cobb refused: {'; '.join(s['refused'])}")
+        curves = "; ".join(f"{c['side']} {c['region']} {c['angle']:.1f} {c['upper_end']}-{c['lower_end']}"
+                           for c in s["curves"]) or "no curve of 10 or more"
+        parts.append(f"Cobb {s['largest']:.1f} ({s['band']}; {curves})" if s["plausible"]
+                     else f"Cobb refused: {'; '.join(s['refused'])}")
     d = doc["decision"]
     if d is not None and d["agreement"] in ("overruled", "disagree", "check the film"):
         parts.append(f"{d['agreement'].upper()}: {d['note']}")

@@ -14,7 +14,8 @@ import torch
 from spinexr.data.contract import DataConfig, Placement, fit_to_box
 from spinexr.deploy.decision import DecisionRule
 from spinexr.errors import SpinexrError, WeightsError
-from spinexr.geometry.cobb import BAND_TEXT, CobbResult, cobb_angles, tilt_gain, widen_tilts
+from spinexr.geometry.cobb import CobbResult, cobb_angles, tilt_gain, widen_tilts
+from spinexr.geometry.curves import measured
 from spinexr.geometry.overlay import draw_overlay
 from spinexr.geometry.plausibility import implausibility
 from spinexr.geometry.view import FEATURES, ViewCheck
@@ -56,17 +57,14 @@ class Measurement:
     def __post_init__(self) -> None:
         object.__setattr__(self, "refused", tuple(self.refused))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, orientation: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The same keys for every film (nulls where a refused spine or a file without a view check has
-        none), so a CSV flattening has the same columns whatever the films."""
-        curve = {"angle": None, "upper_end": None, "lower_end": None, "apex": None}
-        d: dict[str, Any] = {"plausible": self.result is not None, "refused": list(self.refused), "confidence": self.confidence,
-                             "view": self.view, "full_spine_probability": self.view_probability,
-                             "largest": None, "band": None, "bands": BAND_TEXT, "shape": None, "centreline_weight": None,
-                             "pt": curve, "mt": dict(curve), "tl": dict(curve)}
-        if self.result is not None:
-            d.update(self.result.to_dict())
-        return d
+        none), so a CSV flattening has the same columns whatever the films: the curves by region
+        (:func:`spinexr.geometry.curves.measured`; their sides the patient's where ``orientation``, the
+        film's Patient Orientation, is known) and the AASCE triple."""
+        return {"plausible": self.result is not None, "refused": list(self.refused), "confidence": self.confidence,
+                "view": self.view, "full_spine_probability": self.view_probability,
+                **measured(self.landmarks, self.result, orientation)}
 
 
 class SpineMeasurer:

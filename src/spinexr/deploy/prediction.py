@@ -23,6 +23,7 @@ from spinexr.deploy.decision import Decision, DecisionRule
 from spinexr.deploy.document import SCHEMA
 from spinexr.deploy.measure import Measurement
 from spinexr.errors import ImageReadError
+from spinexr.geometry.curves import orientation_of
 from spinexr.models.ood import input_checks
 
 NOT_ANALYSED = "not_analysed"
@@ -123,6 +124,7 @@ class Prediction:
         model: which bundle made it.
         timing_ms: milliseconds by step.
         sha256: the digest of the file's bytes.
+        orientation: the film's Patient Orientation (row, column directions), where its header gives it.
     """
 
     path: str
@@ -144,6 +146,7 @@ class Prediction:
     model: Mapping[str, Any] = field(default_factory=Frozen)  # which bundle made it (Pipeline.model_info)
     timing_ms: Mapping[str, float] | None = None
     sha256: str | None = None  # of the file's bytes (None where it could not be read at all)
+    orientation: tuple[str, ...] | None = None  # Patient Orientation: the curves' sides are the patient's
 
     def __post_init__(self) -> None:
         for name in ("probabilities", "files", "model"):
@@ -178,10 +181,11 @@ class Prediction:
             ood = bool(reasons) if (ood is not None or reasons) else None
             warnings = tuple(getattr(meta, "warnings", ()) or ())
         decision = None if spine is None or rule is None else rule.decide(c.label, dict(c.probabilities), spine)
+        orientation = orientation_of((getattr(meta, "extra", None) or {}).get("patient_orientation"))
         return cls(path=str(path), status="ok", label=decision.label if decision else c.label,
                    probabilities=c.probabilities, ood_score=c.ood_score, ood=ood, ood_reasons=reasons,
                    ood_threshold=c.ood_threshold, warnings=warnings, seconds=c.seconds, spine=spine,
-                   decision=decision, image=c.image, **facts)
+                   decision=decision, image=c.image, orientation=orientation, **facts)
 
     @classmethod
     def unreadable(cls, path: str | Path, e: ImageReadError, **facts: Any) -> Prediction:
@@ -247,7 +251,7 @@ class Prediction:
         boolean (null without a detector), the corners in film pixels to 0.01 px."""
         spine = None
         if self.spine is not None:
-            spine = {**self.spine.to_dict(), "landmarks": np.round(self.spine.landmarks, 2).tolist()}
+            spine = {**self.spine.to_dict(self.orientation), "landmarks": np.round(self.spine.landmarks, 2).tolist()}
         return {
             "schema": SCHEMA, "path": self.path, "sha256": self.sha256, "status": self.status,
             "error": None if self.ok else {"reason": self.reason, "kind": self.kind},

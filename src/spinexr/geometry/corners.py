@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from spinexr.geometry.cobb import N_VERTEBRAE, cobb_angles
+from spinexr.geometry.curves import measured
 from spinexr.geometry.overlay import endplate_lines
 from spinexr.geometry.plausibility import implausibility
 
@@ -70,9 +71,10 @@ def check_corners(corners: Any, width: float, height: float) -> np.ndarray:
 
 
 def measure_corners(corners: Any, width: float, height: float, centreline_weight: float = 0.0) -> dict[str, Any]:
-    """The measurement of checked corners: ``pt``, ``mt``, ``tl`` (angle, end vertebrae, apex), ``largest``,
-    ``band``, ``bands``, ``shape``, ``centreline_weight``, ``plausible``, ``refused`` (the reasons) and
-    ``endplate_lines`` (per curve, the two lines a reader draws: :func:`spinexr.geometry.overlay.endplate_lines`).
+    """The measurement of checked corners, in the document's form (:func:`spinexr.geometry.curves.measured`:
+    ``curves`` by region, ``pattern``, ``largest``, ``band``, ``aasce_angles``, ...), with ``plausible``,
+    ``refused`` (the reasons) and ``endplate_lines`` (per curve, in order, the two lines a reader draws:
+    :func:`spinexr.geometry.overlay.curve_lines`).
 
     Args:
         corners: (17, 4, 2) corners (or 68 points) in film pixels, checked.
@@ -83,8 +85,9 @@ def measure_corners(corners: Any, width: float, height: float, centreline_weight
     v = check_corners(corners, width, height)
     reasons = implausibility(v, overlap=False)
     result = cobb_angles(v, height, centreline_weight)
-    return {**result.to_dict(), "plausible": not reasons, "refused": reasons,
-            "endplate_lines": {k: seg.tolist() for k, seg in endplate_lines(v, result, width).items()}}
+    out = measured(v, result)
+    return {**out, "plausible": not reasons, "refused": reasons,
+            "endplate_lines": [seg.tolist() for seg in endplate_lines(v, out["curves"], width)]}
 
 
 __all__ = ["OUTSIDE_TOLERANCE", "check_corners", "measure_corners", "outside_film"]

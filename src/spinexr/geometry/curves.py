@@ -28,7 +28,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spinexr.geometry.cobb import LEVELS, N_VERTEBRAE, angle_matrix, as_vertebrae, endplate_centres, vertebra_tilts
+from spinexr.geometry.cobb import (
+    BAND_TEXT,
+    LEVELS,
+    N_VERTEBRAE,
+    CobbResult,
+    angle_matrix,
+    as_vertebrae,
+    endplate_centres,
+    vertebra_tilts,
+)
 
 MIN_CURVE_DEG = 10.0
 # Apex positions (vertebra i at i, the disc below it at i + 0.5; T1 = 0, L5 = 16) that open each region.
@@ -158,4 +167,41 @@ def pattern(curves: list[RegionalCurve]) -> str:
     return f"{count}: {', '.join(names[:-1])} and {names[-1]}"
 
 
-__all__ = ["MIN_CURVE_DEG", "REGIONS", "RegionalCurve", "apex_name", "find_curves", "pattern", "region"]
+# The AASCE challenge's three angles, in its columns' order (its files call them PT, MT and TL/L, though the
+# first is the largest angle anywhere): kept for the benchmarks that compare against it.
+AASCE_KEYS = ("first", "second", "third")
+
+
+def orientation_of(value: str | None) -> tuple[str, ...] | None:
+    """Patient Orientation as a header gives it (``L\\F``) -> ("L", "F"); None when absent or malformed."""
+    parts = tuple(p.strip().upper() for p in (value or "").split("\\") if p.strip())
+    return parts if len(parts) == 2 else None
+
+
+def measured(landmarks: np.ndarray, result: CobbResult | None,
+             orientation: tuple[str, ...] | None = None) -> dict[str, object]:
+    """A measurement's wire form (``spinexr-prediction/2``): the largest angle and its band, the curves by
+    region (:func:`find_curves`) with the pattern in words, and the AASCE triple (``aasce_angles``); nulls
+    and no curve for a refused spine, so every film has the same keys.
+
+    Args:
+        landmarks: (17, 4, 2) corners in film pixels.
+        result: the Cobb angles (:func:`~spinexr.geometry.cobb.cobb_angles`), None for a refused spine.
+        orientation: the film's Patient Orientation, for the curves' sides.
+    """
+    empty = {"angle": None, "upper_end": None, "lower_end": None, "apex": None}
+    if result is None:
+        return {"largest": None, "band": None, "bands": BAND_TEXT, "centreline_weight": None, "curves": [],
+                "pattern": None, "aasce_angles": {"shape": None, **{k: dict(empty) for k in AASCE_KEYS}}}
+    curves = find_curves(landmarks, result.centreline_weight, orientation)
+    triple = {}
+    for key, c in zip(AASCE_KEYS, (result.pt, result.mt, result.tl)):
+        up, lo, apex = c.levels
+        triple[key] = {"angle": c.angle, "upper_end": up, "lower_end": lo, "apex": apex}
+    return {"largest": result.largest, "band": result.band, "bands": BAND_TEXT,
+            "centreline_weight": result.centreline_weight, "curves": [c.to_dict() for c in curves],
+            "pattern": pattern(curves), "aasce_angles": {"shape": "S" if result.s_shaped else "C", **triple}}
+
+
+__all__ = ["AASCE_KEYS", "MIN_CURVE_DEG", "REGIONS", "RegionalCurve", "apex_name", "find_curves", "measured",
+           "orientation_of", "pattern", "region"]

@@ -1,6 +1,7 @@
 """The spine-geometry overlay, drawn on the film at its original size: every vertebra's corners, the
-endplate lines of each curve's end vertebrae extended across the film, and the angle values (or, for
-a spine the plausibility check refused, the reason and no angle)."""
+endplate lines of each curve's end vertebrae extended across the film (the curves by region:
+:mod:`spinexr.geometry.curves`), each curve's name and angle beside its upper end vertebra, and the largest
+angle (or, for a spine the plausibility check refused, the reason and no angle)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from spinexr.geometry.cobb import BAND_TEXT, CobbResult, as_vertebrae
+from spinexr.geometry.cobb import BAND_TEXT, LEVELS, CobbResult, as_vertebrae
+from spinexr.geometry.curves import RegionalCurve, find_curves
 
-CURVE_COLOURS = {"pt": (255, 90, 60), "mt": (60, 200, 255), "tl": (255, 215, 0)}
+# One colour a curve, top to bottom (the page draws with the same ones).
+CURVE_COLOURS = ((255, 90, 60), (60, 200, 255), (255, 215, 0), (190, 120, 255))
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -30,15 +33,25 @@ def _across(a: np.ndarray, b: np.ndarray, half: float) -> np.ndarray:
     return np.stack([mid - u * half, mid + u * half])
 
 
-def endplate_lines(landmarks: np.ndarray, result: CobbResult, width: float) -> dict[str, np.ndarray]:
-    """The lines a reader draws to measure each curve: ``{"pt" | "mt" | "tl": (2, 2, 2)}``, the upper
-    endplate of its upper end vertebra and the lower endplate of its lower end vertebra, each a segment
-    (two (x, y) points in film pixels) of :data:`ENDPLATE_LINE_SPAN` times the film's width. The
-    overlay PNG and the DICOM presentation state draw these same lines."""
+def curve_lines(landmarks: np.ndarray, upper_end: str, lower_end: str, width: float) -> np.ndarray:
+    """The two lines a reader draws to measure a curve, (2, 2, 2): the upper endplate of its upper end
+    vertebra and the lower endplate of its lower end vertebra (levels, ``T5``), each a segment (two (x, y)
+    points in film pixels) of :data:`ENDPLATE_LINE_SPAN` times the film's width. The overlay PNG, the page,
+    the DICOM presentation state and the SR's coordinates are these same lines."""
     v = as_vertebrae(landmarks)
     half = width * ENDPLATE_LINE_SPAN / 2
-    return {name: np.stack([_across(v[c.upper][0], v[c.upper][1], half), _across(v[c.lower][2], v[c.lower][3], half)])
-            for name, c in (("pt", result.pt), ("mt", result.mt), ("tl", result.tl))}
+    u, lo = LEVELS.index(upper_end), LEVELS.index(lower_end)
+    return np.stack([_across(v[u][0], v[u][1], half), _across(v[lo][2], v[lo][3], half)])
+
+
+def endplate_lines(landmarks: np.ndarray, curves: Sequence[RegionalCurve | dict], width: float) -> list[np.ndarray]:
+    """:func:`curve_lines` of each curve (a :class:`~spinexr.geometry.curves.RegionalCurve` or its
+    document form), in order."""
+    out = []
+    for c in curves:
+        up, lo = (c.upper_end, c.lower_end) if isinstance(c, RegionalCurve) else (c["upper_end"], c["lower_end"])
+        out.append(curve_lines(landmarks, up, lo, width))
+    return out
 
 
 def draw_overlay(img: np.ndarray, landmarks: np.ndarray, result: CobbResult | None,
@@ -59,13 +72,15 @@ def draw_overlay(img: np.ndarray, landmarks: np.ndarray, result: CobbResult | No
     if refused:
         lines.append(("implausible spine, no angle: " + "; ".join(refused), (255, 60, 60)))
     elif result is not None:
-        lines_of = endplate_lines(v, result, w)
-        for name, c in (("pt", result.pt), ("mt", result.mt), ("tl", result.tl)):
-            col = CURVE_COLOURS[name]
-            for seg in lines_of[name]:
+        curves = find_curves(v, result.centreline_weight)
+        for i, (c, segs) in enumerate(zip(curves, endplate_lines(v, curves, w))):
+            col = CURVE_COLOURS[i % len(CURVE_COLOURS)]
+            for seg in segs:
                 d.line([tuple(seg[0]), tuple(seg[1])], fill=col, width=2 * lw)
-            u, low, apex = c.levels
-            lines.append((f"{name.upper()} {c.angle:.1f}°  {u}-{low}, apex {apex}", col))
+            lines.append((f"{c.name} {c.angle:.1f}°  {c.upper_end}-{c.lower_end}, apex {c.apex}"
+                          f"{' (major)' if c.major else ''}", col))
+        if not curves:
+            lines.append(("no curve of 10° or more", (255, 255, 255)))
         lines.append((f"largest {result.largest:.1f}°: {result.band} ({BAND_TEXT})", (255, 255, 255)))
     y = 8
     for text, col in lines:

@@ -58,8 +58,9 @@ class Pipeline:
             self.rule = bundle.rule if bundle is not None and bundle.manifest.get("rule") else measurer.rule
             if bundle is not None and bundle.manifest.get("rule"):
                 measurer.view_check = bundle.view_check
-        # The films it analyses: the bundle's setting (spinexr.deploy.intended_use), the defaults without a bundle.
-        self.intended_use = bundle.intended_use if bundle is not None else IntendedUse()
+        # The films it analyses: the bundle's setting (spinexr.deploy.intended_use). A model file given alone (a
+        # researcher's, not a deployment) has no setting: the header checks apply, a flagged film is flagged.
+        self.intended_use = bundle.intended_use if bundle is not None else IntendedUse(out_of_distribution="flag")
         self._measure_lock = threading.Lock()  # one film through the landmark model at a time
         self.spec: PipelineSpec | None = None  # set by :meth:`load`
         self.model_info = self._model_info()

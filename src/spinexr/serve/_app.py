@@ -118,7 +118,7 @@ def create_app(source: Pipeline | PipelineSpec | str | Path | None = None, setti
 
     app = FastAPI(title="spinexr", version=__version__, lifespan=lifespan,
                   description="Spine radiograph classification (Normal, Scoliosis, Spondylolisthesis) and "
-                              "Cobb angles; every prediction is a spinexr-prediction/1 document.", **extra)
+                              "Cobb angles; every prediction is a spinexr-prediction/2 document.", **extra)
     app.add_middleware(BodyLimit, max_bytes=max_bytes, max_upload_mb=max_upload_mb, timeout_s=settings.body_timeout_s)
     # Inference runs in worker threads so the event loop (and /healthz) stays responsive. The classifier
     # runs one call at a time (each call already uses every intra-op thread it was given): predictions

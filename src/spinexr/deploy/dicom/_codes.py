@@ -61,11 +61,30 @@ BANDS: dict[str, Code] = {"none": codes.SCT.None_, "mild": codes.SCT.Mild, "mode
 SPINE = codes.SCT.Spine  # 421060004: the finding site of every curve
 UPPER_END = _private("UPPER-END", "Upper end vertebra")
 LOWER_END = _private("LOWER-END", "Lower end vertebra")
-APEX = _private("APEX", "Apical vertebra")
+APEX = _private("APEX", "Apex")
 VERTEBRAE: dict[str, Code] = {lv: getattr(codes.SCT, f"{lv}Vertebra") for lv in
                               [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]}
-# The three angles in the columns of the AASCE definition (see ``spinexr.geometry.cobb``).
-CURVES = {"pt": "PT", "mt": "MT", "tl": "TL/L"}
+# Each curve (spinexr.geometry.curves): its region (no standard code names the proximal/main thoracic
+# subdivision: private codes), the part of the spine it lies in (SNOMED CT, as finding site), its convexity
+# (SNOMED CT Laterality: Right/Left; the image's side where the patient's is not known: private codes), its
+# apex (a vertebra, or a disc: SNOMED CT codes of DICOM's tables) and whether it is the major curve.
+REGION = _private("CURVE-REGION", "Curve region")
+REGIONS: dict[str, Code] = {r: _private("REGION-" + r.upper().replace(" ", "-"), r) for r in
+                            ("proximal thoracic", "main thoracic", "thoracolumbar", "lumbar")}
+REGION_SITES: dict[str, Code] = {"proximal thoracic": codes.SCT.ThoracicSpine, "main thoracic": codes.SCT.ThoracicSpine,
+                                 "thoracolumbar": codes.SCT.ThoracoLumbarSpine, "lumbar": codes.SCT.LumbarSpine}
+CONVEXITY = codes.SCT.Laterality  # 272741003
+SIDES: dict[str, Code] = {"right": codes.SCT.Right, "left": codes.SCT.Left,
+                          "image right": _private("IMAGE-RIGHT", "image right (patient orientation unknown)"),
+                          "image left": _private("IMAGE-LEFT", "image left (patient orientation unknown)")}
+MAJOR = _private("MAJOR-CURVE", "Major curve")
+LEVELS = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
+DISCS: dict[str, Code] = {f"{a}-{b}": getattr(codes.SCT, f"{a}{b}Disc") for a, b in zip(LEVELS, LEVELS[1:])}
+
+
+def apex_code(apex: str) -> Code:
+    """The apex of a curve: a vertebra (``T9``) or a disc (``T11-T12``)."""
+    return VERTEBRAE[apex] if apex in VERTEBRAE else DISCS[apex]
 
 DEGREES = codes.UCUM.Degree  # deg
 UNITLESS = codes.UCUM.NoUnits  # 1

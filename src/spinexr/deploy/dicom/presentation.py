@@ -3,8 +3,8 @@ opens it draws the measurement on the original film, as the overlay PNG does.
 
 Three graphic layers: ``CORNERS`` (each vertebra's four corners as a closed polyline), ``ENDPLATES``
 (the endplate lines of each curve's end vertebrae, the same lines as the overlay:
-:func:`spinexr.geometry.overlay.endplate_lines`) and ``TEXT`` (the decision, each angle with its end
-vertebrae and apex, or why the spine was not measured). Film coordinates (pixel centres at whole
+:func:`spinexr.geometry.overlay.curve_lines`) and ``TEXT`` (the decision; each curve's side, region, angle,
+end vertebrae and apex beside its upper line; or why the spine was not measured). Film coordinates (pixel centres at whole
 numbers) become DICOM's PIXEL units (the top-left pixel's top-left corner at 0.0) by adding half a
 pixel; lines are clipped to the film.
 
@@ -21,7 +21,6 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from spinexr import __version__
-from spinexr.deploy.dicom import _codes as C
 from spinexr.deploy.dicom._charset import UTF8
 from spinexr.deploy.dicom.report import (
     MANUFACTURER,
@@ -32,18 +31,20 @@ from spinexr.deploy.dicom.report import (
     frames,
     model_key,
 )
-from spinexr.geometry.cobb import LEVELS, CobbResult, Curve, as_vertebrae
+from spinexr.geometry.cobb import as_vertebrae
 from spinexr.geometry.overlay import endplate_lines
 
 
-def cobb_result(spine: dict[str, Any]) -> CobbResult | None:
-    """The :class:`CobbResult` a document's ``spine`` states (None for a refused or missing one)."""
-    if not angles_reported(spine):
-        return None
-    curves = {n: Curve(float(spine[n]["angle"]), LEVELS.index(spine[n]["upper_end"]),
-                       LEVELS.index(spine[n]["lower_end"]), LEVELS.index(spine[n]["apex"])) for n in C.CURVES}
-    return CobbResult(pt=curves["pt"], mt=curves["mt"], tl=curves["tl"], s_shaped=spine.get("shape") == "S",
-                      centreline_weight=float(spine.get("centreline_weight") or 0.0))
+def reported_curves(spine: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The curves of a document's ``spine`` that the SR and the drawing report (none on a refused spine or a
+    lumbar view: :func:`~spinexr.deploy.dicom.report.angles_reported`)."""
+    return list(spine.get("curves") or []) if spine and angles_reported(spine) else []
+
+
+def curve_label(c: dict[str, Any]) -> str:
+    """``right main thoracic 42.1° T5-T12, apex T9 (major)``."""
+    return (f"{c['side']} {c['region']} {c['angle']:.1f}° {c['upper_end']}-{c['lower_end']}, apex {c['apex']}"
+            f"{' (major)' if c.get('major') else ''}")
 
 
 def clip_segment(p: np.ndarray, q: np.ndarray, width: float, height: float) -> np.ndarray | None:
@@ -95,7 +96,7 @@ def decision_text(doc: dict[str, Any]) -> list[str]:
     elif spine and spine.get("largest") is not None and not angles_reported(spine):
         lines.append(f"{spine.get('view')} view: no Cobb angle")
     elif spine and spine.get("largest") is not None:
-        lines.append(f"largest Cobb angle {spine['largest']:.1f} deg: {spine['band']}")
+        lines.append(f"largest Cobb angle {spine['largest']:.1f}°: {spine['band']}; {spine.get('pattern') or ''}")
     return lines
 
 
@@ -120,21 +121,20 @@ def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: in
         annotations.append(hd.pr.GraphicAnnotation(
             referenced_images=[source], graphic_layer=layers["CORNERS"], referenced_frame_number=frame,
             graphic_objects=[hd.pr.GraphicObject("POLYLINE", q, "PIXEL") for q in quads]))
-    result = cobb_result(spine) if spine else None
+    curves = reported_curves(spine)
     texts = []
-    if result is not None:
-        segs = endplate_lines(np.asarray(spine["landmarks"], dtype=np.float64), result, w)
+    if curves:
         objects = []
-        for name, title in C.CURVES.items():
-            for seg in segs[name]:
+        # Each curve's label at the right end of its own upper endplate line: curves run top to bottom
+        # with distinct upper end vertebrae, so no two labels share an anchor.
+        for c, segs in zip(curves, endplate_lines(np.asarray(spine["landmarks"], dtype=np.float64), curves, w)):
+            for seg in segs:
                 part = clip_segment(seg[0] + 0.5, seg[1] + 0.5, w, h)
                 if part is not None:
                     objects.append(hd.pr.GraphicObject("POLYLINE", part, "PIXEL"))
-            c = spine[name]
-            anchor = np.clip(segs[name][0][1] + 0.5, [0, 0], [w, h])
-            texts.append(hd.pr.TextObject(
-                f"{title} {c['angle']:.1f} deg {c['upper_end']}-{c['lower_end']}, apex {c['apex']}", "PIXEL",
-                anchor_point=(float(anchor[0]), float(anchor[1])), anchor_point_visible=False))
+            anchor = np.clip(segs[0][1] + 0.5, [0, 0], [w, h])
+            texts.append(hd.pr.TextObject(curve_label(c), "PIXEL", anchor_point=(float(anchor[0]), float(anchor[1])),
+                                          anchor_point_visible=False))
         if objects:
             annotations.append(hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=layers["ENDPLATES"],
                                                        graphic_objects=objects, referenced_frame_number=frame))
@@ -172,4 +172,4 @@ def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: in
     return pr
 
 
-__all__ = ["clip_segment", "cobb_result", "decision_text", "presentation_state"]
+__all__ = ["clip_segment", "curve_label", "decision_text", "presentation_state", "reported_curves"]

@@ -2,8 +2,9 @@
 
 The report has one measurement group for the film (the decision, the classifier's label and
 probabilities, the largest Cobb angle and its band, the view check, the out-of-distribution flag, and
-whether the decision overruled the classifier) and, for a measured spine, one group per Cobb angle (the
-angle in UCUM degrees, its end vertebrae and apex). The algorithm is identified by name, version and
+whether the decision overruled the classifier) and, for a measured spine, one group per curve of 10 degrees
+or more (:mod:`spinexr.geometry.curves`: the Cobb angle in UCUM degrees, the region, the convexity side, the
+end vertebrae, the apex and whether it is the major curve). The algorithm is identified by name, version and
 the bundle's digest; the source image is referenced; the SR is UNVERIFIED. What each item means, with
 its code, is in ``docs/dicom.md``.
 """
@@ -135,23 +136,28 @@ def _curve_groups(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> l
     if not angles_reported(spine):
         return []
     groups = []
-    for name, title in C.CURVES.items():
-        c = spine.get(name)
-        if not c or c.get("angle") is None:
-            continue
+    for i, c in enumerate(spine.get("curves") or [], start=1):
+        site = hd.sr.FindingSite(C.REGION_SITES[c["region"]])
         m = hd.sr.Measurement(name=C.COBB_ANGLE, value=float(c["angle"]), unit=C.DEGREES, algorithm_id=alg,
-                              finding_sites=[hd.sr.FindingSite(C.SPINE)],
+                              finding_sites=[site],
                               referenced_images=[hd.sr.SourceImageForMeasurement.from_source_image(source,
                                                                                                    frames(source))])
+        name = curve_name(i, c)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid(source.SOPInstanceUID, key, name),
-                                                         identifier=f"{title} Cobb angle"),
-            algorithm_id=alg, finding_sites=[hd.sr.FindingSite(C.SPINE)], measurements=[m],
-            qualitative_evaluations=[_qe(C.UPPER_END, C.VERTEBRAE[c["upper_end"]]),
+                                                         identifier=name),
+            algorithm_id=alg, finding_sites=[site], measurements=[m],
+            qualitative_evaluations=[_qe(C.REGION, C.REGIONS[c["region"]]), _qe(C.CONVEXITY, C.SIDES[c["side"]]),
+                                     _qe(C.UPPER_END, C.VERTEBRAE[c["upper_end"]]),
                                      _qe(C.LOWER_END, C.VERTEBRAE[c["lower_end"]]),
-                                     _qe(C.APEX, C.VERTEBRAE[c["apex"]])],
+                                     _qe(C.APEX, C.apex_code(c["apex"])), _qe(C.MAJOR, C.YES if c["major"] else C.NO)],
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source, frames(source))]))
     return groups
+
+
+def curve_name(index: int, curve: dict[str, Any]) -> str:
+    """A curve's measurement group, by its tracking identifier: ``curve 1: right main thoracic``."""
+    return f"curve {index}: {curve['side']} {curve['region']}"
 
 
 def measurement_report(doc: dict[str, Any], source: Dataset, instance_number: int = 1,
@@ -209,7 +215,7 @@ def _walk(items: Any, group: str, out: dict[str, dict[str, Any]]) -> None:
 
 def report_values(sr: Dataset) -> dict[str, dict[str, Any]]:
     """What an SR made by :func:`measurement_report` says, by measurement group (its tracking
-    identifier: ``"spinexr decision"``, ``"PT Cobb angle"``, ...): each numeric item's value and each coded
+    identifier: ``"spinexr decision"``, ``"curve 1: right main thoracic"``, ...): each numeric item's value and each coded
     item's meaning, by concept name. For checking a report read back from a PACS against ``predict``."""
     out: dict[str, dict[str, Any]] = {}
     _walk(sr.ContentSequence, "", out)
@@ -217,4 +223,4 @@ def report_values(sr: Dataset) -> dict[str, dict[str, Any]]:
 
 
 __all__ = ["PR_SERIES_NUMBER", "SR_SERIES_NUMBER", "angles_reported", "derived_uid", "frames", "measurement_report",
-           "model_key", "report_values"]
+           "model_key", "report_values", "curve_name"]
