@@ -969,7 +969,8 @@ def _adopted_sections() -> list[str]:
             if "landmarks" not in f.name]
     for i, d in enumerate(sorted(runs, key=lambda d: d["date"], reverse=True)):
         lines += inference_section(d, brief=i > 0)
-    for name, section in (("faithfulness_kauh.json", faithfulness_section), ("fuzz_read.json", fuzz_section)):
+    for name, section in (("faithfulness_kauh.json", faithfulness_section), ("fuzz_read.json", fuzz_section),
+                          ("dicom_corpus.json", dicom_corpus_section)):
         d = _load(name)
         if d:
             lines += section(d)
@@ -1016,7 +1017,42 @@ def pacs_section(d: dict) -> list[str]:
             f"| the same, first study seen to last report stored | {tp['studies_per_min_work']:.1f} studies/min |",
             f"| polling every {lat['poll_interval_s']:.0f} s, studies arriving at {lat['arrival_rate_per_min']:.0f}/min: "
             f"wait from arrival to SR stored | median {lat['wait_median_s']:.1f} s, p95 {lat['wait_p95_s']:.1f} s, "
-            f"max {lat['wait_max_s']:.1f} s ({lat['reported']} of {lat['studies']} reported) |", ""]
+            f"max {lat['wait_max_s']:.1f} s ({lat['reported']} of {lat['studies']} reported) |",
+            *_dimse_rows(d.get("dimse")), ""]
+
+
+def _dimse_rows(dm: dict | None) -> list[str]:
+    """``spinexr pacs listen`` rows: Orthanc C-STOREs the films to spinexr, spinexr C-STOREs the reports back."""
+    if not dm:
+        return []
+    tp, lat = dm["throughput"], dm["latency"]
+    return [f"| DIMSE (`pacs listen`): {tp['studies']} films sent at once by Orthanc, first sent to last report "
+            f"stored | {tp['studies_per_min_work']:.1f} studies/min |",
+            f"| DIMSE: each film sent as it arrives, at {lat['arrival_rate_per_min']:.0f}/min: wait from arrival to "
+            f"SR stored | median {lat['wait_median_s']:.1f} s, p95 {lat['wait_p95_s']:.1f} s, max "
+            f"{lat['wait_max_s']:.1f} s ({lat['reported']} of {lat['studies']} reported) |"]
+
+
+def dicom_corpus_section(d: dict) -> list[str]:
+    t = d["totals"]
+    by = {}
+    for c in d["cases"]:
+        by[(c["expect"], c["status"])] = by.get((c["expect"], c["status"]), 0) + 1
+    rows = [f"| {e} | {s} | {n} |" for (e, s), n in sorted(by.items())]
+    return [f"## DICOM corpus through `predict --dicom-out` ({d['benchmark']})", "", f"Command: `{d['command']}`", "",
+            f"Machine: {_machine(d)}. Date: {d['date']}.", "",
+            f"{t['films']} DICOM files: synthetic DX/CR films in nine character sets, MONOCHROME1, JPEG baseline, "
+            "JPEG 2000, RLE, two frames, films missing Patient Orientation, Imager Pixel Spacing, Study Date or "
+            "Patient's Name, CT, MR, NM, XA, an RGB secondary capture, a DX for processing, a chest film, a file "
+            "without an image, and real radiographs written as DX.", "",
+            "| figure | count |", "|---|---|",
+            f"| crashes (exit code, traceback) | {t['crashes']} |", f"| films unaccounted for | {t['unaccounted']} |",
+            f"| films with another outcome than expected | {t['wrong_outcome']} |",
+            f"| dciodvfy errors over every SR and presentation state | {t['dciodvfy_errors']} |",
+            f"| labels or angles for a film outside the intended use | {t['findings_outside_intended_use']} |",
+            f"| reports written for a film outside the intended use | {t['reports_outside_intended_use']} |",
+            f"| real films the detector flagged (not analysed) | {t['real_films_flagged_out_of_distribution']} |", "",
+            "| expected | outcome | films |", "|---|---|---|", *rows, ""]
 
 
 def finetune_section(d: dict) -> list[str]:
