@@ -193,18 +193,35 @@ def test_kill_and_restart_leaves_one_report_per_study(tmp_path: Path) -> None:
 
 
 @needs_orthanc
-def test_refused_credentials_and_a_server_that_is_down(tmp_path: Path) -> None:
+def test_refused_credentials_and_a_server_that_is_down(tmp_path: Path, tiny_bundle: Path) -> None:
     with Orthanc(tmp_path / "orthanc") as pacs:
         bad = {**ENV, "SPINEXR_PACS_PASSWORD": "wrong"}
         done = watch(pacs.url, tmp_path / "s.sqlite", "--once", env=bad)
         assert done.returncode == 2 and "refused the credentials (HTTP 401)" in done.stderr
         assert "Traceback" not in done.stderr
         load(pacs, [TEST_FILES / "CT_small.dcm"])  # Orthanc's REST root lists this study's ID, not DICOM JSON
-        t0 = time.monotonic()
-        wrong = watch(pacs.root, tmp_path / "r.sqlite", "--once", timeout=30)  # the REST root, not /dicom-web
-        assert time.monotonic() - t0 < 30 and wrong.returncode == 2, wrong.stderr
+        # the REST root, not /dicom-web: it ends at its first answer (a run that paged on would hit the timeout)
+        wrong = watch(pacs.root, tmp_path / "r.sqlite", "--once", timeout=120)
+        assert wrong.returncode == 2, wrong.stderr
         assert "not a DICOMweb root" in wrong.stderr and "http://HOST:8042/dicom-web" in wrong.stderr
         assert "Traceback" not in wrong.stderr
+        # SIGTERM while the models load (the first new film): the run ends cleanly once they are in
+        film = tmp_path / "dx.dcm"
+        dx_dataset(make_case("Normal", np.random.default_rng(2), scale=0.3).image, FilmIdentity(patient_id="S1")) \
+            .save_as(film, enforce_file_format=True)
+        load(pacs, [film])
+        log = tmp_path / "loading.log"
+        with open(log, "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "spinexr", "pacs", "watch", pacs.url, "--state",
+                                     str(tmp_path / "t.sqlite"), "--model", str(tiny_bundle), "--interval", "600"],
+                                    cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
+            deadline = time.monotonic() + 120
+            while "loading the models" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+        assert proc.returncode == 0 and "Traceback" not in log.read_text(), log.read_text()
     down = f"http://127.0.0.1:{free_port()}/dicom-web"
     done = watch(down, tmp_path / "d.sqlite", "--once", "--retries", "2")
     assert done.returncode == 2
