@@ -40,7 +40,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _machine import header, write_result  # noqa: E402
-from _orthanc import PASSWORD, USER, Orthanc  # noqa: E402
+from _orthanc import PASSWORD, USER, Orthanc, free_port  # noqa: E402
 
 ENV = {**os.environ, "SPINEXR_PACS_USER": USER, "SPINEXR_PACS_PASSWORD": PASSWORD, "PYTHONUNBUFFERED": "1"}
 
@@ -144,7 +144,7 @@ def dimse(films: list[Path], work: Path, warm: Path, rate_per_s: float | None) -
     """Throughput (``rate_per_s`` None: every film sent at once) or latency (films sent as they arrive)."""
     import threading
 
-    port = _free_port()
+    port = free_port()
     name = "dimse_tp" if rate_per_s is None else "dimse_lat"
     with Orthanc(work / f"orthanc_{name}", modalities={"spinexr": ("SPINEXR", "127.0.0.1", port)}) as pacs:
         proc, state = _listening(work, name, pacs, port)
@@ -185,12 +185,6 @@ def dimse(films: list[Path], work: Path, warm: Path, rate_per_s: float | None) -
     return {"studies": len(films), "reported": int(len(waits)), "arrival_rate_per_min": rate_per_s * 60,
             "wait_median_s": float(np.median(waits)), "wait_p95_s": float(np.percentile(waits, 95)),
             "wait_max_s": float(waits.max())}
-
-
-def _free_port() -> int:
-    from _orthanc import free_port
-
-    return free_port()
 
 
 def main(argv: list[str] | None = None) -> int:

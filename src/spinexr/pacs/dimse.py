@@ -143,7 +143,6 @@ class Listener:
         self._spec = pipeline if isinstance(pipeline, PipelineSpec) else pipeline.spec
         self.ledger, self.inbox, self.node = ledger, inbox, node
         self.received = threading.Event()  # set by each C-STORE: the worker wakes up
-        self.total = Round()
 
     @property
     def pipeline(self) -> Pipeline:
@@ -230,7 +229,7 @@ class Listener:
                     path.unlink(missing_ok=True)
                     continue
                 if self.ledger.film_done(sop):
-                    if not self._waiting(sop):
+                    if not self.ledger.retrying(sop):
                         path.unlink(missing_ok=True)  # done (or out of tries): a resent film is not redone
                     continue
                 self.ledger.seen(study)
@@ -245,14 +244,10 @@ class Listener:
                 for f in films:
                     fail(self.ledger, f, str(e), r)
             for f in films:
-                if not self._waiting(f.sop):
+                if not self.ledger.retrying(f.sop):  # a failed film to retry keeps its file
                     f.path.unlink(missing_ok=True)
                     self.ledger.finish(f.study, "done")
         return r
-
-    def _waiting(self, sop: str) -> bool:
-        """True when a failed film will be tried again (its file stays in the inbox)."""
-        return self.ledger.retrying(sop)
 
     def serve(self, address: tuple[str, int], stop: threading.Event, max_wait: float = 300.0,
               on_drain: Callable[[Round], None] | None = None) -> None:
@@ -290,16 +285,10 @@ class Listener:
                     self.received.set()
                     continue
                 tries = 0
-                if r.reported or r.failed or r.not_analysed:
-                    self._add(r)
-                    if on_drain is not None:
-                        on_drain(r)
+                if (r.reported or r.failed or r.not_analysed) and on_drain is not None:
+                    on_drain(r)
         finally:
             server.shutdown()
-
-    def _add(self, r: Round) -> None:
-        for name in ("reported", "failed", "not_analysed"):
-            setattr(self.total, name, getattr(self.total, name) + getattr(r, name))
 
 
 __all__ = ["Inbox", "Listener", "NodeSettings", "Peer"]
