@@ -8,7 +8,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test clean node-deps
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,20 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 venv: $(VENV)/.installed
 
+# OHIF's SR reader (@cornerstonejs/adapters) at the versions of tests/node's lock file, for the test that
+# hydrates spinexr's SR the way OHIF does; without npm that test is skipped with its reason.
+NODE_DEPS := tests/node/node_modules/.installed
+$(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/node --no-audit --no-fund --ignore-scripts --loglevel=error && touch $@; \
+	else echo "npm not found: tests/test_ohif.py will be skipped"; fi
+
+node-deps: $(NODE_DEPS)
+
 demo: venv
 	$(VENV)/bin/spinexr demo --out $(DEMO_DIR)
 
-test: venv
+test: venv node-deps
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet

@@ -18,8 +18,8 @@ from conftest import stream
 from spinexr.data.dicom_film import FilmIdentity, dx_dataset
 from spinexr.data.synth import synthesize
 from spinexr.deploy.dicom import NOT_DICOM, dicom_results
-from spinexr.deploy.dicom.presentation import clip_segment
 from spinexr.deploy.dicom.report import report_values
+from spinexr.geometry.overlay import clip_segment
 from spinexr.outputs.dicom import DicomSink
 from spinexr.pipeline import Pipeline
 
@@ -123,7 +123,8 @@ def test_presentation_state_draws_the_overlay_lines(bundled: Pipeline, dx_films:
     pr = dicom_results(doc, film).pr
     lines = [np.asarray(o.GraphicData).reshape(-1, 2) for a in pr.GraphicAnnotationSequence if
              a.GraphicLayer == "ENDPLATES" for o in a.GraphicObjectSequence]
-    want = endplate_lines(np.asarray(doc["spine"]["landmarks"]), doc["spine"]["curves"], film.Columns)
+    want = endplate_lines(np.asarray(doc["spine"]["landmarks"]), doc["spine"]["curves"], film.Columns,
+                          doc["spine"]["centreline_weight"])
     expected = [clip_segment(s[0] + 0.5, s[1] + 0.5, film.Columns, film.Rows) for pair in want for s in pair]
     assert len(lines) == len([e for e in expected if e is not None]) == 2 * len(doc["spine"]["curves"])
     for got, exp in zip(lines, [e for e in expected if e is not None]):

@@ -87,7 +87,7 @@ def measure_corners(corners: Any, width: float, height: float, centreline_weight
     result = cobb_angles(v, height, centreline_weight)
     out = measured(v, result)
     return {**out, "plausible": not reasons, "refused": reasons,
-            "endplate_lines": [seg.tolist() for seg in endplate_lines(v, out["curves"], width)]}
+            "endplate_lines": [seg.tolist() for seg in endplate_lines(v, out["curves"], width, centreline_weight)]}
 
 
 __all__ = ["OUTSIDE_TOLERANCE", "check_corners", "measure_corners", "outside_film"]

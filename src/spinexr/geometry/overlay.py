@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from spinexr.geometry.cobb import BAND_TEXT, LEVELS, CobbResult, as_vertebrae
+from spinexr.geometry.cobb import BAND_TEXT, LEVELS, CobbResult, as_vertebrae, vertebra_tilts
 from spinexr.geometry.curves import RegionalCurve, find_curves
 
 # One colour a curve, top to bottom (the page draws with the same ones).
@@ -28,29 +28,72 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 ENDPLATE_LINE_SPAN = 0.44
 
 
-def _across(a: np.ndarray, b: np.ndarray, half: float) -> np.ndarray:
-    mid, u = (a + b) / 2, (b - a) / max(float(np.linalg.norm(b - a)), 1e-9)
+def _along(mid: np.ndarray, direction: np.ndarray, half: float) -> np.ndarray:
+    u = direction / max(float(np.linalg.norm(direction)), 1e-9)
     return np.stack([mid - u * half, mid + u * half])
 
 
-def curve_lines(landmarks: np.ndarray, upper_end: str, lower_end: str, width: float) -> np.ndarray:
-    """The two lines a reader draws to measure a curve, (2, 2, 2): the upper endplate of its upper end
-    vertebra and the lower endplate of its lower end vertebra (levels, ``T5``), each a segment (two (x, y)
-    points in film pixels) of :data:`ENDPLATE_LINE_SPAN` times the film's width. The overlay PNG, the page,
-    the DICOM presentation state and the SR's coordinates are these same lines."""
+def curve_lines(landmarks: np.ndarray, upper_end: str, lower_end: str, width: float,
+                centreline_weight: float = 0.0) -> np.ndarray:
+    """The two lines a curve's angle is measured between, (2, 2, 2): through the middle of the upper endplate
+    of its upper end vertebra and the middle of the lower endplate of its lower end vertebra (levels,
+    ``T5``), each along its vertebra's tilt as the angle reads it (:func:`~spinexr.geometry.cobb.vertebra_tilts`:
+    the midline, or its blend with the centreline), each a segment (two (x, y) points in film pixels, left to
+    right) of :data:`ENDPLATE_LINE_SPAN` times the film's width. The angle between them is the curve's angle.
+    The overlay PNG, the page, the DICOM presentation state and the SR's coordinates are these same lines.
+
+    Args:
+        landmarks: (17, 4, 2) corners (or 68 points) in film pixels.
+        upper_end: the upper end vertebra's level.
+        lower_end: the lower end vertebra's level.
+        width: the film's width in pixels.
+        centreline_weight: how the tilts are read, as the angle was (the document's ``centreline_weight``).
+    """
     v = as_vertebrae(landmarks)
+    tilts = vertebra_tilts(v, centreline_weight)
     half = width * ENDPLATE_LINE_SPAN / 2
     u, lo = LEVELS.index(upper_end), LEVELS.index(lower_end)
-    return np.stack([_across(v[u][0], v[u][1], half), _across(v[lo][2], v[lo][3], half)])
+    return np.stack([_along((v[u][0] + v[u][1]) / 2, tilts[u], half),
+                     _along((v[lo][2] + v[lo][3]) / 2, tilts[lo], half)])
 
 
-def endplate_lines(landmarks: np.ndarray, curves: Sequence[RegionalCurve | dict], width: float) -> list[np.ndarray]:
+def clip_segment(p: np.ndarray, q: np.ndarray, width: float, height: float) -> np.ndarray | None:
+    """The part of segment ``p``-``q`` inside ``[0, width] x [0, height]`` (Liang-Barsky), None if none is.
+
+    Args:
+        p: the segment's start, (x, y) film pixels.
+        q: its end.
+        width: the film's width in pixels.
+        height: its height.
+
+    Returns:
+        the clipped segment as a (2, 2) array, or None.
+    """
+    t0, t1 = 0.0, 1.0
+    d = q - p
+    for num, den in ((p[0], -d[0]), (width - p[0], d[0]), (p[1], -d[1]), (height - p[1], d[1])):
+        if den == 0:
+            if num < 0:
+                return None
+            continue
+        t = num / den
+        if den < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+    if t0 > t1:
+        return None
+    return np.clip(np.stack([p + t0 * d, p + t1 * d]), [0.0, 0.0], [width, height])  # no -1e-16 from rounding
+
+
+def endplate_lines(landmarks: np.ndarray, curves: Sequence[RegionalCurve | dict], width: float,
+                   centreline_weight: float = 0.0) -> list[np.ndarray]:
     """:func:`curve_lines` of each curve (a :class:`~spinexr.geometry.curves.RegionalCurve` or its
-    document form), in order."""
+    document form), in order, with the tilts read as ``centreline_weight`` says."""
     out = []
     for c in curves:
         up, lo = (c.upper_end, c.lower_end) if isinstance(c, RegionalCurve) else (c["upper_end"], c["lower_end"])
-        out.append(curve_lines(landmarks, up, lo, width))
+        out.append(curve_lines(landmarks, up, lo, width, centreline_weight))
     return out
 
 
@@ -73,7 +116,7 @@ def draw_overlay(img: np.ndarray, landmarks: np.ndarray, result: CobbResult | No
         lines.append(("implausible spine, no angle: " + "; ".join(refused), (255, 60, 60)))
     elif result is not None:
         curves = find_curves(v, result.centreline_weight)
-        for i, (c, segs) in enumerate(zip(curves, endplate_lines(v, curves, w))):
+        for i, (c, segs) in enumerate(zip(curves, endplate_lines(v, curves, w, result.centreline_weight))):
             col = CURVE_COLOURS[i % len(CURVE_COLOURS)]
             for seg in segs:
                 d.line([tuple(seg[0]), tuple(seg[1])], fill=col, width=2 * lw)

@@ -90,3 +90,4 @@ DEGREES = codes.UCUM.Degree  # deg
 UNITLESS = codes.UCUM.NoUnits  # 1
 PLAIN_RADIOGRAPHY = codes.SCT.PlainRadiography  # 168537006: the procedure reported
 DEVICE = codes.DCM.Device  # 121007: the observer is an algorithm
+COMMENT = codes.DCM.Comment  # 121106: a curve's name, the label a viewer shows for its annotation

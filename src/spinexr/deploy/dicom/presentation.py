@@ -32,7 +32,7 @@ from spinexr.deploy.dicom.report import (
     model_key,
 )
 from spinexr.geometry.cobb import as_vertebrae
-from spinexr.geometry.overlay import endplate_lines
+from spinexr.geometry.overlay import clip_segment, endplate_lines
 
 
 def reported_curves(spine: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -45,35 +45,6 @@ def curve_label(c: dict[str, Any]) -> str:
     """``right main thoracic 42.1° T5-T12, apex T9 (major)``."""
     return (f"{c['side']} {c['region']} {c['angle']:.1f}° {c['upper_end']}-{c['lower_end']}, apex {c['apex']}"
             f"{' (major)' if c.get('major') else ''}")
-
-
-def clip_segment(p: np.ndarray, q: np.ndarray, width: float, height: float) -> np.ndarray | None:
-    """The part of segment ``p``-``q`` inside ``[0, width] x [0, height]`` (Liang-Barsky), None if none is.
-
-    Args:
-        p: the segment's start, (x, y) film pixels.
-        q: its end.
-        width: the film's width in pixels.
-        height: its height.
-
-    Returns:
-        the clipped segment as a (2, 2) array, or None.
-    """
-    t0, t1 = 0.0, 1.0
-    d = q - p
-    for num, den in ((p[0], -d[0]), (width - p[0], d[0]), (p[1], -d[1]), (height - p[1], d[1])):
-        if den == 0:
-            if num < 0:
-                return None
-            continue
-        t = num / den
-        if den < 0:
-            t0 = max(t0, t)
-        else:
-            t1 = min(t1, t)
-    if t0 > t1:
-        return None
-    return np.clip(np.stack([p + t0 * d, p + t1 * d]), [0.0, 0.0], [width, height])  # no -1e-16 from rounding
 
 
 def _layers() -> list[Any]:
@@ -127,7 +98,8 @@ def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: in
         objects = []
         # Each curve's label at the right end of its own upper endplate line: curves run top to bottom
         # with distinct upper end vertebrae, so no two labels share an anchor.
-        for c, segs in zip(curves, endplate_lines(np.asarray(spine["landmarks"], dtype=np.float64), curves, w)):
+        for c, segs in zip(curves, endplate_lines(np.asarray(spine["landmarks"], dtype=np.float64), curves, w,
+                                                  spine.get("centreline_weight") or 0.0)):
             for seg in segs:
                 part = clip_segment(seg[0] + 0.5, seg[1] + 0.5, w, h)
                 if part is not None:
@@ -172,4 +144,4 @@ def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: in
     return pr
 
 
-__all__ = ["clip_segment", "curve_label", "decision_text", "presentation_state", "reported_curves"]
+__all__ = ["curve_label", "decision_text", "presentation_state", "reported_curves"]

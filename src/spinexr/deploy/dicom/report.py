@@ -4,7 +4,9 @@ The report has one measurement group for the film (the decision, the classifier'
 probabilities, the largest Cobb angle and its band, the view check, the out-of-distribution flag, and
 whether the decision overruled the classifier) and, for a measured spine, one group per curve of 10 degrees
 or more (:mod:`spinexr.geometry.curves`: the Cobb angle in UCUM degrees, the region, the convexity side, the
-end vertebrae, the apex and whether it is the major curve). The algorithm is identified by name, version and
+end vertebrae, the apex, whether it is the major curve, and the two endplate lines the angle is measured
+between as a four-point SCOORD POLYLINE on the film, under the tracking identifier OHIF's
+``@cornerstonejs/adapters`` read as their editable Cobb angle tool). The algorithm is identified by name, version and
 the bundle's digest; the source image is referenced; the SR is UNVERIFIED. What each item means, with
 its code, is in ``docs/dicom.md``.
 """
@@ -15,11 +17,13 @@ import json
 import uuid
 from typing import Any
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from spinexr import __version__
 from spinexr.deploy.dicom import _codes as C
 from spinexr.deploy.dicom._charset import UTF8
+from spinexr.geometry.overlay import clip_segment, curve_lines
 from spinexr.geometry.view import LUMBAR
 
 SR_SERIES_NUMBER = 990
@@ -27,6 +31,9 @@ PR_SERIES_NUMBER = 991
 NOT_FOR_DIAGNOSIS = "not for diagnostic use"
 UID_NAMESPACE = uuid.UUID("5b0c6f3e-2d0a-5e51-9a43-7370696e6578")  # spinexr's name-based UUID namespace
 MANUFACTURER = "spinexr"
+# The tracking identifier under which OHIF's @cornerstonejs/adapters read a measurement group as their Cobb
+# angle tool (MeasurementReport.generateToolState): each curve's group carries it, its name is the Comment.
+CORNERSTONE_COBB = "Cornerstone3DTools@^0.1.0:CobbAngle"
 
 
 def derived_uid(*parts: Any) -> str:
@@ -129,29 +136,60 @@ def _film_group(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> Any
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source, frames(source))])
 
 
+def cobb_points(spine: dict[str, Any], curve: dict[str, Any], width: int, height: int) -> np.ndarray | None:
+    """A curve's two lines as four points in DICOM PIXEL units (the top-left pixel's top-left corner at 0.0:
+    film pixels + 0.5), clipped to the film: the line at the upper end vertebra's upper endplate, then the
+    one at the lower end vertebra's lower endplate, each along its vertebra's tilt, so the angle between them
+    is the curve's (:func:`spinexr.geometry.overlay.curve_lines`, the overlay's and the drawing's lines).
+    None where a line lies wholly outside the film.
+
+    Args:
+        spine: the document's ``spine`` (its ``landmarks`` and ``centreline_weight``).
+        curve: one of its ``curves``.
+        width: the film's width in pixels.
+        height: its height.
+    """
+    lines = curve_lines(np.asarray(spine["landmarks"], dtype=np.float64), curve["upper_end"], curve["lower_end"],
+                        width, spine.get("centreline_weight") or 0.0)
+    parts = [clip_segment(seg[0] + 0.5, seg[1] + 0.5, width, height) for seg in lines]
+    if any(p is None for p in parts):
+        return None
+    return np.concatenate(parts).astype(np.float32)
+
+
 def _curve_groups(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> list[Any]:
+    """One measurement group per reported curve, in the shape OHIF's ``@cornerstonejs/adapters`` hydrate as
+    its Cobb angle tool: the tracking identifier :data:`CORNERSTONE_COBB`, the curve's name as the group's
+    Comment (the annotation's label), and the NUM Cobb angle inferred from a four-point SCOORD POLYLINE (its
+    two endplate lines) selected from the film."""
     import highdicom as hd
 
     spine = doc.get("spine")
     if not angles_reported(spine):
         return []
     groups = []
+    w, h = int(source.Columns), int(source.Rows)
     for i, c in enumerate(spine.get("curves") or [], start=1):
         site = hd.sr.FindingSite(C.REGION_SITES[c["region"]])
+        points = cobb_points(spine, c, w, h)
+        coords = None if points is None else [hd.sr.CoordinatesForMeasurement(
+            hd.sr.GraphicTypeValues.POLYLINE, points,
+            hd.sr.SourceImageForRegion.from_source_image(source, frames(source)))]
+        images = None if coords else [hd.sr.SourceImageForMeasurement.from_source_image(source, frames(source))]
         m = hd.sr.Measurement(name=C.COBB_ANGLE, value=float(c["angle"]), unit=C.DEGREES, algorithm_id=alg,
-                              finding_sites=[site],
-                              referenced_images=[hd.sr.SourceImageForMeasurement.from_source_image(source,
-                                                                                                   frames(source))])
+                              finding_sites=[site], referenced_coordinates=coords, referenced_images=images)
         name = curve_name(i, c)
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid(source.SOPInstanceUID, key, name),
-                                                         identifier=name),
+                                                         identifier=CORNERSTONE_COBB),
             algorithm_id=alg, finding_sites=[site], measurements=[m],
             qualitative_evaluations=[_qe(C.REGION, C.REGIONS[c["region"]]), _qe(C.CONVEXITY, C.SIDES[c["side"]]),
                                      _qe(C.UPPER_END, C.VERTEBRAE[c["upper_end"]]),
                                      _qe(C.LOWER_END, C.VERTEBRAE[c["lower_end"]]),
                                      _qe(C.APEX, C.apex_code(c["apex"])), _qe(C.MAJOR, C.YES if c["major"] else C.NO)],
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source, frames(source))]))
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source, frames(source))])
+        group[0].ContentSequence.append(hd.sr.TextContentItem(C.COMMENT, name, relationship_type="CONTAINS"))
+        groups.append(group)
     return groups
 
 
@@ -197,30 +235,39 @@ def measurement_report(doc: dict[str, Any], source: Dataset, instance_number: in
         specific_character_set=UTF8)
 
 
-def _walk(items: Any, group: str, out: dict[str, dict[str, Any]]) -> None:
-    """Numeric and coded items by the tracking identifier of their measurement group."""
+def _walk(items: Any, out: dict[str, dict[str, Any]]) -> None:
+    """Numeric and coded items of each measurement group, by the group's Comment (a curve's name) or else
+    its tracking identifier."""
     for it in items or []:
         name = it.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in it else ""
-        kind = it.get("ValueType")
-        if kind == "CONTAINER":  # a measurement group starts a group of its own
-            _walk(it.get("ContentSequence"), "" if name == "Measurement Group" else group, out)
-        elif kind == "TEXT" and name == "Tracking Identifier":
-            group = str(it.TextValue)
-            out.setdefault(group, {})
-        elif kind == "NUM" and group and it.get("MeasuredValueSequence"):
-            out[group][name] = float(it.MeasuredValueSequence[0].NumericValue)
-        elif kind == "CODE" and group:
-            out[group][name] = it.ConceptCodeSequence[0].CodeMeaning
+        if it.get("ValueType") != "CONTAINER":
+            continue
+        if name != "Measurement Group":
+            _walk(it.get("ContentSequence"), out)
+            continue
+        values: dict[str, Any] = {}
+        ident = comment = ""
+        for c in it.get("ContentSequence") or []:
+            cname, kind = c.ConceptNameCodeSequence[0].CodeMeaning, c.get("ValueType")
+            if kind == "TEXT" and cname == "Tracking Identifier":
+                ident = str(c.TextValue)
+            elif kind == "TEXT" and cname == "Comment":
+                comment = str(c.TextValue)
+            elif kind == "NUM" and c.get("MeasuredValueSequence"):
+                values[cname] = float(c.MeasuredValueSequence[0].NumericValue)
+            elif kind == "CODE":
+                values[cname] = c.ConceptCodeSequence[0].CodeMeaning
+        out[comment or ident] = values
 
 
 def report_values(sr: Dataset) -> dict[str, dict[str, Any]]:
-    """What an SR made by :func:`measurement_report` says, by measurement group (its tracking
+    """What an SR made by :func:`measurement_report` says, by measurement group (its Comment or tracking
     identifier: ``"spinexr decision"``, ``"curve 1: right main thoracic"``, ...): each numeric item's value and each coded
     item's meaning, by concept name. For checking a report read back from a PACS against ``predict``."""
     out: dict[str, dict[str, Any]] = {}
-    _walk(sr.ContentSequence, "", out)
+    _walk(sr.ContentSequence, out)
     return out
 
 
-__all__ = ["PR_SERIES_NUMBER", "SR_SERIES_NUMBER", "angles_reported", "derived_uid", "frames", "measurement_report",
-           "model_key", "report_values", "curve_name"]
+__all__ = ["CORNERSTONE_COBB", "PR_SERIES_NUMBER", "SR_SERIES_NUMBER", "angles_reported", "cobb_points", "curve_name",
+           "derived_uid", "frames", "measurement_report", "model_key", "report_values"]
