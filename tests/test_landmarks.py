@@ -539,3 +539,56 @@ def test_a_label_slip_is_fixed_for_training_when_asked(synth_dir: Path, tmp_path
         assert res.label_check["fixed"] == 1 and res.label_check["fixes_by_kind"] == {"left and right corners swapped": 1}
         f0 = res.folds[0]
         assert f0["n_train"] + f0["n_val"] == res.n_films - left_out
+
+
+def _aasce_folder(synth_dir: Path, root: Path, flat: bool) -> Path:
+    """Five synthetic films as an AASCE folder: the three label CSVs in ``labels/`` beside ``images/``, or
+    flat beside an image folder of another name (as the data is often unpacked)."""
+    import csv
+    import shutil
+
+    from spinexr.data.landmarks import read_landmark_csv
+
+    films = read_landmark_csv(synth_dir / "landmarks.csv").records[:5]
+    lab = root if flat else root / "labels"
+    images = root / ("boostnet_images" if flat else "images")
+    lab.mkdir(parents=True, exist_ok=True)
+    images.mkdir(parents=True)
+    with open(lab / "filenames.csv", "w", newline="") as f, open(lab / "landmarks.csv", "w", newline="") as g, \
+            open(lab / "angles.csv", "w", newline="") as a:
+        for i, r in enumerate(films):
+            name = f"sunhl-1th-01-Jan-2017-{100 + i} A AP{r.path.suffix}"
+            shutil.copy(r.path, images / name)
+            csv.writer(f).writerow([name])
+            p = r.landmarks.reshape(68, 2)
+            csv.writer(g).writerow([*(p[:, 0] / r.width), *(p[:, 1] / r.height)])
+            csv.writer(a).writerow([10.0, 5.0, 5.0])
+    return root
+
+
+def test_aasce_folders_nested_and_flat_read_the_same(synth_dir: Path, tmp_path: Path) -> None:
+    from spinexr.data.landmarks import load_landmark_source
+
+    nested = load_landmark_source(_aasce_folder(synth_dir, tmp_path / "nested", flat=False))
+    flat = load_landmark_source(_aasce_folder(synth_dir, tmp_path / "flat", flat=True))
+    assert len(nested.records) == len(flat.records) == 5 and not flat.skipped
+    for a, b in zip(nested.records, flat.records):
+        assert a.path.name == b.path.name and a.group == b.group
+        np.testing.assert_allclose(a.landmarks, b.landmarks)
+
+
+def test_landmarks_evaluate_reads_a_flat_folder_and_refuses_others_before_loading(
+        synth_dir: Path, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    import spinexr.evaluation.landmark_eval as le
+    from spinexr.cli import main
+
+    flat = _aasce_folder(synth_dir, tmp_path / "flat", flat=True)
+    assert main(["landmarks", "evaluate", str(tiny_models["landmarks"]), "--data", str(flat),
+                 "--quiet"]) == 0
+    assert "5 films" in capsys.readouterr().out
+    (flat / "angles.csv").unlink()
+    monkeypatch.setattr(le, "measurer_for", lambda *a, **k: pytest.fail("the models loaded before the data was read"))
+    assert main(["landmarks", "evaluate", "--data", str(flat)]) == 2
+    err = capsys.readouterr().err
+    assert "not an AASCE folder: angles.csv missing" in err and "Traceback" not in err

@@ -276,7 +276,8 @@ def _add_landmarks(sub: Sub) -> None:
     e = lsub.add_parser("evaluate", help="a bundle's measurement (default: the bundled models) or a landmark model "
                                          "file on a labelled landmark set: SMAPE, angle MAEs, within 5 deg")
     e.add_argument("model", nargs="?", help="a bundle folder or a landmark model file (default: the bundled models)")
-    e.add_argument("--data", required=True, help="a landmark CSV (path,x1..x68,y1..y68[,pt,mt,tl]) or an AASCE folder")
+    e.add_argument("--data", required=True, help="a landmark CSV (path,x1..x68,y1..y68[,pt,mt,tl]) or an AASCE folder "
+                   "(labels/ and images/, or the three label CSVs flat beside the image folder)")
     e.add_argument("--out", help="folder for metrics.json and per_film.csv")
     e.add_argument("--device", default="cpu")
     e.add_argument("--force", action="store_true", help="write into a non-empty --out folder")

@@ -178,8 +178,11 @@ def landmarks(args: argparse.Namespace) -> int:
 
 
 def landmarks_evaluate(args: argparse.Namespace) -> int:
+    from spinexr.data.landmarks import load_landmark_source
+
+    films = load_landmark_source(args.data)  # a wrong folder is said before the models load
     measurer, what = measurer_for(args.model, args.device)
-    metrics, rows = evaluate_landmarks(measurer, args.data, progress=not args.quiet)
+    metrics, rows = evaluate_landmarks(measurer, films, progress=not args.quiet)
     say(*evaluation_lines(metrics, what))
     if args.out:
         out = run_dir(args.out, "landmarks-evaluate", args.force)

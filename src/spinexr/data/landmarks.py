@@ -5,7 +5,9 @@ the three Cobb angles when known, the film size and a patient group for splittin
 
 - AASCE layout: ``labels/filenames.csv`` (a file name a line), ``labels/landmarks.csv`` (x1..x68, then
   y1..y68, as fractions of the width and height), ``labels/angles.csv`` (PT, MT, TL/L), images in
-  ``images/``. The case number in the file name (``...-239 A AP.jpg``) groups a patient's films.
+  ``images/``; or flat, as the data is often unpacked: the three CSVs in the folder itself beside its one
+  image folder (or the images beside them). The case number in the file name (``...-239 A AP.jpg``)
+  groups a patient's films.
 - Plain CSV: a header ``path, x1..x68, y1..y68`` in pixels, optional ``pt, mt, tl`` and ``group``;
   paths relative to the CSV.
 
@@ -116,13 +118,42 @@ def _floats(cells: list[str]) -> np.ndarray:
     return np.array([float(c) for c in cells], dtype=np.float64)
 
 
-def read_aasce(root: str | Path) -> LandmarkSet:
-    """The AASCE / SpineWeb 16 folder (``images/``, ``labels/{filenames,landmarks,angles}.csv``)."""
+AASCE_CSVS = ("filenames.csv", "landmarks.csv", "angles.csv")
+
+
+def aasce_layout(root: str | Path) -> tuple[Path, Path]:
+    """Where an AASCE folder keeps its label CSVs and its images: ``labels/`` and ``images/``, or flat (the
+    CSVs in ``root`` beside its one folder of images, or beside the images themselves). A DatasetError
+    naming what is missing otherwise; it looks at names only, so it answers at once.
+
+    Args:
+        root: the folder.
+
+    Returns:
+        (the folder holding the three CSVs, the folder holding the images).
+    """
     root = Path(root)
-    lab = root / "labels"
-    for name in ("filenames.csv", "landmarks.csv", "angles.csv"):
-        if not (lab / name).is_file():
-            raise DatasetError(f"{root}: not an AASCE folder: labels/{name} is missing")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    for lab in (root / "labels", root):
+        if all((lab / n).is_file() for n in AASCE_CSVS):
+            break
+    else:
+        have = sorted(n for n in AASCE_CSVS if (root / "labels" / n).is_file() or (root / n).is_file())
+        missing = [n for n in AASCE_CSVS if n not in have]
+        raise DatasetError(f"{root}: not an AASCE folder: {', '.join(missing)} missing (looked in {root / 'labels'} "
+                           f"and {root}); an AASCE folder holds filenames.csv, landmarks.csv and angles.csv, in "
+                           "labels/ beside images/ or flat beside its image folder")
+    if (root / "images").is_dir():
+        return lab, root / "images"
+    folders = [d for d in root.iterdir() if d.is_dir() and d.name != "labels" and not d.name.startswith(".")]
+    return lab, folders[0] if len(folders) == 1 else root
+
+
+def read_aasce(root: str | Path) -> LandmarkSet:
+    """The AASCE / SpineWeb 16 folder (:func:`aasce_layout`: ``images/`` and ``labels/``, or flat)."""
+    root = Path(root)
+    lab, images = aasce_layout(root)
     names = [r[0] for r in csv.reader(open(lab / "filenames.csv")) if r]
     lm_rows = [r for r in csv.reader(open(lab / "landmarks.csv")) if r]
     an_rows = [r for r in csv.reader(open(lab / "angles.csv")) if r]
@@ -131,7 +162,7 @@ def read_aasce(root: str | Path) -> LandmarkSet:
                            f"{len(an_rows)}; row k of each must describe the same film")
     recs, skipped, problems = [], {}, []
     for k, (name, lm, an) in enumerate(zip(names, lm_rows, an_rows), start=1):
-        where = f"labels/landmarks.csv row {k} ({name})"
+        where = f"{(lab / 'landmarks.csv').relative_to(root)} row {k} ({name})"
         if len(lm) != 2 * N_POINTS or len(an) != 3:
             problems.append(f"{where}: {len(lm)} landmark values and {len(an)} angles; expected {2 * N_POINTS} and 3")
             continue
@@ -140,7 +171,7 @@ def read_aasce(root: str | Path) -> LandmarkSet:
         except ValueError as e:
             problems.append(f"{where}: not a number ({e})")
             continue
-        path = root / "images" / name
+        path = images / name
         try:
             w, h = film_size(path)
         except ImageReadError as e:
@@ -227,4 +258,5 @@ def load_landmark_source(source: str | Path) -> LandmarkSet:
         return read_aasce(p)
     if p.suffix.lower() == ".csv":
         return read_landmark_csv(p)
-    raise DatasetError(f"{p}: give an AASCE folder (images/, labels/) or a landmark CSV (path,x1..x68,y1..y68)")
+    raise DatasetError(f"{p}: give an AASCE folder (images/ and labels/, or flat) or a landmark CSV "
+                       "(path,x1..x68,y1..y68)")

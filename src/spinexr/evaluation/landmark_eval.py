@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spinexr.data.imread import read_image
-from spinexr.data.landmarks import load_landmark_source
+from spinexr.data.landmarks import LandmarkSet, load_landmark_source
 from spinexr.deploy.bundle import is_bundle, load_bundle
 from spinexr.deploy.bundled import bundled_bundle_dir
 from spinexr.deploy.measure import SpineMeasurer
@@ -44,18 +44,19 @@ def measurer_for(model: str | Path | None, device: str = "cpu") -> tuple[SpineMe
     return SpineMeasurer(path, device=device), f"landmark model {path.name}"
 
 
-def evaluate_landmarks(measurer: SpineMeasurer, source: str | Path, progress: bool = True,
+def evaluate_landmarks(measurer: SpineMeasurer, source: str | Path | LandmarkSet, progress: bool = True,
                        n_boot: int = 1000) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``measurer`` on every film of the landmark set ``source``: (metrics, one row per film).
 
     Args:
         measurer: the landmark model (and refiner) to evaluate.
-        source: an AASCE-layout folder or a landmark CSV.
+        source: an AASCE-layout folder or a landmark CSV, or its films as already read
+            (:func:`~spinexr.data.landmarks.load_landmark_source`).
         progress: show a progress bar.
         n_boot: bootstrap resamples for the intervals.
     """
     t0 = time.perf_counter()
-    ds = load_landmark_source(source)
+    ds = source if isinstance(source, LandmarkSet) else load_landmark_source(source)
     true, pred, err, refused, rows = [], [], [], [], []
     skipped = dict(ds.skipped)
     for r in tqdm(ds.records, desc="measuring", unit="film", disable=not progress):
@@ -78,10 +79,10 @@ def evaluate_landmarks(measurer: SpineMeasurer, source: str | Path, progress: bo
                      **{f"pred_{a}": float(v) for a, v in zip(("pt", "mt", "tl"), p)},
                      "landmark_error_pct_height": e})
     if not rows:
-        raise SpinexrError(f"{source}: no film could be measured ({len(skipped)} unreadable)")
+        raise SpinexrError(f"{ds.source}: no film could be measured ({len(skipped)} unreadable)")
     t, p = np.array(true), np.array(pred)
     metrics = {**angle_metrics(p, t, np.array(err), n_boot=n_boot), **tolerance_scores(p, t),
-               "refused": int(sum(refused)), "skipped": skipped, "source": str(source),
+               "refused": int(sum(refused)), "skipped": skipped, "source": ds.source,
                "seconds": time.perf_counter() - t0}
     return metrics, rows
 
