@@ -134,8 +134,10 @@ def test_drag_undo_save_reload_in_the_browser(servers, film: Path) -> None:
             ys = np.array([float(rows[0][f"y{i}"]) for i in range(1, 69)])
             np.testing.assert_allclose(np.stack([xs, ys], 1), saved.reshape(68, 2), atol=0.01)
             assert float(rows[0]["pt"]) == pytest.approx(after, abs=0.1)
-            # a reload of the same film offers the saved correction
+            # a reload of the same film offers the saved correction once the token is given (reading needs it)
             _open(page, url, film)
+            assert page.is_hidden("#saved-offer")
+            page.fill("#corr-token", TOKEN)
             page.wait_for_selector("#saved-offer:not([hidden])", timeout=30_000)
             assert "by Dr Tester" in page.text_content("#saved-text")
             page.click("#load-saved")
@@ -146,6 +148,76 @@ def test_drag_undo_save_reload_in_the_browser(servers, film: Path) -> None:
             page.click("#save")
             page.wait_for_function("document.getElementById('save-status').textContent.startsWith('Not saved')")
             assert "409" in page.text_content("#save-status") and "--corrections" in page.text_content("#save-status")
+        finally:
+            browser.close()
+
+
+def _curve_list(page) -> list[tuple[str, str, float]]:
+    return [(e["region"], e["side"], float(e["angle"])) for e in
+            page.eval_on_selector_all("#curves .curve", "els => els.map(e => ({...e.dataset}))")]
+
+
+def _drag(page, selector: str, dx: float, dy: float) -> None:
+    box = page.locator(selector).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + dx, y + dy, steps=8)
+    page.mouse.up()
+
+
+@pytest.mark.slow
+def test_viewer_levels_window_level_and_curves_in_the_browser(servers, film: Path, tmp_path: Path) -> None:
+    """The viewer comes first on the page, labels every vertebra T1...L5 beside it, changes the film's
+    pixels with level and window, and a dragged vertebra updates the curve list (regions and sides) as
+    ``measure_corners`` reads the new corners; an overlap is flagged as training would leave it out."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    _, url, _ = servers
+    with sync_api.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            _open(page, url, film)
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=60_000)
+            assert page.locator("#viewer-panel").bounding_box()["y"] < page.locator("#result").bounding_box()["y"]
+            labels = page.eval_on_selector_all("#viewer text.level", """els => els.map(e => {
+                const r = e.getBoundingClientRect(), q = document.querySelector(`#viewer polygon.vert[data-v="${e.dataset.v}"]`)
+                    .getBoundingClientRect();
+                return [e.textContent, r.width, r.height, r.right, q.left, (r.top + r.bottom) / 2, q.top, q.bottom]; })""")
+            assert [lab[0] for lab in labels] == list(LEVELS)
+            for text, width, height, right, vert_left, mid, top, bottom in labels:
+                assert width > 0 and height > 0, text  # drawn
+                assert right <= vert_left + 1 and top <= mid <= bottom, text  # beside its own vertebra
+            page.locator("#viewer").screenshot(path=str(tmp_path / "a.png"))
+            page.locator("#wl-level").fill("25")
+            page.locator("#wl-window").fill("40")
+            page.locator("#viewer").screenshot(path=str(tmp_path / "b.png"))
+            a, b = (np.asarray(Image.open(tmp_path / n).convert("L"), dtype=np.float64) for n in ("a.png", "b.png"))
+            assert a.shape == b.shape and b.mean() > a.mean() + 10  # a lower level and a narrower window: brighter
+            assert np.abs(a - b).mean() > 5  # the film's pixels changed, not a label
+            before = _curve_list(page)
+            assert before, "the synthetic scoliosis film has a curve"
+            end = LEVELS.index(page.evaluate("current.measured.curves[0].upper_end"))
+            _drag(page, f'#viewer circle.corner[data-v="{end}"][data-c="1"]', 0, -12)  # its tilt, and the curves
+            page.wait_for_function("document.getElementById('viewer').dataset.pending === '0'", timeout=60_000)
+            after = _curve_list(page)
+            corners = np.array(page.evaluate("current.corners"))
+            want = measure_corners(corners, page.evaluate("current.w"), page.evaluate("current.h"),
+                                   page.evaluate("current.weight"))["curves"]
+            assert [(r, s) for r, s, _ in after] == [(c["region"], c["side"]) for c in want]
+            assert [a for _, _, a in after] == pytest.approx([c["angle"] for c in want], abs=0.1)
+            assert after != before
+            assert "overlap" not in page.text_content("#training")
+            t7, t8 = np.array(page.evaluate("current.corners[6]")), np.array(page.evaluate("current.corners[7]"))
+            height, gap = t7[2:, 1].mean() - t7[:2, 1].mean(), t8[:2, 1].mean() - t7[2:, 1].mean()
+            scale = page.evaluate("current.view.s")
+            _drag(page, '#viewer polygon.vert[data-v="6"]', 0, (gap + 0.5 * height) * scale)  # T7 half into T8
+            page.wait_for_function("document.getElementById('viewer').dataset.pending === '0'", timeout=60_000)
+            assert "leave these corners out" in page.text_content("#training")
+            assert "overlap" in page.text_content("#training")
+            assert page.get_attribute("#training", "class") == "bad"
         finally:
             browser.close()
 
@@ -242,7 +314,7 @@ def test_corrections_are_versioned_and_a_truncated_row_loses_nothing_else(pipeli
     assert status["films"] == 2 and status["versions"] == 4 and len(status["problems"]) == 1
 
 
-def test_saving_needs_a_token_off_loopback(pipeline, tmp_path: Path) -> None:
+def test_saving_and_reading_corrections_need_a_token_off_loopback(pipeline, tmp_path: Path) -> None:
     from spinexr.serve import create_app
 
     client = TestClient(create_app(pipeline, corrections=tmp_path / "s", remote=True))
@@ -252,6 +324,38 @@ def test_saving_needs_a_token_off_loopback(pipeline, tmp_path: Path) -> None:
     r = client.post("/v1/corrections", files={"file": ("f.png", buf.getvalue(), "image/png")},
                     data={"correction": json.dumps({"corners": ap_landmarks(case).tolist()})})
     assert r.status_code == 403 and "--token" in r.json()["detail"]
+    sha = hashlib.sha256(buf.getvalue()).hexdigest()
+    for path in ("/v1/corrections", f"/v1/corrections/{sha}"):  # the listing and one film's latest
+        r = client.get(path)
+        assert r.status_code == 403 and "--token" in r.json()["detail"], path
+    guarded = TestClient(create_app(pipeline, corrections=tmp_path / "t", remote=True, token=TOKEN))
+    assert guarded.get("/v1/corrections").status_code == 403
+    assert guarded.get("/v1/corrections", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    ok = guarded.get("/v1/corrections", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["films"] == 0
+
+
+def test_page_verdict_is_the_check_training_applies(pipeline) -> None:
+    """``/v1/measure``'s ``training`` verdict is :func:`check_label`'s, the check ``landmarks train`` applies:
+    planted overlaps are flagged, clean spines usable, slips named as training fixes them."""
+    from spinexr.data.label_check import check_label
+    from spinexr.serve import create_app
+
+    client = TestClient(create_app(pipeline))
+    rng = np.random.default_rng(5)
+    clean, (h, w) = _random_spine(rng, plausible=True)
+    overlap = clean.copy()
+    overlap[6] += [0.0, 0.6 * float(overlap[6, 2, 1] - overlap[6, 0, 1])]  # T7 pushed down into T8
+    swapped = clean.copy()
+    swapped[3] = swapped[3][[1, 0, 3, 2]]  # T4's left and right corners swapped: a slip training fixes
+    for v in (clean, overlap, swapped, *(_random_spine(rng, plausible=bool(i % 2))[0] for i in range(6))):
+        got = client.post("/v1/measure", json={"corners": v.tolist(), "width": w, "height": h}).json()["training"]
+        want = check_label(v)
+        assert got == {"usable": want.usable, "problems": list(want.problems), "fixes": list(want.fixes)}
+    flagged = client.post("/v1/measure", json={"corners": overlap.tolist(), "width": w, "height": h}).json()
+    assert not flagged["training"]["usable"] and "T7 and T8 overlap" in flagged["training"]["problems"]
+    fixed = client.post("/v1/measure", json={"corners": swapped.tolist(), "width": w, "height": h}).json()
+    assert fixed["training"]["usable"] and any("T4" in f for f in fixed["training"]["fixes"])
 
 
 @pytest.mark.slow

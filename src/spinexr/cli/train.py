@@ -16,7 +16,7 @@ from spinexr.errors import SpinexrError
 from spinexr.evaluation.cv import landmark_stages, run_cv
 from spinexr.evaluation.external import evaluate_model
 from spinexr.evaluation.holdout import run_train
-from spinexr.evaluation.landmark_cv import LandmarkCVResult, init_settings, run_landmark_cv
+from spinexr.evaluation.landmark_cv import LandmarkCVResult, film_count, init_settings, run_landmark_cv
 from spinexr.evaluation.landmark_eval import evaluate_landmarks, evaluation_lines, measurer_for, write_evaluation
 from spinexr.evaluation.refiner_train import train_refiner
 from spinexr.evaluation.report import external_lines, headline
@@ -128,8 +128,9 @@ def landmark_lines(res: LandmarkCVResult, out: Path, folds: int) -> list[str]:
     model = f"model file: {out / 'models' / 'landmarks.safetensors'}"
     if res.pooled is None:
         f0 = res.folds[0]
-        return [f"trained on all {f0['n_train'] + f0['n_val']} films ({f0['epochs_run']} epochs, "
-                f"{f0['train_seconds'] / 60:.1f} min); nothing held out to measure", model]
+        count = film_count({"films": res.films, "left_out": res.left_out})
+        return [f"{count} ({f0['epochs_run']} epochs, {f0['train_seconds'] / 60:.1f} min); nothing held out to measure",
+                model]
     p = res.pooled
     how = f"{len(res.folds)}-fold case-grouped CV" if folds > 1 else "one case-grouped held-out split"
     return [f"{how} on {p['n']} films: SMAPE {p['smape']:.2f}% (95% CI {p['smape_ci95'][0]:.2f}-{p['smape_ci95'][1]:.2f}), "

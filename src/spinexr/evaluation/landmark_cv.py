@@ -101,6 +101,10 @@ class LandmarkCVResult:
         implausible_predictions: held-out spines refused.
         pooled_corners_only: the metrics read from the corners alone.
         label_check: the label check's counts.
+        left_out: the films whose labels did not train, each with why (the label check's problems).
+        films: fold 0's one count of the films: ``read``, ``unreadable``, ``left_out``, ``trained_on``,
+            ``validated_on`` (choosing the epoch) and ``held_out`` (measured); the console, the model card
+            and the model file say the same (:func:`film_count`).
     """
 
     source: str
@@ -114,6 +118,8 @@ class LandmarkCVResult:
     implausible_predictions: int | None = None
     pooled_corners_only: dict[str, Any] | None = None
     label_check: dict[str, Any] | None = None  # spinexr.data.label_check's counts on this set
+    left_out: dict[str, list[str]] | None = None
+    films: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``metrics.json`` record (keys without a value left out, as the file always had them)."""
@@ -167,6 +173,7 @@ class _LandmarkCV:
     options: LandmarkCVOptions
     oof: _Oof
     label_ok: np.ndarray
+    left_out: dict[str, list[str]]
 
 
 def _fold_fit(run: _LandmarkCV, f: int, fit_idx: np.ndarray, val_idx: np.ndarray) -> Any:
@@ -277,22 +284,28 @@ def run_landmark_cv(source: str | Path, cfg: LandmarkConfig, out_dir: str | Path
                                                  "landmarks": asdict(cfg), "folds": folds}, indent=2))
     true = np.array([r.angles if r.angles is not None else np.full(3, np.nan) for r in recs])
     label_ok, label_report = _usable_labels(data, cfg)
+    left_out = {str(recs[i].path): label_report.excluded.get(str(recs[i].path)) or ["implausible corners"]
+                for i in np.flatnonzero(~label_ok)}
     device = resolve_device(cfg.device)
     oof = _Oof(true, np.full_like(true, np.nan), np.full_like(true, np.nan), np.full(len(recs), np.nan),
                np.zeros(len(recs), dtype=bool))
     fold_rows = []
-    run = _LandmarkCV(source, data, cfg, contract, out, device, o, oof, label_ok)
+    run = _LandmarkCV(source, data, cfg, contract, out, device, o, oof, label_ok, left_out)
+    films: dict[str, int] = {}
     for f, (tr, te) in enumerate(splits):
         tr = tr[label_ok[tr]]
         fit_idx, val_idx = fit_val_split(groups, tr, cfg.val_fraction, cfg.seed, f)
         fit = _fold_fit(run, f, fit_idx, val_idx)
         if f == 0:
-            _save_fold0(run, fit, len(fit_idx), len(te), None if fit.history else trained[f])  # type: ignore[index]
+            films = {"read": len(recs), "unreadable": len(data.skipped), "left_out": len(left_out),
+                     "trained_on": int(len(fit_idx)), "validated_on": int(len(val_idx)), "held_out": int(len(te))}
+            _save_fold0(run, fit, films, None if fit.history else trained[f])  # type: ignore[index]
         info = _train_info(f, fit, fit_idx, val_idx, te, trained)
         fold_rows.append({**info, **_measure_fold(run, f, fit, te)} if len(te) else info)
     res = LandmarkCVResult(str(source), len(recs), data.skipped, int((~label_ok).sum()), fold_rows, asdict(cfg),
                            time.perf_counter() - t_start, label_check={k: v for k, v in label_report.to_dict().items()
-                                                                       if not k.endswith("_films")})
+                                                                       if not k.endswith("_films")},
+                           left_out=left_out, films=films)
     if testing:
         done = ~np.isnan(oof.pred).any(axis=1)
         res.pooled = angle_metrics(oof.pred[done], true[done], oof.err_pct[done], n_boot=n_boot, seed=cfg.seed)
@@ -338,6 +351,23 @@ def parent_record(init: Path) -> dict[str, Any]:
             "training_data": meta.get("training_data") or {}, "created": meta.get("created")}
 
 
+def film_count(summary: dict[str, Any]) -> str:
+    """The one sentence on the films a landmark model used, from its summary (its file's ``training_data``):
+    ``trained on 5 films, 1 more choosing the epoch; 2 left out (a.png: vertebrae overlap; b.png: ...)``."""
+    n = summary.get("films") or {}
+    text = (f"trained on {n.get('trained_on', summary.get('n_train'))} films, {n.get('validated_on', 0)} more choosing "
+            f"the epoch")
+    if n.get("held_out"):
+        text += f", {n['held_out']} held out to measure it"
+    left = summary.get("left_out") or {}
+    if left:
+        named = "; ".join(f"{Path(p).name}: {', '.join(why)}" for p, why in list(left.items())[:10])
+        text += f"; {len(left)} left out for their labels ({named}{'; ...' if len(left) > 10 else ''})"
+    if n.get("unreadable"):
+        text += f"; {n['unreadable']} unreadable"
+    return text
+
+
 def write_finetune_card(path: Path, summary: dict[str, Any], cfg: LandmarkConfig) -> Path:
     """A short model card for a fine-tuned landmark model: its parent and its data.
 
@@ -350,7 +380,7 @@ def write_finetune_card(path: Path, summary: dict[str, Any], cfg: LandmarkConfig
     lines = ["# Landmark model (fine-tuned)", "",
              f"- Parent: `{par['path']}` (SHA-256 `{par['sha256'][:16]}...`), trained on "
              f"{par['training_data'].get('source', 'unknown data')} ({par['training_data'].get('n_train', '?')} films).",
-             f"- Fine-tuned on: `{summary['source']}`, {summary['n_train']} films ({summary['split']}).",
+             f"- Fine-tuned on: `{summary['source']}` ({summary['split']}): {film_count(summary)}.",
              f"- Schedule: {cfg.epochs} epochs, peak learning rate {cfg.lr:g}, input {cfg.input_height}x{cfg.input_width} "
              f"({cfg.encoder}, {cfg.encoding}), the parent's contract kept.",
              "- Research use only; measure it on films it was not tuned on (`spinexr landmarks evaluate`)."]
@@ -358,10 +388,12 @@ def write_finetune_card(path: Path, summary: dict[str, Any], cfg: LandmarkConfig
     return path
 
 
-def _save_fold0(run: _LandmarkCV, fit: Any, n_fit: int, n_test: int, reused: Path | None) -> None:
+def _save_fold0(run: _LandmarkCV, fit: Any, films: dict[str, Any], reused: Path | None) -> None:
     """The fold-0 model file (with, for a fine-tuned model, a card naming its parent and data)."""
     out, cfg, source, init = run.out, run.cfg, run.source, run.options.init
-    summary = {"source": str(source), "n_train": int(n_fit), "split": "all films" if not n_test else "fold 0",
+    summary = {"source": str(source), "n_train": int(films["trained_on"]),
+               "split": "all films" if not films["held_out"] else "fold 0", "films": films,
+               "left_out": run.left_out,
                **({"reused_from": str(reused)} if reused is not None else {}),
                **({"parent": parent_record(Path(init))} if init is not None else {})}
     save_landmark_model(fit.predictor, out / "models" / "landmarks.safetensors", asdict(cfg), summary)

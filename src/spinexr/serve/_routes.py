@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import anyio
+import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
@@ -18,6 +19,7 @@ from spinexr import __version__
 from spinexr.config import EXPLAIN_METHODS
 from spinexr.data.corrections import CorrectionContext
 from spinexr.data.decoding import Decoded
+from spinexr.data.label_check import check_label
 from spinexr.deploy.batching import QueueFull
 from spinexr.deploy.document import schema
 from spinexr.errors import SpinexrError
@@ -140,9 +142,11 @@ def _measured(body: dict[str, Any]) -> dict[str, Any]:
         cw = float(body.get("centreline_weight", 0.0))
         if not 0.0 <= cw <= 1.0:
             raise ValueError(f"centreline_weight must be between 0 and 1; got {cw}")
-        return measure_corners(body["corners"], w, h, cw)
+        out = measure_corners(body["corners"], w, h, cw)
     except (TypeError, ValueError) as e:
         raise HTTPException(422, str(e)) from None
+    label = check_label(np.asarray(body["corners"], dtype=np.float64))  # the check training applies to saved corners
+    return {**out, "training": {"usable": label.usable, "problems": list(label.problems), "fixes": list(label.fixes)}}
 
 
 @router.post("/v1/measure")
@@ -150,7 +154,9 @@ async def measure(request: Request) -> dict[str, Any]:
     """Corners in (``corners``: 17 x 4 x (x, y) in film pixels, ``width``, ``height``; optional
     ``centreline_weight``, default 0: the corners alone), the measurement out: the three Cobb angles with
     end vertebrae and apex, the largest and its band, the shape and the plausibility verdict. The same
-    code as every other measurement (:func:`spinexr.geometry.corners.measure_corners`)."""
+    code as every other measurement (:func:`spinexr.geometry.corners.measure_corners`). ``training`` is the
+    verdict training would give these corners as a saved correction (:func:`spinexr.data.label_check.check_label`:
+    ``usable``, the ``problems`` that would leave them out, the slips it would fix)."""
     return _measured(await _json(request))
 
 
@@ -209,10 +215,12 @@ async def save_correction(request: Request, file: UploadFile = File(...), correc
 
 @router.get("/v1/corrections/{sha256}")
 def get_correction(request: Request, sha256: str) -> dict[str, Any]:
-    """The latest saved correction of the film with this content hash, and how many versions it has."""
+    """The latest saved correction of the film with this content hash, and how many versions it has; it needs
+    the token wherever saving does."""
     svc = _service(request)
     if svc.corrections is None:
         raise HTTPException(404, "this service keeps no corrections")
+    _authorised(svc, request)
     try:
         rec, n = svc.corrections.latest(sha256)
     except SpinexrError as e:
@@ -224,10 +232,12 @@ def get_correction(request: Request, sha256: str) -> dict[str, Any]:
 
 @router.get("/v1/corrections")
 def corrections_status(request: Request) -> dict[str, Any]:
-    """What the corrections folder holds: films corrected, rows logged, and what could not be read."""
+    """What the corrections folder holds: films corrected, rows logged, and what could not be read; it needs
+    the token wherever saving does."""
     svc = _service(request)
     if svc.corrections is None:
         return {"enabled": False}
+    _authorised(svc, request)
     scan = svc.corrections.scan()
     return {"enabled": True, "films": len(scan.latest), "versions": sum(scan.versions.values()),
             "log_rows": scan.rows, "problems": scan.problems}
