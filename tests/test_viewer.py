@@ -359,26 +359,48 @@ def test_page_verdict_is_the_check_training_applies(pipeline) -> None:
 
 
 @pytest.mark.slow
-def test_fine_tuning_on_a_few_corrections_lowers_their_error(synth_dir: Path, tmp_path: Path) -> None:
+def test_fine_tuning_on_a_few_corrections_lowers_their_error(synth_dir: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
     """The bundled landmark model (trained on AASCE films) fine-tuned on synthetic films' corners measures
-    those films better than before."""
+    those films better than before; a correction whose vertebrae overlap is left out and named, with one
+    count of the films in the console, the card, the model file and the metrics."""
     from spinexr.cli import main
     from spinexr.deploy.bundle import load_bundle
     from spinexr.deploy.bundled import bundled_bundle_dir
     from spinexr.deploy.measure import SpineMeasurer
+    from spinexr.evaluation.landmark_cv import film_count
     from spinexr.evaluation.landmark_eval import evaluate_landmarks
 
     parent = load_bundle(bundled_bundle_dir()).landmarks
-    data = synth_dir / "landmarks.csv"
-    before, _ = evaluate_landmarks(SpineMeasurer(parent), data, progress=False, n_boot=50)
+    rows = list(csv.reader(open(synth_dir / "landmarks.csv")))
+    bad = rows[1]  # T7 pushed down into T8 (y7 corners are columns 1 + 68 + 24 ... 27)
+    ys = [float(v) for v in bad[69:137]]
+    shift = 0.5 * (ys[26] - ys[24]) + (ys[28] - ys[26])
+    bad[69 + 24:69 + 28] = [f"{v + shift:.3f}" for v in ys[24:28]]
+    data = tmp_path / "corrections.csv"
+    with open(data, "w", newline="") as f:
+        csv.writer(f).writerows([rows[0], *[[str(synth_dir / r[0]), *r[1:]] for r in rows[1:]]])
+    before, _ = evaluate_landmarks(SpineMeasurer(parent), synth_dir / "landmarks.csv", progress=False, n_boot=50)
     out = tmp_path / "ft"
+    capsys.readouterr()
     assert main(["landmarks", "train", "--init", str(parent), "--data", str(data), "--out", str(out), "--epochs", "4",
                  "--test-fraction", "0", "--device", "cpu", "--batch-size", "4", "--quiet"]) == 0
+    console = capsys.readouterr().out
     child = out / "models" / "landmarks.safetensors"
-    after, _ = evaluate_landmarks(SpineMeasurer(child), data, progress=False, n_boot=50)
+    after, _ = evaluate_landmarks(SpineMeasurer(child), synth_dir / "landmarks.csv", progress=False, n_boot=50)
     assert after["landmark_error_pct_height"]["mean"] < before["landmark_error_pct_height"]["mean"]
     card = (out / "models" / "landmarks.md").read_text()
     assert str(parent) in card and str(data) in card
     meta = json.loads((out / "models" / "landmarks.json").read_text())
     assert meta["training_data"]["parent"]["path"] == str(parent)
     assert SpineMeasurer(child).contract == SpineMeasurer(parent).contract  # the contract kept
+    metrics = json.loads((out / "metrics.json").read_text())
+    films = metrics["films"]
+    assert films["read"] == len(rows) - 1 and films["left_out"] == 1 and films["held_out"] == 0
+    assert films["trained_on"] + films["validated_on"] + films["left_out"] + films["unreadable"] == films["read"]
+    left = metrics["left_out"]
+    assert list(left) == [str(synth_dir / bad[0])] and "T7 and T8 overlap" in left[str(synth_dir / bad[0])]
+    said = film_count(meta["training_data"])
+    assert said == film_count(metrics) and said in console and said in card  # one count, said three times
+    assert f"trained on {films['trained_on']} films, {films['validated_on']} more" in said
+    assert Path(bad[0]).name in said and "T7 and T8 overlap" in said
