@@ -209,6 +209,8 @@ def test_viewer_levels_window_level_and_curves_in_the_browser(servers, film: Pat
             assert [(r, s) for r, s, _ in after] == [(c["region"], c["side"]) for c in want]
             assert [a for _, _, a in after] == pytest.approx([c["angle"] for c in want], abs=0.1)
             assert after != before
+            drawn = page.eval_on_selector_all("#viewer text.curve-angle", "els => els.map(e => e.textContent)")
+            assert drawn == [f"{c['angle']:.1f}°" for c in want]  # each angle drawn on the film at its lines
             assert "overlap" not in page.text_content("#training")
             t7, t8 = np.array(page.evaluate("current.corners[6]")), np.array(page.evaluate("current.corners[7]"))
             height, gap = t7[2:, 1].mean() - t7[:2, 1].mean(), t8[:2, 1].mean() - t7[2:, 1].mean()
