@@ -1,5 +1,8 @@
 """The DICOM corpus through ``spinexr predict --dicom-out``: every film accounted for, no crash, dciodvfy
-silent on every SR and presentation state, no label or angle for a film outside the intended use.
+silent on every SR and presentation state, no label or angle for a film outside the intended use, and
+every curve of every SR hydrated by OHIF's own reader (``@cornerstonejs/adapters`` under Node,
+``tests/node/hydrate.mjs``; ``make node-deps`` installs it) as a Cobb angle with the document's points
+and angle.
 
 The corpus (``spinexr._dicom_corpus``): synthetic DX/CR films in nine character sets, MONOCHROME1, JPEG
 baseline, JPEG 2000, RLE, two frames, films missing Patient Orientation, Imager Pixel Spacing, Study Date
@@ -97,6 +100,50 @@ def check(cases: list, docs: dict[str, dict], dicom: Path, corpus: Path) -> tupl
     return rows, totals
 
 
+def ohif(docs: dict[str, dict], dicom: Path, corpus: Path) -> dict[str, object]:
+    """Every SR's curves as OHIF hydrates them, against the documents: counts, and the largest point offset
+    (px) and angle differences (degrees, the stored one and the one the four points make)."""
+    import numpy as np
+    import pydicom
+
+    from spinexr.deploy.dicom.presentation import reported_curves
+    from spinexr.deploy.dicom.report import cobb_points
+
+    node, script = shutil.which("node"), ROOT / "tests" / "node" / "hydrate.mjs"
+    if node is None or not (ROOT / "tests" / "node" / "node_modules" / "@cornerstonejs" / "adapters").is_dir():
+        return {"skipped": "Node or tests/node's packages missing (make node-deps)"}
+    pairs = []
+    for path, doc in docs.items():
+        if doc.get("status") != "ok" or not Path(path).is_relative_to(corpus):
+            continue
+        head = pydicom.dcmread(path, stop_before_pixels=True)
+        sr = dicom / str(head.StudyInstanceUID) / f"SR_{head.SOPInstanceUID}.dcm"
+        if sr.is_file():
+            pairs.append((sr, doc, int(head.Columns), int(head.Rows)))
+    done = subprocess.run([node, str(script), *(str(p[0]) for p in pairs)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr[-2000:]}
+    got = json.loads(done.stdout)
+    out = {"reports": len(pairs), "unreadable": {}, "curves_expected": 0, "curves_hydrated": 0,
+           "max_point_offset_px": 0.0, "max_angle_error_deg": 0.0, "max_drawn_angle_error_deg": 0.0}
+    for sr, doc, w, h in pairs:
+        curves, anns = reported_curves(doc.get("spine")), got[str(sr)]
+        out["curves_expected"] += len(curves)
+        if isinstance(anns, dict):  # the reader refused the file
+            out["unreadable"][Path(doc["path"]).name] = anns["error"][:300]
+            continue
+        out["curves_hydrated"] += sum(a["label"] == f"curve {i}: {c['side']} {c['region']}"
+                                      for i, (a, c) in enumerate(zip(anns, curves), start=1))
+        for a, c in zip(anns, curves):
+            pts, want = np.asarray(a["points"]), cobb_points(doc["spine"], c, w, h) - 0.5
+            u, v = pts[1] - pts[0], pts[3] - pts[2]
+            drawn = float(np.degrees(np.arccos(np.clip(u @ v / np.linalg.norm(u) / np.linalg.norm(v), -1, 1))))
+            out["max_point_offset_px"] = max(out["max_point_offset_px"], float(np.abs(pts - want).max()))
+            out["max_angle_error_deg"] = max(out["max_angle_error_deg"], abs(a["angle"] - c["angle"]))
+            out["max_drawn_angle_error_deg"] = max(out["max_drawn_angle_error_deg"], abs(drawn - c["angle"]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from spinexr._dicom_corpus import write_corpus
 
@@ -116,12 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - t0
         docs = {d["path"]: d for d in map(json.loads, out.read_text().splitlines())} if out.exists() else {}
         rows, totals = check(cases, docs, dicom, corpus)
+        hydrated = ohif(docs, dicom, corpus)
     totals["crashes"] = int(done.returncode != 0 or "Traceback" in done.stderr)
     res.update({"command_exit": done.returncode, "summary": done.stderr.strip().splitlines()[-2:],
-                "seconds": seconds, "totals": totals, "cases": rows})
+                "seconds": seconds, "totals": totals, "ohif": hydrated, "cases": rows})
     write_result(a.out, res)
-    print(json.dumps(totals))
-    bad = totals["crashes"] + totals["unaccounted"] + totals["wrong_outcome"] + totals["dciodvfy_errors"] \
+    print(json.dumps(totals), json.dumps(hydrated))
+    missed = (hydrated["curves_expected"] - hydrated["curves_hydrated"] + len(hydrated["unreadable"])
+              if "reports" in hydrated else 0)
+    bad = missed + totals["crashes"] + totals["unaccounted"] + totals["wrong_outcome"] + totals["dciodvfy_errors"] \
         + totals["findings_outside_intended_use"] + totals["reports_outside_intended_use"]
     return 1 if bad else 0
 

@@ -1051,8 +1051,22 @@ def dicom_corpus_section(d: dict) -> list[str]:
             f"| dciodvfy errors over every SR and presentation state | {t['dciodvfy_errors']} |",
             f"| labels or angles for a film outside the intended use | {t['findings_outside_intended_use']} |",
             f"| reports written for a film outside the intended use | {t['reports_outside_intended_use']} |",
-            f"| real films the detector flagged (not analysed) | {t['real_films_flagged_out_of_distribution']} |", "",
+            f"| real films the detector flagged (not analysed) | {t['real_films_flagged_out_of_distribution']} |",
+            *_ohif_rows(d.get("ohif") or {}), "",
             "| expected | outcome | films |", "|---|---|---|", *rows, ""]
+
+
+def _ohif_rows(o: dict) -> list[str]:
+    """OHIF's reader (@cornerstonejs/adapters) on every SR of the corpus, when the run had Node."""
+    if "reports" not in o:
+        return []
+    return [f"| SRs OHIF's reader (dcmjs + @cornerstonejs/adapters) could not read | {len(o['unreadable'])} of "
+            f"{o['reports']} |",
+            f"| curves hydrated as OHIF Cobb angle annotations, labelled by region and side | {o['curves_hydrated']} of "
+            f"{o['curves_expected']} |",
+            f"| largest offset of a hydrated point from the document's lines | {o['max_point_offset_px']:.3f} px |",
+            f"| largest difference of a hydrated angle from the document's (stored; drawn by its four points) | "
+            f"{o['max_angle_error_deg']:.3f}°; {o['max_drawn_angle_error_deg']:.3f}° |"]
 
 
 def finetune_section(d: dict) -> list[str]:

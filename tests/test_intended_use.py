@@ -150,8 +150,9 @@ def test_character_set_chosen_by_what_the_set_carries() -> None:
         _charset.settle(ds, charset)
         return ds
 
-    assert settled(["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎", "20.5°").SpecificCharacterSet == \
-        ["", "ISO 2022 IR 87"]  # JIS X 0208 has the degree sign
+    japanese = settled(["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎", "20.5°")  # code extensions: OHIF's
+    assert japanese.SpecificCharacterSet == "ISO_IR 192" and japanese.PatientName == "Yamada^Tarou=山田^太郎"  # dcmjs
+    assert settled("ISO_IR 100", "Müller^Jürgen", "x").SpecificCharacterSet == "ISO_IR 100"  # reads one set only
     one = settled("ISO_IR 144", "Иванов^Иван", "20.5°")
     assert one.SpecificCharacterSet == "ISO_IR 144" and one.ContentDescription == "20.5 deg"
     plain = settled(None, "Smith^John", "20.5°")

@@ -83,6 +83,7 @@ def test_ohif_hydrates_every_curve_as_a_cobb_angle(bundled: Pipeline, tmp_path: 
         spine = doc["spine"] or {}
         want = spine.get("curves") or [] if spine.get("plausible") and spine.get("view") != "lumbar or lateral" else []
         got = hydrated[str(reports[doc["path"]])]
+        assert isinstance(got, list), got  # not {"error": ...}: OHIF's reader took the file
         assert len(got) == len(want), (doc["path"], got, want)
         if not want:
             continue

@@ -1,6 +1,6 @@
 // Reads DICOM SR files with OHIF's own hydration code (@cornerstonejs/adapters over dcmjs) and prints, as
 // one JSON document on stdout, every Cobb angle annotation it makes of each: its label, its four points in
-// image pixels and its angle. Usage: node hydrate.mjs SR.dcm ...
+// image pixels and its angle (or {"error": ...} for an SR it cannot read). Usage: node hydrate.mjs SR.dcm ...
 import fs from "node:fs";
 import dcmjs from "dcmjs";
 import { metaData } from "@cornerstonejs/core";
@@ -15,6 +15,11 @@ metaData.addProvider((type, imageId) => (type === "imagePlaneModule" && imageId.
 
 const out = {};
 for (const path of process.argv.slice(2)) {
+  try { out[path] = hydrate(path); } catch (e) { out[path] = {error: String(e && e.message || e)}; }
+}
+process.stdout.write(JSON.stringify(out, null, 1));
+
+function hydrate(path) {  // as OHIF reads an SR: dcmjs parses it, the adapters make its annotations
   const buf = fs.readFileSync(path);
   const dict = dcmjs.data.DicomMessage.readFile(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
   const ds = dcmjs.data.DicomMetaDictionary.naturalizeDataset(dict.dict);
@@ -27,12 +32,10 @@ for (const path of process.argv.slice(2)) {
     }
   }
   const state = MeasurementReport.generateToolState(ds, refs, metaData);
-  out[path] = (state.CobbAngle || []).map((m) => ({
+  return (state.CobbAngle || []).map((m) => ({
     label: m.annotation.data.label,
     image: m.annotation.metadata.referencedImageId,
     points: m.annotation.data.handles.points.map((p) => [p[0], p[1]]),
     angle: Object.values(m.annotation.data.cachedStats)[0]?.angle ?? null,
   }));
-  out[path + "#tools"] = Object.keys(state);
 }
-process.stdout.write(JSON.stringify(out, null, 1));

@@ -1,7 +1,10 @@
 """The Specific Character Set of an SR or presentation state: the source film's where it carries every text
 of the output, else the source's with the degree sign spelt "deg" where that is all it lacks, else
 ISO_IR 192 (UTF-8). A film without a character set is in the default repertoire (ASCII), which has no
-"°". pydicom re-encodes each text value (patient names included) in the set chosen when it writes.
+"°". A film whose set uses code extensions (several defined terms: ``\ISO 2022 IR 87`` for Japanese,
+``\ISO 2022 IR 149`` for Korean) gets UTF-8 too: OHIF reads SRs with dcmjs, which refuses a Specific
+Character Set of more than one value, and UTF-8 carries the same names. pydicom re-encodes each text value
+(patient names included) in the set chosen when it writes.
 """
 
 from __future__ import annotations
@@ -68,7 +71,9 @@ def settle(ds: Dataset, source_charset: str | list[str] | MultiValue | None) -> 
     src = terms(source_charset)
     elements = list(_elements(ds))
     texts = [t for e in elements for t in _texts(e)]
-    if carries(texts, src):
+    if len(src) > 1:
+        chosen, how = [UTF8], "UTF-8: the film's set uses code extensions, which viewers' SR readers refuse"
+    elif carries(texts, src):
         chosen, how = src, "the film's"
     elif carries([t.replace(DEGREE, " deg") for t in texts], src):
         for e in elements:
