@@ -61,6 +61,16 @@ def _copy_new(src: Path, dest: Path) -> list[str]:
     return copied
 
 
+def decision_pooled(folds: list[dict]) -> dict:
+    """The decision's accuracy pooled over every held-out film of the folds (each fold's ``n`` and
+    ``accuracy_with_rule``), with its Wilson 95% interval."""
+    from spinexr.evaluation.external import wilson
+
+    n = sum(int(f["n"]) for f in folds)
+    k = sum(round(f["accuracy_with_rule"] * f["n"]) for f in folds)
+    return {"n": n, "correct": k, "accuracy": k / n if n else None, "ci95": wilson(k, n)}
+
+
 def _train_seconds(folds: Path) -> float:
     return float(sum(h.get("seconds", 0.0) for f in folds.glob("*.json")
                      for h in json.loads(f.read_text()).get("history", [])))
@@ -108,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         "decision": {"accuracy_mean": d.get("accuracy_with_rule_mean"), "recall": rep.get("recall_with_rule"),
                      "changed": d.get("changed"), "changed_to_right": d.get("changed_to_right"),
                      "changed_to_wrong": d.get("changed_to_wrong"), "curve_deg": d.get("curve_deg"),
-                     "folds": rep.get("folds"), "framing_stress": d.get("framing"),
+                     "folds": rep.get("folds"), "pooled": decision_pooled(rep.get("folds") or []),
+                     "framing_stress": d.get("framing"),
                      "view_full_spine_rate": d.get("view_full_spine_rate"), "landmarks": cv.landmarks},
         "leaky": None if res.leaky is None else {"test_leak_fraction": res.leaky.test_leak_fraction,
                                                  "accuracy": {k: v["accuracy"] for k, v in res.leaky.models.items()}},

@@ -60,6 +60,58 @@ def kauh_section(d: dict) -> list[str]:
     return out + [""]
 
 
+def classifier_recipe_section(d: dict) -> list[str]:
+    """A classifier recipe's KAUH CV (``benchmarks/kauh_classifier.py``): alone, through the decision, the
+    targets beside each figure."""
+    from kauh_classifier import decision_pooled
+
+    c, dec, t, r = d["classifier"], d["decision"], d["targets"], d["recipe"]
+    cv, tr = r["cv"], r["train"]
+    pooled = dec.get("pooled") or decision_pooled(dec["folds"])
+    ci, dci = c["ci95"], pooled["ci95"]
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "not met"
+
+    recall = dec["recall"]
+    framing = [v["rate"] for v in (dec.get("framing_stress") or {}).values()]
+    out = [f"## The classifier recipe `{Path(r['file']).stem}`: KAUH CV, alone and through the decision", "",
+           f"Command: `{d['command']}`", "",
+           f"Machine: {_machine(d)}. Date: {d['date']}. Training time: {d['train_seconds'] / 3600:.1f} h "
+           f"on {d['machine'].get('cpu_count')} cores (every epoch of every fold).", "",
+           f"Recipe: {', '.join(r['models'])} from scratch (weights {r['weights']}), {cv['image_size']} px "
+           f"({cv['resize']} resize), attention {cv['attention']}, {tr['epochs']} epochs {tr['schedule']} "
+           f"(warm-up {tr['warmup_epochs']}), EMA {tr['ema_decay']}, label smoothing {tr['label_smoothing']}, "
+           f"mixup {tr['mixup_alpha']}, batch {tr['batch_size']}, lr {tr['lr']}; {cv['folds']} folds, the folds and "
+           f"seeds of `benchmarks/kauh_cv.py`; the decision with the {dec['landmarks']} landmark stages.", "",
+           "| figure | value | 95% CI | target |", "|---|---|---|---|",
+           f"| classifier accuracy (mean ± sd over folds) | {c['accuracy_mean'] * 100:.1f} ± {c['accuracy_std'] * 100:.1f}% "
+           f"| [{ci['accuracy'][0] * 100:.1f}, {ci['accuracy'][1] * 100:.1f}] (pooled) | ≥ "
+           f"{t['classifier_accuracy_mean'] * 100:.0f}%: {mark(c['accuracy_mean'] >= t['classifier_accuracy_mean'])} |",
+           f"| through the decision (mean over folds) | {dec['accuracy_mean'] * 100:.1f}% | "
+           f"[{dci[0] * 100:.1f}, {dci[1] * 100:.1f}] (pooled {pooled['correct']}/{pooled['n']}, Wilson) | ≥ "
+           f"{t['decision_accuracy_mean'] * 100:.0f}%: {mark(dec['accuracy_mean'] >= t['decision_accuracy_mean'])} |",
+           "| recall through the decision | " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in recall.items()) +
+           f" | | each ≥ {t['decision_recall_each_class'] * 100:.0f}%: "
+           f"{mark(min(recall.values()) >= t['decision_recall_each_class'])} |",
+           f"| macro-F1 (pooled) | {c['pooled']['macro_f1']:.3f} | [{ci['macro_f1'][0]:.3f}, {ci['macro_f1'][1]:.3f}] | "
+           f"≥ {t['macro_f1']}: {mark(c['pooled']['macro_f1'] >= t['macro_f1'])} |",
+           f"| ECE after temperature scaling (pooled) | {c['pooled']['ece']:.3f} | [{ci['ece'][0]:.3f}, {ci['ece'][1]:.3f}] "
+           f"| ≤ {t['ece_after_temperature']}: {mark(c['pooled']['ece'] <= t['ece_after_temperature'])} |",
+           f"| labels the decision changed | {dec['changed']} ({dec['changed_to_right']} to right, "
+           f"{dec['changed_to_wrong']} to wrong) | | |"]
+    if framing:
+        out.append(f"| framing stress test, largest change each way | {max(framing) * 100:.1f}% | | ≤ "
+                   f"{t['framing_changed_each_direction_max'] * 100:.0f}%: "
+                   f"{mark(max(framing) <= t['framing_changed_each_direction_max'])} |")
+    if d.get("leaky"):
+        lk = d["leaky"]
+        out += ["", f"The leaky protocol beside it (oversample, then split: {lk['test_leak_fraction'] * 100:.0f}% of "
+                    "the test rows are copies of training films): "
+                + ", ".join(f"{m} {v * 100:.1f}%" for m, v in lk["accuracy"].items()) + "."]
+    return out + [""]
+
+
 def augment_section(d: dict, title: str = "Which augmentation transfers: KAUH CV arms side by side") -> list[str]:
     s, t = d["settings"], d["targets"]
     out = [f"## {title}", "", f"Command: `{d['command']}`", "",
@@ -945,6 +997,8 @@ def _adopted_sections() -> list[str]:
     lines: list[str] = []
     for f in sorted((HERE / "results").glob("kauh_cv_*.json")):
         lines += kauh_section(json.loads(f.read_text()))
+    for f in sorted((HERE / "results").glob("kauh_classifier_*.json")):
+        lines += classifier_recipe_section(json.loads(f.read_text()))
     titles = {"_window": "The window input contract: KAUH CV on the same folds and seeds",
               "_window_lmseed1_rule3": "The window input contract through the decision with the second landmark "
                                        "model (seed 1, bundled): same folds and seeds",
