@@ -36,6 +36,18 @@ def test_temperature_fixes_overconfidence() -> None:
     assert ece(softmax(over, t), y) < ece(softmax(over), y)
 
 
+def test_temperature_on_a_small_all_correct_set_stays_off_the_bound() -> None:
+    """39 validation films, every one right with a clear margin (a KAUH fold's validation part): NLL alone
+    would drive T to the search's lower bound; the fit stays a moderate sharpening."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 39)
+    logits = rng.normal(0, 0.3, (39, 3))
+    logits[np.arange(39), y] += 2.5
+    t = fit_temperature(logits, y)
+    assert 0.2 < t < 1.0
+    assert nll(softmax(logits, t), y) < nll(softmax(logits), y)  # still sharper than none: they are all right
+
+
 def test_bootstrap_ci_brackets_estimate() -> None:
     rng = np.random.default_rng(1)
     y = rng.integers(0, 3, 300)
