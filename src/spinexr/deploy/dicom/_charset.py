@@ -1,8 +1,8 @@
 """The Specific Character Set of an SR or presentation state: the source film's where it carries every text
 of the output, else the source's with the degree sign spelt "deg" where that is all it lacks, else
 ISO_IR 192 (UTF-8). A film without a character set is in the default repertoire (ASCII), which has no
-"°". A film whose set uses code extensions (several defined terms: ``\ISO 2022 IR 87`` for Japanese,
-``\ISO 2022 IR 149`` for Korean) gets UTF-8 too: OHIF reads SRs with dcmjs, which refuses a Specific
+"°". A film whose set uses code extensions (several defined terms: ``\\ISO 2022 IR 87`` for Japanese,
+``\\ISO 2022 IR 149`` for Korean) gets UTF-8 too: OHIF reads SRs with dcmjs, which refuses a Specific
 Character Set of more than one value, and UTF-8 carries the same names. pydicom re-encodes each text value
 (patient names included) in the set chosen when it writes.
 """
