@@ -7,6 +7,9 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
+# The suite runs in this many pytest-xdist workers, a test file to a worker (its module fixtures built once);
+# much of it waits on real processes (Orthanc, Ray, a browser, CLI runs), which the workers overlap.
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv demo test clean node-deps
 
@@ -36,7 +39,7 @@ test: venv node-deps
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build/site
