@@ -106,8 +106,7 @@ def ohif(docs: dict[str, dict], dicom: Path, corpus: Path) -> dict[str, object]:
     import numpy as np
     import pydicom
 
-    from spinexr.deploy.dicom.presentation import reported_curves
-    from spinexr.deploy.dicom.report import cobb_points
+    from spinexr.deploy.dicom.report import cobb_points, reported_curves
 
     node, script = shutil.which("node"), ROOT / "tests" / "node" / "hydrate.mjs"
     if node is None or not (ROOT / "tests" / "node" / "node_modules" / "@cornerstonejs" / "adapters").is_dir():

@@ -30,15 +30,11 @@ from spinexr.deploy.dicom.report import (
     derived_uid,
     frames,
     model_key,
+    pixel_lines,
+    reported_curves,
 )
 from spinexr.geometry.cobb import as_vertebrae
-from spinexr.geometry.overlay import clip_segment, endplate_lines
-
-
-def reported_curves(spine: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The curves of a document's ``spine`` that the SR and the drawing report (none on a refused spine or a
-    lumbar view: :func:`~spinexr.deploy.dicom.report.angles_reported`)."""
-    return list(spine.get("curves") or []) if spine and angles_reported(spine) else []
+from spinexr.geometry.overlay import clip_segment
 
 
 def curve_label(c: dict[str, Any]) -> str:
@@ -98,13 +94,13 @@ def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: in
         objects = []
         # Each curve's label at the right end of its own upper endplate line: curves run top to bottom
         # with distinct upper end vertebrae, so no two labels share an anchor.
-        for c, segs in zip(curves, endplate_lines(np.asarray(spine["landmarks"], dtype=np.float64), curves, w,
-                                                  spine.get("centreline_weight") or 0.0)):
+        for c in curves:
+            segs = pixel_lines(spine, c, w)
             for seg in segs:
-                part = clip_segment(seg[0] + 0.5, seg[1] + 0.5, w, h)
+                part = clip_segment(seg[0], seg[1], w, h)
                 if part is not None:
                     objects.append(hd.pr.GraphicObject("POLYLINE", part, "PIXEL"))
-            anchor = np.clip(segs[0][1] + 0.5, [0, 0], [w, h])
+            anchor = np.clip(segs[0][1], [0, 0], [w, h])
             texts.append(hd.pr.TextObject(curve_label(c), "PIXEL", anchor_point=(float(anchor[0]), float(anchor[1])),
                                           anchor_point_visible=False))
         if objects:
@@ -144,4 +140,4 @@ def presentation_state(doc: dict[str, Any], source: Dataset, instance_number: in
     return pr
 
 
-__all__ = ["curve_label", "decision_text", "presentation_state", "reported_curves"]
+__all__ = ["curve_label", "decision_text", "presentation_state"]

@@ -136,11 +136,29 @@ def _film_group(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> Any
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source, frames(source))])
 
 
+def reported_curves(spine: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The curves of a document's ``spine`` that the SR and the drawing report (none on a refused spine or a
+    lumbar view: :func:`angles_reported`)."""
+    return list(spine.get("curves") or []) if spine and angles_reported(spine) else []
+
+
+def pixel_lines(spine: dict[str, Any], curve: dict[str, Any], width: int) -> np.ndarray:
+    """A curve's two lines (:func:`spinexr.geometry.overlay.curve_lines`: the overlay's, the page's and the
+    drawing's, the angle between them the curve's) in DICOM PIXEL units (the top-left pixel's top-left corner
+    at 0.0: film pixels + 0.5), not yet clipped to the film: (2, 2, 2).
+
+    Args:
+        spine: the document's ``spine`` (its ``landmarks`` and ``centreline_weight``).
+        curve: one of its ``curves``.
+        width: the film's width in pixels.
+    """
+    return curve_lines(np.asarray(spine["landmarks"], dtype=np.float64), curve["upper_end"], curve["lower_end"],
+                       width, spine.get("centreline_weight") or 0.0) + 0.5
+
+
 def cobb_points(spine: dict[str, Any], curve: dict[str, Any], width: int, height: int) -> np.ndarray | None:
-    """A curve's two lines as four points in DICOM PIXEL units (the top-left pixel's top-left corner at 0.0:
-    film pixels + 0.5), clipped to the film: the line at the upper end vertebra's upper endplate, then the
-    one at the lower end vertebra's lower endplate, each along its vertebra's tilt, so the angle between them
-    is the curve's (:func:`spinexr.geometry.overlay.curve_lines`, the overlay's and the drawing's lines).
+    """A curve's two lines as four points in DICOM PIXEL units, clipped to the film (:func:`pixel_lines`): the
+    line at the upper end vertebra's upper endplate, then the one at the lower end vertebra's lower endplate.
     None where a line lies wholly outside the film.
 
     Args:
@@ -149,9 +167,7 @@ def cobb_points(spine: dict[str, Any], curve: dict[str, Any], width: int, height
         width: the film's width in pixels.
         height: its height.
     """
-    lines = curve_lines(np.asarray(spine["landmarks"], dtype=np.float64), curve["upper_end"], curve["lower_end"],
-                        width, spine.get("centreline_weight") or 0.0)
-    parts = [clip_segment(seg[0] + 0.5, seg[1] + 0.5, width, height) for seg in lines]
+    parts = [clip_segment(seg[0], seg[1], width, height) for seg in pixel_lines(spine, curve, width)]
     if any(p is None for p in parts):
         return None
     return np.concatenate(parts).astype(np.float32)
@@ -165,11 +181,9 @@ def _curve_groups(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> l
     import highdicom as hd
 
     spine = doc.get("spine")
-    if not angles_reported(spine):
-        return []
     groups = []
     w, h = int(source.Columns), int(source.Rows)
-    for i, c in enumerate(spine.get("curves") or [], start=1):
+    for i, c in enumerate(reported_curves(spine), start=1):
         site = hd.sr.FindingSite(C.REGION_SITES[c["region"]])
         points = cobb_points(spine, c, w, h)
         coords = None if points is None else [hd.sr.CoordinatesForMeasurement(
@@ -194,7 +208,7 @@ def _curve_groups(doc: dict[str, Any], source: Dataset, alg: Any, key: str) -> l
 
 
 def curve_name(index: int, curve: dict[str, Any]) -> str:
-    """A curve's measurement group, by its tracking identifier: ``curve 1: right main thoracic``."""
+    """A curve's measurement group, by its Comment (the label a viewer shows): ``curve 1: right main thoracic``."""
     return f"curve {index}: {curve['side']} {curve['region']}"
 
 
@@ -270,4 +284,5 @@ def report_values(sr: Dataset) -> dict[str, dict[str, Any]]:
 
 
 __all__ = ["CORNERSTONE_COBB", "PR_SERIES_NUMBER", "SR_SERIES_NUMBER", "angles_reported", "cobb_points", "curve_name",
-           "derived_uid", "frames", "measurement_report", "model_key", "report_values"]
+           "derived_uid", "frames", "measurement_report", "model_key", "pixel_lines", "report_values",
+           "reported_curves"]
